@@ -1,0 +1,148 @@
+//! Per-packet observations sent through the ring buffer.
+
+/// Bytes of each packet copied into a [`TcEvent`] (Ethernet + IPv6 + TCP with options fit).
+pub const SNAP_LEN: usize = 128;
+
+/// What kind of observation an event is; the first byte of every ring-buffer record.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A packet seen by a tc program ([`TcEvent`]).
+    Tc = 1,
+}
+
+impl EventKind {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Tc),
+            _ => None,
+        }
+    }
+}
+
+/// Which way a packet crossed an interface.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    Ingress = 0,
+    Egress = 1,
+}
+
+impl Direction {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::Ingress),
+            1 => Some(Self::Egress),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ingress => "ingress",
+            Self::Egress => "egress",
+        }
+    }
+}
+
+/// The common prefix of every ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventHeader {
+    /// An [`EventKind`] value.
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    /// CPU that produced the event.
+    pub cpu: u32,
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// Address of the kernel `sk_buff`: the packet's identity across hops.
+    pub skb: u64,
+}
+
+/// A packet seen at a tc hook (clsact/TCX ingress or egress of one interface).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcEvent {
+    pub header: EventHeader,
+    /// Interface index in the namespace the program is attached in.
+    pub ifindex: u32,
+    /// `skb->len`: the whole frame, Ethernet header included.
+    pub len: u32,
+    /// How many bytes of `data` are valid (`min(len, SNAP_LEN)`).
+    pub cap_len: u32,
+    /// `skb->mark`.
+    pub mark: u32,
+    /// `skb->protocol` in network byte order (e.g. 0x0800 for IPv4).
+    pub protocol: u16,
+    /// A [`Direction`] value.
+    pub direction: u8,
+    pub _pad: [u8; 5],
+    /// The first `cap_len` bytes of the frame, starting at the Ethernet header.
+    pub data: [u8; SNAP_LEN],
+}
+
+impl TcEvent {
+    /// The captured bytes.
+    pub fn captured(&self) -> &[u8] {
+        let n = (self.cap_len as usize).min(SNAP_LEN);
+        &self.data[..n]
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain-old-data, repr(C), every bit pattern valid.
+    unsafe impl aya::Pod for super::TcEvent {}
+    unsafe impl aya::Pod for super::EventHeader {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, offset_of, size_of};
+
+    #[test]
+    fn layout_is_stable() {
+        assert_eq!(size_of::<EventHeader>(), 24);
+        assert_eq!(offset_of!(TcEvent, ifindex), 24);
+        assert_eq!(offset_of!(TcEvent, protocol), 40);
+        assert_eq!(offset_of!(TcEvent, data), 48);
+        assert_eq!(size_of::<TcEvent>(), 48 + SNAP_LEN);
+        // The ring buffer hands out 8-byte aligned records.
+        assert!(align_of::<TcEvent>() <= 8);
+    }
+
+    #[test]
+    fn kinds_and_directions_round_trip() {
+        assert_eq!(EventKind::from_u8(EventKind::Tc as u8), Some(EventKind::Tc));
+        assert_eq!(EventKind::from_u8(0), None);
+        assert_eq!(Direction::from_u8(1), Some(Direction::Egress));
+        assert_eq!(Direction::from_u8(2), None);
+        assert_eq!(Direction::Ingress.as_str(), "ingress");
+    }
+
+    #[test]
+    fn captured_never_exceeds_buffer() {
+        let mut ev = TcEvent {
+            header: EventHeader {
+                kind: 1,
+                _pad: [0; 3],
+                cpu: 0,
+                ts_ns: 0,
+                skb: 0,
+            },
+            ifindex: 1,
+            len: 60,
+            cap_len: 60,
+            mark: 0,
+            protocol: 0x0008,
+            direction: 0,
+            _pad: [0; 5],
+            data: [0; SNAP_LEN],
+        };
+        assert_eq!(ev.captured().len(), 60);
+        ev.cap_len = 10_000;
+        assert_eq!(ev.captured().len(), SNAP_LEN);
+    }
+}

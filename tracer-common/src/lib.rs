@@ -1,0 +1,13 @@
+//! Types shared by the eBPF programs (`tracer-ebpf`) and the user-space tracer (`tracer`).
+//!
+//! Everything here is `no_std` and `#[repr(C)]`: the kernel side writes these structs into the
+//! ring buffer and per-CPU maps, the user side reads the same bytes back. Field order keeps
+//! every field naturally aligned so the layout is identical on both sides without padding
+//! surprises; the unit tests pin the sizes.
+#![cfg_attr(not(test), no_std)]
+
+pub mod counters;
+pub mod event;
+
+pub use counters::{HopCounter, PointKey};
+pub use event::{Direction, EventHeader, EventKind, TcEvent, SNAP_LEN};

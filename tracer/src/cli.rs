@@ -1,0 +1,120 @@
+//! Command-line interface (clap). Parsing only; `main.rs` dispatches.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::error::Error;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flowtrace",
+    version,
+    about = "Trace a Docker container's packets hop by hop: veth, bridge, netfilter, NAT, uplink, drops.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Trace live traffic (the default when no subcommand is given).
+    Trace(TraceArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TraceArgs {
+    /// Container to trace, by name or id (repeatable).
+    #[arg(short = 'c', long = "container", value_name = "NAME|ID")]
+    pub containers: Vec<String>,
+
+    /// Trace every container attached to this Docker network.
+    #[arg(short = 'n', long = "network", value_name = "NAME")]
+    pub networks: Vec<String>,
+
+    /// Also attach to this host interface (repeatable); alone, traces without Docker.
+    #[arg(short = 'i', long = "iface", value_name = "IFACE")]
+    pub ifaces: Vec<String>,
+
+    /// Do not attach to the uplinks found in the routing table.
+    #[arg(long)]
+    pub no_uplinks: bool,
+
+    /// One JSON object per line on stdout (see the JSON contract in the README).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Print every observation as it arrives, without joining them into packets.
+    #[arg(long)]
+    pub raw: bool,
+
+    /// Stop after this long (e.g. 500ms, 10s, 2m).
+    #[arg(short = 'd', long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Stop after this many packets (observations with --raw).
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+
+    /// More log lines on stderr (repeat for more).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// Parses `500ms`, `10s`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, Error> {
+    let bad = || Error::InvalidDuration(s.to_owned());
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(bad()),
+    };
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s").ok(), Some(Duration::from_secs(10)));
+        assert_eq!(
+            parse_duration("500ms").ok(),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(parse_duration("2m").ok(), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3").ok(), Some(Duration::from_secs(3)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5x").is_err());
+    }
+
+    #[test]
+    fn container_is_repeatable_and_trace_is_default() {
+        let cli = Cli::parse_from(["flowtrace", "-c", "a", "--container", "b", "--json"]);
+        assert!(cli.command.is_none());
+        assert_eq!(cli.trace.containers, vec!["a", "b"]);
+        assert!(cli.trace.json);
+    }
+
+    #[test]
+    fn bad_duration_is_a_parse_error() {
+        assert!(Cli::try_parse_from(["flowtrace", "--duration", "soon"]).is_err());
+    }
+}

@@ -1,0 +1,125 @@
+//! The one error type of flowtrace. Every error a user can cause has a sentence that says
+//! what went wrong and a hint that says what to do about it.
+
+use std::{io, path::PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("flowtrace must run as root (it loads eBPF programs and attaches them to interfaces)")]
+    NotRoot,
+
+    #[error("cannot reach the Docker daemon: {0}")]
+    DockerUnreachable(String),
+
+    #[error("no container named or with id `{name}`{}", did_you_mean(.suggestions))]
+    UnknownContainer {
+        name: String,
+        suggestions: Vec<String>,
+    },
+
+    #[error("no Docker network named `{0}`")]
+    UnknownNetwork(String),
+
+    #[error("container `{0}` is not running")]
+    ContainerNotRunning(String),
+
+    #[error(
+        "container `{0}` has no network interface that leads to the host (host or none network?)"
+    )]
+    NoContainerInterfaces(String),
+
+    #[error("no interface named `{0}` in the host network namespace")]
+    UnknownInterface(String),
+
+    #[error("nothing to trace: give --container, --network or --iface")]
+    NoTarget,
+
+    #[error("cannot enter the network namespace {path}: {source}")]
+    Netns { path: PathBuf, source: io::Error },
+
+    #[error("netlink request failed: {0}")]
+    Netlink(String),
+
+    #[error("the kernel refused to load the eBPF programs: {0}")]
+    Load(String),
+
+    #[error("cannot attach tc {direction} on {iface}: {reason}")]
+    Attach {
+        iface: String,
+        direction: &'static str,
+        reason: String,
+    },
+
+    #[error("invalid duration `{0}` (use e.g. 500ms, 10s, 2m, 1h)")]
+    InvalidDuration(String),
+
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+}
+
+fn did_you_mean(suggestions: &[String]) -> String {
+    if suggestions.is_empty() {
+        String::new()
+    } else {
+        format!(" (did you mean {}?)", suggestions.join(", "))
+    }
+}
+
+impl Error {
+    /// What the user can do about it.
+    pub fn hint(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::NotRoot => "run it with sudo, or grant CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON and CAP_SYS_ADMIN",
+            Self::DockerUnreachable(_) => {
+                "is dockerd running and /var/run/docker.sock reachable (DOCKER_HOST)? For a non-Docker target use --iface"
+            }
+            Self::UnknownContainer { .. } => "`docker ps` lists the running containers",
+            Self::UnknownNetwork(_) => "`docker network ls` lists the networks",
+            Self::ContainerNotRunning(_) => "start it first (`docker start NAME`)",
+            Self::NoContainerInterfaces(_) => "trace the host's interfaces with --iface instead",
+            Self::UnknownInterface(_) => "`ip -br link` lists the interfaces",
+            Self::NoTarget => "e.g. `sudo flowtrace --container ens_monitor_cron`",
+            Self::Load(_) => "the kernel needs BPF, BTF and ring buffers (Linux 5.8 or later); run as root",
+            Self::Attach { .. } => "another tool may hold the interface's tc hook, or the interface vanished",
+            Self::InvalidDuration(_) | Self::Netns { .. } | Self::Netlink(_) | Self::Io { .. } => {
+                return None
+            }
+        })
+    }
+
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_container_suggests_close_names() {
+        let e = Error::UnknownContainer {
+            name: "ens_monitr_cron".into(),
+            suggestions: vec!["ens_monitor_cron".into()],
+        };
+        assert_eq!(
+            e.to_string(),
+            "no container named or with id `ens_monitr_cron` (did you mean ens_monitor_cron?)"
+        );
+        assert!(e.hint().is_some());
+    }
+
+    #[test]
+    fn unknown_container_without_suggestions_has_no_parenthesis() {
+        let e = Error::UnknownContainer {
+            name: "x".into(),
+            suggestions: vec![],
+        };
+        assert_eq!(e.to_string(), "no container named or with id `x`");
+    }
+}

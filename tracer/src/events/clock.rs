@@ -1,0 +1,74 @@
+//! Converting the kernel's CLOCK_MONOTONIC timestamps to wall-clock time.
+
+use chrono::{DateTime, Local, Utc};
+
+fn now_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec; clock ids are constants.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+/// Maps monotonic nanoseconds to UTC, using the offset measured once at start-up.
+#[derive(Clone, Copy, Debug)]
+pub struct WallClock {
+    offset_ns: i128,
+}
+
+impl WallClock {
+    pub fn measure() -> Self {
+        Self {
+            offset_ns: now_ns(libc::CLOCK_REALTIME) - now_ns(libc::CLOCK_MONOTONIC),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn with_offset(offset_ns: i128) -> Self {
+        Self { offset_ns }
+    }
+
+    pub fn utc(&self, mono_ns: u64) -> DateTime<Utc> {
+        let ns = i128::from(mono_ns) + self.offset_ns;
+        let secs = ns.div_euclid(1_000_000_000) as i64;
+        let sub = ns.rem_euclid(1_000_000_000) as u32;
+        DateTime::from_timestamp(secs, sub).unwrap_or_default()
+    }
+
+    /// `2026-11-24T15:07:34.120511Z`
+    pub fn rfc3339(&self, mono_ns: u64) -> String {
+        self.utc(mono_ns)
+            .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+            .to_string()
+    }
+
+    /// `15:07:34.120511`, local time, like tcpdump.
+    pub fn short(&self, mono_ns: u64) -> String {
+        self.utc(mono_ns)
+            .with_timezone(&Local)
+            .format("%H:%M:%S%.6f")
+            .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_monotonic_time_to_utc() {
+        // 2026-11-24T15:07:34Z = 1795532854 s.
+        let clock = WallClock::with_offset(1_795_532_854_000_000_000 - 5_000_000_000);
+        assert_eq!(clock.rfc3339(5_120_511_000), "2026-11-24T15:07:34.120511Z");
+    }
+
+    #[test]
+    fn measured_clock_is_close_to_now() {
+        let clock = WallClock::measure();
+        let mono = now_ns(libc::CLOCK_MONOTONIC) as u64;
+        let delta = (clock.utc(mono) - Utc::now()).num_milliseconds().abs();
+        assert!(delta < 1000, "{delta} ms off");
+    }
+}

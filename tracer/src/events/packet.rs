@@ -1,0 +1,392 @@
+//! Parsing the captured bytes of a frame: Ethernet (with VLAN tags), IPv4, IPv6, and TCP,
+//! UDP, ICMP, ICMPv6. Truncated input yields what could be parsed, never a panic.
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Icmp,
+    Icmpv6,
+    Other(u8),
+}
+
+impl Proto {
+    fn from_ip(n: u8) -> Self {
+        match n {
+            6 => Self::Tcp,
+            17 => Self::Udp,
+            1 => Self::Icmp,
+            58 => Self::Icmpv6,
+            n => Self::Other(n),
+        }
+    }
+
+    pub fn name(self) -> String {
+        match self {
+            Self::Tcp => "tcp".into(),
+            Self::Udp => "udp".into(),
+            Self::Icmp => "icmp".into(),
+            Self::Icmpv6 => "icmpv6".into(),
+            Self::Other(n) => format!("ip-proto-{n}"),
+        }
+    }
+}
+
+/// The transport-layer part of a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum L4 {
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+        seq: u32,
+        ack: u32,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
+    Icmp {
+        kind: u8,
+        code: u8,
+        /// Echo identifier (ICMP/ICMPv6 echo request and reply), else 0.
+        id: u16,
+        seq: u16,
+    },
+    None,
+}
+
+/// An IP packet's headers as captured at one observation point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Headers {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub proto: Proto,
+    pub ttl: u8,
+    /// IPv4 identification (0 for IPv6): helps tell apart retransmissions.
+    pub ip_id: u16,
+    pub l4: L4,
+}
+
+/// Address and port of one end, printed like `172.18.0.2:41234` or `[fd00::2]:80`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Endpoint {
+    pub ip: IpAddr,
+    pub port: Option<u16>,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.ip, self.port) {
+            (ip, None) => write!(f, "{ip}"),
+            (IpAddr::V4(ip), Some(p)) => write!(f, "{ip}:{p}"),
+            (IpAddr::V6(ip), Some(p)) => write!(f, "[{ip}]:{p}"),
+        }
+    }
+}
+
+impl Headers {
+    pub fn ports(&self) -> Option<(u16, u16)> {
+        match self.l4 {
+            L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport } => Some((sport, dport)),
+            _ => None,
+        }
+    }
+
+    pub fn source(&self) -> Endpoint {
+        Endpoint {
+            ip: self.src,
+            port: self.ports().map(|p| p.0),
+        }
+    }
+
+    pub fn destination(&self) -> Endpoint {
+        Endpoint {
+            ip: self.dst,
+            port: self.ports().map(|p| p.1),
+        }
+    }
+
+    pub fn tcp_flags(&self) -> Option<u8> {
+        match self.l4 {
+            L4::Tcp { flags, .. } => Some(flags),
+            _ => None,
+        }
+    }
+}
+
+/// tcpdump's letters for TCP flags: `S`, `S.`, `P.`, `F.`, `R`, ...
+pub fn tcp_flags_str(flags: u8) -> String {
+    let mut s = String::new();
+    for (bit, c) in [
+        (0x02, 'S'),
+        (0x01, 'F'),
+        (0x04, 'R'),
+        (0x08, 'P'),
+        (0x20, 'U'),
+        (0x40, 'E'),
+        (0x80, 'W'),
+    ] {
+        if flags & bit != 0 {
+            s.push(c);
+        }
+    }
+    if flags & 0x10 != 0 {
+        s.push('.');
+    }
+    if s.is_empty() {
+        s.push_str("none");
+    }
+    s
+}
+
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
+fn be32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// Parses a frame that starts with an Ethernet header.
+pub fn parse_ethernet(frame: &[u8]) -> Option<Headers> {
+    let mut ethertype = be16(frame, 12)?;
+    let mut off = 14;
+    while ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        ethertype = be16(frame, off + 2)?;
+        off += 4;
+    }
+    parse_l3(ethertype, frame.get(off..)?)
+}
+
+/// Parses an IP packet whose ethertype is known (`ETH_P_IP` or `ETH_P_IPV6`).
+pub fn parse_l3(ethertype: u16, pkt: &[u8]) -> Option<Headers> {
+    match ethertype {
+        ETH_P_IP => parse_ipv4(pkt),
+        ETH_P_IPV6 => parse_ipv6(pkt),
+        _ => None,
+    }
+}
+
+fn parse_ipv4(p: &[u8]) -> Option<Headers> {
+    let vihl = *p.first()?;
+    if vihl >> 4 != 4 {
+        return None;
+    }
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    let src = Ipv4Addr::from(be32(p, 12)?);
+    let dst = Ipv4Addr::from(be32(p, 16)?);
+    let proto = Proto::from_ip(*p.get(9)?);
+    let frag_off = be16(p, 6)? & 0x1fff;
+    // Only the first fragment carries the transport header.
+    let l4 = if frag_off == 0 {
+        parse_l4(proto, p.get(ihl..).unwrap_or(&[]))
+    } else {
+        L4::None
+    };
+    Some(Headers {
+        src: IpAddr::V4(src),
+        dst: IpAddr::V4(dst),
+        proto,
+        ttl: *p.get(8)?,
+        ip_id: be16(p, 4)?,
+        l4,
+    })
+}
+
+fn parse_ipv6(p: &[u8]) -> Option<Headers> {
+    if *p.first()? >> 4 != 6 {
+        return None;
+    }
+    let src = Ipv6Addr::from(<[u8; 16]>::try_from(p.get(8..24)?).ok()?);
+    let dst = Ipv6Addr::from(<[u8; 16]>::try_from(p.get(24..40)?).ok()?);
+    let mut next = *p.get(6)?;
+    let mut off = 40;
+    // Skip the common extension headers (hop-by-hop, routing, destination options).
+    for _ in 0..4 {
+        if !matches!(next, 0 | 43 | 60) {
+            break;
+        }
+        let n = *p.get(off)?;
+        let len = (usize::from(*p.get(off + 1)?) + 1) * 8;
+        next = n;
+        off += len;
+    }
+    let proto = Proto::from_ip(next);
+    Some(Headers {
+        src: IpAddr::V6(src),
+        dst: IpAddr::V6(dst),
+        proto,
+        ttl: *p.get(7)?,
+        ip_id: 0,
+        l4: parse_l4(proto, p.get(off..).unwrap_or(&[])),
+    })
+}
+
+fn parse_l4(proto: Proto, p: &[u8]) -> L4 {
+    let parsed = match proto {
+        Proto::Tcp => (|| {
+            Some(L4::Tcp {
+                sport: be16(p, 0)?,
+                dport: be16(p, 2)?,
+                seq: be32(p, 4)?,
+                ack: be32(p, 8)?,
+                flags: *p.get(13)?,
+            })
+        })(),
+        Proto::Udp => (|| {
+            Some(L4::Udp {
+                sport: be16(p, 0)?,
+                dport: be16(p, 2)?,
+            })
+        })(),
+        Proto::Icmp | Proto::Icmpv6 => (|| {
+            let kind = *p.first()?;
+            let code = *p.get(1)?;
+            let echo = matches!(
+                (proto, kind),
+                (Proto::Icmp, 0 | 8) | (Proto::Icmpv6, 128 | 129)
+            );
+            let (id, seq) = if echo {
+                (be16(p, 4)?, be16(p, 6)?)
+            } else {
+                (0, 0)
+            };
+            Some(L4::Icmp {
+                kind,
+                code,
+                id,
+                seq,
+            })
+        })(),
+        Proto::Other(_) => None,
+    };
+    parsed.unwrap_or(L4::None)
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+
+    /// An Ethernet + IPv4 + TCP SYN frame from 172.18.0.2:41234 to 198.51.100.2:8080.
+    pub fn tcp_syn_v4() -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20 + 20];
+        f[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
+        let ip = &mut f[14..34];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+        ip[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+        ip[8] = 64;
+        ip[9] = 6;
+        ip[12..16].copy_from_slice(&[172, 18, 0, 2]);
+        ip[16..20].copy_from_slice(&[198, 51, 100, 2]);
+        let tcp = &mut f[34..54];
+        tcp[0..2].copy_from_slice(&41234u16.to_be_bytes());
+        tcp[2..4].copy_from_slice(&8080u16.to_be_bytes());
+        tcp[4..8].copy_from_slice(&1000u32.to_be_bytes());
+        tcp[12] = 0x50;
+        tcp[13] = 0x02;
+        f
+    }
+
+    #[test]
+    fn parses_ipv4_tcp() {
+        let h = parse_ethernet(&tcp_syn_v4()).expect("parsed");
+        assert_eq!(h.source().to_string(), "172.18.0.2:41234");
+        assert_eq!(h.destination().to_string(), "198.51.100.2:8080");
+        assert_eq!(h.proto, Proto::Tcp);
+        assert_eq!(h.tcp_flags(), Some(0x02));
+        assert_eq!(h.ip_id, 0x1234);
+        assert_eq!(h.ttl, 64);
+    }
+
+    #[test]
+    fn parses_through_a_vlan_tag() {
+        let plain = tcp_syn_v4();
+        let mut tagged = plain[..12].to_vec();
+        tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x2a]);
+        tagged.extend_from_slice(&plain[12..]);
+        assert_eq!(parse_ethernet(&tagged), parse_ethernet(&plain));
+    }
+
+    #[test]
+    fn parses_ipv6_udp_and_formats_brackets() {
+        let mut f = vec![0u8; 14 + 40 + 8];
+        f[12..14].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
+        f[14] = 0x60;
+        f[14 + 6] = 17;
+        f[14 + 7] = 63;
+        f[14 + 8 + 15] = 2; // src ::2
+        f[14 + 8] = 0xfd;
+        f[14 + 24] = 0xfd;
+        f[14 + 24 + 15] = 1; // dst fd00::1
+        f[54..56].copy_from_slice(&5353u16.to_be_bytes());
+        f[56..58].copy_from_slice(&53u16.to_be_bytes());
+        let h = parse_ethernet(&f).expect("parsed");
+        assert_eq!(h.proto, Proto::Udp);
+        assert_eq!(h.source().to_string(), "[fd00::2]:5353");
+        assert_eq!(h.destination().to_string(), "[fd00::1]:53");
+        assert_eq!(h.ttl, 63);
+    }
+
+    #[test]
+    fn parses_icmp_echo_without_ports() {
+        let mut f = tcp_syn_v4();
+        f[14 + 9] = 1;
+        f[34] = 8; // echo request
+        f[35] = 0; // code
+        f[34 + 4..34 + 6].copy_from_slice(&77u16.to_be_bytes());
+        f[34 + 6..34 + 8].copy_from_slice(&3u16.to_be_bytes());
+        let h = parse_ethernet(&f).expect("parsed");
+        assert_eq!(
+            h.l4,
+            L4::Icmp {
+                kind: 8,
+                code: 0,
+                id: 77,
+                seq: 3
+            }
+        );
+        assert_eq!(h.source().to_string(), "172.18.0.2");
+        assert_eq!(h.ports(), None);
+    }
+
+    #[test]
+    fn truncated_frames_never_panic() {
+        let f = tcp_syn_v4();
+        for n in 0..f.len() {
+            let _ = parse_ethernet(&f[..n]);
+        }
+        // IP header complete, TCP header cut: addresses survive, L4 is unknown.
+        let h = parse_ethernet(&f[..40]).expect("ip header present");
+        assert_eq!(h.l4, L4::None);
+        assert!(parse_ethernet(&f[..20]).is_none());
+    }
+
+    #[test]
+    fn non_ip_frames_are_not_parsed() {
+        let mut f = tcp_syn_v4();
+        f[12..14].copy_from_slice(&0x0806u16.to_be_bytes()); // ARP
+        assert!(parse_ethernet(&f).is_none());
+    }
+
+    #[test]
+    fn tcp_flags_read_like_tcpdump() {
+        assert_eq!(tcp_flags_str(0x02), "S");
+        assert_eq!(tcp_flags_str(0x12), "S.");
+        assert_eq!(tcp_flags_str(0x18), "P.");
+        assert_eq!(tcp_flags_str(0x11), "F.");
+        assert_eq!(tcp_flags_str(0x04), "R");
+        assert_eq!(tcp_flags_str(0), "none");
+    }
+}

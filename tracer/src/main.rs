@@ -1,0 +1,54 @@
+//! flowtrace: trace a Docker container's packets hop by hop with eBPF.
+//! This file only parses the command line, dispatches, and turns errors into one sentence
+//! and a hint.
+
+mod cli;
+mod error;
+mod events;
+mod output;
+mod probe;
+mod session;
+mod target;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let args = match cli.command {
+        Some(cli::Command::Trace(a)) => a,
+        None => cli.trace,
+    };
+    let level = match args.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp(None)
+        .target(env_logger::Target::Stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("flowtrace: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(session::trace(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flowtrace: {e}");
+            if let Some(hint) = e.hint() {
+                eprintln!("  hint: {hint}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

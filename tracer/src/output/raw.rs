@@ -1,0 +1,120 @@
+//! `--raw`: every observation as it arrives, one line each, not joined into packets.
+//! Useful to see exactly what the kernel side reports.
+
+use std::collections::HashMap;
+
+use serde_json::json;
+
+use crate::events::{
+    clock::WallClock,
+    decode::{Observation, TcObservation},
+    packet::tcp_flags_str,
+};
+
+/// Interface names by ifindex, for the points flowtrace attached to.
+pub type IfNames = HashMap<u32, String>;
+
+fn iface(names: &IfNames, ifindex: u32) -> String {
+    names
+        .get(&ifindex)
+        .cloned()
+        .unwrap_or_else(|| format!("if{ifindex}"))
+}
+
+pub fn text(obs: &Observation, names: &IfNames, clock: &WallClock) -> String {
+    let Observation::Tc(t) = obs;
+    let what = summary(t);
+    format!(
+        "{} skb {:#x} {:<16} tc {:<7} {}B {}",
+        clock.short(t.ts_ns),
+        t.skb,
+        iface(names, t.ifindex),
+        t.direction.as_str(),
+        t.len,
+        what
+    )
+}
+
+fn summary(t: &TcObservation) -> String {
+    match &t.headers {
+        Some(h) => {
+            let flags = h
+                .tcp_flags()
+                .map(|f| format!(" [{}]", tcp_flags_str(f)))
+                .unwrap_or_default();
+            format!(
+                "{} {} → {}{flags}",
+                h.proto.name().to_uppercase(),
+                h.source(),
+                h.destination()
+            )
+        }
+        None => "non-IP frame".to_owned(),
+    }
+}
+
+pub fn json(obs: &Observation, names: &IfNames, clock: &WallClock) -> serde_json::Value {
+    let Observation::Tc(t) = obs;
+    let h = t.headers.as_ref();
+    json!({
+        "type": "observation",
+        "time": clock.rfc3339(t.ts_ns),
+        "ts_ns": t.ts_ns,
+        "skb": format!("{:#x}", t.skb),
+        "point": "tc",
+        "iface": iface(names, t.ifindex),
+        "ifindex": t.ifindex,
+        "dir": t.direction.as_str(),
+        "len": t.len,
+        "proto": h.map(|h| h.proto.name()),
+        "src": h.map(|h| h.source().to_string()),
+        "dst": h.map(|h| h.destination().to_string()),
+        "tcp_flags": h.and_then(|h| h.tcp_flags()).map(tcp_flags_str),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::packet::{parse_ethernet, tests::tcp_syn_v4};
+    use tracer_common::Direction;
+
+    fn obs() -> Observation {
+        let frame = tcp_syn_v4();
+        Observation::Tc(TcObservation {
+            ts_ns: 5_000_000_000,
+            skb: 0xffff_8881_0000_1000,
+            cpu: 0,
+            ifindex: 21,
+            direction: Direction::Ingress,
+            len: 54,
+            mark: 0,
+            headers: parse_ethernet(&frame),
+            bytes: frame,
+        })
+    }
+
+    #[test]
+    fn text_line_names_the_interface_and_addresses() {
+        let names = IfNames::from([(21, "veth9780200".to_owned())]);
+        let line = text(&obs(), &names, &WallClock::with_offset(0));
+        assert!(line.contains("veth9780200"), "{line}");
+        assert!(
+            line.contains("TCP 172.18.0.2:41234 → 198.51.100.2:8080 [S]"),
+            "{line}"
+        );
+        assert!(line.contains("54B"), "{line}");
+    }
+
+    #[test]
+    fn json_has_the_contract_fields() {
+        let v = json(&obs(), &IfNames::new(), &WallClock::with_offset(0));
+        assert_eq!(v["iface"], "if21");
+        assert_eq!(v["dir"], "ingress");
+        assert_eq!(v["src"], "172.18.0.2:41234");
+        assert_eq!(v["dst"], "198.51.100.2:8080");
+        assert_eq!(v["proto"], "tcp");
+        assert_eq!(v["tcp_flags"], "S");
+        assert_eq!(v["time"], "1970-01-01T00:00:05.000000Z");
+    }
+}

@@ -1,0 +1,193 @@
+//! Container metadata from the Docker API (bollard): which process, which networks, which IPs.
+
+use std::net::IpAddr;
+
+use bollard::query_parameters::{InspectNetworkOptions, ListContainersOptionsBuilder};
+
+use crate::error::{Error, Result};
+
+/// One network endpoint of a container, as Docker reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub network: String,
+    pub network_id: String,
+    pub ip: Option<IpAddr>,
+    pub prefix_len: u8,
+    pub gateway: Option<IpAddr>,
+    pub mac: String,
+}
+
+/// What flowtrace needs to know about a running container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub pid: u32,
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl ContainerInfo {
+    pub fn short_id(&self) -> &str {
+        &self.id[..self.id.len().min(12)]
+    }
+}
+
+pub struct Docker {
+    client: bollard::Docker,
+}
+
+impl Docker {
+    /// Connects to the local daemon (DOCKER_HOST or /var/run/docker.sock) and negotiates the
+    /// API version, so old daemons (Debian's 20.10) work too.
+    pub async fn connect() -> Result<Self> {
+        let unreachable = |e: bollard::errors::Error| Error::DockerUnreachable(e.to_string());
+        let client = bollard::Docker::connect_with_local_defaults().map_err(unreachable)?;
+        let client = client.negotiate_version().await.map_err(unreachable)?;
+        client.ping().await.map_err(unreachable)?;
+        Ok(Self { client })
+    }
+
+    pub async fn container(&self, name_or_id: &str) -> Result<ContainerInfo> {
+        let resp = match self.client.inspect_container(name_or_id, None).await {
+            Ok(resp) => resp,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {
+                let names = self.container_names().await.unwrap_or_default();
+                return Err(Error::UnknownContainer {
+                    name: name_or_id.to_owned(),
+                    suggestions: suggest(name_or_id, &names),
+                });
+            }
+            Err(e) => return Err(Error::DockerUnreachable(e.to_string())),
+        };
+        let name = resp
+            .name
+            .as_deref()
+            .unwrap_or(name_or_id)
+            .trim_start_matches('/')
+            .to_owned();
+        let state = resp.state.as_ref();
+        let running = state.and_then(|s| s.running).unwrap_or(false);
+        let pid = state.and_then(|s| s.pid).unwrap_or(0);
+        if !running || pid <= 0 {
+            return Err(Error::ContainerNotRunning(name));
+        }
+        let mut endpoints: Vec<Endpoint> = resp
+            .network_settings
+            .as_ref()
+            .and_then(|n| n.networks.as_ref())
+            .map(|nets| {
+                nets.iter()
+                    .map(|(net, ep)| Endpoint {
+                        network: net.clone(),
+                        network_id: ep.network_id.clone().unwrap_or_default(),
+                        ip: ep.ip_address.as_deref().and_then(|s| s.parse().ok()),
+                        prefix_len: ep.ip_prefix_len.unwrap_or(0).clamp(0, 128) as u8,
+                        gateway: ep.gateway.as_deref().and_then(|s| s.parse().ok()),
+                        mac: ep.mac_address.clone().unwrap_or_default(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        endpoints.sort_by(|a, b| a.network.cmp(&b.network));
+        Ok(ContainerInfo {
+            id: resp.id.unwrap_or_default(),
+            name,
+            image: resp
+                .config
+                .and_then(|c| c.image)
+                .or(resp.image)
+                .unwrap_or_default(),
+            pid: pid as u32,
+            endpoints,
+        })
+    }
+
+    /// Ids of the containers attached to a network.
+    pub async fn network_containers(&self, network: &str) -> Result<Vec<String>> {
+        match self
+            .client
+            .inspect_network(network, None::<InspectNetworkOptions>)
+            .await
+        {
+            Ok(net) => {
+                let mut ids: Vec<String> = net.containers.unwrap_or_default().into_keys().collect();
+                ids.sort();
+                Ok(ids)
+            }
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Err(Error::UnknownNetwork(network.to_owned())),
+            Err(e) => Err(Error::DockerUnreachable(e.to_string())),
+        }
+    }
+
+    async fn container_names(&self) -> Result<Vec<String>> {
+        let opts = ListContainersOptionsBuilder::default().all(true).build();
+        let list = self
+            .client
+            .list_containers(Some(opts))
+            .await
+            .map_err(|e| Error::DockerUnreachable(e.to_string()))?;
+        Ok(list
+            .into_iter()
+            .flat_map(|c| c.names.unwrap_or_default())
+            .map(|n| n.trim_start_matches('/').to_owned())
+            .collect())
+    }
+}
+
+/// Names close to `wanted` (edit distance ≤ 3, or containing it), closest first, at most 3.
+pub fn suggest(wanted: &str, names: &[String]) -> Vec<String> {
+    let mut scored: Vec<(usize, &String)> = names
+        .iter()
+        .filter_map(|n| {
+            let d = edit_distance(wanted, n);
+            (d <= 3 || (wanted.len() >= 3 && n.contains(wanted))).then_some((d, n))
+        })
+        .collect();
+    scored.sort();
+    scored.into_iter().take(3).map(|(_, n)| n.clone()).collect()
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_near_misses_and_substrings() {
+        let names: Vec<String> = ["ens_monitor_cron", "ens_monitor_peer", "redis"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(suggest("ens_monitr_cron", &names), vec!["ens_monitor_cron"]);
+        assert_eq!(suggest("redis", &names), vec!["redis"]);
+        let s = suggest("monitor", &names);
+        assert_eq!(s.len(), 2);
+        assert!(suggest("postgres", &names).is_empty());
+    }
+
+    #[test]
+    fn edit_distance_counts_single_edits() {
+        assert_eq!(edit_distance("abc", "abc"), 0);
+        assert_eq!(edit_distance("abc", "abd"), 1);
+        assert_eq!(edit_distance("abc", "ab"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+    }
+}

@@ -1,0 +1,6 @@
+//! Discovering what to trace: containers (Docker API), namespaces, interfaces and routes.
+
+pub mod docker;
+pub mod netlink;
+pub mod netns;
+pub mod topology;
