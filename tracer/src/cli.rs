@@ -48,15 +48,31 @@ pub struct TraceArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// One line per flow (counts and bytes each way, NAT, path) instead of one block per packet.
+    #[arg(long, conflicts_with = "raw")]
+    pub flows: bool,
+
     /// Print every observation as it arrives, without joining them into packets.
     #[arg(long)]
     pub raw: bool,
+
+    /// Only packets of this protocol: tcp, udp, icmp, icmp6 (repeatable).
+    #[arg(long = "proto", value_parser = crate::filter::parse_proto)]
+    pub protos: Vec<crate::events::packet::Proto>,
+
+    /// Only packets to or from this address, at any hop (repeatable).
+    #[arg(long = "host")]
+    pub hosts: Vec<std::net::IpAddr>,
+
+    /// Only packets with this source or destination port, at any hop (repeatable).
+    #[arg(long = "port")]
+    pub ports: Vec<u16>,
 
     /// Stop after this long (e.g. 500ms, 10s, 2m).
     #[arg(short = 'd', long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
-    /// Stop after this many packets (observations with --raw).
+    /// Stop after this many packets are shown (observations with --raw).
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
 

@@ -3,9 +3,12 @@
 //! and a hint.
 
 mod cli;
+mod correlate;
 mod error;
 mod events;
+mod filter;
 mod output;
+mod pipeline;
 mod probe;
 mod session;
 mod target;

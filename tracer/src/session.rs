@@ -2,22 +2,32 @@
 //! read events → present them → summarise. Everything attached is detached when this returns,
 //! whether by Ctrl-C, SIGTERM, `--duration`, `--count` or an error.
 
-use std::{collections::BTreeSet, io::Write, time::Duration};
+use std::{
+    collections::BTreeSet,
+    io::{BufWriter, Write},
+    time::Duration,
+};
 
 use tokio::signal::unix::{signal, SignalKind};
 use tracer_common::{Direction, PointKey};
 
 use crate::{
     cli::TraceArgs,
+    correlate::packet::{PointInfo, Points},
     error::{Error, Result},
     events::{clock::WallClock, ringbuf::EventStream},
-    output::raw::{self, IfNames},
+    filter::PacketFilter,
+    output::{raw, Format},
+    pipeline::Pipeline,
     probe::{counters::Counters, loader, tc},
     target::{
         docker::Docker,
-        topology::{container_path, HostView, Topology},
+        topology::{container_path, AttachPoint, HostView, Topology},
     },
 };
+
+/// How often pending packets are completed and loss counters read.
+const TICK: Duration = Duration::from_millis(50);
 
 /// Finds the containers, their veths and bridges, and the uplinks.
 pub async fn discover(args: &TraceArgs) -> Result<Topology> {
@@ -42,6 +52,19 @@ pub async fn discover(args: &TraceArgs) -> Result<Topology> {
                 topo.containers.push(container_path(info, &host)?);
             }
         }
+        let traced: Vec<u32> = topo
+            .containers
+            .iter()
+            .flat_map(|c| c.links.iter().map(|l| l.host_veth.index))
+            .collect();
+        let bridges: BTreeSet<u32> = topo
+            .containers
+            .iter()
+            .flat_map(|c| c.links.iter().filter_map(|l| l.bridge.as_ref().map(|b| b.index)))
+            .collect();
+        for b in bridges {
+            topo.ports.extend(host.bridge_ports(b, &traced));
+        }
         if !args.no_uplinks {
             topo.uplinks = host.uplinks();
         }
@@ -49,10 +72,36 @@ pub async fn discover(args: &TraceArgs) -> Result<Topology> {
     Ok(topo)
 }
 
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer; CLOCK_MONOTONIC is what bpf_ktime_get_ns() reads.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn points_of(attach: &[AttachPoint]) -> Points {
+    attach
+        .iter()
+        .map(|p| {
+            (
+                p.ifindex,
+                PointInfo {
+                    name: p.name.clone(),
+                    role: p.role,
+                    container: p.container.clone(),
+                },
+            )
+        })
+        .collect()
+}
+
 pub async fn trace(args: TraceArgs) -> Result<()> {
     let topo = discover(&args).await?;
-    let points = topo.attach_points();
-    if points.is_empty() {
+    let attach_points = topo.attach_points();
+    if attach_points.is_empty() {
         return Err(Error::NoTarget);
     }
     for line in topo.describe() {
@@ -63,13 +112,13 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     let mut qdiscs = tc::QdiscGuard::default();
     let mut ebpf = loader::load()?;
     let mut counters = Counters::take(&mut ebpf)?;
-    for p in &points {
+    for p in &attach_points {
         for d in [Direction::Ingress, Direction::Egress] {
             counters.register(PointKey::new(p.ifindex, d as u8))?;
         }
     }
     let mut stream = EventStream::take(&mut ebpf)?;
-    let attached = tc::attach(&mut ebpf, &points, &mut qdiscs)?;
+    let attached = tc::attach(&mut ebpf, &attach_points, &mut qdiscs)?;
     for a in attached
         .iter()
         .filter(|a| a.direction == Direction::Ingress)
@@ -81,71 +130,94 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     }
     eprintln!("tracing… (Ctrl-C to stop)");
 
-    let names: IfNames = points.iter().map(|p| (p.ifindex, p.name.clone())).collect();
+    let names: Vec<(u32, String)> = attach_points
+        .iter()
+        .map(|p| (p.ifindex, p.name.clone()))
+        .collect();
     let clock = WallClock::measure();
+    let format = if args.json {
+        Format::Json
+    } else {
+        Format::Text
+    };
+    let filter = PacketFilter {
+        protos: args.protos.clone(),
+        hosts: args.hosts.clone(),
+        ports: args.ports.clone(),
+    };
+    let mut pipeline = Pipeline::new(points_of(&attach_points), filter, format, args.flows, clock);
+    let raw_names: raw::IfNames = names.iter().cloned().collect();
+
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
     let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
     tokio::pin!(deadline);
+    let mut tick = tokio::time::interval(TICK);
 
     let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut out = BufWriter::new(stdout.lock());
+    let werr = |e| Error::io("writing output", e);
     let mut batch = Vec::new();
-    let mut shown: u64 = 0;
+    let mut raw_shown: u64 = 0;
+    let mut lost_reported: u64 = 0;
     'run: loop {
         tokio::select! {
             r = stream.next_batch(&mut batch) => r?,
+            _ = tick.tick() => {
+                pipeline.tick(monotonic_ns(), &mut out).map_err(werr)?;
+                let lost: u64 = counters.read().values().map(|c| c.lost).sum();
+                if lost > lost_reported {
+                    writeln!(out, "{}", pipeline.format().lost(lost - lost_reported)).map_err(werr)?;
+                    lost_reported = lost;
+                }
+            }
             _ = sigint.recv() => break 'run,
             _ = sigterm.recv() => break 'run,
             _ = &mut deadline => break 'run,
         }
         for obs in batch.drain(..) {
-            let line = if args.json {
-                raw::json(&obs, &names, &clock).to_string()
+            if args.raw {
+                let line = if args.json {
+                    raw::json(&obs, &raw_names, &clock).to_string()
+                } else {
+                    raw::text(&obs, &raw_names, &clock)
+                };
+                writeln!(out, "{line}").map_err(werr)?;
+                raw_shown += 1;
             } else {
-                raw::text(&obs, &names, &clock)
-            };
-            writeln!(out, "{line}").map_err(|e| Error::io("writing output", e))?;
-            shown += 1;
-            if args.count.is_some_and(|n| shown >= n) {
-                break 'run;
+                pipeline.observe(obs, &mut out).map_err(werr)?;
             }
         }
-        out.flush().map_err(|e| Error::io("writing output", e))?;
-    }
-
-    let totals = counters.read();
-    let lost: u64 = totals.values().map(|c| c.lost).sum();
-    if args.json {
-        let hops: Vec<_> = totals
-            .iter()
-            .map(|(k, c)| {
-                serde_json::json!({
-                    "iface": names.get(&k.ifindex),
-                    "dir": Direction::from_u8(k.direction).map(Direction::as_str),
-                    "packets": c.packets, "bytes": c.bytes, "lost": c.lost,
-                })
-            })
-            .collect();
-        let summary = serde_json::json!({
-            "type": "summary", "observations": shown, "lost": lost,
-            "malformed": stream.malformed, "hops": hops,
-        });
-        writeln!(out, "{summary}").map_err(|e| Error::io("writing output", e))?;
-    } else {
-        eprintln!("{shown} observations, {lost} lost");
-        for (k, c) in &totals {
-            eprintln!(
-                "  {:<16} {:<7} {:>8} pkts {:>10} bytes",
-                names.get(&k.ifindex).map_or("?", String::as_str),
-                Direction::from_u8(k.direction).map_or("?", Direction::as_str),
-                c.packets,
-                c.bytes
-            );
+        out.flush().map_err(werr)?;
+        let shown = if args.raw { raw_shown } else { pipeline.shown };
+        if args.count.is_some_and(|n| shown >= n) {
+            break 'run;
         }
     }
-    out.flush().map_err(|e| Error::io("writing output", e))?;
+
+    let mut summary = pipeline.finish(&mut out).map_err(werr)?;
+    if args.raw {
+        summary.packets = raw_shown;
+    }
+    summary.hops = counters.totals(&names);
+    summary.lost = summary.hops.iter().map(|h| h.lost).sum();
+    if summary.lost > lost_reported {
+        writeln!(
+            out,
+            "{}",
+            pipeline.format().lost(summary.lost - lost_reported)
+        )
+        .map_err(werr)?;
+    }
+    let text = pipeline.format().summary(&summary);
+    if args.json {
+        writeln!(out, "{text}").map_err(werr)?;
+    } else {
+        out.flush().map_err(werr)?;
+        eprintln!("{text}");
+    }
+    out.flush().map_err(werr)?;
     drop(ebpf);
     drop(qdiscs);
     Ok(())

@@ -6,9 +6,19 @@ use aya::{
     maps::{MapData, PerCpuHashMap, PerCpuValues},
     Ebpf,
 };
-use tracer_common::{HopCounter, PointKey};
+use tracer_common::{Direction, HopCounter, PointKey};
 
 use crate::error::{Error, Result};
+
+/// One point's counters, summed over CPUs, with its interface name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HopTotals {
+    pub iface: String,
+    pub direction: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+    pub lost: u64,
+}
 
 pub struct Counters {
     map: PerCpuHashMap<MapData, PointKey, HopCounter>,
@@ -43,6 +53,28 @@ impl Counters {
                 total.add(v);
             }
             out.insert(key, total);
+        }
+        out
+    }
+
+    /// Named totals, in attach order of `names` (ifindex → name).
+    pub fn totals(&self, names: &[(u32, String)]) -> Vec<HopTotals> {
+        let read = self.read();
+        let mut out = Vec::new();
+        for (ifindex, name) in names {
+            for d in [Direction::Ingress, Direction::Egress] {
+                let c = read
+                    .get(&PointKey::new(*ifindex, d as u8))
+                    .copied()
+                    .unwrap_or_default();
+                out.push(HopTotals {
+                    iface: name.clone(),
+                    direction: d.as_str(),
+                    packets: c.packets,
+                    bytes: c.bytes,
+                    lost: c.lost,
+                });
+            }
         }
         out
     }

@@ -20,6 +20,9 @@ pub enum Role {
     Veth,
     /// A bridge that a traced container's veth is enslaved to.
     Bridge,
+    /// Another port of such a bridge (another container's veth): for the L2 path between
+    /// containers. Its own traffic is not shown unless it touches a traced veth.
+    Port,
     /// An interface the host routes traffic out of.
     Uplink,
     /// An interface named with `--iface`.
@@ -31,6 +34,7 @@ impl fmt::Display for Role {
         f.write_str(match self {
             Self::Veth => "veth",
             Self::Bridge => "bridge",
+            Self::Port => "bridge port",
             Self::Uplink => "uplink",
             Self::Named => "iface",
         })
@@ -66,6 +70,8 @@ pub struct ContainerPath {
 #[derive(Clone, Debug, Default)]
 pub struct Topology {
     pub containers: Vec<ContainerPath>,
+    /// Other ports of the traced containers' bridges.
+    pub ports: Vec<Link>,
     pub uplinks: Vec<Link>,
     pub named: Vec<Link>,
 }
@@ -77,6 +83,15 @@ pub struct HostView {
 }
 
 impl HostView {
+    /// Interfaces enslaved to `bridge` other than those in `except`.
+    pub fn bridge_ports(&self, bridge: u32, except: &[u32]) -> Vec<Link> {
+        self.links
+            .iter()
+            .filter(|l| l.master == Some(bridge) && !except.contains(&l.index))
+            .cloned()
+            .collect()
+    }
+
     pub fn read() -> Result<Self> {
         let mut routes = netlink::routes(AddressFamily::Inet)?;
         routes.extend(netlink::routes(AddressFamily::Inet6)?);
@@ -168,6 +183,9 @@ impl Topology {
                 }
             }
         }
+        for p in &self.ports {
+            push(p, Role::Port, None);
+        }
         for u in &self.uplinks {
             push(u, Role::Uplink, None);
         }
@@ -208,6 +226,10 @@ impl Topology {
                     l.bridge.as_ref().map_or("(none)", |b| b.name.as_str()),
                 ));
             }
+        }
+        if !self.ports.is_empty() {
+            let names: Vec<&str> = self.ports.iter().map(|u| u.name.as_str()).collect();
+            out.push(format!("other bridge ports (for container-to-container paths): {}", names.join(", ")));
         }
         if !self.uplinks.is_empty() {
             let names: Vec<&str> = self.uplinks.iter().map(|u| u.name.as_str()).collect();

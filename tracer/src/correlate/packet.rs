@@ -1,0 +1,385 @@
+//! Joining the observations of one packet into ordered hops.
+//!
+//! The kernel's `sk_buff` address is the packet's identity while it lives: the same address
+//! is seen at the container's veth, the bridge and the uplink. Addresses are reused as soon as
+//! an skb is freed, so an observation continues a pending packet only if it is plausible:
+//! close in time, at a point the packet has not passed yet, not at an entry point (a packet
+//! leaving a container, or arriving from outside, is always a new packet), and with headers
+//! of the same flow (NAT may rewrite one side, not the protocol).
+
+use std::collections::HashMap;
+
+use tracer_common::Direction;
+
+use super::nat::{self, NatRewrite};
+use crate::{
+    events::{decode::TcObservation, packet::Headers},
+    target::topology::Role,
+};
+
+/// What the correlator knows about an attached interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PointInfo {
+    pub name: String,
+    pub role: Role,
+    /// For a container's host veth: the container's name.
+    pub container: Option<String>,
+}
+
+pub type Points = HashMap<u32, PointInfo>;
+
+/// One packet at one observation point.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hop {
+    pub ts_ns: u64,
+    pub ifindex: u32,
+    pub direction: Direction,
+    pub len: u32,
+    pub headers: Option<Headers>,
+    /// Captured bytes (for recording).
+    pub bytes: Vec<u8>,
+    /// An address rewrite that happened between the previous hop and this one.
+    pub nat: Vec<NatRewrite>,
+}
+
+/// Which way a packet goes relative to the traced container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Way {
+    /// Sent by the container (seen on ingress of its host veth).
+    FromContainer,
+    /// Delivered to the container (seen on egress of its host veth).
+    ToContainer,
+}
+
+/// A packet's whole observed path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Packet {
+    pub skb: u64,
+    pub hops: Vec<Hop>,
+}
+
+impl Packet {
+    pub fn first_ts(&self) -> u64 {
+        self.hops.first().map_or(0, |h| h.ts_ns)
+    }
+
+    fn last(&self) -> Option<&Hop> {
+        self.hops.last()
+    }
+
+    /// The first hop at a traced container's veth, with that container's name.
+    pub fn container_hop<'a>(&'a self, points: &'a Points) -> Option<(&'a Hop, &'a str)> {
+        self.hops.iter().find_map(|h| {
+            let p = points.get(&h.ifindex)?;
+            (p.role == Role::Veth)
+                .then_some(())
+                .and(p.container.as_deref())
+                .map(|c| (h, c))
+        })
+    }
+
+    /// Way relative to the container, from the direction at its veth.
+    pub fn way(&self, points: &Points) -> Option<Way> {
+        self.container_hop(points).map(|(h, _)| match h.direction {
+            Direction::Ingress => Way::FromContainer,
+            Direction::Egress => Way::ToContainer,
+        })
+    }
+
+    /// The headers as the container sees them (at its veth), else the first parsed ones.
+    pub fn view(&self, points: &Points) -> Option<Headers> {
+        self.container_hop(points)
+            .and_then(|(h, _)| h.headers)
+            .or_else(|| self.hops.iter().find_map(|h| h.headers))
+    }
+
+    /// Frame length at the first hop.
+    pub fn len(&self) -> u32 {
+        self.hops.first().map_or(0, |h| h.len)
+    }
+}
+
+/// Assembles observations into packets.
+pub struct Correlator {
+    points: Points,
+    pending: HashMap<u64, Packet>,
+    /// A packet with no new observation for this long is complete.
+    idle_ns: u64,
+}
+
+impl Correlator {
+    pub fn new(points: Points, idle_ns: u64) -> Self {
+        Self {
+            points,
+            pending: HashMap::new(),
+            idle_ns,
+        }
+    }
+
+    pub fn points(&self) -> &Points {
+        &self.points
+    }
+
+    /// Adds an observation; packets it proves complete are appended to `done`.
+    pub fn push(&mut self, obs: TcObservation, done: &mut Vec<Packet>) {
+        let hop = Hop {
+            ts_ns: obs.ts_ns,
+            ifindex: obs.ifindex,
+            direction: obs.direction,
+            len: obs.len,
+            headers: obs.headers,
+            bytes: obs.bytes,
+            nat: Vec::new(),
+        };
+        let continues = self
+            .pending
+            .get(&obs.skb)
+            .is_some_and(|p| self.continues(p, &hop));
+        if continues {
+            if let Some(p) = self.pending.get_mut(&obs.skb) {
+                p.hops.push(hop);
+            }
+            return;
+        }
+        if let Some(old) = self.pending.remove(&obs.skb) {
+            done.push(finish(old));
+        }
+        self.pending.insert(
+            obs.skb,
+            Packet {
+                skb: obs.skb,
+                hops: vec![hop],
+            },
+        );
+    }
+
+    fn continues(&self, p: &Packet, hop: &Hop) -> bool {
+        let Some(last) = p.last() else {
+            return false;
+        };
+        if hop.ts_ns.saturating_sub(last.ts_ns) > self.idle_ns {
+            return false;
+        }
+        let role = self.points.get(&hop.ifindex).map(|p| p.role);
+        let entry = hop.direction == Direction::Ingress
+            && matches!(role, Some(Role::Veth | Role::Port | Role::Uplink));
+        if entry {
+            return false;
+        }
+        if p.hops
+            .iter()
+            .any(|h| h.ifindex == hop.ifindex && h.direction == hop.direction)
+        {
+            return false;
+        }
+        let before = p.hops.iter().rev().find_map(|h| h.headers);
+        match (before, hop.headers) {
+            (Some(a), Some(b)) => same_packet(&a, &b),
+            _ => true,
+        }
+    }
+
+    /// Completes packets idle since before `now_ns - idle`.
+    pub fn expire(&mut self, now_ns: u64, done: &mut Vec<Packet>) {
+        let idle = self.idle_ns;
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| {
+                p.last()
+                    .is_some_and(|h| now_ns.saturating_sub(h.ts_ns) > idle)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        let mut out: Vec<Packet> = expired
+            .into_iter()
+            .filter_map(|k| self.pending.remove(&k))
+            .map(finish)
+            .collect();
+        out.sort_by_key(Packet::first_ts);
+        done.extend(out);
+    }
+
+    /// Completes everything (at exit).
+    pub fn drain(&mut self, done: &mut Vec<Packet>) {
+        let mut out: Vec<Packet> = self.pending.drain().map(|(_, p)| finish(p)).collect();
+        out.sort_by_key(Packet::first_ts);
+        done.extend(out);
+    }
+}
+
+/// Could `b` be `a` after NAT? Same protocol, and at most the source or the destination
+/// rewritten (or both, when the IPv4 identification proves it is the same datagram).
+fn same_packet(a: &Headers, b: &Headers) -> bool {
+    if a.proto != b.proto {
+        return false;
+    }
+    let same_id = a.ip_id != 0 && a.ip_id == b.ip_id;
+    a.source() == b.source() || a.destination() == b.destination() || same_id
+}
+
+fn finish(mut p: Packet) -> Packet {
+    p.hops.sort_by_key(|h| h.ts_ns);
+    nat::annotate(&mut p.hops);
+    p
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+    use crate::events::packet::{parse_ethernet, tests::tcp_syn_v4};
+
+    pub const VETH: u32 = 21;
+    pub const BRIDGE: u32 = 10;
+    pub const UPLINK: u32 = 30;
+    pub const PEER_VETH: u32 = 23;
+
+    pub fn points() -> Points {
+        let p = |name: &str, role, container: Option<&str>| PointInfo {
+            name: name.into(),
+            role,
+            container: container.map(Into::into),
+        };
+        Points::from([
+            (VETH, p("veth9780200", Role::Veth, Some("ens_monitor_cron"))),
+            (BRIDGE, p("br-d9231d44a1ab", Role::Bridge, None)),
+            (UPLINK, p("ftlab-up", Role::Uplink, None)),
+            (
+                PEER_VETH,
+                p("vethpeer", Role::Veth, Some("ens_monitor_peer")),
+            ),
+        ])
+    }
+
+    /// A SYN from the container, optionally with the source rewritten (as after MASQUERADE).
+    pub fn frame(src: [u8; 4], sport: u16) -> Vec<u8> {
+        let mut f = tcp_syn_v4();
+        f[26..30].copy_from_slice(&src);
+        f[34..36].copy_from_slice(&sport.to_be_bytes());
+        f
+    }
+
+    pub fn obs(skb: u64, ts: u64, ifindex: u32, dir: Direction, f: &[u8]) -> TcObservation {
+        TcObservation {
+            ts_ns: ts,
+            skb,
+            cpu: 0,
+            ifindex,
+            direction: dir,
+            len: f.len() as u32,
+            mark: 0,
+            headers: parse_ethernet(f),
+            bytes: f.to_vec(),
+        }
+    }
+
+    const CONTAINER: [u8; 4] = [172, 18, 0, 2];
+    const UPLINK_IP: [u8; 4] = [198, 51, 100, 1];
+
+    #[test]
+    fn joins_veth_bridge_uplink_with_snat() {
+        let mut c = Correlator::new(points(), 1_000_000);
+        let mut done = Vec::new();
+        let inner = frame(CONTAINER, 41234);
+        let outer = frame(UPLINK_IP, 41234);
+        c.push(obs(0xa, 100, VETH, Direction::Ingress, &inner), &mut done);
+        c.push(obs(0xa, 130, BRIDGE, Direction::Ingress, &inner), &mut done);
+        c.push(obs(0xa, 150, UPLINK, Direction::Egress, &outer), &mut done);
+        assert!(done.is_empty());
+        c.expire(2_000_000, &mut done);
+        assert_eq!(done.len(), 1);
+        let p = &done[0];
+        let order: Vec<u32> = p.hops.iter().map(|h| h.ifindex).collect();
+        assert_eq!(order, vec![VETH, BRIDGE, UPLINK]);
+        assert_eq!(p.way(c.points()), Some(Way::FromContainer));
+        assert_eq!(p.hops[2].nat.len(), 1);
+        assert_eq!(
+            p.hops[2].nat[0].to_string(),
+            "SNAT 172.18.0.2:41234 → 198.51.100.1:41234"
+        );
+        assert_eq!(
+            p.view(c.points()).map(|h| h.source().to_string()),
+            Some("172.18.0.2:41234".into())
+        );
+    }
+
+    #[test]
+    fn a_reused_skb_address_starts_a_new_packet_at_an_entry_point() {
+        let mut c = Correlator::new(points(), 1_000_000);
+        let mut done = Vec::new();
+        let f = frame(CONTAINER, 41234);
+        c.push(obs(0xa, 100, VETH, Direction::Ingress, &f), &mut done);
+        c.push(obs(0xa, 130, BRIDGE, Direction::Ingress, &f), &mut done);
+        // Same address, a new packet leaving the container.
+        c.push(obs(0xa, 500, VETH, Direction::Ingress, &f), &mut done);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].hops.len(), 2);
+        // Same address, a packet arriving from outside.
+        c.push(obs(0xa, 600, UPLINK, Direction::Ingress, &f), &mut done);
+        assert_eq!(done.len(), 2);
+        assert_eq!(done[1].hops.len(), 1);
+    }
+
+    #[test]
+    fn unrelated_headers_do_not_join() {
+        let mut c = Correlator::new(points(), 1_000_000);
+        let mut done = Vec::new();
+        let a = frame(CONTAINER, 41234);
+        let mut b = frame([172, 18, 0, 9], 5000);
+        b[18..20].copy_from_slice(&0x4444u16.to_be_bytes()); // other IP id
+        b[30..34].copy_from_slice(&[198, 51, 100, 7]);
+        c.push(obs(0xa, 100, VETH, Direction::Ingress, &a), &mut done);
+        c.push(obs(0xa, 120, UPLINK, Direction::Egress, &b), &mut done);
+        assert_eq!(done.len(), 1, "the first packet is complete");
+        c.drain(&mut done);
+        assert_eq!(done.len(), 2);
+    }
+
+    #[test]
+    fn a_long_gap_splits_packets() {
+        let mut c = Correlator::new(points(), 1_000);
+        let mut done = Vec::new();
+        let f = frame(CONTAINER, 41234);
+        c.push(obs(0xa, 100, VETH, Direction::Ingress, &f), &mut done);
+        c.push(obs(0xa, 5_000, BRIDGE, Direction::Ingress, &f), &mut done);
+        assert_eq!(done.len(), 1);
+    }
+
+    #[test]
+    fn reply_path_is_to_container() {
+        let mut c = Correlator::new(points(), 1_000_000);
+        let mut done = Vec::new();
+        // 198.51.100.2:8080 → 198.51.100.1:41234, de-NATed to 172.18.0.2:41234.
+        let mut outer = tcp_syn_v4();
+        outer[26..30].copy_from_slice(&[198, 51, 100, 2]);
+        outer[30..34].copy_from_slice(&UPLINK_IP);
+        outer[34..36].copy_from_slice(&8080u16.to_be_bytes());
+        outer[36..38].copy_from_slice(&41234u16.to_be_bytes());
+        let mut inner = outer.clone();
+        inner[30..34].copy_from_slice(&CONTAINER);
+        c.push(obs(0xb, 100, UPLINK, Direction::Ingress, &outer), &mut done);
+        c.push(obs(0xb, 140, BRIDGE, Direction::Egress, &inner), &mut done);
+        c.push(obs(0xb, 150, VETH, Direction::Egress, &inner), &mut done);
+        c.drain(&mut done);
+        let p = &done[0];
+        assert_eq!(p.hops.len(), 3);
+        assert_eq!(p.way(c.points()), Some(Way::ToContainer));
+        assert_eq!(
+            p.hops[1].nat[0].to_string(),
+            "DNAT 198.51.100.1:41234 → 172.18.0.2:41234"
+        );
+        let (_, name) = p.container_hop(c.points()).expect("traced");
+        assert_eq!(name, "ens_monitor_cron");
+    }
+
+    #[test]
+    fn packets_that_never_touch_a_traced_veth_have_no_container() {
+        let mut c = Correlator::new(points(), 1_000_000);
+        let mut done = Vec::new();
+        let f = frame([172, 18, 0, 3], 41234);
+        c.push(obs(0xc, 100, BRIDGE, Direction::Ingress, &f), &mut done);
+        c.push(obs(0xc, 120, UPLINK, Direction::Egress, &f), &mut done);
+        c.drain(&mut done);
+        assert!(done[0].container_hop(c.points()).is_none());
+    }
+}

@@ -1,0 +1,143 @@
+//! JSON lines, per the contract in the README: field names are fixed, new fields may be added.
+
+use serde_json::{json, Value};
+
+use super::Summary;
+use crate::{
+    correlate::{
+        flow::{FlowKey, FlowStats},
+        packet::{Packet, Points, Way},
+    },
+    events::{clock::WallClock, packet::tcp_flags_str},
+};
+
+pub fn packet(p: &Packet, points: &Points, clock: &WallClock) -> Value {
+    let view = p.view(points);
+    let t0 = p.first_ts();
+    let hops: Vec<Value> = p
+        .hops
+        .iter()
+        .map(|h| {
+            let mut hop = json!({
+                "at_ns": h.ts_ns - t0,
+                "point": "tc",
+                "iface": points.get(&h.ifindex).map_or_else(|| format!("if{}", h.ifindex), |p| p.name.clone()),
+                "dir": h.direction.as_str(),
+                "src": h.headers.map(|x| x.source().to_string()),
+                "dst": h.headers.map(|x| x.destination().to_string()),
+                "len": h.len,
+            });
+            if let Some(n) = h.nat.first() {
+                hop["nat"] = n.to_json();
+            }
+            if h.nat.len() > 1 {
+                hop["nat_all"] = h.nat.iter().map(|n| n.to_json()).collect();
+            }
+            hop
+        })
+        .collect();
+    let container = p.container_hop(points).map(|(_, c)| c.to_owned());
+    json!({
+        "type": "packet",
+        "time": clock.rfc3339(t0),
+        "container": container,
+        "way": p.way(points).map(|w| match w { Way::FromContainer => "out", Way::ToContainer => "in" }),
+        "proto": view.map(|h| h.proto.name()),
+        "src": view.map(|h| h.source().to_string()),
+        "dst": view.map(|h| h.destination().to_string()),
+        "len": p.len(),
+        "tcp_flags": view.and_then(|h| h.tcp_flags()).map(tcp_flags_str),
+        "skb": format!("{:#x}", p.skb),
+        "hops": hops,
+        "drop": Value::Null,
+    })
+}
+
+pub fn flow(k: &FlowKey, s: &FlowStats, clock: &WallClock) -> Value {
+    json!({
+        "type": "flow",
+        "time": clock.rfc3339(s.first_ns),
+        "last": clock.rfc3339(s.last_ns),
+        "container": k.container,
+        "proto": k.proto.name(),
+        "local": k.local_str(),
+        "remote": k.remote_str(),
+        "translated": s.translated.map(|t| t.to_string()),
+        "out": {"packets": s.out_packets, "bytes": s.out_bytes},
+        "in": {"packets": s.in_packets, "bytes": s.in_bytes},
+        "drops": s.drops,
+        "path_out": s.path_out,
+        "path_in": s.path_in,
+        "closed": s.closed(),
+    })
+}
+
+pub fn summary(s: &Summary) -> Value {
+    let hops: Vec<Value> = s
+        .hops
+        .iter()
+        .map(|h| {
+            json!({"iface": h.iface, "dir": h.direction, "packets": h.packets, "bytes": h.bytes, "lost": h.lost})
+        })
+        .collect();
+    json!({
+        "type": "summary",
+        "packets": s.packets,
+        "flows": s.flows,
+        "drops": s.drops,
+        "lost": s.lost,
+        "hops": hops,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::correlate::packet::{tests::*, Correlator};
+    use tracer_common::Direction;
+
+    #[test]
+    fn packet_json_follows_the_contract() {
+        let mut c = Correlator::new(points(), 1_000_000);
+        let mut done = Vec::new();
+        c.push(
+            obs(
+                1,
+                1_000,
+                VETH,
+                Direction::Ingress,
+                &frame([172, 18, 0, 2], 41234),
+            ),
+            &mut done,
+        );
+        c.push(
+            obs(
+                1,
+                47_900,
+                UPLINK,
+                Direction::Egress,
+                &frame([198, 51, 100, 1], 41234),
+            ),
+            &mut done,
+        );
+        c.drain(&mut done);
+        let v = packet(&done[0], c.points(), &WallClock::with_offset(0));
+        assert_eq!(v["type"], "packet");
+        assert_eq!(v["container"], "ens_monitor_cron");
+        assert_eq!(v["proto"], "tcp");
+        assert_eq!(v["src"], "172.18.0.2:41234");
+        assert_eq!(v["dst"], "198.51.100.2:8080");
+        assert_eq!(v["tcp_flags"], "S");
+        assert_eq!(v["len"], 54);
+        assert!(v["drop"].is_null());
+        let hops = v["hops"].as_array().expect("hops");
+        assert_eq!(hops[0]["at_ns"], 0);
+        assert_eq!(hops[0]["iface"], "veth9780200");
+        assert_eq!(hops[0]["point"], "tc");
+        assert_eq!(hops[1]["at_ns"], 46_900);
+        assert_eq!(hops[1]["src"], "198.51.100.1:41234");
+        assert_eq!(hops[1]["nat"]["kind"], "snat");
+        assert_eq!(hops[1]["nat"]["from"], "172.18.0.2:41234");
+        assert_eq!(hops[1]["nat"]["to"], "198.51.100.1:41234");
+    }
+}

@@ -1,0 +1,196 @@
+//! The human-readable form: one block per packet, one line per flow, a summary.
+
+use std::fmt::Write as _;
+
+use super::Summary;
+use crate::{
+    correlate::{
+        flow::{FlowKey, FlowStats},
+        packet::{Packet, Points, Way},
+    },
+    events::{clock::WallClock, packet::tcp_flags_str},
+    target::topology::Role,
+};
+use tracer_common::Direction;
+
+/// `+0.0µs`, `+32.6µs`, `+1.204ms`.
+pub fn delta(ns: u64) -> String {
+    if ns < 1_000_000 {
+        format!("+{:.1}µs", ns as f64 / 1000.0)
+    } else {
+        format!("+{:.3}ms", ns as f64 / 1_000_000.0)
+    }
+}
+
+fn note(role: Option<Role>, dir: Direction) -> &'static str {
+    match (role, dir) {
+        (Some(Role::Veth), Direction::Ingress) => "(leaves the container)",
+        (Some(Role::Veth), Direction::Egress) => "(enters the container)",
+        (Some(Role::Uplink), Direction::Egress) => "(leaves the host)",
+        (Some(Role::Uplink), Direction::Ingress) => "(arrives at the host)",
+        _ => "",
+    }
+}
+
+pub fn packet(p: &Packet, points: &Points, clock: &WallClock) -> String {
+    let mut s = String::new();
+    let view = p.view(points);
+    let head = match &view {
+        Some(h) => {
+            let flags = h
+                .tcp_flags()
+                .map(|f| format!(" [{}]", tcp_flags_str(f)))
+                .unwrap_or_default();
+            format!(
+                "{} {} → {}{flags}",
+                h.proto.name().to_uppercase(),
+                h.source(),
+                h.destination()
+            )
+        }
+        None => "non-IP frame".into(),
+    };
+    let who = match (p.container_hop(points), p.way(points)) {
+        (Some((_, c)), Some(Way::FromContainer)) => format!("  container {c} (out)"),
+        (Some((_, c)), Some(Way::ToContainer)) => format!("  container {c} (in)"),
+        _ => String::new(),
+    };
+    let _ = writeln!(s, "{} {head} {}B{who}", clock.short(p.first_ts()), p.len());
+    let t0 = p.first_ts();
+    for h in &p.hops {
+        let pt = points.get(&h.ifindex);
+        let name = pt.map_or_else(|| format!("if{}", h.ifindex), |p| p.name.clone());
+        let what = format!("tc {}", h.direction.as_str());
+        let mut tail = note(pt.map(|p| p.role), h.direction).to_owned();
+        for n in &h.nat {
+            if !tail.is_empty() {
+                tail.push_str("  ");
+            }
+            tail.push_str(&n.to_string());
+        }
+        let line = format!(
+            "  {:<9} {:<17} {:<14} {tail}",
+            delta(h.ts_ns - t0),
+            name,
+            what
+        );
+        let _ = writeln!(s, "{}", line.trim_end());
+    }
+    s.pop();
+    s
+}
+
+pub fn flow(k: &FlowKey, f: &FlowStats, clock: &WallClock) -> String {
+    let nat = f
+        .translated
+        .map(|t| format!(" (as {t})"))
+        .unwrap_or_default();
+    let path = if f.path_out.is_empty() {
+        &f.path_in
+    } else {
+        &f.path_out
+    };
+    let drops = if f.drops > 0 {
+        format!(" drops {}", f.drops)
+    } else {
+        String::new()
+    };
+    format!(
+        "{} {} {k}{nat}  out {} pkts {} B  in {} pkts {} B{drops}  via {}",
+        clock.short(f.first_ns),
+        k.container,
+        f.out_packets,
+        f.out_bytes,
+        f.in_packets,
+        f.in_bytes,
+        path.join(" → ")
+    )
+}
+
+pub fn summary(s: &Summary) -> String {
+    let mut out = format!(
+        "{} packets, {} flows, {} dropped, {} events lost",
+        s.packets, s.flows, s.drops, s.lost
+    );
+    for h in &s.hops {
+        let _ = write!(
+            out,
+            "\n  {:<17} {:<7} {:>9} pkts {:>12} bytes",
+            h.iface, h.direction, h.packets, h.bytes
+        );
+        if h.lost > 0 {
+            let _ = write!(out, " {:>7} events lost", h.lost);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::correlate::packet::{tests::*, Correlator};
+
+    #[test]
+    fn a_packet_block_shows_hops_in_order_with_nat() {
+        let mut c = Correlator::new(points(), 1_000_000);
+        let mut done = Vec::new();
+        c.push(
+            obs(
+                1,
+                1_000,
+                VETH,
+                Direction::Ingress,
+                &frame([172, 18, 0, 2], 41234),
+            ),
+            &mut done,
+        );
+        c.push(
+            obs(
+                1,
+                33_600,
+                BRIDGE,
+                Direction::Ingress,
+                &frame([172, 18, 0, 2], 41234),
+            ),
+            &mut done,
+        );
+        c.push(
+            obs(
+                1,
+                47_900,
+                UPLINK,
+                Direction::Egress,
+                &frame([198, 51, 100, 1], 41234),
+            ),
+            &mut done,
+        );
+        c.drain(&mut done);
+        let text = packet(&done[0], c.points(), &WallClock::with_offset(0));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[0].ends_with("TCP 172.18.0.2:41234 → 198.51.100.2:8080 [S] 54B  container ens_monitor_cron (out)"), "{text}");
+        assert!(
+            lines[1].contains("+0.0µs")
+                && lines[1].contains("veth9780200")
+                && lines[1].contains("(leaves the container)"),
+            "{text}"
+        );
+        assert!(
+            lines[2].contains("+32.6µs") && lines[2].contains("br-d9231d44a1ab"),
+            "{text}"
+        );
+        assert!(
+            lines[3].contains("+46.9µs")
+                && lines[3].contains("tc egress")
+                && lines[3].contains("SNAT 172.18.0.2:41234 → 198.51.100.1:41234"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn deltas_switch_to_milliseconds() {
+        assert_eq!(delta(0), "+0.0µs");
+        assert_eq!(delta(32_600), "+32.6µs");
+        assert_eq!(delta(1_204_000), "+1.204ms");
+    }
+}

@@ -1,0 +1,195 @@
+//! What happens to each observation after it leaves the ring buffer: join into packets, keep
+//! the traced containers' packets that pass the filter, account flows, print. No kernel in
+//! here, so the whole path is unit-tested.
+
+use std::io::Write;
+
+use crate::{
+    correlate::{
+        flow::FlowTable,
+        packet::{Correlator, Packet, Points},
+    },
+    events::{clock::WallClock, decode::Observation},
+    filter::PacketFilter,
+    output::{Format, Summary},
+};
+
+/// Idle time after which a packet is considered complete (it crosses the host in µs).
+pub const PACKET_IDLE_NS: u64 = 100_000_000;
+/// Idle time after which a flow is reported with `--flows`.
+pub const FLOW_IDLE_NS: u64 = 10_000_000_000;
+/// Flows kept in memory at most.
+pub const MAX_FLOWS: usize = 65_536;
+
+pub struct Pipeline {
+    correlator: Correlator,
+    flows: FlowTable,
+    filter: PacketFilter,
+    format: Format,
+    clock: WallClock,
+    /// `--flows`: print flows instead of packets.
+    flow_mode: bool,
+    pub shown: u64,
+    pub untraced: u64,
+    pub flows_seen: u64,
+    done: Vec<Packet>,
+}
+
+impl Pipeline {
+    pub fn new(
+        points: Points,
+        filter: PacketFilter,
+        format: Format,
+        flow_mode: bool,
+        clock: WallClock,
+    ) -> Self {
+        Self {
+            correlator: Correlator::new(points, PACKET_IDLE_NS),
+            flows: FlowTable::new(MAX_FLOWS),
+            filter,
+            format,
+            clock,
+            flow_mode,
+            shown: 0,
+            untraced: 0,
+            flows_seen: 0,
+            done: Vec::new(),
+        }
+    }
+
+    pub fn format(&self) -> &Format {
+        &self.format
+    }
+
+    pub fn observe(&mut self, obs: Observation, out: &mut impl Write) -> std::io::Result<()> {
+        let Observation::Tc(t) = obs;
+        self.correlator.push(t, &mut self.done);
+        self.emit(out)
+    }
+
+    /// Called periodically with the current CLOCK_MONOTONIC time.
+    pub fn tick(&mut self, now_ns: u64, out: &mut impl Write) -> std::io::Result<()> {
+        self.correlator.expire(now_ns, &mut self.done);
+        self.emit(out)?;
+        if self.flow_mode {
+            for (k, s) in self.flows.take_finished(now_ns, FLOW_IDLE_NS) {
+                writeln!(out, "{}", self.format.flow(&k, &s, &self.clock))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Completes everything pending and returns the summary counts.
+    pub fn finish(&mut self, out: &mut impl Write) -> std::io::Result<Summary> {
+        self.correlator.drain(&mut self.done);
+        self.emit(out)?;
+        if self.flow_mode {
+            for (k, s) in self.flows.all() {
+                writeln!(out, "{}", self.format.flow(k, s, &self.clock))?;
+            }
+        }
+        Ok(Summary {
+            packets: self.shown,
+            flows: self.flows_seen,
+            ..Summary::default()
+        })
+    }
+
+    fn emit(&mut self, out: &mut impl Write) -> std::io::Result<()> {
+        for p in std::mem::take(&mut self.done) {
+            let points = self.correlator.points();
+            if p.container_hop(points).is_none() {
+                self.untraced += 1;
+                continue;
+            }
+            if !self.filter.matches(&p) {
+                continue;
+            }
+            let before = self.flows.len();
+            let key = self.flows.record(&p, points, false);
+            if key.is_some() && self.flows.len() > before {
+                self.flows_seen += 1;
+            }
+            self.shown += 1;
+            if !self.flow_mode {
+                writeln!(out, "{}", self.format.packet(&p, points, &self.clock))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::correlate::packet::tests::*;
+    use tracer_common::Direction;
+
+    fn run(flow_mode: bool, filter: PacketFilter) -> (String, Summary) {
+        let mut p = Pipeline::new(
+            points(),
+            filter,
+            Format::Json,
+            flow_mode,
+            WallClock::with_offset(0),
+        );
+        let mut out = Vec::new();
+        let f = frame([172, 18, 0, 2], 41234);
+        let g = frame([198, 51, 100, 1], 41234);
+        for o in [
+            obs(1, 10, VETH, Direction::Ingress, &f),
+            obs(1, 20, BRIDGE, Direction::Ingress, &f),
+            obs(1, 30, UPLINK, Direction::Egress, &g),
+            // Another container's packet on the bridge and uplink only: not shown.
+            obs(
+                2,
+                40,
+                BRIDGE,
+                Direction::Ingress,
+                &frame([172, 18, 0, 3], 5555),
+            ),
+            obs(
+                2,
+                50,
+                UPLINK,
+                Direction::Egress,
+                &frame([198, 51, 100, 1], 5555),
+            ),
+        ] {
+            p.observe(Observation::Tc(o), &mut out).expect("write");
+        }
+        let s = p.finish(&mut out).expect("write");
+        (String::from_utf8(out).expect("utf8"), s)
+    }
+
+    #[test]
+    fn only_traced_packets_are_printed() {
+        let (out, s) = run(false, PacketFilter::default());
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{out}");
+        assert_eq!(lines[0]["hops"].as_array().map(Vec::len), Some(3));
+        assert_eq!((s.packets, s.flows), (1, 1));
+    }
+
+    #[test]
+    fn flow_mode_prints_flows_not_packets() {
+        let (out, _) = run(true, PacketFilter::default());
+        let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one json line");
+        assert_eq!(v["type"], "flow");
+        assert_eq!(v["translated"], "198.51.100.1:41234");
+    }
+
+    #[test]
+    fn the_filter_applies() {
+        let filter = PacketFilter {
+            ports: vec![9],
+            ..Default::default()
+        };
+        let (out, s) = run(false, filter);
+        assert!(out.is_empty());
+        assert_eq!(s.packets, 0);
+    }
+}
