@@ -95,8 +95,14 @@ impl Pipeline {
         })
     }
 
+    /// Prints completed packets in time order: those that started before every packet still
+    /// being assembled (all of them once nothing is pending).
     fn emit(&mut self, out: &mut impl Write) -> std::io::Result<()> {
-        for p in std::mem::take(&mut self.done) {
+        let watermark = self.correlator.oldest_pending().unwrap_or(u64::MAX);
+        self.done.sort_by_key(Packet::first_ts);
+        let ready = self.done.partition_point(|p| p.first_ts() < watermark);
+        let rest = self.done.split_off(ready);
+        for p in std::mem::replace(&mut self.done, rest) {
             let points = self.correlator.points();
             if p.container_hop(points).is_none() {
                 self.untraced += 1;
@@ -180,6 +186,43 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one json line");
         assert_eq!(v["type"], "flow");
         assert_eq!(v["translated"], "198.51.100.1:41234");
+    }
+
+    #[test]
+    fn packets_are_printed_in_time_order() {
+        let mut p = Pipeline::new(
+            points(),
+            PacketFilter::default(),
+            Format::Json,
+            false,
+            WallClock::with_offset(0),
+        );
+        let mut out = Vec::new();
+        let f = frame([172, 18, 0, 2], 41234);
+        // Packet 1 starts first and stays pending; packet 2 completes (skb reuse) earlier.
+        p.observe(
+            Observation::Tc(obs(1, 10, VETH, Direction::Ingress, &f)),
+            &mut out,
+        )
+        .expect("w");
+        p.observe(
+            Observation::Tc(obs(2, 20, VETH, Direction::Ingress, &f)),
+            &mut out,
+        )
+        .expect("w");
+        p.observe(
+            Observation::Tc(obs(2, 30, VETH, Direction::Ingress, &f)),
+            &mut out,
+        )
+        .expect("w");
+        assert!(out.is_empty(), "packet 2 must wait for packet 1");
+        p.finish(&mut out).expect("w");
+        let ts: Vec<String> = String::from_utf8(out)
+            .expect("utf8")
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json")["skb"].to_string())
+            .collect();
+        assert_eq!(ts, vec!["\"0x1\"", "\"0x2\"", "\"0x2\""]);
     }
 
     #[test]

@@ -60,7 +60,11 @@ pub async fn discover(args: &TraceArgs) -> Result<Topology> {
         let bridges: BTreeSet<u32> = topo
             .containers
             .iter()
-            .flat_map(|c| c.links.iter().filter_map(|l| l.bridge.as_ref().map(|b| b.index)))
+            .flat_map(|c| {
+                c.links
+                    .iter()
+                    .filter_map(|l| l.bridge.as_ref().map(|b| b.index))
+            })
             .collect();
         for b in bridges {
             topo.ports.extend(host.bridge_ports(b, &traced));

@@ -37,14 +37,22 @@ fn raw_event_at_the_container_veth_has_the_right_addresses() {
     let want_src = format!("{}:{sport}", lab.s("container_ip"));
     let want_dst = format!("{}:9999", lab.s("inet_ip"));
     let hit = lines.iter().find(|l| {
-        l["type"] == "observation" && l["iface"] == veth.as_str() && l["dir"] == "ingress" && l["src"] == want_src.as_str()
+        l["type"] == "observation"
+            && l["iface"] == veth.as_str()
+            && l["dir"] == "ingress"
+            && l["src"] == want_src.as_str()
     });
     let hit = hit.unwrap_or_else(|| panic!("no observation from {want_src} on {veth}: {lines:?}"));
     assert_eq!(hit["dst"], want_dst.as_str());
     assert_eq!(hit["proto"], "udp");
-    assert!(hit["skb"].as_str().is_some_and(|s| s.starts_with("0xffff")), "{hit}");
+    assert!(
+        hit["skb"].as_str().is_some_and(|s| s.starts_with("0xffff")),
+        "{hit}"
+    );
     // The echo came back through the veth's egress.
-    assert!(lines.iter().any(|l| l["dir"] == "egress" && l["dst"] == want_src.as_str()));
+    assert!(lines
+        .iter()
+        .any(|l| l["dir"] == "egress" && l["dst"] == want_src.as_str()));
     assert_eq!(leftovers(&veth), "", "flowtrace left tc state behind");
 }
 
@@ -59,33 +67,67 @@ fn tcp_to_the_internet_shows_veth_bridge_uplink_and_masquerade_both_ways() {
     let local = format!("{}:{sport}", lab.s("container_ip"));
     let outside = format!("{}:{sport}", lab.s("uplink_ip"));
 
-    let syn = find(&lines, "out", |p| p["src"] == local.as_str() && p["tcp_flags"] == "S");
+    let syn = find(&lines, "out", |p| {
+        p["src"] == local.as_str() && p["tcp_flags"] == "S"
+    });
     assert_eq!(syn["container"], "ens_monitor_cron");
     assert_eq!(syn["dst"], format!("{}:8080", lab.s("inet_ip")).as_str());
     assert_eq!(
         hops(syn),
-        vec![pair(&veth, "ingress"), pair(&bridge, "ingress"), pair(&uplink, "egress")],
+        vec![
+            pair(&veth, "ingress"),
+            pair(&bridge, "ingress"),
+            pair(&uplink, "egress")
+        ],
         "{syn}"
     );
     let up = &syn["hops"][2];
-    assert_eq!(up["src"], outside.as_str(), "MASQUERADE to the uplink address: {syn}");
+    assert_eq!(
+        up["src"],
+        outside.as_str(),
+        "MASQUERADE to the uplink address: {syn}"
+    );
     assert_eq!(up["nat"]["kind"], "snat");
     assert_eq!(up["nat"]["from"], local.as_str());
     assert_eq!(up["nat"]["to"], outside.as_str());
-    let at: Vec<u64> = syn["hops"].as_array().into_iter().flatten().filter_map(|h| h["at_ns"].as_u64()).collect();
-    assert!(at.windows(2).all(|w| w[0] <= w[1]), "hops in time order: {at:?}");
+    let at: Vec<u64> = syn["hops"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h["at_ns"].as_u64())
+        .collect();
+    assert!(
+        at.windows(2).all(|w| w[0] <= w[1]),
+        "hops in time order: {at:?}"
+    );
 
-    let synack = find(&lines, "in", |p| p["dst"] == local.as_str() && p["tcp_flags"] == "S.");
+    let synack = find(&lines, "in", |p| {
+        p["dst"] == local.as_str() && p["tcp_flags"] == "S."
+    });
     assert_eq!(
         hops(synack),
-        vec![pair(&uplink, "ingress"), pair(&bridge, "egress"), pair(&veth, "egress")],
+        vec![
+            pair(&uplink, "ingress"),
+            pair(&bridge, "egress"),
+            pair(&veth, "egress")
+        ],
         "{synack}"
     );
-    assert_eq!(synack["hops"][0]["dst"], outside.as_str(), "the reply arrives for the host address");
-    assert_eq!(synack["hops"][1]["nat"]["kind"], "dnat", "de-NAT before the bridge: {synack}");
+    assert_eq!(
+        synack["hops"][0]["dst"],
+        outside.as_str(),
+        "the reply arrives for the host address"
+    );
+    assert_eq!(
+        synack["hops"][1]["nat"]["kind"], "dnat",
+        "de-NAT before the bridge: {synack}"
+    );
     assert_eq!(synack["hops"][1]["nat"]["to"], local.as_str());
 
-    let summary = lines.iter().find(|l| l["type"] == "summary").expect("summary line");
+    let summary = lines
+        .iter()
+        .find(|l| l["type"] == "summary")
+        .expect("summary line");
     assert!(summary["packets"].as_u64().unwrap_or(0) >= 4, "{summary}");
     assert_eq!(summary["lost"], 0);
     assert_eq!(leftovers(&veth), "");
@@ -103,18 +145,54 @@ fn udp_and_icmp_echo_are_traced_out_and_back() {
     let lines = ft.stop();
     let local = format!("{}:{sport}", lab.s("container_ip"));
 
-    let out = find(&lines, "out", |p| p["proto"] == "udp" && p["src"] == local.as_str());
-    assert_eq!(hops(out), vec![pair(&veth, "ingress"), pair(&bridge, "ingress"), pair(&uplink, "egress")]);
+    let out = find(&lines, "out", |p| {
+        p["proto"] == "udp" && p["src"] == local.as_str()
+    });
+    assert_eq!(
+        hops(out),
+        vec![
+            pair(&veth, "ingress"),
+            pair(&bridge, "ingress"),
+            pair(&uplink, "egress")
+        ]
+    );
     assert_eq!(out["hops"][2]["nat"]["kind"], "snat");
-    let back = find(&lines, "in", |p| p["proto"] == "udp" && p["dst"] == local.as_str());
-    assert_eq!(hops(back), vec![pair(&uplink, "ingress"), pair(&bridge, "egress"), pair(&veth, "egress")]);
+    let back = find(&lines, "in", |p| {
+        p["proto"] == "udp" && p["dst"] == local.as_str()
+    });
+    assert_eq!(
+        hops(back),
+        vec![
+            pair(&uplink, "ingress"),
+            pair(&bridge, "egress"),
+            pair(&veth, "egress")
+        ]
+    );
 
     let cip = lab.s("container_ip");
-    let req = find(&lines, "out", |p| p["proto"] == "icmp" && p["src"] == cip.as_str());
-    assert_eq!(hops(req), vec![pair(&veth, "ingress"), pair(&bridge, "ingress"), pair(&uplink, "egress")]);
+    let req = find(&lines, "out", |p| {
+        p["proto"] == "icmp" && p["src"] == cip.as_str()
+    });
+    assert_eq!(
+        hops(req),
+        vec![
+            pair(&veth, "ingress"),
+            pair(&bridge, "ingress"),
+            pair(&uplink, "egress")
+        ]
+    );
     assert_eq!(req["hops"][2]["src"], lab.s("uplink_ip").as_str(), "{req}");
-    let rep = find(&lines, "in", |p| p["proto"] == "icmp" && p["dst"] == cip.as_str());
-    assert_eq!(hops(rep), vec![pair(&uplink, "ingress"), pair(&bridge, "egress"), pair(&veth, "egress")]);
+    let rep = find(&lines, "in", |p| {
+        p["proto"] == "icmp" && p["dst"] == cip.as_str()
+    });
+    assert_eq!(
+        hops(rep),
+        vec![
+            pair(&uplink, "ingress"),
+            pair(&bridge, "egress"),
+            pair(&veth, "egress")
+        ]
+    );
 }
 
 #[test]
@@ -126,11 +204,30 @@ fn container_to_container_is_the_l2_path_without_uplink_or_nat() {
     let sport = tcp(&lab, &cron(), lab.ip("peer_ip"), 8080).expect("tcp to the peer");
     let lines = ft.stop();
     let local = format!("{}:{sport}", lab.s("container_ip"));
-    let syn = find(&lines, "out", |p| p["src"] == local.as_str() && p["tcp_flags"] == "S");
-    assert_eq!(hops(syn), vec![pair(&veth, "ingress"), pair(&peer_veth, "egress")], "{syn}");
-    assert!(syn["hops"].as_array().into_iter().flatten().all(|h| h.get("nat").is_none()), "{syn}");
-    let synack = find(&lines, "in", |p| p["dst"] == local.as_str() && p["tcp_flags"] == "S.");
-    assert_eq!(hops(synack), vec![pair(&peer_veth, "ingress"), pair(&veth, "egress")], "{synack}");
+    let syn = find(&lines, "out", |p| {
+        p["src"] == local.as_str() && p["tcp_flags"] == "S"
+    });
+    assert_eq!(
+        hops(syn),
+        vec![pair(&veth, "ingress"), pair(&peer_veth, "egress")],
+        "{syn}"
+    );
+    assert!(
+        syn["hops"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|h| h.get("nat").is_none()),
+        "{syn}"
+    );
+    let synack = find(&lines, "in", |p| {
+        p["dst"] == local.as_str() && p["tcp_flags"] == "S."
+    });
+    assert_eq!(
+        hops(synack),
+        vec![pair(&peer_veth, "ingress"), pair(&veth, "egress")],
+        "{synack}"
+    );
 }
 
 #[test]
@@ -151,7 +248,10 @@ fn an_untraced_containers_traffic_does_not_appear() {
     // ...and nothing of the peer's three connections is.
     for p in packets(&lines) {
         let text = p.to_string();
-        assert!(!text.contains(&format!("\"{peer_ip}:")), "peer traffic shown: {text}");
+        assert!(
+            !text.contains(&format!("\"{peer_ip}:")),
+            "peer traffic shown: {text}"
+        );
         assert_eq!(p["container"], "ens_monitor_cron");
     }
 }
@@ -161,21 +261,54 @@ fn an_untraced_containers_traffic_does_not_appear() {
 fn a_published_port_shows_the_dnat_and_the_reply_de_nat() {
     let lab = Lab::get();
     let published = &lab.state["published"];
-    let host_port = published["host_port"].as_u64().expect("lab up with --publish") as u16;
-    let cport = published["container_port"].as_u64().expect("container port");
+    let host_port = published["host_port"]
+        .as_u64()
+        .expect("lab up with --publish") as u16;
+    let cport = published["container_port"]
+        .as_u64()
+        .expect("container port");
     let (veth, bridge, uplink) = (lab.s("host_veth"), lab.s("bridge"), lab.s("uplink"));
     let ft = Flowtrace::start(&["-c", "ens_monitor_cron", "--json"]);
     let sport = tcp(&lab, &From::Internet, lab.ip("uplink_ip"), host_port).expect("published port");
     let lines = ft.stop();
     let client = format!("{}:{sport}", lab.s("inet_ip"));
-    let syn = find(&lines, "in", |p| p["src"] == client.as_str() && p["tcp_flags"] == "S");
-    assert_eq!(syn["dst"], format!("{}:{cport}", lab.s("container_ip")).as_str());
-    assert_eq!(hops(syn), vec![pair(&uplink, "ingress"), pair(&bridge, "egress"), pair(&veth, "egress")], "{syn}");
-    assert_eq!(syn["hops"][0]["dst"], format!("{}:{host_port}", lab.s("uplink_ip")).as_str());
+    let syn = find(&lines, "in", |p| {
+        p["src"] == client.as_str() && p["tcp_flags"] == "S"
+    });
+    assert_eq!(
+        syn["dst"],
+        format!("{}:{cport}", lab.s("container_ip")).as_str()
+    );
+    assert_eq!(
+        hops(syn),
+        vec![
+            pair(&uplink, "ingress"),
+            pair(&bridge, "egress"),
+            pair(&veth, "egress")
+        ],
+        "{syn}"
+    );
+    assert_eq!(
+        syn["hops"][0]["dst"],
+        format!("{}:{host_port}", lab.s("uplink_ip")).as_str()
+    );
     assert_eq!(syn["hops"][1]["nat"]["kind"], "dnat", "{syn}");
-    let synack = find(&lines, "out", |p| p["dst"] == client.as_str() && p["tcp_flags"] == "S.");
-    assert_eq!(hops(synack), vec![pair(&veth, "ingress"), pair(&bridge, "ingress"), pair(&uplink, "egress")]);
+    let synack = find(&lines, "out", |p| {
+        p["dst"] == client.as_str() && p["tcp_flags"] == "S."
+    });
+    assert_eq!(
+        hops(synack),
+        vec![
+            pair(&veth, "ingress"),
+            pair(&bridge, "ingress"),
+            pair(&uplink, "egress")
+        ]
+    );
     let up = &synack["hops"][2];
-    assert_eq!(up["src"], format!("{}:{host_port}", lab.s("uplink_ip")).as_str(), "reply de-NAT: {synack}");
+    assert_eq!(
+        up["src"],
+        format!("{}:{host_port}", lab.s("uplink_ip")).as_str(),
+        "reply de-NAT: {synack}"
+    );
     assert_eq!(up["nat"]["kind"], "snat");
 }

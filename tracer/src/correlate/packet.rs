@@ -120,6 +120,12 @@ impl Correlator {
         &self.points
     }
 
+    /// Start time of the oldest packet still being assembled: completed packets that started
+    /// after it must wait, so that output stays in time order.
+    pub fn oldest_pending(&self) -> Option<u64> {
+        self.pending.values().map(Packet::first_ts).min()
+    }
+
     /// Adds an observation; packets it proves complete are appended to `done`.
     pub fn push(&mut self, obs: TcObservation, done: &mut Vec<Packet>) {
         let hop = Hop {

@@ -8,6 +8,7 @@ use std::{
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 
@@ -17,6 +18,8 @@ pub enum Proto {
     Udp,
     Icmp,
     Icmpv6,
+    /// ARP (IPv4 over Ethernet): src/dst are the sender and target protocol addresses.
+    Arp,
     Other(u8),
 }
 
@@ -37,6 +40,7 @@ impl Proto {
             Self::Udp => "udp".into(),
             Self::Icmp => "icmp".into(),
             Self::Icmpv6 => "icmpv6".into(),
+            Self::Arp => "arp".into(),
             Self::Other(n) => format!("ip-proto-{n}"),
         }
     }
@@ -62,6 +66,10 @@ pub enum L4 {
         /// Echo identifier (ICMP/ICMPv6 echo request and reply), else 0.
         id: u16,
         seq: u16,
+    },
+    /// ARP operation: 1 request, 2 reply.
+    Arp {
+        op: u16,
     },
     None,
 }
@@ -117,6 +125,52 @@ impl Headers {
         }
     }
 
+    /// A tcpdump-like one-line description: `TCP 172.18.0.2:41234 → 198.51.100.2:8080 [S]`,
+    /// `ARP who-has 172.18.0.1 tell 172.18.0.2`, `ICMP 172.18.0.2 → 198.51.100.2 echo request id 7 seq 1`.
+    pub fn summary(&self) -> String {
+        match self.l4 {
+            L4::Arp { op: 1 } => format!("ARP who-has {} tell {}", self.dst, self.src),
+            L4::Arp { op: 2 } => format!("ARP reply {} is-at (to {})", self.src, self.dst),
+            L4::Arp { op } => format!("ARP op {op} {} → {}", self.src, self.dst),
+            L4::Tcp { flags, .. } => format!(
+                "TCP {} → {} [{}]",
+                self.source(),
+                self.destination(),
+                tcp_flags_str(flags)
+            ),
+            L4::Icmp {
+                kind,
+                code,
+                id,
+                seq,
+            } => {
+                let what = match (self.proto, kind) {
+                    (Proto::Icmp, 8) | (Proto::Icmpv6, 128) => {
+                        format!("echo request id {id} seq {seq}")
+                    }
+                    (Proto::Icmp, 0) | (Proto::Icmpv6, 129) => {
+                        format!("echo reply id {id} seq {seq}")
+                    }
+                    (Proto::Icmp, 3) => format!("unreachable code {code}"),
+                    (Proto::Icmp, 11) => "time exceeded".to_owned(),
+                    _ => format!("type {kind} code {code}"),
+                };
+                format!(
+                    "{} {} → {} {what}",
+                    self.proto.name().to_uppercase(),
+                    self.src,
+                    self.dst
+                )
+            }
+            _ => format!(
+                "{} {} → {}",
+                self.proto.name().to_uppercase(),
+                self.source(),
+                self.destination()
+            ),
+        }
+    }
+
     pub fn tcp_flags(&self) -> Option<u8> {
         match self.l4 {
             L4::Tcp { flags, .. } => Some(flags),
@@ -166,7 +220,25 @@ pub fn parse_ethernet(frame: &[u8]) -> Option<Headers> {
         ethertype = be16(frame, off + 2)?;
         off += 4;
     }
+    if ethertype == ETH_P_ARP {
+        return parse_arp(frame.get(off..)?);
+    }
     parse_l3(ethertype, frame.get(off..)?)
+}
+
+fn parse_arp(p: &[u8]) -> Option<Headers> {
+    // Ethernet hardware (1), IPv4 protocol, 6-byte MACs, 4-byte addresses.
+    if be16(p, 0)? != 1 || be16(p, 2)? != ETH_P_IP || *p.get(4)? != 6 || *p.get(5)? != 4 {
+        return None;
+    }
+    Some(Headers {
+        src: IpAddr::V4(Ipv4Addr::from(be32(p, 14)?)),
+        dst: IpAddr::V4(Ipv4Addr::from(be32(p, 24)?)),
+        proto: Proto::Arp,
+        ttl: 0,
+        ip_id: 0,
+        l4: L4::Arp { op: be16(p, 6)? },
+    })
 }
 
 /// Parses an IP packet whose ethertype is known (`ETH_P_IP` or `ETH_P_IPV6`).
@@ -269,7 +341,7 @@ fn parse_l4(proto: Proto, p: &[u8]) -> L4 {
                 seq,
             })
         })(),
-        Proto::Other(_) => None,
+        Proto::Arp | Proto::Other(_) => None,
     };
     parsed.unwrap_or(L4::None)
 }
@@ -374,10 +446,33 @@ pub mod tests {
     }
 
     #[test]
-    fn non_ip_frames_are_not_parsed() {
+    fn other_frames_are_not_parsed() {
         let mut f = tcp_syn_v4();
-        f[12..14].copy_from_slice(&0x0806u16.to_be_bytes()); // ARP
+        f[12..14].copy_from_slice(&0x88ccu16.to_be_bytes()); // LLDP
         assert!(parse_ethernet(&f).is_none());
+    }
+
+    #[test]
+    fn parses_arp_like_tcpdump() {
+        let mut f = vec![0u8; 42];
+        f[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
+        f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+        f[28..32].copy_from_slice(&[172, 18, 0, 2]);
+        f[38..42].copy_from_slice(&[172, 18, 0, 1]);
+        let h = parse_ethernet(&f).expect("arp");
+        assert_eq!(h.proto, Proto::Arp);
+        assert_eq!(h.summary(), "ARP who-has 172.18.0.1 tell 172.18.0.2");
+        f[21] = 2;
+        assert!(parse_ethernet(&f)
+            .expect("arp")
+            .summary()
+            .starts_with("ARP reply 172.18.0.2"));
+    }
+
+    #[test]
+    fn summaries_read_like_tcpdump() {
+        let h = parse_ethernet(&tcp_syn_v4()).expect("tcp");
+        assert_eq!(h.summary(), "TCP 172.18.0.2:41234 → 198.51.100.2:8080 [S]");
     }
 
     #[test]

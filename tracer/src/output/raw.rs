@@ -36,21 +36,8 @@ pub fn text(obs: &Observation, names: &IfNames, clock: &WallClock) -> String {
 }
 
 fn summary(t: &TcObservation) -> String {
-    match &t.headers {
-        Some(h) => {
-            let flags = h
-                .tcp_flags()
-                .map(|f| format!(" [{}]", tcp_flags_str(f)))
-                .unwrap_or_default();
-            format!(
-                "{} {} → {}{flags}",
-                h.proto.name().to_uppercase(),
-                h.source(),
-                h.destination()
-            )
-        }
-        None => "non-IP frame".to_owned(),
-    }
+    t.headers
+        .map_or_else(|| "non-IP frame".to_owned(), |h| h.summary())
 }
 
 pub fn json(obs: &Observation, names: &IfNames, clock: &WallClock) -> serde_json::Value {

@@ -8,7 +8,7 @@ use crate::{
         flow::{FlowKey, FlowStats},
         packet::{Packet, Points, Way},
     },
-    events::{clock::WallClock, packet::tcp_flags_str},
+    events::clock::WallClock,
     target::topology::Role,
 };
 use tracer_common::Direction;
@@ -35,21 +35,7 @@ fn note(role: Option<Role>, dir: Direction) -> &'static str {
 pub fn packet(p: &Packet, points: &Points, clock: &WallClock) -> String {
     let mut s = String::new();
     let view = p.view(points);
-    let head = match &view {
-        Some(h) => {
-            let flags = h
-                .tcp_flags()
-                .map(|f| format!(" [{}]", tcp_flags_str(f)))
-                .unwrap_or_default();
-            format!(
-                "{} {} → {}{flags}",
-                h.proto.name().to_uppercase(),
-                h.source(),
-                h.destination()
-            )
-        }
-        None => "non-IP frame".into(),
-    };
+    let head = view.map_or_else(|| "non-IP frame".to_owned(), |h| h.summary());
     let who = match (p.container_hop(points), p.way(points)) {
         (Some((_, c)), Some(Way::FromContainer)) => format!("  container {c} (out)"),
         (Some((_, c)), Some(Way::ToContainer)) => format!("  container {c} (in)"),

@@ -229,7 +229,10 @@ impl Topology {
         }
         if !self.ports.is_empty() {
             let names: Vec<&str> = self.ports.iter().map(|u| u.name.as_str()).collect();
-            out.push(format!("other bridge ports (for container-to-container paths): {}", names.join(", ")));
+            out.push(format!(
+                "other bridge ports (for container-to-container paths): {}",
+                names.join(", ")
+            ));
         }
         if !self.uplinks.is_empty() {
             let names: Vec<&str> = self.uplinks.iter().map(|u| u.name.as_str()).collect();

@@ -57,7 +57,10 @@ impl Lab {
             .output()
             .expect("docker inspect");
         assert!(out.status.success(), "docker inspect {name} failed");
-        String::from_utf8_lossy(&out.stdout).trim().parse().expect("a pid")
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("a pid")
     }
 
     /// The network safety rule: the destination is the lab's internet (routed out of the
@@ -75,15 +78,26 @@ impl Lab {
         }
         let (net, len) = LAB_NET;
         let mask = u32::MAX << (32 - len);
-        assert_eq!(u32::from(v4) & mask, u32::from(net), "unsafe destination {dst}: outside the lab");
+        assert_eq!(
+            u32::from(v4) & mask,
+            u32::from(net),
+            "unsafe destination {dst}: outside the lab"
+        );
         let out = Command::new("ip")
             .args(["-j", "route", "get", &dst.to_string()])
             .output()
             .expect("ip route get");
         let routes: Value = serde_json::from_slice(&out.stdout).expect("ip -j output");
         let dev = routes[0]["dev"].as_str().unwrap_or("");
-        assert_eq!(dev, self.s("uplink"), "unsafe: {dst} would not leave by the lab's uplink");
-        let rules = Command::new("iptables").args(["-S"]).output().expect("iptables -S");
+        assert_eq!(
+            dev,
+            self.s("uplink"),
+            "unsafe: {dst} would not leave by the lab's uplink"
+        );
+        let rules = Command::new("iptables")
+            .args(["-S"])
+            .output()
+            .expect("iptables -S");
         let rules = String::from_utf8_lossy(&rules.stdout);
         assert!(
             rules.matches("flowtrace-lab-guard").count() >= 2,
@@ -131,9 +145,11 @@ pub fn tcp(lab: &Lab, from: &From, dst: IpAddr, port: u16) -> Result<u16, String
     }
     in_netns(&from.netns(lab), || {
         let addr = SocketAddr::new(dst, port);
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+        let mut s =
+            TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
         let local = s.local_addr().map_err(|e| e.to_string())?.port();
-        s.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .map_err(|e| e.to_string())?;
         s.write_all(b"flowtrace\n").map_err(|e| e.to_string())?;
         let mut buf = [0u8; 64];
         let n = s.read(&mut buf).map_err(|e| e.to_string())?;
@@ -149,8 +165,10 @@ pub fn udp(lab: &Lab, from: &From, dst: IpAddr, port: u16) -> Result<u16, String
     lab.assert_safe(dst);
     in_netns(&from.netns(lab), || {
         let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
-        s.send_to(b"flowtrace\n", SocketAddr::new(dst, port)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .map_err(|e| e.to_string())?;
+        s.send_to(b"flowtrace\n", SocketAddr::new(dst, port))
+            .map_err(|e| e.to_string())?;
         let mut buf = [0u8; 64];
         s.recv_from(&mut buf).map_err(|e| e.to_string())?;
         Ok(s.local_addr().map_err(|e| e.to_string())?.port())
@@ -161,7 +179,16 @@ pub fn udp(lab: &Lab, from: &From, dst: IpAddr, port: u16) -> Result<u16, String
 pub fn ping(lab: &Lab, container: &str, dst: IpAddr, count: u32) -> bool {
     lab.assert_safe(dst);
     Command::new("docker")
-        .args(["exec", container, "ping", "-c", &count.to_string(), "-W", "2", &dst.to_string()])
+        .args([
+            "exec",
+            container,
+            "ping",
+            "-c",
+            &count.to_string(),
+            "-W",
+            "2",
+            &dst.to_string(),
+        ])
         .stdout(Stdio::null())
         .status()
         .map(|s| s.success())
@@ -213,7 +240,10 @@ impl Flowtrace {
         };
         if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
             let status = me.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-            panic!("flowtrace did not start ({status:?}):\n{}", me.stderr_text());
+            panic!(
+                "flowtrace did not start ({status:?}):\n{}",
+                me.stderr_text()
+            );
         }
         me
     }
@@ -235,12 +265,19 @@ impl Flowtrace {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("flowtrace did not exit after SIGINT:\n{}", self.stderr_text());
+                panic!(
+                    "flowtrace did not exit after SIGINT:\n{}",
+                    self.stderr_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         };
         std::thread::sleep(Duration::from_millis(100));
-        assert!(status.success(), "flowtrace failed ({status}):\n{}", self.stderr_text());
+        assert!(
+            status.success(),
+            "flowtrace failed ({status}):\n{}",
+            self.stderr_text()
+        );
         self.stdout
             .try_iter()
             .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
@@ -264,7 +301,12 @@ pub fn hops(p: &Value) -> Vec<(String, String)> {
         .map(|hs| {
             hs.iter()
                 .filter(|h| h["point"] == "tc")
-                .map(|h| (h["iface"].as_str().unwrap_or("").to_owned(), h["dir"].as_str().unwrap_or("").to_owned()))
+                .map(|h| {
+                    (
+                        h["iface"].as_str().unwrap_or("").to_owned(),
+                        h["dir"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -278,12 +320,18 @@ pub fn packets(lines: &[Value]) -> Vec<&Value> {
 pub fn leftovers(iface: &str) -> String {
     let mut s = String::new();
     for dir in ["ingress", "egress"] {
-        let out = Command::new("tc").args(["filter", "show", "dev", iface, dir]).output().expect("tc");
+        let out = Command::new("tc")
+            .args(["filter", "show", "dev", iface, dir])
+            .output()
+            .expect("tc");
         s.push_str(&String::from_utf8_lossy(&out.stdout));
     }
     // bpftool 7.1 does not list TCX links under `net show`; any of our programs still
     // loaded would mean a link (or fd) outlived flowtrace.
-    let progs = Command::new("bpftool").args(["-j", "prog", "show"]).output().expect("bpftool");
+    let progs = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .expect("bpftool");
     let progs: Value = serde_json::from_slice(&progs.stdout).unwrap_or(Value::Null);
     for p in progs.as_array().into_iter().flatten() {
         let name = p["name"].as_str().unwrap_or("");

@@ -1,0 +1,70 @@
+//! Developer tasks for flowtrace: `cargo xtask <command>`.
+
+/// `println!` that ignores a closed stdout (e.g. `| head`) instead of panicking, so that a
+/// teardown never stops halfway because nobody reads its progress lines.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that ignores a closed stderr.
+#[macro_export]
+macro_rules! err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+mod cmd;
+mod demo;
+mod ebpf;
+mod lab;
+mod labguard;
+mod setup;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "xtask", about = "flowtrace developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Make this machine (Debian 12, root) ready: packages, rust-src, bpf-linker, dockerd.
+    Setup,
+    /// The lab: the seed's Docker host in miniature, with a namespaced "internet".
+    #[command(subcommand)]
+    Lab(lab::LabCmd),
+    /// Run every test: lints, unit tests, then the privileged e2e tests in the lab.
+    Test(test::TestArgs),
+    /// The main job on the built-in demo: flowtrace on ens_monitor_cron while traffic flows.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result: Result<()> = match cli.command {
+        Command::Setup => setup::run(),
+        Command::Lab(cmd) => lab::run(cmd),
+        Command::Test(args) => test::run(&args),
+        Command::Demo(args) => demo::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One readable line (with causes), no backtrace even under RUST_BACKTRACE=1.
+            crate::err!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! `cargo xtask test`: everything CI runs. Set up the machine, check formatting and lints,
+//! run the unit tests (no root), then bring the lab up, run the privileged end-to-end tests
+//! serially against it, and tear the lab down whatever happened.
+
+use anyhow::{bail, Result};
+
+use crate::{cmd::cmd, labguard::LabGuard};
+
+#[derive(clap::Args, Debug)]
+pub struct TestArgs {
+    /// Skip `cargo xtask setup` (the machine is known to be ready).
+    #[arg(long)]
+    pub no_setup: bool,
+    /// Only the unit tests (no root, no lab).
+    #[arg(long)]
+    pub unit: bool,
+    /// Skip formatting and clippy checks.
+    #[arg(long)]
+    pub no_lint: bool,
+    /// Only privileged tests whose name contains this.
+    #[arg(long)]
+    pub filter: Option<String>,
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    crate::out!("test: cargo {}", args.join(" "));
+    cmd("cargo", args).run_visible()
+}
+
+pub fn run(args: &TestArgs) -> Result<()> {
+    if !args.no_setup && !args.unit {
+        crate::setup::run()?;
+    }
+    if !args.no_lint {
+        cargo(&["fmt", "--all", "--check"])?;
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "tracer-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])?;
+        crate::ebpf::clippy()?;
+    }
+    cargo(&["test", "--workspace", "--exclude", "tracer-ebpf"])?;
+    if args.unit {
+        return Ok(());
+    }
+    if !crate::setup::is_root() {
+        bail!("the privileged end-to-end tests need root (they build the lab and load eBPF)");
+    }
+    let lab = LabGuard::up()?;
+    let mut test = vec![
+        "test",
+        "-p",
+        "tracer",
+        "--test",
+        "lab",
+        "--",
+        "--ignored",
+        "--test-threads=1",
+    ];
+    if let Some(f) = &args.filter {
+        test.push(f);
+    }
+    let result = cargo(&test);
+    drop(lab);
+    result
+}
