@@ -9,12 +9,21 @@ pub const SNAP_LEN: usize = 128;
 pub enum EventKind {
     /// A packet seen by a tc program ([`TcEvent`]).
     Tc = 1,
+    /// A packet seen by a netfilter observer ([`NfEvent`]).
+    Nf = 2,
+    /// A traced packet was dropped (`kfree_skb`) ([`SkbEndEvent`]).
+    Drop = 3,
+    /// A traced packet was freed normally (`consume_skb`) ([`SkbEndEvent`]).
+    Consume = 4,
 }
 
 impl EventKind {
     pub fn from_u8(v: u8) -> Option<Self> {
         match v {
             1 => Some(Self::Tc),
+            2 => Some(Self::Nf),
+            3 => Some(Self::Drop),
+            4 => Some(Self::Consume),
             _ => None,
         }
     }
@@ -90,11 +99,56 @@ impl TcEvent {
     }
 }
 
+/// A packet seen by a netfilter observer at one (hook, priority slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NfEvent {
+    pub header: EventHeader,
+    /// `nf_hook_state.hook`: 0 PREROUTING … 4 POSTROUTING.
+    pub hook: u8,
+    /// `nf_hook_state.pf`: 2 for IPv4, 10 for IPv6.
+    pub pf: u8,
+    /// Index into [`crate::netfilter::SLOT_PRIORITIES`].
+    pub slot: u8,
+    pub _pad: u8,
+    /// `state->in` / `state->out` ifindex (0 when absent).
+    pub in_ifindex: u32,
+    pub out_ifindex: u32,
+    /// `skb->len` (from the network header: no Ethernet header here).
+    pub len: u32,
+    pub cap_len: u32,
+    pub mark: u32,
+    /// The first `cap_len` bytes from the network (IP) header.
+    pub data: [u8; SNAP_LEN],
+}
+
+impl NfEvent {
+    pub fn captured(&self) -> &[u8] {
+        let n = (self.cap_len as usize).min(SNAP_LEN);
+        &self.data[..n]
+    }
+}
+
+/// The end of a traced packet's life: dropped (`kfree_skb`, with a reason) or consumed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SkbEndEvent {
+    pub header: EventHeader,
+    /// Kernel address the free was called from (symbolised with /proc/kallsyms).
+    pub location: u64,
+    /// `enum skb_drop_reason` value (0 for consume).
+    pub reason: u32,
+    /// `skb->dev->ifindex` at the time, 0 if none.
+    pub ifindex: u32,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain-old-data, repr(C), every bit pattern valid.
     unsafe impl aya::Pod for super::TcEvent {}
     unsafe impl aya::Pod for super::EventHeader {}
+    unsafe impl aya::Pod for super::NfEvent {}
+    unsafe impl aya::Pod for super::SkbEndEvent {}
 }
 
 #[cfg(test)]
@@ -114,9 +168,22 @@ mod tests {
     }
 
     #[test]
+    fn nf_and_end_layouts_are_stable() {
+        assert_eq!(offset_of!(NfEvent, hook), 24);
+        assert_eq!(offset_of!(NfEvent, in_ifindex), 28);
+        assert_eq!(offset_of!(NfEvent, data), 48);
+        assert_eq!(size_of::<NfEvent>(), 48 + SNAP_LEN);
+        assert_eq!(size_of::<SkbEndEvent>(), 40);
+        assert!(align_of::<NfEvent>() <= 8 && align_of::<SkbEndEvent>() <= 8);
+    }
+
+    #[test]
     fn kinds_and_directions_round_trip() {
         assert_eq!(EventKind::from_u8(EventKind::Tc as u8), Some(EventKind::Tc));
         assert_eq!(EventKind::from_u8(0), None);
+        for k in [EventKind::Nf, EventKind::Drop, EventKind::Consume] {
+            assert_eq!(EventKind::from_u8(k as u8), Some(k));
+        }
         assert_eq!(Direction::from_u8(1), Some(Direction::Egress));
         assert_eq!(Direction::from_u8(2), None);
         assert_eq!(Direction::Ingress.as_str(), "ingress");

@@ -8,6 +8,9 @@
 
 pub mod counters;
 pub mod event;
+pub mod netfilter;
+pub mod offsets;
 
 pub use counters::{HopCounter, PointKey};
-pub use event::{Direction, EventHeader, EventKind, TcEvent, SNAP_LEN};
+pub use event::{Direction, EventHeader, EventKind, NfEvent, SkbEndEvent, TcEvent, SNAP_LEN};
+pub use offsets::Offsets;

@@ -1,10 +1,11 @@
-//! Maps shared with user space. Names are part of the contract with `tracer/src/probe`.
+//! Maps and globals shared with user space. Names are part of the contract with
+//! `tracer/src/probe`.
 
 use aya_ebpf::{
     macros::map,
-    maps::{PerCpuHashMap, RingBuf},
+    maps::{LruHashMap, PerCpuHashMap, RingBuf},
 };
-use tracer_common::{HopCounter, PointKey};
+use tracer_common::{HopCounter, Offsets, PointKey};
 
 /// Per-packet observations. 8 MiB: ~45k 176-byte events of headroom.
 #[map(name = "EVENTS")]
@@ -15,3 +16,26 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 #[map(name = "HOP_COUNTERS")]
 pub static HOP_COUNTERS: PerCpuHashMap<PointKey, HopCounter> =
     PerCpuHashMap::with_max_entries(256, 0);
+
+/// sk_buff addresses seen by a tc observer: the packets the netfilter and drop programs
+/// report on. Least recently used entries make room for new ones.
+#[map(name = "TRACKED")]
+pub static TRACKED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Field offsets from the running kernel's BTF, patched in by the loader.
+#[unsafe(no_mangle)]
+static OFFSETS: Offsets = Offsets::zeroed();
+
+/// The offsets, read so that the compiler cannot fold the zeroed initialiser.
+#[inline(always)]
+pub fn offsets() -> Offsets {
+    // SAFETY: a plain read of a global; the loader patches the value before loading.
+    unsafe { core::ptr::read_volatile(&OFFSETS) }
+}
+
+/// Is this sk_buff one that a tc observer saw?
+#[inline(always)]
+pub fn tracked(skb: u64) -> bool {
+    // SAFETY: a lookup with a stack key; the value is not kept.
+    unsafe { TRACKED.get(skb).is_some() }
+}

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use tracer_common::{EventKind, PointKey, TcEvent, SNAP_LEN};
 
-use crate::maps::{EVENTS, HOP_COUNTERS};
+use crate::maps::{EVENTS, HOP_COUNTERS, TRACKED};
 
 #[inline(always)]
 pub fn observe(ctx: &TcContext, direction: u8) -> i32 {
@@ -18,7 +18,7 @@ pub fn observe(ctx: &TcContext, direction: u8) -> i32 {
         unsafe { ((*skb).ifindex, (*skb).len, (*skb).mark, (*skb).protocol) };
 
     let key = PointKey::new(ifindex, direction);
-    let counter = HOP_COUNTERS.get_ptr_mut(&key);
+    let counter = HOP_COUNTERS.get_ptr_mut(key);
     if let Some(c) = counter {
         // SAFETY: per-CPU value, no concurrent writer on this CPU.
         unsafe {
@@ -26,6 +26,9 @@ pub fn observe(ctx: &TcContext, direction: u8) -> i32 {
             (*c).bytes += u64::from(len);
         }
     }
+
+    // Let the netfilter and drop programs know this packet is ours.
+    let _ = TRACKED.insert(skb as u64, 1, 0);
 
     let Some(mut entry) = EVENTS.reserve::<TcEvent>(0) else {
         if let Some(c) = counter {

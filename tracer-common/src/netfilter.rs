@@ -1,0 +1,59 @@
+//! Where the netfilter observers sit. A BPF netfilter program runs at one (hook, priority);
+//! flowtrace attaches one observer per slot below at every IPv4 hook, so the slots bracket the
+//! iptables/nftables tables (which run at fixed priorities): what changed or vanished between
+//! two adjacent slots was done by the table between them.
+
+/// Observer priorities, in the order a packet meets them at one hook.
+pub const SLOT_PRIORITIES: [i32; 8] = [-301, -299, -199, -149, -99, 1, 51, 101];
+
+/// What runs between slot `i` and slot `i + 1`, with its priority.
+pub const BETWEEN: [(&str, i32); 7] = [
+    ("raw", -300),
+    ("conntrack", -200),
+    ("mangle", -150),
+    ("nat", -100),
+    ("filter", 0),
+    ("security", 50),
+    ("nat", 100),
+];
+
+/// IPv4 netfilter hooks (`enum nf_inet_hooks`).
+pub const HOOK_NAMES: [&str; 5] = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
+
+/// `NFPROTO_IPV4`.
+pub const NFPROTO_IPV4: u8 = 2;
+
+pub fn hook_name(hook: u8) -> &'static str {
+    HOOK_NAMES.get(usize::from(hook)).copied().unwrap_or("?")
+}
+
+/// The table that ran between `slot` and `slot + 1` at `hook`. The nat table runs at -100
+/// only at PREROUTING/OUTPUT (DNAT) and at +100 only at INPUT/POSTROUTING (SNAT).
+pub fn table_after(slot: u8) -> Option<&'static str> {
+    BETWEEN.get(usize::from(slot)).map(|(name, _)| *name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_bracket_every_table() {
+        for (i, (_, prio)) in BETWEEN.iter().enumerate() {
+            assert!(
+                SLOT_PRIORITIES[i] < *prio && *prio < SLOT_PRIORITIES[i + 1],
+                "{i}"
+            );
+        }
+        assert!(SLOT_PRIORITIES.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(hook_name(2), "FORWARD");
+        assert_eq!(hook_name(9), "?");
+        assert_eq!(table_after(4), Some("filter"));
+        assert_eq!(table_after(6), Some("nat"));
+        assert_eq!(table_after(7), None);
+    }
+}

@@ -1,0 +1,43 @@
+//! The end of a tracked packet's life: `kfree_skb` (a drop, with its reason) and
+//! `consume_skb` (a normal free). Both are reported for tracked packets only, which are then
+//! forgotten. Attached as tp_btf where the kernel has BTF tracepoints, else as raw tracepoints;
+//! the arguments are the same: (skb, location[, reason]).
+
+use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns};
+use tracer_common::{EventKind, SkbEndEvent};
+
+use crate::{
+    kread::{field, ifindex},
+    maps::{offsets, EVENTS, TRACKED},
+};
+
+#[inline(always)]
+pub fn end(skb: u64, location: u64, reason: u32, kind: EventKind) -> i32 {
+    // SAFETY: a lookup with a stack key; the value is not kept.
+    if unsafe { TRACKED.get(skb).is_none() } {
+        return 0;
+    }
+    let _ = TRACKED.remove(skb);
+    let off = offsets();
+    let Some(mut entry) = EVENTS.reserve::<SkbEndEvent>(0) else {
+        return 0;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points at a reserved, exclusively owned ring-buffer record.
+    unsafe {
+        (*ev).header.kind = kind as u8;
+        (*ev).header._pad = [0; 3];
+        (*ev).header.cpu = bpf_get_smp_processor_id();
+        (*ev).header.ts_ns = bpf_ktime_get_ns();
+        (*ev).header.skb = skb;
+        (*ev).location = location;
+        (*ev).reason = reason;
+        (*ev).ifindex = if off.valid != 0 {
+            ifindex(field(skb, off.skb_dev), off.dev_ifindex)
+        } else {
+            0
+        };
+    }
+    entry.submit(0);
+    0
+}

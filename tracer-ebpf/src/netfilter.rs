@@ -1,0 +1,63 @@
+//! Netfilter observers (BPF_PROG_TYPE_NETFILTER): one program per priority slot, attached at
+//! every IPv4 hook by `tracer/src/probe/netfilter.rs`. They report tracked packets only, copy
+//! the first bytes from the IP header, and always return NF_ACCEPT.
+
+use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel_buf};
+use tracer_common::{EventKind, NfEvent, SNAP_LEN};
+
+use crate::{
+    kread::{field, ifindex},
+    maps::{offsets, tracked, EVENTS},
+};
+
+const NF_ACCEPT: i32 = 1;
+
+/// `ctx` is a `struct bpf_nf_ctx { const struct nf_hook_state *state; struct sk_buff *skb; }`:
+/// the program type's context ABI, checked by the verifier (not a kernel-internal layout).
+#[inline(always)]
+pub fn observe(ctx: *mut core::ffi::c_void, slot: u8) -> i32 {
+    let ctx = ctx as *const u64;
+    // SAFETY: the verifier allows 8-byte reads of both context fields.
+    let (state, skb) = unsafe { (*ctx, *ctx.add(1)) };
+    if !tracked(skb) {
+        return NF_ACCEPT;
+    }
+    let off = offsets();
+    if off.valid == 0 {
+        return NF_ACCEPT;
+    }
+    let Some(mut entry) = EVENTS.reserve::<NfEvent>(0) else {
+        return NF_ACCEPT;
+    };
+    let ev = entry.as_mut_ptr();
+    let len: u32 = field(skb, off.skb_len);
+    let data_len: u32 = field(skb, off.skb_data_len);
+    let linear = len.saturating_sub(data_len);
+    let cap = if linear < SNAP_LEN as u32 {
+        linear
+    } else {
+        SNAP_LEN as u32
+    };
+    // SAFETY: `ev` points at a reserved, exclusively owned ring-buffer record.
+    unsafe {
+        (*ev).header.kind = EventKind::Nf as u8;
+        (*ev).header._pad = [0; 3];
+        (*ev).header.cpu = bpf_get_smp_processor_id();
+        (*ev).header.ts_ns = bpf_ktime_get_ns();
+        (*ev).header.skb = skb;
+        (*ev).hook = field(state, off.state_hook);
+        (*ev).pf = field(state, off.state_pf);
+        (*ev).slot = slot;
+        (*ev)._pad = 0;
+        (*ev).in_ifindex = ifindex(field(state, off.state_in), off.dev_ifindex);
+        (*ev).out_ifindex = ifindex(field(state, off.state_out), off.dev_ifindex);
+        (*ev).len = len;
+        (*ev).mark = field(skb, off.skb_mark);
+        let data: u64 = field(skb, off.skb_data);
+        let copied =
+            data != 0 && bpf_probe_read_kernel_buf(data as *const u8, &mut (*ev).data).is_ok();
+        (*ev).cap_len = if copied { cap } else { 0 };
+    }
+    entry.submit(0);
+    NF_ACCEPT
+}
