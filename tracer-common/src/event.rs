@@ -140,6 +140,9 @@ pub struct SkbEndEvent {
     pub reason: u32,
     /// `skb->dev->ifindex` at the time, 0 if none.
     pub ifindex: u32,
+    /// Inode of the network namespace of `skb->dev` (ifindex is per namespace), 0 if none.
+    pub netns: u32,
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]
@@ -173,7 +176,7 @@ mod tests {
         assert_eq!(offset_of!(NfEvent, in_ifindex), 28);
         assert_eq!(offset_of!(NfEvent, data), 48);
         assert_eq!(size_of::<NfEvent>(), 48 + SNAP_LEN);
-        assert_eq!(size_of::<SkbEndEvent>(), 40);
+        assert_eq!(size_of::<SkbEndEvent>(), 48);
         assert!(align_of::<NfEvent>() <= 8 && align_of::<SkbEndEvent>() <= 8);
     }
 

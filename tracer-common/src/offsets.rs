@@ -27,6 +27,10 @@ pub struct Offsets {
     pub state_in: u32,
     /// `nf_hook_state.out` (pointer)
     pub state_out: u32,
+    /// `net_device.nd_net.net` (pointer to the device's `struct net`)
+    pub dev_net: u32,
+    /// `net.ns.inum`: the namespace's inode number
+    pub net_inum: u32,
 }
 
 impl Offsets {
@@ -43,6 +47,8 @@ impl Offsets {
             state_pf: 0,
             state_in: 0,
             state_out: 0,
+            dev_net: 0,
+            net_inum: 0,
         }
     }
 }

@@ -32,11 +32,14 @@ pub fn end(skb: u64, location: u64, reason: u32, kind: EventKind) -> i32 {
         (*ev).header.skb = skb;
         (*ev).location = location;
         (*ev).reason = reason;
-        (*ev).ifindex = if off.valid != 0 {
-            ifindex(field(skb, off.skb_dev), off.dev_ifindex)
+        let dev: u64 = if off.valid != 0 {
+            field(skb, off.skb_dev)
         } else {
             0
         };
+        (*ev).ifindex = ifindex(dev, off.dev_ifindex);
+        (*ev).netns = field(field::<u64>(dev, off.dev_net), off.net_inum);
+        (*ev)._pad = 0;
     }
     entry.submit(0);
     0

@@ -6,6 +6,7 @@ use std::io::Write;
 
 use crate::{
     correlate::{
+        explain::Explainer,
         flow::FlowTable,
         packet::{Correlator, Packet, Points},
     },
@@ -23,6 +24,7 @@ pub const MAX_FLOWS: usize = 65_536;
 
 pub struct Pipeline {
     correlator: Correlator,
+    explainer: Explainer,
     flows: FlowTable,
     filter: PacketFilter,
     format: Format,
@@ -32,12 +34,14 @@ pub struct Pipeline {
     pub shown: u64,
     pub untraced: u64,
     pub flows_seen: u64,
+    pub drops: u64,
     done: Vec<Packet>,
 }
 
 impl Pipeline {
     pub fn new(
         points: Points,
+        explainer: Explainer,
         filter: PacketFilter,
         format: Format,
         flow_mode: bool,
@@ -45,6 +49,7 @@ impl Pipeline {
     ) -> Self {
         Self {
             correlator: Correlator::new(points, PACKET_IDLE_NS),
+            explainer,
             flows: FlowTable::new(MAX_FLOWS),
             filter,
             format,
@@ -53,6 +58,7 @@ impl Pipeline {
             shown: 0,
             untraced: 0,
             flows_seen: 0,
+            drops: 0,
             done: Vec::new(),
         }
     }
@@ -62,8 +68,7 @@ impl Pipeline {
     }
 
     pub fn observe(&mut self, obs: Observation, out: &mut impl Write) -> std::io::Result<()> {
-        let Observation::Tc(t) = obs;
-        self.correlator.push(t, &mut self.done);
+        self.correlator.push(obs, &mut self.done);
         self.emit(out)
     }
 
@@ -91,6 +96,7 @@ impl Pipeline {
         Ok(Summary {
             packets: self.shown,
             flows: self.flows_seen,
+            drops: self.drops,
             ..Summary::default()
         })
     }
@@ -111,14 +117,17 @@ impl Pipeline {
             if !self.filter.matches(&p) {
                 continue;
             }
+            let e = self.explainer.explain(p, points);
+            let dropped = e.drop.is_some();
+            self.drops += u64::from(dropped);
             let before = self.flows.len();
-            let key = self.flows.record(&p, points, false);
+            let key = self.flows.record(&e.packet, points, dropped);
             if key.is_some() && self.flows.len() > before {
                 self.flows_seen += 1;
             }
             self.shown += 1;
             if !self.flow_mode {
-                writeln!(out, "{}", self.format.packet(&p, points, &self.clock))?;
+                writeln!(out, "{}", self.format.packet(&e, points, &self.clock))?;
             }
         }
         Ok(())
@@ -128,12 +137,13 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::correlate::packet::tests::*;
+    use crate::correlate::{explain::Explainer, packet::tests::*};
     use tracer_common::Direction;
 
     fn run(flow_mode: bool, filter: PacketFilter) -> (String, Summary) {
         let mut p = Pipeline::new(
             points(),
+            Explainer::empty(),
             filter,
             Format::Json,
             flow_mode,
@@ -162,7 +172,7 @@ mod tests {
                 &frame([198, 51, 100, 1], 5555),
             ),
         ] {
-            p.observe(Observation::Tc(o), &mut out).expect("write");
+            p.observe(o, &mut out).expect("write");
         }
         let s = p.finish(&mut out).expect("write");
         (String::from_utf8(out).expect("utf8"), s)
@@ -192,6 +202,7 @@ mod tests {
     fn packets_are_printed_in_time_order() {
         let mut p = Pipeline::new(
             points(),
+            Explainer::empty(),
             PacketFilter::default(),
             Format::Json,
             false,
@@ -200,21 +211,12 @@ mod tests {
         let mut out = Vec::new();
         let f = frame([172, 18, 0, 2], 41234);
         // Packet 1 starts first and stays pending; packet 2 completes (skb reuse) earlier.
-        p.observe(
-            Observation::Tc(obs(1, 10, VETH, Direction::Ingress, &f)),
-            &mut out,
-        )
-        .expect("w");
-        p.observe(
-            Observation::Tc(obs(2, 20, VETH, Direction::Ingress, &f)),
-            &mut out,
-        )
-        .expect("w");
-        p.observe(
-            Observation::Tc(obs(2, 30, VETH, Direction::Ingress, &f)),
-            &mut out,
-        )
-        .expect("w");
+        p.observe(obs(1, 10, VETH, Direction::Ingress, &f), &mut out)
+            .expect("w");
+        p.observe(obs(2, 20, VETH, Direction::Ingress, &f), &mut out)
+            .expect("w");
+        p.observe(obs(2, 30, VETH, Direction::Ingress, &f), &mut out)
+            .expect("w");
         assert!(out.is_empty(), "packet 2 must wait for packet 1");
         p.finish(&mut out).expect("w");
         let ts: Vec<String> = String::from_utf8(out)

@@ -9,19 +9,24 @@ use std::{
 };
 
 use tokio::signal::unix::{signal, SignalKind};
-use tracer_common::{Direction, PointKey};
+use tracer_common::{Direction, Offsets, PointKey};
 
 use crate::{
     cli::TraceArgs,
-    correlate::packet::{PointInfo, Points},
+    correlate::{
+        explain::Explainer,
+        packet::{PointInfo, Points},
+    },
     error::{Error, Result},
     events::{clock::WallClock, ringbuf::EventStream},
     filter::PacketFilter,
     output::{raw, Format},
     pipeline::Pipeline,
-    probe::{counters::Counters, loader, tc},
+    probe::{btf, counters::Counters, drops, kallsyms::Kallsyms, loader, netfilter, offsets, tc},
     target::{
         docker::Docker,
+        netns::Netns,
+        ruleset::Ruleset,
         topology::{container_path, AttachPoint, HostView, Topology},
     },
 };
@@ -102,7 +107,68 @@ fn points_of(attach: &[AttachPoint]) -> Points {
         .collect()
 }
 
+/// Attaches the drop tracepoints and the netfilter observers, saying what worked; tracing
+/// goes on with whatever is available.
+fn attach_netfilter_and_drops(
+    ebpf: &mut aya::Ebpf,
+    have_offsets: bool,
+) -> Option<netfilter::NetfilterObservers> {
+    if !have_offsets {
+        return None;
+    }
+    let btf = aya::Btf::from_sys_fs().ok();
+    for tp in ["kfree_skb", "consume_skb"] {
+        match drops::attach(ebpf, btf.as_ref(), tp) {
+            Ok(m) => eprintln!("attached {tp} via {m}"),
+            Err(e) => eprintln!("not attached: {tp} ({e}); drops will not be reported"),
+        }
+    }
+    match netfilter::attach(ebpf, loader::object()) {
+        Ok(nf) => {
+            eprintln!(
+                "attached netfilter observers via BPF netfilter links ({} links: {} IPv4 hooks × {} priorities)",
+                nf.links,
+                tracer_common::netfilter::HOOK_NAMES.len(),
+                tracer_common::netfilter::SLOT_PRIORITIES.len()
+            );
+            Some(nf)
+        }
+        Err(e) => {
+            eprintln!(
+                "not attached: netfilter observers ({e}); hooks and tables will not be shown"
+            );
+            None
+        }
+    }
+}
+
+/// What the explainer needs from this host.
+fn explainer(topo: &Topology, reasons: Vec<(String, i64)>) -> Explainer {
+    let kallsyms = Kallsyms::load();
+    let mut ex = Explainer::empty();
+    ex.reasons = reasons
+        .into_iter()
+        .filter_map(|(n, v)| u32::try_from(v).ok().map(|v| (v, n)))
+        .collect();
+    ex.symbol = Box::new(move |addr| kallsyms.function(addr).map(str::to_owned));
+    ex.netns_names = topo
+        .containers
+        .iter()
+        .map(|c| (c.netns.inode as u32, c.info.name.clone()))
+        .collect();
+    ex.host_netns = Netns::open(std::path::Path::new("/proc/self/ns/net"))
+        .map(|n| n.inode as u32)
+        .unwrap_or(0);
+    ex.ruleset = Ruleset::read();
+    ex.reread = Box::new(Ruleset::read);
+    ex
+}
+
 pub async fn trace(args: TraceArgs) -> Result<()> {
+    // First of all, so that Ctrl-C during start-up still detaches everything on the way out.
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
     let topo = discover(&args).await?;
     let attach_points = topo.attach_points();
     if attach_points.is_empty() {
@@ -112,9 +178,30 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         eprintln!("{line}");
     }
 
+    // Struct offsets and drop-reason names from the running kernel's BTF.
+    let kernel_btf = btf::Btf::from_sys_fs();
+    let offsets = match kernel_btf
+        .as_ref()
+        .map_err(ToString::to_string)
+        .and_then(|b| offsets::from_btf(b).map_err(|e| e.to_string()))
+    {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("BTF: {e}; netfilter and drop tracing are unavailable (tc hops still work)");
+            Offsets::zeroed()
+        }
+    };
+    let reasons = kernel_btf
+        .as_ref()
+        .ok()
+        .and_then(|b| b.enum_values("skb_drop_reason").ok())
+        .unwrap_or_default();
+
     // Declared before `ebpf` so that it is dropped after it: links first, then our qdiscs.
     let mut qdiscs = tc::QdiscGuard::default();
-    let mut ebpf = loader::load()?;
+    let mut ebpf = loader::load(&offsets)?;
+    // Before any map is taken out of `ebpf`: the netfilter loader relocates against all of them.
+    let _nf = attach_netfilter_and_drops(&mut ebpf, offsets.valid != 0);
     let mut counters = Counters::take(&mut ebpf)?;
     for p in &attach_points {
         for d in [Direction::Ingress, Direction::Egress] {
@@ -132,7 +219,6 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
             a.point.name, a.point.role, a.point.ifindex, a.mechanism
         );
     }
-    eprintln!("tracing… (Ctrl-C to stop)");
 
     let names: Vec<(u32, String)> = attach_points
         .iter()
@@ -149,12 +235,19 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         hosts: args.hosts.clone(),
         ports: args.ports.clone(),
     };
-    let mut pipeline = Pipeline::new(points_of(&attach_points), filter, format, args.flows, clock);
+    let explainer = explainer(&topo, reasons);
+    let mut pipeline = Pipeline::new(
+        points_of(&attach_points),
+        explainer,
+        filter,
+        format,
+        args.flows,
+        clock,
+    );
     let raw_names: raw::IfNames = names.iter().cloned().collect();
 
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
-    let mut sigterm =
-        signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
+    // Only now is everything in place (including the ruleset baseline for rule attribution).
+    eprintln!("tracing… (Ctrl-C to stop)");
     let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
     tokio::pin!(deadline);
     let mut tick = tokio::time::interval(TICK);

@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{hops, leftovers, packets, ping, tcp, udp, Flowtrace, From, Lab};
+use common::{
+    hops, leftovers, nf_hop, nf_hops, packets, ping, tc_hop, tcp, udp, Flowtrace, From, Lab,
+};
 use serde_json::Value;
 
 fn cron() -> From {
@@ -81,15 +83,12 @@ fn tcp_to_the_internet_shows_veth_bridge_uplink_and_masquerade_both_ways() {
         ],
         "{syn}"
     );
-    let up = &syn["hops"][2];
+    let up = tc_hop(syn, &uplink, "egress");
     assert_eq!(
         up["src"],
         outside.as_str(),
         "MASQUERADE to the uplink address: {syn}"
     );
-    assert_eq!(up["nat"]["kind"], "snat");
-    assert_eq!(up["nat"]["from"], local.as_str());
-    assert_eq!(up["nat"]["to"], outside.as_str());
     let at: Vec<u64> = syn["hops"]
         .as_array()
         .into_iter()
@@ -114,15 +113,15 @@ fn tcp_to_the_internet_shows_veth_bridge_uplink_and_masquerade_both_ways() {
         "{synack}"
     );
     assert_eq!(
-        synack["hops"][0]["dst"],
+        tc_hop(synack, &uplink, "ingress")["dst"],
         outside.as_str(),
         "the reply arrives for the host address"
     );
     assert_eq!(
-        synack["hops"][1]["nat"]["kind"], "dnat",
-        "de-NAT before the bridge: {synack}"
+        tc_hop(synack, &bridge, "egress")["dst"],
+        local.as_str(),
+        "de-NATed before the bridge: {synack}"
     );
-    assert_eq!(synack["hops"][1]["nat"]["to"], local.as_str());
 
     let summary = lines
         .iter()
@@ -156,7 +155,10 @@ fn udp_and_icmp_echo_are_traced_out_and_back() {
             pair(&uplink, "egress")
         ]
     );
-    assert_eq!(out["hops"][2]["nat"]["kind"], "snat");
+    assert_eq!(
+        tc_hop(out, &uplink, "egress")["src"],
+        format!("{}:{sport}", lab.s("uplink_ip")).as_str()
+    );
     let back = find(&lines, "in", |p| {
         p["proto"] == "udp" && p["dst"] == local.as_str()
     });
@@ -181,7 +183,11 @@ fn udp_and_icmp_echo_are_traced_out_and_back() {
             pair(&uplink, "egress")
         ]
     );
-    assert_eq!(req["hops"][2]["src"], lab.s("uplink_ip").as_str(), "{req}");
+    assert_eq!(
+        tc_hop(req, &uplink, "egress")["src"],
+        lab.s("uplink_ip").as_str(),
+        "{req}"
+    );
     let rep = find(&lines, "in", |p| {
         p["proto"] == "icmp" && p["dst"] == cip.as_str()
     });
@@ -289,10 +295,22 @@ fn a_published_port_shows_the_dnat_and_the_reply_de_nat() {
         "{syn}"
     );
     assert_eq!(
-        syn["hops"][0]["dst"],
+        tc_hop(syn, &uplink, "ingress")["dst"],
         format!("{}:{host_port}", lab.s("uplink_ip")).as_str()
     );
-    assert_eq!(syn["hops"][1]["nat"]["kind"], "dnat", "{syn}");
+    let dnat = nf_hop(syn, "PREROUTING", "nat");
+    assert_eq!(
+        dnat["nat"]["kind"], "dnat",
+        "the published port's DNAT: {syn}"
+    );
+    assert_eq!(
+        dnat["nat"]["from"],
+        format!("{}:{host_port}", lab.s("uplink_ip")).as_str()
+    );
+    assert_eq!(
+        dnat["nat"]["to"],
+        format!("{}:{cport}", lab.s("container_ip")).as_str()
+    );
     let synack = find(&lines, "out", |p| {
         p["dst"] == client.as_str() && p["tcp_flags"] == "S."
     });
@@ -304,11 +322,111 @@ fn a_published_port_shows_the_dnat_and_the_reply_de_nat() {
             pair(&uplink, "egress")
         ]
     );
-    let up = &synack["hops"][2];
+    let up = tc_hop(synack, &uplink, "egress");
     assert_eq!(
         up["src"],
         format!("{}:{host_port}", lab.s("uplink_ip")).as_str(),
         "reply de-NAT: {synack}"
     );
-    assert_eq!(up["nat"]["kind"], "snat");
+    assert_eq!(
+        nf_hop(synack, "POSTROUTING", "nat")["nat"]["kind"],
+        "snat",
+        "{synack}"
+    );
+}
+
+#[test]
+#[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
+fn masquerade_is_a_nat_hop_at_postrouting_and_the_reply_is_de_natted_at_prerouting() {
+    let lab = Lab::get();
+    let ft = Flowtrace::start(&["-c", "ens_monitor_cron", "--json"]);
+    let sport = tcp(&lab, &cron(), lab.ip("inet_ip"), 8080).expect("tcp echo");
+    let lines = ft.stop();
+    let local = format!("{}:{sport}", lab.s("container_ip"));
+    let outside = format!("{}:{sport}", lab.s("uplink_ip"));
+    let syn = find(&lines, "out", |p| {
+        p["src"] == local.as_str() && p["tcp_flags"] == "S"
+    });
+    let hooks: Vec<String> = nf_hops(syn)
+        .into_iter()
+        .map(|(h, t, v)| format!("{h}/{t}/{v}"))
+        .collect();
+    assert_eq!(
+        hooks,
+        vec![
+            "PREROUTING/nat/accept",
+            "FORWARD/filter/accept",
+            "POSTROUTING/nat/accept"
+        ],
+        "{syn}"
+    );
+    let masq = nf_hop(syn, "POSTROUTING", "nat");
+    assert_eq!(masq["nat"]["kind"], "snat", "{syn}");
+    assert_eq!(masq["nat"]["from"], local.as_str());
+    assert_eq!(masq["nat"]["to"], outside.as_str());
+    // The rewrite is shown where it happened, not again on the uplink.
+    assert!(
+        tc_hop(syn, &lab.s("uplink"), "egress").get("nat").is_none(),
+        "{syn}"
+    );
+    // Hops are in time order.
+    let at: Vec<u64> = syn["hops"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h["at_ns"].as_u64())
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] <= w[1]), "{at:?}");
+
+    let synack = find(&lines, "in", |p| {
+        p["dst"] == local.as_str() && p["tcp_flags"] == "S."
+    });
+    let denat = nf_hop(synack, "PREROUTING", "nat");
+    assert_eq!(denat["nat"]["kind"], "dnat", "{synack}");
+    assert_eq!(denat["nat"]["from"], outside.as_str());
+    assert_eq!(denat["nat"]["to"], local.as_str());
+    assert!(synack["drop"].is_null());
+}
+
+#[test]
+#[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
+fn a_docker_user_drop_names_hook_table_reason_and_rule() {
+    let lab = Lab::get();
+    let drop_port = lab.port("drop_port");
+    let rule = lab.s("drop_rule");
+    let ft = Flowtrace::start(&["-c", "ens_monitor_cron", "--json"]);
+    let err =
+        tcp(&lab, &cron(), lab.ip("inet_ip"), drop_port).expect_err("the lab drops this port");
+    let lines = ft.stop();
+    let dst = format!("{}:{drop_port}", lab.s("inet_ip"));
+    let syn = find(&lines, "out", |p| {
+        p["dst"] == dst.as_str() && p["tcp_flags"] == "S" && !p["drop"].is_null()
+    });
+    let filter = nf_hop(syn, "FORWARD", "filter");
+    assert_eq!(filter["verdict"], "drop", "{syn}");
+    let d = &syn["drop"];
+    assert_eq!(d["reason"], "NETFILTER_DROP", "{syn}");
+    assert_eq!(d["hook"], "FORWARD");
+    assert_eq!(d["table"], "filter");
+    assert_eq!(
+        d["rule"],
+        rule.as_str(),
+        "the rule as iptables -S prints it ({err})"
+    );
+    // The function that freed it (symbolised from /proc/kallsyms; which one depends on the
+    // backend: nf_hook_slow for legacy tables, nft_do_chain's caller chain for nf_tables).
+    assert!(
+        d["location"].as_str().is_some_and(|l| !l.is_empty()),
+        "{syn}"
+    );
+    // It never reached the uplink.
+    assert!(
+        hops(syn).iter().all(|(iface, _)| *iface != lab.s("uplink")),
+        "{syn}"
+    );
+    let summary = lines
+        .iter()
+        .find(|l| l["type"] == "summary")
+        .expect("summary");
+    assert!(summary["drops"].as_u64().unwrap_or(0) >= 1, "{summary}");
 }

@@ -1,5 +1,7 @@
 //! Making sense of observations: hops of one packet, NAT between hops, packets into flows.
 
+pub mod explain;
 pub mod flow;
 pub mod nat;
 pub mod packet;
+pub mod verdict;

@@ -13,7 +13,10 @@ use tracer_common::Direction;
 
 use super::nat::{self, NatRewrite};
 use crate::{
-    events::{decode::TcObservation, packet::Headers},
+    events::{
+        decode::{EndObservation, NfObservation, Observation, TcObservation},
+        packet::Headers,
+    },
     target::topology::Role,
 };
 
@@ -55,7 +58,12 @@ pub enum Way {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Packet {
     pub skb: u64,
+    /// Interface hops (tc), in time order.
     pub hops: Vec<Hop>,
+    /// What the netfilter observers saw, in arrival order.
+    pub nf: Vec<NfObservation>,
+    /// How its life ended, when the kernel said so.
+    pub end: Option<EndObservation>,
 }
 
 impl Packet {
@@ -65,6 +73,22 @@ impl Packet {
 
     fn last(&self) -> Option<&Hop> {
         self.hops.last()
+    }
+
+    /// Time of the latest observation of any kind.
+    fn last_ts(&self) -> u64 {
+        let tc = self.hops.last().map_or(0, |h| h.ts_ns);
+        let nf = self.nf.last().map_or(0, |n| n.ts_ns);
+        tc.max(nf)
+    }
+
+    fn new(skb: u64, hop: Hop) -> Self {
+        Self {
+            skb,
+            hops: vec![hop],
+            nf: Vec::new(),
+            end: None,
+        }
     }
 
     /// The first hop at a traced container's veth, with that container's name.
@@ -126,8 +150,36 @@ impl Correlator {
         self.pending.values().map(Packet::first_ts).min()
     }
 
-    /// Adds an observation; packets it proves complete are appended to `done`.
-    pub fn push(&mut self, obs: TcObservation, done: &mut Vec<Packet>) {
+    /// Adds any observation; packets it proves complete are appended to `done`.
+    pub fn push(&mut self, obs: Observation, done: &mut Vec<Packet>) {
+        match obs {
+            Observation::Tc(t) => self.push_tc(t, done),
+            Observation::Nf(n) => self.push_nf(n),
+            Observation::End(e) => self.push_end(e, done),
+        }
+    }
+
+    /// A netfilter observation joins the pending packet of its skb (netfilter observers only
+    /// report packets a tc observer saw first).
+    fn push_nf(&mut self, obs: NfObservation) {
+        let idle = self.idle_ns;
+        if let Some(p) = self.pending.get_mut(&obs.skb) {
+            if obs.ts_ns.saturating_sub(p.last_ts()) <= idle {
+                p.nf.push(obs);
+            }
+        }
+    }
+
+    /// The kernel freed (or dropped) the skb: its packet is complete.
+    fn push_end(&mut self, obs: EndObservation, done: &mut Vec<Packet>) {
+        if let Some(mut p) = self.pending.remove(&obs.skb) {
+            p.end = Some(obs);
+            done.push(finish(p));
+        }
+    }
+
+    /// Adds a tc observation; packets it proves complete are appended to `done`.
+    fn push_tc(&mut self, obs: TcObservation, done: &mut Vec<Packet>) {
         let hop = Hop {
             ts_ns: obs.ts_ns,
             ifindex: obs.ifindex,
@@ -150,20 +202,14 @@ impl Correlator {
         if let Some(old) = self.pending.remove(&obs.skb) {
             done.push(finish(old));
         }
-        self.pending.insert(
-            obs.skb,
-            Packet {
-                skb: obs.skb,
-                hops: vec![hop],
-            },
-        );
+        self.pending.insert(obs.skb, Packet::new(obs.skb, hop));
     }
 
     fn continues(&self, p: &Packet, hop: &Hop) -> bool {
         let Some(last) = p.last() else {
             return false;
         };
-        if hop.ts_ns.saturating_sub(last.ts_ns) > self.idle_ns {
+        if hop.ts_ns.saturating_sub(p.last_ts().max(last.ts_ns)) > self.idle_ns {
             return false;
         }
         let role = self.points.get(&hop.ifindex).map(|p| p.role);
@@ -265,8 +311,8 @@ pub mod tests {
         f
     }
 
-    pub fn obs(skb: u64, ts: u64, ifindex: u32, dir: Direction, f: &[u8]) -> TcObservation {
-        TcObservation {
+    pub fn obs(skb: u64, ts: u64, ifindex: u32, dir: Direction, f: &[u8]) -> Observation {
+        Observation::Tc(TcObservation {
             ts_ns: ts,
             skb,
             cpu: 0,
@@ -276,7 +322,7 @@ pub mod tests {
             mark: 0,
             headers: parse_ethernet(f),
             bytes: f.to_vec(),
-        }
+        })
     }
 
     const CONTAINER: [u8; 4] = [172, 18, 0, 2];

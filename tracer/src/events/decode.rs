@@ -1,7 +1,7 @@
 //! Turning ring-buffer records into observations. Records are checked for kind and length
 //! before they are read; anything malformed is an error value, never a panic.
 
-use tracer_common::{Direction, EventHeader, EventKind, TcEvent};
+use tracer_common::{Direction, EventHeader, EventKind, NfEvent, SkbEndEvent, TcEvent};
 
 use super::packet::{self, Headers};
 
@@ -24,9 +24,48 @@ pub struct TcObservation {
     pub bytes: Vec<u8>,
 }
 
+/// One packet seen by a netfilter observer at one (hook, priority slot).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NfObservation {
+    pub ts_ns: u64,
+    pub skb: u64,
+    pub hook: u8,
+    pub pf: u8,
+    pub slot: u8,
+    pub in_ifindex: u32,
+    pub out_ifindex: u32,
+    /// Length from the IP header.
+    pub len: u32,
+    pub mark: u32,
+    pub headers: Option<Headers>,
+}
+
+/// How a traced packet's life ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndKind {
+    /// `kfree_skb`: dropped, with an `enum skb_drop_reason` value.
+    Drop { reason: u32 },
+    /// `consume_skb`: freed normally.
+    Consume,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndObservation {
+    pub ts_ns: u64,
+    pub skb: u64,
+    pub kind: EndKind,
+    /// Kernel address the free was called from.
+    pub location: u64,
+    pub ifindex: u32,
+    /// Namespace inode of the device the packet was on (0 if none).
+    pub netns: u32,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Observation {
     Tc(TcObservation),
+    Nf(NfObservation),
+    End(EndObservation),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -75,6 +114,41 @@ pub fn decode(bytes: &[u8]) -> Result<Observation, DecodeError> {
                 mark: ev.mark,
                 headers: packet::parse_ethernet(&captured),
                 bytes: captured,
+            }))
+        }
+        Some(EventKind::Nf) => {
+            let ev: NfEvent = read(bytes, kind)?;
+            let ethertype = match ev.pf {
+                2 => packet::ETH_P_IP,
+                10 => packet::ETH_P_IPV6,
+                _ => 0,
+            };
+            Ok(Observation::Nf(NfObservation {
+                ts_ns: ev.header.ts_ns,
+                skb: ev.header.skb,
+                hook: ev.hook,
+                pf: ev.pf,
+                slot: ev.slot,
+                in_ifindex: ev.in_ifindex,
+                out_ifindex: ev.out_ifindex,
+                len: ev.len,
+                mark: ev.mark,
+                headers: packet::parse_l3(ethertype, ev.captured()),
+            }))
+        }
+        Some(k @ (EventKind::Drop | EventKind::Consume)) => {
+            let ev: SkbEndEvent = read(bytes, kind)?;
+            Ok(Observation::End(EndObservation {
+                ts_ns: ev.header.ts_ns,
+                skb: ev.header.skb,
+                kind: if k == EventKind::Drop {
+                    EndKind::Drop { reason: ev.reason }
+                } else {
+                    EndKind::Consume
+                },
+                location: ev.location,
+                ifindex: ev.ifindex,
+                netns: ev.netns,
             }))
         }
         None => Err(DecodeError::UnknownKind(kind)),
@@ -126,7 +200,9 @@ mod tests {
             21,
             Direction::Ingress,
         ));
-        let Observation::Tc(o) = decode(&bytes).expect("decodes");
+        let Ok(Observation::Tc(o)) = decode(&bytes) else {
+            panic!("not a tc observation")
+        };
         assert_eq!(o.skb, 0xffff_8881_0000_1000);
         assert_eq!(o.ifindex, 21);
         assert_eq!(o.direction, Direction::Ingress);
@@ -134,6 +210,72 @@ mod tests {
         assert_eq!(o.bytes, frame);
         let h = o.headers.expect("headers");
         assert_eq!(h.destination().to_string(), "198.51.100.2:8080");
+    }
+
+    #[test]
+    fn decodes_netfilter_and_drop_records() {
+        let frame = packet::tests::tcp_syn_v4();
+        let mut data = [0u8; SNAP_LEN];
+        data[..40].copy_from_slice(&frame[14..54]);
+        let nf = NfEvent {
+            header: EventHeader {
+                kind: EventKind::Nf as u8,
+                _pad: [0; 3],
+                cpu: 0,
+                ts_ns: 5,
+                skb: 9,
+            },
+            hook: 2,
+            pf: 2,
+            slot: 4,
+            _pad: 0,
+            in_ifindex: 143,
+            out_ifindex: 142,
+            len: 40,
+            cap_len: 40,
+            mark: 0,
+            data,
+        };
+        // SAFETY: NfEvent is repr(C) plain-old-data.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&nf as *const NfEvent).cast::<u8>(), size_of::<NfEvent>())
+        };
+        let Ok(Observation::Nf(o)) = decode(bytes) else {
+            panic!("not a netfilter observation")
+        };
+        assert_eq!(
+            (o.hook, o.slot, o.in_ifindex, o.out_ifindex),
+            (2, 4, 143, 142)
+        );
+        let h = o.headers.expect("IP parsed from the network header");
+        assert_eq!(h.source().to_string(), "172.18.0.2:41234");
+
+        let end = SkbEndEvent {
+            header: EventHeader {
+                kind: EventKind::Drop as u8,
+                _pad: [0; 3],
+                cpu: 0,
+                ts_ns: 6,
+                skb: 9,
+            },
+            location: 0xffff_ffff_8100_0000,
+            reason: 12,
+            ifindex: 0,
+            netns: 0,
+            _pad: 0,
+        };
+        // SAFETY: SkbEndEvent is repr(C) plain-old-data.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&end as *const SkbEndEvent).cast::<u8>(),
+                size_of::<SkbEndEvent>(),
+            )
+        };
+        let Ok(Observation::End(e)) = decode(bytes) else {
+            panic!("not an end observation")
+        };
+        assert_eq!(e.kind, EndKind::Drop { reason: 12 });
+        assert_eq!(e.location, 0xffff_ffff_8100_0000);
     }
 
     #[test]

@@ -1,42 +1,71 @@
 //! JSON lines, per the contract in the README: field names are fixed, new fields may be added.
 
 use serde_json::{json, Value};
+use tracer_common::netfilter::hook_name;
 
 use super::Summary;
+use super::{merged, Step};
 use crate::{
     correlate::{
+        explain::Explained,
         flow::{FlowKey, FlowStats},
-        packet::{Packet, Points, Way},
+        packet::{Points, Way},
     },
     events::{clock::WallClock, packet::tcp_flags_str},
 };
 
-pub fn packet(p: &Packet, points: &Points, clock: &WallClock) -> Value {
+pub fn packet(e: &Explained, points: &Points, clock: &WallClock) -> Value {
+    let p = &e.packet;
     let view = p.view(points);
     let t0 = p.first_ts();
-    let hops: Vec<Value> = p
-        .hops
-        .iter()
-        .map(|h| {
-            let mut hop = json!({
-                "at_ns": h.ts_ns - t0,
-                "point": "tc",
-                "iface": points.get(&h.ifindex).map_or_else(|| format!("if{}", h.ifindex), |p| p.name.clone()),
-                "dir": h.direction.as_str(),
-                "src": h.headers.map(|x| x.source().to_string()),
-                "dst": h.headers.map(|x| x.destination().to_string()),
-                "len": h.len,
-            });
-            if let Some(n) = h.nat.first() {
-                hop["nat"] = n.to_json();
+    let hops: Vec<Value> = merged(e)
+        .into_iter()
+        .map(|step| match step {
+            Step::Tc(h, nat) => {
+                let mut hop = json!({
+                    "at_ns": h.ts_ns - t0,
+                    "point": "tc",
+                    "iface": points.get(&h.ifindex).map_or_else(|| format!("if{}", h.ifindex), |p| p.name.clone()),
+                    "dir": h.direction.as_str(),
+                    "src": h.headers.map(|x| x.source().to_string()),
+                    "dst": h.headers.map(|x| x.destination().to_string()),
+                    "len": h.len,
+                });
+                if let Some(n) = nat.first() {
+                    hop["nat"] = n.to_json();
+                }
+                hop
             }
-            if h.nat.len() > 1 {
-                hop["nat_all"] = h.nat.iter().map(|n| n.to_json()).collect();
+            Step::Nf(n) => {
+                let mut hop = json!({
+                    "at_ns": n.ts_ns.saturating_sub(t0),
+                    "point": "netfilter",
+                    "hook": hook_name(n.hook),
+                    "table": n.table,
+                    "verdict": n.verdict.as_str(),
+                    "src": n.headers.map(|x| x.source().to_string()),
+                    "dst": n.headers.map(|x| x.destination().to_string()),
+                });
+                if let Some(r) = n.nat.first() {
+                    hop["nat"] = r.to_json();
+                }
+                hop
             }
-            hop
         })
         .collect();
     let container = p.container_hop(points).map(|(_, c)| c.to_owned());
+    let drop = e.drop.as_ref().map_or(Value::Null, |d| {
+        json!({
+            "reason": d.reason,
+            "location": d.location,
+            "hook": d.hook,
+            "table": d.table,
+            "rule": d.rule,
+            "rule_source": d.rule_source,
+            "last_hop": d.last_hop,
+            "place": d.place,
+        })
+    });
     json!({
         "type": "packet",
         "time": clock.rfc3339(t0),
@@ -49,7 +78,7 @@ pub fn packet(p: &Packet, points: &Points, clock: &WallClock) -> Value {
         "tcp_flags": view.and_then(|h| h.tcp_flags()).map(tcp_flags_str),
         "skb": format!("{:#x}", p.skb),
         "hops": hops,
-        "drop": Value::Null,
+        "drop": drop,
     })
 }
 
@@ -93,7 +122,10 @@ pub fn summary(s: &Summary) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::correlate::packet::{tests::*, Correlator};
+    use crate::correlate::{
+        explain::Explainer,
+        packet::{tests::*, Correlator},
+    };
     use tracer_common::Direction;
 
     #[test]
@@ -121,7 +153,8 @@ mod tests {
             &mut done,
         );
         c.drain(&mut done);
-        let v = packet(&done[0], c.points(), &WallClock::with_offset(0));
+        let e = Explainer::empty().explain(done.remove(0), c.points());
+        let v = packet(&e, c.points(), &WallClock::with_offset(0));
         assert_eq!(v["type"], "packet");
         assert_eq!(v["container"], "ens_monitor_cron");
         assert_eq!(v["proto"], "tcp");

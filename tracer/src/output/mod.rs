@@ -6,11 +6,53 @@ pub mod text;
 
 use crate::{
     correlate::{
+        explain::Explained,
         flow::{FlowKey, FlowStats},
-        packet::{Packet, Points},
+        nat::NatRewrite,
+        packet::{Hop, Points},
+        verdict::NfStep,
     },
     probe::counters::HopTotals,
 };
+
+/// One line of a packet's path: an interface hop (with the rewrites first visible there that
+/// no netfilter step accounts for) or a netfilter step.
+pub enum Step<'a> {
+    Tc(&'a Hop, Vec<NatRewrite>),
+    Nf(&'a NfStep),
+}
+
+impl Step<'_> {
+    fn ts(&self) -> u64 {
+        match self {
+            Self::Tc(h, _) => h.ts_ns,
+            Self::Nf(n) => n.ts_ns,
+        }
+    }
+}
+
+/// Interface hops and netfilter steps in time order. A rewrite that a netfilter step made is
+/// shown there, not again on the next interface hop.
+pub fn merged(e: &Explained) -> Vec<Step<'_>> {
+    let by_nf: Vec<&NatRewrite> = e.steps.iter().flat_map(|s| s.nat.iter()).collect();
+    let mut out: Vec<Step<'_>> = e
+        .packet
+        .hops
+        .iter()
+        .map(|h| {
+            let own = h
+                .nat
+                .iter()
+                .filter(|n| !by_nf.contains(n))
+                .copied()
+                .collect();
+            Step::Tc(h, own)
+        })
+        .chain(e.steps.iter().map(Step::Nf))
+        .collect();
+    out.sort_by_key(Step::ts);
+    out
+}
 
 /// Counts for the final summary.
 #[derive(Clone, Debug, Default)]
@@ -31,13 +73,13 @@ pub enum Format {
 impl Format {
     pub fn packet(
         &self,
-        p: &Packet,
+        e: &Explained,
         points: &Points,
         clock: &crate::events::clock::WallClock,
     ) -> String {
         match self {
-            Self::Text => text::packet(p, points, clock),
-            Self::Json => json::packet(p, points, clock).to_string(),
+            Self::Text => text::packet(e, points, clock),
+            Self::Json => json::packet(e, points, clock).to_string(),
         }
     }
 

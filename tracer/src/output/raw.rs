@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use serde_json::json;
+use tracer_common::netfilter::hook_name;
 
 use crate::events::{
     clock::WallClock,
@@ -22,7 +23,31 @@ fn iface(names: &IfNames, ifindex: u32) -> String {
 }
 
 pub fn text(obs: &Observation, names: &IfNames, clock: &WallClock) -> String {
-    let Observation::Tc(t) = obs;
+    let t = match obs {
+        Observation::Tc(t) => t,
+        Observation::Nf(n) => {
+            return format!(
+                "{} skb {:#x} {:<16} netfilter slot {} {}B {}",
+                clock.short(n.ts_ns),
+                n.skb,
+                hook_name(n.hook),
+                n.slot,
+                n.len,
+                n.headers
+                    .map_or_else(|| "non-IP".to_owned(), |h| h.summary())
+            )
+        }
+        Observation::End(e) => {
+            return format!(
+                "{} skb {:#x} {:?} at {:#x} (if{})",
+                clock.short(e.ts_ns),
+                e.skb,
+                e.kind,
+                e.location,
+                e.ifindex
+            )
+        }
+    };
     let what = summary(t);
     format!(
         "{} skb {:#x} {:<16} tc {:<7} {}B {}",
@@ -41,7 +66,25 @@ fn summary(t: &TcObservation) -> String {
 }
 
 pub fn json(obs: &Observation, names: &IfNames, clock: &WallClock) -> serde_json::Value {
-    let Observation::Tc(t) = obs;
+    let t = match obs {
+        Observation::Tc(t) => t,
+        Observation::Nf(n) => {
+            return json!({
+                "type": "observation", "time": clock.rfc3339(n.ts_ns), "ts_ns": n.ts_ns,
+                "skb": format!("{:#x}", n.skb), "point": "netfilter", "hook": hook_name(n.hook),
+                "slot": n.slot, "len": n.len,
+                "src": n.headers.map(|h| h.source().to_string()),
+                "dst": n.headers.map(|h| h.destination().to_string()),
+            })
+        }
+        Observation::End(e) => {
+            return json!({
+                "type": "observation", "time": clock.rfc3339(e.ts_ns), "ts_ns": e.ts_ns,
+                "skb": format!("{:#x}", e.skb), "point": "end", "end": format!("{:?}", e.kind),
+                "location": format!("{:#x}", e.location), "ifindex": e.ifindex,
+            })
+        }
+    };
     let h = t.headers.as_ref();
     json!({
         "type": "observation",

@@ -3,15 +3,18 @@
 use std::fmt::Write as _;
 
 use super::Summary;
+use super::{merged, Step};
 use crate::{
     correlate::{
+        explain::Explained,
         flow::{FlowKey, FlowStats},
-        packet::{Packet, Points, Way},
+        packet::{Points, Way},
+        verdict::Verdict,
     },
     events::clock::WallClock,
     target::topology::Role,
 };
-use tracer_common::Direction;
+use tracer_common::{netfilter::hook_name, Direction};
 
 /// `+0.0µs`, `+32.6µs`, `+1.204ms`.
 pub fn delta(ns: u64) -> String {
@@ -32,7 +35,8 @@ fn note(role: Option<Role>, dir: Direction) -> &'static str {
     }
 }
 
-pub fn packet(p: &Packet, points: &Points, clock: &WallClock) -> String {
+pub fn packet(e: &Explained, points: &Points, clock: &WallClock) -> String {
+    let p = &e.packet;
     let mut s = String::new();
     let view = p.view(points);
     let head = view.map_or_else(|| "non-IP frame".to_owned(), |h| h.summary());
@@ -43,24 +47,67 @@ pub fn packet(p: &Packet, points: &Points, clock: &WallClock) -> String {
     };
     let _ = writeln!(s, "{} {head} {}B{who}", clock.short(p.first_ts()), p.len());
     let t0 = p.first_ts();
-    for h in &p.hops {
-        let pt = points.get(&h.ifindex);
-        let name = pt.map_or_else(|| format!("if{}", h.ifindex), |p| p.name.clone());
-        let what = format!("tc {}", h.direction.as_str());
-        let mut tail = note(pt.map(|p| p.role), h.direction).to_owned();
-        for n in &h.nat {
-            if !tail.is_empty() {
-                tail.push_str("  ");
+    for step in merged(e) {
+        let line = match step {
+            Step::Tc(h, nat) => {
+                let pt = points.get(&h.ifindex);
+                let name = pt.map_or_else(|| format!("if{}", h.ifindex), |p| p.name.clone());
+                let mut tail = note(pt.map(|p| p.role), h.direction).to_owned();
+                for n in nat {
+                    if !tail.is_empty() {
+                        tail.push_str("  ");
+                    }
+                    tail.push_str(&n.to_string());
+                }
+                let what = format!("tc {}", h.direction.as_str());
+                format!(
+                    "  {:<9} {:<17} {:<14} {tail}",
+                    delta(h.ts_ns - t0),
+                    name,
+                    what
+                )
             }
-            tail.push_str(&n.to_string());
-        }
-        let line = format!(
-            "  {:<9} {:<17} {:<14} {tail}",
-            delta(h.ts_ns - t0),
-            name,
-            what
-        );
+            Step::Nf(n) => {
+                let mut tail = match n.verdict {
+                    Verdict::Accept if n.nat.is_empty() => "accept".to_owned(),
+                    Verdict::Accept => n
+                        .nat
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("  "),
+                    Verdict::Drop => format!(
+                        "DROP ✗ {}",
+                        e.drop.as_ref().map_or("", |d| d.reason.as_str())
+                    ),
+                };
+                if n.verdict == Verdict::Drop {
+                    if let Some(rule) = e.drop.as_ref().and_then(|d| d.rule.as_ref()) {
+                        tail.push_str(&format!("\n            rule: {rule}"));
+                    }
+                }
+                format!(
+                    "  {:<9} {:<17} {:<14} {tail}",
+                    delta(n.ts_ns.saturating_sub(t0)),
+                    hook_name(n.hook),
+                    n.table
+                )
+            }
+        };
         let _ = writeln!(s, "{}", line.trim_end());
+    }
+    if let Some(d) = &e.drop {
+        if d.hook.is_none() {
+            let at = p.end.as_ref().map_or(0, |x| x.ts_ns.saturating_sub(t0));
+            let mut line = format!("  {:<9} ✗ dropped: {}", delta(at), d.reason);
+            if let Some(loc) = &d.location {
+                line.push_str(&format!(" in {loc}"));
+            }
+            if let Some(place) = &d.place {
+                line.push_str(&format!(" ({place})"));
+            }
+            let _ = writeln!(s, "{line}");
+        }
     }
     s.pop();
     s
@@ -114,7 +161,10 @@ pub fn summary(s: &Summary) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::correlate::packet::{tests::*, Correlator};
+    use crate::correlate::{
+        explain::Explainer,
+        packet::{tests::*, Correlator},
+    };
 
     #[test]
     fn a_packet_block_shows_hops_in_order_with_nat() {
@@ -151,7 +201,8 @@ mod tests {
             &mut done,
         );
         c.drain(&mut done);
-        let text = packet(&done[0], c.points(), &WallClock::with_offset(0));
+        let e = Explainer::empty().explain(done.remove(0), c.points());
+        let text = packet(&e, c.points(), &WallClock::with_offset(0));
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4, "{text}");
         assert!(lines[0].ends_with("TCP 172.18.0.2:41234 → 198.51.100.2:8080 [S] 54B  container ens_monitor_cron (out)"), "{text}");

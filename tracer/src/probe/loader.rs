@@ -1,13 +1,20 @@
-//! The eBPF object, embedded at build time by `build.rs`, and loading it into the kernel.
+//! The eBPF object, embedded at build time by `build.rs`, and loading it into the kernel with
+//! the struct offsets of the running kernel patched in.
 
 use aya::{Ebpf, EbpfLoader};
+use tracer_common::Offsets;
 
 use crate::error::{Error, Result};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowtrace-ebpf"));
 
+/// The object's bytes (the netfilter loader parses them again).
+pub fn object() -> &'static [u8] {
+    OBJECT
+}
+
 /// Loads the object's maps into the kernel (programs are loaded when attached).
-pub fn load() -> Result<Ebpf> {
+pub fn load(offsets: &Offsets) -> Result<Ebpf> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(Error::NotRoot);
@@ -18,6 +25,7 @@ pub fn load() -> Result<Ebpf> {
         ));
     }
     EbpfLoader::new()
+        .override_global("OFFSETS", offsets, true)
         .load(OBJECT)
         .map_err(|e| Error::Load(format!("{e}")))
 }

@@ -1,6 +1,11 @@
 //! Loading the eBPF object and attaching its programs, with fallbacks and a report of what
 //! is attached where.
 
+pub mod btf;
 pub mod counters;
+pub mod drops;
+pub mod kallsyms;
 pub mod loader;
+pub mod netfilter;
+pub mod offsets;
 pub mod tc;

@@ -3,4 +3,5 @@
 pub mod docker;
 pub mod netlink;
 pub mod netns;
+pub mod ruleset;
 pub mod topology;

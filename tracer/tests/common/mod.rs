@@ -312,6 +312,40 @@ pub fn hops(p: &Value) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// The tc hop at `iface`/`dir`.
+pub fn tc_hop<'a>(p: &'a Value, iface: &str, dir: &str) -> &'a Value {
+    p["hops"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|h| h["point"] == "tc" && h["iface"] == iface && h["dir"] == dir)
+        .unwrap_or_else(|| panic!("no tc hop {iface} {dir} in {p}"))
+}
+
+/// The netfilter hop for `hook`/`table`.
+pub fn nf_hop<'a>(p: &'a Value, hook: &str, table: &str) -> &'a Value {
+    p["hops"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|h| h["point"] == "netfilter" && h["hook"] == hook && h["table"] == table)
+        .unwrap_or_else(|| panic!("no netfilter hop {hook}/{table} in {p}"))
+}
+
+/// `(hook, table, verdict)` of each netfilter hop.
+pub fn nf_hops(p: &Value) -> Vec<(String, String, String)> {
+    p["hops"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|h| h["point"] == "netfilter")
+        .map(|h| {
+            let s = |k: &str| h[k].as_str().unwrap_or("").to_owned();
+            (s("hook"), s("table"), s("verdict"))
+        })
+        .collect()
+}
+
 pub fn packets(lines: &[Value]) -> Vec<&Value> {
     lines.iter().filter(|l| l["type"] == "packet").collect()
 }

@@ -1,0 +1,223 @@
+//! Explaining a completed packet: its netfilter steps, and for a dropped packet where and why
+//! it died (reason name from BTF, function from kallsyms, hook/table from the observers, rule
+//! from the ruleset's counters).
+
+use std::collections::HashMap;
+
+use tracer_common::netfilter::hook_name;
+
+use super::{
+    packet::{Packet, Points},
+    verdict::{self, NfStep, Verdict},
+};
+use crate::{events::decode::EndKind, target::ruleset::Ruleset};
+
+/// Where and why a packet died.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DropInfo {
+    /// `enum skb_drop_reason` name without its prefix, e.g. `NETFILTER_DROP`.
+    pub reason: String,
+    /// The kernel function that freed it, e.g. `nf_hook_slow`.
+    pub location: Option<String>,
+    pub hook: Option<&'static str>,
+    pub table: Option<String>,
+    /// The rule, as `iptables -S` prints it.
+    pub rule: Option<String>,
+    /// How the rule was found.
+    pub rule_source: Option<String>,
+    /// The last point that saw the packet alive.
+    pub last_hop: Option<String>,
+    /// Where the drop happened when not on the host, e.g. `netns of ens_monitor_cron`.
+    pub place: Option<String>,
+}
+
+/// A packet with everything known about it.
+#[derive(Clone, Debug)]
+pub struct Explained {
+    pub packet: Packet,
+    pub steps: Vec<NfStep>,
+    pub drop: Option<DropInfo>,
+}
+
+/// What explaining needs from the host: reason names, symbols, the ruleset.
+pub struct Explainer {
+    pub reasons: HashMap<u32, String>,
+    pub symbol: Box<dyn Fn(u64) -> Option<String> + Send>,
+    /// Namespace inode → a name for it (a traced container's).
+    pub netns_names: HashMap<u32, String>,
+    pub host_netns: u32,
+    /// The ruleset as last read, and how to read it again (None: no iptables).
+    pub ruleset: Option<Ruleset>,
+    pub reread: Box<dyn Fn() -> Option<Ruleset> + Send>,
+}
+
+impl Explainer {
+    /// An explainer that knows nothing of the host (for tests and `--iface` without tools).
+    pub fn empty() -> Self {
+        Self {
+            reasons: HashMap::new(),
+            symbol: Box::new(|_| None),
+            netns_names: HashMap::new(),
+            host_netns: 0,
+            ruleset: None,
+            reread: Box::new(|| None),
+        }
+    }
+
+    fn reason_name(&self, reason: u32) -> String {
+        self.reasons
+            .get(&reason)
+            .map(|n| n.trim_start_matches("SKB_DROP_REASON_").to_owned())
+            .unwrap_or_else(|| format!("reason {reason}"))
+    }
+
+    pub fn explain(&mut self, packet: Packet, points: &Points) -> Explained {
+        let steps = {
+            let rs = self.ruleset.as_ref();
+            verdict::steps(&packet, &|hook| {
+                rs.map(|r| r.tables_at(hook)).unwrap_or_default()
+            })
+        };
+        let drop = match packet.end.as_ref().map(|e| (e, e.kind)) {
+            Some((end, EndKind::Drop { reason })) => {
+                let nf_drop = steps.iter().find(|s| s.verdict == Verdict::Drop);
+                let (rule, rule_source) = match nf_drop {
+                    Some(s) => self.rule_for(&s.table, s.hook),
+                    None => (None, None),
+                };
+                let last_hop = packet.hops.last().map(|h| {
+                    let name = points
+                        .get(&h.ifindex)
+                        .map_or_else(|| format!("if{}", h.ifindex), |p| p.name.clone());
+                    format!("{name} tc {}", h.direction.as_str())
+                });
+                let place = (end.netns != 0 && end.netns != self.host_netns).then(|| {
+                    self.netns_names
+                        .get(&end.netns)
+                        .map_or_else(|| format!("netns {}", end.netns), |c| format!("inside {c}"))
+                });
+                Some(DropInfo {
+                    reason: self.reason_name(reason),
+                    location: (self.symbol)(end.location),
+                    hook: nf_drop.map(|s| hook_name(s.hook)),
+                    table: nf_drop.map(|s| s.table.clone()),
+                    rule,
+                    rule_source,
+                    last_hop,
+                    place,
+                })
+            }
+            _ => None,
+        };
+        Explained {
+            packet,
+            steps,
+            drop,
+        }
+    }
+
+    /// The rule in `table` whose drop counter moved since the last read.
+    fn rule_for(&mut self, table: &str, hook: u8) -> (Option<String>, Option<String>) {
+        let Some(now) = (self.reread)() else {
+            return (None, None);
+        };
+        let found = self
+            .ruleset
+            .as_ref()
+            .map(|before| now.dropped_by(before, table, hook))
+            .unwrap_or_default();
+        let source = format!("{} -c counters", now.source);
+        self.ruleset = Some(now);
+        match found.as_slice() {
+            [] => (None, None),
+            [one] => (Some(one.clone()), Some(source)),
+            several => (
+                Some(several[0].clone()),
+                Some(format!(
+                    "{source}; {} rules moved, first shown",
+                    several.len()
+                )),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        correlate::packet::tests::{frame, points},
+        events::{
+            decode::{EndObservation, NfObservation},
+            packet::parse_ethernet,
+        },
+    };
+
+    const BEFORE: &str = "*filter\n:FORWARD DROP [0:0]\n[0:0] -A DOCKER-USER -d 198.51.100.2/32 -p tcp -m tcp --dport 8081 -j DROP\nCOMMIT\n";
+
+    #[test]
+    fn a_netfilter_drop_names_reason_hook_table_and_rule() {
+        let f = frame([172, 18, 0, 2], 41234);
+        let nf: Vec<NfObservation> = (0..5)
+            .map(|slot| NfObservation {
+                ts_ns: 10 + u64::from(slot),
+                skb: 1,
+                hook: 2,
+                pf: 2,
+                slot,
+                in_ifindex: 0,
+                out_ifindex: 0,
+                len: 60,
+                mark: 0,
+                headers: parse_ethernet(&f),
+            })
+            .collect();
+        let packet = Packet {
+            skb: 1,
+            hops: Vec::new(),
+            nf,
+            end: Some(EndObservation {
+                ts_ns: 20,
+                skb: 1,
+                kind: EndKind::Drop { reason: 12 },
+                location: 0xabc,
+                ifindex: 0,
+                netns: 0,
+            }),
+        };
+        let mut ex = Explainer::empty();
+        ex.reasons
+            .insert(12, "SKB_DROP_REASON_NETFILTER_DROP".into());
+        ex.symbol = Box::new(|a| (a == 0xabc).then(|| "nf_hook_slow".to_owned()));
+        ex.ruleset = Some(Ruleset::parse(BEFORE, "iptables-save"));
+        ex.reread = Box::new(|| {
+            Some(Ruleset::parse(
+                &BEFORE.replace("[0:0] -A", "[1:60] -A"),
+                "iptables-save",
+            ))
+        });
+        let e = ex.explain(packet, &points());
+        let d = e.drop.expect("dropped");
+        assert_eq!(d.reason, "NETFILTER_DROP");
+        assert_eq!(d.location.as_deref(), Some("nf_hook_slow"));
+        assert_eq!(d.hook, Some("FORWARD"));
+        assert_eq!(d.table.as_deref(), Some("filter"));
+        assert_eq!(
+            d.rule.as_deref(),
+            Some("-A DOCKER-USER -d 198.51.100.2/32 -p tcp -m tcp --dport 8081 -j DROP")
+        );
+        assert_eq!(d.rule_source.as_deref(), Some("iptables-save -c counters"));
+    }
+
+    #[test]
+    fn a_packet_that_was_not_dropped_has_no_drop() {
+        let mut ex = Explainer::empty();
+        let packet = Packet {
+            skb: 1,
+            hops: Vec::new(),
+            nf: Vec::new(),
+            end: None,
+        };
+        assert!(ex.explain(packet, &points()).drop.is_none());
+    }
+}

@@ -1,0 +1,246 @@
+//! From what the netfilter observers saw to what each table did. The observers sit at
+//! priorities bracketing the tables (tracer_common::netfilter): a table the packet got past
+//! accepted it; the table between the last slot that saw a packet and the next one dropped it,
+//! when the kernel then reports a drop; headers that differ across a table were rewritten by it.
+
+use std::collections::BTreeMap;
+
+use tracer_common::netfilter::{table_after, SLOT_PRIORITIES};
+
+use super::{
+    nat::{self, NatRewrite},
+    packet::Packet,
+};
+use crate::events::{decode::EndKind, packet::Headers};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Accept,
+    Drop,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accept => "accept",
+            Self::Drop => "drop",
+        }
+    }
+}
+
+/// One table's work on a packet at one hook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NfStep {
+    pub ts_ns: u64,
+    pub hook: u8,
+    pub table: String,
+    pub verdict: Verdict,
+    pub nat: Vec<NatRewrite>,
+    /// The packet's headers after this table (as the next slot saw them).
+    pub headers: Option<Headers>,
+}
+
+fn slot_after(priority: i32) -> usize {
+    SLOT_PRIORITIES.partition_point(|p| *p < priority)
+}
+
+/// The netfilter steps of a packet, in time order. `tables_at(hook)` lists the tables registered
+/// at a hook with their priorities (from the ruleset); where it lists none, tables are named
+/// by the slot positions where headers changed or the packet stopped.
+pub fn steps(p: &Packet, tables_at: &dyn Fn(u8) -> Vec<(String, i32)>) -> Vec<NfStep> {
+    // hook → (slot → (ts, headers)), first sighting of each slot.
+    let mut hooks: BTreeMap<u8, BTreeMap<usize, (u64, Option<Headers>)>> = BTreeMap::new();
+    let mut first_ts: BTreeMap<u8, u64> = BTreeMap::new();
+    for n in &p.nf {
+        hooks
+            .entry(n.hook)
+            .or_default()
+            .entry(usize::from(n.slot))
+            .or_insert((n.ts_ns, n.headers));
+        first_ts.entry(n.hook).or_insert(n.ts_ns);
+    }
+    let dropped = matches!(p.end.as_ref().map(|e| e.kind), Some(EndKind::Drop { .. }));
+    let last_hook = first_ts.iter().max_by_key(|(_, t)| **t).map(|(h, _)| *h);
+    let mut out = Vec::new();
+    for (&hook, seen) in &hooks {
+        let mut tables = tables_at(hook);
+        if tables.is_empty() {
+            // No ruleset: name what the slots show changed or stopped.
+            tables = (0..SLOT_PRIORITIES.len() - 1)
+                .filter(|a| {
+                    let (x, y) = (seen.get(a), seen.get(&(a + 1)));
+                    match (x, y) {
+                        (Some((_, hx)), Some((_, hy))) => hx != hy,
+                        (Some(_), None) => !seen.keys().any(|k| k > a),
+                        _ => false,
+                    }
+                })
+                .filter_map(|a| {
+                    table_after(a as u8).map(|t| {
+                        (
+                            t.to_owned(),
+                            (SLOT_PRIORITIES[a] + SLOT_PRIORITIES[a + 1]) / 2,
+                        )
+                    })
+                })
+                .collect();
+        }
+        for (table, prio) in tables {
+            let b = slot_after(prio);
+            if b == 0 || b >= SLOT_PRIORITIES.len() {
+                continue;
+            }
+            let before = seen.range(..b).next_back().map(|(_, v)| *v);
+            match (before, seen.get(&b)) {
+                (_, Some(&(ts, after))) => {
+                    let rewrites = match (before.and_then(|v| v.1), after) {
+                        (Some(x), Some(y)) => nat::rewrites(&x, &y),
+                        _ => Vec::new(),
+                    };
+                    out.push(NfStep {
+                        ts_ns: ts,
+                        hook,
+                        table,
+                        verdict: Verdict::Accept,
+                        nat: rewrites,
+                        headers: after,
+                    });
+                }
+                (Some((ts, h)), None) => {
+                    let vanished = !seen.keys().any(|k| *k >= b);
+                    if vanished && dropped && Some(hook) == last_hook {
+                        out.push(NfStep {
+                            ts_ns: p.end.as_ref().map_or(ts, |e| e.ts_ns.max(ts)),
+                            hook,
+                            table,
+                            verdict: Verdict::Drop,
+                            nat: Vec::new(),
+                            headers: h,
+                        });
+                        break;
+                    }
+                }
+                (None, None) => {}
+            }
+        }
+    }
+    out.sort_by_key(|s| s.ts_ns);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        correlate::packet::tests::frame,
+        events::{
+            decode::{EndObservation, NfObservation},
+            packet::parse_ethernet,
+        },
+    };
+
+    fn nf(ts: u64, hook: u8, slot: u8, f: &[u8]) -> NfObservation {
+        NfObservation {
+            ts_ns: ts,
+            skb: 1,
+            hook,
+            pf: 2,
+            slot,
+            in_ifindex: 0,
+            out_ifindex: 0,
+            len: 60,
+            mark: 0,
+            headers: parse_ethernet(f),
+        }
+    }
+
+    fn docker_tables(hook: u8) -> Vec<(String, i32)> {
+        match hook {
+            0 => vec![("nat".into(), -100)],
+            2 => vec![("filter".into(), 0)],
+            4 => vec![("nat".into(), 100)],
+            _ => vec![],
+        }
+    }
+
+    fn packet(nf: Vec<NfObservation>, end: Option<EndKind>) -> Packet {
+        Packet {
+            skb: 1,
+            hops: Vec::new(),
+            nf,
+            end: end.map(|kind| EndObservation {
+                ts_ns: 999,
+                skb: 1,
+                kind,
+                location: 0,
+                ifindex: 0,
+                netns: 0,
+            }),
+        }
+    }
+
+    #[test]
+    fn forwarded_and_masqueraded() {
+        let inner = frame([172, 18, 0, 2], 41234);
+        let outer = frame([198, 51, 100, 1], 41234);
+        let mut obs = Vec::new();
+        for (i, slot) in (0..8).enumerate() {
+            obs.push(nf(10 + i as u64, 0, slot, &inner));
+            obs.push(nf(100 + i as u64, 2, slot, &inner));
+            let f = if slot == 7 { &outer } else { &inner };
+            obs.push(nf(200 + i as u64, 4, slot, f));
+        }
+        let s = steps(&packet(obs, Some(EndKind::Consume)), &docker_tables);
+        let names: Vec<(u8, &str, Verdict)> = s
+            .iter()
+            .map(|x| (x.hook, x.table.as_str(), x.verdict))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                (0, "nat", Verdict::Accept),
+                (2, "filter", Verdict::Accept),
+                (4, "nat", Verdict::Accept)
+            ]
+        );
+        assert!(s[0].nat.is_empty() && s[1].nat.is_empty());
+        assert_eq!(
+            s[2].nat[0].to_string(),
+            "SNAT 172.18.0.2:41234 → 198.51.100.1:41234"
+        );
+        assert_eq!(s[2].ts_ns, 207, "at the slot after the nat table");
+    }
+
+    #[test]
+    fn dropped_in_filter_forward() {
+        let f = frame([172, 18, 0, 2], 41234);
+        let mut obs: Vec<NfObservation> = (0..8).map(|s| nf(10 + u64::from(s), 0, s, &f)).collect();
+        // FORWARD: seen up to slot 4 (before filter), never after.
+        obs.extend((0..5).map(|s| nf(100 + u64::from(s), 2, s, &f)));
+        let s = steps(
+            &packet(obs.clone(), Some(EndKind::Drop { reason: 12 })),
+            &docker_tables,
+        );
+        let last = s.last().expect("steps");
+        assert_eq!(
+            (last.hook, last.table.as_str(), last.verdict),
+            (2, "filter", Verdict::Drop)
+        );
+        assert_eq!(last.ts_ns, 999);
+        // Without a drop from the kernel, no verdict is invented.
+        let s = steps(&packet(obs, None), &docker_tables);
+        assert!(s.iter().all(|x| x.verdict == Verdict::Accept));
+    }
+
+    #[test]
+    fn without_a_ruleset_changes_are_named_by_slot_position() {
+        let inner = frame([172, 18, 0, 2], 41234);
+        let outer = frame([198, 51, 100, 1], 41234);
+        let obs: Vec<NfObservation> = (0..8)
+            .map(|s| nf(u64::from(s), 4, s, if s == 7 { &outer } else { &inner }))
+            .collect();
+        let s = steps(&packet(obs, None), &|_| Vec::new());
+        assert_eq!(s.len(), 1);
+        assert_eq!((s[0].table.as_str(), s[0].nat.len()), ("nat", 1));
+    }
+}

@@ -1,0 +1,234 @@
+//! The host's iptables ruleset as `iptables-save -c` prints it (both the nf_tables and the
+//! legacy backend print the same format): which tables run at which hook, and which rule's
+//! counters moved, to name the rule that dropped a packet. Chain names are never assumed.
+
+use std::{collections::BTreeMap, process::Command};
+
+/// Priority of each iptables table at a hook (`enum nf_ip_hook_priorities`).
+pub fn table_priority(table: &str, hook: u8) -> Option<i32> {
+    Some(match table {
+        "raw" => -300,
+        "mangle" => -150,
+        // DNAT at PREROUTING/OUTPUT, SNAT at INPUT/POSTROUTING.
+        "nat" if hook == 0 || hook == 3 => -100,
+        "nat" => 100,
+        "filter" => 0,
+        "security" => 50,
+        _ => return None,
+    })
+}
+
+fn hook_of_chain(chain: &str) -> Option<u8> {
+    ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"]
+        .iter()
+        .position(|c| *c == chain)
+        .map(|i| i as u8)
+}
+
+/// A rule or a built-in chain's policy, with its packet counter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Counted {
+    /// `-A CHAIN …` or `-P CHAIN POLICY`, as `iptables -S` prints it.
+    pub text: String,
+    pub packets: u64,
+    /// The rule drops (`-j DROP`/`-j REJECT`) or the policy is DROP.
+    pub drops: bool,
+}
+
+/// One table: its built-in chains (hooks) and every rule and policy with counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Table {
+    pub hooks: Vec<u8>,
+    pub entries: Vec<Counted>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ruleset {
+    pub tables: BTreeMap<String, Table>,
+    /// Which command produced it (`iptables-save`, `iptables-legacy-save`).
+    pub source: String,
+}
+
+fn counters(s: &str) -> Option<u64> {
+    // "[12:3456]"
+    let inner = s.strip_prefix('[')?.strip_suffix(']')?;
+    inner.split(':').next()?.parse().ok()
+}
+
+impl Ruleset {
+    /// Parses `iptables-save -c` output.
+    pub fn parse(text: &str, source: &str) -> Self {
+        let mut rs = Ruleset {
+            source: source.to_owned(),
+            ..Default::default()
+        };
+        let mut current: Option<String> = None;
+        for line in text.lines().map(str::trim) {
+            if let Some(name) = line.strip_prefix('*') {
+                current = Some(name.to_owned());
+                rs.tables.entry(name.to_owned()).or_default();
+                continue;
+            }
+            let Some(table) = current.as_ref().and_then(|t| rs.tables.get_mut(t)) else {
+                continue;
+            };
+            if let Some(chain) = line.strip_prefix(':') {
+                // ":FORWARD DROP [0:0]" (built-in) or ":DOCKER - [0:0]" (user chain)
+                let mut it = chain.split_whitespace();
+                let (Some(name), Some(policy)) = (it.next(), it.next()) else {
+                    continue;
+                };
+                if policy != "-" {
+                    if let Some(h) = hook_of_chain(name) {
+                        table.hooks.push(h);
+                    }
+                    table.entries.push(Counted {
+                        text: format!("-P {name} {policy}"),
+                        packets: it.next().and_then(counters).unwrap_or(0),
+                        drops: policy == "DROP",
+                    });
+                }
+            } else if line.starts_with('[') {
+                let Some((c, rule)) = line.split_once(' ') else {
+                    continue;
+                };
+                if rule.starts_with("-A ") {
+                    let drops = rule.ends_with("-j DROP") || rule.contains("-j REJECT");
+                    table.entries.push(Counted {
+                        text: rule.to_owned(),
+                        packets: counters(c).unwrap_or(0),
+                        drops,
+                    });
+                }
+            }
+        }
+        rs
+    }
+
+    /// Reads the live ruleset (nf_tables backend first, then legacy); `None` if neither
+    /// command is available.
+    pub fn read() -> Option<Self> {
+        for cmd in ["iptables-save", "iptables-legacy-save"] {
+            let Ok(out) = Command::new(cmd).arg("-c").output() else {
+                continue;
+            };
+            if out.status.success() {
+                let rs = Self::parse(&String::from_utf8_lossy(&out.stdout), cmd);
+                if !rs.tables.is_empty() {
+                    return Some(rs);
+                }
+            }
+        }
+        None
+    }
+
+    /// The tables that run at `hook`, by priority.
+    pub fn tables_at(&self, hook: u8) -> Vec<(String, i32)> {
+        let mut out: Vec<(String, i32)> = self
+            .tables
+            .iter()
+            .filter(|(_, t)| t.hooks.contains(&hook))
+            .filter_map(|(n, _)| table_priority(n, hook).map(|p| (n.clone(), p)))
+            .collect();
+        out.sort_by_key(|(_, p)| *p);
+        out
+    }
+
+    /// The dropping rules (or DROP policy) of `table` whose counters grew since `before`:
+    /// the rule that dropped a packet there. A built-in chain's policy only counts for `hook`.
+    pub fn dropped_by(&self, before: &Ruleset, table: &str, hook: u8) -> Vec<String> {
+        let (Some(now), Some(then)) = (self.tables.get(table), before.tables.get(table)) else {
+            return Vec::new();
+        };
+        let chain = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"]
+            .get(usize::from(hook))
+            .copied()
+            .unwrap_or("");
+        now.entries
+            .iter()
+            .filter(|e| e.drops)
+            .filter(|e| !e.text.starts_with("-P ") || e.text.starts_with(&format!("-P {chain} ")))
+            .filter(|e| {
+                let old = then
+                    .entries
+                    .iter()
+                    .find(|o| o.text == e.text)
+                    .map_or(0, |o| o.packets);
+                e.packets > old
+            })
+            .map(|e| e.text.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAVE: &str = "# Generated by iptables-save
+*nat
+:PREROUTING ACCEPT [10:600]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [2:120]
+:POSTROUTING ACCEPT [4:240]
+:DOCKER - [0:0]
+[3:180] -A POSTROUTING -s 172.18.0.0/16 ! -o br-7544f7b78348 -j MASQUERADE
+COMMIT
+*filter
+:INPUT ACCEPT [50:4000]
+:FORWARD DROP [1:60]
+:OUTPUT ACCEPT [40:3000]
+:DOCKER-USER - [0:0]
+[2:120] -A DOCKER-USER -d 198.51.100.2/32 -p tcp -m tcp --dport 8081 -j DROP
+[99:9000] -A DOCKER-USER -j RETURN
+COMMIT
+";
+
+    #[test]
+    fn tables_per_hook_come_from_the_built_in_chains() {
+        let rs = Ruleset::parse(SAVE, "iptables-save");
+        assert_eq!(rs.tables_at(0), vec![("nat".to_owned(), -100)]);
+        assert_eq!(rs.tables_at(2), vec![("filter".to_owned(), 0)]);
+        assert_eq!(
+            rs.tables_at(4),
+            vec![("nat".to_owned(), 100)],
+            "nat is SNAT at POSTROUTING"
+        );
+        assert_eq!(
+            rs.tables_at(3),
+            vec![("nat".to_owned(), -100), ("filter".to_owned(), 0)]
+        );
+    }
+
+    #[test]
+    fn the_rule_whose_counter_moved_is_named() {
+        let before = Ruleset::parse(SAVE, "iptables-save");
+        let after = Ruleset::parse(
+            &SAVE.replace("[2:120] -A DOCKER-USER", "[3:180] -A DOCKER-USER"),
+            "x",
+        );
+        assert_eq!(
+            after.dropped_by(&before, "filter", 2),
+            vec!["-A DOCKER-USER -d 198.51.100.2/32 -p tcp -m tcp --dport 8081 -j DROP"]
+        );
+        assert!(after.dropped_by(&before, "nat", 2).is_empty());
+        assert!(
+            before.dropped_by(&before, "filter", 2).is_empty(),
+            "nothing moved"
+        );
+    }
+
+    #[test]
+    fn a_drop_policy_is_named_only_for_its_own_hook() {
+        let before = Ruleset::parse(SAVE, "iptables-save");
+        let after = Ruleset::parse(
+            &SAVE.replace(":FORWARD DROP [1:60]", ":FORWARD DROP [2:120]"),
+            "x",
+        );
+        assert_eq!(
+            after.dropped_by(&before, "filter", 2),
+            vec!["-P FORWARD DROP"]
+        );
+        assert!(after.dropped_by(&before, "filter", 1).is_empty());
+    }
+}
