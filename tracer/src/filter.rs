@@ -54,39 +54,11 @@ impl PacketFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::correlate::packet::{tests::*, Correlator};
-    use tracer_common::Direction;
-
-    fn masqueraded() -> Packet {
-        let mut c = Correlator::new(points(), 1_000_000);
-        let mut done = Vec::new();
-        c.push(
-            obs(
-                1,
-                1,
-                VETH,
-                Direction::Ingress,
-                &frame([172, 18, 0, 2], 41234),
-            ),
-            &mut done,
-        );
-        c.push(
-            obs(
-                1,
-                2,
-                UPLINK,
-                Direction::Egress,
-                &frame([198, 51, 100, 1], 41234),
-            ),
-            &mut done,
-        );
-        c.drain(&mut done);
-        done.remove(0)
-    }
+    use crate::correlate::packet::tests::masqueraded_syn;
 
     #[test]
     fn criteria_match_at_any_hop() {
-        let p = masqueraded();
+        let p = masqueraded_syn();
         let host = |s: &str| PacketFilter {
             hosts: vec![s.parse().expect("ip")],
             ..Default::default()

@@ -5,7 +5,8 @@
 mod common;
 
 use common::{
-    hops, leftovers, nf_hop, nf_hops, packets, ping, tc_hop, tcp, udp, Flowtrace, From, Lab,
+    hops, leftovers, nf_hop, nf_hops, packets, ping, tc_hop, tcp, udp, udp_ttl, Flowtrace, From,
+    Lab,
 };
 use serde_json::Value;
 
@@ -429,4 +430,36 @@ fn a_docker_user_drop_names_hook_table_reason_and_rule() {
         .find(|l| l["type"] == "summary")
         .expect("summary");
     assert!(summary["drops"].as_u64().unwrap_or(0) >= 1, "{summary}");
+}
+
+#[test]
+#[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
+fn a_drop_outside_netfilter_has_its_reason_and_no_hook() {
+    let lab = Lab::get();
+    let ft = Flowtrace::start(&["-c", "ens_monitor_cron", "--json"]);
+    // TTL 1: the host must not forward it (and says so with an ICMP time exceeded).
+    let sport = udp_ttl(&lab, &cron(), lab.ip("inet_ip"), 9999, 1);
+    let lines = ft.stop();
+    let local = format!("{}:{sport}", lab.s("container_ip"));
+    let p = find(&lines, "out", |p| {
+        p["src"] == local.as_str() && !p["drop"].is_null()
+    });
+    let d = &p["drop"];
+    let reason = d["reason"].as_str().unwrap_or("");
+    assert!(!reason.is_empty() && reason != "NETFILTER_DROP", "{p}");
+    assert!(
+        d["hook"].is_null() && d["table"].is_null() && d["rule"].is_null(),
+        "{p}"
+    );
+    assert!(d["location"].as_str().is_some_and(|l| !l.is_empty()), "{p}");
+    // It got as far as the bridge, never to the uplink.
+    assert!(
+        hops(p).iter().all(|(iface, _)| *iface != lab.s("uplink")),
+        "{p}"
+    );
+    assert_eq!(
+        d["last_hop"],
+        format!("{} tc ingress", lab.s("bridge")).as_str(),
+        "{p}"
+    );
 }

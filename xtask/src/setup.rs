@@ -24,6 +24,7 @@ const APT_PACKAGES: &[&str] = &[
     "libpcap-dev",
     "pkg-config",
     "socat",
+    "nftables",
     "python3",
 ];
 

@@ -325,6 +325,25 @@ pub mod tests {
         })
     }
 
+    /// One observation per (ts, ifindex, dir, source address) for skb 1, joined and completed.
+    pub fn packet_of(hops: &[(u64, u32, Direction, [u8; 4])]) -> Packet {
+        let mut c = Correlator::new(points(), 1_000_000);
+        let mut done = Vec::new();
+        for (ts, ifindex, dir, src) in hops {
+            c.push(obs(1, *ts, *ifindex, *dir, &frame(*src, 41234)), &mut done);
+        }
+        c.drain(&mut done);
+        done.remove(0)
+    }
+
+    /// A SYN from the container, MASQUERADEd between its veth (t=1000) and the uplink (t=47900).
+    pub fn masqueraded_syn() -> Packet {
+        packet_of(&[
+            (1_000, VETH, Direction::Ingress, [172, 18, 0, 2]),
+            (47_900, UPLINK, Direction::Egress, [198, 51, 100, 1]),
+        ])
+    }
+
     const CONTAINER: [u8; 4] = [172, 18, 0, 2];
     const UPLINK_IP: [u8; 4] = [198, 51, 100, 1];
 

@@ -124,37 +124,13 @@ mod tests {
     use super::*;
     use crate::correlate::{
         explain::Explainer,
-        packet::{tests::*, Correlator},
+        packet::tests::{masqueraded_syn, points},
     };
-    use tracer_common::Direction;
 
     #[test]
     fn packet_json_follows_the_contract() {
-        let mut c = Correlator::new(points(), 1_000_000);
-        let mut done = Vec::new();
-        c.push(
-            obs(
-                1,
-                1_000,
-                VETH,
-                Direction::Ingress,
-                &frame([172, 18, 0, 2], 41234),
-            ),
-            &mut done,
-        );
-        c.push(
-            obs(
-                1,
-                47_900,
-                UPLINK,
-                Direction::Egress,
-                &frame([198, 51, 100, 1], 41234),
-            ),
-            &mut done,
-        );
-        c.drain(&mut done);
-        let e = Explainer::empty().explain(done.remove(0), c.points());
-        let v = packet(&e, c.points(), &WallClock::with_offset(0));
+        let e = Explainer::empty().explain(masqueraded_syn(), &points());
+        let v = packet(&e, &points(), &WallClock::with_offset(0));
         assert_eq!(v["type"], "packet");
         assert_eq!(v["container"], "ens_monitor_cron");
         assert_eq!(v["proto"], "tcp");

@@ -161,48 +161,17 @@ pub fn summary(s: &Summary) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::correlate::{
-        explain::Explainer,
-        packet::{tests::*, Correlator},
-    };
+    use crate::correlate::{explain::Explainer, packet::tests::*};
 
     #[test]
     fn a_packet_block_shows_hops_in_order_with_nat() {
-        let mut c = Correlator::new(points(), 1_000_000);
-        let mut done = Vec::new();
-        c.push(
-            obs(
-                1,
-                1_000,
-                VETH,
-                Direction::Ingress,
-                &frame([172, 18, 0, 2], 41234),
-            ),
-            &mut done,
-        );
-        c.push(
-            obs(
-                1,
-                33_600,
-                BRIDGE,
-                Direction::Ingress,
-                &frame([172, 18, 0, 2], 41234),
-            ),
-            &mut done,
-        );
-        c.push(
-            obs(
-                1,
-                47_900,
-                UPLINK,
-                Direction::Egress,
-                &frame([198, 51, 100, 1], 41234),
-            ),
-            &mut done,
-        );
-        c.drain(&mut done);
-        let e = Explainer::empty().explain(done.remove(0), c.points());
-        let text = packet(&e, c.points(), &WallClock::with_offset(0));
+        let p = packet_of(&[
+            (1_000, VETH, Direction::Ingress, [172, 18, 0, 2]),
+            (33_600, BRIDGE, Direction::Ingress, [172, 18, 0, 2]),
+            (47_900, UPLINK, Direction::Egress, [198, 51, 100, 1]),
+        ]);
+        let e = Explainer::empty().explain(p, &points());
+        let text = packet(&e, &points(), &WallClock::with_offset(0));
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4, "{text}");
         assert!(lines[0].ends_with("TCP 172.18.0.2:41234 → 198.51.100.2:8080 [S] 54B  container ens_monitor_cron (out)"), "{text}");

@@ -1,6 +1,7 @@
-//! The host's iptables ruleset as `iptables-save -c` prints it (both the nf_tables and the
-//! legacy backend print the same format): which tables run at which hook, and which rule's
-//! counters moved, to name the rule that dropped a packet. Chain names are never assumed.
+//! The host's ruleset: which tables run at which hook, and which rule's counters moved, to
+//! name the rule that dropped a packet. iptables tables come from `iptables-save -c` (the
+//! nf_tables and the legacy backend print the same format); plain nftables base chains come
+//! from `nft -j list chains`, named by their own table. Chain names are never assumed.
 
 use std::{collections::BTreeMap, process::Command};
 
@@ -47,6 +48,31 @@ pub struct Ruleset {
     pub tables: BTreeMap<String, Table>,
     /// Which command produced it (`iptables-save`, `iptables-legacy-save`).
     pub source: String,
+    /// nftables base chains of the ip/inet families: (hook, table, priority).
+    pub nft_chains: Vec<(u8, String, i32)>,
+}
+
+/// Parses `nft -j list chains`: the base chains of the ip and inet families.
+pub fn parse_nft_chains(json: &str) -> Vec<(u8, String, i32)> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return Vec::new();
+    };
+    let hooks = ["prerouting", "input", "forward", "output", "postrouting"];
+    v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|item| {
+            let c = item.get("chain")?;
+            let family = c["family"].as_str()?;
+            if family != "ip" && family != "inet" {
+                return None;
+            }
+            let hook = hooks.iter().position(|h| Some(*h) == c["hook"].as_str())? as u8;
+            let prio = i32::try_from(c["prio"].as_i64()?).ok()?;
+            Some((hook, c["table"].as_str()?.to_owned(), prio))
+        })
+        .collect()
 }
 
 fn counters(s: &str) -> Option<u64> {
@@ -105,9 +131,10 @@ impl Ruleset {
         rs
     }
 
-    /// Reads the live ruleset (nf_tables backend first, then legacy); `None` if neither
-    /// command is available.
+    /// Reads the live ruleset: iptables (nf_tables backend first, then legacy) and the
+    /// nftables base chains; `None` if none of the commands is available.
     pub fn read() -> Option<Self> {
+        let mut found: Option<Self> = None;
         for cmd in ["iptables-save", "iptables-legacy-save"] {
             let Ok(out) = Command::new(cmd).arg("-c").output() else {
                 continue;
@@ -115,14 +142,28 @@ impl Ruleset {
             if out.status.success() {
                 let rs = Self::parse(&String::from_utf8_lossy(&out.stdout), cmd);
                 if !rs.tables.is_empty() {
-                    return Some(rs);
+                    found = Some(rs);
+                    break;
                 }
             }
         }
-        None
+        if let Ok(out) = Command::new("nft").args(["-j", "list", "chains"]).output() {
+            if out.status.success() {
+                let chains = parse_nft_chains(&String::from_utf8_lossy(&out.stdout));
+                if !chains.is_empty() {
+                    let rs = found.get_or_insert_with(|| Self {
+                        source: "nft".into(),
+                        ..Default::default()
+                    });
+                    rs.nft_chains = chains;
+                }
+            }
+        }
+        found
     }
 
-    /// The tables that run at `hook`, by priority.
+    /// The tables that run at `hook`, by priority: iptables tables, and nftables tables by
+    /// their own names (iptables-nft's tables appear in both; each is listed once).
     pub fn tables_at(&self, hook: u8) -> Vec<(String, i32)> {
         let mut out: Vec<(String, i32)> = self
             .tables
@@ -130,7 +171,13 @@ impl Ruleset {
             .filter(|(_, t)| t.hooks.contains(&hook))
             .filter_map(|(n, _)| table_priority(n, hook).map(|p| (n.clone(), p)))
             .collect();
+        for (h, table, prio) in &self.nft_chains {
+            if *h == hook && !out.iter().any(|(n, p)| n == table && p == prio) {
+                out.push((table.clone(), *prio));
+            }
+        }
         out.sort_by_key(|(_, p)| *p);
+        out.dedup();
         out
     }
 
@@ -216,6 +263,24 @@ COMMIT
             before.dropped_by(&before, "filter", 2).is_empty(),
             "nothing moved"
         );
+    }
+
+    #[test]
+    fn nftables_base_chains_add_their_own_tables() {
+        let mut rs = Ruleset::parse(SAVE, "iptables-save");
+        rs.nft_chains = parse_nft_chains(
+            r#"{"nftables":[{"metainfo":{"version":"1.0.6"}},
+              {"chain":{"family":"ip","table":"filter","name":"FORWARD","hook":"forward","prio":0,"policy":"drop"}},
+              {"chain":{"family":"inet","table":"firewalld","name":"fwd","hook":"forward","prio":10}},
+              {"chain":{"family":"bridge","table":"br","name":"f","hook":"forward","prio":0}},
+              {"chain":{"family":"ip","table":"filter","name":"DOCKER-USER"}}]}"#,
+        );
+        assert_eq!(
+            rs.tables_at(2),
+            vec![("filter".to_owned(), 0), ("firewalld".to_owned(), 10)],
+            "iptables-nft's filter once, the native table by name, no bridge family"
+        );
+        assert!(parse_nft_chains("not json").is_empty());
     }
 
     #[test]

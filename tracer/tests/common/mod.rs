@@ -175,6 +175,18 @@ pub fn udp(lab: &Lab, from: &From, dst: IpAddr, port: u16) -> Result<u16, String
     })
 }
 
+/// One UDP datagram with the given IP TTL, no reply expected. Returns the local port.
+pub fn udp_ttl(lab: &Lab, from: &From, dst: IpAddr, port: u16, ttl: u32) -> u16 {
+    lab.assert_safe(dst);
+    in_netns(&from.netns(lab), || {
+        let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        s.set_ttl(ttl).expect("IP_TTL");
+        s.send_to(b"flowtrace-ttl\n", SocketAddr::new(dst, port))
+            .expect("send");
+        s.local_addr().expect("local").port()
+    })
+}
+
 /// ICMP echo from inside a container (busybox ping, which the lab image has).
 pub fn ping(lab: &Lab, container: &str, dst: IpAddr, count: u32) -> bool {
     lab.assert_safe(dst);
