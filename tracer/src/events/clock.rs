@@ -53,6 +53,13 @@ impl WallClock {
     }
 }
 
+/// `2026-11-24T15:07:34.120511Z` → `15:07:34.120511` in local time (as `WallClock::short`).
+pub fn short_time(rfc3339: &str) -> String {
+    DateTime::parse_from_rfc3339(rfc3339)
+        .map(|t| t.with_timezone(&Local).format("%H:%M:%S%.6f").to_string())
+        .unwrap_or_else(|_| rfc3339.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,6 +69,16 @@ mod tests {
         // 2026-11-24T15:07:34Z = 1795532854 s.
         let clock = WallClock::with_offset(1_795_532_854_000_000_000 - 5_000_000_000);
         assert_eq!(clock.rfc3339(5_120_511_000), "2026-11-24T15:07:34.120511Z");
+    }
+
+    #[test]
+    fn short_time_agrees_with_the_clock() {
+        let clock = WallClock::with_offset(1_795_532_854_000_000_000);
+        assert_eq!(
+            short_time(&clock.rfc3339(120_511_000)),
+            clock.short(120_511_000)
+        );
+        assert_eq!(short_time("garbage"), "garbage");
     }
 
     #[test]

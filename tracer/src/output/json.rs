@@ -26,6 +26,7 @@ pub fn packet(e: &Explained, points: &Points, clock: &WallClock) -> Value {
                     "at_ns": h.ts_ns - t0,
                     "point": "tc",
                     "iface": points.get(&h.ifindex).map_or_else(|| format!("if{}", h.ifindex), |p| p.name.clone()),
+                    "role": points.get(&h.ifindex).map(|p| p.role.to_string()),
                     "dir": h.direction.as_str(),
                     "src": h.headers.map(|x| x.source().to_string()),
                     "dst": h.headers.map(|x| x.destination().to_string()),
@@ -56,6 +57,7 @@ pub fn packet(e: &Explained, points: &Points, clock: &WallClock) -> Value {
     let container = p.container_hop(points).map(|(_, c)| c.to_owned());
     let drop = e.drop.as_ref().map_or(Value::Null, |d| {
         json!({
+            "at_ns": p.end.as_ref().map_or(0, |x| x.ts_ns.saturating_sub(t0)),
             "reason": d.reason,
             "location": d.location,
             "hook": d.hook,
@@ -76,6 +78,7 @@ pub fn packet(e: &Explained, points: &Points, clock: &WallClock) -> Value {
         "dst": view.map(|h| h.destination().to_string()),
         "len": p.len(),
         "tcp_flags": view.and_then(|h| h.tcp_flags()).map(tcp_flags_str),
+        "summary": view.map(|h| h.summary()),
         "skb": format!("{:#x}", p.skb),
         "hops": hops,
         "drop": drop,

@@ -78,7 +78,7 @@ impl Format {
         clock: &crate::events::clock::WallClock,
     ) -> String {
         match self {
-            Self::Text => text::packet(e, points, clock),
+            Self::Text => text::packet(&json::packet(e, points, clock)),
             Self::Json => json::packet(e, points, clock).to_string(),
         }
     }

@@ -2,19 +2,13 @@
 
 use std::fmt::Write as _;
 
+use serde_json::Value;
+
 use super::Summary;
-use super::{merged, Step};
 use crate::{
-    correlate::{
-        explain::Explained,
-        flow::{FlowKey, FlowStats},
-        packet::{Points, Way},
-        verdict::Verdict,
-    },
-    events::clock::WallClock,
-    target::topology::Role,
+    correlate::flow::{FlowKey, FlowStats},
+    events::clock::{short_time, WallClock},
 };
-use tracer_common::{netfilter::hook_name, Direction};
 
 /// `+0.0µs`, `+32.6µs`, `+1.204ms`.
 pub fn delta(ns: u64) -> String {
@@ -25,89 +19,87 @@ pub fn delta(ns: u64) -> String {
     }
 }
 
-fn note(role: Option<Role>, dir: Direction) -> &'static str {
+fn note(role: &str, dir: &str) -> &'static str {
     match (role, dir) {
-        (Some(Role::Veth), Direction::Ingress) => "(leaves the container)",
-        (Some(Role::Veth), Direction::Egress) => "(enters the container)",
-        (Some(Role::Uplink), Direction::Egress) => "(leaves the host)",
-        (Some(Role::Uplink), Direction::Ingress) => "(arrives at the host)",
+        ("veth", "ingress") => "(leaves the container)",
+        ("veth", "egress") => "(enters the container)",
+        ("uplink", "egress") => "(leaves the host)",
+        ("uplink", "ingress") => "(arrives at the host)",
         _ => "",
     }
 }
 
-pub fn packet(e: &Explained, points: &Points, clock: &WallClock) -> String {
-    let p = &e.packet;
+fn nat_text(n: &Value) -> Option<String> {
+    let kind = n["kind"].as_str()?.to_uppercase();
+    Some(format!(
+        "{kind} {} → {}",
+        n["from"].as_str()?,
+        n["to"].as_str()?
+    ))
+}
+
+/// Renders one packet from its JSON form (see `json::packet`), so that a live run and
+/// `flowtrace read` of a recording print the same text.
+pub fn packet(v: &Value) -> String {
+    let str_of = |x: &Value| x.as_str().unwrap_or("").to_owned();
     let mut s = String::new();
-    let view = p.view(points);
-    let head = view.map_or_else(|| "non-IP frame".to_owned(), |h| h.summary());
-    let who = match (p.container_hop(points), p.way(points)) {
-        (Some((_, c)), Some(Way::FromContainer)) => format!("  container {c} (out)"),
-        (Some((_, c)), Some(Way::ToContainer)) => format!("  container {c} (in)"),
+    let who = match (v["container"].as_str(), v["way"].as_str()) {
+        (Some(c), Some(w)) => format!("  container {c} ({w})"),
         _ => String::new(),
     };
-    let _ = writeln!(s, "{} {head} {}B{who}", clock.short(p.first_ts()), p.len());
-    let t0 = p.first_ts();
-    for step in merged(e) {
-        let line = match step {
-            Step::Tc(h, nat) => {
-                let pt = points.get(&h.ifindex);
-                let name = pt.map_or_else(|| format!("if{}", h.ifindex), |p| p.name.clone());
-                let mut tail = note(pt.map(|p| p.role), h.direction).to_owned();
-                for n in nat {
-                    if !tail.is_empty() {
-                        tail.push_str("  ");
+    let time = v["time"].as_str().map(short_time).unwrap_or_default();
+    let summary = v["summary"].as_str().unwrap_or("non-IP frame");
+    let _ = writeln!(s, "{time} {summary} {}B{who}", v["len"]);
+    let drop = &v["drop"];
+    for h in v["hops"].as_array().into_iter().flatten() {
+        let at = delta(h["at_ns"].as_u64().unwrap_or(0));
+        let line = if h["point"] == "netfilter" {
+            let tail = match (h["verdict"].as_str(), nat_text(&h["nat"])) {
+                (Some("drop"), _) => {
+                    let mut t = format!("DROP ✗ {}", str_of(&drop["reason"]));
+                    if let Some(rule) = drop["rule"].as_str() {
+                        t.push_str(&format!("\n            rule: {rule}"));
                     }
-                    tail.push_str(&n.to_string());
+                    t
                 }
-                let what = format!("tc {}", h.direction.as_str());
-                format!(
-                    "  {:<9} {:<17} {:<14} {tail}",
-                    delta(h.ts_ns - t0),
-                    name,
-                    what
-                )
-            }
-            Step::Nf(n) => {
-                let mut tail = match n.verdict {
-                    Verdict::Accept if n.nat.is_empty() => "accept".to_owned(),
-                    Verdict::Accept => n
-                        .nat
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("  "),
-                    Verdict::Drop => format!(
-                        "DROP ✗ {}",
-                        e.drop.as_ref().map_or("", |d| d.reason.as_str())
-                    ),
-                };
-                if n.verdict == Verdict::Drop {
-                    if let Some(rule) = e.drop.as_ref().and_then(|d| d.rule.as_ref()) {
-                        tail.push_str(&format!("\n            rule: {rule}"));
-                    }
+                (_, Some(nat)) => nat,
+                _ => "accept".to_owned(),
+            };
+            format!(
+                "  {at:<9} {:<17} {:<14} {tail}",
+                str_of(&h["hook"]),
+                str_of(&h["table"])
+            )
+        } else {
+            let (role, dir) = (str_of(&h["role"]), str_of(&h["dir"]));
+            let mut tail = note(&role, &dir).to_owned();
+            if let Some(nat) = nat_text(&h["nat"]) {
+                if !tail.is_empty() {
+                    tail.push_str("  ");
                 }
-                format!(
-                    "  {:<9} {:<17} {:<14} {tail}",
-                    delta(n.ts_ns.saturating_sub(t0)),
-                    hook_name(n.hook),
-                    n.table
-                )
+                tail.push_str(&nat);
             }
+            format!(
+                "  {at:<9} {:<17} {:<14} {tail}",
+                str_of(&h["iface"]),
+                format!("tc {dir}")
+            )
         };
         let _ = writeln!(s, "{}", line.trim_end());
     }
-    if let Some(d) = &e.drop {
-        if d.hook.is_none() {
-            let at = p.end.as_ref().map_or(0, |x| x.ts_ns.saturating_sub(t0));
-            let mut line = format!("  {:<9} ✗ dropped: {}", delta(at), d.reason);
-            if let Some(loc) = &d.location {
-                line.push_str(&format!(" in {loc}"));
-            }
-            if let Some(place) = &d.place {
-                line.push_str(&format!(" ({place})"));
-            }
-            let _ = writeln!(s, "{line}");
+    if drop.is_object() && drop["hook"].is_null() {
+        let mut line = format!(
+            "  {:<9} ✗ dropped: {}",
+            delta(drop["at_ns"].as_u64().unwrap_or(0)),
+            str_of(&drop["reason"])
+        );
+        if let Some(loc) = drop["location"].as_str() {
+            line.push_str(&format!(" in {loc}"));
         }
+        if let Some(place) = drop["place"].as_str() {
+            line.push_str(&format!(" ({place})"));
+        }
+        let _ = writeln!(s, "{line}");
     }
     s.pop();
     s
@@ -162,6 +154,7 @@ pub fn summary(s: &Summary) -> String {
 mod tests {
     use super::*;
     use crate::correlate::{explain::Explainer, packet::tests::*};
+    use tracer_common::Direction;
 
     #[test]
     fn a_packet_block_shows_hops_in_order_with_nat() {
@@ -171,7 +164,11 @@ mod tests {
             (47_900, UPLINK, Direction::Egress, [198, 51, 100, 1]),
         ]);
         let e = Explainer::empty().explain(p, &points());
-        let text = packet(&e, &points(), &WallClock::with_offset(0));
+        let text = packet(&super::super::json::packet(
+            &e,
+            &points(),
+            &WallClock::with_offset(0),
+        ));
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4, "{text}");
         assert!(lines[0].ends_with("TCP 172.18.0.2:41234 → 198.51.100.2:8080 [S] 54B  container ens_monitor_cron (out)"), "{text}");
