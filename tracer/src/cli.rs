@@ -23,7 +23,19 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Trace live traffic (the default when no subcommand is given).
-    Trace(TraceArgs),
+    Trace(Box<TraceArgs>),
+    /// Print a recording made with --write, as the live run printed it.
+    Read(ReadArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReadArgs {
+    /// A pcapng file written by `flowtrace --write`.
+    pub file: std::path::PathBuf,
+
+    /// One JSON object per line, as the live run's --json.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -68,6 +80,26 @@ pub struct TraceArgs {
     #[arg(long = "port")]
     pub ports: Vec<u16>,
 
+    /// Record every hop of every traced packet to this pcapng file (mode 0600).
+    #[arg(short = 'w', long, value_name = "FILE.pcapng")]
+    pub write: Option<std::path::PathBuf>,
+
+    /// Bytes of each hop kept in the recording (0: all that was captured).
+    #[arg(long, default_value_t = 0, value_name = "BYTES")]
+    pub snaplen: u32,
+
+    /// With --write: start a new file when the current one reaches this size (e.g. 100M).
+    #[arg(long, value_parser = parse_size, requires = "write")]
+    pub rotate: Option<u64>,
+
+    /// With --rotate: keep only the newest N files.
+    #[arg(long, value_name = "N", requires = "rotate")]
+    pub max_files: Option<usize>,
+
+    /// Never open the terminal dashboard (headless: progress on stderr).
+    #[arg(long)]
+    pub no_tui: bool,
+
     /// Stop after this long (e.g. 500ms, 10s, 2m).
     #[arg(short = 'd', long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
@@ -79,6 +111,21 @@ pub struct TraceArgs {
     /// More log lines on stderr (repeat for more).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// Parses `500K`, `100M`, `2G` (powers of 1024) or a bare number of bytes.
+pub fn parse_size(s: &str) -> Result<u64, Error> {
+    let bad = || Error::InvalidSize(s.to_owned());
+    let t = s.trim().to_ascii_uppercase();
+    let t = t.trim_end_matches("IB").trim_end_matches('B');
+    let (num, mult) = match t.chars().last() {
+        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: u64 = num.trim().parse().map_err(|_| bad())?;
+    n.checked_mul(mult).filter(|v| *v > 0).ok_or_else(bad)
 }
 
 /// Parses `500ms`, `10s`, `2m`, `1h`, or a bare number of seconds.
@@ -127,6 +174,23 @@ mod tests {
         assert!(cli.command.is_none());
         assert_eq!(cli.trace.containers, vec!["a", "b"]);
         assert!(cli.trace.json);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("100M").ok(), Some(100 << 20));
+        assert_eq!(parse_size("2GiB").ok(), Some(2 << 30));
+        assert_eq!(parse_size("512k").ok(), Some(512 << 10));
+        assert_eq!(parse_size("4096").ok(), Some(4096));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn read_is_a_subcommand_and_rotation_needs_write() {
+        let cli = Cli::parse_from(["flowtrace", "read", "t.pcapng", "--json"]);
+        assert!(matches!(cli.command, Some(Command::Read(ref r)) if r.json));
+        assert!(Cli::try_parse_from(["flowtrace", "-c", "x", "--rotate", "1M"]).is_err());
     }
 
     #[test]

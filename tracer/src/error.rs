@@ -50,6 +50,12 @@ pub enum Error {
         reason: String,
     },
 
+    #[error("cannot read {path} as a flowtrace recording: {reason}")]
+    BadFile { path: PathBuf, reason: String },
+
+    #[error("invalid size `{0}` (use e.g. 500K, 100M, 2G)")]
+    InvalidSize(String),
+
     #[error("invalid duration `{0}` (use e.g. 500ms, 10s, 2m, 1h)")]
     InvalidDuration(String),
 
@@ -81,7 +87,14 @@ impl Error {
             Self::NoTarget => "e.g. `sudo flowtrace --container ens_monitor_cron`",
             Self::Load(_) => "the kernel needs BPF, BTF and ring buffers (Linux 5.8 or later); run as root",
             Self::Attach { .. } => "another tool may hold the interface's tc hook, or the interface vanished",
-            Self::InvalidDuration(_) | Self::Netns { .. } | Self::Netlink(_) | Self::Io { .. } => {
+            Self::BadFile { .. } => {
+                "`tshark -r FILE` shows what the file holds; flowtrace reads files written by `flowtrace --write`"
+            }
+            Self::InvalidDuration(_)
+            | Self::InvalidSize(_)
+            | Self::Netns { .. }
+            | Self::Netlink(_)
+            | Self::Io { .. } => {
                 return None
             }
         })

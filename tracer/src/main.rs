@@ -10,6 +10,7 @@ mod filter;
 mod output;
 mod pipeline;
 mod probe;
+mod replay;
 mod session;
 mod target;
 
@@ -19,9 +20,10 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    let args = match cli.command {
-        Some(cli::Command::Trace(a)) => a,
-        None => cli.trace,
+    let (args, read) = match cli.command {
+        Some(cli::Command::Trace(a)) => (*a, None),
+        Some(cli::Command::Read(r)) => (cli.trace, Some(r)),
+        None => (cli.trace, None),
     };
     let level = match args.verbose {
         0 => "warn",
@@ -44,7 +46,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(session::trace(args)) {
+    let result = match read {
+        Some(r) => replay::read(&r),
+        None => runtime.block_on(session::trace(args)),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("flowtrace: {e}");

@@ -12,7 +12,7 @@ use crate::{
     },
     events::{clock::WallClock, decode::Observation},
     filter::PacketFilter,
-    output::{Format, Summary},
+    output::{json, record::Recorder, Format, Summary},
 };
 
 /// Idle time after which a packet is considered complete (it crosses the host in µs).
@@ -31,6 +31,8 @@ pub struct Pipeline {
     clock: WallClock,
     /// `--flows`: print flows instead of packets.
     flow_mode: bool,
+    /// `--write`: every traced packet also goes to the recording.
+    pub recorder: Option<Recorder>,
     pub shown: u64,
     pub untraced: u64,
     pub flows_seen: u64,
@@ -55,6 +57,7 @@ impl Pipeline {
             format,
             clock,
             flow_mode,
+            recorder: None,
             shown: 0,
             untraced: 0,
             flows_seen: 0,
@@ -76,6 +79,9 @@ impl Pipeline {
     pub fn tick(&mut self, now_ns: u64, out: &mut impl Write) -> std::io::Result<()> {
         self.correlator.expire(now_ns, &mut self.done);
         self.emit(out)?;
+        if let Some(r) = self.recorder.as_mut() {
+            r.flush()?;
+        }
         if self.flow_mode {
             for (k, s) in self.flows.take_finished(now_ns, FLOW_IDLE_NS) {
                 writeln!(out, "{}", self.format.flow(&k, &s, &self.clock))?;
@@ -88,6 +94,9 @@ impl Pipeline {
     pub fn finish(&mut self, out: &mut impl Write) -> std::io::Result<Summary> {
         self.correlator.drain(&mut self.done);
         self.emit(out)?;
+        if let Some(r) = self.recorder.as_mut() {
+            r.flush()?;
+        }
         if self.flow_mode {
             for (k, s) in self.flows.all() {
                 writeln!(out, "{}", self.format.flow(k, s, &self.clock))?;
@@ -126,8 +135,12 @@ impl Pipeline {
                 self.flows_seen += 1;
             }
             self.shown += 1;
+            let v = json::packet(&e, points, &self.clock);
+            if let Some(r) = self.recorder.as_mut() {
+                r.record(&e, &v)?;
+            }
             if !self.flow_mode {
-                writeln!(out, "{}", self.format.packet(&e, points, &self.clock))?;
+                writeln!(out, "{}", self.format.packet_value(&v))?;
             }
         }
         Ok(())

@@ -57,8 +57,8 @@ pub fn run(args: &TestArgs) -> Result<()> {
         "test",
         "-p",
         "tracer",
-        "--test",
-        "lab",
+        // Every integration test binary (lab.rs, record.rs, …); only the privileged ones.
+        "--tests",
         "--",
         "--ignored",
         "--test-threads=1",

@@ -170,6 +170,7 @@ mod tests {
                 len: 60,
                 mark: 0,
                 headers: parse_ethernet(&f),
+                bytes: f[14..].to_vec(),
             })
             .collect();
         let packet = Packet {

@@ -38,6 +38,8 @@ pub struct NfStep {
     pub nat: Vec<NatRewrite>,
     /// The packet's headers after this table (as the next slot saw them).
     pub headers: Option<Headers>,
+    /// The captured bytes (from the IP header) at that slot.
+    pub bytes: Vec<u8>,
 }
 
 fn slot_after(priority: i32) -> usize {
@@ -48,15 +50,16 @@ fn slot_after(priority: i32) -> usize {
 /// at a hook with their priorities (from the ruleset); where it lists none, tables are named
 /// by the slot positions where headers changed or the packet stopped.
 pub fn steps(p: &Packet, tables_at: &dyn Fn(u8) -> Vec<(String, i32)>) -> Vec<NfStep> {
-    // hook → (slot → (ts, headers)), first sighting of each slot.
-    let mut hooks: BTreeMap<u8, BTreeMap<usize, (u64, Option<Headers>)>> = BTreeMap::new();
+    // hook → (slot → (ts, headers, bytes)), first sighting of each slot.
+    type Seen<'a> = (u64, Option<Headers>, &'a [u8]);
+    let mut hooks: BTreeMap<u8, BTreeMap<usize, Seen<'_>>> = BTreeMap::new();
     let mut first_ts: BTreeMap<u8, u64> = BTreeMap::new();
     for n in &p.nf {
         hooks
             .entry(n.hook)
             .or_default()
             .entry(usize::from(n.slot))
-            .or_insert((n.ts_ns, n.headers));
+            .or_insert((n.ts_ns, n.headers, &n.bytes));
         first_ts.entry(n.hook).or_insert(n.ts_ns);
     }
     let dropped = matches!(p.end.as_ref().map(|e| e.kind), Some(EndKind::Drop { .. }));
@@ -70,7 +73,7 @@ pub fn steps(p: &Packet, tables_at: &dyn Fn(u8) -> Vec<(String, i32)>) -> Vec<Nf
                 .filter(|a| {
                     let (x, y) = (seen.get(a), seen.get(&(a + 1)));
                     match (x, y) {
-                        (Some((_, hx)), Some((_, hy))) => hx != hy,
+                        (Some((_, hx, _)), Some((_, hy, _))) => hx != hy,
                         (Some(_), None) => !seen.keys().any(|k| k > a),
                         _ => false,
                     }
@@ -92,7 +95,7 @@ pub fn steps(p: &Packet, tables_at: &dyn Fn(u8) -> Vec<(String, i32)>) -> Vec<Nf
             }
             let before = seen.range(..b).next_back().map(|(_, v)| *v);
             match (before, seen.get(&b)) {
-                (_, Some(&(ts, after))) => {
+                (_, Some(&(ts, after, bytes))) => {
                     let rewrites = match (before.and_then(|v| v.1), after) {
                         (Some(x), Some(y)) => nat::rewrites(&x, &y),
                         _ => Vec::new(),
@@ -104,9 +107,10 @@ pub fn steps(p: &Packet, tables_at: &dyn Fn(u8) -> Vec<(String, i32)>) -> Vec<Nf
                         verdict: Verdict::Accept,
                         nat: rewrites,
                         headers: after,
+                        bytes: bytes.to_vec(),
                     });
                 }
-                (Some((ts, h)), None) => {
+                (Some((ts, h, bytes)), None) => {
                     let vanished = !seen.keys().any(|k| *k >= b);
                     if vanished && dropped && Some(hook) == last_hook {
                         out.push(NfStep {
@@ -116,6 +120,7 @@ pub fn steps(p: &Packet, tables_at: &dyn Fn(u8) -> Vec<(String, i32)>) -> Vec<Nf
                             verdict: Verdict::Drop,
                             nat: Vec::new(),
                             headers: h,
+                            bytes: bytes.to_vec(),
                         });
                         break;
                     }
@@ -151,6 +156,7 @@ mod tests {
             len: 60,
             mark: 0,
             headers: parse_ethernet(f),
+            bytes: f.get(14..).unwrap_or(&[]).to_vec(),
         }
     }
 

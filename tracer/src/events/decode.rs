@@ -38,6 +38,8 @@ pub struct NfObservation {
     pub len: u32,
     pub mark: u32,
     pub headers: Option<Headers>,
+    /// The captured bytes, from the IP header.
+    pub bytes: Vec<u8>,
 }
 
 /// How a traced packet's life ended.
@@ -134,6 +136,7 @@ pub fn decode(bytes: &[u8]) -> Result<Observation, DecodeError> {
                 len: ev.len,
                 mark: ev.mark,
                 headers: packet::parse_l3(ethertype, ev.captured()),
+                bytes: ev.captured().to_vec(),
             }))
         }
         Some(k @ (EventKind::Drop | EventKind::Consume)) => {

@@ -1,7 +1,9 @@
 //! Presenting what was traced: text for people, JSON lines for programs.
 
 pub mod json;
+pub mod pcapng;
 pub mod raw;
+pub mod record;
 pub mod text;
 
 use crate::{
@@ -9,7 +11,7 @@ use crate::{
         explain::Explained,
         flow::{FlowKey, FlowStats},
         nat::NatRewrite,
-        packet::{Hop, Points},
+        packet::Hop,
         verdict::NfStep,
     },
     probe::counters::HopTotals,
@@ -71,15 +73,11 @@ pub enum Format {
 }
 
 impl Format {
-    pub fn packet(
-        &self,
-        e: &Explained,
-        points: &Points,
-        clock: &crate::events::clock::WallClock,
-    ) -> String {
+    /// A packet already in its JSON form (live, or read back from a recording).
+    pub fn packet_value(&self, v: &serde_json::Value) -> String {
         match self {
-            Self::Text => text::packet(&json::packet(e, points, clock)),
-            Self::Json => json::packet(e, points, clock).to_string(),
+            Self::Text => text::packet(v),
+            Self::Json => v.to_string(),
         }
     }
 

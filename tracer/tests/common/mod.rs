@@ -264,8 +264,25 @@ impl Flowtrace {
         self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Sends SIGINT (like Ctrl-C), waits for a clean exit, returns stdout's JSON lines.
-    pub fn stop(mut self) -> Vec<Value> {
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGINT (like Ctrl-C), waits for a clean exit, returns stdout's JSON lines (every
+    /// line must be JSON).
+    pub fn stop(self) -> Vec<Value> {
+        self.stop_text()
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+
+    /// Sends SIGINT (like Ctrl-C), waits for a clean exit, returns stdout's lines.
+    pub fn stop_text(mut self) -> Vec<String> {
         std::thread::sleep(Duration::from_millis(300));
         let mut child = self.child.take().expect("running");
         // SAFETY: plain kill(2) on our own child.
@@ -290,10 +307,7 @@ impl Flowtrace {
             "flowtrace failed ({status}):\n{}",
             self.stderr_text()
         );
-        self.stdout
-            .try_iter()
-            .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-            .collect()
+        self.stdout.try_iter().collect()
     }
 }
 

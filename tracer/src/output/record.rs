@@ -1,0 +1,269 @@
+//! `--write FILE.pcapng`: every hop of every traced packet as an Enhanced Packet Block on an
+//! interface named after the observation point (`veth9780200 tc-ingress`, `FORWARD/filter`).
+//! tc hops carry the Ethernet frame, netfilter hops the IP packet (LINKTYPE_RAW). Each block
+//! has two comments: a line for people (Wireshark's `frame.comment`) and a `flowtrace:` JSON
+//! line from which `flowtrace read` rebuilds exactly what the live run printed.
+//! Files are created mode 0600 (packet contents are sensitive); with `--rotate` a new file is
+//! started past a size, and `--max-files` keeps only the newest ones.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    fs::{File, OpenOptions},
+    io::{self, BufWriter},
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
+
+use serde_json::{json, Value};
+
+use super::{
+    merged,
+    pcapng::{Direction, PacketRecord, Writer, LINKTYPE_ETHERNET, LINKTYPE_RAW},
+    Step,
+};
+use crate::correlate::explain::Explained;
+
+/// The prefix of the machine-readable comment.
+pub const TAG: &str = "flowtrace:";
+
+#[derive(Clone, Debug)]
+pub struct RecordOptions {
+    pub path: PathBuf,
+    /// Start a new file once the current one is this large.
+    pub rotate: Option<u64>,
+    /// Keep at most this many files (oldest deleted).
+    pub max_files: Option<usize>,
+    /// Bytes kept of each hop (0: everything captured).
+    pub snaplen: u32,
+}
+
+pub struct Recorder {
+    opts: RecordOptions,
+    section: String,
+    writer: Writer<BufWriter<File>>,
+    ifaces: HashMap<(String, u16), u32>,
+    files: VecDeque<PathBuf>,
+    /// Number of the current file (0: the path as given).
+    file_no: u64,
+    next_pkt: u64,
+    pub packets: u64,
+}
+
+fn open(path: &Path, section: &str) -> io::Result<Writer<BufWriter<File>>> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    let app = concat!("flowtrace ", env!("CARGO_PKG_VERSION"));
+    Writer::new_with_app(BufWriter::with_capacity(256 * 1024, file), section, app)
+}
+
+/// `trace.pcapng` → `trace-3.pcapng`.
+fn numbered(base: &Path, n: u64) -> PathBuf {
+    if n == 0 {
+        return base.to_owned();
+    }
+    let stem = base.file_stem().and_then(|s| s.to_str()).unwrap_or("trace");
+    let name = match base.extension().and_then(|e| e.to_str()) {
+        Some(ext) => format!("{stem}-{n}.{ext}"),
+        None => format!("{stem}-{n}"),
+    };
+    base.with_file_name(name)
+}
+
+impl Recorder {
+    /// Creates the file; `section` (container metadata) becomes the section header's comment.
+    pub fn create(opts: RecordOptions, section: String) -> io::Result<Self> {
+        let writer = open(&opts.path, &section)?;
+        let mut files = VecDeque::new();
+        files.push_back(opts.path.clone());
+        Ok(Self {
+            opts,
+            section,
+            writer,
+            ifaces: HashMap::new(),
+            files,
+            file_no: 0,
+            next_pkt: 0,
+            packets: 0,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.files.back().map_or(&self.opts.path, |p| p.as_path())
+    }
+
+    pub fn bytes_written(&self) -> u64 {
+        self.writer.bytes_written()
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.writer.flush()
+    }
+
+    fn interface(&mut self, name: String, linktype: u16) -> io::Result<u32> {
+        if let Some(id) = self.ifaces.get(&(name.clone(), linktype)) {
+            return Ok(*id);
+        }
+        let description = if linktype == LINKTYPE_RAW {
+            "flowtrace netfilter observation (hook/table), IP packet"
+        } else {
+            "flowtrace tc observation, Ethernet frame"
+        };
+        let id = self.writer.add_interface(&name, description, linktype, 0)?;
+        self.ifaces.insert((name, linktype), id);
+        Ok(id)
+    }
+
+    fn rotate_if_needed(&mut self) -> io::Result<()> {
+        let Some(limit) = self.opts.rotate else {
+            return Ok(());
+        };
+        if self.writer.bytes_written() < limit {
+            return Ok(());
+        }
+        self.writer.flush()?;
+        self.file_no += 1;
+        let next = numbered(&self.opts.path, self.file_no);
+        self.writer = open(&next, &self.section)?;
+        self.ifaces.clear();
+        self.files.push_back(next);
+        if let Some(max) = self.opts.max_files {
+            while self.files.len() > max.max(1) {
+                if let Some(old) = self.files.pop_front() {
+                    let _ = std::fs::remove_file(old);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes every hop of one packet; `v` is its JSON form (`json::packet`).
+    pub fn record(&mut self, e: &Explained, v: &Value) -> io::Result<()> {
+        self.rotate_if_needed()?;
+        let pkt = self.next_pkt;
+        self.next_pkt += 1;
+        self.packets += 1;
+        let hops = v["hops"].as_array().cloned().unwrap_or_default();
+        let steps = merged(e);
+        let n = steps.len();
+        let mut head = v.clone();
+        if let Some(o) = head.as_object_mut() {
+            o.remove("hops");
+        }
+        for (i, (step, hop)) in steps.iter().zip(hops.iter()).enumerate() {
+            let (name, linktype, ts, data, orig, dir) = match step {
+                Step::Tc(h, _) => (
+                    format!(
+                        "{} tc-{}",
+                        hop["iface"].as_str().unwrap_or("?"),
+                        h.direction.as_str()
+                    ),
+                    LINKTYPE_ETHERNET,
+                    h.ts_ns,
+                    h.bytes.as_slice(),
+                    h.len,
+                    Some(if h.direction == tracer_common::Direction::Ingress {
+                        Direction::Inbound
+                    } else {
+                        Direction::Outbound
+                    }),
+                ),
+                Step::Nf(s) => (
+                    format!(
+                        "{}/{}",
+                        hop["hook"].as_str().unwrap_or("?"),
+                        hop["table"].as_str().unwrap_or("?")
+                    ),
+                    LINKTYPE_RAW,
+                    s.ts_ns,
+                    s.bytes.as_slice(),
+                    s.bytes.len() as u32,
+                    None,
+                ),
+            };
+            let iface = self.interface(name, linktype)?;
+            let keep = match self.opts.snaplen {
+                0 => data.len(),
+                n => data.len().min(n as usize),
+            };
+            let mut machine = json!({"pkt": pkt, "hop": i, "hops": n, "data": hop});
+            if i == 0 {
+                machine["packet"] = head.clone();
+            }
+            let comments = vec![human(pkt, i, n, v, hop), format!("{TAG}{machine}")];
+            self.writer.packet(&PacketRecord {
+                interface: iface,
+                ts_ns: ts,
+                data: &data[..keep],
+                orig_len: orig.max(keep as u32),
+                direction: dir,
+                comments: &comments,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// `pkt 3 hop 4/6: FORWARD filter DROP NETFILTER_DROP rule: -A DOCKER-USER …`
+fn human(pkt: u64, i: usize, n: usize, v: &Value, hop: &Value) -> String {
+    let s = |x: &Value| x.as_str().unwrap_or("").to_owned();
+    let what = if hop["point"] == "netfilter" {
+        let mut t = format!(
+            "{} {} {}",
+            s(&hop["hook"]),
+            s(&hop["table"]),
+            s(&hop["verdict"])
+        );
+        if hop["verdict"] == "drop" {
+            t.push_str(&format!(" {}", s(&v["drop"]["reason"])));
+            if let Some(rule) = v["drop"]["rule"].as_str() {
+                t.push_str(&format!(" rule: {rule}"));
+            }
+        }
+        t
+    } else {
+        format!(
+            "{} tc {} {} → {}",
+            s(&hop["iface"]),
+            s(&hop["dir"]),
+            s(&hop["src"]),
+            s(&hop["dst"])
+        )
+    };
+    let nat = hop["nat"]
+        .as_object()
+        .map(|n| {
+            format!(
+                " {} {} → {}",
+                n.get("kind")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_uppercase(),
+                n.get("from").and_then(Value::as_str).unwrap_or(""),
+                n.get("to").and_then(Value::as_str).unwrap_or("")
+            )
+        })
+        .unwrap_or_default();
+    let drop = if i + 1 == n && v["drop"].is_object() && v["drop"]["hook"].is_null() {
+        format!(" ✗ dropped: {}", s(&v["drop"]["reason"]))
+    } else {
+        String::new()
+    };
+    format!("pkt {pkt} hop {}/{n}: {what}{nat}{drop}", i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotated_files_are_numbered() {
+        let base = Path::new("/tmp/x/trace.pcapng");
+        assert_eq!(numbered(base, 0), base);
+        assert_eq!(numbered(base, 3), Path::new("/tmp/x/trace-3.pcapng"));
+        assert_eq!(numbered(Path::new("rec"), 2), Path::new("rec-2"));
+    }
+}

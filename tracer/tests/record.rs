@@ -1,0 +1,210 @@
+//! Privileged end-to-end tests of recording (`--write`) and replay (`flowtrace read`), in the
+//! lab. Run through `cargo xtask test`.
+
+mod common;
+
+use std::{collections::BTreeMap, os::unix::fs::PermissionsExt, process::Command};
+
+use common::{leftovers, packets, tcp, Flowtrace, From, Lab};
+use serde_json::Value;
+
+fn tmpdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("flowtrace-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn tshark(file: &std::path::Path, fields: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new("tshark");
+    cmd.arg("-r")
+        .arg(file)
+        .args(["-T", "fields", "-E", "separator=|"]);
+    for f in fields {
+        cmd.args(["-e", f]);
+    }
+    let out = cmd.output().expect("tshark (run `cargo xtask setup`)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// tshark's stderr without its note about running as root.
+fn warnings(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.contains("Running as user \"root\""))
+        .collect()
+}
+
+#[test]
+#[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
+fn a_recording_opens_in_tshark_and_replays_exactly_as_the_live_run() {
+    let lab = Lab::get();
+    let dir = tmpdir("record");
+    let file = dir.join("trace.pcapng");
+    let cron = From::Container("ens_monitor_cron".into());
+    let ft = Flowtrace::start(&[
+        "-c",
+        "ens_monitor_cron",
+        "--json",
+        "--write",
+        file.to_str().expect("utf8"),
+    ]);
+    tcp(&lab, &cron, lab.ip("inet_ip"), 8080).expect("tcp echo");
+    let _ = tcp(&lab, &cron, lab.ip("inet_ip"), lab.port("drop_port"));
+    let live = ft.stop();
+    let live_packets: Vec<String> = packets(&live).iter().map(|p| p.to_string()).collect();
+    assert!(live_packets.len() >= 4, "{live:?}");
+
+    let mode = std::fs::metadata(&file)
+        .expect("recorded")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "packet contents are sensitive");
+
+    // tshark decodes it, without warnings, with our interface names and comments.
+    let (ok, out, err) = tshark(&file, &["frame.interface_name", "frame.comment", "ip.src"]);
+    assert!(ok, "tshark failed: {err}");
+    assert!(warnings(&err).is_empty(), "tshark warned: {err}");
+    let mut per_iface: BTreeMap<String, usize> = BTreeMap::new();
+    for line in out.lines() {
+        let name = line.split('|').next().unwrap_or("").to_owned();
+        *per_iface.entry(name).or_default() += 1;
+    }
+    let veth_in = format!("{} tc-ingress", lab.s("host_veth"));
+    assert!(per_iface.contains_key(&veth_in), "{per_iface:?}");
+    assert!(per_iface.contains_key("FORWARD/filter"), "{per_iface:?}");
+    assert!(per_iface.contains_key("POSTROUTING/nat"), "{per_iface:?}");
+    assert!(
+        out.contains("NETFILTER_DROP") && out.contains(&lab.s("drop_rule")),
+        "the drop in frame.comment"
+    );
+    assert!(out.contains("SNAT"), "the MASQUERADE in frame.comment");
+    // One block per hop: per-interface counts match the hops of the live output.
+    let mut want: BTreeMap<String, usize> = BTreeMap::new();
+    for p in packets(&live) {
+        for h in p["hops"].as_array().into_iter().flatten() {
+            let name = if h["point"] == "tc" {
+                format!(
+                    "{} tc-{}",
+                    h["iface"].as_str().unwrap_or(""),
+                    h["dir"].as_str().unwrap_or("")
+                )
+            } else {
+                format!(
+                    "{}/{}",
+                    h["hook"].as_str().unwrap_or(""),
+                    h["table"].as_str().unwrap_or("")
+                )
+            };
+            *want.entry(name).or_default() += 1;
+        }
+    }
+    assert_eq!(per_iface, want);
+
+    // flowtrace read prints exactly what the live run printed.
+    let read = Command::new(env!("CARGO_BIN_EXE_flowtrace"))
+        .args(["read", "--json"])
+        .arg(&file)
+        .output()
+        .expect("flowtrace read");
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let replayed: Vec<String> = String::from_utf8_lossy(&read.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["type"] == "packet")
+        .map(|v| v.to_string())
+        .collect();
+    assert_eq!(replayed, live_packets);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+#[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
+fn a_recorder_killed_with_sigkill_leaves_a_readable_file_and_no_attachments() {
+    let lab = Lab::get();
+    let dir = tmpdir("sigkill");
+    let file = dir.join("killed.pcapng");
+    let cron = From::Container("ens_monitor_cron".into());
+    let mut ft = Flowtrace::start(&[
+        "-c",
+        "ens_monitor_cron",
+        "--write",
+        file.to_str().expect("utf8"),
+    ]);
+    for _ in 0..5 {
+        tcp(&lab, &cron, lab.ip("inet_ip"), 8080).expect("tcp echo");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    ft.kill();
+    let (ok, out, err) = tshark(&file, &["frame.number"]);
+    assert!(ok, "tshark cannot read the killed recorder's file: {err}");
+    assert!(warnings(&err).is_empty(), "tshark warned: {err}");
+    assert!(
+        out.lines().count() >= 10,
+        "blocks up to the last flush are there: {out}"
+    );
+    let read = Command::new(env!("CARGO_BIN_EXE_flowtrace"))
+        .args(["read", "--json"])
+        .arg(&file)
+        .output()
+        .expect("flowtrace read");
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    // fd-owned TCX and netfilter links died with the process.
+    assert_eq!(leftovers(&lab.s("host_veth")), "");
+    let progs = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .expect("bpftool");
+    assert!(
+        !String::from_utf8_lossy(&progs.stdout).contains("nf_slot"),
+        "netfilter programs outlived a SIGKILL"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+#[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
+fn rotation_keeps_the_newest_files_each_readable() {
+    let lab = Lab::get();
+    let dir = tmpdir("rotate");
+    let file = dir.join("r.pcapng");
+    let cron = From::Container("ens_monitor_cron".into());
+    let ft = Flowtrace::start(&[
+        "-c",
+        "ens_monitor_cron",
+        "--write",
+        file.to_str().expect("utf8"),
+        "--rotate",
+        "8K",
+        "--max-files",
+        "2",
+    ]);
+    for _ in 0..15 {
+        tcp(&lab, &cron, lab.ip("inet_ip"), 8080).expect("tcp echo");
+    }
+    ft.stop_text();
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    for f in &files {
+        let (ok, _, err) = tshark(f, &["frame.number"]);
+        assert!(ok && warnings(&err).is_empty(), "{}: {err}", f.display());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
