@@ -13,9 +13,6 @@
 //!
 //! Wireshark, tshark and capinfos open what the writer produces (see the interop test).
 
-// Until the recorder uses it.
-#![allow(dead_code)]
-
 mod decode;
 pub mod error;
 pub mod reader;

@@ -65,15 +65,6 @@ impl<R: Read> Reader<R> {
         }
     }
 
-    /// Bytes consumed so far (the start of the next block after a successful read).
-    pub fn offset(&self) -> u64 {
-        self.offset
-    }
-
-    pub fn into_inner(self) -> R {
-        self.inner
-    }
-
     /// The next block, `Ok(None)` at a clean end of input, or why the input is unusable.
     pub fn next_block(&mut self) -> Result<Option<Block>, PcapngError> {
         if self.done {

@@ -41,6 +41,7 @@ pub struct Writer<W: Write> {
 impl<W: Write> Writer<W> {
     /// Starts a section whose `shb_userappl` is "flowtrace <version>". An empty comment is
     /// left out.
+    #[cfg(test)]
     pub fn new(w: W, shb_comment: &str) -> io::Result<Self> {
         let app = concat!("flowtrace ", env!("CARGO_PKG_VERSION"));
         Self::new_with_app(w, shb_comment, app)
@@ -122,6 +123,7 @@ impl<W: Write> Writer<W> {
         self.inner.flush()
     }
 
+    #[cfg(test)]
     pub fn into_inner(self) -> W {
         self.inner
     }
