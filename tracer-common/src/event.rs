@@ -69,16 +69,17 @@ pub struct EventHeader {
     pub skb: u64,
 }
 
-/// A packet seen at a tc hook (clsact/TCX ingress or egress of one interface).
+/// The fixed part of a tc observation. In the ring buffer the captured bytes follow it
+/// directly: a record is `TC_HEAD_LEN + cap_len` bytes long.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TcEvent {
+pub struct TcHead {
     pub header: EventHeader,
     /// Interface index in the namespace the program is attached in.
     pub ifindex: u32,
     /// `skb->len`: the whole frame, Ethernet header included.
     pub len: u32,
-    /// How many bytes of `data` are valid (`min(len, SNAP_LEN)`).
+    /// How many bytes follow (`min(len, snaplen)`).
     pub cap_len: u32,
     /// `skb->mark`.
     pub mark: u32,
@@ -87,16 +88,23 @@ pub struct TcEvent {
     /// A [`Direction`] value.
     pub direction: u8,
     pub _pad: [u8; 5],
-    /// The first `cap_len` bytes of the frame, starting at the Ethernet header.
-    pub data: [u8; SNAP_LEN],
 }
 
-impl TcEvent {
-    /// The captured bytes.
-    pub fn captured(&self) -> &[u8] {
-        let n = (self.cap_len as usize).min(SNAP_LEN);
-        &self.data[..n]
-    }
+pub const TC_HEAD_LEN: usize = core::mem::size_of::<TcHead>();
+
+/// Most bytes a tc observation can carry (a power of two: the programs mask with it - 1).
+pub const MAX_SNAP: usize = 16384;
+
+/// Bytes captured per tc hop unless `--snaplen` says otherwise: every header.
+pub const DEFAULT_SNAP: u32 = 128;
+
+/// What the tc program assembles in a per-CPU scratch buffer before sending the head and the
+/// first `cap_len` bytes of `data`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TcEvent {
+    pub head: TcHead,
+    pub data: [u8; MAX_SNAP],
 }
 
 /// A packet seen by a netfilter observer at one (hook, priority slot).
@@ -148,7 +156,7 @@ pub struct SkbEndEvent {
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain-old-data, repr(C), every bit pattern valid.
-    unsafe impl aya::Pod for super::TcEvent {}
+    unsafe impl aya::Pod for super::TcHead {}
     unsafe impl aya::Pod for super::EventHeader {}
     unsafe impl aya::Pod for super::NfEvent {}
     unsafe impl aya::Pod for super::SkbEndEvent {}
@@ -162,10 +170,11 @@ mod tests {
     #[test]
     fn layout_is_stable() {
         assert_eq!(size_of::<EventHeader>(), 24);
-        assert_eq!(offset_of!(TcEvent, ifindex), 24);
-        assert_eq!(offset_of!(TcEvent, protocol), 40);
-        assert_eq!(offset_of!(TcEvent, data), 48);
-        assert_eq!(size_of::<TcEvent>(), 48 + SNAP_LEN);
+        assert_eq!(offset_of!(TcHead, ifindex), 24);
+        assert_eq!(offset_of!(TcHead, protocol), 40);
+        assert_eq!(TC_HEAD_LEN, 48);
+        assert_eq!(offset_of!(TcEvent, data), TC_HEAD_LEN);
+        assert!(MAX_SNAP.is_power_of_two());
         // The ring buffer hands out 8-byte aligned records.
         assert!(align_of::<TcEvent>() <= 8);
     }
@@ -190,29 +199,5 @@ mod tests {
         assert_eq!(Direction::from_u8(1), Some(Direction::Egress));
         assert_eq!(Direction::from_u8(2), None);
         assert_eq!(Direction::Ingress.as_str(), "ingress");
-    }
-
-    #[test]
-    fn captured_never_exceeds_buffer() {
-        let mut ev = TcEvent {
-            header: EventHeader {
-                kind: 1,
-                _pad: [0; 3],
-                cpu: 0,
-                ts_ns: 0,
-                skb: 0,
-            },
-            ifindex: 1,
-            len: 60,
-            cap_len: 60,
-            mark: 0,
-            protocol: 0x0008,
-            direction: 0,
-            _pad: [0; 5],
-            data: [0; SNAP_LEN],
-        };
-        assert_eq!(ev.captured().len(), 60);
-        ev.cap_len = 10_000;
-        assert_eq!(ev.captured().len(), SNAP_LEN);
     }
 }

@@ -12,5 +12,8 @@ pub mod netfilter;
 pub mod offsets;
 
 pub use counters::{HopCounter, PointKey};
-pub use event::{Direction, EventHeader, EventKind, NfEvent, SkbEndEvent, TcEvent, SNAP_LEN};
+pub use event::{
+    Direction, EventHeader, EventKind, NfEvent, SkbEndEvent, TcEvent, TcHead, DEFAULT_SNAP,
+    MAX_SNAP, SNAP_LEN, TC_HEAD_LEN,
+};
 pub use offsets::Offsets;

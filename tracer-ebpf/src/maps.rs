@@ -3,9 +3,9 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{LruHashMap, PerCpuHashMap, RingBuf},
+    maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use tracer_common::{HopCounter, Offsets, PointKey};
+use tracer_common::{HopCounter, Offsets, PointKey, TcEvent, DEFAULT_SNAP};
 
 /// Per-packet observations. 8 MiB: ~45k 176-byte events of headroom.
 #[map(name = "EVENTS")]
@@ -21,6 +21,21 @@ pub static HOP_COUNTERS: PerCpuHashMap<PointKey, HopCounter> =
 /// report on. Least recently used entries make room for new ones.
 #[map(name = "TRACKED")]
 pub static TRACKED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Where a tc observation is assembled before its head and captured bytes are sent (too big
+/// for the stack; one per CPU, so no locking).
+#[map(name = "TC_SCRATCH")]
+pub static TC_SCRATCH: PerCpuArray<TcEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Bytes of each frame a tc observation carries (`--snaplen`), patched in by the loader.
+#[unsafe(no_mangle)]
+static SNAPLEN: u32 = DEFAULT_SNAP;
+
+#[inline(always)]
+pub fn snaplen() -> u32 {
+    // SAFETY: a plain read of a global; the loader patches the value before loading.
+    unsafe { core::ptr::read_volatile(&SNAPLEN) }
+}
 
 /// Field offsets from the running kernel's BTF, patched in by the loader.
 #[unsafe(no_mangle)]

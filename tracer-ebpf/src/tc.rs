@@ -6,9 +6,9 @@ use aya_ebpf::{
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_skb_load_bytes},
     programs::TcContext,
 };
-use tracer_common::{EventKind, PointKey, TcEvent, SNAP_LEN};
+use tracer_common::{EventKind, PointKey, MAX_SNAP, TC_HEAD_LEN};
 
-use crate::maps::{EVENTS, HOP_COUNTERS, TRACKED};
+use crate::maps::{snaplen, EVENTS, HOP_COUNTERS, TC_SCRATCH, TRACKED};
 
 #[inline(always)]
 pub fn observe(ctx: &TcContext, direction: u8) -> i32 {
@@ -30,40 +30,52 @@ pub fn observe(ctx: &TcContext, direction: u8) -> i32 {
     // Let the netfilter and drop programs know this packet is ours.
     let _ = TRACKED.insert(skb as u64, 1, 0);
 
-    let Some(mut entry) = EVENTS.reserve::<TcEvent>(0) else {
+    if !emit(skb, ifindex, len, mark, protocol, direction) {
         if let Some(c) = counter {
             // SAFETY: as above.
             unsafe { (*c).lost += 1 };
         }
-        return TC_ACT_UNSPEC;
-    };
-    let ev = entry.as_mut_ptr();
-    let cap = if len < SNAP_LEN as u32 {
-        len
-    } else {
-        SNAP_LEN as u32
-    };
-    // SAFETY: `ev` points at a reserved, exclusively owned ring-buffer record.
-    unsafe {
-        (*ev).header.kind = EventKind::Tc as u8;
-        (*ev).header._pad = [0; 3];
-        (*ev).header.cpu = bpf_get_smp_processor_id();
-        (*ev).header.ts_ns = bpf_ktime_get_ns();
-        // The context pointer's value is the kernel sk_buff address: the packet's identity.
-        (*ev).header.skb = skb as u64;
-        (*ev).ifindex = ifindex;
-        (*ev).len = len;
-        (*ev).mark = mark;
-        (*ev).protocol = protocol as u16;
-        (*ev).direction = direction;
-        (*ev)._pad = [0; 5];
-        let copied = if cap > 0 && cap <= SNAP_LEN as u32 {
-            bpf_skb_load_bytes(skb as *const _, 0, (*ev).data.as_mut_ptr() as *mut _, cap) == 0
-        } else {
-            false
-        };
-        (*ev).cap_len = if copied { cap } else { 0 };
     }
-    entry.submit(0);
     TC_ACT_UNSPEC
+}
+
+/// Assembles the observation in the per-CPU scratch buffer and sends its head and the first
+/// `min(len, snaplen)` bytes. False if the ring buffer had no room (an event lost).
+#[inline(always)]
+fn emit(
+    skb: *mut __sk_buff,
+    ifindex: u32,
+    len: u32,
+    mark: u32,
+    protocol: u32,
+    direction: u8,
+) -> bool {
+    let Some(ev) = TC_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    let want = snaplen();
+    // Masked so that the verifier can bound both the copy and the record.
+    let cap = (if len < want { len } else { want }) & (MAX_SNAP as u32 - 1);
+    // SAFETY: `ev` is this CPU's scratch entry; nothing else runs on this CPU meanwhile.
+    unsafe {
+        let h = &mut (*ev).head;
+        h.header.kind = EventKind::Tc as u8;
+        h.header._pad = [0; 3];
+        h.header.cpu = bpf_get_smp_processor_id();
+        h.header.ts_ns = bpf_ktime_get_ns();
+        // The context pointer's value is the kernel sk_buff address: the packet's identity.
+        h.header.skb = skb as u64;
+        h.ifindex = ifindex;
+        h.len = len;
+        h.mark = mark;
+        h.protocol = protocol as u16;
+        h.direction = direction;
+        h._pad = [0; 5];
+        let copied = cap > 0
+            && bpf_skb_load_bytes(skb as *const _, 0, (*ev).data.as_mut_ptr() as *mut _, cap) == 0;
+        let cap = if copied { cap } else { 0 };
+        h.cap_len = cap;
+        let record = core::slice::from_raw_parts(ev as *const u8, TC_HEAD_LEN + cap as usize);
+        EVENTS.output::<[u8]>(record, 0).is_ok()
+    }
 }

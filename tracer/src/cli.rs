@@ -84,8 +84,8 @@ pub struct TraceArgs {
     #[arg(short = 'w', long, value_name = "FILE.pcapng")]
     pub write: Option<std::path::PathBuf>,
 
-    /// Bytes of each hop kept in the recording (0: all that was captured).
-    #[arg(long, default_value_t = 0, value_name = "BYTES")]
+    /// Bytes captured of each packet at each tc hop (0: the whole packet, up to 16 KiB).
+    #[arg(long, default_value_t = tracer_common::DEFAULT_SNAP, value_name = "BYTES")]
     pub snaplen: u32,
 
     /// With --write: start a new file when the current one reaches this size (e.g. 100M).

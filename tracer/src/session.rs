@@ -9,7 +9,7 @@ use std::{
 };
 
 use tokio::signal::unix::{signal, SignalKind};
-use tracer_common::{Direction, Offsets, PointKey};
+use tracer_common::{Direction, Offsets, PointKey, MAX_SNAP};
 
 use crate::{
     cli::TraceArgs,
@@ -256,7 +256,12 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
 
     // Declared before `ebpf` so that it is dropped after it: links first, then our qdiscs.
     let mut qdiscs = tc::QdiscGuard::default();
-    let mut ebpf = loader::load(&offsets)?;
+    // 0: the whole packet, as far as one observation can carry.
+    let snaplen = match args.snaplen {
+        0 => MAX_SNAP as u32 - 1,
+        n => n.min(MAX_SNAP as u32 - 1),
+    };
+    let mut ebpf = loader::load(&offsets, snaplen)?;
     // Before any map is taken out of `ebpf`: the netfilter loader relocates against all of them.
     let _nf = attach_netfilter_and_drops(&mut ebpf, offsets.valid != 0);
     let mut counters = Counters::take(&mut ebpf)?;
@@ -306,7 +311,7 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
             path: path.clone(),
             rotate: args.rotate,
             max_files: args.max_files,
-            snaplen: args.snaplen,
+            snaplen: 0,
         };
         let recorder = Recorder::create(opts, section_comment(&topo, &attached))
             .map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;

@@ -5,7 +5,7 @@ mod common;
 
 use std::{collections::BTreeMap, os::unix::fs::PermissionsExt, process::Command};
 
-use common::{leftovers, packets, tcp, Flowtrace, From, Lab};
+use common::{leftovers, packets, tcp, tcp_sized, Flowtrace, From, Lab};
 use serde_json::Value;
 
 fn tmpdir(name: &str) -> std::path::PathBuf {
@@ -205,6 +205,63 @@ fn rotation_keeps_the_newest_files_each_readable() {
     for f in &files {
         let (ok, _, err) = tshark(f, &["frame.number"]);
         assert!(ok && warnings(&err).is_empty(), "{}: {err}", f.display());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `(frame.len, frame.cap_len)` of every Ethernet (tc) block of a recording.
+fn tc_lengths(file: &std::path::Path) -> Vec<(usize, usize)> {
+    let (ok, out, err) = tshark(
+        file,
+        &["frame.interface_name", "frame.len", "frame.cap_len"],
+    );
+    assert!(ok, "{err}");
+    out.lines()
+        .filter(|l| l.contains(" tc-"))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            Some((f.get(1)?.parse().ok()?, f.get(2)?.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
+fn snaplen_zero_records_whole_packets_and_the_default_keeps_headers() {
+    let lab = Lab::get();
+    let dir = tmpdir("snaplen");
+    let cron = From::Container("ens_monitor_cron".into());
+    let payload = vec![b'x'; 1000];
+    for (name, snaplen) in [("whole.pcapng", "0"), ("default.pcapng", "")] {
+        let file = dir.join(name);
+        let mut args = vec![
+            "-c",
+            "ens_monitor_cron",
+            "--write",
+            file.to_str().expect("utf8"),
+        ];
+        if !snaplen.is_empty() {
+            args.extend(["--snaplen", snaplen]);
+        }
+        let ft = Flowtrace::start(&args);
+        tcp_sized(&lab, &cron, lab.ip("inet_ip"), 8080, &payload).expect("tcp echo");
+        ft.stop_text();
+        let lens = tc_lengths(&file);
+        let big: Vec<&(usize, usize)> = lens.iter().filter(|(len, _)| *len > 1000).collect();
+        assert!(
+            !big.is_empty(),
+            "the 1000-byte payload was recorded: {lens:?}"
+        );
+        for (len, cap) in big {
+            if snaplen == "0" {
+                assert_eq!(cap, len, "--snaplen 0 keeps whole packets");
+            } else {
+                assert_eq!(
+                    *cap, 128,
+                    "the default keeps the first 128 bytes (every header)"
+                );
+            }
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,7 +1,7 @@
 //! Turning ring-buffer records into observations. Records are checked for kind and length
 //! before they are read; anything malformed is an error value, never a panic.
 
-use tracer_common::{Direction, EventHeader, EventKind, NfEvent, SkbEndEvent, TcEvent};
+use tracer_common::{Direction, EventHeader, EventKind, NfEvent, SkbEndEvent, TcHead, TC_HEAD_LEN};
 
 use super::packet::{self, Headers};
 
@@ -103,9 +103,17 @@ pub fn decode(bytes: &[u8]) -> Result<Observation, DecodeError> {
     let kind = bytes[0];
     match EventKind::from_u8(kind) {
         Some(EventKind::Tc) => {
-            let ev: TcEvent = read(bytes, kind)?;
+            let ev: TcHead = read(bytes, kind)?;
             let direction = Direction::from_u8(ev.direction).ok_or(DecodeError::BadField(kind))?;
-            let captured = ev.captured().to_vec();
+            let want = TC_HEAD_LEN + ev.cap_len as usize;
+            let captured = bytes
+                .get(TC_HEAD_LEN..want)
+                .ok_or(DecodeError::Length {
+                    kind,
+                    got: bytes.len(),
+                    want,
+                })?
+                .to_vec();
             Ok(Observation::Tc(TcObservation {
                 ts_ns: ev.header.ts_ns,
                 skb: ev.header.skb,
@@ -163,19 +171,9 @@ mod tests {
     use super::*;
     use tracer_common::SNAP_LEN;
 
-    fn as_bytes(ev: &TcEvent) -> Vec<u8> {
-        // SAFETY: TcEvent is repr(C) plain-old-data.
-        unsafe {
-            std::slice::from_raw_parts((ev as *const TcEvent).cast::<u8>(), size_of::<TcEvent>())
-        }
-        .to_vec()
-    }
-
-    pub fn tc_event(frame: &[u8], skb: u64, ifindex: u32, direction: Direction) -> TcEvent {
-        let mut data = [0u8; SNAP_LEN];
-        let n = frame.len().min(SNAP_LEN);
-        data[..n].copy_from_slice(&frame[..n]);
-        TcEvent {
+    /// A tc record as the kernel sends it: the head, then the captured bytes.
+    pub fn tc_record(frame: &[u8], skb: u64, ifindex: u32, direction: Direction) -> Vec<u8> {
+        let head = TcHead {
             header: EventHeader {
                 kind: EventKind::Tc as u8,
                 _pad: [0; 3],
@@ -185,24 +183,25 @@ mod tests {
             },
             ifindex,
             len: frame.len() as u32,
-            cap_len: n as u32,
+            cap_len: frame.len() as u32,
             mark: 0,
             protocol: 0x0008,
             direction: direction as u8,
             _pad: [0; 5],
-            data,
+        };
+        // SAFETY: TcHead is repr(C) plain-old-data.
+        let mut bytes = unsafe {
+            std::slice::from_raw_parts((&head as *const TcHead).cast::<u8>(), TC_HEAD_LEN)
         }
+        .to_vec();
+        bytes.extend_from_slice(frame);
+        bytes
     }
 
     #[test]
     fn decodes_a_tc_record() {
         let frame = packet::tests::tcp_syn_v4();
-        let bytes = as_bytes(&tc_event(
-            &frame,
-            0xffff_8881_0000_1000,
-            21,
-            Direction::Ingress,
-        ));
+        let bytes = tc_record(&frame, 0xffff_8881_0000_1000, 21, Direction::Ingress);
         let Ok(Observation::Tc(o)) = decode(&bytes) else {
             panic!("not a tc observation")
         };
@@ -284,13 +283,16 @@ mod tests {
     #[test]
     fn rejects_short_unknown_and_corrupt_records() {
         assert_eq!(decode(&[1, 2, 3]), Err(DecodeError::Short(3)));
-        let mut bytes = as_bytes(&tc_event(&[], 1, 1, Direction::Egress));
+        let mut bytes = tc_record(&[9; 10], 1, 1, Direction::Egress);
         bytes[0] = 99;
         assert_eq!(decode(&bytes), Err(DecodeError::UnknownKind(99)));
         bytes[0] = EventKind::Tc as u8;
         let cut = bytes[..40].to_vec();
         assert!(matches!(decode(&cut), Err(DecodeError::Length { .. })));
-        let dir_at = std::mem::offset_of!(TcEvent, direction);
+        // The head promises 10 captured bytes: a record cut inside them is rejected.
+        let short = bytes[..TC_HEAD_LEN + 4].to_vec();
+        assert!(matches!(decode(&short), Err(DecodeError::Length { .. })));
+        let dir_at = std::mem::offset_of!(TcHead, direction);
         bytes[dir_at] = 7;
         assert_eq!(decode(&bytes), Err(DecodeError::BadField(1)));
     }

@@ -13,8 +13,9 @@ pub fn object() -> &'static [u8] {
     OBJECT
 }
 
-/// Loads the object's maps into the kernel (programs are loaded when attached).
-pub fn load(offsets: &Offsets) -> Result<Ebpf> {
+/// Loads the object's maps into the kernel (programs are loaded when attached), with the
+/// running kernel's struct offsets and the bytes to capture per tc hop.
+pub fn load(offsets: &Offsets, snaplen: u32) -> Result<Ebpf> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(Error::NotRoot);
@@ -26,6 +27,7 @@ pub fn load(offsets: &Offsets) -> Result<Ebpf> {
     }
     EbpfLoader::new()
         .override_global("OFFSETS", offsets, true)
+        .override_global("SNAPLEN", &snaplen, true)
         .load(OBJECT)
         .map_err(|e| Error::Load(format!("{e}")))
 }

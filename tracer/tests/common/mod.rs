@@ -140,6 +140,17 @@ impl From {
 /// One TCP exchange (connect, send, read the echo, close). Returns the local port, or the
 /// error (a dropped SYN times out).
 pub fn tcp(lab: &Lab, from: &From, dst: IpAddr, port: u16) -> Result<u16, String> {
+    tcp_sized(lab, from, dst, port, b"flowtrace\n")
+}
+
+/// Like [`tcp`], with `payload` as the message (the responder echoes it).
+pub fn tcp_sized(
+    lab: &Lab,
+    from: &From,
+    dst: IpAddr,
+    port: u16,
+    payload: &[u8],
+) -> Result<u16, String> {
     if matches!(from, From::Container(_)) {
         lab.assert_safe(dst);
     }
@@ -150,11 +161,18 @@ pub fn tcp(lab: &Lab, from: &From, dst: IpAddr, port: u16) -> Result<u16, String
         let local = s.local_addr().map_err(|e| e.to_string())?.port();
         s.set_read_timeout(Some(Duration::from_secs(2)))
             .map_err(|e| e.to_string())?;
-        s.write_all(b"flowtrace\n").map_err(|e| e.to_string())?;
-        let mut buf = [0u8; 64];
-        let n = s.read(&mut buf).map_err(|e| e.to_string())?;
-        if !buf[..n].starts_with(b"flowtrace") {
-            return Err(format!("unexpected echo {:?}", &buf[..n]));
+        s.write_all(payload).map_err(|e| e.to_string())?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while got.len() < payload.len() {
+            let n = s.read(&mut buf).map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        if got != payload {
+            return Err(format!("unexpected echo of {} bytes", got.len()));
         }
         Ok(local)
     })
