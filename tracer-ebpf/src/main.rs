@@ -11,8 +11,8 @@ mod netfilter;
 mod tc;
 
 use aya_ebpf::{
-    macros::{btf_tracepoint, classifier, raw_tracepoint},
-    programs::{BtfTracePointContext, RawTracePointContext, TcContext},
+    macros::{btf_tracepoint, classifier, fexit, raw_tracepoint},
+    programs::{BtfTracePointContext, FExitContext, RawTracePointContext, TcContext},
 };
 use tracer_common::{Direction, EventKind};
 
@@ -44,6 +44,13 @@ pub fn kfree_skb_raw(ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "consume_skb")]
 pub fn consume_skb_raw(ctx: RawTracePointContext) -> i32 {
     drops::end(ctx.arg(0), ctx.arg(1), 0, EventKind::Consume)
+}
+
+/// Loaded (never attached) at start-up to learn whether this kernel allows fentry/fexit
+/// trampolines, so the start-up lines can say which netfilter mechanisms it offers.
+#[fexit(function = "nf_hook_slow")]
+pub fn probe_fexit(_ctx: FExitContext) -> i32 {
+    0
 }
 
 /// Netfilter observers, one per priority slot (see `tracer_common::netfilter`). aya 0.14 has

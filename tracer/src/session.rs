@@ -26,7 +26,10 @@ use crate::{
         Format,
     },
     pipeline::Pipeline,
-    probe::{btf, counters::Counters, drops, kallsyms::Kallsyms, loader, netfilter, offsets, tc},
+    probe::{
+        btf, capabilities, counters::Counters, drops, kallsyms::Kallsyms, loader, netfilter,
+        offsets, tc,
+    },
     target::{
         docker::Docker,
         netns::Netns,
@@ -174,6 +177,10 @@ fn attach_netfilter_and_drops(
         return None;
     }
     let btf = aya::Btf::from_sys_fs().ok();
+    eprintln!(
+        "{}",
+        capabilities::describe(&capabilities::probe(ebpf, btf.as_ref()))
+    );
     for tp in ["kfree_skb", "consume_skb"] {
         match drops::attach(ebpf, btf.as_ref(), tp) {
             Ok(m) => eprintln!("attached {tp} via {m}"),

@@ -2,6 +2,7 @@
 //! is attached where.
 
 pub mod btf;
+pub mod capabilities;
 pub mod counters;
 pub mod drops;
 pub mod kallsyms;
