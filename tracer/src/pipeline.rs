@@ -70,8 +70,14 @@ impl Pipeline {
         &self.format
     }
 
-    pub fn observe(&mut self, obs: Observation, out: &mut impl Write) -> std::io::Result<()> {
+    /// Adds an observation. Completed packets wait for [`Pipeline::flush_ready`], called once
+    /// per batch: finding what is ready scans the pending packets.
+    pub fn observe(&mut self, obs: Observation) {
         self.correlator.push(obs, &mut self.done);
+    }
+
+    /// Prints the completed packets that are ready (in time order).
+    pub fn flush_ready(&mut self, out: &mut impl Write) -> std::io::Result<()> {
         self.emit(out)
     }
 
@@ -185,7 +191,7 @@ mod tests {
                 &frame([198, 51, 100, 1], 5555),
             ),
         ] {
-            p.observe(o, &mut out).expect("write");
+            p.observe(o);
         }
         let s = p.finish(&mut out).expect("write");
         (String::from_utf8(out).expect("utf8"), s)
@@ -224,12 +230,10 @@ mod tests {
         let mut out = Vec::new();
         let f = frame([172, 18, 0, 2], 41234);
         // Packet 1 starts first and stays pending; packet 2 completes (skb reuse) earlier.
-        p.observe(obs(1, 10, VETH, Direction::Ingress, &f), &mut out)
-            .expect("w");
-        p.observe(obs(2, 20, VETH, Direction::Ingress, &f), &mut out)
-            .expect("w");
-        p.observe(obs(2, 30, VETH, Direction::Ingress, &f), &mut out)
-            .expect("w");
+        p.observe(obs(1, 10, VETH, Direction::Ingress, &f));
+        p.observe(obs(2, 20, VETH, Direction::Ingress, &f));
+        p.observe(obs(2, 30, VETH, Direction::Ingress, &f));
+        p.flush_ready(&mut out).expect("w");
         assert!(out.is_empty(), "packet 2 must wait for packet 1");
         p.finish(&mut out).expect("w");
         let ts: Vec<String> = String::from_utf8(out)

@@ -371,9 +371,10 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
                 writeln!(out, "{line}").map_err(werr)?;
                 raw_shown += 1;
             } else {
-                pipeline.observe(obs, &mut out).map_err(werr)?;
+                pipeline.observe(obs);
             }
         }
+        pipeline.flush_ready(&mut out).map_err(werr)?;
         out.flush().map_err(werr)?;
         let shown = if args.raw { raw_shown } else { pipeline.shown };
         if args.count.is_some_and(|n| shown >= n) {
