@@ -33,6 +33,8 @@ pub struct Pipeline {
     flow_mode: bool,
     /// `--write`: every traced packet also goes to the recording.
     pub recorder: Option<Recorder>,
+    /// `--count`: show at most this many packets.
+    pub limit: Option<u64>,
     pub shown: u64,
     pub untraced: u64,
     pub flows_seen: u64,
@@ -58,12 +60,18 @@ impl Pipeline {
             clock,
             flow_mode,
             recorder: None,
+            limit: None,
             shown: 0,
             untraced: 0,
             flows_seen: 0,
             drops: 0,
             done: Vec::new(),
         }
+    }
+
+    /// `--count` packets have been shown.
+    pub fn reached_limit(&self) -> bool {
+        self.limit.is_some_and(|n| self.shown >= n)
     }
 
     pub fn format(&self) -> &Format {
@@ -124,6 +132,9 @@ impl Pipeline {
         let ready = self.done.partition_point(|p| p.first_ts() < watermark);
         let rest = self.done.split_off(ready);
         for p in std::mem::replace(&mut self.done, rest) {
+            if self.reached_limit() {
+                break;
+            }
             let points = self.correlator.points();
             if p.container_hop(points).is_none() {
                 self.untraced += 1;
@@ -242,6 +253,28 @@ mod tests {
             .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json")["skb"].to_string())
             .collect();
         assert_eq!(ts, vec!["\"0x1\"", "\"0x2\"", "\"0x2\""]);
+    }
+
+    #[test]
+    fn the_limit_is_exact_even_when_a_batch_completes_more() {
+        let mut p = Pipeline::new(
+            points(),
+            Explainer::empty(),
+            PacketFilter::default(),
+            Format::Json,
+            false,
+            WallClock::with_offset(0),
+        );
+        p.limit = Some(2);
+        let f = frame([172, 18, 0, 2], 41234);
+        for skb in 1..=5 {
+            p.observe(obs(skb, skb * 10, VETH, Direction::Ingress, &f));
+        }
+        let mut out = Vec::new();
+        let s = p.finish(&mut out).expect("w");
+        assert_eq!(String::from_utf8(out).expect("utf8").lines().count(), 2);
+        assert_eq!(s.packets, 2);
+        assert!(p.reached_limit());
     }
 
     #[test]

@@ -313,6 +313,9 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         args.flows,
         clock,
     );
+    if !args.raw {
+        pipeline.limit = args.count;
+    }
     if let Some(path) = &args.write {
         let opts = RecordOptions {
             path: path.clone(),
@@ -363,6 +366,9 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         }
         for obs in batch.drain(..) {
             if args.raw {
+                if args.count.is_some_and(|n| raw_shown >= n) {
+                    break;
+                }
                 let line = if args.json {
                     raw::json(&obs, &raw_names, &clock).to_string()
                 } else {
@@ -376,8 +382,7 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         }
         pipeline.flush_ready(&mut out).map_err(werr)?;
         out.flush().map_err(werr)?;
-        let shown = if args.raw { raw_shown } else { pipeline.shown };
-        if args.count.is_some_and(|n| shown >= n) {
+        if (args.raw && args.count.is_some_and(|n| raw_shown >= n)) || pipeline.reached_limit() {
             break 'run;
         }
     }

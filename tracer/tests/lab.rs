@@ -463,3 +463,113 @@ fn a_drop_outside_netfilter_has_its_reason_and_no_hook() {
         "{p}"
     );
 }
+
+#[test]
+#[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
+fn network_flows_count_duration_and_filters_work_on_the_real_binary() {
+    let lab = Lab::get();
+    let cip = lab.s("container_ip");
+    let peer_ip = lab.s("peer_ip");
+
+    // --network traces every container on it: both lab containers' traffic shows.
+    let ft = Flowtrace::start(&["--network", "docker_default", "--json"]);
+    let s1 = tcp(&lab, &cron(), lab.ip("inet_ip"), 8080).expect("cron tcp");
+    let s2 = tcp(
+        &lab,
+        &From::Container(lab.s("peer_container")),
+        lab.ip("inet_ip"),
+        8080,
+    )
+    .expect("peer tcp");
+    let lines = ft.stop();
+    find(&lines, "out", |p| {
+        p["src"] == format!("{cip}:{s1}").as_str() && p["container"] == "ens_monitor_cron"
+    });
+    find(&lines, "out", |p| {
+        p["src"] == format!("{peer_ip}:{s2}").as_str()
+            && p["container"] == lab.s("peer_container").as_str()
+    });
+
+    // --flows: one line per flow with counts each way and the NAT.
+    let ft = Flowtrace::start(&["-c", "ens_monitor_cron", "--flows", "--json"]);
+    let sport = tcp(&lab, &cron(), lab.ip("inet_ip"), 8080).expect("tcp");
+    let lines = ft.stop();
+    let flow = lines
+        .iter()
+        .find(|l| l["type"] == "flow" && l["local"] == format!("{cip}:{sport}").as_str())
+        .unwrap_or_else(|| panic!("no flow line: {lines:?}"));
+    assert_eq!(
+        flow["remote"],
+        format!("{}:8080", lab.s("inet_ip")).as_str()
+    );
+    assert_eq!(
+        flow["translated"],
+        format!("{}:{sport}", lab.s("uplink_ip")).as_str()
+    );
+    assert!(
+        flow["out"]["packets"].as_u64().unwrap_or(0) >= 3
+            && flow["in"]["packets"].as_u64().unwrap_or(0) >= 2,
+        "{flow}"
+    );
+    assert!(
+        packets(&lines).is_empty(),
+        "--flows prints flows, not packets"
+    );
+
+    // --proto/--port filters: only the UDP datagram and its echo.
+    let ft = Flowtrace::start(&[
+        "-c",
+        "ens_monitor_cron",
+        "--json",
+        "--proto",
+        "udp",
+        "--port",
+        "9999",
+    ]);
+    tcp(&lab, &cron(), lab.ip("inet_ip"), 8080).expect("tcp");
+    udp(&lab, &cron(), lab.ip("inet_ip"), 9999).expect("udp");
+    let lines = ft.stop();
+    let shown = packets(&lines);
+    assert!(shown.len() >= 2, "{lines:?}");
+    assert!(shown.iter().all(|p| p["proto"] == "udp"), "{lines:?}");
+
+    // --count stops after N packets, --duration after a time, both with a summary.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flowtrace"))
+        .args([
+            "-c",
+            "ens_monitor_cron",
+            "--json",
+            "--count",
+            "2",
+            "--duration",
+            "20s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("flowtrace");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    for _ in 0..2 {
+        tcp(&lab, &cron(), lab.ip("inet_ip"), 8080).expect("tcp");
+    }
+    let out = child
+        .wait_with_output()
+        .expect("exits by itself after --count");
+    assert!(out.status.success());
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(packets(&lines).len(), 2, "{lines:?}");
+    assert_eq!(
+        lines.last().map(|l| l["type"].clone()),
+        Some(Value::from("summary"))
+    );
+    let t = std::time::Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flowtrace"))
+        .args(["-c", "ens_monitor_cron", "--json", "--duration", "1500ms"])
+        .output()
+        .expect("flowtrace");
+    assert!(out.status.success() && t.elapsed() < std::time::Duration::from_secs(15));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"type\":\"summary\""));
+}
