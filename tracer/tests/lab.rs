@@ -534,7 +534,7 @@ fn network_flows_count_duration_and_filters_work_on_the_real_binary() {
     assert!(shown.iter().all(|p| p["proto"] == "udp"), "{lines:?}");
 
     // --count stops after N packets, --duration after a time, both with a summary.
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flowtrace"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_flowtrace"))
         .args([
             "-c",
             "ens_monitor_cron",
