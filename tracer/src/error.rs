@@ -5,7 +5,7 @@ use std::{io, path::PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("flowtrace must run as root (it loads eBPF programs and attaches them to interfaces)")]
+    #[error("root is needed (to load eBPF programs and attach them to interfaces)")]
     NotRoot,
 
     #[error("cannot reach the Docker daemon: {0}")]
