@@ -29,6 +29,24 @@ fn pair(a: &str, b: &str) -> (String, String) {
     (a.to_owned(), b.to_owned())
 }
 
+/// Container → internet: veth ingress, bridge ingress, uplink egress.
+fn out_path(lab: &Lab) -> Vec<(String, String)> {
+    vec![
+        pair(&lab.s("host_veth"), "ingress"),
+        pair(&lab.s("bridge"), "ingress"),
+        pair(&lab.s("uplink"), "egress"),
+    ]
+}
+
+/// Internet → container: uplink ingress, bridge egress, veth egress.
+fn in_path(lab: &Lab) -> Vec<(String, String)> {
+    vec![
+        pair(&lab.s("uplink"), "ingress"),
+        pair(&lab.s("bridge"), "egress"),
+        pair(&lab.s("host_veth"), "egress"),
+    ]
+}
+
 #[test]
 #[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
 fn raw_event_at_the_container_veth_has_the_right_addresses() {
@@ -75,15 +93,7 @@ fn tcp_to_the_internet_shows_veth_bridge_uplink_and_masquerade_both_ways() {
     });
     assert_eq!(syn["container"], "ens_monitor_cron");
     assert_eq!(syn["dst"], format!("{}:8080", lab.s("inet_ip")).as_str());
-    assert_eq!(
-        hops(syn),
-        vec![
-            pair(&veth, "ingress"),
-            pair(&bridge, "ingress"),
-            pair(&uplink, "egress")
-        ],
-        "{syn}"
-    );
+    assert_eq!(hops(syn), out_path(&lab), "{syn}");
     let up = tc_hop(syn, &uplink, "egress");
     assert_eq!(
         up["src"],
@@ -104,15 +114,7 @@ fn tcp_to_the_internet_shows_veth_bridge_uplink_and_masquerade_both_ways() {
     let synack = find(&lines, "in", |p| {
         p["dst"] == local.as_str() && p["tcp_flags"] == "S."
     });
-    assert_eq!(
-        hops(synack),
-        vec![
-            pair(&uplink, "ingress"),
-            pair(&bridge, "egress"),
-            pair(&veth, "egress")
-        ],
-        "{synack}"
-    );
+    assert_eq!(hops(synack), in_path(&lab), "{synack}");
     assert_eq!(
         tc_hop(synack, &uplink, "ingress")["dst"],
         outside.as_str(),
@@ -138,7 +140,7 @@ fn tcp_to_the_internet_shows_veth_bridge_uplink_and_masquerade_both_ways() {
 #[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
 fn udp_and_icmp_echo_are_traced_out_and_back() {
     let lab = Lab::get();
-    let (veth, bridge, uplink) = (lab.s("host_veth"), lab.s("bridge"), lab.s("uplink"));
+    let uplink = lab.s("uplink");
     let ft = Flowtrace::start(&["-c", "ens_monitor_cron", "--json"]);
     let sport = udp(&lab, &cron(), lab.ip("inet_ip"), 9999).expect("udp echo");
     assert!(ping(&lab, "ens_monitor_cron", lab.ip("inet_ip"), 2), "ping");
@@ -148,14 +150,7 @@ fn udp_and_icmp_echo_are_traced_out_and_back() {
     let out = find(&lines, "out", |p| {
         p["proto"] == "udp" && p["src"] == local.as_str()
     });
-    assert_eq!(
-        hops(out),
-        vec![
-            pair(&veth, "ingress"),
-            pair(&bridge, "ingress"),
-            pair(&uplink, "egress")
-        ]
-    );
+    assert_eq!(hops(out), out_path(&lab));
     assert_eq!(
         tc_hop(out, &uplink, "egress")["src"],
         format!("{}:{sport}", lab.s("uplink_ip")).as_str()
@@ -163,27 +158,13 @@ fn udp_and_icmp_echo_are_traced_out_and_back() {
     let back = find(&lines, "in", |p| {
         p["proto"] == "udp" && p["dst"] == local.as_str()
     });
-    assert_eq!(
-        hops(back),
-        vec![
-            pair(&uplink, "ingress"),
-            pair(&bridge, "egress"),
-            pair(&veth, "egress")
-        ]
-    );
+    assert_eq!(hops(back), in_path(&lab));
 
     let cip = lab.s("container_ip");
     let req = find(&lines, "out", |p| {
         p["proto"] == "icmp" && p["src"] == cip.as_str()
     });
-    assert_eq!(
-        hops(req),
-        vec![
-            pair(&veth, "ingress"),
-            pair(&bridge, "ingress"),
-            pair(&uplink, "egress")
-        ]
-    );
+    assert_eq!(hops(req), out_path(&lab));
     assert_eq!(
         tc_hop(req, &uplink, "egress")["src"],
         lab.s("uplink_ip").as_str(),
@@ -192,14 +173,7 @@ fn udp_and_icmp_echo_are_traced_out_and_back() {
     let rep = find(&lines, "in", |p| {
         p["proto"] == "icmp" && p["dst"] == cip.as_str()
     });
-    assert_eq!(
-        hops(rep),
-        vec![
-            pair(&uplink, "ingress"),
-            pair(&bridge, "egress"),
-            pair(&veth, "egress")
-        ]
-    );
+    assert_eq!(hops(rep), in_path(&lab));
 }
 
 #[test]
@@ -274,7 +248,7 @@ fn a_published_port_shows_the_dnat_and_the_reply_de_nat() {
     let cport = published["container_port"]
         .as_u64()
         .expect("container port");
-    let (veth, bridge, uplink) = (lab.s("host_veth"), lab.s("bridge"), lab.s("uplink"));
+    let uplink = lab.s("uplink");
     let ft = Flowtrace::start(&["-c", "ens_monitor_cron", "--json"]);
     let sport = tcp(&lab, &From::Internet, lab.ip("uplink_ip"), host_port).expect("published port");
     let lines = ft.stop();
@@ -286,15 +260,7 @@ fn a_published_port_shows_the_dnat_and_the_reply_de_nat() {
         syn["dst"],
         format!("{}:{cport}", lab.s("container_ip")).as_str()
     );
-    assert_eq!(
-        hops(syn),
-        vec![
-            pair(&uplink, "ingress"),
-            pair(&bridge, "egress"),
-            pair(&veth, "egress")
-        ],
-        "{syn}"
-    );
+    assert_eq!(hops(syn), in_path(&lab), "{syn}");
     assert_eq!(
         tc_hop(syn, &uplink, "ingress")["dst"],
         format!("{}:{host_port}", lab.s("uplink_ip")).as_str()
@@ -315,14 +281,7 @@ fn a_published_port_shows_the_dnat_and_the_reply_de_nat() {
     let synack = find(&lines, "out", |p| {
         p["dst"] == client.as_str() && p["tcp_flags"] == "S."
     });
-    assert_eq!(
-        hops(synack),
-        vec![
-            pair(&veth, "ingress"),
-            pair(&bridge, "ingress"),
-            pair(&uplink, "egress")
-        ]
-    );
+    assert_eq!(hops(synack), out_path(&lab));
     let up = tc_hop(synack, &uplink, "egress");
     assert_eq!(
         up["src"],
