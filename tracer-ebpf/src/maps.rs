@@ -27,6 +27,10 @@ pub static TRACKED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65_536, 0
 #[map(name = "TC_SCRATCH")]
 pub static TC_SCRATCH: PerCpuArray<TcEvent> = PerCpuArray::with_max_entries(1, 0);
 
+/// Bytes waiting in `EVENTS` when this CPU last wrote to it (for the dashboard's fill gauge).
+#[map(name = "RING_FILL")]
+pub static RING_FILL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Bytes of each frame a tc observation carries (`--snaplen`), patched in by the loader.
 #[unsafe(no_mangle)]
 static SNAPLEN: u32 = DEFAULT_SNAP;

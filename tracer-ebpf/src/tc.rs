@@ -2,13 +2,13 @@
 //! and always let it continue (`TC_ACT_UNSPEC`: TCX "next").
 
 use aya_ebpf::{
-    bindings::{__sk_buff, TC_ACT_UNSPEC},
+    bindings::{__sk_buff, BPF_RB_AVAIL_DATA, TC_ACT_UNSPEC},
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_skb_load_bytes},
     programs::TcContext,
 };
 use tracer_common::{EventKind, PointKey, MAX_SNAP, TC_HEAD_LEN};
 
-use crate::maps::{snaplen, EVENTS, HOP_COUNTERS, TC_SCRATCH, TRACKED};
+use crate::maps::{snaplen, EVENTS, HOP_COUNTERS, RING_FILL, TC_SCRATCH, TRACKED};
 
 #[inline(always)]
 pub fn observe(ctx: &TcContext, direction: u8) -> i32 {
@@ -76,6 +76,10 @@ fn emit(
         let cap = if copied { cap } else { 0 };
         h.cap_len = cap;
         let record = core::slice::from_raw_parts(ev as *const u8, TC_HEAD_LEN + cap as usize);
-        EVENTS.output::<[u8]>(record, 0).is_ok()
+        let sent = EVENTS.output::<[u8]>(record, 0).is_ok();
+        if let Some(fill) = RING_FILL.get_ptr_mut(0) {
+            *fill = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+        }
+        sent
     }
 }

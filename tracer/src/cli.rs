@@ -34,8 +34,12 @@ pub struct ReadArgs {
     pub file: std::path::PathBuf,
 
     /// One JSON object per line, as the live run's --json.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tui")]
     pub json: bool,
+
+    /// Replay it in the dashboard.
+    #[arg(long)]
+    pub tui: bool,
 }
 
 #[derive(Debug, Clone, Args)]

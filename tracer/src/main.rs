@@ -13,6 +13,7 @@ mod probe;
 mod replay;
 mod session;
 mod target;
+mod tui;
 
 use std::process::ExitCode;
 
@@ -47,6 +48,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match read {
+        Some(r) if r.tui => runtime.block_on(replay::read_tui(&r)),
         Some(r) => replay::read(&r),
         None => runtime.block_on(session::trace(args)),
     };

@@ -35,6 +35,8 @@ pub struct Pipeline {
     pub recorder: Option<Recorder>,
     /// `--count`: show at most this many packets.
     pub limit: Option<u64>,
+    /// The dashboard: packets go there instead of stdout.
+    pub tui: Option<tokio::sync::mpsc::Sender<crate::tui::Feed>>,
     pub shown: u64,
     pub untraced: u64,
     pub flows_seen: u64,
@@ -61,6 +63,7 @@ impl Pipeline {
             flow_mode,
             recorder: None,
             limit: None,
+            tui: None,
             shown: 0,
             untraced: 0,
             flows_seen: 0,
@@ -156,7 +159,10 @@ impl Pipeline {
             if let Some(r) = self.recorder.as_mut() {
                 r.record(&e, &v)?;
             }
-            if !self.flow_mode {
+            if let Some(tx) = &self.tui {
+                // A dashboard that cannot keep up skips packets; its counters stay exact.
+                let _ = tx.try_send(crate::tui::Feed::Packet(v));
+            } else if !self.flow_mode {
                 writeln!(out, "{}", self.format.packet_value(&v))?;
             }
         }

@@ -20,6 +20,7 @@ use crate::{
         Format, Summary,
     },
     probe::counters::HopTotals,
+    tui::{Feed, HopCount},
 };
 
 #[derive(Default)]
@@ -48,6 +49,7 @@ struct Tally {
     drops: u64,
     flows: BTreeSet<String>,
     hops: BTreeMap<(String, String), (u64, u64)>,
+    roles: BTreeMap<String, String>,
 }
 
 impl Tally {
@@ -64,11 +66,33 @@ impl Tally {
                     h["iface"].as_str().unwrap_or("").to_owned(),
                     h["dir"].as_str().unwrap_or("").to_owned(),
                 );
+                if let Some(role) = h["role"].as_str() {
+                    self.roles.insert(key.0.clone(), role.to_owned());
+                }
                 let e = self.hops.entry(key).or_default();
                 e.0 += 1;
                 e.1 += h["len"].as_u64().unwrap_or(0);
             }
         }
+    }
+
+    /// The recorded hops as dashboard counters (a recording has no kernel counters).
+    fn hop_counts(&self) -> Vec<HopCount> {
+        self.hops
+            .iter()
+            .map(|((iface, dir), (packets, bytes))| HopCount {
+                iface: iface.clone(),
+                role: self.roles.get(iface).cloned().unwrap_or_default(),
+                direction: if dir == "ingress" {
+                    "ingress"
+                } else {
+                    "egress"
+                },
+                packets: *packets,
+                bytes: *bytes,
+                lost: 0,
+            })
+            .collect()
     }
 
     fn summary(self) -> Summary {
@@ -103,19 +127,18 @@ fn bad(path: &Path, reason: impl Into<String>) -> Error {
     }
 }
 
-pub fn read(args: &ReadArgs) -> Result<()> {
-    let path = args.file.as_path();
+/// What walking a recording found besides its packets.
+struct Walked {
+    tally: Tally,
+    truncated: Option<String>,
+    incomplete: usize,
+}
+
+/// Calls `each` with every packet of the recording at `path`, in order.
+fn walk(path: &Path, mut each: impl FnMut(Value) -> Result<()>) -> Result<Walked> {
     let file =
         File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
     let mut reader = Reader::new(BufReader::new(file));
-    let format = if args.json {
-        Format::Json
-    } else {
-        Format::Text
-    };
-    let stdout = std::io::stdout();
-    let mut out = BufWriter::new(stdout.lock());
-    let werr = |e| Error::io("writing output", e);
     let mut partial: BTreeMap<u64, Partial> = BTreeMap::new();
     let mut tally = Tally::default();
     let mut blocks = 0u64;
@@ -155,16 +178,16 @@ pub fn read(args: &ReadArgs) -> Result<()> {
         if p.complete() {
             if let Some(v) = partial.remove(&pkt).and_then(Partial::into_packet) {
                 tally.add(&v);
-                writeln!(out, "{}", format.packet_value(&v)).map_err(werr)?;
+                each(v)?;
             }
         }
     }
     // Packets cut short by the end of the file: what was recorded of them.
-    let cut = partial.len();
+    let incomplete = partial.len();
     for (_, p) in partial {
         if let Some(v) = p.into_packet() {
             tally.add(&v);
-            writeln!(out, "{}", format.packet_value(&v)).map_err(werr)?;
+            each(v)?;
         }
     }
     if blocks == 0 {
@@ -176,7 +199,37 @@ pub fn read(args: &ReadArgs) -> Result<()> {
             "it holds no flowtrace records (was it written by `flowtrace --write`?)",
         ));
     }
-    let summary = format.summary(&tally.summary());
+    Ok(Walked {
+        tally,
+        truncated,
+        incomplete,
+    })
+}
+
+fn warn_truncated(w: &Walked) {
+    if let Some(t) = &w.truncated {
+        let cut = if w.incomplete > 0 {
+            format!(" ({} packet(s) incomplete)", w.incomplete)
+        } else {
+            String::new()
+        };
+        eprintln!("flowtrace: warning: {t}; showed everything before it{cut}");
+    }
+}
+
+pub fn read(args: &ReadArgs) -> Result<()> {
+    let format = if args.json {
+        Format::Json
+    } else {
+        Format::Text
+    };
+    let mut out = BufWriter::new(std::io::stdout());
+    let werr = |e| Error::io("writing output", e);
+    let walked = walk(&args.file, |v| {
+        writeln!(out, "{}", format.packet_value(&v)).map_err(werr)
+    })?;
+    warn_truncated(&walked);
+    let summary = format.summary(&walked.tally.summary());
     if args.json {
         writeln!(out, "{summary}").map_err(werr)?;
         out.flush().map_err(werr)?;
@@ -184,15 +237,32 @@ pub fn read(args: &ReadArgs) -> Result<()> {
         out.flush().map_err(werr)?;
         eprintln!("{summary}");
     }
-    if let Some(t) = truncated {
-        eprintln!(
-            "flowtrace: warning: {t}; showed everything before it{}",
-            if cut > 0 {
-                format!(" ({cut} packet(s) incomplete)")
-            } else {
-                String::new()
-            }
-        );
+    Ok(())
+}
+
+/// `flowtrace read --tui FILE`: the recording replayed into the dashboard.
+pub async fn read_tui(args: &ReadArgs) -> Result<()> {
+    let mut packets = Vec::new();
+    let walked = walk(&args.file, |v| {
+        packets.push(v);
+        Ok(())
+    })?;
+    let (tx, rx) = tokio::sync::mpsc::channel(packets.len() + 8);
+    let n = packets.len();
+    for v in packets {
+        let _ = tx.try_send(Feed::Packet(v));
     }
+    let _ = tx.try_send(Feed::Counters(walked.tally.hop_counts()));
+    let _ = tx.try_send(Feed::Status(format!(
+        "replaying {} ({n} packets)",
+        args.file.display()
+    )));
+    let _ = tx.try_send(Feed::Finished("end of the recording (q to quit)".into()));
+    drop(tx);
+    let title = format!("flowtrace — {}", args.file.display());
+    crate::tui::run(rx, title)
+        .await
+        .map_err(|e| Error::io("running the dashboard", e))?;
+    warn_truncated(&walked);
     Ok(())
 }

@@ -36,6 +36,7 @@ use crate::{
         ruleset::Ruleset,
         topology::{container_path, AttachPoint, HostView, Topology},
     },
+    tui::{Feed, HopCount},
 };
 
 /// How often pending packets are completed and loss counters read.
@@ -62,6 +63,32 @@ fn progress(p: &Pipeline, lost: u64, elapsed: Duration) -> String {
         p.shown,
         p.drops
     )
+}
+
+/// The dashboard's title: what is traced.
+fn title(topo: &Topology) -> String {
+    let who: Vec<String> = topo
+        .containers
+        .iter()
+        .map(|c| {
+            let nets: Vec<String> = c
+                .info
+                .endpoints
+                .iter()
+                .map(|e| match e.ip {
+                    Some(ip) => format!("{ip} on {}", e.network),
+                    None => e.network.clone(),
+                })
+                .collect();
+            format!("{} ({})", c.info.name, nets.join(", "))
+        })
+        .collect();
+    if who.is_empty() {
+        let ifaces: Vec<&str> = topo.named.iter().map(|l| l.name.as_str()).collect();
+        format!("flowtrace — {}", ifaces.join(", "))
+    } else {
+        format!("flowtrace — {}", who.join("; "))
+    }
 }
 
 /// The recording's section comment: what was traced, where, how (also as JSON).
@@ -167,40 +194,55 @@ fn points_of(attach: &[AttachPoint]) -> Points {
         .collect()
 }
 
+/// The start-up lines (what was found, attached, or unavailable): printed on stderr as they
+/// come, and kept for the dashboard's status area.
+#[derive(Default)]
+struct Startup(Vec<String>);
+
+impl Startup {
+    fn say(&mut self, line: String) {
+        eprintln!("{line}");
+        self.0.push(line);
+    }
+}
+
 /// Attaches the drop tracepoints and the netfilter observers, saying what worked; tracing
 /// goes on with whatever is available.
 fn attach_netfilter_and_drops(
     ebpf: &mut aya::Ebpf,
     have_offsets: bool,
+    notes: &mut Startup,
 ) -> Option<netfilter::NetfilterObservers> {
     if !have_offsets {
         return None;
     }
     let btf = aya::Btf::from_sys_fs().ok();
-    eprintln!(
-        "{}",
-        capabilities::describe(&capabilities::probe(ebpf, btf.as_ref()))
-    );
+    notes.say(capabilities::describe(&capabilities::probe(
+        ebpf,
+        btf.as_ref(),
+    )));
     for tp in ["kfree_skb", "consume_skb"] {
         match drops::attach(ebpf, btf.as_ref(), tp) {
-            Ok(m) => eprintln!("attached {tp} via {m}"),
-            Err(e) => eprintln!("not attached: {tp} ({e}); drops will not be reported"),
+            Ok(m) => notes.say(format!("attached {tp} via {m}")),
+            Err(e) => notes.say(format!(
+                "not attached: {tp} ({e}); drops will not be reported"
+            )),
         }
     }
     match netfilter::attach(ebpf, loader::object()) {
         Ok(nf) => {
-            eprintln!(
+            notes.say(format!(
                 "attached netfilter observers via BPF netfilter links ({} links: {} IPv4 hooks × {} priorities)",
                 nf.links,
                 tracer_common::netfilter::HOOK_NAMES.len(),
                 tracer_common::netfilter::SLOT_PRIORITIES.len()
-            );
+            ));
             Some(nf)
         }
         Err(e) => {
-            eprintln!(
+            notes.say(format!(
                 "not attached: netfilter observers ({e}); hooks and tables will not be shown"
-            );
+            ));
             None
         }
     }
@@ -238,8 +280,9 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     if attach_points.is_empty() {
         return Err(Error::NoTarget);
     }
+    let mut notes = Startup::default();
     for line in topo.describe() {
-        eprintln!("{line}");
+        notes.say(line);
     }
 
     // Struct offsets and drop-reason names from the running kernel's BTF.
@@ -251,7 +294,9 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("BTF: {e}; netfilter and drop tracing are unavailable (tc hops still work)");
+            notes.say(format!(
+                "BTF: {e}; netfilter and drop tracing are unavailable (tc hops still work)"
+            ));
             Offsets::zeroed()
         }
     };
@@ -270,7 +315,7 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     };
     let mut ebpf = loader::load(&offsets, snaplen)?;
     // Before any map is taken out of `ebpf`: the netfilter loader relocates against all of them.
-    let _nf = attach_netfilter_and_drops(&mut ebpf, offsets.valid != 0);
+    let _nf = attach_netfilter_and_drops(&mut ebpf, offsets.valid != 0, &mut notes);
     let mut counters = Counters::take(&mut ebpf)?;
     for p in &attach_points {
         for d in [Direction::Ingress, Direction::Egress] {
@@ -283,10 +328,10 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         .iter()
         .filter(|a| a.direction == Direction::Ingress)
     {
-        eprintln!(
+        notes.say(format!(
             "attached tc ingress+egress on {} ({}, ifindex {}) via {}",
             a.point.name, a.point.role, a.point.ifindex, a.mechanism
-        );
+        ));
     }
 
     let names: Vec<(u32, String)> = attach_points
@@ -325,10 +370,31 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         };
         let recorder = Recorder::create(opts, section_comment(&topo, &attached))
             .map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;
-        eprintln!("recording to {} (pcapng, mode 0600)", path.display());
+        notes.say(format!(
+            "recording to {} (pcapng, mode 0600)",
+            path.display()
+        ));
         pipeline.recorder = Some(recorder);
     }
-    let headless = args.write.is_some() || args.no_tui || !std::io::stdout().is_terminal();
+    let tui_mode =
+        std::io::stdout().is_terminal() && !(args.json || args.raw || args.flows || args.no_tui);
+    let headless =
+        !tui_mode && (args.write.is_some() || args.no_tui || !std::io::stdout().is_terminal());
+    let roles: std::collections::HashMap<u32, String> = attach_points
+        .iter()
+        .map(|p| (p.ifindex, p.role.to_string()))
+        .collect();
+    let mut dashboard = None;
+    if tui_mode {
+        let (tx, rx) = tokio::sync::mpsc::channel(8192);
+        for line in &notes.0 {
+            let _ = tx.try_send(Feed::Status(line.clone()));
+        }
+        // Nothing may draw over the dashboard: log lines go nowhere while it is up.
+        log::set_max_level(log::LevelFilter::Off);
+        pipeline.tui = Some(tx.clone());
+        dashboard = Some((tx, tokio::spawn(crate::tui::run(rx, title(&topo)))));
+    }
     let started = std::time::Instant::now();
     let mut last_progress = started;
     let raw_names: raw::IfNames = names.iter().cloned().collect();
@@ -339,8 +405,8 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     tokio::pin!(deadline);
     let mut tick = tokio::time::interval(TICK);
 
-    let stdout = std::io::stdout();
-    let mut out = BufWriter::new(stdout.lock());
+    // Not `stdout().lock()`: the dashboard writes to stdout from another thread.
+    let mut out = BufWriter::new(std::io::stdout());
     let werr = |e| Error::io("writing output", e);
     let mut batch = Vec::new();
     let mut raw_shown: u64 = 0;
@@ -355,10 +421,36 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
                     writeln!(out, "{}", pipeline.format().lost(lost - lost_reported)).map_err(werr)?;
                     lost_reported = lost;
                 }
+                if let Some((tx, _)) = &dashboard {
+                    let hops = counters
+                        .totals(&names)
+                        .into_iter()
+                        .zip(names.iter().flat_map(|(i, _)| [*i, *i]))
+                        .map(|(h, ifindex)| HopCount {
+                            role: roles.get(&ifindex).cloned().unwrap_or_default(),
+                            iface: h.iface,
+                            direction: h.direction,
+                            packets: h.packets,
+                            bytes: h.bytes,
+                            lost: h.lost,
+                        })
+                        .collect();
+                    let _ = tx.try_send(Feed::Counters(hops));
+                    let _ = tx.try_send(Feed::Lost(lost));
+                    let _ = tx.try_send(Feed::RingFill(counters.ring_fill()));
+                    if let Some(r) = &pipeline.recorder {
+                        let _ = tx.try_send(Feed::Recording { path: r.path().display().to_string(), bytes: r.bytes_written() });
+                    }
+                }
                 if headless && last_progress.elapsed() >= PROGRESS {
                     last_progress = std::time::Instant::now();
                     eprintln!("{}", progress(&pipeline, lost, started.elapsed()));
                 }
+            }
+            _ = async { if let Some((_, t)) = dashboard.as_mut() { let _ = t.await; } }, if dashboard.is_some() => {
+                // The user quit the dashboard.
+                dashboard = None;
+                break 'run;
             }
             _ = sigint.recv() => break 'run,
             _ = sigterm.recv() => break 'run,
@@ -388,6 +480,15 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     }
 
     let mut summary = pipeline.finish(&mut out).map_err(werr)?;
+    if let Some((tx, task)) = dashboard.take() {
+        // Stopped by --duration/--count: say so and leave the screen up until q.
+        // Stopped by a signal: the dashboard ends itself on SIGINT/SIGTERM too.
+        let _ = tx.try_send(Feed::Finished("tracing stopped (q to quit)".into()));
+        drop(tx);
+        pipeline.tui = None;
+        let _ = task.await;
+        log::set_max_level(log::LevelFilter::Warn);
+    }
     if args.raw {
         summary.packets = raw_shown;
     }

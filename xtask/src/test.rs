@@ -57,8 +57,10 @@ pub fn run(args: &TestArgs) -> Result<()> {
         "test",
         "-p",
         "tracer",
-        // Every integration test binary (lab.rs, record.rs, …); only the privileged ones.
-        "--tests",
+        // Every integration test binary (lab.rs, record.rs, tui.rs, …), not the unit tests;
+        // only the privileged (ignored) tests.
+        "--test",
+        "*",
         "--",
         "--ignored",
         "--test-threads=1",

@@ -79,6 +79,9 @@ impl Explainer {
             })
         };
         let drop = match packet.end.as_ref().map(|e| (e, e.kind)) {
+            // Freed in a namespace that is neither the host's nor a traced container's: the
+            // packet had left the traced path (e.g. delivered to the far end of a veth).
+            Some((end, EndKind::Drop { .. })) if self.off_path(end.netns) => None,
             Some((end, EndKind::Drop { reason })) => {
                 let nf_drop = steps.iter().find(|s| s.verdict == Verdict::Drop);
                 let (rule, rule_source) = match nf_drop {
@@ -114,6 +117,13 @@ impl Explainer {
             steps,
             drop,
         }
+    }
+
+    fn off_path(&self, netns: u32) -> bool {
+        netns != 0
+            && self.host_netns != 0
+            && netns != self.host_netns
+            && !self.netns_names.contains_key(&netns)
     }
 
     /// The rule in `table` whose drop counter moved since the last read.
@@ -208,6 +218,39 @@ mod tests {
             Some("-A DOCKER-USER -d 198.51.100.2/32 -p tcp -m tcp --dport 8081 -j DROP")
         );
         assert_eq!(d.rule_source.as_deref(), Some("iptables-save -c counters"));
+    }
+
+    #[test]
+    fn drops_off_the_traced_path_are_not_drops() {
+        let mut ex = Explainer::empty();
+        ex.host_netns = 100;
+        ex.netns_names.insert(200, "ens_monitor_cron".into());
+        let dropped_in = |netns| Packet {
+            skb: 1,
+            hops: Vec::new(),
+            nf: Vec::new(),
+            end: Some(EndObservation {
+                ts_ns: 1,
+                skb: 1,
+                kind: EndKind::Drop { reason: 2 },
+                location: 0,
+                ifindex: 0,
+                netns,
+            }),
+        };
+        assert!(
+            ex.explain(dropped_in(100), &points()).drop.is_some(),
+            "on the host"
+        );
+        let inside = ex
+            .explain(dropped_in(200), &points())
+            .drop
+            .expect("in a traced container");
+        assert_eq!(inside.place.as_deref(), Some("inside ens_monitor_cron"));
+        assert!(
+            ex.explain(dropped_in(300), &points()).drop.is_none(),
+            "somewhere else"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use aya::{
-    maps::{MapData, PerCpuHashMap, PerCpuValues},
+    maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
     Ebpf,
 };
 use tracer_common::{Direction, HopCounter, PointKey};
@@ -22,8 +22,12 @@ pub struct HopTotals {
 
 pub struct Counters {
     map: PerCpuHashMap<MapData, PointKey, HopCounter>,
+    ring_fill: Option<PerCpuArray<MapData, u64>>,
     cpus: usize,
 }
+
+/// Size of the `EVENTS` ring buffer (tracer-ebpf/src/maps.rs).
+pub const RING_BYTES: u64 = 8 * 1024 * 1024;
 
 impl Counters {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
@@ -32,7 +36,14 @@ impl Counters {
             .ok_or_else(|| Error::Load("map HOP_COUNTERS missing from the eBPF object".into()))?;
         let map = PerCpuHashMap::try_from(map).map_err(|e| Error::Load(e.to_string()))?;
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| Error::io(what, e))?;
-        Ok(Self { map, cpus })
+        let ring_fill = ebpf
+            .take_map("RING_FILL")
+            .and_then(|m| PerCpuArray::try_from(m).ok());
+        Ok(Self {
+            map,
+            ring_fill,
+            cpus,
+        })
     }
 
     /// Starts counting at a point (the programs only increment keys that exist).
@@ -42,6 +53,13 @@ impl Counters {
         self.map
             .insert(key, zeros, 0)
             .map_err(|e| Error::Load(format!("cannot register counter: {e}")))
+    }
+
+    /// How full the ring buffer was at the last write, in percent (the fullest CPU's view).
+    pub fn ring_fill(&self) -> Option<f32> {
+        let values = self.ring_fill.as_ref()?.get(&0, 0).ok()?;
+        let bytes = values.iter().copied().max()?;
+        Some((bytes as f64 * 100.0 / RING_BYTES as f64) as f32)
     }
 
     /// The counters of every registered point, summed over CPUs.

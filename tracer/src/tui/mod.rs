@@ -1,0 +1,125 @@
+//! The live dashboard (`flowtrace --container X` on a terminal): the path as a diagram with
+//! per-hop counters and rates, a flows table, a drops panel, the selected flow's timeline and a
+//! status line. `run` is the entry; the session sends it `Feed` items.
+//!
+//! Layout: `model` counts into `stats` (pure), `app` is the state (pure) and `view` the
+//! snapshot drawn from it, `handler` maps keys to state changes (pure), `ui` + `panels` + `fmt`
+//! draw (pure given a Frame), `event` is the loop. The terminal is restored on every exit path: a guard's Drop, and a panic hook.
+
+mod app;
+mod event;
+#[cfg(test)]
+mod fixtures;
+mod fmt;
+mod handler;
+mod model;
+mod panels;
+mod stats;
+#[cfg(test)]
+mod tests;
+mod ui;
+mod view;
+
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossterm::{cursor, execute, terminal};
+use ratatui::backend::CrosstermBackend;
+use ratatui::Terminal;
+
+/// How often the screen is drawn.
+const TICK: Duration = Duration::from_millis(250);
+
+/// Set by the panic hook: the loop then quits (a panic elsewhere already restored the terminal).
+static PANICKED: AtomicBool = AtomicBool::new(false);
+
+/// What the session sends the dashboard.
+#[derive(Debug)]
+pub enum Feed {
+    /// One traced packet, in its JSON form (exactly what `--json` prints for type "packet").
+    Packet(serde_json::Value),
+    /// Kernel per-hop counters (exact, from per-CPU maps), summed over CPUs: one entry per
+    /// (interface, direction) flowtrace attached to.
+    Counters(Vec<HopCount>),
+    /// Total events lost so far (ring buffer full).
+    Lost(u64),
+    /// Ring-buffer fill in percent (0–100), None when unknown.
+    RingFill(Option<f32>),
+    /// A status line to show (attachments, fallbacks, warnings).
+    Status(String),
+    /// Recording file and its size in bytes.
+    Recording { path: String, bytes: u64 },
+    /// The tracer is done (duration/count reached, or an error): show it, keep the screen until q.
+    Finished(String),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HopCount {
+    pub iface: String,
+    pub role: String,
+    pub direction: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+    pub lost: u64,
+}
+
+fn restore_terminal() {
+    // Best effort: nothing may be printed while (or instead of) restoring.
+    let _ = terminal::disable_raw_mode();
+    let mut out = io::stdout();
+    let _ = execute!(out, terminal::LeaveAlternateScreen, cursor::Show);
+    let _ = out.flush();
+}
+
+/// Restores the terminal when dropped (quit, error, or unwinding).
+struct TerminalGuard;
+
+impl TerminalGuard {
+    fn enter() -> io::Result<Self> {
+        terminal::enable_raw_mode()?;
+        // From here on the guard exists, so a failure below still restores.
+        let guard = TerminalGuard;
+        execute!(io::stdout(), terminal::EnterAlternateScreen, cursor::Hide)?;
+        Ok(guard)
+    }
+}
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        restore_terminal();
+    }
+}
+
+type PanicHook = Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send + 'static>;
+
+/// Installs a panic hook that restores the terminal before the previous hook prints;
+/// returns the previous hook so that it can be put back.
+fn install_panic_hook() -> Arc<PanicHook> {
+    let prev: Arc<PanicHook> = Arc::new(std::panic::take_hook());
+    let chained = Arc::clone(&prev);
+    std::panic::set_hook(Box::new(move |info| {
+        PANICKED.store(true, Ordering::Relaxed);
+        restore_terminal();
+        chained(info);
+    }));
+    prev
+}
+
+/// Runs the dashboard until the user quits; restores the terminal on every exit path.
+pub async fn run(feed: tokio::sync::mpsc::Receiver<Feed>, title: String) -> io::Result<()> {
+    PANICKED.store(false, Ordering::Relaxed);
+    let prev_hook = install_panic_hook();
+    let result = async {
+        let _guard = TerminalGuard::enter()?;
+        let mut term = Terminal::new(CrosstermBackend::new(io::stdout()))?;
+        term.clear()?;
+        let mut app = app::App::new(title);
+        let events = crossterm::event::EventStream::new();
+        event::run_loop(&mut term, &mut app, feed, events, TICK).await
+    }
+    .await;
+    std::panic::set_hook(Box::new(move |info| prev_hook(info)));
+    result
+}

@@ -1,0 +1,359 @@
+//! The counting side of the dashboard: turns feed items into per-hop, per-hook, per-flow and
+//! per-drop counters. Pure: time comes in as an argument, nothing here does I/O. It keeps
+//! counting while the view is paused.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use serde_json::Value;
+
+use super::stats::{
+    ChainHop, DropKey, DropStat, Flow, FlowKey, HookStat, HopStat, Rate, TimelinePacket,
+};
+use super::HopCount;
+
+/// At most this many flows are kept; the least recently seen is evicted.
+pub const MAX_FLOWS: usize = 10_000;
+/// At most this many drop groups (reason, hook, table, rule) are kept.
+pub const MAX_DROPS: usize = 200;
+/// Recent packets kept per flow for its timeline.
+pub const TIMELINE_LEN: usize = 20;
+
+#[derive(Clone, Debug, Default)]
+pub struct Data {
+    pub hops: Vec<HopStat>,
+    pub hooks: BTreeMap<(u8, String), HookStat>,
+    /// Drops outside netfilter, by the interface of the packet's last hop.
+    pub iface_drops: HashMap<String, u64>,
+    pub flows: HashMap<FlowKey, Flow>,
+    lru: BTreeMap<u64, FlowKey>,
+    pub drops: HashMap<DropKey, DropStat>,
+    pub seq: u64,
+    pub packets: u64,
+    pub packets_base: u64,
+    pub packet_rate: Rate,
+    pub lost: u64,
+    pub lost_base: u64,
+    pub ring_fill: Option<f32>,
+    pub recording: Option<(String, u64)>,
+}
+
+pub fn hook_rank(hook: &str) -> u8 {
+    match hook {
+        "PREROUTING" => 0,
+        "INPUT" => 1,
+        "FORWARD" => 2,
+        "OUTPUT" => 3,
+        "POSTROUTING" => 4,
+        _ => 5,
+    }
+}
+
+fn table_rank(t: &str) -> u8 {
+    match t {
+        "raw" => 0,
+        "mangle" => 1,
+        "nat" => 2,
+        "filter" => 3,
+        "security" => 4,
+        _ => 5,
+    }
+}
+
+pub fn short_hook(hook: &str) -> &str {
+    match hook {
+        "PREROUTING" => "PRE",
+        "POSTROUTING" => "POST",
+        "FORWARD" => "FWD",
+        "INPUT" => "IN",
+        "OUTPUT" => "OUT",
+        h => h,
+    }
+}
+
+fn s<'a>(v: &'a Value, k: &str) -> Option<&'a str> {
+    v.get(k).and_then(Value::as_str)
+}
+
+fn opt(v: &Value, k: &str) -> Option<String> {
+    s(v, k).map(str::to_owned)
+}
+
+/// The flow's NAT as the flows table shows it.
+fn nat_view(n: &Value, local: &str) -> Option<String> {
+    let (from, to) = (s(n, "from")?, s(n, "to")?);
+    Some(if from == local {
+        format!("as {to}")
+    } else if to == local {
+        format!("as {from}")
+    } else {
+        format!("{from} → {to}")
+    })
+}
+
+/// "SNAT a → b" from a hop's `nat` object.
+fn nat_text(n: &Value) -> Option<String> {
+    let kind = s(n, "kind")?.to_uppercase();
+    Some(format!(
+        "{kind} {} → {}",
+        s(n, "from").unwrap_or("?"),
+        s(n, "to").unwrap_or("?")
+    ))
+}
+
+/// The interface of a drop's `last_hop` ("br-x tc ingress" → "br-x").
+fn last_hop_iface(d: &Value) -> Option<&str> {
+    s(d, "last_hop").and_then(|h| h.split_whitespace().next())
+}
+
+impl Data {
+    pub fn counters(&mut self, counts: Vec<HopCount>, now: Instant) {
+        for c in counts {
+            let i = match self
+                .hops
+                .iter()
+                .position(|h| h.iface == c.iface && h.direction == c.direction)
+            {
+                Some(i) => i,
+                None => {
+                    self.hops.push(HopStat {
+                        iface: c.iface.clone(),
+                        role: c.role.clone(),
+                        direction: c.direction.to_owned(),
+                        ..Default::default()
+                    });
+                    self.hops.len() - 1
+                }
+            };
+            let h = &mut self.hops[i];
+            if !c.role.is_empty() {
+                h.role = c.role;
+            }
+            h.raw = Some((c.packets, c.bytes, c.lost));
+            h.rate.update(now, c.packets, c.bytes);
+        }
+    }
+
+    /// Called on every tick: rates of what is counted from events.
+    pub fn tick(&mut self, now: Instant) {
+        self.packet_rate.update(now, self.packets, 0);
+        for h in self.hooks.values_mut() {
+            for w in 0..2 {
+                h.rate[w].update(now, h.packets[w], h.bytes[w]);
+            }
+        }
+    }
+
+    /// "c": the view's baselines move to now; the kernel maps are untouched.
+    pub fn clear(&mut self) {
+        for h in &mut self.hops {
+            if let Some(raw) = h.raw {
+                h.base = raw;
+            }
+        }
+        self.hooks.clear();
+        self.iface_drops.clear();
+        self.flows.clear();
+        self.lru.clear();
+        self.drops.clear();
+        self.packets_base = self.packets;
+        self.lost_base = self.lost;
+    }
+
+    /// Makes sure a tc hop seen in a packet has a row, even before counters arrive.
+    fn ensure_hop(&mut self, iface: &str, role: &str, dir: &str) {
+        if !self
+            .hops
+            .iter()
+            .any(|h| h.iface == iface && h.direction == dir)
+        {
+            self.hops.push(HopStat {
+                iface: iface.to_owned(),
+                role: role.to_owned(),
+                direction: dir.to_owned(),
+                ..Default::default()
+            });
+        }
+    }
+
+    pub fn packet(&mut self, v: &Value) {
+        self.seq += 1;
+        self.packets += 1;
+        let seq = self.seq;
+        let way = s(v, "way").unwrap_or("out");
+        let w = usize::from(way == "in");
+        let len = v.get("len").and_then(Value::as_u64).unwrap_or(0);
+        let time = s(v, "time").map(clock_of).unwrap_or_default();
+        let (src, dst) = (s(v, "src").unwrap_or("?"), s(v, "dst").unwrap_or("?"));
+        let (local, remote) = if w == 1 { (dst, src) } else { (src, dst) };
+        let key = FlowKey {
+            container: s(v, "container").unwrap_or("?").to_owned(),
+            proto: s(v, "proto").unwrap_or("?").to_owned(),
+            local: local.to_owned(),
+            remote: remote.to_owned(),
+        };
+
+        let mut hops = Vec::new();
+        let mut notes = Vec::new();
+        let mut nat = None;
+        let mut seen_hooks: Vec<(u8, String)> = Vec::new();
+        for h in v
+            .get("hops")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let at_ns = h.get("at_ns").and_then(Value::as_u64).unwrap_or(0);
+            let (name, at) = if s(h, "point") == Some("netfilter") {
+                let hook = s(h, "hook").unwrap_or("?");
+                let table = s(h, "table").unwrap_or("?");
+                let k = (hook_rank(hook), hook.to_owned());
+                let st = self.hooks.entry(k.clone()).or_insert_with(|| HookStat {
+                    hook: hook.to_owned(),
+                    ..Default::default()
+                });
+                if !st.tables.iter().any(|t| t == table) {
+                    st.tables.push(table.to_owned());
+                    st.tables.sort_by_key(|t| (table_rank(t), t.clone()));
+                }
+                if !seen_hooks.contains(&k) {
+                    st.packets[w] += 1;
+                    st.bytes[w] += len;
+                    seen_hooks.push(k);
+                }
+                (
+                    format!("{}/{table}", short_hook(hook)),
+                    format!("{hook}/{table}"),
+                )
+            } else {
+                let iface = s(h, "iface").unwrap_or("?");
+                let role = s(h, "role").unwrap_or("iface");
+                let dir = s(h, "dir").unwrap_or("?");
+                self.ensure_hop(iface, role, dir);
+                let name = match role {
+                    "veth" => "veth".to_owned(),
+                    "bridge" => "bridge".to_owned(),
+                    _ => iface.to_owned(),
+                };
+                (name, format!("{iface} tc {dir}"))
+            };
+            if let Some(n) = h.get("nat") {
+                if let Some(t) = nat_text(n) {
+                    notes.push(format!("{t} at {at}"));
+                }
+                nat = nat_view(n, local).or(nat);
+            }
+            hops.push(ChainHop { name, at_ns });
+        }
+
+        let drop = v.get("drop").filter(|d| d.is_object());
+        if let Some(d) = drop {
+            self.record_drop(d, &time, seq, &mut notes);
+        }
+
+        self.touch_flow(&key, seq);
+        let f = self.flows.entry(key).or_default();
+        f.packets[w] += 1;
+        f.bytes[w] += len;
+        f.drops += u64::from(drop.is_some());
+        f.last_seq = seq;
+        f.last_time.clone_from(&time);
+        if nat.is_some() {
+            f.nat = nat;
+        }
+        if f.recent.len() >= TIMELINE_LEN {
+            f.recent.pop_front();
+        }
+        f.recent.push_back(TimelinePacket {
+            time,
+            way: way.to_owned(),
+            flags: s(v, "tcp_flags").unwrap_or("").to_owned(),
+            len,
+            hops,
+            notes,
+            dropped: drop.is_some(),
+        });
+        self.evict_flows();
+    }
+
+    fn record_drop(&mut self, d: &Value, time: &str, seq: u64, notes: &mut Vec<String>) {
+        let reason = s(d, "reason").unwrap_or("UNKNOWN").to_owned();
+        let (hook, table, rule) = (opt(d, "hook"), opt(d, "table"), opt(d, "rule"));
+        let location = s(d, "location").map(|l| match s(d, "place") {
+            Some(p) => format!("{l} ({p})"),
+            None => l.to_owned(),
+        });
+        match &hook {
+            Some(hk) => {
+                if let Some(st) = self.hooks.get_mut(&(hook_rank(hk), hk.clone())) {
+                    st.drops += 1;
+                }
+            }
+            None => {
+                if let Some(i) = last_hop_iface(d) {
+                    *self.iface_drops.entry(i.to_owned()).or_default() += 1;
+                }
+            }
+        }
+        let at = match (&hook, &table) {
+            (Some(h), Some(t)) => format!("at {h}/{t}"),
+            (Some(h), None) => format!("at {h}"),
+            _ => location
+                .as_deref()
+                .map(|l| format!("in {l}"))
+                .unwrap_or_default(),
+        };
+        notes.push(format!("✗ {reason} {at}"));
+        if let Some(r) = &rule {
+            notes.push(format!("  rule: {r}"));
+        }
+        let key = (reason.clone(), hook.clone(), table.clone(), rule.clone());
+        let st = self.drops.entry(key).or_insert_with(|| DropStat {
+            reason,
+            hook,
+            table,
+            rule,
+            ..Default::default()
+        });
+        st.count += 1;
+        st.last_time = time.to_owned();
+        st.last_seq = seq;
+        st.location = location;
+        if self.drops.len() > MAX_DROPS {
+            if let Some(k) = self
+                .drops
+                .iter()
+                .min_by_key(|(_, d)| d.last_seq)
+                .map(|(k, _)| k.clone())
+            {
+                self.drops.remove(&k);
+            }
+        }
+    }
+
+    fn touch_flow(&mut self, key: &FlowKey, seq: u64) {
+        if let Some(f) = self.flows.get(key) {
+            self.lru.remove(&f.last_seq);
+        }
+        self.lru.insert(seq, key.clone());
+    }
+
+    fn evict_flows(&mut self) {
+        while self.flows.len() > MAX_FLOWS {
+            let Some((_, k)) = self.lru.pop_first() else {
+                break;
+            };
+            self.flows.remove(&k);
+        }
+    }
+}
+
+/// "2026-11-24T15:07:34.120511Z" → "15:07:34.120".
+pub fn clock_of(t: &str) -> String {
+    let after = t.split_once('T').map_or(t, |(_, r)| r);
+    let trimmed = after.trim_end_matches('Z');
+    let cut = trimmed
+        .find('.')
+        .map_or(trimmed.len(), |i| (i + 4).min(trimmed.len()));
+    trimmed[..cut].to_owned()
+}

@@ -1,0 +1,359 @@
+//! Dashboard tests: the fixtures rendered with ratatui's TestBackend, and the keys.
+
+use std::time::{Duration, Instant};
+
+use crossterm::event::{Event, KeyCode, KeyEvent, KeyModifiers};
+use ratatui::backend::TestBackend;
+use ratatui::Terminal;
+use serde_json::json;
+
+use super::app::{App, Focus, SortKey};
+use super::fixtures::{counters, dropped, hc, syn, syn_ack, RULE};
+use super::handler::handle_key;
+use super::{ui, Feed};
+/// An app fed the fixtures; the selected flow is the 8080 one (most packets).
+fn fed(t0: Instant) -> App {
+    let mut app = App::new("flowtrace — ens_monitor_cron (172.18.0.2) on docker_default".into());
+    app.apply(
+        Feed::Status("attached tc ingress+egress on veth9780200 (veth) via TCX".into()),
+        t0,
+    );
+    app.apply(counters(1), t0);
+    for p in [syn(), syn_ack(), dropped()] {
+        app.apply(Feed::Packet(p), t0);
+    }
+    app.apply(Feed::Lost(7), t0);
+    app.apply(
+        Feed::Recording {
+            path: "/tmp/trace.pcapng".into(),
+            bytes: 123_456,
+        },
+        t0,
+    );
+    app
+}
+
+fn render(app: &App, w: u16, h: u16) -> String {
+    let mut term = Terminal::new(TestBackend::new(w, h)).unwrap();
+    term.draw(|f| ui::render(f, app)).unwrap();
+    buffer_text(&term)
+}
+
+fn buffer_text(term: &Terminal<TestBackend>) -> String {
+    let buf = term.backend().buffer();
+    let mut s = String::new();
+    for y in 0..buf.area.height {
+        for x in 0..buf.area.width {
+            s.push_str(buf[(x, y)].symbol());
+        }
+        s.push('\n');
+    }
+    s
+}
+
+fn key(c: KeyCode) -> KeyEvent {
+    KeyEvent::new(c, KeyModifiers::NONE)
+}
+
+fn press(app: &mut App, keys: &str) {
+    for c in keys.chars() {
+        handle_key(app, key(KeyCode::Char(c)));
+    }
+}
+
+#[test]
+fn renders_the_path_flows_drops_timeline_and_status() {
+    let app = fed(Instant::now());
+    for (w, h) in [(80, 24), (120, 40)] {
+        let s = render(&app, w, h);
+        println!("{w}x{h}:\n{s}");
+        for want in [
+            "veth9780200",
+            "veth",
+            "br-d9231d44a1ab",
+            "bridge",
+            "ftlab-up",
+            "uplink",
+            "from events",
+        ] {
+            assert!(s.contains(want), "{w}x{h}: missing {want}\n{s}");
+        }
+        for (hook, table) in [
+            ("PREROUTING", "nat"),
+            ("FORWARD", "filter"),
+            ("POSTROUTING", "nat"),
+        ] {
+            let line = s
+                .lines()
+                .find(|l| l.contains(hook))
+                .unwrap_or_else(|| panic!("no {hook}\n{s}"));
+            assert!(line.contains(table), "{hook} without {table}: {line}");
+        }
+        let veth = s.lines().find(|l| l.starts_with("veth9780200")).unwrap();
+        assert!(veth.contains(" 3 ") && veth.contains("222B"), "{veth}");
+        let drop = s
+            .lines()
+            .find(|l| l.contains("NETFILTER_DROP"))
+            .expect("drops panel");
+        assert!(
+            drop.contains("FORWARD/filter") && drop.contains("-A DOCKER-USER -d 198."),
+            "{drop}"
+        );
+        assert!(
+            s.contains("SNAT 172.18.0.2:41234 → 198.51.100.1:41234"),
+            "{w}x{h}: timeline\n{s}"
+        );
+        assert!(
+            s.contains("lost 7") && s.contains("/tmp/trace.pcapng"),
+            "{w}x{h}: status\n{s}"
+        );
+    }
+    let wide = render(&app, 120, 40);
+    assert!(wide.contains(RULE), "the full rule at 120 columns");
+}
+
+#[test]
+fn help_overlay_lists_the_keys() {
+    let mut app = fed(Instant::now());
+    press(&mut app, "?");
+    assert!(app.show_help);
+    let s = render(&app, 80, 24);
+    for want in [
+        "q, Ctrl-C",
+        "quit",
+        "p, space",
+        "pause",
+        "filter",
+        "j/k",
+        "Tab",
+        "sort",
+        "clear counters",
+        "Esc",
+    ] {
+        assert!(s.contains(want), "help lacks {want}\n{s}");
+    }
+    handle_key(&mut app, key(KeyCode::Esc));
+    assert!(!app.show_help);
+}
+
+#[test]
+fn rates_come_from_successive_snapshots() {
+    let t0 = Instant::now();
+    let mut app = fed(t0);
+    app.apply(counters(101), t0 + Duration::from_secs(1));
+    let s = render(&app, 80, 24);
+    // veth ingress: 3 → 303 packets in 1 s.
+    let veth = s.lines().find(|l| l.starts_with("veth9780200")).unwrap();
+    assert!(veth.contains("300"), "{veth}");
+    let wide = render(&app, 120, 40);
+    let veth = wide.lines().find(|l| l.starts_with("veth9780200")).unwrap();
+    // 222 → 22422 bytes in 1 s.
+    assert!(veth.contains("300") && veth.contains("21.7K/s"), "{veth}");
+}
+
+#[test]
+fn keys_change_state() {
+    let mut app = fed(Instant::now());
+    press(&mut app, "p");
+    assert!(app.paused);
+    app.apply(Feed::Packet(dropped()), Instant::now());
+    assert_eq!(app.data.packets, 4, "counting goes on while paused");
+    assert_eq!(app.view().packets, 3, "the view is frozen");
+    press(&mut app, " ");
+    assert!(!app.paused);
+    assert_eq!(app.view().packets, 4);
+
+    assert_eq!(app.sort, SortKey::Packets);
+    for want in [
+        SortKey::Bytes,
+        SortKey::Drops,
+        SortKey::LastSeen,
+        SortKey::Packets,
+    ] {
+        press(&mut app, "s");
+        assert_eq!(app.sort, want);
+    }
+
+    // Two flows: selection stays within bounds.
+    press(&mut app, "kkk");
+    assert_eq!(app.selected_index, 0);
+    press(&mut app, "jjjj");
+    assert_eq!(app.selected_index, 1);
+    handle_key(&mut app, key(KeyCode::Up));
+    assert_eq!(app.selected_index, 0);
+
+    press(&mut app, "/8081");
+    assert_eq!(app.filter_input.as_deref(), Some("8081"));
+    assert!(app.filter.is_empty(), "not applied while typing");
+    handle_key(&mut app, key(KeyCode::Esc));
+    assert!(
+        app.filter_input.is_none() && app.filter.is_empty(),
+        "Esc cancels"
+    );
+    press(&mut app, "/8081");
+    handle_key(&mut app, key(KeyCode::Enter));
+    assert_eq!(app.filter, "8081");
+    let view = app.view();
+    assert_eq!(app.visible_flows(&view).len(), 1);
+    drop(view);
+
+    handle_key(&mut app, key(KeyCode::Tab));
+    assert_eq!(app.focus, Focus::Drops);
+
+    press(&mut app, "c");
+    assert!(app.data.flows.is_empty() && app.data.drops.is_empty());
+    let s = render(&app, 80, 24);
+    let veth = s.lines().find(|l| l.starts_with("veth9780200")).unwrap();
+    assert!(veth.contains(" 0 "), "baselines moved: {veth}");
+    assert!(s.contains("lost 0"), "{s}");
+
+    press(&mut app, "q");
+    assert!(app.should_quit);
+    let mut app = fed(Instant::now());
+    handle_key(
+        &mut app,
+        KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL),
+    );
+    assert!(app.should_quit);
+}
+
+#[test]
+fn resize_and_long_names_do_not_spill() {
+    let mut app = fed(Instant::now());
+    let long = "x".repeat(300);
+    let mut p = dropped();
+    p["drop"]["rule"] = json!(format!("-A {long} -j DROP"));
+    p["drop"]["reason"] = json!(format!("REASON{long}"));
+    p["container"] = json!(format!("c{long}"));
+    app.apply(Feed::Packet(p), Instant::now());
+    app.apply(
+        Feed::Counters(vec![hc(&format!("veth{long}"), "veth", "ingress", 1, 1)]),
+        Instant::now(),
+    );
+    app.apply(Feed::Status(format!("warning {long}")), Instant::now());
+    let mut term = Terminal::new(TestBackend::new(200, 60)).unwrap();
+    term.draw(|f| ui::render(f, &app)).unwrap();
+    term.backend_mut().resize(80, 24);
+    term.draw(|f| ui::render(f, &app)).unwrap();
+    let s = buffer_text(&term);
+    assert_eq!(s.lines().count(), 24);
+    assert!(s.lines().all(|l| l.chars().count() == 80));
+    // Long text is clipped in its own row and column: the next column and row keep their text.
+    let lines: Vec<&str> = s.lines().collect();
+    let i = lines
+        .iter()
+        .position(|l| l.starts_with("REASONxxx"))
+        .expect("long reason row");
+    assert!(lines[i].contains(" FORWARD/filter "), "{}", lines[i]);
+    assert!(lines[i + 1].starts_with(" Timeline"), "{}", lines[i + 1]);
+    assert!(
+        s.lines()
+            .any(|l| l.starts_with("vethxxx") && l.contains("x veth ")),
+        "{s}"
+    );
+    for (w, h) in [(10, 5), (1, 1), (0, 0), (40, 10)] {
+        render(&app, w, h);
+    }
+}
+
+#[tokio::test]
+async fn the_loop_quits_on_q_and_on_a_closed_event_stream() {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tx.send(Feed::Packet(syn())).await.unwrap();
+    let mut app = App::new("t".into());
+    let mut term = Terminal::new(TestBackend::new(80, 24)).unwrap();
+    let keys = futures_util::stream::iter(vec![Ok(Event::Key(key(KeyCode::Char('q'))))]);
+    // The key stream yields 'q' at once; give the feed a chance by sending before.
+    super::event::run_loop(&mut term, &mut app, rx, keys, Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert!(app.should_quit);
+
+    let (_tx, rx) = tokio::sync::mpsc::channel::<Feed>(1);
+    let mut app = App::new("t".into());
+    let empty = futures_util::stream::iter(Vec::<std::io::Result<Event>>::new());
+    super::event::run_loop(&mut term, &mut app, rx, empty, Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert!(app.should_quit);
+}
+
+fn local(i: usize) -> String {
+    format!("172.18.{}.{}:{}", i / 60000, i % 250, 1024 + i % 60000)
+}
+
+#[test]
+fn memory_is_bounded() {
+    let mut app = App::new("t".into());
+    let t = Instant::now();
+    for i in 0..(super::model::MAX_FLOWS + 50) {
+        let mut p = dropped();
+        p["src"] = json!(local(i));
+        p["drop"]["rule"] = json!(format!("rule {}", i % 300));
+        app.apply(Feed::Packet(p), t);
+    }
+    assert_eq!(app.data.flows.len(), super::model::MAX_FLOWS);
+    assert_eq!(app.data.drops.len(), super::model::MAX_DROPS);
+    // The newest flow survived, the oldest was evicted.
+    assert!(app
+        .data
+        .flows
+        .keys()
+        .any(|k| k.local == local(super::model::MAX_FLOWS + 49)));
+    assert!(!app.data.flows.keys().any(|k| k.local == local(0)));
+    render(&app, 80, 24);
+}
+
+#[test]
+fn panel_scrolling_is_clamped() {
+    let mut app = fed(Instant::now());
+    handle_key(&mut app, key(KeyCode::Tab));
+    handle_key(&mut app, key(KeyCode::Tab));
+    assert_eq!(app.focus, Focus::Timeline);
+    handle_key(&mut app, key(KeyCode::End));
+    assert_eq!(
+        app.scroll_timeline, 3,
+        "4 lines: two packets and their NAT lines"
+    );
+    handle_key(&mut app, key(KeyCode::Up));
+    assert_eq!(app.scroll_timeline, 2);
+}
+
+/// Draws into the real terminal for a look (`cargo test -p tracer tui::tests::demo -- --ignored`
+/// inside tmux); quits on q.
+#[tokio::test]
+#[ignore = "needs a terminal"]
+async fn demo() {
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    tokio::spawn(async move {
+        let t0 = Instant::now();
+        let mut n = 1;
+        tx.send(Feed::Status(
+            "attached tc ingress+egress on veth9780200 (veth) via TCX".into(),
+        ))
+        .await
+        .ok();
+        loop {
+            for p in [syn(), syn_ack(), dropped()] {
+                if tx.send(Feed::Packet(p)).await.is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(counters(n)).await;
+            let _ = tx.send(Feed::Lost(n / 10)).await;
+            let _ = tx.send(Feed::RingFill(Some((n % 100) as f32))).await;
+            let bytes = n * 1000;
+            let _ = tx
+                .send(Feed::Recording {
+                    path: "/tmp/trace.pcapng".into(),
+                    bytes,
+                })
+                .await;
+            n += 7;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = t0;
+        }
+    });
+    let title = "flowtrace — ens_monitor_cron (172.18.0.2) on docker_default".to_owned();
+    super::run(rx, title).await.unwrap();
+}
