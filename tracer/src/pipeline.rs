@@ -72,6 +72,19 @@ impl Pipeline {
         }
     }
 
+    /// A new observation point and, for a container's veth, its namespace (a restart).
+    pub fn add_point(
+        &mut self,
+        ifindex: u32,
+        info: crate::correlate::packet::PointInfo,
+        netns: Option<u32>,
+    ) {
+        if let (Some(inode), Some(name)) = (netns, info.container.clone()) {
+            self.explainer.netns_names.insert(inode, name);
+        }
+        self.correlator.add_point(ifindex, info);
+    }
+
     /// `--count` packets have been shown.
     pub fn reached_limit(&self) -> bool {
         self.limit.is_some_and(|n| self.shown >= n)

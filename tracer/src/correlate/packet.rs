@@ -129,15 +129,53 @@ pub struct Correlator {
     pending: HashMap<u64, Packet>,
     /// A packet with no new observation for this long is complete.
     idle_ns: u64,
+    /// At most this many packets in flight; past it the oldest are completed early.
+    max_pending: usize,
+    /// Packets completed early because of `max_pending`.
+    pub forced: u64,
 }
+
+/// In-flight packets kept at most (a packet crosses the host in microseconds; this only bites
+/// under a flood, where completing the oldest early costs at most a split path).
+pub const MAX_PENDING: usize = 65_536;
 
 impl Correlator {
     pub fn new(points: Points, idle_ns: u64) -> Self {
+        Self::with_limit(points, idle_ns, MAX_PENDING)
+    }
+
+    pub fn with_limit(points: Points, idle_ns: u64, max_pending: usize) -> Self {
         Self {
             points,
             pending: HashMap::new(),
             idle_ns,
+            max_pending: max_pending.max(1),
+            forced: 0,
         }
+    }
+
+    /// Completes the oldest tenth of the in-flight packets when the table is full.
+    fn make_room(&mut self, done: &mut Vec<Packet>) {
+        if self.pending.len() < self.max_pending {
+            return;
+        }
+        let mut ages: Vec<(u64, u64)> = self
+            .pending
+            .iter()
+            .map(|(k, p)| (p.last_ts(), *k))
+            .collect();
+        ages.sort_unstable();
+        for (_, k) in ages.into_iter().take((self.max_pending / 10).max(1)) {
+            if let Some(p) = self.pending.remove(&k) {
+                self.forced += 1;
+                done.push(finish(p));
+            }
+        }
+    }
+
+    /// A new observation point (a restarted container's new veth).
+    pub fn add_point(&mut self, ifindex: u32, info: PointInfo) {
+        self.points.insert(ifindex, info);
     }
 
     pub fn points(&self) -> &Points {
@@ -202,6 +240,7 @@ impl Correlator {
         if let Some(old) = self.pending.remove(&obs.skb) {
             done.push(finish(old));
         }
+        self.make_room(done);
         self.pending.insert(obs.skb, Packet::new(obs.skb, hop));
     }
 
@@ -441,6 +480,21 @@ pub mod tests {
         );
         let (_, name) = p.container_hop(c.points()).expect("traced");
         assert_eq!(name, "ens_monitor_cron");
+    }
+
+    #[test]
+    fn the_in_flight_table_is_bounded() {
+        let mut c = Correlator::with_limit(points(), 1_000_000_000, 100);
+        let mut done = Vec::new();
+        let f = frame(CONTAINER, 41234);
+        for skb in 0..1_000u64 {
+            c.push(obs(skb, skb, VETH, Direction::Ingress, &f), &mut done);
+        }
+        assert!(c.pending.len() <= 100);
+        assert_eq!(done.len() as u64, c.forced);
+        assert!(c.forced >= 900);
+        // The oldest went first.
+        assert_eq!(done[0].skb, 0);
     }
 
     #[test]

@@ -74,8 +74,11 @@ pub fn attach(
         ("tc_egress", TcAttachType::Egress, Direction::Egress),
     ] {
         let prog = program(ebpf, name)?;
-        prog.load()
-            .map_err(|e| Error::Load(format!("{name}: {e}")))?;
+        // Loaded once; later calls (a restarted container's new veth) only attach.
+        match prog.load() {
+            Ok(()) | Err(aya::programs::ProgramError::AlreadyLoaded) => {}
+            Err(e) => return Err(Error::Load(format!("{name}: {e}"))),
+        }
         for point in points {
             let mechanism = attach_one(prog, point, attach_type, direction, qdiscs)?;
             out.push(Attached {

@@ -2,7 +2,12 @@
 
 use std::net::IpAddr;
 
-use bollard::query_parameters::{InspectNetworkOptions, ListContainersOptionsBuilder};
+use std::collections::HashMap;
+
+use bollard::query_parameters::{
+    EventsOptionsBuilder, InspectNetworkOptions, ListContainersOptionsBuilder,
+};
+use futures_util::{Stream, StreamExt};
 
 use crate::error::{Error, Result};
 
@@ -35,6 +40,13 @@ impl ContainerInfo {
 
 pub struct Docker {
     client: bollard::Docker,
+}
+
+/// A traced container started or stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lifecycle {
+    Started { id: String, name: String },
+    Stopped { id: String, name: String },
 }
 
 impl Docker {
@@ -102,6 +114,32 @@ impl Docker {
                 .unwrap_or_default(),
             pid: pid as u32,
             endpoints,
+        })
+    }
+
+    /// Start and stop events of containers (by name or id, as given).
+    pub fn lifecycle(
+        &self,
+        containers: &[String],
+    ) -> impl Stream<Item = Lifecycle> + Send + 'static {
+        let mut filters: HashMap<&str, Vec<String>> = HashMap::new();
+        filters.insert("type", vec!["container".into()]);
+        filters.insert("event", vec!["start".into(), "die".into()]);
+        filters.insert("container", containers.to_vec());
+        let opts = EventsOptionsBuilder::new().filters(&filters).build();
+        self.client.events(Some(opts)).filter_map(|ev| async move {
+            let ev = ev.ok()?;
+            let actor = ev.actor?;
+            let id = actor.id.unwrap_or_default();
+            let name = actor
+                .attributes
+                .and_then(|a| a.get("name").cloned())
+                .unwrap_or_else(|| id.clone());
+            match ev.action.as_deref()? {
+                "start" => Some(Lifecycle::Started { id, name }),
+                "die" => Some(Lifecycle::Stopped { id, name }),
+                _ => None,
+            }
         })
     }
 

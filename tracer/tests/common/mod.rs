@@ -37,9 +37,45 @@ impl Lab {
     }
 
     pub fn s(&self, key: &str) -> String {
+        // A container's veth changes when it restarts: look it up live.
+        match key {
+            "host_veth" => return self.veth_of(&self.s("container")),
+            "peer_veth" => return self.veth_of(&self.s("peer_container")),
+            _ => {}
+        }
         self.state[key]
             .as_str()
             .unwrap_or_else(|| panic!("lab state has no string `{key}`: {}", self.state))
+            .to_owned()
+    }
+
+    /// The host end of a container's eth0 veth, as it is now.
+    pub fn veth_of(&self, container: &str) -> String {
+        let out = Command::new("docker")
+            .args(["exec", container, "cat", "/sys/class/net/eth0/iflink"])
+            .output()
+            .expect("docker exec");
+        let ifindex: u64 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no iflink for {container}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+        let links = Command::new("ip")
+            .args(["-j", "link"])
+            .output()
+            .expect("ip -j link");
+        let links: Value = serde_json::from_slice(&links.stdout).expect("ip -j output");
+        links
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["ifindex"].as_u64() == Some(ifindex))
+            .and_then(|l| l["ifname"].as_str())
+            .unwrap_or_else(|| panic!("no host interface with ifindex {ifindex}"))
             .to_owned()
     }
 

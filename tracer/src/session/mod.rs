@@ -11,12 +11,18 @@ use std::{
 use tokio::signal::unix::{signal, SignalKind};
 use tracer_common::{Direction, Offsets, PointKey, MAX_SNAP};
 
+use crate::{correlate::packet::PointInfo, target::docker::Lifecycle};
+
+mod churn;
+mod setup;
+
+use setup::{
+    attach_netfilter_and_drops, discover, explainer, monotonic_ns, points_of, progress,
+    section_comment, title, Startup,
+};
+
 use crate::{
     cli::TraceArgs,
-    correlate::{
-        explain::Explainer,
-        packet::{PointInfo, Points},
-    },
     error::{Error, Result},
     events::{clock::WallClock, ringbuf::EventStream},
     filter::PacketFilter,
@@ -26,16 +32,7 @@ use crate::{
         Format,
     },
     pipeline::Pipeline,
-    probe::{
-        btf, capabilities, counters::Counters, drops, kallsyms::Kallsyms, loader, netfilter,
-        offsets, tc,
-    },
-    target::{
-        docker::Docker,
-        netns::Netns,
-        ruleset::Ruleset,
-        topology::{container_path, AttachPoint, HostView, Topology},
-    },
+    probe::{btf, counters::Counters, loader, offsets, tc},
     tui::{Feed, HopCount},
 };
 
@@ -44,238 +41,12 @@ const TICK: Duration = Duration::from_millis(50);
 /// How often a headless run says how it is doing (on stderr).
 const PROGRESS: Duration = Duration::from_secs(5);
 
-/// `flowtrace: 15s, 1234 packets, 2 dropped, 0 events lost, trace.pcapng 1.2 MiB`
-fn progress(p: &Pipeline, lost: u64, elapsed: Duration) -> String {
-    let file = p
-        .recorder
-        .as_ref()
-        .map(|r| {
-            format!(
-                ", {} {:.1} MiB",
-                r.path().display(),
-                r.bytes_written() as f64 / 1_048_576.0
-            )
-        })
-        .unwrap_or_default();
-    format!(
-        "flowtrace: {}s, {} packets, {} dropped, {lost} events lost{file}",
-        elapsed.as_secs(),
-        p.shown,
-        p.drops
-    )
-}
-
-/// The dashboard's title: what is traced.
-fn title(topo: &Topology) -> String {
-    let who: Vec<String> = topo
-        .containers
-        .iter()
-        .map(|c| {
-            let nets: Vec<String> = c
-                .info
-                .endpoints
-                .iter()
-                .map(|e| match e.ip {
-                    Some(ip) => format!("{ip} on {}", e.network),
-                    None => e.network.clone(),
-                })
-                .collect();
-            format!("{} ({})", c.info.name, nets.join(", "))
-        })
-        .collect();
-    if who.is_empty() {
-        let ifaces: Vec<&str> = topo.named.iter().map(|l| l.name.as_str()).collect();
-        format!("flowtrace — {}", ifaces.join(", "))
-    } else {
-        format!("flowtrace — {}", who.join("; "))
-    }
-}
-
-/// The recording's section comment: what was traced, where, how (also as JSON).
-fn section_comment(topo: &Topology, attached: &[tc::Attached]) -> String {
-    let mut lines = vec![format!("flowtrace {} recording", env!("CARGO_PKG_VERSION"))];
-    lines.extend(topo.describe());
-    let containers: Vec<serde_json::Value> = topo
-        .containers
-        .iter()
-        .map(|c| {
-            serde_json::json!({
-                "name": c.info.name, "id": c.info.id, "image": c.info.image, "pid": c.info.pid,
-                "netns": c.netns.inode,
-                "networks": c.info.endpoints.iter().map(|e| serde_json::json!({
-                    "network": e.network, "ip": e.ip.map(|i| i.to_string()),
-                    "prefix_len": e.prefix_len, "gateway": e.gateway.map(|g| g.to_string()), "mac": e.mac,
-                })).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    let points: Vec<serde_json::Value> = attached
-        .iter()
-        .filter(|a| a.direction == Direction::Ingress)
-        .map(|a| serde_json::json!({"iface": a.point.name, "ifindex": a.point.ifindex, "role": a.point.role.to_string(), "mechanism": a.mechanism.to_string()}))
-        .collect();
-    lines.push(format!(
-        "flowtrace-meta: {}",
-        serde_json::json!({"containers": containers, "points": points})
-    ));
-    lines.join("\n")
-}
-
-/// Finds the containers, their veths and bridges, and the uplinks.
-pub async fn discover(args: &TraceArgs) -> Result<Topology> {
-    let host = HostView::read()?;
-    let mut topo = Topology::default();
-    for name in &args.ifaces {
-        let link = host
-            .by_name(name)
-            .ok_or_else(|| Error::UnknownInterface(name.clone()))?;
-        topo.named.push(link.clone());
-    }
-    if !args.containers.is_empty() || !args.networks.is_empty() {
-        let docker = Docker::connect().await?;
-        let mut wanted: Vec<String> = args.containers.clone();
-        for net in &args.networks {
-            wanted.extend(docker.network_containers(net).await?);
-        }
-        let mut seen = BTreeSet::new();
-        for name in wanted {
-            let info = docker.container(&name).await?;
-            if seen.insert(info.id.clone()) {
-                topo.containers.push(container_path(info, &host)?);
-            }
-        }
-        let traced: Vec<u32> = topo
-            .containers
-            .iter()
-            .flat_map(|c| c.links.iter().map(|l| l.host_veth.index))
-            .collect();
-        let bridges: BTreeSet<u32> = topo
-            .containers
-            .iter()
-            .flat_map(|c| {
-                c.links
-                    .iter()
-                    .filter_map(|l| l.bridge.as_ref().map(|b| b.index))
-            })
-            .collect();
-        for b in bridges {
-            topo.ports.extend(host.bridge_ports(b, &traced));
-        }
-        if !args.no_uplinks {
-            topo.uplinks = host.uplinks();
-        }
-    }
-    Ok(topo)
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer; CLOCK_MONOTONIC is what bpf_ktime_get_ns() reads.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-fn points_of(attach: &[AttachPoint]) -> Points {
-    attach
-        .iter()
-        .map(|p| {
-            (
-                p.ifindex,
-                PointInfo {
-                    name: p.name.clone(),
-                    role: p.role,
-                    container: p.container.clone(),
-                },
-            )
-        })
-        .collect()
-}
-
-/// The start-up lines (what was found, attached, or unavailable): printed on stderr as they
-/// come, and kept for the dashboard's status area.
-#[derive(Default)]
-struct Startup(Vec<String>);
-
-impl Startup {
-    fn say(&mut self, line: String) {
-        eprintln!("{line}");
-        self.0.push(line);
-    }
-}
-
-/// Attaches the drop tracepoints and the netfilter observers, saying what worked; tracing
-/// goes on with whatever is available.
-fn attach_netfilter_and_drops(
-    ebpf: &mut aya::Ebpf,
-    have_offsets: bool,
-    notes: &mut Startup,
-) -> Option<netfilter::NetfilterObservers> {
-    if !have_offsets {
-        return None;
-    }
-    let btf = aya::Btf::from_sys_fs().ok();
-    notes.say(capabilities::describe(&capabilities::probe(
-        ebpf,
-        btf.as_ref(),
-    )));
-    for tp in ["kfree_skb", "consume_skb"] {
-        match drops::attach(ebpf, btf.as_ref(), tp) {
-            Ok(m) => notes.say(format!("attached {tp} via {m}")),
-            Err(e) => notes.say(format!(
-                "not attached: {tp} ({e}); drops will not be reported"
-            )),
-        }
-    }
-    match netfilter::attach(ebpf, loader::object()) {
-        Ok(nf) => {
-            notes.say(format!(
-                "attached netfilter observers via BPF netfilter links ({} links: {} IPv4 hooks × {} priorities)",
-                nf.links,
-                tracer_common::netfilter::HOOK_NAMES.len(),
-                tracer_common::netfilter::SLOT_PRIORITIES.len()
-            ));
-            Some(nf)
-        }
-        Err(e) => {
-            notes.say(format!(
-                "not attached: netfilter observers ({e}); hooks and tables will not be shown"
-            ));
-            None
-        }
-    }
-}
-
-/// What the explainer needs from this host.
-fn explainer(topo: &Topology, reasons: Vec<(String, i64)>) -> Explainer {
-    let kallsyms = Kallsyms::load();
-    let mut ex = Explainer::empty();
-    ex.reasons = reasons
-        .into_iter()
-        .filter_map(|(n, v)| u32::try_from(v).ok().map(|v| (v, n)))
-        .collect();
-    ex.symbol = Box::new(move |addr| kallsyms.function(addr).map(str::to_owned));
-    ex.netns_names = topo
-        .containers
-        .iter()
-        .map(|c| (c.netns.inode as u32, c.info.name.clone()))
-        .collect();
-    ex.host_netns = Netns::open(std::path::Path::new("/proc/self/ns/net"))
-        .map(|n| n.inode as u32)
-        .unwrap_or(0);
-    ex.ruleset = Ruleset::read();
-    ex.reread = Box::new(Ruleset::read);
-    ex
-}
-
 pub async fn trace(args: TraceArgs) -> Result<()> {
     // First of all, so that Ctrl-C during start-up still detaches everything on the way out.
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
-    let topo = discover(&args).await?;
+    let (topo, docker) = discover(&args).await?;
     let attach_points = topo.attach_points();
     if attach_points.is_empty() {
         return Err(Error::NoTarget);
@@ -334,7 +105,7 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         ));
     }
 
-    let names: Vec<(u32, String)> = attach_points
+    let mut names: Vec<(u32, String)> = attach_points
         .iter()
         .map(|p| (p.ifindex, p.name.clone()))
         .collect();
@@ -380,7 +151,7 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         std::io::stdout().is_terminal() && !(args.json || args.raw || args.flows || args.no_tui);
     let headless =
         !tui_mode && (args.write.is_some() || args.no_tui || !std::io::stdout().is_terminal());
-    let roles: std::collections::HashMap<u32, String> = attach_points
+    let mut roles: std::collections::HashMap<u32, String> = attach_points
         .iter()
         .map(|p| (p.ifindex, p.role.to_string()))
         .collect();
@@ -411,9 +182,66 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     let mut batch = Vec::new();
     let mut raw_shown: u64 = 0;
     let mut lost_reported: u64 = 0;
+    // Restarts and stops of the traced containers.
+    let watched: Vec<String> = topo
+        .containers
+        .iter()
+        .map(|c| c.info.name.clone())
+        .collect();
+    let mut lifecycle = docker
+        .as_ref()
+        .filter(|_| !watched.is_empty())
+        .map(|d| Box::pin(d.lifecycle(&watched)));
+    let mut attached_ifs: BTreeSet<u32> = attach_points.iter().map(|p| p.ifindex).collect();
     'run: loop {
         tokio::select! {
             r = stream.next_batch(&mut batch) => r?,
+            Some(ev) = async {
+                match lifecycle.as_mut() {
+                    Some(s) => futures_util::StreamExt::next(s).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let (name, note) = match ev {
+                    Lifecycle::Stopped { name, .. } => {
+                        (name.clone(), format!("container {name} stopped; waiting for it to start again"))
+                    }
+                    Lifecycle::Started { name, .. } => {
+                        let Some(d) = docker.as_ref() else { continue };
+                        match churn::resolve(d, &name, &attached_ifs).await {
+                            Err(e) => (name.clone(), format!("container {name} started, but cannot be traced: {e}")),
+                            Ok(r) => {
+                                tc::attach(&mut ebpf, &r.new_points, &mut qdiscs)?;
+                                for p in &r.new_points {
+                                    for d in [Direction::Ingress, Direction::Egress] {
+                                        counters.register(PointKey::new(p.ifindex, d as u8))?;
+                                    }
+                                    attached_ifs.insert(p.ifindex);
+                                    names.push((p.ifindex, p.name.clone()));
+                                    roles.insert(p.ifindex, p.role.to_string());
+                                    let info = PointInfo { name: p.name.clone(), role: p.role, container: p.container.clone() };
+                                    pipeline.add_point(p.ifindex, info, Some(r.path.netns.inode as u32));
+                                }
+                                let where_: Vec<String> = r.new_points.iter().map(|p| format!("{} ({}, ifindex {})", p.name, p.role, p.ifindex)).collect();
+                                (name.clone(), format!(
+                                    "container {name} (re)started (pid {}): attached on {}",
+                                    r.path.info.pid,
+                                    if where_.is_empty() { "the same interfaces".to_owned() } else { where_.join(", ") }
+                                ))
+                            }
+                        }
+                    }
+                };
+                if let Some((tx, _)) = &dashboard {
+                    let _ = tx.try_send(Feed::Status(note));
+                } else {
+                    eprintln!("{note}");
+                    if args.json {
+                        let line = serde_json::json!({"type": "container", "container": name, "note": note});
+                        writeln!(out, "{line}").map_err(werr)?;
+                    }
+                }
+            }
             _ = tick.tick() => {
                 pipeline.tick(monotonic_ns(), &mut out).map_err(werr)?;
                 let lost: u64 = counters.read().values().map(|c| c.lost).sum();

@@ -1,0 +1,260 @@
+//! Setting a session up: discovering the targets, attaching the netfilter and drop layers,
+//! and the small pieces of text that describe what was found (start-up lines, the dashboard's
+//! title, the recording's section comment, the headless progress line).
+
+use std::{collections::BTreeSet, time::Duration};
+
+use tracer_common::Direction;
+
+use crate::{
+    cli::TraceArgs,
+    correlate::{
+        explain::Explainer,
+        packet::{PointInfo, Points},
+    },
+    error::{Error, Result},
+    pipeline::Pipeline,
+    probe::{capabilities, drops, kallsyms::Kallsyms, loader, netfilter, tc},
+    target::{
+        docker::Docker,
+        netns::Netns,
+        ruleset::Ruleset,
+        topology::{container_path, AttachPoint, HostView, Topology},
+    },
+};
+
+/// `flowtrace: 15s, 1234 packets, 2 dropped, 0 events lost, trace.pcapng 1.2 MiB`
+pub(super) fn progress(p: &Pipeline, lost: u64, elapsed: Duration) -> String {
+    let file = p
+        .recorder
+        .as_ref()
+        .map(|r| {
+            format!(
+                ", {} {:.1} MiB",
+                r.path().display(),
+                r.bytes_written() as f64 / 1_048_576.0
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "flowtrace: {}s, {} packets, {} dropped, {lost} events lost{file}",
+        elapsed.as_secs(),
+        p.shown,
+        p.drops
+    )
+}
+
+/// The dashboard's title: what is traced.
+pub(super) fn title(topo: &Topology) -> String {
+    let who: Vec<String> = topo
+        .containers
+        .iter()
+        .map(|c| {
+            let nets: Vec<String> = c
+                .info
+                .endpoints
+                .iter()
+                .map(|e| match e.ip {
+                    Some(ip) => format!("{ip} on {}", e.network),
+                    None => e.network.clone(),
+                })
+                .collect();
+            format!("{} ({})", c.info.name, nets.join(", "))
+        })
+        .collect();
+    if who.is_empty() {
+        let ifaces: Vec<&str> = topo.named.iter().map(|l| l.name.as_str()).collect();
+        format!("flowtrace — {}", ifaces.join(", "))
+    } else {
+        format!("flowtrace — {}", who.join("; "))
+    }
+}
+
+/// The recording's section comment: what was traced, where, how (also as JSON).
+pub(super) fn section_comment(topo: &Topology, attached: &[tc::Attached]) -> String {
+    let mut lines = vec![format!("flowtrace {} recording", env!("CARGO_PKG_VERSION"))];
+    lines.extend(topo.describe());
+    let containers: Vec<serde_json::Value> = topo
+        .containers
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "name": c.info.name, "id": c.info.id, "image": c.info.image, "pid": c.info.pid,
+                "netns": c.netns.inode,
+                "networks": c.info.endpoints.iter().map(|e| serde_json::json!({
+                    "network": e.network, "ip": e.ip.map(|i| i.to_string()),
+                    "prefix_len": e.prefix_len, "gateway": e.gateway.map(|g| g.to_string()), "mac": e.mac,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let points: Vec<serde_json::Value> = attached
+        .iter()
+        .filter(|a| a.direction == Direction::Ingress)
+        .map(|a| serde_json::json!({"iface": a.point.name, "ifindex": a.point.ifindex, "role": a.point.role.to_string(), "mechanism": a.mechanism.to_string()}))
+        .collect();
+    lines.push(format!(
+        "flowtrace-meta: {}",
+        serde_json::json!({"containers": containers, "points": points})
+    ));
+    lines.join("\n")
+}
+
+/// Finds the containers, their veths and bridges, and the uplinks.
+pub(super) async fn discover(args: &TraceArgs) -> Result<(Topology, Option<Docker>)> {
+    let mut host = HostView::read()?;
+    let mut topo = Topology::default();
+    let mut client = None;
+    for name in &args.ifaces {
+        let link = host
+            .by_name(name)
+            .ok_or_else(|| Error::UnknownInterface(name.clone()))?;
+        topo.named.push(link.clone());
+    }
+    if !args.containers.is_empty() || !args.networks.is_empty() {
+        let docker = Docker::connect().await?;
+        let mut wanted: Vec<String> = args.containers.clone();
+        for net in &args.networks {
+            wanted.extend(docker.network_containers(net).await?);
+        }
+        let mut seen = BTreeSet::new();
+        for name in wanted {
+            let info = match docker.container(&name).await {
+                Err(Error::ContainerNotRunning(_)) => {
+                    let info = super::churn::wait_for_start(&docker, &name).await?;
+                    // A container that just started has interfaces the earlier view lacks.
+                    host = HostView::read()?;
+                    info
+                }
+                other => other?,
+            };
+            if seen.insert(info.id.clone()) {
+                topo.containers.push(container_path(info, &host)?);
+            }
+        }
+        let traced: Vec<u32> = topo
+            .containers
+            .iter()
+            .flat_map(|c| c.links.iter().map(|l| l.host_veth.index))
+            .collect();
+        let bridges: BTreeSet<u32> = topo
+            .containers
+            .iter()
+            .flat_map(|c| {
+                c.links
+                    .iter()
+                    .filter_map(|l| l.bridge.as_ref().map(|b| b.index))
+            })
+            .collect();
+        for b in bridges {
+            topo.ports.extend(host.bridge_ports(b, &traced));
+        }
+        if !args.no_uplinks {
+            topo.uplinks = host.uplinks();
+        }
+        client = Some(docker);
+    }
+    Ok((topo, client))
+}
+
+pub(super) fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer; CLOCK_MONOTONIC is what bpf_ktime_get_ns() reads.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub(super) fn points_of(attach: &[AttachPoint]) -> Points {
+    attach
+        .iter()
+        .map(|p| {
+            (
+                p.ifindex,
+                PointInfo {
+                    name: p.name.clone(),
+                    role: p.role,
+                    container: p.container.clone(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// The start-up lines (what was found, attached, or unavailable): printed on stderr as they
+/// come, and kept for the dashboard's status area.
+#[derive(Default)]
+pub(super) struct Startup(pub(super) Vec<String>);
+
+impl Startup {
+    pub(super) fn say(&mut self, line: String) {
+        eprintln!("{line}");
+        self.0.push(line);
+    }
+}
+
+/// Attaches the drop tracepoints and the netfilter observers, saying what worked; tracing
+/// goes on with whatever is available.
+pub(super) fn attach_netfilter_and_drops(
+    ebpf: &mut aya::Ebpf,
+    have_offsets: bool,
+    notes: &mut Startup,
+) -> Option<netfilter::NetfilterObservers> {
+    if !have_offsets {
+        return None;
+    }
+    let btf = aya::Btf::from_sys_fs().ok();
+    notes.say(capabilities::describe(&capabilities::probe(
+        ebpf,
+        btf.as_ref(),
+    )));
+    for tp in ["kfree_skb", "consume_skb"] {
+        match drops::attach(ebpf, btf.as_ref(), tp) {
+            Ok(m) => notes.say(format!("attached {tp} via {m}")),
+            Err(e) => notes.say(format!(
+                "not attached: {tp} ({e}); drops will not be reported"
+            )),
+        }
+    }
+    match netfilter::attach(ebpf, loader::object()) {
+        Ok(nf) => {
+            notes.say(format!(
+                "attached netfilter observers via BPF netfilter links ({} links: {} IPv4 hooks × {} priorities)",
+                nf.links,
+                tracer_common::netfilter::HOOK_NAMES.len(),
+                tracer_common::netfilter::SLOT_PRIORITIES.len()
+            ));
+            Some(nf)
+        }
+        Err(e) => {
+            notes.say(format!(
+                "not attached: netfilter observers ({e}); hooks and tables will not be shown"
+            ));
+            None
+        }
+    }
+}
+
+/// What the explainer needs from this host.
+pub(super) fn explainer(topo: &Topology, reasons: Vec<(String, i64)>) -> Explainer {
+    let kallsyms = Kallsyms::load();
+    let mut ex = Explainer::empty();
+    ex.reasons = reasons
+        .into_iter()
+        .filter_map(|(n, v)| u32::try_from(v).ok().map(|v| (v, n)))
+        .collect();
+    ex.symbol = Box::new(move |addr| kallsyms.function(addr).map(str::to_owned));
+    ex.netns_names = topo
+        .containers
+        .iter()
+        .map(|c| (c.netns.inode as u32, c.info.name.clone()))
+        .collect();
+    ex.host_netns = Netns::open(std::path::Path::new("/proc/self/ns/net"))
+        .map(|n| n.inode as u32)
+        .unwrap_or(0);
+    ex.ruleset = Ruleset::read();
+    ex.reread = Box::new(Ruleset::read);
+    ex
+}

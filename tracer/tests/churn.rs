@@ -1,0 +1,120 @@
+//! Privileged end-to-end tests of container churn: a traced container that restarts is
+//! attached to again, and one that is not running yet is waited for. Run through
+//! `cargo xtask test`. Every test leaves the lab's containers running.
+
+mod common;
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::{hops, packets, tcp, Flowtrace, From, Lab};
+
+fn docker(args: &[&str]) {
+    let ok = Command::new("docker")
+        .args(args)
+        .status()
+        .expect("docker")
+        .success();
+    assert!(ok, "docker {args:?} failed");
+}
+
+/// Starts the container again if a test failed halfway.
+struct Running<'a>(&'a str);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["start", self.0]).status();
+    }
+}
+
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
+fn a_restarted_container_is_attached_again_on_its_new_veth() {
+    let lab = Lab::get();
+    let name = lab.s("container");
+    let _guard = Running(&name);
+    let old_veth = lab.s("host_veth");
+    let ft = Flowtrace::start(&["-c", &name, "--json"]);
+    docker(&["restart", "-t", "1", &name]);
+    wait_until("the re-attach message", 20, || {
+        ft.stderr_text().contains("(re)started")
+    });
+    let new_veth = lab.s("host_veth");
+    assert_ne!(new_veth, old_veth, "docker restart makes a new veth");
+    let sport = tcp(
+        &lab,
+        &From::Container(name.clone()),
+        lab.ip("inet_ip"),
+        8080,
+    )
+    .expect("tcp after restart");
+    let err = ft.stderr_text();
+    let lines = ft.stop();
+    assert!(err.contains("stopped; waiting"), "{err}");
+    let local = format!("{}:{sport}", lab.s("container_ip"));
+    let syn = packets(&lines)
+        .into_iter()
+        .find(|p| p["src"] == local.as_str() && p["tcp_flags"] == "S")
+        .unwrap_or_else(|| panic!("the restarted container's traffic is traced: {lines:?}"));
+    assert_eq!(
+        hops(syn)[0],
+        (new_veth.clone(), "ingress".to_owned()),
+        "{syn}"
+    );
+    // The restart was reported in the JSON stream too.
+    assert!(lines.iter().any(|l| l["type"] == "container"), "{lines:?}");
+}
+
+#[test]
+#[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
+fn a_container_that_is_not_running_yet_is_waited_for() {
+    let lab = Lab::get();
+    let peer = lab.s("peer_container");
+    let _guard = Running(&peer);
+    docker(&["stop", "-t", "1", &peer]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flowtrace"))
+        .args(["-c", &peer, "--json", "--duration", "12s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("flowtrace");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "flowtrace waits instead of failing"
+    );
+    docker(&["start", &peer]);
+    std::thread::sleep(Duration::from_secs(4));
+    let sport = tcp(
+        &lab,
+        &From::Container(peer.clone()),
+        lab.ip("inet_ip"),
+        8080,
+    )
+    .expect("peer tcp");
+    let out = child
+        .wait_with_output()
+        .expect("flowtrace exits after --duration");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("is not running; waiting for it to start"),
+        "{stderr}"
+    );
+    let local = format!("{}:{sport}", lab.s("peer_ip"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("\"src\":\"{local}\"")),
+        "the peer's traffic after it started:\n{stdout}"
+    );
+}
