@@ -52,6 +52,11 @@ pub struct TraceArgs {
     #[arg(short = 'n', long = "network", value_name = "NAME")]
     pub networks: Vec<String>,
 
+    /// Trace a network namespace that is not a Docker container, like one (repeatable):
+    /// `/run/netns/NAME` or `/proc/PID/ns/net`. No Docker needed.
+    #[arg(long = "netns", value_name = "PATH")]
+    pub netns: Vec<std::path::PathBuf>,
+
     /// Also attach to this host interface (repeatable); alone, traces without Docker.
     #[arg(short = 'i', long = "iface", value_name = "IFACE")]
     pub ifaces: Vec<String>,

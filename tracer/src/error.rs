@@ -31,7 +31,7 @@ pub enum Error {
     #[error("no interface named `{0}` in the host network namespace")]
     UnknownInterface(String),
 
-    #[error("nothing to trace: give --container, --network or --iface")]
+    #[error("nothing to trace: give --container, --network, --netns or --iface")]
     NoTarget,
 
     #[error("cannot enter the network namespace {path}: {source}")]
@@ -52,6 +52,9 @@ pub enum Error {
 
     #[error("cannot read {path} as a flowtrace recording: {reason}")]
     BadFile { path: PathBuf, reason: String },
+
+    #[error("cannot write {path}: {source}")]
+    Output { path: PathBuf, source: io::Error },
 
     #[error("invalid size `{0}` (use e.g. 500K, 100M, 2G)")]
     InvalidSize(String),
@@ -77,7 +80,7 @@ impl Error {
         Some(match self {
             Self::NotRoot => "run it with sudo, or grant CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON and CAP_SYS_ADMIN",
             Self::DockerUnreachable(_) => {
-                "is dockerd running and /var/run/docker.sock reachable (DOCKER_HOST)? For a non-Docker target use --iface"
+                "is dockerd running and /var/run/docker.sock reachable (DOCKER_HOST)? For a non-Docker target use --netns PATH or --iface"
             }
             Self::UnknownContainer { .. } => "`docker ps` lists the running containers",
             Self::UnknownNetwork(_) => "`docker network ls` lists the networks",
@@ -87,6 +90,7 @@ impl Error {
             Self::NoTarget => "e.g. `sudo flowtrace --container ens_monitor_cron`",
             Self::Load(_) => "the kernel needs BPF, BTF and ring buffers (Linux 5.8 or later); run as root",
             Self::Attach { .. } => "another tool may hold the interface's tc hook, or the interface vanished",
+            Self::Output { .. } => "check that the directory exists and that root may write there",
             Self::BadFile { .. } => {
                 "`tshark -r FILE` shows what the file holds; flowtrace reads files written by `flowtrace --write`"
             }

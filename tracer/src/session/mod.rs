@@ -139,8 +139,13 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
             max_files: args.max_files,
             snaplen: 0,
         };
-        let recorder = Recorder::create(opts, section_comment(&topo, &attached))
-            .map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;
+        let recorder =
+            Recorder::create(opts, section_comment(&topo, &attached)).map_err(|source| {
+                Error::Output {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
         notes.say(format!(
             "recording to {} (pcapng, mode 0600)",
             path.display()

@@ -19,7 +19,7 @@ use crate::{
         docker::Docker,
         netns::Netns,
         ruleset::Ruleset,
-        topology::{container_path, AttachPoint, HostView, Topology},
+        topology::{bare_netns_path, container_path, AttachPoint, HostView, Topology},
     },
 };
 
@@ -111,6 +111,12 @@ pub(super) async fn discover(args: &TraceArgs) -> Result<(Topology, Option<Docke
             .ok_or_else(|| Error::UnknownInterface(name.clone()))?;
         topo.named.push(link.clone());
     }
+    for path in &args.netns {
+        topo.containers.push(bare_netns_path(path, &host)?);
+    }
+    if !args.netns.is_empty() && args.containers.is_empty() && args.networks.is_empty() {
+        add_ports_and_uplinks(&mut topo, &host, args.no_uplinks);
+    }
     if !args.containers.is_empty() || !args.networks.is_empty() {
         let docker = Docker::connect().await?;
         let mut wanted: Vec<String> = args.containers.clone();
@@ -132,29 +138,34 @@ pub(super) async fn discover(args: &TraceArgs) -> Result<(Topology, Option<Docke
                 topo.containers.push(container_path(info, &host)?);
             }
         }
-        let traced: Vec<u32> = topo
-            .containers
-            .iter()
-            .flat_map(|c| c.links.iter().map(|l| l.host_veth.index))
-            .collect();
-        let bridges: BTreeSet<u32> = topo
-            .containers
-            .iter()
-            .flat_map(|c| {
-                c.links
-                    .iter()
-                    .filter_map(|l| l.bridge.as_ref().map(|b| b.index))
-            })
-            .collect();
-        for b in bridges {
-            topo.ports.extend(host.bridge_ports(b, &traced));
-        }
-        if !args.no_uplinks {
-            topo.uplinks = host.uplinks();
-        }
+        add_ports_and_uplinks(&mut topo, &host, args.no_uplinks);
         client = Some(docker);
     }
     Ok((topo, client))
+}
+
+/// The other ports of the traced bridges, and the uplinks from the routing table.
+fn add_ports_and_uplinks(topo: &mut Topology, host: &HostView, no_uplinks: bool) {
+    let traced: Vec<u32> = topo
+        .containers
+        .iter()
+        .flat_map(|c| c.links.iter().map(|l| l.host_veth.index))
+        .collect();
+    let bridges: BTreeSet<u32> = topo
+        .containers
+        .iter()
+        .flat_map(|c| {
+            c.links
+                .iter()
+                .filter_map(|l| l.bridge.as_ref().map(|b| b.index))
+        })
+        .collect();
+    for b in bridges {
+        topo.ports.extend(host.bridge_ports(b, &traced));
+    }
+    if !no_uplinks {
+        topo.uplinks = host.uplinks();
+    }
 }
 
 pub(super) fn monotonic_ns() -> u64 {

@@ -132,6 +132,34 @@ impl HostView {
 /// Finds a container's interfaces inside its namespace and their host-side peers.
 pub fn container_path(info: ContainerInfo, host: &HostView) -> Result<ContainerPath> {
     let netns = Netns::of_pid(info.pid)?;
+    netns_path(info, netns, host)
+}
+
+/// A network namespace that is not a Docker container (`--netns /run/netns/X` or
+/// `/proc/PID/ns/net`), traced like one: named after its path.
+pub fn bare_netns_path(path: &std::path::Path, host: &HostView) -> Result<ContainerPath> {
+    let netns = Netns::open(path)?;
+    let name = match path.file_name().and_then(|n| n.to_str()) {
+        Some("net") => path
+            .parent()
+            .and_then(|p| p.parent())
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str())
+            .map_or_else(|| path.display().to_string(), |pid| format!("pid {pid}")),
+        Some(n) => n.to_owned(),
+        None => path.display().to_string(),
+    };
+    let info = ContainerInfo {
+        id: String::new(),
+        name,
+        image: String::new(),
+        pid: 0,
+        endpoints: Vec::new(),
+    };
+    netns_path(info, netns, host)
+}
+
+fn netns_path(info: ContainerInfo, netns: Netns, host: &HostView) -> Result<ContainerPath> {
     let inside = netns.run(netlink::links)?;
     let mut links = Vec::new();
     for link in inside.into_iter().filter(|l| l.kind == "veth") {
@@ -197,14 +225,23 @@ impl Topology {
         let mut out = Vec::new();
         for c in &self.containers {
             let i = &c.info;
-            out.push(format!(
-                "container {} ({}, image {}, pid {}, netns {})",
-                i.name,
-                i.short_id(),
-                i.image,
-                i.pid,
-                c.netns.inode
-            ));
+            if i.id.is_empty() {
+                out.push(format!(
+                    "netns {} ({}, inode {})",
+                    i.name,
+                    c.netns.path.display(),
+                    c.netns.inode
+                ));
+            } else {
+                out.push(format!(
+                    "container {} ({}, image {}, pid {}, netns {})",
+                    i.name,
+                    i.short_id(),
+                    i.image,
+                    i.pid,
+                    c.netns.inode
+                ));
+            }
             for l in &c.links {
                 let ep = i.endpoints.iter().find(|e| {
                     l.bridge

@@ -318,6 +318,20 @@ impl Flowtrace {
         self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// Sends a signal and waits for the exit; returns (success, stdout lines, stderr).
+    pub fn signal_and_wait(mut self, sig: i32) -> (bool, Vec<String>, String) {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let status = child.wait().expect("wait");
+        std::thread::sleep(Duration::from_millis(100));
+        (
+            status.success(),
+            self.stdout.try_iter().collect(),
+            self.stderr_text(),
+        )
+    }
+
     /// SIGKILL: no chance to clean up.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -449,7 +463,15 @@ pub fn leftovers(iface: &str) -> String {
     let progs: Value = serde_json::from_slice(&progs.stdout).unwrap_or(Value::Null);
     for p in progs.as_array().into_iter().flatten() {
         let name = p["name"].as_str().unwrap_or("");
-        if name == "tc_ingress" || name == "tc_egress" {
+        let ours = [
+            "tc_ingress",
+            "tc_egress",
+            "kfree_skb_btf",
+            "consume_skb_btf",
+            "kfree_skb_raw",
+            "consume_skb_raw",
+        ];
+        if ours.contains(&name) || name.starts_with("nf_slot") {
             s.push_str(&format!("program {name} (id {}) still loaded\n", p["id"]));
         }
     }
