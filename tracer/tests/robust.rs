@@ -97,3 +97,124 @@ fn a_bare_network_namespace_is_traced_without_docker() {
         "from the namespace's point of view the SYN comes in"
     );
 }
+
+/// Arguments, environment, and what the error must say.
+type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowtrace"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("flowtrace");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+#[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
+fn every_bad_input_is_one_sentence_a_hint_and_a_non_zero_exit() {
+    let lab = Lab::get();
+    let junk = std::env::temp_dir().join(format!("flowtrace-junk-{}.pcapng", std::process::id()));
+    std::fs::write(&junk, b"this is not a capture file at all").expect("junk file");
+    let junk = junk.to_str().expect("utf8").to_owned();
+    let cases: Vec<Case> = vec![
+        (
+            vec!["-c", "ens_monitr_cron"],
+            vec![],
+            "did you mean ens_monitor_cron?",
+        ),
+        (
+            vec!["-c", "x"],
+            vec![("DOCKER_HOST", "unix:///nonexistent.sock")],
+            "cannot reach the Docker daemon",
+        ),
+        (
+            vec!["-i", "nosuch0"],
+            vec![],
+            "no interface named `nosuch0`",
+        ),
+        (vec!["read", &junk], vec![], "cannot read"),
+        (vec![], vec![], "nothing to trace"),
+    ];
+    for (args, env, want) in cases {
+        let (code, err) = run(&args, &env);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(err.contains("hint:"), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 2, "one sentence and a hint: {err}");
+    }
+    // Bad values are refused by the argument parser, before anything happens.
+    let (code, err) = run(&["-c", "x", "--duration", "soon"], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("invalid duration `soon`"), "{err}");
+    // Not root: say so and name the capabilities.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_flowtrace"),
+            "-i",
+            "lo",
+        ])
+        .output()
+        .expect("setpriv");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("root is needed") && err.contains("CAP_BPF"),
+        "{err}"
+    );
+    let _ = std::fs::remove_file(&junk);
+    assert_eq!(leftovers(&lab.s("host_veth")), "");
+}
+
+#[test]
+#[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
+fn a_flood_reports_lost_events_while_the_counters_stay_exact() {
+    let lab = Lab::get();
+    let dst = lab.ip("inet_ip");
+    lab.assert_safe(dst);
+    let ft = Flowtrace::start(&["-c", "ens_monitor_cron", "--json", "--snaplen", "0"]);
+    const SENT: u64 = 30_000;
+    let pid = lab.container_pid("ens_monitor_cron");
+    common::in_netns(&format!("/proc/{pid}/ns/net"), || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        let payload = [0x5a_u8; 1400];
+        for _ in 0..SENT {
+            // ENOBUFS under the flood is retried: the count must be exact.
+            while s.send_to(&payload, (dst, 9999)).is_err() {}
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let lines = ft.stop();
+    let summary = lines
+        .iter()
+        .find(|l| l["type"] == "summary")
+        .expect("summary");
+    let lost = summary["lost"].as_u64().unwrap_or(0);
+    assert!(lost > 0, "the flood overflowed the ring buffer: {summary}");
+    assert!(
+        lines.iter().any(|l| l["type"] == "lost"),
+        "loss reported as it happened"
+    );
+    let veth = lab.s("host_veth");
+    let veth_in = summary["hops"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|h| h["iface"] == veth.as_str() && h["dir"] == "ingress")
+        .and_then(|h| h["packets"].as_u64())
+        .expect("veth ingress counter");
+    // Every datagram, counted by the kernel, however many events were lost (a few ARP/TCP
+    // packets of the container may add to it).
+    assert!(
+        (SENT..SENT + 50).contains(&veth_in),
+        "sent {SENT}, counted {veth_in}, lost {lost}"
+    );
+}
