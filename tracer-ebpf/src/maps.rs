@@ -41,6 +41,16 @@ pub fn snaplen() -> u32 {
     unsafe { core::ptr::read_volatile(&SNAPLEN) }
 }
 
+/// 0: count only (`--counters`): no per-packet events, nothing tracked. Patched by the loader.
+#[unsafe(no_mangle)]
+static EMIT: u32 = 1;
+
+#[inline(always)]
+pub fn emit_events() -> bool {
+    // SAFETY: a plain read of a global; the loader patches the value before loading.
+    unsafe { core::ptr::read_volatile(&EMIT) != 0 }
+}
+
 /// Field offsets from the running kernel's BTF, patched in by the loader.
 #[unsafe(no_mangle)]
 static OFFSETS: Offsets = Offsets::zeroed();

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use tracer_common::{EventKind, PointKey, MAX_SNAP, TC_HEAD_LEN};
 
-use crate::maps::{snaplen, EVENTS, HOP_COUNTERS, RING_FILL, TC_SCRATCH, TRACKED};
+use crate::maps::{emit_events, snaplen, EVENTS, HOP_COUNTERS, RING_FILL, TC_SCRATCH, TRACKED};
 
 #[inline(always)]
 pub fn observe(ctx: &TcContext, direction: u8) -> i32 {
@@ -27,6 +27,9 @@ pub fn observe(ctx: &TcContext, direction: u8) -> i32 {
         }
     }
 
+    if !emit_events() {
+        return TC_ACT_UNSPEC;
+    }
     // Let the netfilter and drop programs know this packet is ours.
     let _ = TRACKED.insert(skb as u64, 1, 0);
 

@@ -69,6 +69,10 @@ pub struct TraceArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Per-hop counters only, no per-packet events: the cheapest mode, for always-on use.
+    #[arg(long, conflicts_with_all = ["raw", "flows", "write"])]
+    pub counters: bool,
+
     /// One line per flow (counts and bytes each way, NAT, path) instead of one block per packet.
     #[arg(long, conflicts_with = "raw")]
     pub flows: bool,

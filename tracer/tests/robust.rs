@@ -218,3 +218,47 @@ fn a_flood_reports_lost_events_while_the_counters_stay_exact() {
         "sent {SENT}, counted {veth_in}, lost {lost}"
     );
 }
+
+#[test]
+#[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
+fn counters_only_mode_counts_exactly_without_per_packet_events() {
+    let lab = Lab::get();
+    let dst = lab.ip("inet_ip");
+    lab.assert_safe(dst);
+    let ft = Flowtrace::start(&["-c", "ens_monitor_cron", "--counters", "--json"]);
+    const SENT: u64 = 500;
+    let pid = lab.container_pid("ens_monitor_cron");
+    common::in_netns(&format!("/proc/{pid}/ns/net"), || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        for _ in 0..SENT {
+            while s.send_to(b"count me", (dst, 9999)).is_err() {}
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let lines = ft.stop();
+    assert!(
+        packets(&lines).is_empty(),
+        "no per-packet output in --counters mode"
+    );
+    assert!(
+        lines.iter().any(|l| l["type"] == "counters"),
+        "periodic counters: {lines:?}"
+    );
+    let summary = lines
+        .iter()
+        .find(|l| l["type"] == "summary")
+        .expect("summary");
+    assert_eq!(summary["lost"], 0, "nothing to lose without events");
+    let veth = lab.s("host_veth");
+    let veth_in = summary["hops"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|h| h["iface"] == veth.as_str() && h["dir"] == "ingress")
+        .and_then(|h| h["packets"].as_u64())
+        .expect("veth ingress counter");
+    assert!(
+        (SENT..SENT + 20).contains(&veth_in),
+        "sent {SENT}, counted {veth_in}"
+    );
+}

@@ -100,6 +100,29 @@ impl Format {
         }
     }
 
+    /// `--counters`: the per-hop kernel counters at `time`.
+    pub fn counters(&self, hops: &[HopTotals], time: &str) -> String {
+        match self {
+            Self::Text => {
+                let mut out = time.to_owned();
+                for h in hops {
+                    out.push_str(&format!(
+                        "\n  {:<17} {:<7} {:>9} pkts {:>12} bytes",
+                        h.iface, h.direction, h.packets, h.bytes
+                    ));
+                }
+                out
+            }
+            Self::Json => {
+                let hops: Vec<serde_json::Value> = hops
+                    .iter()
+                    .map(|h| serde_json::json!({"iface": h.iface, "dir": h.direction, "packets": h.packets, "bytes": h.bytes, "lost": h.lost}))
+                    .collect();
+                serde_json::json!({"type": "counters", "time": time, "hops": hops}).to_string()
+            }
+        }
+    }
+
     pub fn summary(&self, s: &Summary) -> String {
         match self {
             Self::Text => text::summary(s),

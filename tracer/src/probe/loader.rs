@@ -14,8 +14,9 @@ pub fn object() -> &'static [u8] {
 }
 
 /// Loads the object's maps into the kernel (programs are loaded when attached), with the
-/// running kernel's struct offsets and the bytes to capture per tc hop.
-pub fn load(offsets: &Offsets, snaplen: u32) -> Result<Ebpf> {
+/// running kernel's struct offsets, the bytes to capture per tc hop, and whether to send
+/// per-packet events at all (`--counters` does not).
+pub fn load(offsets: &Offsets, snaplen: u32, events: bool) -> Result<Ebpf> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(Error::NotRoot);
@@ -28,6 +29,7 @@ pub fn load(offsets: &Offsets, snaplen: u32) -> Result<Ebpf> {
     EbpfLoader::new()
         .override_global("OFFSETS", offsets, true)
         .override_global("SNAPLEN", &snaplen, true)
+        .override_global("EMIT", &u32::from(events), true)
         .load(OBJECT)
         .map_err(|e| Error::Load(format!("{e}")))
 }

@@ -38,6 +38,8 @@ use crate::{
 
 /// How often pending packets are completed and loss counters read.
 const TICK: Duration = Duration::from_millis(50);
+/// How often `--counters --json` prints the counters.
+const COUNTERS_JSON: Duration = Duration::from_secs(1);
 /// How often a headless run says how it is doing (on stderr).
 const PROGRESS: Duration = Duration::from_secs(5);
 
@@ -84,9 +86,17 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         0 => MAX_SNAP as u32 - 1,
         n => n.min(MAX_SNAP as u32 - 1),
     };
-    let mut ebpf = loader::load(&offsets, snaplen)?;
+    let mut ebpf = loader::load(&offsets, snaplen, !args.counters)?;
     // Before any map is taken out of `ebpf`: the netfilter loader relocates against all of them.
-    let _nf = attach_netfilter_and_drops(&mut ebpf, offsets.valid != 0, &mut notes);
+    // --counters: no per-packet events, so nothing for the netfilter and drop layers to add.
+    let _nf = if args.counters {
+        notes.say(
+            "counters only: no per-packet events, netfilter and drop layers not attached".into(),
+        );
+        None
+    } else {
+        attach_netfilter_and_drops(&mut ebpf, offsets.valid != 0, &mut notes)
+    };
     let mut counters = Counters::take(&mut ebpf)?;
     for p in &attach_points {
         for d in [Direction::Ingress, Direction::Egress] {
@@ -173,6 +183,7 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     }
     let started = std::time::Instant::now();
     let mut last_progress = started;
+    let mut last_counters = started;
     let raw_names: raw::IfNames = names.iter().cloned().collect();
 
     // Only now is everything in place (including the ruleset baseline for rule attribution).
@@ -275,7 +286,14 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
                         let _ = tx.try_send(Feed::Recording { path: r.path().display().to_string(), bytes: r.bytes_written() });
                     }
                 }
-                if headless && last_progress.elapsed() >= PROGRESS {
+                if args.counters && dashboard.is_none() {
+                    let every = if args.json { COUNTERS_JSON } else { PROGRESS };
+                    if last_counters.elapsed() >= every {
+                        last_counters = std::time::Instant::now();
+                        let hops = counters.totals(&names);
+                        writeln!(out, "{}", pipeline.format().counters(&hops, &clock.rfc3339(monotonic_ns()))).map_err(werr)?;
+                    }
+                } else if headless && last_progress.elapsed() >= PROGRESS {
                     last_progress = std::time::Instant::now();
                     eprintln!("{}", progress(&pipeline, lost, started.elapsed()));
                 }
