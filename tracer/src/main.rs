@@ -2,22 +2,10 @@
 //! This file only parses the command line, dispatches, and turns errors into one sentence
 //! and a hint.
 
-mod cli;
-mod correlate;
-mod error;
-mod events;
-mod filter;
-mod output;
-mod pipeline;
-mod probe;
-mod replay;
-mod session;
-mod target;
-mod tui;
-
 use std::process::ExitCode;
 
 use clap::Parser;
+use tracer::{cli, replay, session};
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

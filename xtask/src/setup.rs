@@ -44,6 +44,7 @@ pub fn run() -> Result<()> {
     apt_packages().context("installing apt packages")?;
     rust_src().context("adding rust-src to the nightly toolchain")?;
     bpf_linker().context("installing bpf-linker")?;
+    cargo_fuzz().context("installing cargo-fuzz")?;
     ensure_dockerd().context("starting dockerd")?;
     Ok(())
 }
@@ -98,6 +99,18 @@ fn apt_packages() -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive")
         .run_visible()?;
     }
+    say(STEP, "installed");
+    Ok(())
+}
+
+/// cargo-fuzz, for the short fuzzing runs of `cargo xtask test`.
+fn cargo_fuzz() -> Result<()> {
+    const STEP: &str = "cargo-fuzz";
+    if cmd("cargo", ["fuzz", "--version"]).ok()? {
+        say(STEP, "already done");
+        return Ok(());
+    }
+    cmd("cargo", ["+1.95.0", "install", "cargo-fuzz", "--locked"]).run_visible()?;
     say(STEP, "installed");
     Ok(())
 }

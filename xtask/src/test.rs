@@ -20,6 +20,35 @@ pub struct TestArgs {
     /// Only privileged tests whose name contains this.
     #[arg(long)]
     pub filter: Option<String>,
+    /// Seconds each fuzz target runs (0: no fuzzing).
+    #[arg(long, default_value_t = 20)]
+    pub fuzz_seconds: u32,
+}
+
+/// The fuzz targets (tracer/fuzz): the pcapng reader and the ring-buffer record decoder.
+const FUZZ_TARGETS: [&str; 2] = ["pcapng_reader", "event_decoder"];
+
+/// A short run of each fuzz target (nightly, sanitizers); a crash fails the test run.
+fn fuzz(seconds: u32) -> Result<()> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tracer");
+    for target in FUZZ_TARGETS {
+        crate::out!("test: cargo +nightly fuzz run {target} ({seconds} s)");
+        let status = std::process::Command::new("cargo")
+            .current_dir(&dir)
+            .args([
+                "+nightly",
+                "fuzz",
+                "run",
+                target,
+                "--",
+                &format!("-max_total_time={seconds}"),
+            ])
+            .status()?;
+        if !status.success() {
+            bail!("fuzz target {target} found a crash (see tracer/fuzz/artifacts/{target})");
+        }
+    }
+    Ok(())
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
@@ -46,6 +75,9 @@ pub fn run(args: &TestArgs) -> Result<()> {
         crate::ebpf::clippy()?;
     }
     cargo(&["test", "--workspace", "--exclude", "tracer-ebpf"])?;
+    if args.fuzz_seconds > 0 {
+        fuzz(args.fuzz_seconds)?;
+    }
     if args.unit {
         return Ok(());
     }

@@ -121,6 +121,10 @@ impl FlowTable {
         self.flows.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
     #[cfg(test)]
     pub fn get(&self, key: &FlowKey) -> Option<&FlowStats> {
         self.flows.get(key)
@@ -151,7 +155,7 @@ impl FlowTable {
         match way {
             Way::FromContainer => {
                 s.out_packets += 1;
-                s.out_bytes += u64::from(p.len());
+                s.out_bytes += u64::from(p.frame_len());
                 s.tcp_flags_out |= flags;
                 if s.path_out.len() < names.len() {
                     s.path_out = names;
@@ -165,7 +169,7 @@ impl FlowTable {
             }
             Way::ToContainer => {
                 s.in_packets += 1;
-                s.in_bytes += u64::from(p.len());
+                s.in_bytes += u64::from(p.frame_len());
                 s.tcp_flags_in |= flags;
                 if s.path_in.len() < names.len() {
                     s.path_in = names;

@@ -118,7 +118,7 @@ impl Packet {
     }
 
     /// Frame length at the first hop.
-    pub fn len(&self) -> u32 {
+    pub fn frame_len(&self) -> u32 {
         self.hops.first().map_or(0, |h| h.len)
     }
 }

@@ -76,7 +76,7 @@ pub fn packet(e: &Explained, points: &Points, clock: &WallClock) -> Value {
         "proto": view.map(|h| h.proto.name()),
         "src": view.map(|h| h.source().to_string()),
         "dst": view.map(|h| h.destination().to_string()),
-        "len": p.len(),
+        "len": p.frame_len(),
         "tcp_flags": view.and_then(|h| h.tcp_flags()).map(tcp_flags_str),
         "summary": view.map(|h| h.summary()),
         "skb": format!("{:#x}", p.skb),
