@@ -85,6 +85,23 @@ impl Pipeline {
         self.correlator.add_point(ifindex, info);
     }
 
+    /// Events were lost: say so (not in the dashboard, which shows the total), and mark the
+    /// recording.
+    pub fn report_lost(
+        &mut self,
+        count: u64,
+        now_ns: u64,
+        out: &mut impl Write,
+    ) -> std::io::Result<()> {
+        if self.tui.is_none() {
+            writeln!(out, "{}", self.format.lost(count))?;
+        }
+        if let Some(r) = self.recorder.as_mut() {
+            r.lost(now_ns, count)?;
+        }
+        Ok(())
+    }
+
     /// `--count` packets have been shown.
     pub fn reached_limit(&self) -> bool {
         self.limit.is_some_and(|n| self.shown >= n)

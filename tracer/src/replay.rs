@@ -48,6 +48,7 @@ struct Tally {
     packets: u64,
     drops: u64,
     flows: BTreeSet<String>,
+    lost: u64,
     hops: BTreeMap<(String, String), (u64, u64)>,
     roles: BTreeMap<String, String>,
 }
@@ -100,7 +101,7 @@ impl Tally {
             packets: self.packets,
             flows: self.flows.len() as u64,
             drops: self.drops,
-            lost: 0,
+            lost: self.lost,
             hops: self
                 .hops
                 .into_iter()
@@ -162,6 +163,11 @@ fn walk(path: &Path, mut each: impl FnMut(Value) -> Result<()>) -> Result<Walked
         };
         let rec: Value = serde_json::from_str(machine)
             .map_err(|e| bad(path, format!("a flowtrace comment is not valid JSON ({e})")))?;
+        if rec["type"] == "lost" {
+            tally.lost += rec["count"].as_u64().unwrap_or(0);
+            each(rec)?;
+            continue;
+        }
         let (Some(pkt), Some(hop), Some(total)) = (
             rec["pkt"].as_u64(),
             rec["hop"].as_u64(),
@@ -226,7 +232,12 @@ pub fn read(args: &ReadArgs) -> Result<()> {
     let mut out = BufWriter::new(std::io::stdout());
     let werr = |e| Error::io("writing output", e);
     let walked = walk(&args.file, |v| {
-        writeln!(out, "{}", format.packet_value(&v)).map_err(werr)
+        let line = if v["type"] == "lost" {
+            format.lost(v["count"].as_u64().unwrap_or(0))
+        } else {
+            format.packet_value(&v)
+        };
+        writeln!(out, "{line}").map_err(werr)
     })?;
     warn_truncated(&walked);
     let summary = format.summary(&walked.tally.summary());
@@ -243,8 +254,13 @@ pub fn read(args: &ReadArgs) -> Result<()> {
 /// `flowtrace read --tui FILE`: the recording replayed into the dashboard.
 pub async fn read_tui(args: &ReadArgs) -> Result<()> {
     let mut packets = Vec::new();
+    let mut lost = 0;
     let walked = walk(&args.file, |v| {
-        packets.push(v);
+        if v["type"] == "lost" {
+            lost += v["count"].as_u64().unwrap_or(0);
+        } else {
+            packets.push(v);
+        }
         Ok(())
     })?;
     let (tx, rx) = tokio::sync::mpsc::channel(packets.len() + 8);
@@ -253,6 +269,7 @@ pub async fn read_tui(args: &ReadArgs) -> Result<()> {
         let _ = tx.try_send(Feed::Packet(v));
     }
     let _ = tx.try_send(Feed::Counters(walked.tally.hop_counts()));
+    let _ = tx.try_send(Feed::Lost(lost));
     let _ = tx.try_send(Feed::Status(format!(
         "replaying {} ({n} packets)",
         args.file.display()
@@ -265,4 +282,54 @@ pub async fn read_tui(args: &ReadArgs) -> Result<()> {
         .map_err(|e| Error::io("running the dashboard", e))?;
     warn_truncated(&walked);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        correlate::{
+            explain::Explainer,
+            packet::tests::{masqueraded_syn, points},
+        },
+        events::clock::WallClock,
+        output::{
+            json,
+            record::{RecordOptions, Recorder},
+        },
+    };
+
+    #[test]
+    fn a_recording_replays_its_packets_and_its_losses() {
+        let dir = std::env::temp_dir().join(format!("flowtrace-replay-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("t.pcapng");
+        let opts = RecordOptions {
+            path: path.clone(),
+            rotate: None,
+            max_files: None,
+            snaplen: 0,
+        };
+        let mut r = Recorder::create(opts, "test".into()).expect("create");
+        let e = Explainer::empty().explain(masqueraded_syn(), &points());
+        let v = json::packet(&e, &points(), &WallClock::with_offset(0));
+        r.record(&e, &v).expect("record");
+        r.lost(50_000, 7).expect("lost");
+        r.flush().expect("flush");
+        drop(r);
+
+        let mut seen = Vec::new();
+        let walked = walk(&path, |x| {
+            seen.push(x);
+            Ok(())
+        })
+        .expect("walk");
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0], v, "the packet exactly as it was printed live");
+        assert_eq!(seen[1]["type"], "lost");
+        assert_eq!(seen[1]["count"], 7);
+        let summary = walked.tally.summary();
+        assert_eq!((summary.packets, summary.lost), (1, 7));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

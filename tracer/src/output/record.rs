@@ -207,6 +207,30 @@ impl Recorder {
     }
 }
 
+impl Recorder {
+    /// Records that `count` events were lost (an empty block on the `flowtrace` interface, with
+    /// a comment), so that a recording says where it has gaps.
+    pub fn lost(&mut self, ts_ns: u64, count: u64) -> io::Result<()> {
+        let iface = self.interface("flowtrace events".to_owned(), LINKTYPE_RAW)?;
+        let machine = json!({"type": "lost", "count": count});
+        let comments = vec![
+            format!(
+                "{count} events lost (ring buffer full); per-hop counters still count every packet"
+            ),
+            format!("{TAG}{machine}"),
+        ];
+        self.writer.packet(&PacketRecord {
+            interface: iface,
+            ts_ns,
+            data: &[],
+            orig_len: 0,
+            direction: None,
+            comments: &comments,
+        })?;
+        self.writer.flush()
+    }
+}
+
 /// `pkt 3 hop 4/6: FORWARD filter DROP NETFILTER_DROP rule: -A DOCKER-USER …`
 fn human(pkt: u64, i: usize, n: usize, v: &Value, hop: &Value) -> String {
     let s = |x: &Value| x.as_str().unwrap_or("").to_owned();

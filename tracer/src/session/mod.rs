@@ -262,7 +262,7 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
                 pipeline.tick(monotonic_ns(), &mut out).map_err(werr)?;
                 let lost: u64 = counters.read().values().map(|c| c.lost).sum();
                 if lost > lost_reported {
-                    writeln!(out, "{}", pipeline.format().lost(lost - lost_reported)).map_err(werr)?;
+                    pipeline.report_lost(lost - lost_reported, monotonic_ns(), &mut out).map_err(werr)?;
                     lost_reported = lost;
                 }
                 if let Some((tx, _)) = &dashboard {
@@ -346,12 +346,9 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     summary.hops = counters.totals(&names);
     summary.lost = summary.hops.iter().map(|h| h.lost).sum();
     if summary.lost > lost_reported {
-        writeln!(
-            out,
-            "{}",
-            pipeline.format().lost(summary.lost - lost_reported)
-        )
-        .map_err(werr)?;
+        pipeline
+            .report_lost(summary.lost - lost_reported, monotonic_ns(), &mut out)
+            .map_err(werr)?;
     }
     let text = pipeline.format().summary(&summary);
     if args.json {
