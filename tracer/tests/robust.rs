@@ -179,18 +179,9 @@ fn every_bad_input_is_one_sentence_a_hint_and_a_non_zero_exit() {
 fn a_flood_reports_lost_events_while_the_counters_stay_exact() {
     let lab = Lab::get();
     let dst = lab.ip("inet_ip");
-    lab.assert_safe(dst);
     let ft = Flowtrace::start(&["-c", "ens_monitor_cron", "--json", "--snaplen", "0"]);
     const SENT: u64 = 30_000;
-    let pid = lab.container_pid("ens_monitor_cron");
-    common::in_netns(&format!("/proc/{pid}/ns/net"), || {
-        let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
-        let payload = [0x5a_u8; 1400];
-        for _ in 0..SENT {
-            // ENOBUFS under the flood is retried: the count must be exact.
-            while s.send_to(&payload, (dst, 9999)).is_err() {}
-        }
-    });
+    common::udp_burst(&lab, "ens_monitor_cron", dst, 9999, SENT, &[0x5a; 1400]);
     std::thread::sleep(std::time::Duration::from_secs(1));
     let lines = ft.stop();
     let summary = lines
@@ -203,14 +194,7 @@ fn a_flood_reports_lost_events_while_the_counters_stay_exact() {
         lines.iter().any(|l| l["type"] == "lost"),
         "loss reported as it happened"
     );
-    let veth = lab.s("host_veth");
-    let veth_in = summary["hops"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|h| h["iface"] == veth.as_str() && h["dir"] == "ingress")
-        .and_then(|h| h["packets"].as_u64())
-        .expect("veth ingress counter");
+    let veth_in = common::hop_packets(summary, &lab.s("host_veth"), "ingress");
     // Every datagram, counted by the kernel, however many events were lost (a few ARP/TCP
     // packets of the container may add to it).
     assert!(
@@ -224,16 +208,9 @@ fn a_flood_reports_lost_events_while_the_counters_stay_exact() {
 fn counters_only_mode_counts_exactly_without_per_packet_events() {
     let lab = Lab::get();
     let dst = lab.ip("inet_ip");
-    lab.assert_safe(dst);
     let ft = Flowtrace::start(&["-c", "ens_monitor_cron", "--counters", "--json"]);
     const SENT: u64 = 500;
-    let pid = lab.container_pid("ens_monitor_cron");
-    common::in_netns(&format!("/proc/{pid}/ns/net"), || {
-        let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
-        for _ in 0..SENT {
-            while s.send_to(b"count me", (dst, 9999)).is_err() {}
-        }
-    });
+    common::udp_burst(&lab, "ens_monitor_cron", dst, 9999, SENT, b"count me");
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let lines = ft.stop();
     assert!(
@@ -249,16 +226,31 @@ fn counters_only_mode_counts_exactly_without_per_packet_events() {
         .find(|l| l["type"] == "summary")
         .expect("summary");
     assert_eq!(summary["lost"], 0, "nothing to lose without events");
-    let veth = lab.s("host_veth");
-    let veth_in = summary["hops"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|h| h["iface"] == veth.as_str() && h["dir"] == "ingress")
-        .and_then(|h| h["packets"].as_u64())
-        .expect("veth ingress counter");
+    let veth_in = common::hop_packets(summary, &lab.s("host_veth"), "ingress");
     assert!(
         (SENT..SENT + 20).contains(&veth_in),
         "sent {SENT}, counted {veth_in}"
+    );
+}
+
+#[test]
+#[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
+fn a_panic_after_attaching_leaves_nothing_behind() {
+    let lab = Lab::get();
+    let out = Command::new(env!("CARGO_BIN_EXE_flowtrace"))
+        .args(["-c", "ens_monitor_cron", "--json"])
+        .env("FLOWTRACE_TEST_PANIC_AFTER_ATTACH", "1")
+        .output()
+        .expect("flowtrace");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("panicked") && err.contains("FLOWTRACE_TEST_PANIC_AFTER_ATTACH"),
+        "{err}"
+    );
+    assert_eq!(
+        leftovers(&lab.s("host_veth")),
+        "",
+        "links and programs outlived a panic"
     );
 }

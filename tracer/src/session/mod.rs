@@ -186,6 +186,10 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     let mut last_counters = started;
     let raw_names: raw::IfNames = names.iter().cloned().collect();
 
+    // For the exit-path tests: a panic with everything attached must leave nothing behind.
+    if std::env::var_os("FLOWTRACE_TEST_PANIC_AFTER_ATTACH").is_some() {
+        panic!("FLOWTRACE_TEST_PANIC_AFTER_ATTACH is set");
+    }
     // Only now is everything in place (including the ruleset baseline for rule attribution).
     eprintln!("tracing… (Ctrl-C to stop)");
     let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));

@@ -241,6 +241,30 @@ pub fn udp_ttl(lab: &Lab, from: &From, dst: IpAddr, port: u16, ttl: u32) -> u16 
     })
 }
 
+/// `n` UDP datagrams of `payload` from inside a container, as fast as it can (send errors
+/// under a flood are retried, so exactly `n` leave). After the safety check.
+pub fn udp_burst(lab: &Lab, container: &str, dst: IpAddr, port: u16, n: u64, payload: &[u8]) {
+    lab.assert_safe(dst);
+    let pid = lab.container_pid(container);
+    in_netns(&format!("/proc/{pid}/ns/net"), || {
+        let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        for _ in 0..n {
+            while s.send_to(payload, (dst, port)).is_err() {}
+        }
+    });
+}
+
+/// The packets a summary line counted at `iface`/`dir` (the kernel's per-hop counter).
+pub fn hop_packets(summary: &Value, iface: &str, dir: &str) -> u64 {
+    summary["hops"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|h| h["iface"] == iface && h["dir"] == dir)
+        .and_then(|h| h["packets"].as_u64())
+        .unwrap_or_else(|| panic!("no {iface} {dir} counter in {summary}"))
+}
+
 /// ICMP echo from inside a container (busybox ping, which the lab image has).
 pub fn ping(lab: &Lab, container: &str, dst: IpAddr, count: u32) -> bool {
     lab.assert_safe(dst);
