@@ -19,6 +19,7 @@ macro_rules! err {
     }};
 }
 
+mod bench;
 mod cmd;
 mod demo;
 mod ebpf;
@@ -49,6 +50,8 @@ enum Command {
     Test(test::TestArgs),
     /// The main job on the built-in demo: flowtrace on ens_monitor_cron while traffic flows.
     Demo(demo::DemoArgs),
+    /// Measure flowtrace's overhead in the lab, side by side with a baseline and tcpdump.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Lab(cmd) => lab::run(cmd),
         Command::Test(args) => test::run(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

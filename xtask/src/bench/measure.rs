@@ -1,0 +1,414 @@
+//! Readings of the system (CPU, RSS, BPF program costs), the loads, and one measurement.
+
+use super::*;
+
+pub(super) fn clk_tck() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// utime+stime of a process, in seconds.
+pub(super) fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("bad /proc/PID/stat")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the comm: field 3 (state) is f[0]; utime is field 14, stime field 15.
+    let ticks: u64 = f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok(ticks as f64 / clk_tck())
+}
+
+pub(super) fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+pub(super) fn prog_group(name: &str) -> Option<&'static str> {
+    match name {
+        "tc_ingress" => Some("tc_ingress"),
+        "tc_egress" => Some("tc_egress"),
+        "kfree_skb_btf" => Some("kfree_skb_btf"),
+        "consume_skb_btf" => Some("consume_skb_btf"),
+        n if n.starts_with("nf_slot") => Some("nf_slot"),
+        _ => None,
+    }
+}
+
+pub(super) fn bpf_progs() -> Result<Vec<Value>> {
+    let out = cmd("bpftool", ["-j", "prog", "show"]).read()?;
+    serde_json::from_str(&out).context("parsing `bpftool -j prog show`")
+}
+
+/// Ids of flowtrace-named programs already loaded (by another tracer), to leave out.
+pub(super) fn existing_prog_ids() -> Result<BTreeSet<u64>> {
+    Ok(bpf_progs()?
+        .iter()
+        .filter(|p| p["name"].as_str().and_then(prog_group).is_some())
+        .filter_map(|p| p["id"].as_u64())
+        .collect())
+}
+
+/// run_time_ns/run_cnt of this run's flowtrace programs, summed per group: programs matched by
+/// name, minus those that were loaded before this flowtrace started (bpftool 7.1 here does not
+/// say which process holds a program).
+pub(super) fn bpf_costs(before: &BTreeSet<u64>) -> Result<BTreeMap<String, ProgCost>> {
+    let mut groups: BTreeMap<String, ProgCost> = BTreeMap::new();
+    for p in &bpf_progs()? {
+        let Some(group) = p["name"].as_str().and_then(prog_group) else {
+            continue;
+        };
+        if p["id"].as_u64().is_some_and(|id| before.contains(&id)) {
+            continue;
+        }
+        let g = groups.entry(group.to_owned()).or_default();
+        g.programs += 1;
+        g.run_time_ns += p["run_time_ns"].as_u64().unwrap_or(0);
+        g.run_cnt += p["run_cnt"].as_u64().unwrap_or(0);
+    }
+    Ok(groups)
+}
+
+/// Other tracers running on this host (not started by the bench): they load the same kernel
+/// and CPUs, so their presence makes the figures unreliable.
+pub(super) fn foreign_tracers(ours: &[u32]) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| !ours.contains(pid))
+        .filter_map(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            let comm = comm.trim();
+            matches!(comm, "flowtrace" | "tcpdump" | "iperf3")
+                .then(|| format!("{comm} (pid {pid})"))
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The loads.
+
+pub(super) fn safety() -> Result<State> {
+    let st = State::load()?.context("the lab is not up (no state file)")?;
+    let inet: std::net::Ipv4Addr = lab::INET_IP.parse()?;
+    safety_check(&st, Origin::Container(lab::CONTAINER), inet)?;
+    safety_check(&st, Origin::Inet, lab::UPLINK_IP.parse()?)?;
+    Ok(st)
+}
+
+pub(super) fn server_listening() -> bool {
+    cmd(
+        "ip",
+        [
+            "netns",
+            "exec",
+            lab::NETNS,
+            "ss",
+            "-Hltn",
+            &format!("sport = :{IPERF_PORT}"),
+        ],
+    )
+    .read()
+    .map(|s| !s.trim().is_empty())
+    .unwrap_or(false)
+}
+
+/// One iperf3 run from the container to the internet namespace; returns (throughput, figures).
+pub(super) fn run_load(load: Load, seconds: u32) -> Result<(f64, Value)> {
+    // The server: a one-off, in the lab's internet namespace, bound to its lab address.
+    let mut server_cmd = Command::new("ip");
+    server_cmd.args(["netns", "exec", lab::NETNS, "iperf3", "-s", "-1"]);
+    server_cmd.args(["-B", lab::INET_IP, "-p", IPERF_PORT]);
+    let server = Proc::spawn(server_cmd, "iperf3 server", None)?;
+    let start = Instant::now();
+    while !server_listening() {
+        if start.elapsed() > Duration::from_secs(5) {
+            bail!(
+                "the iperf3 server in {} did not listen within 5 s",
+                lab::NETNS
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The check right before sending: the lab, its guards, and the route by ftlab-up.
+    safety()?;
+    let pid = lab::docker::container_pid(lab::CONTAINER)?.to_string();
+    let secs = seconds.to_string();
+    let mut c = Command::new("nsenter");
+    c.args([
+        "-n",
+        "-t",
+        &pid,
+        "iperf3",
+        "-c",
+        lab::INET_IP,
+        "-p",
+        IPERF_PORT,
+    ]);
+    // Bound to the container's address: outside the container's namespace this fails.
+    c.args(["-B", lab::CONTAINER_IP, "-t", &secs, "-J"]);
+    if load == Load::Udp {
+        c.args(["-u", "-l", &UDP_LEN.to_string(), "-b", "0"]);
+    }
+    let client = Proc::spawn(c, "iperf3 client", None)?;
+    let done = client.finish(None, Duration::from_secs(u64::from(seconds) + 15))?;
+    let _ = server.finish(Some(libc::SIGKILL), Duration::from_secs(5));
+    let text = String::from_utf8_lossy(&done.out.tail);
+    let v: Value = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "iperf3 client ({}) gave no JSON: {}\n{}",
+            done.exit,
+            text.chars().take(400).collect::<String>(),
+            done.stderr
+        )
+    })?;
+    if let Some(e) = v["error"].as_str() {
+        bail!("iperf3: {e}");
+    }
+    let end = &v["end"];
+    let (tput, figures) = match load {
+        Load::Tcp => {
+            let bps = end["sum_received"]["bits_per_second"]
+                .as_f64()
+                .context("iperf3 JSON without end.sum_received.bits_per_second")?;
+            let fig = json!({
+                "seconds": end["sum_received"]["seconds"],
+                "received_bits_per_second": bps,
+                "sent_bits_per_second": end["sum_sent"]["bits_per_second"],
+                "retransmits": end["sum_sent"]["retransmits"],
+                "cpu_utilization_percent": end["cpu_utilization_percent"],
+            });
+            (bps, fig)
+        }
+        Load::Udp => {
+            let s = &end["sum_received"];
+            let sent = s["packets"]
+                .as_u64()
+                .context("iperf3 JSON without packets")?;
+            let lost = s["lost_packets"].as_u64().unwrap_or(0);
+            let secs = s["seconds"].as_f64().unwrap_or(f64::from(seconds));
+            let received = sent.saturating_sub(lost);
+            let pps = received as f64 / secs.max(0.001);
+            let fig = json!({
+                "seconds": secs,
+                "payload_bytes": UDP_LEN,
+                "sent_packets": sent,
+                "lost_packets": lost,
+                "received_packets": received,
+                "received_pps": pps,
+                "sent_pps": sent as f64 / secs.max(0.001),
+                "cpu_utilization_percent": end["cpu_utilization_percent"],
+            });
+            (pps, fig)
+        }
+    };
+    Ok((tput, figures))
+}
+
+// ---------------------------------------------------------------------------------------------
+pub(super) fn measure(ctx: &Ctx, config: Config, load: Load, rep: u32) -> Result<Run> {
+    let foreign = foreign_tracers(&[]);
+    if !foreign.is_empty() {
+        crate::err!(
+            "bench: WARNING: other tracers/loads are running ({}): the figures are not clean",
+            foreign.join(", ")
+        );
+    }
+    let before = existing_prog_ids()?;
+    let mut file: Option<TmpFile> = None;
+    let mut tracer = match config {
+        Config::Baseline => None,
+        Config::Tcpdump => {
+            let path = PathBuf::from(format!("/tmp/flowtrace-bench-{}.pcap", ctx.tag));
+            file = Some(TmpFile(path.clone()));
+            let mut c = Command::new("tcpdump");
+            c.args(["-i", "any", "-n", "-s", "128", "-w"]).arg(&path);
+            Some(Proc::spawn(c, "tcpdump", Some("listening on"))?)
+        }
+        _ => {
+            let mut c = Command::new(&ctx.bin);
+            c.args(["-c", lab::CONTAINER]);
+            match config {
+                Config::Counters => {
+                    c.args(["--counters", "--json"]);
+                }
+                Config::Events => {
+                    c.arg("--json");
+                }
+                _ => {
+                    let path = PathBuf::from(format!("/tmp/flowtrace-bench-{}.pcapng", ctx.tag));
+                    file = Some(TmpFile(path.clone()));
+                    c.arg("--write").arg(&path).arg("--no-tui");
+                }
+            }
+            Some(Proc::spawn(c, "flowtrace", Some("tracing…"))?)
+        }
+    };
+    let mut startup_s = 0.0;
+    let mut cpu0 = 0.0;
+    if let Some(t) = tracer.as_mut() {
+        let s = Instant::now();
+        t.wait_ready(Duration::from_secs(60))?;
+        startup_s = s.elapsed().as_secs_f64();
+        // Let the tracer settle (tcpdump's first buffer, flowtrace's first tick).
+        std::thread::sleep(Duration::from_millis(300));
+        cpu0 = cpu_seconds(t.pid())?;
+    }
+    let (throughput, iperf) = run_load(load, ctx.seconds)?;
+    let mut bpf = BTreeMap::new();
+    let figures = match tracer.take() {
+        None => None,
+        Some(t) => {
+            std::thread::sleep(DRAIN);
+            let pid = t.pid();
+            if config.is_flowtrace() {
+                bpf = bpf_costs(&before)?;
+            }
+            let cpu1 = cpu_seconds(pid)?;
+            let rss = peak_rss_kib(pid);
+            let done = t.finish(Some(libc::SIGINT), Duration::from_secs(20))?;
+            let mut f = TracerFigures {
+                pid,
+                startup_s,
+                cpu_s_load: cpu1 - cpu0,
+                cpu_s_total: cpu1,
+                peak_rss_kib: rss,
+                stdout_bytes: done.out.bytes,
+                stdout_lines: done.out.lines,
+                file_bytes: file
+                    .as_ref()
+                    .and_then(|f| std::fs::metadata(&f.0).ok())
+                    .map(|m| m.len()),
+                exit: done.exit.clone(),
+                ..TracerFigures::default()
+            };
+            if config == Config::Tcpdump {
+                read_tcpdump_stats(&done.stderr, &mut f);
+            } else {
+                read_flowtrace_summary(&done, config, &ctx.host_veth, &mut f)?;
+            }
+            f.events_per_s = f.events as f64 / f64::from(ctx.seconds);
+            Some(f)
+        }
+    };
+    drop(file);
+    Ok(Run {
+        config,
+        load,
+        rep,
+        throughput,
+        unit: load.unit(),
+        ratio: None,
+        iperf,
+        tracer: figures,
+        bpf,
+        foreign,
+    })
+}
+
+pub(super) fn read_tcpdump_stats(stderr: &str, f: &mut TracerFigures) {
+    // "N packets captured", "N packets received by filter", "N packets dropped by kernel"
+    let num = |suffix: &str| -> u64 {
+        stderr
+            .lines()
+            .find(|l| l.trim_end().ends_with(suffix))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    f.events = num("packets captured");
+    f.lost = num("packets dropped by kernel");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("packets")).collect();
+    f.summary = json!(lines);
+}
+
+pub(super) fn read_flowtrace_summary(
+    done: &Finished,
+    config: Config,
+    veth: &str,
+    f: &mut TracerFigures,
+) -> Result<()> {
+    let summary: Value = if config == Config::Pcapng {
+        // Text mode: the summary goes to stderr. "N packets, F flows, D dropped, L events lost"
+        // and then one line per hop: "  IFACE DIR N pkts B bytes [L events lost]".
+        let mut lines = done.stderr.lines().skip_while(|l| {
+            !(l.contains(" packets, ") && l.contains(" flows, ") && !l.starts_with("flowtrace:"))
+        });
+        let head = lines.next().with_context(|| {
+            format!(
+                "flowtrace ({}) printed no summary:\n{}",
+                done.exit, done.stderr
+            )
+        })?;
+        let words: Vec<&str> = head.split_whitespace().collect();
+        let at = |i: usize| {
+            words
+                .get(i)
+                .and_then(|w| w.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let hops: Vec<Value> = lines
+            .take_while(|l| l.starts_with("  "))
+            .filter_map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                (w.len() >= 6).then(|| {
+                    json!({"iface": w[0], "dir": w[1],
+                           "packets": w[2].parse::<u64>().unwrap_or(0),
+                           "bytes": w[4].parse::<u64>().unwrap_or(0),
+                           "lost": w.get(6).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)})
+                })
+            })
+            .collect();
+        json!({"type": "summary", "packets": at(0), "flows": at(2), "drops": at(4),
+               "lost": at(6), "hops": hops, "from": "stderr text"})
+    } else {
+        let text = String::from_utf8_lossy(&done.out.tail);
+        text.lines()
+            .rev()
+            .filter(|l| l.contains("\"summary\""))
+            .find_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["type"] == "summary")
+            .with_context(|| {
+                format!(
+                    "flowtrace ({}) printed no summary line:\n{}",
+                    done.exit, done.stderr
+                )
+            })?
+    };
+    f.events = if config == Config::Counters {
+        0
+    } else {
+        summary["packets"].as_u64().unwrap_or(0)
+    };
+    f.lost = summary["lost"].as_u64().unwrap_or(0);
+    f.veth_packets = summary["hops"]
+        .as_array()
+        .map(|hops| {
+            hops.iter()
+                .filter(|h| h["iface"] == veth)
+                .filter_map(|h| h["packets"].as_u64())
+                .sum()
+        })
+        .unwrap_or(0);
+    f.summary = summary;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output.

@@ -1,0 +1,502 @@
+//! `cargo xtask bench`: flowtrace's cost, measured side by side in one run, in the lab.
+//!
+//! For every configuration (no tracer, flowtrace `--counters`, per-packet `--json`, `--write`
+//! pcapng, and `tcpdump -i any -w` as the peer a user would pick instead) and every load (TCP
+//! throughput and small-packet UDP rate, iperf3 from `ens_monitor_cron` to the lab's internet
+//! namespace), it records the throughput and its ratio to the baseline, the tracer's events/s,
+//! lost events, CPU seconds and peak RSS, and the kernel cost of each BPF program
+//! (`kernel.bpf_stats_enabled`). It prints a markdown table and writes every raw figure to JSON.
+//!
+//! Network safety: the lab (with its guard rules) is up for the whole run; before every load the
+//! lab's safety check runs (the route to 198.51.100.2 leaves by `ftlab-up`, the guards are in
+//! place) and the bench aborts otherwise. Every sender is bounded in time; every process it
+//! starts is killed by pid, and every file it creates is removed, even on failure.
+
+mod measure;
+mod report;
+
+use measure::*;
+pub use report::run;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::{BufRead, BufReader, Read},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{mpsc, Arc, Mutex},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::{
+    cmd::{cmd, have},
+    lab::{
+        self,
+        guard::{safety_check, Origin},
+        state::State,
+    },
+    labguard::LabGuard,
+};
+
+const IPERF_PORT: &str = "5201";
+/// UDP payload size of the small-packet load.
+const UDP_LEN: u64 = 64;
+/// How long a tracer gets after the load to drain its backlog before it is read and stopped.
+const DRAIN: Duration = Duration::from_secs(1);
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Seconds per load (each configuration × load runs this long).
+    #[arg(long, default_value_t = 8)]
+    pub seconds: u32,
+    /// Repeat every measurement N times and report the median.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: u32,
+    /// Where to write all raw figures (default: target/bench.json in the workspace).
+    #[arg(long, value_name = "FILE.json")]
+    pub out: Option<PathBuf>,
+    /// Use target/release/flowtrace as it is (skip `cargo build --release -p tracer`).
+    #[arg(long)]
+    pub no_build: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Config {
+    Baseline,
+    Counters,
+    Events,
+    Pcapng,
+    Tcpdump,
+}
+
+const CONFIGS: [Config; 5] = [
+    Config::Baseline,
+    Config::Counters,
+    Config::Events,
+    Config::Pcapng,
+    Config::Tcpdump,
+];
+
+impl Config {
+    fn name(self) -> &'static str {
+        match self {
+            Config::Baseline => "baseline",
+            Config::Counters => "counters",
+            Config::Events => "events",
+            Config::Pcapng => "pcapng",
+            Config::Tcpdump => "tcpdump",
+        }
+    }
+    fn is_flowtrace(self) -> bool {
+        matches!(self, Config::Counters | Config::Events | Config::Pcapng)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Load {
+    Tcp,
+    Udp,
+}
+
+const LOADS: [Load; 2] = [Load::Tcp, Load::Udp];
+
+impl Load {
+    fn name(self) -> &'static str {
+        match self {
+            Load::Tcp => "tcp",
+            Load::Udp => "udp",
+        }
+    }
+    fn unit(self) -> &'static str {
+        match self {
+            Load::Tcp => "bit/s",
+            Load::Udp => "pkt/s",
+        }
+    }
+}
+
+/// Cumulative kernel cost of one group of BPF programs.
+#[derive(Clone, Debug, Default, Serialize)]
+struct ProgCost {
+    programs: u32,
+    run_time_ns: u64,
+    run_cnt: u64,
+}
+
+impl ProgCost {
+    fn ns_per_run(&self) -> Option<f64> {
+        (self.run_cnt > 0).then(|| self.run_time_ns as f64 / self.run_cnt as f64)
+    }
+    fn add(&mut self, o: &ProgCost) {
+        self.programs += o.programs;
+        self.run_time_ns += o.run_time_ns;
+        self.run_cnt += o.run_cnt;
+    }
+}
+
+/// What a tracer (flowtrace or tcpdump) did during one measurement.
+#[derive(Clone, Debug, Default, Serialize)]
+struct TracerFigures {
+    pid: u32,
+    /// From spawn to "tracing…" / "listening on".
+    startup_s: f64,
+    /// flowtrace: packets shown (summary `packets`); tcpdump: packets captured.
+    events: u64,
+    events_per_s: f64,
+    /// flowtrace: summary `lost`; tcpdump: packets dropped by kernel.
+    lost: u64,
+    /// flowtrace: packets counted by the kernel at the container's host veth (both ways).
+    veth_packets: u64,
+    /// utime+stime during the load window (from just before the load to just before SIGINT).
+    cpu_s_load: f64,
+    /// utime+stime over the whole process life, sampled just before SIGINT.
+    cpu_s_total: f64,
+    /// VmHWM, sampled just before SIGINT.
+    peak_rss_kib: u64,
+    /// Bytes and lines the tracer wrote to stdout (drained by the bench and discarded).
+    stdout_bytes: u64,
+    stdout_lines: u64,
+    /// Size of the pcapng/pcap file written.
+    file_bytes: Option<u64>,
+    exit: String,
+    /// flowtrace's final summary (JSON object), or tcpdump's statistics lines.
+    summary: Value,
+}
+
+/// One measurement: one configuration under one load.
+#[derive(Clone, Debug, Serialize)]
+struct Run {
+    config: Config,
+    load: Load,
+    rep: u32,
+    /// bits/s received (TCP) or packets/s received (UDP).
+    throughput: f64,
+    unit: &'static str,
+    /// Throughput / the same load's baseline in the same repetition.
+    ratio: Option<f64>,
+    iperf: Value,
+    tracer: Option<TracerFigures>,
+    /// BPF programs of this run's flowtrace: tc_ingress, tc_egress, nf_slot (0..7 together),
+    /// kfree_skb_btf, consume_skb_btf.
+    bpf: BTreeMap<String, ProgCost>,
+    /// Tracers or iperf3 processes the bench did not start, seen just before this run.
+    foreign: Vec<String>,
+}
+
+impl Run {
+    fn tc(&self) -> ProgCost {
+        let mut c = ProgCost::default();
+        for k in ["tc_ingress", "tc_egress"] {
+            if let Some(p) = self.bpf.get(k) {
+                c.add(p);
+            }
+        }
+        c
+    }
+    fn all_bpf(&self) -> ProgCost {
+        let mut c = ProgCost::default();
+        for p in self.bpf.values() {
+            c.add(p);
+        }
+        c
+    }
+    fn row(&self) -> Row {
+        let t = self.tracer.as_ref();
+        let veth = t.map(|t| t.veth_packets).unwrap_or(0);
+        let all = self.all_bpf();
+        Row {
+            config: self.config,
+            load: self.load,
+            throughput: Some(self.throughput),
+            ratio: self.ratio,
+            events_per_s: t.map(|t| t.events_per_s),
+            lost: t.map(|t| t.lost as f64),
+            cpu_s: t.map(|t| t.cpu_s_load),
+            rss_mib: t.map(|t| t.peak_rss_kib as f64 / 1024.0),
+            tc_ns_per_run: self.tc().ns_per_run(),
+            nf_ns_per_run: self.bpf.get("nf_slot").and_then(ProgCost::ns_per_run),
+            tc_runs_per_pkt: (veth > 0).then(|| self.tc().run_cnt as f64 / veth as f64),
+            nf_runs_per_pkt: (veth > 0)
+                .then(|| self.bpf.get("nf_slot").map_or(0, |p| p.run_cnt) as f64 / veth as f64),
+            bpf_ns_per_pkt: (veth > 0 && all.run_cnt > 0)
+                .then(|| all.run_time_ns as f64 / veth as f64),
+        }
+    }
+}
+
+/// One line of the table (a median over the repetitions when there are several).
+#[derive(Clone, Debug, Serialize)]
+struct Row {
+    config: Config,
+    load: Load,
+    throughput: Option<f64>,
+    ratio: Option<f64>,
+    events_per_s: Option<f64>,
+    lost: Option<f64>,
+    cpu_s: Option<f64>,
+    rss_mib: Option<f64>,
+    tc_ns_per_run: Option<f64>,
+    nf_ns_per_run: Option<f64>,
+    /// tc program runs per packet at the container's veth.
+    tc_runs_per_pkt: Option<f64>,
+    nf_runs_per_pkt: Option<f64>,
+    /// All of flowtrace's BPF run time divided by the packets at the container's veth.
+    bpf_ns_per_pkt: Option<f64>,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+fn median_row(rows: &[Row]) -> Row {
+    let m = |f: fn(&Row) -> Option<f64>| median(rows.iter().filter_map(f).collect());
+    Row {
+        config: rows[0].config,
+        load: rows[0].load,
+        throughput: m(|r| r.throughput),
+        ratio: m(|r| r.ratio),
+        events_per_s: m(|r| r.events_per_s),
+        lost: m(|r| r.lost),
+        cpu_s: m(|r| r.cpu_s),
+        rss_mib: m(|r| r.rss_mib),
+        tc_ns_per_run: m(|r| r.tc_ns_per_run),
+        nf_ns_per_run: m(|r| r.nf_ns_per_run),
+        tc_runs_per_pkt: m(|r| r.tc_runs_per_pkt),
+        nf_runs_per_pkt: m(|r| r.nf_runs_per_pkt),
+        bpf_ns_per_pkt: m(|r| r.bpf_ns_per_pkt),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes the bench starts: always killed by pid, even on failure.
+
+/// The last bytes a process wrote to stdout, and how much it wrote in all.
+#[derive(Default)]
+struct Drained {
+    bytes: u64,
+    lines: u64,
+    tail: Vec<u8>,
+}
+
+const TAIL: usize = 256 * 1024;
+
+fn drain(mut r: impl Read) -> Drained {
+    let mut d = Drained::default();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let chunk = &buf[..n];
+                d.bytes += n as u64;
+                d.lines += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+                d.tail.extend_from_slice(chunk);
+                if d.tail.len() > 2 * TAIL {
+                    let cut = d.tail.len() - TAIL;
+                    d.tail.drain(..cut);
+                }
+            }
+        }
+    }
+    d
+}
+
+struct Proc {
+    what: String,
+    child: Child,
+    stdout: Option<JoinHandle<Drained>>,
+    stderr_lines: Arc<Mutex<Vec<String>>>,
+    stderr: Option<JoinHandle<()>>,
+    ready: Option<mpsc::Receiver<()>>,
+}
+
+impl Proc {
+    /// Spawn with stdout drained (and discarded, but for its tail) and stderr collected; `ready`
+    /// is signalled by the first stderr line containing `marker`.
+    fn spawn(mut c: Command, what: &str, marker: Option<&'static str>) -> Result<Self> {
+        let mut child = c
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {what}"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .map(|o| std::thread::spawn(move || drain(o)));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().map(|e| {
+            let lines = Arc::clone(&lines);
+            std::thread::spawn(move || {
+                for line in BufReader::new(e).lines().map_while(Result::ok) {
+                    if marker.is_some_and(|m| line.contains(m)) {
+                        let _ = tx.send(());
+                    }
+                    if let Ok(mut l) = lines.lock() {
+                        l.push(line);
+                    }
+                }
+            })
+        });
+        Ok(Proc {
+            what: what.to_owned(),
+            child,
+            stdout,
+            stderr_lines: lines,
+            stderr,
+            ready: marker.map(|_| rx),
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn stderr_text(&self) -> String {
+        self.stderr_lines
+            .lock()
+            .map(|l| l.join("\n"))
+            .unwrap_or_default()
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let Some(rx) = self.ready.take() else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
+                return Ok(());
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                bail!(
+                    "{} exited before it was ready ({st}):\n{}",
+                    self.what,
+                    self.stderr_text()
+                );
+            }
+        }
+        bail!(
+            "{} was not ready within {timeout:?}:\n{}",
+            self.what,
+            self.stderr_text()
+        )
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+    }
+
+    /// Wait up to `timeout` for the process to exit; SIGKILL it after that.
+    fn wait_bounded(&mut self, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                return Ok(st.to_string());
+            }
+            if Instant::now() >= deadline {
+                self.signal(libc::SIGKILL);
+                let st = self.child.wait()?;
+                return Ok(format!("killed after {timeout:?} ({st})"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGINT, wait (bounded), then collect stdout's tail and stderr.
+    fn finish(mut self, sig: Option<libc::c_int>, timeout: Duration) -> Result<Finished> {
+        if let Some(s) = sig {
+            self.signal(s);
+        }
+        let exit = self.wait_bounded(timeout)?;
+        let out = self
+            .stdout
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        if let Some(h) = self.stderr.take() {
+            let _ = h.join();
+        }
+        let stderr = self.stderr_text();
+        Ok(Finished { exit, out, stderr })
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(libc::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+struct Finished {
+    exit: String,
+    out: Drained,
+    stderr: String,
+}
+
+/// A file the bench creates; removed when dropped.
+struct TmpFile(PathBuf);
+
+impl Drop for TmpFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `kernel.bpf_stats_enabled=1` for the run; the old value comes back on drop.
+struct BpfStats {
+    old: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> Result<Self> {
+        let old = std::fs::read_to_string(BPF_STATS)
+            .with_context(|| format!("reading {BPF_STATS}"))?
+            .trim()
+            .to_owned();
+        std::fs::write(BPF_STATS, "1").with_context(|| format!("writing 1 to {BPF_STATS}"))?;
+        Ok(Self { old })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(BPF_STATS, &self.old) {
+            crate::err!("bench: could not restore {BPF_STATS}={}: {e}", self.old);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc and bpftool.
+
+// One measurement.
+
+struct Ctx {
+    bin: PathBuf,
+    seconds: u32,
+    host_veth: String,
+    tag: String,
+}

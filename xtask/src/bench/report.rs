@@ -1,0 +1,310 @@
+//! The table, the targets, the machine facts, and the whole run.
+
+use super::*;
+
+pub(super) fn si(v: f64, unit: &str) -> String {
+    if v >= 1e9 {
+        format!("{:.2} G{unit}", v / 1e9)
+    } else if v >= 1e6 {
+        format!("{:.2} M{unit}", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.1} k{unit}", v / 1e3)
+    } else {
+        format!("{v:.0} {unit}")
+    }
+}
+
+pub(super) fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    v.map(f).unwrap_or_else(|| "–".into())
+}
+
+pub(super) fn table(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "| config | load | throughput | × baseline | events/s | lost | CPU s | peak RSS MiB | tc ns/run | nf ns/run | BPF runs/pkt (tc+nf) | BPF ns/pkt |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for r in rows {
+        let tput = opt(r.throughput, |v| match r.load {
+            Load::Tcp => si(v, "bit/s"),
+            Load::Udp => si(v, "pkt/s"),
+        });
+        let runs = match (r.tc_runs_per_pkt, r.nf_runs_per_pkt) {
+            (Some(t), Some(n)) => format!("{t:.1} + {n:.1}"),
+            _ => "–".into(),
+        };
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r.config.name(),
+            r.load.name(),
+            tput,
+            opt(r.ratio, |v| format!("{v:.3}")),
+            opt(r.events_per_s, |v| format!("{v:.0}")),
+            opt(r.lost, |v| format!("{v:.0}")),
+            opt(r.cpu_s, |v| format!("{v:.2}")),
+            opt(r.rss_mib, |v| format!("{v:.1}")),
+            opt(r.tc_ns_per_run, |v| format!("{v:.0}")),
+            opt(r.nf_ns_per_run, |v| format!("{v:.0}")),
+            runs,
+            opt(r.bpf_ns_per_pkt, |v| format!("{v:.0}")),
+        ));
+    }
+    s
+}
+
+pub(super) fn find(rows: &[Row], c: Config, l: Load) -> Option<&Row> {
+    rows.iter().find(|r| r.config == c && r.load == l)
+}
+
+/// The issue's targets, judged against the medians (reported, not asserted).
+pub(super) fn targets(rows: &[Row]) -> Vec<Value> {
+    let mut out = Vec::new();
+    if let Some(r) = find(rows, Config::Counters, Load::Tcp) {
+        out.push(
+            json!({"target": "counters-only ≥ 0.97 of baseline TCP throughput",
+            "value": r.ratio, "met": r.ratio.map(|v| v >= 0.97)}),
+        );
+    }
+    if let Some(r) = find(rows, Config::Events, Load::Udp) {
+        let met = r.ratio.map(|v| v >= 0.90 && r.lost == Some(0.0));
+        out.push(
+            json!({"target": "per-packet events ≥ 0.90 of baseline UDP rate with 0 lost",
+            "value": r.ratio, "lost": r.lost, "met": met}),
+        );
+    }
+    for load in LOADS {
+        let td = find(rows, Config::Tcpdump, load).and_then(|r| r.cpu_s);
+        for c in [Config::Counters, Config::Events, Config::Pcapng] {
+            let ft = find(rows, c, load).and_then(|r| r.cpu_s);
+            if let (Some(ft), Some(td)) = (ft, td) {
+                out.push(
+                    json!({"target": format!("{} CPU below tcpdump's ({})", c.name(), load.name()),
+                    "value": ft, "tcpdump": td, "met": ft < td}),
+                );
+            }
+        }
+    }
+    let worst_tc = rows
+        .iter()
+        .filter_map(|r| r.tc_ns_per_run)
+        .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+    if let Some(v) = worst_tc {
+        out.push(
+            json!({"target": "≤ 150 ns kernel cost per packet per tc program (worst row)",
+            "value": v, "met": v <= 150.0}),
+        );
+    }
+    out
+}
+
+pub(super) fn machine() -> Value {
+    let nproc = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_default();
+    let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0);
+    let version = |prog: &str, arg: &str| -> String {
+        cmd(prog, [arg])
+            .output()
+            .map(|(_, o, e)| format!("{o}{e}").lines().next().unwrap_or("").to_owned())
+            .unwrap_or_default()
+    };
+    json!({
+        "nproc": nproc,
+        "kernel": kernel,
+        "cpu": cpu,
+        "mem_gib": (mem_kib as f64 / 1_048_576.0 * 10.0).round() / 10.0,
+        "iperf3": version("iperf3", "--version"),
+        "tcpdump": version("tcpdump", "--version"),
+    })
+}
+
+pub(super) fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------------
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    if !crate::setup::is_root() {
+        bail!("the bench needs root (the lab, BPF, tcpdump)");
+    }
+    for tool in ["iperf3", "tcpdump", "bpftool", "nsenter", "ss"] {
+        if !have(tool) {
+            bail!("`{tool}` is not installed (apt-get install iperf3 tcpdump bpftool util-linux iproute2)");
+        }
+    }
+    if args.seconds == 0 || args.seconds > 120 {
+        bail!("--seconds must be between 1 and 120");
+    }
+    let repeat = args.repeat.clamp(1, 10);
+    let started = Instant::now();
+    let root = workspace_root();
+    if !args.no_build {
+        cmd("cargo", ["build", "--release", "-p", "tracer"]).run_visible()?;
+    }
+    let bin = root.join("target/release/flowtrace");
+    if !bin.exists() {
+        bail!(
+            "{} does not exist (build it, or drop --no-build)",
+            bin.display()
+        );
+    }
+    let out_path = args
+        .out
+        .clone()
+        .unwrap_or_else(|| root.join("target/bench.json"));
+
+    let lab = LabGuard::up()?;
+    let stats = BpfStats::enable()?;
+    let st = safety()?;
+    let ctx = Ctx {
+        bin,
+        seconds: args.seconds,
+        host_veth: st.host_veth.clone().unwrap_or_default(),
+        tag: std::process::id().to_string(),
+    };
+    let machine = machine();
+    crate::out!(
+        "bench: {} CPUs ({}), kernel {}; {} s per load, {} repetition(s), {} configurations × {} loads",
+        machine["nproc"],
+        machine["cpu"].as_str().unwrap_or("?"),
+        machine["kernel"].as_str().unwrap_or("?"),
+        args.seconds,
+        repeat,
+        CONFIGS.len(),
+        LOADS.len()
+    );
+
+    let mut runs: Vec<Run> = Vec::new();
+    for rep in 1..=repeat {
+        for load in LOADS {
+            for config in CONFIGS {
+                let t = Instant::now();
+                let run = measure(&ctx, config, load, rep).with_context(|| {
+                    format!(
+                        "measuring {} under {} (rep {rep})",
+                        config.name(),
+                        load.name()
+                    )
+                })?;
+                crate::err!(
+                    "bench: rep {rep} {:<5} {:<8} {:>14}  ({:.1} s)",
+                    load.name(),
+                    config.name(),
+                    si(run.throughput, load.unit()),
+                    t.elapsed().as_secs_f64()
+                );
+                runs.push(run);
+            }
+        }
+    }
+    drop(stats);
+    drop(lab);
+
+    // Ratios against the same load's baseline in the same repetition.
+    let baselines: BTreeMap<(Load, u32), f64> = runs
+        .iter()
+        .filter(|r| r.config == Config::Baseline)
+        .map(|r| ((r.load, r.rep), r.throughput))
+        .collect();
+    for r in &mut runs {
+        r.ratio = baselines
+            .get(&(r.load, r.rep))
+            .filter(|b| **b > 0.0)
+            .map(|b| r.throughput / b);
+    }
+    let mut rows = Vec::new();
+    for load in LOADS {
+        for config in CONFIGS {
+            let per: Vec<Row> = runs
+                .iter()
+                .filter(|r| r.config == config && r.load == load)
+                .map(Run::row)
+                .collect();
+            if !per.is_empty() {
+                rows.push(median_row(&per));
+            }
+        }
+    }
+    let targets = targets(&rows);
+    let elapsed = started.elapsed().as_secs_f64();
+
+    crate::out!(
+        "\nflowtrace bench — {} CPUs, kernel {}, {} s per load, {} of {} run(s); took {:.0} s\n",
+        machine["nproc"],
+        machine["kernel"].as_str().unwrap_or("?"),
+        args.seconds,
+        if repeat > 1 { "median" } else { "one" },
+        repeat,
+        elapsed
+    );
+    crate::out!("{}", table(&rows));
+    let dirty = runs.iter().filter(|r| !r.foreign.is_empty()).count();
+    if dirty > 0 {
+        crate::out!(
+            "WARNING: {dirty} of {} runs had other tracers or iperf3 running beside them (see `foreign` in the JSON)\n",
+            runs.len()
+        );
+    }
+    crate::out!("targets (from issue 8; reported, not asserted):");
+    for t in &targets {
+        let met = match t["met"].as_bool() {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "n/a",
+        };
+        let v = t["value"]
+            .as_f64()
+            .map(|v| format!("{v:.3}"))
+            .unwrap_or_else(|| "–".into());
+        let extra = match (t.get("tcpdump"), t.get("lost")) {
+            (Some(td), _) => format!(" (tcpdump {:.3})", td.as_f64().unwrap_or(0.0)),
+            (_, Some(l)) => format!(" (lost {})", l),
+            _ => String::new(),
+        };
+        crate::out!(
+            "  {met:<6} {}: {v}{extra}",
+            t["target"].as_str().unwrap_or("")
+        );
+    }
+
+    let report = json!({
+        "machine": machine,
+        "seconds_per_load": args.seconds,
+        "repeat": repeat,
+        "took_s": elapsed,
+        "events_definition": "flowtrace: packets shown (summary.packets, each joined from its hop observations); tcpdump: packets captured",
+        "cpu_definition": "utime+stime of the tracer from just before the load to just before SIGINT (after a 1 s drain)",
+        "rows": rows,
+        "targets": targets,
+        "runs": runs,
+    });
+    if let Some(dir) = out_path.parent() {
+        std::fs::create_dir_all(dir).ok();
+    }
+    std::fs::write(&out_path, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", out_path.display()))?;
+    crate::out!("\nraw figures: {}", out_path.display());
+    Ok(())
+}
