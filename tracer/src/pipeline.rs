@@ -206,15 +206,20 @@ mod tests {
     use crate::correlate::{explain::Explainer, packet::tests::*};
     use tracer_common::Direction;
 
-    fn run(flow_mode: bool, filter: PacketFilter) -> (String, Summary) {
-        let mut p = Pipeline::new(
+    /// A pipeline printing JSON, over the test points, with nothing known of the host.
+    fn json_pipeline(filter: PacketFilter, flow_mode: bool) -> Pipeline {
+        Pipeline::new(
             points(),
             Explainer::empty(),
             filter,
             Format::Json,
             flow_mode,
             WallClock::with_offset(0),
-        );
+        )
+    }
+
+    fn run(flow_mode: bool, filter: PacketFilter) -> (String, Summary) {
+        let mut p = json_pipeline(filter, flow_mode);
         let mut out = Vec::new();
         let f = frame([172, 18, 0, 2], 41234);
         let g = frame([198, 51, 100, 1], 41234);
@@ -266,14 +271,7 @@ mod tests {
 
     #[test]
     fn packets_are_printed_in_time_order() {
-        let mut p = Pipeline::new(
-            points(),
-            Explainer::empty(),
-            PacketFilter::default(),
-            Format::Json,
-            false,
-            WallClock::with_offset(0),
-        );
+        let mut p = json_pipeline(PacketFilter::default(), false);
         let mut out = Vec::new();
         let f = frame([172, 18, 0, 2], 41234);
         // Packet 1 starts first and stays pending; packet 2 completes (skb reuse) earlier.
@@ -293,14 +291,7 @@ mod tests {
 
     #[test]
     fn the_limit_is_exact_even_when_a_batch_completes_more() {
-        let mut p = Pipeline::new(
-            points(),
-            Explainer::empty(),
-            PacketFilter::default(),
-            Format::Json,
-            false,
-            WallClock::with_offset(0),
-        );
+        let mut p = json_pipeline(PacketFilter::default(), false);
         p.limit = Some(2);
         let f = frame([172, 18, 0, 2], 41234);
         for skb in 1..=5 {
