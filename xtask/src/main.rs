@@ -52,6 +52,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Measure flowtrace's overhead in the lab, side by side with a baseline and tcpdump.
     Bench(bench::BenchArgs),
+    /// flowtrace's memory over a long run with many distinct flows (RSS must stay flat).
+    Soak(bench::soak::SoakArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Soak(args) => bench::soak::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

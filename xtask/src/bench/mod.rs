@@ -14,6 +14,7 @@
 
 mod measure;
 mod report;
+pub mod soak;
 
 use measure::*;
 pub use report::run;
