@@ -109,6 +109,11 @@ pub struct TraceArgs {
     #[arg(long, value_name = "N", requires = "rotate")]
     pub max_files: Option<usize>,
 
+    /// How to attach the tc observers: TCX links (Linux ≥ 6.6, gone with the process even if it
+    /// is killed), netlink filters on a clsact qdisc, or auto (TCX, else netlink).
+    #[arg(long, value_enum, default_value_t = TcAttach::Auto, value_name = "MODE")]
+    pub tc_attach: TcAttach,
+
     /// Never open the terminal dashboard (headless: progress on stderr).
     #[arg(long)]
     pub no_tui: bool,
@@ -124,6 +129,13 @@ pub struct TraceArgs {
     /// More log lines on stderr (repeat for more).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TcAttach {
+    Auto,
+    Tcx,
+    Netlink,
 }
 
 /// Parses `500K`, `100M`, `2G` (powers of 1024) or a bare number of bytes.

@@ -10,3 +10,4 @@ pub mod loader;
 pub mod netfilter;
 pub mod offsets;
 pub mod tc;
+pub mod tc_ledger;

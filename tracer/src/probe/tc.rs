@@ -1,8 +1,10 @@
 //! Attaching the tc observers: TCX links where the kernel has them (≥ 6.6), else a clsact
-//! qdisc with netlink filters. Everything attached here is detached when the `Ebpf` object
-//! is dropped; a clsact qdisc that flowtrace itself added is removed by [`QdiscGuard`].
+//! qdisc with netlink filters (or as `--tc-attach` says). TCX links are detached when the
+//! `Ebpf` object is dropped, and by the kernel if flowtrace is killed; netlink filters and the
+//! clsact qdiscs flowtrace added are owned and written down by the [`Ledger`], so that the
+//! next start removes them if flowtrace is killed.
 
-use std::{fmt, process::Command};
+use std::fmt;
 
 use aya::{
     programs::{tc, LinkOrder, SchedClassifier, TcAttachType},
@@ -10,7 +12,9 @@ use aya::{
 };
 use tracer_common::Direction;
 
+use super::tc_ledger::Ledger;
 use crate::{
+    cli::TcAttach,
     error::{Error, Result},
     target::topology::AttachPoint,
 };
@@ -39,22 +43,6 @@ pub struct Attached {
     pub mechanism: Mechanism,
 }
 
-/// Removes the clsact qdiscs flowtrace added (never one that was there before).
-#[derive(Default)]
-pub struct QdiscGuard {
-    added: Vec<String>,
-}
-
-impl Drop for QdiscGuard {
-    fn drop(&mut self) {
-        for iface in &self.added {
-            let _ = Command::new("tc")
-                .args(["qdisc", "del", "dev", iface, "clsact"])
-                .status();
-        }
-    }
-}
-
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
     ebpf.program_mut(name)
         .ok_or_else(|| Error::Load(format!("program {name} missing from the eBPF object")))?
@@ -66,7 +54,8 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier
 pub fn attach(
     ebpf: &mut Ebpf,
     points: &[AttachPoint],
-    qdiscs: &mut QdiscGuard,
+    mode: TcAttach,
+    ledger: &mut Ledger,
 ) -> Result<Vec<Attached>> {
     let mut out = Vec::new();
     for (name, attach_type, direction) in [
@@ -80,7 +69,7 @@ pub fn attach(
             Err(e) => return Err(Error::Load(format!("{name}: {e}"))),
         }
         for point in points {
-            let mechanism = attach_one(prog, point, attach_type, direction, qdiscs)?;
+            let mechanism = attach_one(prog, point, attach_type, direction, mode, ledger)?;
             out.push(Attached {
                 point: point.clone(),
                 direction,
@@ -96,36 +85,52 @@ fn attach_one(
     point: &AttachPoint,
     attach_type: TcAttachType,
     direction: Direction,
-    qdiscs: &mut QdiscGuard,
+    mode: TcAttach,
+    ledger: &mut Ledger,
 ) -> Result<Mechanism> {
-    // First in the chain, so drops by programs after ours are still observed.
-    let tcx = prog.attach_with_options(
-        &point.name,
-        attach_type,
-        tc::TcAttachOptions::TcxOrder(LinkOrder::first()),
-    );
-    let tcx_err = match tcx {
-        Ok(_) => return Ok(Mechanism::Tcx),
-        Err(e) => e.to_string(),
+    let tcx_err = if mode == TcAttach::Netlink {
+        "not tried (--tc-attach netlink)".to_owned()
+    } else {
+        // First in the chain, so drops by programs after ours are still observed.
+        let tcx = prog.attach_with_options(
+            &point.name,
+            attach_type,
+            tc::TcAttachOptions::TcxOrder(LinkOrder::first()),
+        );
+        match tcx {
+            Ok(_) => return Ok(Mechanism::Tcx),
+            Err(e) if mode == TcAttach::Tcx => {
+                return Err(Error::Attach {
+                    iface: point.name.clone(),
+                    direction: direction.as_str(),
+                    reason: format!("TCX: {e} (--tc-attach tcx allows no fallback)"),
+                })
+            }
+            Err(e) => e.to_string(),
+        }
     };
     log::debug!(
-        "TCX attach on {} failed ({tcx_err}); trying clsact",
+        "TCX attach on {} not used ({tcx_err}); trying clsact",
         point.name
     );
     match tc::qdisc_add_clsact(&point.name) {
-        Ok(()) => qdiscs.added.push(point.name.clone()),
+        Ok(()) => ledger.qdisc_added(point.ifindex, &point.name),
         Err(tc::TcError::NetlinkError(e)) if e.to_string().contains("exists") => {}
         Err(e) => log::debug!("clsact on {}: {e}", point.name),
     }
-    prog.attach_with_options(
-        &point.name,
-        attach_type,
-        tc::TcAttachOptions::Netlink(tc::NlOptions::default()),
-    )
-    .map(|_| Mechanism::Netlink)
-    .map_err(|e| Error::Attach {
+    let attach_err = |e: String| Error::Attach {
         iface: point.name.clone(),
         direction: direction.as_str(),
         reason: format!("TCX: {tcx_err}; clsact: {e}"),
-    })
+    };
+    let id = prog
+        .attach_with_options(
+            &point.name,
+            attach_type,
+            tc::TcAttachOptions::Netlink(tc::NlOptions::default()),
+        )
+        .map_err(|e| attach_err(e.to_string()))?;
+    let link = prog.take_link(id).map_err(|e| attach_err(e.to_string()))?;
+    ledger.filter_attached(point.ifindex, &point.name, link);
+    Ok(Mechanism::Netlink)
 }

@@ -338,6 +338,11 @@ impl Flowtrace {
         me
     }
 
+    /// The process id (0 once it has exited).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
     pub fn stderr_text(&self) -> String {
         self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
     }
