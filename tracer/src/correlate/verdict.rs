@@ -249,4 +249,47 @@ mod tests {
         assert_eq!(s.len(), 1);
         assert_eq!((s[0].table.as_str(), s[0].nat.len()), ("nat", 1));
     }
+
+    #[test]
+    fn only_the_slots_around_the_tables_are_enough() {
+        // What `slots_for` links on a Docker host: PREROUTING 0,2,4; FORWARD 0,5; POSTROUTING 0,7.
+        let inner = frame([172, 18, 0, 2], 41234);
+        let outer = frame([198, 51, 100, 1], 41234);
+        let mut obs = Vec::new();
+        for (ts, hook, slot) in [
+            (1, 0, 0),
+            (2, 0, 2),
+            (3, 0, 4),
+            (4, 2, 0),
+            (5, 2, 5),
+            (6, 4, 0),
+        ] {
+            obs.push(nf(ts, hook, slot, &inner));
+        }
+        obs.push(nf(7, 4, 7, &outer));
+        let s = steps(&packet(obs.clone(), Some(EndKind::Consume)), &docker_tables);
+        let names: Vec<(u8, &str, Verdict, usize)> = s
+            .iter()
+            .map(|x| (x.hook, x.table.as_str(), x.verdict, x.nat.len()))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                (0, "nat", Verdict::Accept, 0),
+                (2, "filter", Verdict::Accept, 0),
+                (4, "nat", Verdict::Accept, 1)
+            ]
+        );
+        // Dropped in FORWARD: seen at its entry slot, never after filter.
+        let dropped: Vec<NfObservation> = obs.into_iter().filter(|n| n.ts_ns <= 4).collect();
+        let s = steps(
+            &packet(dropped, Some(EndKind::Drop { reason: 12 })),
+            &docker_tables,
+        );
+        let last = s.last().expect("steps");
+        assert_eq!(
+            (last.hook, last.table.as_str(), last.verdict),
+            (2, "filter", Verdict::Drop)
+        );
+    }
 }

@@ -152,9 +152,14 @@ pub struct NetfilterObservers {
 }
 
 /// Loads the slot programs from `object` (the same bytes `ebpf` was loaded from) and links
-/// each at every IPv4 hook at its slot's priority. Call it while `ebpf` still holds all its
-/// maps (before any `take_map`).
-pub fn attach(ebpf: &Ebpf, object: &[u8]) -> Result<NetfilterObservers, NfError> {
+/// slot `s` at IPv4 hook `h` at its slot's priority where bit `s` of `plan[h]` is set (see
+/// `tracer_common::netfilter::slots_for`). Call it while `ebpf` still holds all its maps
+/// (before any `take_map`).
+pub fn attach(
+    ebpf: &Ebpf,
+    object: &[u8],
+    plan: &[u8; HOOK_NAMES.len()],
+) -> Result<NetfilterObservers, NfError> {
     let mut obj = aya_obj::Object::parse(object).map_err(|e| NfError::Parse(e.to_string()))?;
     let obj_maps: Vec<(String, aya_obj::Map)> = obj
         .maps
@@ -198,8 +203,14 @@ pub fn attach(ebpf: &Ebpf, object: &[u8]) -> Result<NetfilterObservers, NfError>
             .functions
             .get(&prog.function_key())
             .ok_or_else(|| NfError::Missing(name.clone()))?;
+        if !plan.iter().any(|m| m & (1 << slot) != 0) {
+            continue;
+        }
         let fd = load(&name, &func.instructions)?;
         for (hooknum, hook) in HOOK_NAMES.iter().enumerate() {
+            if plan[hooknum] & (1 << slot) == 0 {
+                continue;
+            }
             let mut attr = LinkCreateAttr {
                 prog_fd: fd.as_raw_fd() as u32,
                 attach_type: BPF_NETFILTER,

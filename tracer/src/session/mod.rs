@@ -32,7 +32,8 @@ use crate::{
         Format,
     },
     pipeline::Pipeline,
-    probe::{btf, counters::Counters, loader, offsets, tc},
+    probe::{btf, counters::Counters, loader, offsets, tc, tc_ledger},
+    target::ruleset::Ruleset,
     tui::{Feed, HopCount},
 };
 
@@ -79,13 +80,28 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         .and_then(|b| b.enum_values("skb_drop_reason").ok())
         .unwrap_or_default();
 
-    // Declared before `ebpf` so that it is dropped after it: links first, then our qdiscs.
-    let mut qdiscs = tc::QdiscGuard::default();
+    // What a killed run left (netlink filters, clsact qdiscs): removed before we attach.
+    for swept in tc_ledger::sweep() {
+        notes.say(format!(
+            "removed what a killed flowtrace (pid {}) left: {} tc filter(s), {} clsact qdisc(s){}",
+            swept.pid,
+            swept.filters,
+            swept.qdiscs,
+            match swept.gone {
+                0 => String::new(),
+                n => format!(" ({n} already gone)"),
+            }
+        ));
+    }
+    // Owns the netlink filters and the qdiscs we add; removes them, and its file, when dropped.
+    let mut ledger = tc_ledger::Ledger::default();
     // 0: the whole packet, as far as one observation can carry.
     let snaplen = match args.snaplen {
         0 => MAX_SNAP as u32 - 1,
         n => n.min(MAX_SNAP as u32 - 1),
     };
+    // Which tables run at which hook: where the netfilter observers go, and how drops are named.
+    let ruleset = Ruleset::read();
     let mut ebpf = loader::load(&offsets, snaplen, !args.counters)?;
     // Before any map is taken out of `ebpf`: the netfilter loader relocates against all of them.
     // --counters: no per-packet events, so nothing for the netfilter and drop layers to add.
@@ -95,7 +111,7 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         );
         None
     } else {
-        attach_netfilter_and_drops(&mut ebpf, offsets.valid != 0, &mut notes)
+        attach_netfilter_and_drops(&mut ebpf, offsets.valid != 0, ruleset.as_ref(), &mut notes)
     };
     let mut counters = Counters::take(&mut ebpf)?;
     for p in &attach_points {
@@ -104,7 +120,7 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         }
     }
     let mut stream = EventStream::take(&mut ebpf)?;
-    let attached = tc::attach(&mut ebpf, &attach_points, &mut qdiscs)?;
+    let attached = tc::attach(&mut ebpf, &attach_points, args.tc_attach, &mut ledger)?;
     for a in attached
         .iter()
         .filter(|a| a.direction == Direction::Ingress)
@@ -130,7 +146,7 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         hosts: args.hosts.clone(),
         ports: args.ports.clone(),
     };
-    let explainer = explainer(&topo, reasons);
+    let explainer = explainer(&topo, reasons, ruleset);
     let mut pipeline = Pipeline::new(
         points_of(&attach_points),
         explainer,
@@ -231,7 +247,7 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
                         match churn::resolve(d, &name, &attached_ifs).await {
                             Err(e) => (name.clone(), format!("container {name} started, but cannot be traced: {e}")),
                             Ok(r) => {
-                                tc::attach(&mut ebpf, &r.new_points, &mut qdiscs)?;
+                                tc::attach(&mut ebpf, &r.new_points, args.tc_attach, &mut ledger)?;
                                 for p in &r.new_points {
                                     for d in [Direction::Ingress, Direction::Egress] {
                                         counters.register(PointKey::new(p.ifindex, d as u8))?;
@@ -363,6 +379,6 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     }
     out.flush().map_err(werr)?;
     drop(ebpf);
-    drop(qdiscs);
+    drop(ledger);
     Ok(())
 }

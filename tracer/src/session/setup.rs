@@ -211,6 +211,7 @@ impl Startup {
 pub(super) fn attach_netfilter_and_drops(
     ebpf: &mut aya::Ebpf,
     have_offsets: bool,
+    ruleset: Option<&Ruleset>,
     notes: &mut Startup,
 ) -> Option<netfilter::NetfilterObservers> {
     if !have_offsets {
@@ -229,13 +230,12 @@ pub(super) fn attach_netfilter_and_drops(
             )),
         }
     }
-    match netfilter::attach(ebpf, loader::object()) {
+    let (plan, around) = netfilter_plan(ruleset, conntrack_loaded());
+    match netfilter::attach(ebpf, loader::object(), &plan) {
         Ok(nf) => {
             notes.say(format!(
-                "attached netfilter observers via BPF netfilter links ({} links: {} IPv4 hooks × {} priorities)",
+                "attached netfilter observers via BPF netfilter links ({} links around {around})",
                 nf.links,
-                tracer_common::netfilter::HOOK_NAMES.len(),
-                tracer_common::netfilter::SLOT_PRIORITIES.len()
             ));
             Some(nf)
         }
@@ -248,8 +248,44 @@ pub(super) fn attach_netfilter_and_drops(
     }
 }
 
+/// Whether nf_conntrack is loaded in this namespace (it runs at PREROUTING and OUTPUT).
+fn conntrack_loaded() -> bool {
+    std::path::Path::new("/proc/sys/net/netfilter/nf_conntrack_max").exists()
+}
+
+/// Which netfilter slots to link at each IPv4 hook: around the tables the ruleset has there
+/// (every slot everywhere when the ruleset cannot be read), and a description of it.
+pub(super) fn netfilter_plan(ruleset: Option<&Ruleset>, conntrack: bool) -> ([u8; 5], String) {
+    use tracer_common::netfilter::{slots_for, HOOK_NAMES};
+    let Some(rs) = ruleset else {
+        return (
+            [0xff; 5],
+            "every table position (the ruleset could not be read)".into(),
+        );
+    };
+    let mut plan = [0u8; 5];
+    let mut parts = Vec::new();
+    for (hook, name) in HOOK_NAMES.iter().enumerate() {
+        let tables = rs.tables_at(hook as u8);
+        let ct = conntrack && (hook == 0 || hook == 3);
+        let prios: Vec<i32> = tables.iter().map(|(_, p)| *p).collect();
+        plan[hook] = slots_for(&prios, ct);
+        let mut names: Vec<&str> = ct.then_some("conntrack").into_iter().collect();
+        names.extend(tables.iter().map(|(n, _)| n.as_str()));
+        parts.push(match names.is_empty() {
+            true => format!("{name} (entry only)"),
+            false => format!("{name} {}", names.join(",")),
+        });
+    }
+    (plan, parts.join("; "))
+}
+
 /// What the explainer needs from this host.
-pub(super) fn explainer(topo: &Topology, reasons: Vec<(String, i64)>) -> Explainer {
+pub(super) fn explainer(
+    topo: &Topology,
+    reasons: Vec<(String, i64)>,
+    ruleset: Option<Ruleset>,
+) -> Explainer {
     let kallsyms = Kallsyms::load();
     let mut ex = Explainer::empty();
     ex.reasons = reasons
@@ -265,7 +301,46 @@ pub(super) fn explainer(topo: &Topology, reasons: Vec<(String, i64)>) -> Explain
     ex.host_netns = Netns::open(std::path::Path::new("/proc/self/ns/net"))
         .map(|n| n.inode as u32)
         .unwrap_or(0);
-    ex.ruleset = Ruleset::read();
+    ex.ruleset = ruleset;
     ex.reread = Box::new(Ruleset::read);
     ex
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOCKER: &str =
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+        :POSTROUTING ACCEPT [0:0]\n:DOCKER - [0:0]\n\
+        [3:180] -A POSTROUTING -s 172.18.0.0/16 ! -o br-x -j MASQUERADE\nCOMMIT\n\
+        *filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+        [0:0] -A FORWARD -j DOCKER-USER\nCOMMIT\n";
+
+    #[test]
+    fn netfilter_observers_go_around_the_tables_the_ruleset_has() {
+        let rs = Ruleset::parse(DOCKER, "iptables-save");
+        let (plan, around) = netfilter_plan(Some(&rs), true);
+        // PREROUTING: entry, after conntrack, after nat (-100).
+        assert_eq!(plan[0], 0b0001_0101);
+        // INPUT: entry, after filter, after nat (+100).
+        assert_eq!(plan[1], 0b1010_0001);
+        // FORWARD: entry, after filter.
+        assert_eq!(plan[2], 0b0010_0001);
+        // OUTPUT: entry, after conntrack, nat (-100) and filter.
+        assert_eq!(plan[3], 0b0011_0101);
+        // POSTROUTING: entry, after nat (+100).
+        assert_eq!(plan[4], 0b1000_0001);
+        assert_eq!(
+            around,
+            "PREROUTING conntrack,nat; INPUT filter,nat; FORWARD filter; \
+             OUTPUT conntrack,nat,filter; POSTROUTING nat"
+        );
+        let links: u32 = plan.iter().map(|m| m.count_ones()).sum();
+        assert_eq!(links, 14, "instead of 40");
+        // No ruleset: every slot at every hook.
+        assert_eq!(netfilter_plan(None, true).0, [0xff; 5]);
+        // Without conntrack, PREROUTING needs no slot after -200.
+        assert_eq!(netfilter_plan(Some(&rs), false).0[0], 0b0001_0001);
+    }
 }
