@@ -39,6 +39,25 @@ fn has_clsact(iface: &str) -> bool {
     String::from_utf8_lossy(&o.stdout).contains("clsact")
 }
 
+/// Removes a clsact qdisc from the lab's veth when dropped, even if the test failed, unless it
+/// was there before the test (the lab never adds one).
+struct ClsactGuard(String);
+
+impl ClsactGuard {
+    fn new(iface: &str) -> Self {
+        assert!(!has_clsact(iface), "the lab's veth starts without clsact");
+        Self(iface.to_owned())
+    }
+}
+
+impl Drop for ClsactGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("tc")
+            .args(["qdisc", "del", "dev", &self.0, "clsact"])
+            .output();
+    }
+}
+
 fn saw(lines: &[Value], lab: &Lab, sport: u16) -> bool {
     let src = format!("{}:{sport}", lab.s("container_ip"));
     packets(lines).iter().any(|p| p["src"] == src.as_str())
@@ -49,7 +68,7 @@ fn saw(lines: &[Value], lab: &Lab, sport: u16) -> bool {
 fn netlink_mode_traces_and_leaves_nothing_on_exit() {
     let lab = Lab::get();
     let veth = lab.s("host_veth");
-    assert!(!has_clsact(&veth), "the lab's veth starts without clsact");
+    let _clean = ClsactGuard::new(&veth);
     let ft = Flowtrace::start(&["-c", "ens_monitor_cron", "--json", "--tc-attach", "netlink"]);
     let err = ft.stderr_text();
     assert!(
@@ -76,6 +95,7 @@ fn netlink_mode_traces_and_leaves_nothing_on_exit() {
 fn two_netlink_instances_do_not_pull_the_qdisc_from_under_each_other() {
     let lab = Lab::get();
     let veth = lab.s("host_veth");
+    let _clean = ClsactGuard::new(&veth);
     let a = Flowtrace::start(&["-c", "ens_monitor_cron", "--json", "--tc-attach", "netlink"]);
     let b = Flowtrace::start(&["-c", "ens_monitor_cron", "--json", "--tc-attach", "netlink"]);
     assert_eq!(bpf_filters(&veth).len(), 4, "two filters each");
@@ -94,6 +114,7 @@ fn two_netlink_instances_do_not_pull_the_qdisc_from_under_each_other() {
 fn a_killed_netlink_run_is_cleaned_up_by_the_next_start() {
     let lab = Lab::get();
     let veth = lab.s("host_veth");
+    let _clean = ClsactGuard::new(&veth);
     let mut killed =
         Flowtrace::start(&["-c", "ens_monitor_cron", "--json", "--tc-attach", "netlink"]);
     let pid = killed.pid();

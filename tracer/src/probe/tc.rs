@@ -115,7 +115,14 @@ fn attach_one(
     );
     match tc::qdisc_add_clsact(&point.name) {
         Ok(()) => ledger.qdisc_added(point.ifindex, &point.name),
-        Err(tc::TcError::NetlinkError(e)) if e.to_string().contains("exists") => {}
+        // Already there: "File exists", or "Exclusivity flag on" from newer kernels.
+        Err(tc::TcError::NetlinkError(e))
+            if ["exists", "Exclusivity"]
+                .iter()
+                .any(|m| e.to_string().contains(m)) =>
+        {
+            ledger.qdisc_found(point.ifindex, &point.name)
+        }
         Err(e) => log::debug!("clsact on {}: {e}", point.name),
     }
     let attach_err = |e: String| Error::Attach {

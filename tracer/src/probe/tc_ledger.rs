@@ -172,6 +172,23 @@ impl Ledger {
         }
     }
 
+    /// A clsact qdisc was already on `iface`: if another live flowtrace added it, this one
+    /// shares the duty to remove it (whoever leaves last, with no filter left on it, does).
+    /// A qdisc that was there before any flowtrace is never ours to remove.
+    pub fn qdisc_found(&mut self, ifindex: u32, iface: &str) {
+        let added_by_flowtrace = ledgers()
+            .into_iter()
+            .filter(|(_, r)| r.pid != self.record.pid && alive(r))
+            .any(|(_, r)| {
+                r.entries.iter().any(|e| {
+                    matches!(e, Entry::Qdisc { ifindex: i, iface: n } if *i == ifindex && n == iface)
+                })
+            });
+        if added_by_flowtrace && !self.qdiscs.iter().any(|q| q == iface) {
+            self.qdisc_added(ifindex, iface);
+        }
+    }
+
     /// Takes ownership of a netlink filter and records it.
     pub fn filter_attached(&mut self, ifindex: u32, iface: &str, link: SchedClassifierLink) {
         if let (Ok(prio), Ok(handle), Ok(kind)) =
@@ -272,29 +289,36 @@ fn ifindex_of(iface: &str) -> Option<u32> {
         .ok()
 }
 
-/// Removes what killed flowtrace runs left behind (see the module docs).
-pub fn sweep() -> Vec<Swept> {
+/// Every ledger in [`DIR`], with its path.
+fn ledgers() -> Vec<(PathBuf, Record)> {
     let Ok(dir) = fs::read_dir(DIR) else {
         return Vec::new();
     };
+    dir.flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("tc-") && !n.ends_with(".tmp"))
+        })
+        .filter_map(|p| {
+            let r = Record::parse(&fs::read_to_string(&p).ok()?)?;
+            Some((p, r))
+        })
+        .collect()
+}
+
+/// Whether a ledger's owner is still running (same pid, same start time).
+fn alive(r: &Record) -> bool {
+    start_time(r.pid).is_some_and(|s| s == r.start)
+}
+
+/// Removes what killed flowtrace runs left behind (see the module docs).
+pub fn sweep() -> Vec<Swept> {
     let mut out = Vec::new();
-    for entry in dir.flatten() {
-        let path = entry.path();
-        let is_ledger = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("tc-") && !n.ends_with(".tmp"));
-        if !is_ledger {
+    for (path, record) in ledgers() {
+        if alive(&record) {
             continue;
-        }
-        let Some(record) = fs::read_to_string(&path)
-            .ok()
-            .and_then(|t| Record::parse(&t))
-        else {
-            continue;
-        };
-        if start_time(record.pid).is_some_and(|s| s == record.start) {
-            continue; // its owner is alive
         }
         out.push(sweep_one(&record));
         let _ = fs::remove_file(&path);
