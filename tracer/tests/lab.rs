@@ -393,6 +393,46 @@ fn a_docker_user_drop_names_hook_table_reason_and_rule() {
 
 #[test]
 #[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
+fn traffic_to_another_user_network_is_dropped_by_dockers_isolation_rules() {
+    let lab = Lab::get();
+    let iso = lab.ip("isolated_ip");
+    let bridge = lab.s("isolated_bridge");
+    let ft = Flowtrace::start(&["-c", "ens_monitor_cron", "--json"]);
+    let err = tcp(&lab, &cron(), iso, 8080).expect_err("Docker isolates user networks");
+    let lines = ft.stop();
+    let dst = format!("{iso}:8080");
+    let syn = find(&lines, "out", |p| {
+        p["dst"] == dst.as_str() && p["tcp_flags"] == "S" && !p["drop"].is_null()
+    });
+    // Out of the container, across its bridge, and no further: FORWARD/filter dropped it.
+    let path = hops(syn);
+    assert_eq!(
+        path.first(),
+        Some(&(lab.s("host_veth"), "ingress".into())),
+        "{syn}"
+    );
+    assert!(
+        path.iter().all(|(i, _)| *i != bridge),
+        "never reached {bridge}: {syn}"
+    );
+    assert_eq!(nf_hop(syn, "FORWARD", "filter")["verdict"], "drop", "{syn}");
+    let d = &syn["drop"];
+    assert_eq!(d["reason"], "NETFILTER_DROP", "{syn}");
+    assert_eq!(
+        (d["hook"].as_str(), d["table"].as_str()),
+        (Some("FORWARD"), Some("filter"))
+    );
+    // Docker 20.10–27 drops in DOCKER-ISOLATION-STAGE-2, later versions in DOCKER-FORWARD or
+    // DOCKER-INTERNAL: whichever it is, the rule names the isolated bridge and drops.
+    let rule = d["rule"].as_str().unwrap_or_default();
+    assert!(
+        rule.starts_with("-A DOCKER-") && rule.contains(&bridge) && rule.ends_with("-j DROP"),
+        "the isolation rule as iptables -S prints it, not {rule:?} ({err}): {syn}"
+    );
+}
+
+#[test]
+#[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
 fn a_drop_outside_netfilter_has_its_reason_and_no_hook() {
     let lab = Lab::get();
     let ft = Flowtrace::start(&["-c", "ens_monitor_cron", "--json"]);

@@ -112,6 +112,19 @@ impl Lab {
         if containers.contains(&dst) {
             return;
         }
+        // The isolated container: routed to its own bridge, guarded like the internet range.
+        if self.state["isolated_ip"].as_str() == Some(&dst.to_string()) {
+            assert_eq!(
+                self.route_dev(dst),
+                self.s("isolated_bridge"),
+                "unsafe: {dst}"
+            );
+            assert!(
+                self.guards() >= 4,
+                "unsafe: the lab's guard rules are missing"
+            );
+            return;
+        }
         let (net, len) = LAB_NET;
         let mask = u32::MAX << (32 - len);
         assert_eq!(
@@ -119,26 +132,36 @@ impl Lab {
             u32::from(net),
             "unsafe destination {dst}: outside the lab"
         );
+        assert_eq!(
+            self.route_dev(dst),
+            self.s("uplink"),
+            "unsafe: {dst} would not leave by the lab's uplink"
+        );
+        assert!(
+            self.guards() >= 2,
+            "unsafe: the lab's guard rules are missing"
+        );
+    }
+
+    /// The interface the host routes `dst` out of.
+    fn route_dev(&self, dst: IpAddr) -> String {
         let out = Command::new("ip")
             .args(["-j", "route", "get", &dst.to_string()])
             .output()
             .expect("ip route get");
         let routes: Value = serde_json::from_slice(&out.stdout).expect("ip -j output");
-        let dev = routes[0]["dev"].as_str().unwrap_or("");
-        assert_eq!(
-            dev,
-            self.s("uplink"),
-            "unsafe: {dst} would not leave by the lab's uplink"
-        );
+        routes[0]["dev"].as_str().unwrap_or("").to_owned()
+    }
+
+    /// How many lab guard rules are installed.
+    fn guards(&self) -> usize {
         let rules = Command::new("iptables")
             .args(["-S"])
             .output()
             .expect("iptables -S");
-        let rules = String::from_utf8_lossy(&rules.stdout);
-        assert!(
-            rules.matches("flowtrace-lab-guard").count() >= 2,
-            "unsafe: the lab's guard rules are missing"
-        );
+        String::from_utf8_lossy(&rules.stdout)
+            .matches("flowtrace-lab-guard")
+            .count()
     }
 }
 

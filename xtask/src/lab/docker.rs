@@ -2,10 +2,7 @@
 //! Everything the lab creates carries the label `flowtrace.lab=1`; teardown removes only
 //! objects with that label, so a user's own `docker_default` is never touched.
 
-use super::{
-    CONTAINER_PORT, GATEWAY, IMAGE, LAB_LABEL, LAB_LABEL_KEY, NETWORK, PUBLISHED_HOST_PORT, SUBNET,
-    UPLINK_IP,
-};
+use super::{CONTAINER_PORT, IMAGE, LAB_LABEL, LAB_LABEL_KEY, PUBLISHED_HOST_PORT, UPLINK_IP};
 use crate::cmd::cmd;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -40,16 +37,28 @@ pub fn network_ownership(name: &str) -> Result<Ownership> {
     ownership("network", name)
 }
 
-pub fn create_network() -> Result<String> {
-    let out = cmd("docker", ["network", "create", "--driver", "bridge"])
-        .args(["--subnet", SUBNET, "--gateway", GATEWAY])
+/// A lab network; `bridge` fixes the Linux bridge's name (else Docker's `br-<id>`).
+pub fn create_network(
+    name: &str,
+    subnet: &str,
+    gateway: &str,
+    bridge: Option<&str>,
+) -> Result<String> {
+    let mut c = cmd("docker", ["network", "create", "--driver", "bridge"])
+        .args(["--subnet", subnet, "--gateway", gateway])
         .args(["--label", "com.docker.compose.project=docker"])
         .args(["--label", "com.docker.compose.network=default"])
         .args(["--label", "com.docker.compose.version=5.0.2"])
-        .args(["--label", LAB_LABEL])
-        .arg(NETWORK)
+        .args(["--label", LAB_LABEL]);
+    if let Some(b) = bridge {
+        c = c
+            .arg("--opt")
+            .arg(format!("com.docker.network.bridge.name={b}"));
+    }
+    let out = c
+        .arg(name)
         .read()
-        .with_context(|| format!("creating network {NETWORK}"))?;
+        .with_context(|| format!("creating network {name}"))?;
     Ok(out.trim().to_string())
 }
 
@@ -59,6 +68,7 @@ pub struct ContainerSpec<'a> {
     pub service: &'a str,
     pub number: u32,
     pub publish: bool,
+    pub network: &'a str,
 }
 
 /// Shell run as the container's main process: a persistent TCP echo server on 8080
@@ -70,7 +80,7 @@ fn container_script() -> String {
 pub fn run_container(spec: &ContainerSpec) -> Result<String> {
     let mut c = cmd("docker", ["run", "--detach", "--name", spec.name])
         .args(["--hostname", spec.name])
-        .args(["--network", NETWORK, "--ip", spec.ip])
+        .args(["--network", spec.network, "--ip", spec.ip])
         .args(["--network-alias", spec.service])
         // Containers never resolve names: the only resolver is one that does not exist.
         .args(["--dns", "127.0.0.1", "--restart", "no"])

@@ -2,7 +2,10 @@
 //! out of the machine, the user-style drop rule, and the pre-send safety check.
 
 use super::state::State;
-use super::{GUARD_COMMENT, INET_IP, INET_NS_IF, INET_SUBNET, NETNS, UPLINK, UPLINK_IP};
+use super::{
+    GUARD_COMMENT, INET_IP, INET_NS_IF, INET_SUBNET, ISOLATED_BRIDGE, ISOLATED_SUBNET, NETNS,
+    UPLINK, UPLINK_IP,
+};
 use crate::cmd::cmd;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -12,13 +15,16 @@ use std::net::Ipv4Addr;
 /// OUTPUT (traffic the host itself sends).
 const GUARD_CHAINS: [&str; 2] = ["DOCKER-USER", "OUTPUT"];
 
-fn guard_spec() -> Vec<String> {
+/// Each lab range and the only interface it may leave by.
+const GUARDED: [(&str, &str); 2] = [(INET_SUBNET, UPLINK), (ISOLATED_SUBNET, ISOLATED_BRIDGE)];
+
+fn guard_spec(subnet: &str, iface: &str) -> Vec<String> {
     [
         "-d",
-        INET_SUBNET,
+        subnet,
         "!",
         "-o",
-        UPLINK,
+        iface,
         "-m",
         "comment",
         "--comment",
@@ -48,7 +54,11 @@ fn rule_present(chain: &str, spec: &[String]) -> bool {
 }
 
 pub fn guards_present() -> bool {
-    GUARD_CHAINS.iter().all(|c| rule_present(c, &guard_spec()))
+    GUARD_CHAINS.iter().all(|c| {
+        GUARDED
+            .iter()
+            .all(|(net, dev)| rule_present(c, &guard_spec(net, dev)))
+    })
 }
 
 /// Insert both guards at the top of their chains (if not there already).
@@ -57,12 +67,14 @@ pub fn install_guards() -> Result<()> {
         bail!("iptables chain DOCKER-USER does not exist: is dockerd running? (cargo xtask setup)");
     }
     for chain in GUARD_CHAINS {
-        if !rule_present(chain, &guard_spec()) {
-            iptables()
-                .args(["-I", chain, "1"])
-                .args(guard_spec())
-                .run()
-                .with_context(|| format!("installing the lab guard in {chain}"))?;
+        for (net, dev) in GUARDED {
+            if !rule_present(chain, &guard_spec(net, dev)) {
+                iptables()
+                    .args(["-I", chain, "1"])
+                    .args(guard_spec(net, dev))
+                    .run()
+                    .with_context(|| format!("installing the lab guard in {chain}"))?;
+            }
         }
     }
     if !guards_present() {
@@ -110,7 +122,7 @@ pub fn drop_rule_line(port: u16) -> String {
     format!("-A DOCKER-USER -d {INET_IP}/32 -p tcp -m tcp --dport {port} -j DROP")
 }
 
-/// Insert the drop rule right after the DOCKER-USER guard; returns its `iptables -S` line.
+/// Insert the drop rule right after the DOCKER-USER guards; returns its `iptables -S` line.
 pub fn install_drop_rule(port: u16) -> Result<String> {
     let line = drop_rule_line(port);
     if chain_rules("DOCKER-USER").contains(&line) {
@@ -118,7 +130,7 @@ pub fn install_drop_rule(port: u16) -> Result<String> {
     }
     let spec: Vec<&str> = line.split_whitespace().skip(2).collect();
     iptables()
-        .args(["-I", "DOCKER-USER", "2"])
+        .args(["-I", "DOCKER-USER", &(GUARDED.len() + 1).to_string()])
         .args(&spec)
         .run()
         .context("installing the drop rule")?;

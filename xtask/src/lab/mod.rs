@@ -6,6 +6,9 @@
 //!   echo responders at 198.51.100.2 (TCP 8080/8081, UDP 9999, ICMP by the kernel);
 //! - guard rules that drop lab-bound traffic leaving by any other interface, installed first
 //!   and removed last;
+//! - a second user network `ftlab_isolated` (172.29.0.0/24, bridge `ftlab-iso`) with
+//!   `ens_isolated` (172.29.0.2): Docker's isolation rules drop traffic between it and
+//!   `docker_default`; a guard drops 172.29.0.0/24 leaving by any other interface;
 //! - knobs: a user-style DROP rule for TCP 8081, the peer container, a published port.
 //!
 //! `lab up` when a complete, healthy lab with the same knobs is already up says so and exits 0;
@@ -45,6 +48,12 @@ pub const PREFIX_LEN: u8 = 24;
 pub const TCP_PORTS: [u16; 2] = [8080, 8081];
 pub const UDP_PORT: u16 = 9999;
 pub const DROP_PORT: u16 = 8081;
+pub const ISOLATED_NETWORK: &str = "ftlab_isolated";
+pub const ISOLATED_BRIDGE: &str = "ftlab-iso";
+pub const ISOLATED_SUBNET: &str = "172.29.0.0/24";
+pub const ISOLATED_GATEWAY: &str = "172.29.0.1";
+pub const ISOLATED: &str = "ens_isolated";
+pub const ISOLATED_IP: &str = "172.29.0.2";
 pub const CONTAINER_PORT: u16 = 8080;
 pub const PUBLISHED_HOST_PORT: u16 = 18080;
 pub const GUARD_COMMENT: &str = "flowtrace-lab-guard";
@@ -219,7 +228,7 @@ fn build(st: &mut State, k: &Knobs) -> Result<()> {
     step("network");
     st.pending = Some(format!("network:{NETWORK}"));
     st.save()?;
-    st.network_id = Some(docker::create_network()?);
+    st.network_id = Some(docker::create_network(NETWORK, SUBNET, GATEWAY, None)?);
     st.pending = None;
     st.save()?;
     check("network")?;
@@ -237,6 +246,7 @@ fn build(st: &mut State, k: &Knobs) -> Result<()> {
         service: "python-monitor",
         number: 1,
         publish: k.publish,
+        network: NETWORK,
     })?);
     st.pending = None;
     st.save()?;
@@ -257,6 +267,7 @@ fn build(st: &mut State, k: &Knobs) -> Result<()> {
             service: "python-monitor-peer",
             number: 1,
             publish: false,
+            network: NETWORK,
         })?);
         st.pending = None;
         st.save()?;
@@ -264,6 +275,32 @@ fn build(st: &mut State, k: &Knobs) -> Result<()> {
         st.peer_veth = Some(veth);
         st.save()?;
     }
+
+    step("isolated network");
+    st.pending = Some(format!("network:{ISOLATED_NETWORK}"));
+    st.save()?;
+    docker::create_network(
+        ISOLATED_NETWORK,
+        ISOLATED_SUBNET,
+        ISOLATED_GATEWAY,
+        Some(ISOLATED_BRIDGE),
+    )?;
+    st.pending = Some(format!("container:{ISOLATED}"));
+    st.save()?;
+    docker::run_container(&ContainerSpec {
+        name: ISOLATED,
+        ip: ISOLATED_IP,
+        service: "isolated",
+        number: 1,
+        publish: false,
+        network: ISOLATED_NETWORK,
+    })?;
+    st.pending = None;
+    st.isolated_ip = Some(ISOLATED_IP.into());
+    st.isolated_bridge = Some(ISOLATED_BRIDGE.into());
+    st.save()?;
+    check("isolated")?;
+
     docker::wait_listener(CONTAINER)?;
     if k.peer {
         docker::wait_listener(PEER)?;
@@ -308,7 +345,11 @@ fn teardown(st: Option<&State>) -> Result<()> {
         Ok(())
     })());
     note((|| {
-        let mut names = vec![CONTAINER.to_string(), PEER.to_string()];
+        let mut names = vec![
+            CONTAINER.to_string(),
+            PEER.to_string(),
+            ISOLATED.to_string(),
+        ];
         if let Some(s) = st {
             names.extend(s.peer_container.clone());
             names.extend(s.container_id.clone());
@@ -322,7 +363,7 @@ fn teardown(st: Option<&State>) -> Result<()> {
         Ok(())
     })());
     note((|| {
-        let mut names = vec![NETWORK.to_string()];
+        let mut names = vec![NETWORK.to_string(), ISOLATED_NETWORK.to_string()];
         if let Some(id) = st.and_then(|s| s.network_id.clone()) {
             names.insert(0, id);
         }

@@ -39,6 +39,11 @@ pub struct State {
     /// Exact `iptables -S` form of the drop rule, e.g. `-A DOCKER-USER -d 198.51.100.2/32 ...`.
     pub drop_rule: Option<String>,
     pub published: Option<Published>,
+    /// `ens_isolated` on the second user network, and that network's bridge.
+    #[serde(default)]
+    pub isolated_ip: Option<String>,
+    #[serde(default)]
+    pub isolated_bridge: Option<String>,
     pub responder_pids: Vec<u32>,
     pub image: String,
     pub guard_comment: String,
