@@ -169,7 +169,10 @@ impl Pipeline {
                 break;
             }
             let points = self.correlator.points();
-            if p.container_hop(points).is_none() {
+            // With containers to trace, only their packets; with bare interfaces (`--iface`
+            // alone), every packet seen there.
+            let has_containers = points.values().any(|x| x.container.is_some());
+            if has_containers && p.container_hop(points).is_none() {
                 self.untraced += 1;
                 continue;
             }
@@ -313,5 +316,32 @@ mod tests {
         let (out, s) = run(false, filter);
         assert!(out.is_empty());
         assert_eq!(s.packets, 0);
+    }
+
+    #[test]
+    fn bare_interfaces_show_every_packet_seen_there() {
+        // `--iface` alone: no point belongs to a container.
+        let mut bare = points();
+        for info in bare.values_mut() {
+            info.container = None;
+        }
+        let mut p = Pipeline::new(
+            bare,
+            Explainer::empty(),
+            PacketFilter::default(),
+            Format::Json,
+            false,
+            WallClock::with_offset(0),
+        );
+        p.observe(obs(
+            7,
+            10,
+            BRIDGE,
+            Direction::Ingress,
+            &frame([172, 18, 0, 3], 5555),
+        ));
+        let mut out = Vec::new();
+        let s = p.finish(&mut out).expect("w");
+        assert_eq!(s.packets, 1, "{}", String::from_utf8_lossy(&out));
     }
 }

@@ -136,16 +136,20 @@ impl Explainer {
             .as_ref()
             .map(|before| now.dropped_by(before, table, hook))
             .unwrap_or_default();
-        let source = format!("{} -c counters", now.source);
         self.ruleset = Some(now);
+        let counters = |source: &str| match source {
+            "nft list ruleset" => "nft list ruleset counters".to_owned(),
+            s => format!("{s} -c counters"),
+        };
         match found.as_slice() {
             [] => (None, None),
-            [one] => (Some(one.clone()), Some(source)),
-            several => (
-                Some(several[0].clone()),
+            [(one, source)] => (Some(one.clone()), Some(counters(source))),
+            [(first, source), ..] => (
+                Some(first.clone()),
                 Some(format!(
-                    "{source}; {} rules moved, first shown",
-                    several.len()
+                    "{}; {} rules moved, first shown",
+                    counters(source),
+                    found.len()
                 )),
             ),
         }

@@ -3,5 +3,6 @@
 pub mod docker;
 pub mod netlink;
 pub mod netns;
+pub mod nft;
 pub mod ruleset;
 pub mod topology;

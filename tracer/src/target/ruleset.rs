@@ -1,9 +1,13 @@
 //! The host's ruleset: which tables run at which hook, and which rule's counters moved, to
-//! name the rule that dropped a packet. iptables tables come from `iptables-save -c` (the
-//! nf_tables and the legacy backend print the same format); plain nftables base chains come
-//! from `nft -j list chains`, named by their own table. Chain names are never assumed.
+//! name the rule that dropped a packet. iptables tables come from `iptables-save -c` and, when
+//! legacy tables exist too, `iptables-legacy-save -c` (both backends can be live at once:
+//! their tables are merged); plain nftables base chains come from `nft -j list chains`, named
+//! by their own table, and their rules with counters from `nft list ruleset`. Chain names are
+//! never assumed.
 
 use std::{collections::BTreeMap, process::Command};
+
+use super::nft;
 
 /// Priority of each iptables table at a hook (`enum nf_ip_hook_priorities`).
 pub fn table_priority(table: &str, hook: u8) -> Option<i32> {
@@ -18,6 +22,9 @@ pub fn table_priority(table: &str, hook: u8) -> Option<i32> {
         _ => return None,
     })
 }
+
+/// The tables iptables knows; iptables-nft creates them as `ip` family nftables tables.
+const IPTABLES_TABLES: [&str; 5] = ["raw", "mangle", "nat", "filter", "security"];
 
 fn hook_of_chain(chain: &str) -> Option<u8> {
     ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"]
@@ -34,6 +41,8 @@ pub struct Counted {
     pub packets: u64,
     /// The rule drops (`-j DROP`/`-j REJECT`) or the policy is DROP.
     pub drops: bool,
+    /// What printed it (`iptables-save -c`, `iptables-legacy-save -c`, `nft list ruleset`).
+    pub source: &'static str,
 }
 
 /// One table: its built-in chains (hooks) and every rule and policy with counters.
@@ -83,7 +92,7 @@ fn counters(s: &str) -> Option<u64> {
 
 impl Ruleset {
     /// Parses `iptables-save -c` output.
-    pub fn parse(text: &str, source: &str) -> Self {
+    pub fn parse(text: &str, source: &'static str) -> Self {
         let mut rs = Ruleset {
             source: source.to_owned(),
             ..Default::default()
@@ -112,6 +121,7 @@ impl Ruleset {
                         text: format!("-P {name} {policy}"),
                         packets: it.next().and_then(counters).unwrap_or(0),
                         drops: policy == "DROP",
+                        source,
                     });
                 }
             } else if line.starts_with('[') {
@@ -124,6 +134,7 @@ impl Ruleset {
                         text: rule.to_owned(),
                         packets: counters(c).unwrap_or(0),
                         drops,
+                        source,
                     });
                 }
             }
@@ -131,31 +142,90 @@ impl Ruleset {
         rs
     }
 
-    /// Reads the live ruleset: iptables (nf_tables backend first, then legacy) and the
-    /// nftables base chains; `None` if none of the commands is available.
+    /// Adds `other`'s tables: same-named tables (iptables-nft's and legacy's `filter`, say)
+    /// run at the same hooks and priorities, so their hooks and rules are pooled.
+    pub fn merge(&mut self, other: Ruleset) {
+        for (name, t) in other.tables {
+            let mine = self.tables.entry(name).or_default();
+            mine.hooks.extend(t.hooks);
+            mine.hooks.sort_unstable();
+            mine.hooks.dedup();
+            mine.entries.extend(t.entries);
+        }
+        self.source = format!("{} + {}", self.source, other.source);
+    }
+
+    /// Adds the rules of native nftables tables (`nft list ruleset`), except iptables-nft's
+    /// own tables, which iptables-save already printed in its own syntax.
+    pub fn add_nft_rules(&mut self, rules: Vec<nft::NftRule>) {
+        let from_iptables_nft = self.source.split(" + ").any(|s| s == "iptables-save");
+        for r in rules {
+            if r.family == "ip" && from_iptables_nft && IPTABLES_TABLES.contains(&r.table.as_str())
+            {
+                continue;
+            }
+            if !matches!(r.family.as_str(), "ip" | "inet") {
+                continue;
+            }
+            // Without a counter there is nothing to compare: such a rule cannot be named.
+            let Some(packets) = r.packets else { continue };
+            self.tables
+                .entry(r.table)
+                .or_default()
+                .entries
+                .push(Counted {
+                    text: r.text,
+                    packets,
+                    drops: r.drops,
+                    source: "nft list ruleset",
+                });
+        }
+    }
+
+    /// Reads the live ruleset: iptables (the nf_tables backend, plus legacy tables where any
+    /// exist), the nftables base chains, and native nftables rules; `None` if none of the
+    /// commands is available.
     pub fn read() -> Option<Self> {
         let mut found: Option<Self> = None;
         for cmd in ["iptables-save", "iptables-legacy-save"] {
+            // Legacy tables exist only once something created them; reading never creates one.
+            if cmd == "iptables-legacy-save"
+                && std::fs::read_to_string("/proc/net/ip_tables_names")
+                    .map_or(true, |names| names.trim().is_empty())
+            {
+                continue;
+            }
             let Ok(out) = Command::new(cmd).arg("-c").output() else {
                 continue;
             };
             if out.status.success() {
                 let rs = Self::parse(&String::from_utf8_lossy(&out.stdout), cmd);
                 if !rs.tables.is_empty() {
-                    found = Some(rs);
-                    break;
+                    match found.as_mut() {
+                        None => found = Some(rs),
+                        Some(f) => f.merge(rs),
+                    }
                 }
             }
         }
-        if let Ok(out) = Command::new("nft").args(["-j", "list", "chains"]).output() {
-            if out.status.success() {
-                let chains = parse_nft_chains(&String::from_utf8_lossy(&out.stdout));
-                if !chains.is_empty() {
-                    let rs = found.get_or_insert_with(|| Self {
-                        source: "nft".into(),
-                        ..Default::default()
-                    });
-                    rs.nft_chains = chains;
+        let nft = |args: &[&str]| {
+            Command::new("nft")
+                .args(args)
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        };
+        if let Some(json) = nft(&["-j", "list", "chains"]) {
+            let chains = parse_nft_chains(&json);
+            if !chains.is_empty() {
+                let rs = found.get_or_insert_with(|| Self {
+                    source: "nft".into(),
+                    ..Default::default()
+                });
+                rs.nft_chains = chains;
+                if let Some(text) = nft(&["list", "ruleset"]) {
+                    rs.add_nft_rules(nft::parse_ruleset(&text));
                 }
             }
         }
@@ -183,7 +253,12 @@ impl Ruleset {
 
     /// The dropping rules (or DROP policy) of `table` whose counters grew since `before`:
     /// the rule that dropped a packet there. A built-in chain's policy only counts for `hook`.
-    pub fn dropped_by(&self, before: &Ruleset, table: &str, hook: u8) -> Vec<String> {
+    pub fn dropped_by(
+        &self,
+        before: &Ruleset,
+        table: &str,
+        hook: u8,
+    ) -> Vec<(String, &'static str)> {
         let (Some(now), Some(then)) = (self.tables.get(table), before.tables.get(table)) else {
             return Vec::new();
         };
@@ -203,7 +278,7 @@ impl Ruleset {
                     .map_or(0, |o| o.packets);
                 e.packets > old
             })
-            .map(|e| e.text.clone())
+            .map(|e| (e.text.clone(), e.source))
             .collect()
     }
 }
@@ -256,7 +331,10 @@ COMMIT
         );
         assert_eq!(
             after.dropped_by(&before, "filter", 2),
-            vec!["-A DOCKER-USER -d 198.51.100.2/32 -p tcp -m tcp --dport 8081 -j DROP"]
+            vec![(
+                "-A DOCKER-USER -d 198.51.100.2/32 -p tcp -m tcp --dport 8081 -j DROP".to_owned(),
+                "x"
+            )]
         );
         assert!(after.dropped_by(&before, "nat", 2).is_empty());
         assert!(
@@ -292,8 +370,61 @@ COMMIT
         );
         assert_eq!(
             after.dropped_by(&before, "filter", 2),
-            vec!["-P FORWARD DROP"]
+            vec![("-P FORWARD DROP".to_owned(), "x")]
         );
         assert!(after.dropped_by(&before, "filter", 1).is_empty());
+    }
+
+    #[test]
+    fn legacy_tables_are_pooled_with_the_nf_tables_backend() {
+        let mut rs = Ruleset::parse(SAVE, "iptables-save");
+        let legacy = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+                      [4:240] -A INPUT -p udp -m udp --dport 7777 -j DROP\nCOMMIT\n";
+        let before = rs.clone();
+        rs.merge(Ruleset::parse(legacy, "iptables-legacy-save"));
+        assert_eq!(rs.source, "iptables-save + iptables-legacy-save");
+        assert_eq!(
+            rs.tables_at(1),
+            vec![("filter".to_owned(), 0), ("nat".to_owned(), 100)]
+        );
+        let mut after = before.clone();
+        after.merge(Ruleset::parse(
+            &legacy.replace("[4:240]", "[5:300]"),
+            "iptables-legacy-save",
+        ));
+        let mut base = before;
+        base.merge(Ruleset::parse(legacy, "iptables-legacy-save"));
+        assert_eq!(
+            after.dropped_by(&base, "filter", 1),
+            vec![(
+                "-A INPUT -p udp -m udp --dport 7777 -j DROP".to_owned(),
+                "iptables-legacy-save"
+            )]
+        );
+    }
+
+    #[test]
+    fn native_nftables_rules_are_named_by_their_counters() {
+        let text = |n: u64| {
+            format!(
+                "table ip filter {{\n\tchain FORWARD {{\n\t\tcounter packets {n} bytes 0 drop\n\t}}\n}}\n\
+                 table inet ftlab {{\n\tchain input {{\n\t\ttype filter hook input priority 10; policy accept;\n\
+                 \t\tudp dport 7778 counter packets {n} bytes 0 drop\n\t\tudp dport 7779 drop\n\t}}\n}}\n"
+            )
+        };
+        let mut before = Ruleset::parse(SAVE, "iptables-save");
+        before.add_nft_rules(crate::target::nft::parse_ruleset(&text(1)));
+        let mut after = Ruleset::parse(SAVE, "iptables-save");
+        after.add_nft_rules(crate::target::nft::parse_ruleset(&text(2)));
+        assert_eq!(
+            after.dropped_by(&before, "ftlab", 1),
+            vec![(
+                "add rule inet ftlab input udp dport 7778 counter drop".to_owned(),
+                "nft list ruleset"
+            )],
+            "the counted rule; the one without a counter cannot be named"
+        );
+        // iptables-nft's own `ip filter` is iptables-save's to print, not nft's.
+        assert!(after.dropped_by(&before, "filter", 2).is_empty());
     }
 }

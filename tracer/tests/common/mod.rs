@@ -318,8 +318,22 @@ pub struct Flowtrace {
 impl Flowtrace {
     /// Starts flowtrace and waits until it says it is tracing.
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flowtrace"))
-            .args(args)
+        let mut c = Command::new(env!("CARGO_BIN_EXE_flowtrace"));
+        c.args(args);
+        Self::spawn(c)
+    }
+
+    /// Starts flowtrace inside the named network namespace (`ip netns exec`, which execs it:
+    /// the pid is flowtrace's own).
+    pub fn start_in_netns(netns: &str, args: &[&str]) -> Self {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_flowtrace")])
+            .args(args);
+        Self::spawn(c)
+    }
+
+    fn spawn(mut c: Command) -> Self {
+        let mut child = c
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -1,0 +1,193 @@
+//! The other rulesets flowtrace must read: iptables' legacy backend and plain nftables. Each
+//! test builds two namespaces joined by a veth pair (no link to the host's namespace at all, so
+//! nothing can leave the machine), loads the rules inside the first, runs the real flowtrace
+//! there with `--iface`, sends one UDP datagram from the second, and checks that the drop is
+//! attributed to the hook, the table and the rule. Legacy tables and nftables tables live and
+//! die with their namespace: the host's own ruleset is never touched.
+
+mod common;
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::{nf_hop, packets, Flowtrace};
+use serde_json::Value;
+
+/// The traced side and the sender; 203.0.113.0/24 (TEST-NET-3) exists only between them.
+const A: &str = "ftbk-a";
+const B: &str = "ftbk-b";
+const A_IF: &str = "bk-a";
+const B_IF: &str = "bk-b";
+const A_IP: &str = "203.0.113.1";
+const B_IP: &str = "203.0.113.2";
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The two namespaces; deleted on drop (with every table and rule inside), even on failure.
+struct Pair;
+
+impl Pair {
+    fn new() -> Self {
+        drop(Pair); // a previous, failed run's namespaces
+        let me = Pair;
+        run(&["ip", "netns", "add", A]);
+        run(&["ip", "netns", "add", B]);
+        run(&[
+            "ip", "-n", A, "link", "add", A_IF, "type", "veth", "peer", "name", B_IF, "netns", B,
+        ]);
+        for (ns, dev, ip) in [(A, A_IF, A_IP), (B, B_IF, B_IP)] {
+            run(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                dev,
+            ]);
+            run(&["ip", "-n", ns, "link", "set", dev, "up"]);
+            run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        me
+    }
+
+    /// Runs a command inside namespace A.
+    fn in_a(&self, args: &[&str]) {
+        let mut all = vec!["ip", "netns", "exec", A];
+        all.extend_from_slice(args);
+        run(&all);
+    }
+
+    /// Sends one UDP datagram from B to A's `port`, after checking that B routes it out of
+    /// its veth (B has no other interface but lo).
+    fn send_udp(&self, port: u16) {
+        let route = Command::new("ip")
+            .args(["-n", B, "-j", "route", "get", A_IP])
+            .output()
+            .expect("ip route get");
+        let v: Value = serde_json::from_slice(&route.stdout).expect("ip -j");
+        assert_eq!(
+            v[0]["dev"], B_IF,
+            "safety: {A_IP} must be reached by {B_IF}"
+        );
+        let py = format!(
+            "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+             s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b'{B_IF}'); \
+             s.sendto(b'flowtrace-backend', ('{A_IP}', {port}))"
+        );
+        let st = Command::new("ip")
+            .args(["netns", "exec", B, "python3", "-c", &py])
+            .stdout(Stdio::null())
+            .status()
+            .expect("python3");
+        assert!(st.success());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        for ns in [A, B] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn dropped_datagram(lines: &[Value], port: u16) -> &Value {
+    let dst = format!("{A_IP}:{port}");
+    packets(lines)
+        .into_iter()
+        .find(|p| p["dst"] == dst.as_str() && !p["drop"].is_null())
+        .unwrap_or_else(|| {
+            let all: Vec<String> = lines.iter().map(Value::to_string).collect();
+            panic!("no dropped packet to {dst} in:\n{}", all.join("\n"))
+        })
+}
+
+fn trace_in_a() -> Flowtrace {
+    Flowtrace::start_in_netns(A, &["--iface", A_IF, "--json"])
+}
+
+#[test]
+#[ignore = "privileged: needs root (network namespaces, BPF)"]
+fn a_legacy_iptables_drop_is_named_from_iptables_legacy_save() {
+    let pair = Pair::new();
+    let rule = "-A INPUT -p udp -m udp --dport 7777 -j DROP";
+    pair.in_a(&[
+        "iptables-legacy",
+        "-A",
+        "INPUT",
+        "-p",
+        "udp",
+        "--dport",
+        "7777",
+        "-j",
+        "DROP",
+    ]);
+    let ft = trace_in_a();
+    let err = ft.stderr_text();
+    pair.send_udp(7777);
+    let lines = ft.stop();
+    let p = dropped_datagram(&lines, 7777);
+    assert_eq!(nf_hop(p, "INPUT", "filter")["verdict"], "drop", "{p}");
+    let d = &p["drop"];
+    assert_eq!(d["reason"], "NETFILTER_DROP", "{p}");
+    assert_eq!(
+        (d["hook"].as_str(), d["table"].as_str()),
+        (Some("INPUT"), Some("filter"))
+    );
+    assert_eq!(d["rule"], rule, "{p}\n{err}");
+    assert_eq!(d["rule_source"], "iptables-legacy-save -c counters", "{p}");
+}
+
+#[test]
+#[ignore = "privileged: needs root (network namespaces, BPF)"]
+fn a_plain_nftables_drop_is_named_by_table_and_rule() {
+    let pair = Pair::new();
+    pair.in_a(&["nft", "add", "table", "inet", "ftlab"]);
+    pair.in_a(&[
+        "nft",
+        "add chain inet ftlab input { type filter hook input priority 10; policy accept; }",
+    ]);
+    pair.in_a(&[
+        "nft",
+        "add rule inet ftlab input udp dport 7778 counter drop",
+    ]);
+    let ft = trace_in_a();
+    let err = ft.stderr_text();
+    assert!(
+        err.contains("INPUT ftlab"),
+        "observers around the nft table:\n{err}"
+    );
+    pair.send_udp(7778);
+    let lines = ft.stop();
+    let p = dropped_datagram(&lines, 7778);
+    assert_eq!(nf_hop(p, "INPUT", "ftlab")["verdict"], "drop", "{p}");
+    let d = &p["drop"];
+    assert_eq!(d["reason"], "NETFILTER_DROP", "{p}");
+    assert_eq!(
+        (d["hook"].as_str(), d["table"].as_str()),
+        (Some("INPUT"), Some("ftlab"))
+    );
+    assert_eq!(
+        d["rule"], "add rule inet ftlab input udp dport 7778 counter drop",
+        "{p}"
+    );
+    assert_eq!(d["rule_source"], "nft list ruleset counters", "{p}");
+}
