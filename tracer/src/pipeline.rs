@@ -2,7 +2,7 @@
 //! the traced containers' packets that pass the filter, account flows, print. No kernel in
 //! here, so the whole path is unit-tested.
 
-use std::io::Write;
+use std::{cmp::Reverse, collections::BinaryHeap, io::Write};
 
 use crate::{
     correlate::{
@@ -41,7 +41,35 @@ pub struct Pipeline {
     pub untraced: u64,
     pub flows_seen: u64,
     pub drops: u64,
+    /// Completed packets as the correlator hands them over…
     done: Vec<Packet>,
+    /// …and waiting to be shown in time order, oldest first out.
+    ready: BinaryHeap<Reverse<Completed>>,
+    /// Arrival order, to keep packets with the same first timestamp in the order they came.
+    seq: u64,
+}
+
+/// A completed packet, ordered by when it started (then by arrival).
+struct Completed {
+    key: (u64, u64),
+    packet: Packet,
+}
+
+impl PartialEq for Completed {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+impl Eq for Completed {}
+impl PartialOrd for Completed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Completed {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key.cmp(&other.key)
+    }
 }
 
 impl Pipeline {
@@ -69,6 +97,8 @@ impl Pipeline {
             flows_seen: 0,
             drops: 0,
             done: Vec::new(),
+            ready: BinaryHeap::new(),
+            seq: 0,
         }
     }
 
@@ -161,10 +191,19 @@ impl Pipeline {
     /// being assembled (all of them once nothing is pending).
     fn emit(&mut self, out: &mut impl Write) -> std::io::Result<()> {
         let watermark = self.correlator.oldest_pending().unwrap_or(u64::MAX);
-        self.done.sort_by_key(Packet::first_ts);
-        let ready = self.done.partition_point(|p| p.first_ts() < watermark);
-        let rest = self.done.split_off(ready);
-        for p in std::mem::replace(&mut self.done, rest) {
+        for packet in self.done.drain(..) {
+            self.seq += 1;
+            let key = (packet.first_ts(), self.seq);
+            self.ready.push(Reverse(Completed { key, packet }));
+        }
+        while self
+            .ready
+            .peek()
+            .is_some_and(|Reverse(c)| c.key.0 < watermark)
+        {
+            let Some(Reverse(Completed { packet: p, .. })) = self.ready.pop() else {
+                break;
+            };
             if self.reached_limit() {
                 break;
             }
@@ -188,7 +227,20 @@ impl Pipeline {
                 self.flows_seen += 1;
             }
             self.shown += 1;
-            let v = json::packet(&e, points, &self.clock);
+            let json_only = self.recorder.is_none()
+                && self.tui.is_none()
+                && matches!(self.format, Format::Json);
+            if json_only && self.flow_mode {
+                continue; // only flows are printed
+            }
+            let model = json::packet_model(&e, points, &self.clock);
+            if json_only {
+                // `--json`: straight from the model to the output, no intermediate tree.
+                serde_json::to_writer(&mut *out, &model).map_err(std::io::Error::from)?;
+                out.write_all(b"\n")?;
+                continue;
+            }
+            let v = model.to_value();
             if let Some(r) = self.recorder.as_mut() {
                 r.record(&e, &v)?;
             }
