@@ -146,13 +146,21 @@ impl Recorder {
         let pkt = self.next_pkt;
         self.next_pkt += 1;
         self.packets += 1;
-        let hops = v["hops"].as_array().cloned().unwrap_or_default();
+        let no_hops = Vec::new();
+        let hops = v["hops"].as_array().unwrap_or(&no_hops);
         let steps = merged(e);
         let n = steps.len();
-        let mut head = v.clone();
-        if let Some(o) = head.as_object_mut() {
-            o.remove("hops");
-        }
+        // The packet without its hops (each hop's own record carries it), serialised once.
+        let head: serde_json::Map<String, Value> = v
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .filter(|(k, _)| *k != "hops")
+                    .map(|(k, x)| (k.clone(), x.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let head = Value::Object(head).to_string();
         for (i, (step, hop)) in steps.iter().zip(hops.iter()).enumerate() {
             let (name, linktype, ts, data, orig, dir) = match step {
                 Step::Tc(h, _) => (
@@ -189,10 +197,15 @@ impl Recorder {
                 0 => data.len(),
                 n => data.len().min(n as usize),
             };
-            let mut machine = json!({"pkt": pkt, "hop": i, "hops": n, "data": hop});
-            if i == 0 {
-                machine["packet"] = head.clone();
-            }
+            // {"pkt","hop","hops","data"[,"packet" on the first hop]}, written without
+            // building (and cloning into) a JSON tree per hop.
+            let packet = if i == 0 {
+                format!(",\"packet\":{head}")
+            } else {
+                String::new()
+            };
+            let machine =
+                format!("{{\"pkt\":{pkt},\"hop\":{i},\"hops\":{n},\"data\":{hop}{packet}}}");
             let comments = vec![human(pkt, i, n, v, hop), format!("{TAG}{machine}")];
             self.writer.packet(&PacketRecord {
                 interface: iface,
