@@ -88,6 +88,10 @@ fn netlink_mode_traces_and_leaves_nothing_on_exit() {
         "the clsact qdisc flowtrace added is gone"
     );
     assert!(!std::path::Path::new(&ledger).exists(), "{ledger} removed");
+    assert!(
+        !std::path::Path::new("/run/flowtrace").exists(),
+        "and its directory, now empty"
+    );
 }
 
 #[test]

@@ -223,6 +223,8 @@ impl Drop for Ledger {
         }
         if !self.record.entries.is_empty() {
             let _ = fs::remove_file(&self.path);
+            // Only succeeds when no other flowtrace has a ledger there.
+            let _ = fs::remove_dir(DIR);
         }
     }
 }
@@ -323,6 +325,7 @@ pub fn sweep() -> Vec<Swept> {
         out.push(sweep_one(&record));
         let _ = fs::remove_file(&path);
     }
+    let _ = fs::remove_dir(DIR);
     out
 }
 
