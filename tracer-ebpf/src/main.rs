@@ -11,8 +11,11 @@ mod netfilter;
 mod tc;
 
 use aya_ebpf::{
-    macros::{btf_tracepoint, classifier, fexit, raw_tracepoint},
-    programs::{BtfTracePointContext, FExitContext, RawTracePointContext, TcContext},
+    macros::{btf_tracepoint, classifier, fentry, fexit, kprobe, kretprobe, raw_tracepoint},
+    programs::{
+        BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RawTracePointContext,
+        RetProbeContext, TcContext,
+    },
 };
 use tracer_common::{Direction, EventKind};
 
@@ -36,6 +39,17 @@ pub fn consume_skb_btf(ctx: BtfTracePointContext) -> i32 {
     drops::end(ctx.arg(0), ctx.arg(1), 0, EventKind::Consume)
 }
 
+/// `consume_skb(skb)` before Linux 6.3 had no location argument: reading it would be refused.
+#[btf_tracepoint(function = "consume_skb")]
+pub fn consume_skb_btf_old(ctx: BtfTracePointContext) -> i32 {
+    drops::end(ctx.arg(0), 0, 0, EventKind::Consume)
+}
+
+#[raw_tracepoint(tracepoint = "consume_skb")]
+pub fn consume_skb_raw_old(ctx: RawTracePointContext) -> i32 {
+    drops::end(ctx.arg(0), 0, 0, EventKind::Consume)
+}
+
 #[raw_tracepoint(tracepoint = "kfree_skb")]
 pub fn kfree_skb_raw(ctx: RawTracePointContext) -> i32 {
     drops::end(ctx.arg(0), ctx.arg(1), ctx.arg(2), EventKind::Drop)
@@ -50,6 +64,48 @@ pub fn consume_skb_raw(ctx: RawTracePointContext) -> i32 {
 /// trampolines, so the start-up lines can say which netfilter mechanisms it offers.
 #[fexit(function = "nf_hook_slow")]
 pub fn probe_fexit(_ctx: FExitContext) -> i32 {
+    0
+}
+
+/// Netfilter at hook level, where the kernel has no BPF netfilter links (before 6.4):
+/// `nf_hook_slow(skb, state, entries, index)` runs a hook's tables; at its entry the packet is
+/// as the hook got it, and when it returns 1 every table accepted it (a drop is reported by
+/// the `kfree_skb` tracepoint). fentry/fexit where the kernel allows trampolines…
+#[fentry(function = "nf_hook_slow")]
+pub fn nf_hook_entry(ctx: FEntryContext) -> i32 {
+    netfilter::observe_hook(ctx.arg(0), ctx.arg(1), true);
+    0
+}
+
+#[fexit(function = "nf_hook_slow")]
+pub fn nf_hook_exit(ctx: FExitContext) -> i32 {
+    let ret: i32 = ctx.arg(4);
+    if ret == 1 {
+        netfilter::observe_hook(ctx.arg(0), ctx.arg(1), false);
+    }
+    0
+}
+
+/// …else kprobes. A kretprobe sees only the return value, so the entry keeps (skb, state)
+/// on a small per-CPU stack (hooks nest: a REJECT's reply runs OUTPUT inside INPUT).
+#[kprobe]
+pub fn nf_hook_kprobe(ctx: ProbeContext) -> u32 {
+    let (Some(skb), Some(state)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
+        return 0;
+    };
+    maps::hook_stack_push(skb, state);
+    netfilter::observe_hook(skb, state, true);
+    0
+}
+
+#[kretprobe]
+pub fn nf_hook_kretprobe(ctx: RetProbeContext) -> u32 {
+    let Some((skb, state)) = maps::hook_stack_pop() else {
+        return 0;
+    };
+    if ctx.ret::<i32>() == 1 {
+        netfilter::observe_hook(skb, state, false);
+    }
     0
 }
 

@@ -22,6 +22,50 @@ pub static HOP_COUNTERS: PerCpuHashMap<PointKey, HopCounter> =
 #[map(name = "TRACKED")]
 pub static TRACKED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65_536, 0);
 
+/// (skb, state) of the `nf_hook_slow` calls in progress on this CPU, for the kretprobe: a
+/// depth, then up to 7 pairs (hooks nest when a hook's verdict sends a packet, e.g. REJECT).
+#[map(name = "HOOK_STACK")]
+pub static HOOK_STACK: PerCpuArray<[u64; 16]> = PerCpuArray::with_max_entries(1, 0);
+
+const HOOK_DEPTH: u64 = 7;
+
+#[inline(always)]
+pub fn hook_stack_push(skb: u64, state: u64) {
+    let Some(s) = HOOK_STACK.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's own entry. nf_hook_slow does not sleep, so its kretprobe runs on the
+    // CPU its kprobe ran on, and nested calls return in reverse order (a stack).
+    unsafe {
+        let depth = (*s)[0];
+        if depth < HOOK_DEPTH {
+            let i = (1 + 2 * depth) as usize & 15;
+            (*s)[i] = skb;
+            (*s)[(i + 1) & 15] = state;
+        }
+        (*s)[0] = depth + 1;
+    }
+}
+
+#[inline(always)]
+pub fn hook_stack_pop() -> Option<(u64, u64)> {
+    let s = HOOK_STACK.get_ptr_mut(0)?;
+    // SAFETY: as above.
+    unsafe {
+        let depth = (*s)[0];
+        if depth == 0 {
+            return None;
+        }
+        (*s)[0] = depth - 1;
+        let d = depth - 1;
+        if d >= HOOK_DEPTH {
+            return None; // pushed past the bound: its pair was not kept
+        }
+        let i = (1 + 2 * d) as usize & 15;
+        Some(((*s)[i], (*s)[(i + 1) & 15]))
+    }
+}
+
 /// Where a tc observation is assembled before its head and captured bytes are sent (too big
 /// for the stack; one per CPU, so no locking).
 #[map(name = "TC_SCRATCH")]

@@ -11,6 +11,8 @@ use crate::{
 };
 
 const NF_ACCEPT: i32 = 1;
+/// The slot after every table (`tracer_common::netfilter::SLOT_PRIORITIES`).
+const LAST_SLOT: u8 = 7;
 
 /// `ctx` is a `struct bpf_nf_ctx { const struct nf_hook_state *state; struct sk_buff *skb; }`:
 /// the program type's context ABI, checked by the verifier (not a kernel-internal layout).
@@ -19,15 +21,30 @@ pub fn observe(ctx: *mut core::ffi::c_void, slot: u8) -> i32 {
     let ctx = ctx as *const u64;
     // SAFETY: the verifier allows 8-byte reads of both context fields.
     let (state, skb) = unsafe { (*ctx, *ctx.add(1)) };
+    observe_at(state, skb, slot);
+    NF_ACCEPT
+}
+
+/// The same record from `nf_hook_slow` (fentry/fexit or kprobes, on kernels without BPF
+/// netfilter links): at the entry of a hook as the first slot, after all its tables accepted
+/// as the last one.
+#[inline(always)]
+pub fn observe_hook(skb: u64, state: u64, entry: bool) {
+    let slot = if entry { 0 } else { LAST_SLOT };
+    observe_at(state, skb, slot);
+}
+
+#[inline(always)]
+fn observe_at(state: u64, skb: u64, slot: u8) {
     if !tracked(skb) {
-        return NF_ACCEPT;
+        return;
     }
     let off = offsets();
     if off.valid == 0 {
-        return NF_ACCEPT;
+        return;
     }
     let Some(mut entry) = EVENTS.reserve::<NfEvent>(0) else {
-        return NF_ACCEPT;
+        return;
     };
     let ev = entry.as_mut_ptr();
     let len: u32 = field(skb, off.skb_len);
@@ -59,5 +76,4 @@ pub fn observe(ctx: *mut core::ffi::c_void, slot: u8) -> i32 {
         (*ev).cap_len = if copied { cap } else { 0 };
     }
     entry.submit(0);
-    NF_ACCEPT
 }

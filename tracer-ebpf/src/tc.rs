@@ -74,8 +74,19 @@ fn emit(
         h.protocol = protocol as u16;
         h.direction = direction;
         h._pad = [0; 5];
-        let copied = cap > 0
-            && bpf_skb_load_bytes(skb as *const _, 0, (*ev).data.as_mut_ptr() as *mut _, cap) == 0;
+        // Older verifiers (6.1) need the length's lower bound proven ≥ 1, which a `cap > 0`
+        // test does not give them: 1 + ((cap - 1) & mask) is in [1, MAX_SNAP] by arithmetic.
+        let copied = cap > 0 && {
+            let below = u64::from(cap - 1);
+            // Masked after the opaque read, so the mask stays in the program.
+            let below = core::ptr::read_volatile(&below) & (MAX_SNAP as u64 - 1);
+            bpf_skb_load_bytes(
+                skb as *const _,
+                0,
+                (*ev).data.as_mut_ptr() as *mut _,
+                (below + 1) as u32,
+            ) == 0
+        };
         let cap = if copied { cap } else { 0 };
         h.cap_len = cap;
         let record = core::slice::from_raw_parts(ev as *const u8, TC_HEAD_LEN + cap as usize);

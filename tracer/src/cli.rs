@@ -114,6 +114,11 @@ pub struct TraceArgs {
     #[arg(long, value_enum, default_value_t = TcAttach::Auto, value_name = "MODE")]
     pub tc_attach: TcAttach,
 
+    /// How to observe netfilter: BPF netfilter links around each table (Linux ≥ 6.4),
+    /// fentry/fexit or kprobes on nf_hook_slow (hook level), or auto (in that order).
+    #[arg(long, value_enum, default_value_t = NfAttach::Auto, value_name = "MODE")]
+    pub nf_attach: NfAttach,
+
     /// Never open the terminal dashboard (headless: progress on stderr).
     #[arg(long)]
     pub no_tui: bool,
@@ -129,6 +134,14 @@ pub struct TraceArgs {
     /// More log lines on stderr (repeat for more).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NfAttach {
+    Auto,
+    Links,
+    Fexit,
+    Kprobe,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -72,7 +72,7 @@ impl Explainer {
     }
 
     pub fn explain(&mut self, packet: Packet, points: &Points) -> Explained {
-        let steps = {
+        let mut steps = {
             let rs = self.ruleset.as_ref();
             verdict::steps(&packet, &|hook| {
                 rs.map(|r| r.tables_at(hook)).unwrap_or_default()
@@ -83,11 +83,20 @@ impl Explainer {
             // packet had left the traced path (e.g. delivered to the far end of a veth).
             Some((end, EndKind::Drop { .. })) if self.off_path(end.netns) => None,
             Some((end, EndKind::Drop { reason })) => {
+                let (rule, rule_source) =
+                    match steps.iter_mut().find(|s| s.verdict == Verdict::Drop) {
+                        Some(s) => {
+                            let (rule, source, table) = self.rule_for(&s.table, s.hook);
+                            // Observers that cannot tell the hook's tables apart (nf_hook_slow)
+                            // blame its first table; the counters name the one that dropped.
+                            if let Some(t) = table {
+                                s.table = t;
+                            }
+                            (rule, source)
+                        }
+                        None => (None, None),
+                    };
                 let nf_drop = steps.iter().find(|s| s.verdict == Verdict::Drop);
-                let (rule, rule_source) = match nf_drop {
-                    Some(s) => self.rule_for(&s.table, s.hook),
-                    None => (None, None),
-                };
                 let last_hop = packet.hops.last().map(|h| {
                     let name = points
                         .get(&h.ifindex)
@@ -126,22 +135,38 @@ impl Explainer {
             && !self.netns_names.contains_key(&netns)
     }
 
-    /// The rule in `table` whose drop counter moved since the last read.
-    fn rule_for(&mut self, table: &str, hook: u8) -> (Option<String>, Option<String>) {
+    /// The rule whose drop counter moved since the last read: in `table`, else in another
+    /// table at the same hook (then that table is returned too).
+    fn rule_for(
+        &mut self,
+        table: &str,
+        hook: u8,
+    ) -> (Option<String>, Option<String>, Option<String>) {
         let Some(now) = (self.reread)() else {
-            return (None, None);
+            return (None, None, None);
         };
-        let found = self
-            .ruleset
-            .as_ref()
-            .map(|before| now.dropped_by(before, table, hook))
-            .unwrap_or_default();
+        let (found, moved_table) = match self.ruleset.as_ref() {
+            None => (Vec::new(), None),
+            Some(before) => {
+                let here = now.dropped_by(before, table, hook);
+                if here.is_empty() {
+                    now.tables_at(hook)
+                        .into_iter()
+                        .filter(|(t, _)| t != table)
+                        .map(|(t, _)| (now.dropped_by(before, &t, hook), t))
+                        .find(|(rules, _)| !rules.is_empty())
+                        .map_or((Vec::new(), None), |(rules, t)| (rules, Some(t)))
+                } else {
+                    (here, None)
+                }
+            }
+        };
         self.ruleset = Some(now);
         let counters = |source: &str| match source {
             "nft list ruleset" => "nft list ruleset counters".to_owned(),
             s => format!("{s} -c counters"),
         };
-        match found.as_slice() {
+        let (rule, source) = match found.as_slice() {
             [] => (None, None),
             [(one, source)] => (Some(one.clone()), Some(counters(source))),
             [(first, source), ..] => (
@@ -152,7 +177,8 @@ impl Explainer {
                     found.len()
                 )),
             ),
-        }
+        };
+        (rule, source, moved_table)
     }
 }
 
@@ -267,5 +293,64 @@ mod tests {
             end: None,
         };
         assert!(ex.explain(packet, &points()).drop.is_none());
+    }
+
+    #[test]
+    fn hook_level_observers_let_the_counters_name_the_table() {
+        // nf_hook_slow sees FORWARD's entry (slot 0) and nothing after: mangle runs first,
+        // so the steps blame it; the filter rule's counter moved, so filter it is.
+        const TWO: &str =
+            "*mangle\n:FORWARD ACCEPT [0:0]\nCOMMIT\n*filter\n:FORWARD ACCEPT [0:0]\n\
+                           [0:0] -A FORWARD -p tcp -m tcp --dport 7 -j DROP\nCOMMIT\n";
+        let f = frame([172, 18, 0, 2], 41234);
+        let packet = Packet {
+            skb: 1,
+            hops: Vec::new(),
+            nf: vec![NfObservation {
+                ts_ns: 10,
+                skb: 1,
+                hook: 2,
+                pf: 2,
+                slot: 0,
+                in_ifindex: 0,
+                out_ifindex: 0,
+                len: 60,
+                mark: 0,
+                headers: parse_ethernet(&f),
+                bytes: f[14..].to_vec(),
+            }],
+            end: Some(EndObservation {
+                ts_ns: 20,
+                skb: 1,
+                kind: EndKind::Drop { reason: 12 },
+                location: 0,
+                ifindex: 0,
+                netns: 0,
+            }),
+        };
+        let mut ex = Explainer::empty();
+        ex.ruleset = Some(Ruleset::parse(TWO, "iptables-save"));
+        ex.reread = Box::new(|| {
+            Some(Ruleset::parse(
+                &TWO.replace("[0:0] -A", "[1:60] -A"),
+                "iptables-save",
+            ))
+        });
+        let e = ex.explain(packet, &points());
+        let d = e.drop.expect("dropped");
+        assert_eq!(
+            (d.hook, d.table.as_deref()),
+            (Some("FORWARD"), Some("filter"))
+        );
+        assert_eq!(
+            d.rule.as_deref(),
+            Some("-A FORWARD -p tcp -m tcp --dport 7 -j DROP")
+        );
+        let drop_step = e
+            .steps
+            .iter()
+            .find(|s| s.verdict == Verdict::Drop)
+            .expect("step");
+        assert_eq!(drop_step.table, "filter", "the hop says the same");
     }
 }

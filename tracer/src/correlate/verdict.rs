@@ -88,44 +88,63 @@ pub fn steps(p: &Packet, tables_at: &dyn Fn(u8) -> Vec<(String, i32)>) -> Vec<Nf
                 })
                 .collect();
         }
-        for (table, prio) in tables {
-            let b = slot_after(prio);
+        // Tables whose first observation after them is the same slot share one window: with
+        // hook-level observers (nf_hook_slow) that is every table of the hook. The window's
+        // rewrite goes to its nat table if it has one, else to its first table.
+        let mut i = 0;
+        while i < tables.len() {
+            let b = slot_after(tables[i].1);
             if b == 0 || b >= SLOT_PRIORITIES.len() {
+                i += 1;
                 continue;
             }
             let before = seen.range(..b).next_back().map(|(_, v)| *v);
-            match (before, seen.get(&b)) {
-                (_, Some(&(ts, after, bytes))) => {
+            match seen.range(b..).next() {
+                Some((&a_slot, &(ts, after, bytes))) => {
+                    let width = tables[i..]
+                        .iter()
+                        .take_while(|(_, p)| (b..=a_slot).contains(&slot_after(*p)))
+                        .count()
+                        .max(1);
+                    let window = &tables[i..i + width];
                     let rewrites = match (before.and_then(|v| v.1), after) {
                         (Some(x), Some(y)) => nat::rewrites(&x, &y),
                         _ => Vec::new(),
                     };
-                    out.push(NfStep {
-                        ts_ns: ts,
-                        hook,
-                        table,
-                        verdict: Verdict::Accept,
-                        nat: rewrites,
-                        headers: after,
-                        bytes: bytes.to_vec(),
-                    });
+                    let nat_at = window.iter().position(|(t, _)| t == "nat").unwrap_or(0);
+                    for (k, (table, _)) in window.iter().enumerate() {
+                        out.push(NfStep {
+                            ts_ns: ts,
+                            hook,
+                            table: table.clone(),
+                            verdict: Verdict::Accept,
+                            nat: if k == nat_at {
+                                rewrites.clone()
+                            } else {
+                                Vec::new()
+                            },
+                            headers: after,
+                            bytes: bytes.to_vec(),
+                        });
+                    }
+                    i += width;
                 }
-                (Some((ts, h, bytes)), None) => {
-                    let vanished = !seen.keys().any(|k| *k >= b);
-                    if vanished && dropped && Some(hook) == last_hook {
+                None => {
+                    if let (Some((ts, h, bytes)), true, true) =
+                        (before, dropped, Some(hook) == last_hook)
+                    {
                         out.push(NfStep {
                             ts_ns: p.end.as_ref().map_or(ts, |e| e.ts_ns.max(ts)),
                             hook,
-                            table,
+                            table: tables[i].0.clone(),
                             verdict: Verdict::Drop,
                             nat: Vec::new(),
                             headers: h,
                             bytes: bytes.to_vec(),
                         });
-                        break;
                     }
+                    break;
                 }
-                (None, None) => {}
             }
         }
     }
@@ -290,6 +309,39 @@ mod tests {
         assert_eq!(
             (last.hook, last.table.as_str(), last.verdict),
             (2, "filter", Verdict::Drop)
+        );
+    }
+
+    #[test]
+    fn hook_level_observers_give_every_table_its_verdict_and_the_nat_table_its_rewrite() {
+        // nf_hook_slow: slot 0 at a hook's entry, slot 7 once every table accepted.
+        let inner = frame([172, 18, 0, 2], 41234);
+        let outer = frame([198, 51, 100, 1], 41234);
+        let obs = vec![
+            nf(1, 2, 0, &inner),
+            nf(2, 2, 7, &inner),
+            nf(3, 4, 0, &inner),
+            nf(4, 4, 7, &outer),
+        ];
+        let tables = |hook: u8| match hook {
+            2 => vec![("mangle".to_owned(), -150), ("filter".to_owned(), 0)],
+            4 => vec![("mangle".to_owned(), -150), ("nat".to_owned(), 100)],
+            _ => vec![],
+        };
+        let s = steps(&packet(obs, Some(EndKind::Consume)), &tables);
+        let got: Vec<(u8, &str, Verdict, usize)> = s
+            .iter()
+            .map(|x| (x.hook, x.table.as_str(), x.verdict, x.nat.len()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (2, "mangle", Verdict::Accept, 0),
+                (2, "filter", Verdict::Accept, 0),
+                (4, "mangle", Verdict::Accept, 0),
+                (4, "nat", Verdict::Accept, 1),
+            ],
+            "one window per hook; the SNAT goes to nat, not to mangle"
         );
     }
 }

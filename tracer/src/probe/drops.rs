@@ -22,29 +22,44 @@ impl std::fmt::Display for Mechanism {
     }
 }
 
-/// Attaches `tracepoint` with program `<tracepoint>_btf`, else `<tracepoint>_raw`.
-/// Returns the mechanism used, or why neither worked.
+/// Attaches `tracepoint` with program `<tracepoint>_btf`, else `<tracepoint>_raw`; where the
+/// object has a `…_old` variant for an older form of the tracepoint (fewer arguments), that
+/// is tried after each. Returns the mechanism used, or why none worked.
 pub fn attach(ebpf: &mut Ebpf, btf: Option<&Btf>, tracepoint: &str) -> Result<Mechanism, String> {
     let mut why = Vec::new();
     if let Some(btf) = btf {
-        match attach_btf(ebpf, btf, tracepoint) {
-            Ok(()) => return Ok(Mechanism::TpBtf),
-            Err(e) => why.push(format!("tp_btf: {e}")),
+        for suffix in ["_btf", "_btf_old"] {
+            let name = format!("{tracepoint}{suffix}");
+            if ebpf.program(&name).is_none() {
+                continue;
+            }
+            match attach_btf(ebpf, btf, tracepoint, &name) {
+                Ok(()) => return Ok(Mechanism::TpBtf),
+                Err(e) => why.push(format!("tp_btf ({name}): {}", first_line(&e))),
+            }
         }
     }
-    match attach_raw(ebpf, tracepoint) {
-        Ok(()) => Ok(Mechanism::RawTracepoint),
-        Err(e) => {
-            why.push(format!("raw tracepoint: {e}"));
-            Err(why.join("; "))
+    for suffix in ["_raw", "_raw_old"] {
+        let name = format!("{tracepoint}{suffix}");
+        if ebpf.program(&name).is_none() {
+            continue;
+        }
+        match attach_raw(ebpf, tracepoint, &name) {
+            Ok(()) => return Ok(Mechanism::RawTracepoint),
+            Err(e) => why.push(format!("raw tracepoint ({name}): {}", first_line(&e))),
         }
     }
+    Err(why.join("; "))
 }
 
-fn attach_btf(ebpf: &mut Ebpf, btf: &Btf, tp: &str) -> Result<(), String> {
-    let name = format!("{tp}_btf");
+/// The verifier's log runs to many lines; the first says what was refused.
+fn first_line(e: &str) -> &str {
+    e.lines().next().unwrap_or(e)
+}
+
+fn attach_btf(ebpf: &mut Ebpf, btf: &Btf, tp: &str, name: &str) -> Result<(), String> {
     let prog: &mut BtfTracePoint = ebpf
-        .program_mut(&name)
+        .program_mut(name)
         .ok_or("missing from the object")?
         .try_into()
         .map_err(|e| format!("{e}"))?;
@@ -53,10 +68,9 @@ fn attach_btf(ebpf: &mut Ebpf, btf: &Btf, tp: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn attach_raw(ebpf: &mut Ebpf, tp: &str) -> Result<(), String> {
-    let name = format!("{tp}_raw");
+fn attach_raw(ebpf: &mut Ebpf, tp: &str, name: &str) -> Result<(), String> {
     let prog: &mut RawTracePoint = ebpf
-        .program_mut(&name)
+        .program_mut(name)
         .ok_or("missing from the object")?
         .try_into()
         .map_err(|e| format!("{e}"))?;

@@ -8,6 +8,7 @@ pub mod drops;
 pub mod kallsyms;
 pub mod loader;
 pub mod netfilter;
+pub mod nf_hook;
 pub mod offsets;
 pub mod tc;
 pub mod tc_ledger;

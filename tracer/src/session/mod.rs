@@ -111,7 +111,13 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         );
         None
     } else {
-        attach_netfilter_and_drops(&mut ebpf, offsets.valid != 0, ruleset.as_ref(), &mut notes)
+        attach_netfilter_and_drops(
+            &mut ebpf,
+            offsets.valid != 0,
+            ruleset.as_ref(),
+            args.nf_attach,
+            &mut notes,
+        )
     };
     let mut counters = Counters::take(&mut ebpf)?;
     for p in &attach_points {

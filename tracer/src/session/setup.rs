@@ -7,14 +7,14 @@ use std::{collections::BTreeSet, time::Duration};
 use tracer_common::Direction;
 
 use crate::{
-    cli::TraceArgs,
+    cli::{NfAttach, TraceArgs},
     correlate::{
         explain::Explainer,
         packet::{PointInfo, Points},
     },
     error::{Error, Result},
     pipeline::Pipeline,
-    probe::{capabilities, drops, kallsyms::Kallsyms, loader, netfilter, tc},
+    probe::{capabilities, drops, kallsyms::Kallsyms, loader, netfilter, nf_hook, tc},
     target::{
         docker::Docker,
         netns::Netns,
@@ -212,6 +212,7 @@ pub(super) fn attach_netfilter_and_drops(
     ebpf: &mut aya::Ebpf,
     have_offsets: bool,
     ruleset: Option<&Ruleset>,
+    mode: NfAttach,
     notes: &mut Startup,
 ) -> Option<netfilter::NetfilterObservers> {
     if !have_offsets {
@@ -230,22 +231,42 @@ pub(super) fn attach_netfilter_and_drops(
             )),
         }
     }
-    let (plan, around) = netfilter_plan(ruleset, conntrack_loaded());
-    match netfilter::attach(ebpf, loader::object(), &plan) {
-        Ok(nf) => {
-            notes.say(format!(
-                "attached netfilter observers via BPF netfilter links ({} links around {around})",
-                nf.links,
-            ));
-            Some(nf)
-        }
-        Err(e) => {
-            notes.say(format!(
-                "not attached: netfilter observers ({e}); hooks and tables will not be shown"
-            ));
-            None
+    let mut why = Vec::new();
+    if matches!(mode, NfAttach::Auto | NfAttach::Links) {
+        let (plan, around) = netfilter_plan(ruleset, conntrack_loaded());
+        match netfilter::attach(ebpf, loader::object(), &plan) {
+            Ok(nf) => {
+                notes.say(format!(
+                    "attached netfilter observers via BPF netfilter links ({} links around {around})",
+                    nf.links,
+                ));
+                return Some(nf);
+            }
+            Err(e) => why.push(format!("BPF netfilter links: {e}")),
         }
     }
+    if mode != NfAttach::Links {
+        match nf_hook::attach(ebpf, btf.as_ref(), mode) {
+            Ok(m) => {
+                notes.say(format!(
+                    "attached netfilter observers via {m}: hook level (which hooks, NAT per \
+                     hook; a drop's table and rule from the ruleset's counters){}",
+                    if why.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {}", why.join("; "))
+                    }
+                ));
+                return None;
+            }
+            Err(e) => why.push(e),
+        }
+    }
+    notes.say(format!(
+        "not attached: netfilter observers ({}); hooks and tables will not be shown",
+        why.join("; ")
+    ));
+    None
 }
 
 /// Whether nf_conntrack is loaded in this namespace (it runs at PREROUTING and OUTPUT).

@@ -536,6 +536,10 @@ pub fn leftovers(iface: &str) -> String {
             "consume_skb_btf",
             "kfree_skb_raw",
             "consume_skb_raw",
+            "nf_hook_entry",
+            "nf_hook_exit",
+            "nf_hook_kprobe",
+            "nf_hook_kretprobe",
         ];
         if ours.contains(&name) || name.starts_with("nf_slot") {
             s.push_str(&format!("program {name} (id {}) still loaded\n", p["id"]));
