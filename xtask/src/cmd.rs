@@ -42,6 +42,11 @@ impl Cmd {
         self
     }
 
+    pub fn current_dir(mut self, dir: &std::path::Path) -> Self {
+        self.inner.current_dir(dir);
+        self
+    }
+
     fn output_with_stdin(mut self, stdin: Stdio) -> Result<(Output, String)> {
         let out = self
             .inner

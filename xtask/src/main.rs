@@ -27,6 +27,7 @@ mod lab;
 mod labguard;
 mod setup;
 mod test;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -54,6 +55,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// flowtrace's memory over a long run with many distinct flows (RSS must stay flat).
     Soak(bench::soak::SoakArgs),
+    /// Run the real flowtrace on other kernels (Debian's, in QEMU): the fallback attach paths.
+    VmTest(vm::VmTestArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Soak(args) => bench::soak::run(&args),
+        Command::VmTest(args) => vm::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -26,6 +26,7 @@ const APT_PACKAGES: &[&str] = &[
     "socat",
     "nftables",
     "python3",
+    "qemu-system-x86",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

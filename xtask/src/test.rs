@@ -1,6 +1,8 @@
 //! `cargo xtask test`: everything CI runs. Set up the machine, check formatting and lints,
 //! run the unit tests (no root), then bring the lab up, run the privileged end-to-end tests
-//! serially against it, and tear the lab down whatever happened.
+//! serially against it, and tear the lab down whatever happened; finally boot Debian's 6.1
+//! and 6.12 kernels in QEMU and run flowtrace there (`cargo xtask vm-test`), where the
+//! fallback attach paths this kernel refuses can run.
 
 use anyhow::{bail, Result};
 
@@ -23,6 +25,9 @@ pub struct TestArgs {
     /// Seconds each fuzz target runs (0: no fuzzing).
     #[arg(long, default_value_t = 20)]
     pub fuzz_seconds: u32,
+    /// Skip the kernel matrix in QEMU (`cargo xtask vm-test`).
+    #[arg(long)]
+    pub no_vm: bool,
 }
 
 /// The fuzz targets (tracer/fuzz): the pcapng reader and the ring-buffer record decoder.
@@ -102,5 +107,13 @@ pub fn run(args: &TestArgs) -> Result<()> {
     }
     let result = cargo(&test);
     drop(lab);
-    result
+    result?;
+    if !args.no_vm && args.filter.is_none() {
+        crate::vm::run(&crate::vm::VmTestArgs {
+            kernels: vec!["6.1".into(), "6.12".into()],
+            nf_attach: vec!["auto".into(), "fexit".into(), "kprobe".into()],
+            no_build: false,
+        })?;
+    }
+    Ok(())
 }

@@ -18,6 +18,7 @@ pub mod soak;
 
 use measure::*;
 pub use report::run;
+pub(crate) use report::workspace_root;
 
 use std::{
     collections::{BTreeMap, BTreeSet},

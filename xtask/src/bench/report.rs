@@ -136,7 +136,7 @@ pub(super) fn machine() -> Value {
     })
 }
 
-pub(super) fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(PathBuf::from)
