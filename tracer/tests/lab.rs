@@ -278,6 +278,18 @@ fn a_published_port_shows_the_dnat_and_the_reply_de_nat() {
         dnat["nat"]["to"],
         format!("{}:{cport}", lab.s("container_ip")).as_str()
     );
+    // Then FORWARD/filter accepts it, and it leaves by the bridge and the container's veth,
+    // in that order.
+    let forward = nf_hop(syn, "FORWARD", "filter");
+    assert_eq!(forward["verdict"], "accept", "{syn}");
+    let at = |h: &Value| h["at_ns"].as_u64().unwrap_or(u64::MAX);
+    let order = [
+        at(dnat),
+        at(forward),
+        at(tc_hop(syn, &lab.s("bridge"), "egress")),
+        at(tc_hop(syn, &lab.s("host_veth"), "egress")),
+    ];
+    assert!(order.windows(2).all(|w| w[0] <= w[1]), "{order:?}: {syn}");
     let synack = find(&lines, "out", |p| {
         p["dst"] == client.as_str() && p["tcp_flags"] == "S."
     });
