@@ -75,6 +75,23 @@ fn did_you_mean(suggestions: &[String]) -> String {
 }
 
 impl Error {
+    /// A load failure in one line: the verifier's log that follows it (often hundreds of
+    /// lines) goes to the debug log instead (`-vv`).
+    pub fn load(what: impl std::fmt::Display) -> Self {
+        let full = what.to_string();
+        let mut lines = full.lines();
+        let first = lines.next().unwrap_or_default().to_owned();
+        match lines.count() {
+            0 => Error::Load(full),
+            n => {
+                log::debug!("{full}");
+                Error::Load(format!(
+                    "{first} … ({n} more lines of verifier log with -vv)"
+                ))
+            }
+        }
+    }
+
     /// What the user can do about it.
     pub fn hint(&self) -> Option<&'static str> {
         Some(match self {
@@ -116,6 +133,20 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_verifier_log_is_kept_out_of_the_one_sentence() {
+        let e = Error::load("tc_ingress: refused. Verifier output: 0: r1 = ctx\n1: call\n2: exit");
+        assert_eq!(
+            e.to_string(),
+            "the kernel refused to load the eBPF programs: tc_ingress: refused. Verifier output: \
+             0: r1 = ctx … (2 more lines of verifier log with -vv)"
+        );
+        assert_eq!(
+            Error::load("one line").to_string(),
+            "the kernel refused to load the eBPF programs: one line"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -31,5 +31,5 @@ pub fn load(offsets: &Offsets, snaplen: u32, events: bool) -> Result<Ebpf> {
         .override_global("SNAPLEN", &snaplen, true)
         .override_global("EMIT", &u32::from(events), true)
         .load(OBJECT)
-        .map_err(|e| Error::Load(format!("{e}")))
+        .map_err(Error::load)
 }

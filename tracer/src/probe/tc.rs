@@ -66,7 +66,7 @@ pub fn attach(
         // Loaded once; later calls (a restarted container's new veth) only attach.
         match prog.load() {
             Ok(()) | Err(aya::programs::ProgramError::AlreadyLoaded) => {}
-            Err(e) => return Err(Error::Load(format!("{name}: {e}"))),
+            Err(e) => return Err(Error::load(format!("{name}: {e}"))),
         }
         for point in points {
             let mechanism = attach_one(prog, point, attach_type, direction, mode, ledger)?;
