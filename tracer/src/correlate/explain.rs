@@ -195,11 +195,12 @@ mod tests {
 
     const BEFORE: &str = "*filter\n:FORWARD DROP [0:0]\n[0:0] -A DOCKER-USER -d 198.51.100.2/32 -p tcp -m tcp --dport 8081 -j DROP\nCOMMIT\n";
 
-    #[test]
-    fn a_netfilter_drop_names_reason_hook_table_and_rule() {
+    /// A FORWARD packet seen at `slots` (one observation each) and then dropped at `location`.
+    fn dropped_in_forward(slots: &[u8], location: u64) -> Packet {
         let f = frame([172, 18, 0, 2], 41234);
-        let nf: Vec<NfObservation> = (0..5)
-            .map(|slot| NfObservation {
+        let nf = slots
+            .iter()
+            .map(|&slot| NfObservation {
                 ts_ns: 10 + u64::from(slot),
                 skb: 1,
                 hook: 2,
@@ -213,7 +214,7 @@ mod tests {
                 bytes: f[14..].to_vec(),
             })
             .collect();
-        let packet = Packet {
+        Packet {
             skb: 1,
             hops: Vec::new(),
             nf,
@@ -221,22 +222,34 @@ mod tests {
                 ts_ns: 20,
                 skb: 1,
                 kind: EndKind::Drop { reason: 12 },
-                location: 0xabc,
+                location,
                 ifindex: 0,
                 netns: 0,
             }),
-        };
+        }
+    }
+
+    /// An explainer whose ruleset is `save` now, and `save` with every rule's counter moved
+    /// from [0:0] to [1:60] when read again.
+    fn with_counters_moving(save: &'static str) -> Explainer {
         let mut ex = Explainer::empty();
-        ex.reasons
-            .insert(12, "SKB_DROP_REASON_NETFILTER_DROP".into());
-        ex.symbol = Box::new(|a| (a == 0xabc).then(|| "nf_hook_slow".to_owned()));
-        ex.ruleset = Some(Ruleset::parse(BEFORE, "iptables-save"));
-        ex.reread = Box::new(|| {
+        ex.ruleset = Some(Ruleset::parse(save, "iptables-save"));
+        ex.reread = Box::new(move || {
             Some(Ruleset::parse(
-                &BEFORE.replace("[0:0] -A", "[1:60] -A"),
+                &save.replace("[0:0] -A", "[1:60] -A"),
                 "iptables-save",
             ))
         });
+        ex
+    }
+
+    #[test]
+    fn a_netfilter_drop_names_reason_hook_table_and_rule() {
+        let packet = dropped_in_forward(&[0, 1, 2, 3, 4], 0xabc);
+        let mut ex = with_counters_moving(BEFORE);
+        ex.reasons
+            .insert(12, "SKB_DROP_REASON_NETFILTER_DROP".into());
+        ex.symbol = Box::new(|a| (a == 0xabc).then(|| "nf_hook_slow".to_owned()));
         let e = ex.explain(packet, &points());
         let d = e.drop.expect("dropped");
         assert_eq!(d.reason, "NETFILTER_DROP");
@@ -302,40 +315,8 @@ mod tests {
         const TWO: &str =
             "*mangle\n:FORWARD ACCEPT [0:0]\nCOMMIT\n*filter\n:FORWARD ACCEPT [0:0]\n\
                            [0:0] -A FORWARD -p tcp -m tcp --dport 7 -j DROP\nCOMMIT\n";
-        let f = frame([172, 18, 0, 2], 41234);
-        let packet = Packet {
-            skb: 1,
-            hops: Vec::new(),
-            nf: vec![NfObservation {
-                ts_ns: 10,
-                skb: 1,
-                hook: 2,
-                pf: 2,
-                slot: 0,
-                in_ifindex: 0,
-                out_ifindex: 0,
-                len: 60,
-                mark: 0,
-                headers: parse_ethernet(&f),
-                bytes: f[14..].to_vec(),
-            }],
-            end: Some(EndObservation {
-                ts_ns: 20,
-                skb: 1,
-                kind: EndKind::Drop { reason: 12 },
-                location: 0,
-                ifindex: 0,
-                netns: 0,
-            }),
-        };
-        let mut ex = Explainer::empty();
-        ex.ruleset = Some(Ruleset::parse(TWO, "iptables-save"));
-        ex.reread = Box::new(|| {
-            Some(Ruleset::parse(
-                &TWO.replace("[0:0] -A", "[1:60] -A"),
-                "iptables-save",
-            ))
-        });
+        let packet = dropped_in_forward(&[0], 0);
+        let mut ex = with_counters_moving(TWO);
         let e = ex.explain(packet, &points());
         let d = e.drop.expect("dropped");
         assert_eq!(
