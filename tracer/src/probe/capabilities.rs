@@ -32,11 +32,7 @@ pub fn probe(ebpf: &mut Ebpf, btf: Option<&Btf>) -> Vec<Offer> {
 }
 
 fn try_fexit(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
-    let prog: &mut FExit = ebpf
-        .program_mut("probe_fexit")
-        .ok_or("probe program missing")?
-        .try_into()
-        .map_err(|e| format!("{e}"))?;
+    let prog: &mut FExit = super::loader::program(ebpf, "probe_fexit")?;
     prog.load("nf_hook_slow", btf).map_err(|e| {
         let text = format!("{e}");
         if text.contains("Operation not permitted") || text.contains("EPERM") {

@@ -1,6 +1,7 @@
 //! Attaching the end-of-life programs (`kfree_skb`, `consume_skb`): BTF tracepoints where the
 //! kernel has them, raw tracepoints otherwise.
 
+use super::loader::program;
 use aya::{
     programs::{BtfTracePoint, RawTracePoint},
     Btf, Ebpf,
@@ -58,22 +59,14 @@ fn first_line(e: &str) -> &str {
 }
 
 fn attach_btf(ebpf: &mut Ebpf, btf: &Btf, tp: &str, name: &str) -> Result<(), String> {
-    let prog: &mut BtfTracePoint = ebpf
-        .program_mut(name)
-        .ok_or("missing from the object")?
-        .try_into()
-        .map_err(|e| format!("{e}"))?;
+    let prog: &mut BtfTracePoint = program(ebpf, name)?;
     prog.load(tp, btf).map_err(|e| format!("{e}"))?;
     prog.attach().map_err(|e| format!("{e}"))?;
     Ok(())
 }
 
 fn attach_raw(ebpf: &mut Ebpf, tp: &str, name: &str) -> Result<(), String> {
-    let prog: &mut RawTracePoint = ebpf
-        .program_mut(name)
-        .ok_or("missing from the object")?
-        .try_into()
-        .map_err(|e| format!("{e}"))?;
+    let prog: &mut RawTracePoint = program(ebpf, name)?;
     prog.load().map_err(|e| format!("{e}"))?;
     prog.attach(tp).map_err(|e| format!("{e}"))?;
     Ok(())

@@ -8,6 +8,18 @@ use crate::error::{Error, Result};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowtrace-ebpf"));
 
+/// Program `name` of the object as its concrete type (`FEntry`, `KProbe`, …); the error
+/// says which program was missing or of another type.
+pub fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> std::result::Result<&'a mut T, String>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| format!("{name} missing from the eBPF object"))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| format!("{name}: {e}"))
+}
+
 /// The object's bytes (the netfilter loader parses them again).
 pub fn object() -> &'static [u8] {
     OBJECT

@@ -12,6 +12,7 @@ use aya::{
     Btf, Ebpf,
 };
 
+use super::loader::program;
 use crate::cli::NfAttach;
 
 const FUNCTION: &str = "nf_hook_slow";
@@ -32,21 +33,13 @@ impl fmt::Display for HookMechanism {
 }
 
 fn fentry(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
-    let p: &mut FEntry = ebpf
-        .program_mut("nf_hook_entry")
-        .ok_or("nf_hook_entry missing from the eBPF object")?
-        .try_into()
-        .map_err(|e| format!("{e}"))?;
+    let p: &mut FEntry = program(ebpf, "nf_hook_entry")?;
     p.load(FUNCTION, btf).map_err(|e| format!("{e}"))?;
     p.attach().map(|_| ()).map_err(|e| format!("{e}"))
 }
 
 fn fexit(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
-    let p: &mut FExit = ebpf
-        .program_mut("nf_hook_exit")
-        .ok_or("nf_hook_exit missing from the eBPF object")?
-        .try_into()
-        .map_err(|e| format!("{e}"))?;
+    let p: &mut FExit = program(ebpf, "nf_hook_exit")?;
     p.load(FUNCTION, btf).map_err(|e| format!("{e}"))?;
     p.attach().map(|_| ()).map_err(|e| format!("{e}"))
 }
@@ -56,21 +49,14 @@ fn fentry_fexit(ebpf: &mut Ebpf, btf: Option<&Btf>) -> Result<(), String> {
     let btf = btf.ok_or("no kernel BTF")?;
     fentry(ebpf, btf)?;
     fexit(ebpf, btf).inspect_err(|_| {
-        if let Some(Ok(p)) = ebpf
-            .program_mut("nf_hook_entry")
-            .map(<&mut FEntry>::try_from)
-        {
+        if let Ok(p) = program::<FEntry>(ebpf, "nf_hook_entry") {
             let _ = p.unload();
         }
     })
 }
 
 fn kprobe(ebpf: &mut Ebpf, name: &str) -> Result<(), String> {
-    let p: &mut KProbe = ebpf
-        .program_mut(name)
-        .ok_or_else(|| format!("{name} missing from the eBPF object"))?
-        .try_into()
-        .map_err(|e| format!("{e}"))?;
+    let p: &mut KProbe = program(ebpf, name)?;
     p.load().map_err(|e| format!("{name}: {e}"))?;
     p.attach(FUNCTION, 0)
         .map(|_| ())
@@ -81,10 +67,7 @@ fn kprobe(ebpf: &mut Ebpf, name: &str) -> Result<(), String> {
 fn kprobes(ebpf: &mut Ebpf) -> Result<(), String> {
     kprobe(ebpf, "nf_hook_kprobe")?;
     kprobe(ebpf, "nf_hook_kretprobe").inspect_err(|_| {
-        if let Some(Ok(p)) = ebpf
-            .program_mut("nf_hook_kprobe")
-            .map(<&mut KProbe>::try_from)
-        {
+        if let Ok(p) = program::<KProbe>(ebpf, "nf_hook_kprobe") {
             let _ = p.unload();
         }
     })

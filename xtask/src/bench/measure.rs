@@ -26,16 +26,22 @@ pub(super) fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ticks as f64 / clk_tck())
 }
 
-pub(super) fn peak_rss_kib(pid: u32) -> u64 {
+/// A `kB` field of /proc/PID/status (`VmRSS`, `VmHWM`), or 0 once the process is gone.
+pub(super) fn status_kib(pid: u32, field: &str) -> u64 {
+    let key = format!("{field}:");
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(&key))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+pub(super) fn peak_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM")
 }
 
 pub(super) fn prog_group(name: &str) -> Option<&'static str> {

@@ -20,7 +20,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use super::{
-    measure::{cpu_seconds, peak_rss_kib, safety},
+    measure::{cpu_seconds, peak_rss_kib, safety, status_kib},
     report::workspace_root,
     Proc,
 };
@@ -83,18 +83,6 @@ while True:
     time.sleep(0.002)
 print(sent)
 "#;
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 pub fn run(args: &SoakArgs) -> Result<()> {
     if !crate::setup::is_root() {
@@ -159,7 +147,7 @@ pub fn run(args: &SoakArgs) -> Result<()> {
             last_check = Instant::now();
         }
         let t = started.elapsed().as_secs();
-        let rss = rss_kib(pid);
+        let rss = status_kib(pid, "VmRSS");
         if rss == 0 {
             bail!(
                 "flowtrace exited during the soak:\n{}",
