@@ -7,6 +7,7 @@ pub mod error;
 pub mod events;
 pub mod filter;
 pub mod output;
+pub mod pcapfilter;
 pub mod pipeline;
 pub mod probe;
 pub mod replay;

@@ -1,0 +1,62 @@
+//! tcpdump filter expressions (pcap-filter(7)), run in the kernel: libpcap compiles the
+//! expression to classic BPF ([`libpcap`]), [`translate`] turns that into eBPF for the tc
+//! programs, which evaluate it before anything is reserved in the ring buffer.
+
+pub mod libpcap;
+pub mod translate;
+
+#[cfg(test)]
+mod corpus;
+#[cfg(test)]
+pub mod interp;
+
+/// One classic BPF instruction (`struct bpf_insn` of pcap/bpf.h).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Classic {
+    pub code: u16,
+    pub jt: u8,
+    pub jf: u8,
+    pub k: u32,
+}
+
+/// One eBPF instruction (`struct bpf_insn` of linux/bpf.h): `regs` is dst | src << 4.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Insn {
+    pub code: u8,
+    pub regs: u8,
+    pub off: i16,
+    pub imm: i32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    /// libpcap's own message, as tcpdump prints it.
+    #[error("can't parse filter expression: {0}")]
+    Syntax(String),
+    #[error("the filter needs {0}, which flowtrace cannot run in the kernel")]
+    Unsupported(String),
+}
+
+/// A checked, compiled filter expression.
+pub struct CompiledFilter {
+    pub expr: String,
+    pub classic: Vec<Classic>,
+}
+
+impl CompiledFilter {
+    /// Compiles `expr` with libpcap and checks that every instruction translates.
+    pub fn new(expr: &str) -> Result<Self, FilterError> {
+        let classic = libpcap::Program::compile(expr)?.instructions();
+        translate::translate(&classic, 0, 0)?;
+        Ok(Self {
+            expr: expr.to_owned(),
+            classic,
+        })
+    }
+
+    /// The eBPF program: on a match, tail-call slot `match_slot` of `prog_array_fd`.
+    pub fn ebpf(&self, prog_array_fd: i32, match_slot: u32) -> Result<Vec<Insn>, FilterError> {
+        translate::translate(&self.classic, prog_array_fd, match_slot)
+    }
+}
