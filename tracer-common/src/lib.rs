@@ -8,6 +8,7 @@
 
 pub mod counters;
 pub mod event;
+pub mod flow;
 pub mod netfilter;
 pub mod offsets;
 

@@ -29,6 +29,17 @@ pub fn tc_egress(ctx: TcContext) -> i32 {
     tc::observe(&ctx, Direction::Egress as u8)
 }
 
+/// Tail-called by the translated filter expression on a match (`tracer_common::flow`).
+#[classifier]
+pub fn tc_ingress_matched(ctx: TcContext) -> i32 {
+    tc::observe_matched(&ctx, Direction::Ingress as u8)
+}
+
+#[classifier]
+pub fn tc_egress_matched(ctx: TcContext) -> i32 {
+    tc::observe_matched(&ctx, Direction::Egress as u8)
+}
+
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn kfree_skb_btf(ctx: BtfTracePointContext) -> i32 {
     drops::end(ctx.arg(0), ctx.arg(1), ctx.arg(2), EventKind::Drop)

@@ -3,9 +3,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
 };
-use tracer_common::{HopCounter, Offsets, PointKey, TcEvent, DEFAULT_SNAP};
+use tracer_common::{
+    flow::{FlowKey, FILTER_SLOTS},
+    HopCounter, Offsets, PointKey, TcEvent, DEFAULT_SNAP,
+};
 
 /// Per-packet observations. 8 MiB: ~45k 176-byte events of headroom.
 #[map(name = "EVENTS")]
@@ -21,6 +24,15 @@ pub static HOP_COUNTERS: PerCpuHashMap<PointKey, HopCounter> =
 /// report on. Least recently used entries make room for new ones.
 #[map(name = "TRACKED")]
 pub static TRACKED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65_536, 0);
+
+/// With a filter expression: the translated filters (loaded by user space from libpcap's
+/// compilation) and the programs they tail-call on a match; see `tracer_common::flow`.
+#[map(name = "FILTER_PROGS")]
+pub static FILTER_PROGS: ProgramArray = ProgramArray::with_max_entries(FILTER_SLOTS, 0);
+
+/// With a filter expression: the 5-tuples (both ways) of flows with a packet that matched.
+#[map(name = "FLOWS")]
+pub static FLOWS: LruHashMap<FlowKey, u8> = LruHashMap::with_max_entries(65_536, 0);
 
 /// (skb, state) of the `nf_hook_slow` calls in progress on this CPU, for the kretprobe: a
 /// depth, then up to 7 pairs (hooks nest when a hook's verdict sends a packet, e.g. REJECT).
@@ -93,6 +105,17 @@ static EMIT: u32 = 1;
 pub fn emit_events() -> bool {
     // SAFETY: a plain read of a global; the loader patches the value before loading.
     unsafe { core::ptr::read_volatile(&EMIT) != 0 }
+}
+
+/// 1: a filter expression is loaded in `FILTER_PROGS`; packets of flows not yet followed
+/// go through it. Patched by the loader.
+#[unsafe(no_mangle)]
+static FILTERING: u32 = 0;
+
+#[inline(always)]
+pub fn filtering() -> bool {
+    // SAFETY: a plain read of a global; the loader patches the value before loading.
+    unsafe { core::ptr::read_volatile(&FILTERING) != 0 }
 }
 
 /// Field offsets from the running kernel's BTF, patched in by the loader.

@@ -6,9 +6,51 @@ use aya_ebpf::{
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_skb_load_bytes},
     programs::TcContext,
 };
-use tracer_common::{EventKind, PointKey, MAX_SNAP, TC_HEAD_LEN};
+use tracer_common::{
+    flow::{FlowKey, Frame, FILTER_SLOT_EGRESS, FILTER_SLOT_INGRESS},
+    Direction, EventKind, PointKey, MAX_SNAP, TC_HEAD_LEN,
+};
 
-use crate::maps::{emit_events, snaplen, EVENTS, HOP_COUNTERS, RING_FILL, TC_SCRATCH, TRACKED};
+use crate::maps::{
+    emit_events, filtering, snaplen, tracked, EVENTS, FILTER_PROGS, FLOWS, HOP_COUNTERS,
+    RING_FILL, TC_SCRATCH, TRACKED,
+};
+
+struct Skb<'a>(&'a TcContext);
+
+impl Frame for Skb<'_> {
+    #[inline(always)]
+    fn bytes<const N: usize>(&self, offset: u32) -> Option<[u8; N]> {
+        self.0.load::<[u8; N]>(offset as usize).ok()
+    }
+}
+
+/// Follow this flow both ways from now on.
+#[inline(always)]
+fn follow(key: &FlowKey) {
+    let _ = FLOWS.insert(key, 1, 0);
+    let _ = FLOWS.insert(&key.reversed(), 1, 0);
+}
+
+/// Is this packet one to report without asking the filter: seen at an earlier hop, or of a
+/// followed flow? A tracked packet's tuple is followed too: after NAT it is a new tuple, the
+/// one its replies come back with.
+#[inline(always)]
+fn followed(ctx: &TcContext, skb: u64) -> bool {
+    let key = FlowKey::parse(&Skb(ctx));
+    // SAFETY: lookups with stack keys; the values are not kept.
+    let known = key.is_some_and(|k| unsafe { FLOWS.get(&k).is_some() });
+    if known {
+        return true;
+    }
+    if tracked(skb) {
+        if let Some(k) = key {
+            follow(&k);
+        }
+        return true;
+    }
+    false
+}
 
 #[inline(always)]
 pub fn observe(ctx: &TcContext, direction: u8) -> i32 {
@@ -30,12 +72,51 @@ pub fn observe(ctx: &TcContext, direction: u8) -> i32 {
     if !emit_events() {
         return TC_ACT_UNSPEC;
     }
+    if filtering() && !followed(ctx, skb as u64) {
+        let slot = if direction == Direction::Ingress as u8 {
+            FILTER_SLOT_INGRESS
+        } else {
+            FILTER_SLOT_EGRESS
+        };
+        // SAFETY: the context is this program's own. On a match the filter tail-calls
+        // `observe_matched`; otherwise (or if the slot is empty) the packet is not reported.
+        let _ = unsafe { FILTER_PROGS.tail_call(ctx, slot) };
+        return TC_ACT_UNSPEC;
+    }
+    report(skb, ifindex, len, mark, protocol, direction, counter)
+}
+
+/// Where the translated filter tail-calls on a match: follow the flow, report the packet
+/// (it was counted before the filter ran).
+#[inline(always)]
+pub fn observe_matched(ctx: &TcContext, direction: u8) -> i32 {
+    let skb: *mut __sk_buff = ctx.skb.skb;
+    // SAFETY: as in `observe`.
+    let (ifindex, len, mark, protocol) =
+        unsafe { ((*skb).ifindex, (*skb).len, (*skb).mark, (*skb).protocol) };
+    if let Some(k) = FlowKey::parse(&Skb(ctx)) {
+        follow(&k);
+    }
+    let counter = HOP_COUNTERS.get_ptr_mut(PointKey::new(ifindex, direction));
+    report(skb, ifindex, len, mark, protocol, direction, counter)
+}
+
+#[inline(always)]
+fn report(
+    skb: *mut __sk_buff,
+    ifindex: u32,
+    len: u32,
+    mark: u32,
+    protocol: u32,
+    direction: u8,
+    counter: Option<*mut tracer_common::HopCounter>,
+) -> i32 {
     // Let the netfilter and drop programs know this packet is ours.
     let _ = TRACKED.insert(skb as u64, 1, 0);
 
     if !emit(skb, ifindex, len, mark, protocol, direction) {
         if let Some(c) = counter {
-            // SAFETY: as above.
+            // SAFETY: a per-CPU value, no concurrent writer on this CPU.
             unsafe { (*c).lost += 1 };
         }
     }

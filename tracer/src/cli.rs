@@ -93,6 +93,15 @@ pub struct TraceArgs {
     #[arg(long = "port")]
     pub ports: Vec<u16>,
 
+    /// Only packets that match this tcpdump filter expression (pcap-filter(7)) at some hop,
+    /// with every hop of their flow, across NAT. Evaluated in the kernel.
+    #[arg(short = 'f', long = "filter", value_name = "EXPR", conflicts_with_all = ["expression", "counters"])]
+    pub filter: Option<String>,
+
+    /// The filter expression as the last arguments, as tcpdump takes it: `tcp port 8080`.
+    #[arg(value_name = "EXPRESSION", conflicts_with = "counters")]
+    pub expression: Vec<String>,
+
     /// Record every hop of every traced packet to this pcapng file (mode 0600).
     #[arg(short = 'w', long, value_name = "FILE.pcapng")]
     pub write: Option<std::path::PathBuf>,
@@ -134,6 +143,17 @@ pub struct TraceArgs {
     /// More log lines on stderr (repeat for more).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+impl TraceArgs {
+    /// The filter expression, from `-f` or the trailing words; None when there is none.
+    pub fn filter_expression(&self) -> Option<String> {
+        let expr = match &self.filter {
+            Some(f) => f.clone(),
+            None => self.expression.join(" "),
+        };
+        (!expr.trim().is_empty()).then_some(expr)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

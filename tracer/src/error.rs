@@ -62,6 +62,9 @@ pub enum Error {
     #[error("invalid duration `{0}` (use e.g. 500ms, 10s, 2m, 1h)")]
     InvalidDuration(String),
 
+    #[error(transparent)]
+    Filter(#[from] crate::pcapfilter::FilterError),
+
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
 }
@@ -110,6 +113,9 @@ impl Error {
             Self::Output { .. } => "check that the directory exists and that root may write there",
             Self::BadFile { .. } => {
                 "`tshark -r FILE` shows what the file holds; flowtrace reads files written by `flowtrace --write`"
+            }
+            Self::Filter(_) => {
+                "the syntax is tcpdump's (man 7 pcap-filter); `tcpdump -d 'EXPR'` shows how libpcap compiles it"
             }
             Self::InvalidDuration(_)
             | Self::InvalidSize(_)

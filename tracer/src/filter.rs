@@ -2,15 +2,18 @@
 //! given criterion matches at some hop, so a filter on the container's address still keeps
 //! the uplink hop after MASQUERADE, and the reply before de-NAT.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
-use crate::{correlate::packet::Packet, events::packet::Proto};
+use crate::{correlate::packet::Packet, events::packet::Proto, pcapfilter::libpcap::Program};
 
 #[derive(Clone, Debug, Default)]
 pub struct PacketFilter {
     pub protos: Vec<Proto>,
     pub hosts: Vec<IpAddr>,
     pub ports: Vec<u16>,
+    /// A tcpdump expression. The kernel sends every packet of a flow it follows; user space
+    /// keeps those that match at one of their hops, as tcpdump would have matched them there.
+    pub pcap: Option<Arc<Program>>,
 }
 
 /// Parses a `--proto` value.
@@ -28,12 +31,21 @@ pub fn parse_proto(s: &str) -> Result<Proto, String> {
 
 impl PacketFilter {
     pub fn is_empty(&self) -> bool {
-        self.protos.is_empty() && self.hosts.is_empty() && self.ports.is_empty()
+        self.protos.is_empty() && self.hosts.is_empty() && self.ports.is_empty() && self.pcap.is_none()
     }
 
     pub fn matches(&self, p: &Packet) -> bool {
         if self.is_empty() {
             return true;
+        }
+        if let Some(prog) = &self.pcap {
+            if !p
+                .hops
+                .iter()
+                .any(|h| !h.bytes.is_empty() && prog.matches_captured(&h.bytes, h.len))
+            {
+                return false;
+            }
         }
         let headers: Vec<_> = p.hops.iter().filter_map(|h| h.headers).collect();
         let proto_ok =

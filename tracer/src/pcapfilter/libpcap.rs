@@ -73,7 +73,7 @@ impl Program {
             } else {
                 let msg = pcap_geterr(handle);
                 let msg = if msg.is_null() {
-                    "syntax error".to_owned()
+                    "can't parse filter expression: syntax error".to_owned()
                 } else {
                     CStr::from_ptr(msg).to_string_lossy().into_owned()
                 };
@@ -103,18 +103,36 @@ impl Program {
 
     /// libpcap's own verdict on a whole frame (`pcap_offline_filter`): the reference.
     pub fn matches(&self, frame: &[u8]) -> bool {
+        self.matches_captured(frame, frame.len() as u32)
+    }
+
+    /// The verdict on the first bytes of a frame of `wire_len` bytes (`len`/`less` see the
+    /// wire length; a load past the captured bytes fails, as in tcpdump).
+    pub fn matches_captured(&self, captured: &[u8], wire_len: u32) -> bool {
         let hdr = PktHdr {
             ts: libc::timeval {
                 tv_sec: 0,
                 tv_usec: 0,
             },
-            caplen: frame.len() as u32,
-            len: frame.len() as u32,
+            caplen: captured.len() as u32,
+            len: wire_len.max(captured.len() as u32),
         };
+        let frame = captured;
         // SAFETY: the header describes exactly `frame`.
         unsafe { pcap_offline_filter(&self.prog, &hdr, frame.as_ptr()) != 0 }
     }
 }
+
+impl std::fmt::Debug for Program {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Program({} instructions)", self.prog.bf_len)
+    }
+}
+
+// SAFETY: the program is plain memory owned by this value; libpcap's `pcap_offline_filter`
+// only reads it, so sharing it between threads is sound.
+unsafe impl Send for Program {}
+unsafe impl Sync for Program {}
 
 impl Drop for Program {
     fn drop(&mut self) {

@@ -5,8 +5,10 @@
 pub mod libpcap;
 pub mod translate;
 
-#[cfg(test)]
-mod corpus;
+/// Expressions and frames the translation is checked on, by the unit tests against libpcap
+/// and by the privileged tests against the kernel.
+#[doc(hidden)]
+pub mod corpus;
 #[cfg(test)]
 pub mod interp;
 
@@ -31,8 +33,9 @@ pub struct Insn {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FilterError {
-    /// libpcap's own message, as tcpdump prints it.
-    #[error("can't parse filter expression: {0}")]
+    /// libpcap's own message, as tcpdump prints it ("can't parse filter expression: syntax
+    /// error", "illegal port number 99999 > 65535", …).
+    #[error("{0}")]
     Syntax(String),
     #[error("the filter needs {0}, which flowtrace cannot run in the kernel")]
     Unsupported(String),
@@ -42,16 +45,20 @@ pub enum FilterError {
 pub struct CompiledFilter {
     pub expr: String,
     pub classic: Vec<Classic>,
+    /// libpcap's program, for user space's check of each hop (see `filter::PacketFilter`).
+    pub program: libpcap::Program,
 }
 
 impl CompiledFilter {
     /// Compiles `expr` with libpcap and checks that every instruction translates.
     pub fn new(expr: &str) -> Result<Self, FilterError> {
-        let classic = libpcap::Program::compile(expr)?.instructions();
+        let program = libpcap::Program::compile(expr)?;
+        let classic = program.instructions();
         translate::translate(&classic, 0, 0)?;
         Ok(Self {
             expr: expr.to_owned(),
             classic,
+            program,
         })
     }
 

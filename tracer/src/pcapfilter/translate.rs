@@ -184,9 +184,14 @@ pub fn translate(
     for slot in 1..=9i16 {
         e.push(ins(ST | DW | MEM, FP, 0, -8 * slot, 0));
     }
+    let live = reachable(prog);
     let mut starts = Vec::with_capacity(prog.len());
     for (i, c) in prog.iter().enumerate() {
         starts.push(e.out.len());
+        // The verifier refuses dead code; nothing jumps to an unreachable instruction.
+        if !live[i] {
+            continue;
+        }
         let class = c.code & 0x07;
         // Only meaningful for loads: in ALU and JMP codes these bits are the operation.
         let size = match c.code & 0x18 {
@@ -284,13 +289,17 @@ pub fn translate(
         }
     }
     // Classic programs end in RET; should one not, falling off its end is "no match".
-    e.goto(Target::NoMatch);
+    if e.out.last().is_none_or(|l| l.code != JMP | JA) {
+        e.goto(Target::NoMatch);
+    }
     let matched = e.out.len();
-    e.push(ins(ALU64 | MOV | X, R1, R6, 0, 0));
-    e.push(ins(LD | DW | IMM, R2, PSEUDO_MAP_FD, 0, prog_array_fd));
-    e.push(ins(0, 0, 0, 0, 0));
-    e.push(ins(ALU | MOV | K, R3, 0, 0, match_slot as i32));
-    e.push(ins(JMP | CALL, 0, 0, 0, HELPER_TAIL_CALL));
+    if e.fixups.iter().any(|(_, t)| matches!(t, Target::Match)) {
+        e.push(ins(ALU64 | MOV | X, R1, R6, 0, 0));
+        e.push(ins(LD | DW | IMM, R2, PSEUDO_MAP_FD, 0, prog_array_fd));
+        e.push(ins(0, 0, 0, 0, 0));
+        e.push(ins(ALU | MOV | K, R3, 0, 0, match_slot as i32));
+        e.push(ins(JMP | CALL, 0, 0, 0, HELPER_TAIL_CALL));
+    }
     let no_match = e.out.len();
     e.push(ins(ALU64 | MOV | K, R0, 0, 0, TC_ACT_UNSPEC));
     e.push(ins(JMP | EXIT, 0, 0, 0, 0));
@@ -308,6 +317,26 @@ pub fn translate(
             .map_err(|_| FilterError::Unsupported("a program this long".into()))?;
     }
     Ok(e.out)
+}
+
+/// Which classic instructions a path from the first reaches.
+fn reachable(prog: &[Classic]) -> Vec<bool> {
+    let mut live = vec![false; prog.len()];
+    let mut todo = vec![0usize];
+    while let Some(i) = todo.pop() {
+        let Some(c) = prog.get(i) else { continue };
+        if live[i] {
+            continue;
+        }
+        live[i] = true;
+        match (c.code & 0x07, c.code & 0xf0) {
+            (C_RET, _) => {}
+            (C_JMP, 0x00) => todo.push((i + 1).wrapping_add(c.k as usize)),
+            (C_JMP, _) => todo.extend([i + 1 + usize::from(c.jt), i + 1 + usize::from(c.jf)]),
+            _ => todo.push(i + 1),
+        }
+    }
+    live
 }
 
 fn alu(e: &mut Emitter, i: usize, c: &Classic) -> Result<(), FilterError> {

@@ -27,8 +27,9 @@ pub fn object() -> &'static [u8] {
 
 /// Loads the object's maps into the kernel (programs are loaded when attached), with the
 /// running kernel's struct offsets, the bytes to capture per tc hop, and whether to send
-/// per-packet events at all (`--counters` does not).
-pub fn load(offsets: &Offsets, snaplen: u32, events: bool) -> Result<Ebpf> {
+/// per-packet events at all (`--counters` does not), and whether a filter expression decides
+/// which packets they are for (`pcap_filter::install` loads it).
+pub fn load(offsets: &Offsets, snaplen: u32, events: bool, filtering: bool) -> Result<Ebpf> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(Error::NotRoot);
@@ -42,6 +43,7 @@ pub fn load(offsets: &Offsets, snaplen: u32, events: bool) -> Result<Ebpf> {
         .override_global("OFFSETS", offsets, true)
         .override_global("SNAPLEN", &snaplen, true)
         .override_global("EMIT", &u32::from(events), true)
+        .override_global("FILTERING", &u32::from(filtering), true)
         .load(OBJECT)
         .map_err(Error::load)
 }

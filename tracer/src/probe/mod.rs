@@ -1,6 +1,7 @@
 //! Loading the eBPF object and attaching its programs, with fallbacks and a report of what
 //! is attached where.
 
+pub mod bpf_sys;
 pub mod btf;
 pub mod capabilities;
 pub mod counters;
@@ -10,5 +11,6 @@ pub mod loader;
 pub mod netfilter;
 pub mod nf_hook;
 pub mod offsets;
+pub mod pcap_filter;
 pub mod tc;
 pub mod tc_ledger;

@@ -6,13 +6,14 @@
 
 use std::{
     collections::HashSet,
-    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
 };
 
 use aya::{maps::Map, Ebpf};
+
+use super::bpf_sys::{self, sys_bpf};
 use tracer_common::netfilter::{HOOK_NAMES, NFPROTO_IPV4, SLOT_PRIORITIES};
 
-const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_NETFILTER: u32 = 32;
 const BPF_NETFILTER: u32 = 45;
@@ -40,24 +41,6 @@ pub enum NfError {
     },
 }
 
-/// `union bpf_attr` for BPF_PROG_LOAD, up to the fields used (uapi, stable ABI).
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
-}
-
 /// `union bpf_attr` for BPF_LINK_CREATE with the netfilter member (uapi, stable ABI).
 #[repr(C)]
 #[derive(Default)]
@@ -72,63 +55,19 @@ struct LinkCreateAttr {
     nf_flags: u32,
 }
 
-fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<OwnedFd> {
-    // SAFETY: `attr` is a valid, fully initialised bpf_attr prefix of the given size.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut T as *mut libc::c_void,
-            size_of::<T>() as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel returned a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
 fn load(name: &str, insns: &[aya_obj::generated::bpf_insn]) -> Result<OwnedFd, NfError> {
-    let license = c"GPL";
-    let mut attr = ProgLoadAttr {
-        prog_type: BPF_PROG_TYPE_NETFILTER,
-        insn_cnt: insns.len() as u32,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        expected_attach_type: BPF_NETFILTER,
-        ..Default::default()
-    };
-    for (d, s) in attr.prog_name.iter_mut().zip(name.bytes().take(15)) {
-        *d = s;
-    }
-    match sys_bpf(BPF_PROG_LOAD, &mut attr) {
-        Ok(fd) => Ok(fd),
-        Err(err) => {
-            // Again, with the verifier's log, to say why.
-            let mut log = vec![0u8; 256 * 1024];
-            attr.log_level = 1;
-            attr.log_size = log.len() as u32;
-            attr.log_buf = log.as_mut_ptr() as u64;
-            let _ = sys_bpf(BPF_PROG_LOAD, &mut attr);
-            let text = String::from_utf8_lossy(&log);
-            let text = text.trim_end_matches('\0');
-            let tail: Vec<&str> = text.lines().rev().take(8).collect();
-            let log = if tail.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "; verifier: {}",
-                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-                )
-            };
-            Err(NfError::Load {
-                name: name.to_owned(),
-                err,
-                log,
-            })
-        }
-    }
+    bpf_sys::load_program(
+        name,
+        BPF_PROG_TYPE_NETFILTER,
+        BPF_NETFILTER,
+        insns.as_ptr().cast(),
+        insns.len(),
+    )
+    .map_err(|(err, log)| NfError::Load {
+        name: name.to_owned(),
+        err,
+        log,
+    })
 }
 
 fn map_fd(map: &Map) -> Option<RawFd> {
@@ -138,7 +77,8 @@ fn map_fd(map: &Map) -> Option<RawFd> {
         | Map::LruHashMap(m)
         | Map::HashMap(m)
         | Map::PerCpuHashMap(m)
-        | Map::PerCpuArray(m) => m,
+        | Map::PerCpuArray(m)
+        | Map::ProgramArray(m) => m,
         _ => return None,
     };
     Some(data.fd().as_fd().as_raw_fd())
@@ -243,8 +183,6 @@ mod tests {
     #[test]
     fn attr_layouts_match_the_uapi() {
         // Offsets of the last fields used, from include/uapi/linux/bpf.h.
-        assert_eq!(std::mem::offset_of!(ProgLoadAttr, prog_name), 48);
-        assert_eq!(std::mem::offset_of!(ProgLoadAttr, expected_attach_type), 68);
         assert_eq!(std::mem::offset_of!(LinkCreateAttr, pf), 16);
         assert_eq!(std::mem::offset_of!(LinkCreateAttr, priority), 24);
         assert_eq!(size_of::<LinkCreateAttr>(), 32);

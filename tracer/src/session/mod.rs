@@ -32,7 +32,8 @@ use crate::{
         Format,
     },
     pipeline::Pipeline,
-    probe::{btf, counters::Counters, loader, offsets, tc, tc_ledger},
+    probe::{btf, counters::Counters, loader, offsets, pcap_filter, tc, tc_ledger},
+    pcapfilter::CompiledFilter,
     target::ruleset::Ruleset,
     tui::{Feed, HopCount},
 };
@@ -49,6 +50,9 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
+    // A bad expression is the user's first mistake to hear about: before Docker or the kernel.
+    let expression = args.filter_expression();
+    let compiled = expression.as_deref().map(CompiledFilter::new).transpose()?;
     let (topo, docker) = discover(&args).await?;
     let attach_points = topo.attach_points();
     if attach_points.is_empty() {
@@ -102,7 +106,7 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     };
     // Which tables run at which hook: where the netfilter observers go, and how drops are named.
     let ruleset = Ruleset::read();
-    let mut ebpf = loader::load(&offsets, snaplen, !args.counters)?;
+    let mut ebpf = loader::load(&offsets, snaplen, !args.counters, compiled.is_some())?;
     // Before any map is taken out of `ebpf`: the netfilter loader relocates against all of them.
     // --counters: no per-packet events, so nothing for the netfilter and drop layers to add.
     let _nf = if args.counters {
@@ -126,6 +130,19 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         }
     }
     let mut stream = EventStream::take(&mut ebpf)?;
+    let _kernel_filter = match &compiled {
+        Some(f) => {
+            let k = pcap_filter::install(&mut ebpf, f)?;
+            notes.say(format!(
+                "filter `{}`: libpcap's {} classic BPF instructions run as {} eBPF instructions in the tc programs, before the ring buffer; the flows of matching packets are followed across NAT",
+                f.expr,
+                f.classic.len(),
+                k.instructions
+            ));
+            Some(k)
+        }
+        None => None,
+    };
     let attached = tc::attach(&mut ebpf, &attach_points, args.tc_attach, &mut ledger)?;
     for a in attached
         .iter()
@@ -151,6 +168,7 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         protos: args.protos.clone(),
         hosts: args.hosts.clone(),
         ports: args.ports.clone(),
+        pcap: compiled.map(|f| std::sync::Arc::new(f.program)),
     };
     let explainer = explainer(&topo, reasons, ruleset);
     let mut pipeline = Pipeline::new(
