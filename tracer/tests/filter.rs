@@ -172,3 +172,55 @@ fn an_invalid_expression_fails_as_tcpdump_says_it() {
         assert!(out.stdout.is_empty());
     }
 }
+
+/// The translation in the real kernel: every expression of the corpus passes the verifier,
+/// and on every frame its verdict (BPF_PROG_TEST_RUN) is libpcap's (`pcap_offline_filter`).
+#[test]
+#[ignore = "privileged: needs root (cargo xtask test)"]
+fn the_kernel_runs_every_translated_filter_as_libpcap_does() {
+    use std::os::fd::AsRawFd;
+    use tracer::{
+        pcapfilter::{corpus, libpcap::Program, CompiledFilter, Insn},
+        probe::bpf_sys,
+    };
+    const SCHED_CLS: u32 = 3;
+    let load = |name: &str, insns: &[Insn]| {
+        bpf_sys::load_program(name, SCHED_CLS, 0, insns.as_ptr().cast(), insns.len())
+            .unwrap_or_else(|(e, log)| panic!("{name}: {e}{log}"))
+    };
+    let array = bpf_sys::create_program_array(2).expect("program array");
+    // Slot 1 stands for the emitting program: it returns 7.
+    let matched = load(
+        "ft_test_match",
+        &[
+            Insn { code: 0xb4, regs: 0, off: 0, imm: 7 },
+            Insn { code: 0x95, regs: 0, off: 0, imm: 0 },
+        ],
+    );
+    bpf_sys::set_program_slot(array.as_raw_fd(), 1, matched.as_raw_fd()).expect("slot 1");
+    let frames: Vec<_> = corpus::frames()
+        .into_iter()
+        // The kernel test-runs only frames with a payload, and an IPv4 frame only with its
+        // whole IP header (EINVAL otherwise); the unit tests cover those against libpcap.
+        .filter(|(_, f)| f.len() > 14 && !(f[12..14] == [8, 0] && f.len() < 34))
+        .collect();
+    let (mut agree, mut matches) = (0, 0);
+    for expr in corpus::EXPRESSIONS {
+        let reference = Program::compile(expr).expect("compiles");
+        let insns = CompiledFilter::new(expr)
+            .expect("translates")
+            .ebpf(array.as_raw_fd(), 1)
+            .expect("translates");
+        let prog = load("ft_test_filter", &insns);
+        for (name, frame) in &frames {
+            let ret = bpf_sys::test_run(prog.as_raw_fd(), frame)
+                .unwrap_or_else(|e| panic!("`{expr}` on {name}: {e}"));
+            let want = reference.matches(frame);
+            assert!(ret == 7 || ret == u32::MAX, "`{expr}` on {name}: returned {ret}");
+            assert_eq!(ret == 7, want, "`{expr}` on {name}");
+            agree += 1;
+            matches += usize::from(want);
+        }
+    }
+    assert!(matches > 100 && agree - matches > 100, "{matches} of {agree}");
+}

@@ -6,6 +6,9 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_MAP_TYPE_PROG_ARRAY: u32 = 3;
 
 /// `union bpf_attr` for BPF_PROG_LOAD, up to the fields used.
 #[repr(C)]
@@ -34,6 +37,31 @@ struct MapElemAttr {
     key: u64,
     value: u64,
     flags: u64,
+}
+
+/// `union bpf_attr` for BPF_MAP_CREATE, up to the fields used.
+#[repr(C)]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+}
+
+/// `union bpf_attr` for BPF_PROG_TEST_RUN, up to the fields used.
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
 }
 
 fn sys_bpf_raw<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
@@ -117,6 +145,34 @@ pub fn set_program_slot(map_fd: RawFd, index: u32, prog_fd: RawFd) -> std::io::R
     sys_bpf_raw(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
 }
 
+/// A program array of `entries` slots (for checking a translated filter on its own).
+pub fn create_program_array(entries: u32) -> std::io::Result<OwnedFd> {
+    let mut attr = MapCreateAttr {
+        map_type: BPF_MAP_TYPE_PROG_ARRAY,
+        key_size: 4,
+        value_size: 4,
+        max_entries: entries,
+        map_flags: 0,
+    };
+    sys_bpf(BPF_MAP_CREATE, &mut attr)
+}
+
+/// Runs program `prog_fd` once on `frame` (`BPF_PROG_TEST_RUN`); its return value.
+pub fn test_run(prog_fd: RawFd, frame: &[u8]) -> std::io::Result<u32> {
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut attr = TestRunAttr {
+        prog_fd: prog_fd as u32,
+        data_size_in: frame.len() as u32,
+        data_size_out: out.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: 1,
+        ..Default::default()
+    };
+    sys_bpf_raw(BPF_PROG_TEST_RUN, &mut attr)?;
+    Ok(attr.retval)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +184,8 @@ mod tests {
         assert_eq!(std::mem::offset_of!(ProgLoadAttr, expected_attach_type), 68);
         assert_eq!(std::mem::offset_of!(MapElemAttr, key), 8);
         assert_eq!(std::mem::offset_of!(MapElemAttr, flags), 24);
+        assert_eq!(std::mem::offset_of!(TestRunAttr, data_in), 16);
+        assert_eq!(std::mem::offset_of!(TestRunAttr, duration), 36);
+        assert_eq!(size_of::<MapCreateAttr>(), 20);
     }
 }
