@@ -1,7 +1,9 @@
-//! Following a filtered flow across NAT: the tc programs key the flows whose packets matched
-//! the user's filter by 5-tuple, both ways, and follow every later packet with either key.
-//! After MASQUERADE the uplink hop adds the rewritten tuple, so the reply is followed from the
-//! uplink on, before de-NAT makes it match again.
+//! Following a filtered packet across NAT. A packet that matches the user's filter at one tc
+//! hop is tracked by its sk_buff at every later hop, whatever NAT does to its headers. At each
+//! of those hops its reversed 5-tuple is noted: after MASQUERADE that is the uplink's address,
+//! which is how the reply arrives, so the reply is reported from the uplink on, before de-NAT
+//! makes it match again. Replies are not followed further (their own replies are not), and user
+//! space keeps a reply only if it matches the filter at one of its hops.
 
 /// Program-array slots: the translated filter of each direction, and the emitting program
 /// it tail-calls on a match.

@@ -30,7 +30,8 @@ pub static TRACKED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65_536, 0
 #[map(name = "FILTER_PROGS")]
 pub static FILTER_PROGS: ProgramArray = ProgramArray::with_max_entries(FILTER_SLOTS, 0);
 
-/// With a filter expression: the 5-tuples (both ways) of flows with a packet that matched.
+/// With a filter expression: the reversed 5-tuples of packets that matched, as they were at
+/// each hop (so after NAT too): their replies are reported from the first hop they reach.
 #[map(name = "FLOWS")]
 pub static FLOWS: LruHashMap<FlowKey, u8> = LruHashMap::with_max_entries(65_536, 0);
 
@@ -127,6 +128,13 @@ static OFFSETS: Offsets = Offsets::zeroed();
 pub fn offsets() -> Offsets {
     // SAFETY: a plain read of a global; the loader patches the value before loading.
     unsafe { core::ptr::read_volatile(&OFFSETS) }
+}
+
+/// How a tc observer reported this sk_buff (see `tc.rs`), if one did.
+#[inline(always)]
+pub fn tracked_as(skb: u64) -> Option<u8> {
+    // SAFETY: a lookup with a stack key; the value is copied out.
+    unsafe { TRACKED.get(skb).copied() }
 }
 
 /// Is this sk_buff one that a tc observer saw?

@@ -12,7 +12,7 @@ use tracer_common::{
 };
 
 use crate::maps::{
-    emit_events, filtering, snaplen, tracked, EVENTS, FILTER_PROGS, FLOWS, HOP_COUNTERS,
+    emit_events, filtering, snaplen, tracked_as, EVENTS, FILTER_PROGS, FLOWS, HOP_COUNTERS,
     RING_FILL, TC_SCRATCH, TRACKED,
 };
 
@@ -25,31 +25,39 @@ impl Frame for Skb<'_> {
     }
 }
 
-/// Follow this flow both ways from now on.
+/// `TRACKED` values with a filter: the packet matched it (at this hop or an earlier one), or
+/// it is a reply to a packet that did (user space keeps it if it matches at some hop).
+const MATCHED: u8 = 1;
+const REPLY: u8 = 2;
+
+/// A matching packet's replies come back with its tuple reversed, as it is at this hop: after
+/// MASQUERADE, the uplink's address. Report them from the hop they arrive at.
 #[inline(always)]
-fn follow(key: &FlowKey) {
-    let _ = FLOWS.insert(key, 1, 0);
-    let _ = FLOWS.insert(&key.reversed(), 1, 0);
+fn expect_replies(ctx: &TcContext) {
+    if let Some(k) = FlowKey::parse(&Skb(ctx)) {
+        let r = k.reversed();
+        // SAFETY: a lookup with a stack key; the value is not kept.
+        if unsafe { FLOWS.get(&r).is_none() } {
+            let _ = FLOWS.insert(&r, 1, 0);
+        }
+    }
 }
 
-/// Is this packet one to report without asking the filter: seen at an earlier hop, or of a
-/// followed flow? A tracked packet's tuple is followed too: after NAT it is a new tuple, the
-/// one its replies come back with.
+/// With a filter: how this packet is reported without running the filter (tracked from an
+/// earlier hop, or a reply to a matching packet), or None.
 #[inline(always)]
-fn followed(ctx: &TcContext, skb: u64) -> bool {
-    let key = FlowKey::parse(&Skb(ctx));
-    // SAFETY: lookups with stack keys; the values are not kept.
-    let known = key.is_some_and(|k| unsafe { FLOWS.get(&k).is_some() });
-    if known {
-        return true;
-    }
-    if tracked(skb) {
-        if let Some(k) = key {
-            follow(&k);
+fn followed(ctx: &TcContext, skb: u64) -> Option<u8> {
+    match tracked_as(skb) {
+        Some(MATCHED) => {
+            expect_replies(ctx);
+            Some(MATCHED)
         }
-        return true;
+        Some(other) => Some(other),
+        // SAFETY: a lookup with a stack key; the value is not kept.
+        None => FlowKey::parse(&Skb(ctx))
+            .filter(|k| unsafe { FLOWS.get(k).is_some() })
+            .map(|_| REPLY),
     }
-    false
 }
 
 #[inline(always)]
@@ -72,18 +80,25 @@ pub fn observe(ctx: &TcContext, direction: u8) -> i32 {
     if !emit_events() {
         return TC_ACT_UNSPEC;
     }
-    if filtering() && !followed(ctx, skb as u64) {
-        let slot = if direction == Direction::Ingress as u8 {
-            FILTER_SLOT_INGRESS
-        } else {
-            FILTER_SLOT_EGRESS
-        };
-        // SAFETY: the context is this program's own. On a match the filter tail-calls
-        // `observe_matched`; otherwise (or if the slot is empty) the packet is not reported.
-        let _ = unsafe { FILTER_PROGS.tail_call(ctx, slot) };
-        return TC_ACT_UNSPEC;
-    }
-    report(skb, ifindex, len, mark, protocol, direction, counter)
+    let how = if filtering() {
+        match followed(ctx, skb as u64) {
+            Some(how) => how,
+            None => {
+                let slot = if direction == Direction::Ingress as u8 {
+                    FILTER_SLOT_INGRESS
+                } else {
+                    FILTER_SLOT_EGRESS
+                };
+                // SAFETY: the context is this program's own. On a match the filter tail-calls
+                // `observe_matched`; otherwise (or if the slot is empty) it is not reported.
+                let _ = unsafe { FILTER_PROGS.tail_call(ctx, slot) };
+                return TC_ACT_UNSPEC;
+            }
+        }
+    } else {
+        MATCHED
+    };
+    report(skb, ifindex, len, mark, protocol, direction, counter, how)
 }
 
 /// Where the translated filter tail-calls on a match: follow the flow, report the packet
@@ -94,11 +109,9 @@ pub fn observe_matched(ctx: &TcContext, direction: u8) -> i32 {
     // SAFETY: as in `observe`.
     let (ifindex, len, mark, protocol) =
         unsafe { ((*skb).ifindex, (*skb).len, (*skb).mark, (*skb).protocol) };
-    if let Some(k) = FlowKey::parse(&Skb(ctx)) {
-        follow(&k);
-    }
+    expect_replies(ctx);
     let counter = HOP_COUNTERS.get_ptr_mut(PointKey::new(ifindex, direction));
-    report(skb, ifindex, len, mark, protocol, direction, counter)
+    report(skb, ifindex, len, mark, protocol, direction, counter, MATCHED)
 }
 
 #[inline(always)]
@@ -110,9 +123,10 @@ fn report(
     protocol: u32,
     direction: u8,
     counter: Option<*mut tracer_common::HopCounter>,
+    how: u8,
 ) -> i32 {
-    // Let the netfilter and drop programs know this packet is ours.
-    let _ = TRACKED.insert(skb as u64, 1, 0);
+    // Let the netfilter and drop programs, and the next hops, know this packet is ours.
+    let _ = TRACKED.insert(skb as u64, how, 0);
 
     if !emit(skb, ifindex, len, mark, protocol, direction) {
         if let Some(c) = counter {
