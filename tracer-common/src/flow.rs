@@ -71,8 +71,12 @@ impl FlowKey {
             0x0800 => {
                 let h = f.bytes::<20>(l3)?;
                 k.proto = h[9];
-                k.src = [h[12], h[13], h[14], h[15], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-                k.dst = [h[16], h[17], h[18], h[19], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                k.src = [
+                    h[12], h[13], h[14], h[15], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                ];
+                k.dst = [
+                    h[16], h[17], h[18], h[19], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                ];
                 if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
                     return Some(k);
                 }
@@ -134,7 +138,10 @@ mod tests {
         assert_eq!(u16::from_be_bytes(k.sport), 40000);
         assert_eq!(u16::from_be_bytes(k.dport), 8080);
         let r = k.reversed();
-        assert_eq!((r.src, r.dst, r.sport, r.dport), (k.dst, k.src, k.dport, k.sport));
+        assert_eq!(
+            (r.src, r.dst, r.sport, r.dport),
+            (k.dst, k.src, k.dport, k.sport)
+        );
         assert_eq!(r.reversed(), k);
     }
 

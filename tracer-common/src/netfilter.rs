@@ -6,6 +6,20 @@
 /// Observer priorities, in the order a packet meets them at one hook.
 pub const SLOT_PRIORITIES: [i32; 8] = [-301, -299, -199, -149, -99, 1, 51, 101];
 
+/// Where slot `slot` may link, best first. The kernel refuses a second BPF netfilter link at a
+/// hook and priority already taken (EBUSY), so another flowtrace running beside this one takes
+/// the next free one; every candidate stays between the same two tables (the windows are at
+/// least 50 wide), so the slot still brackets what it brackets.
+pub fn priority_candidates(slot: usize) -> impl Iterator<Item = i32> {
+    let base = SLOT_PRIORITIES.get(slot).copied();
+    // The entry slot runs before raw: it moves down; the others move up from the table before.
+    let step = if slot == 0 { -1 } else { 1 };
+    (0..PRIORITY_SPREAD).filter_map(move |k| base.map(|b| b + step * k))
+}
+
+/// How many priorities each slot may try.
+pub const PRIORITY_SPREAD: i32 = 16;
+
 /// What runs between slot `i` and slot `i + 1`, with its priority.
 pub const BETWEEN: [(&str, i32); 7] = [
     ("raw", -300),
@@ -57,6 +71,24 @@ pub fn slots_for(table_priorities: &[i32], conntrack: bool) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_priority_candidate_stays_between_the_same_tables() {
+        for slot in 0..SLOT_PRIORITIES.len() {
+            let all: Vec<i32> = priority_candidates(slot).collect();
+            assert_eq!(all.len(), PRIORITY_SPREAD as usize);
+            assert_eq!(
+                all[0], SLOT_PRIORITIES[slot],
+                "the slot's own priority first"
+            );
+            let lower = if slot == 0 { -400 } else { BETWEEN[slot - 1].1 };
+            let upper = BETWEEN.get(slot).map_or(i32::MAX, |b| b.1);
+            assert!(
+                all.iter().all(|p| *p > lower && *p < upper),
+                "slot {slot}: {all:?} leaves ({lower}, {upper})"
+            );
+        }
+    }
 
     #[test]
     fn slots_bracket_every_table() {

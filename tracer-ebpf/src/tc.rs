@@ -111,7 +111,9 @@ pub fn observe_matched(ctx: &TcContext, direction: u8) -> i32 {
         unsafe { ((*skb).ifindex, (*skb).len, (*skb).mark, (*skb).protocol) };
     expect_replies(ctx);
     let counter = HOP_COUNTERS.get_ptr_mut(PointKey::new(ifindex, direction));
-    report(skb, ifindex, len, mark, protocol, direction, counter, MATCHED)
+    report(
+        skb, ifindex, len, mark, protocol, direction, counter, MATCHED,
+    )
 }
 
 #[inline(always)]

@@ -31,7 +31,10 @@ pub fn parse_proto(s: &str) -> Result<Proto, String> {
 
 impl PacketFilter {
     pub fn is_empty(&self) -> bool {
-        self.protos.is_empty() && self.hosts.is_empty() && self.ports.is_empty() && self.pcap.is_none()
+        self.protos.is_empty()
+            && self.hosts.is_empty()
+            && self.ports.is_empty()
+            && self.pcap.is_none()
     }
 
     pub fn matches(&self, p: &Packet) -> bool {

@@ -70,8 +70,14 @@ fn tcp_port_8080_keeps_the_tcp_flow_across_nat_and_drops_icmp_and_udp() {
         .unwrap_or_else(|| panic!("no SYN-ACK to {local}: {shown:?}"));
     assert_eq!(tc_hop(synack, &uplink, "ingress")["dst"], outside.as_str());
     assert_eq!(tc_hop(synack, &veth, "egress")["dst"], local.as_str());
-    let flow_packets = shown.iter().filter(|p| p["src"] == local.as_str() || p["dst"] == local.as_str()).count();
-    assert!(flow_packets >= 6, "the whole connection: {flow_packets} packets");
+    let flow_packets = shown
+        .iter()
+        .filter(|p| p["src"] == local.as_str() || p["dst"] == local.as_str())
+        .count();
+    assert!(
+        flow_packets >= 6,
+        "the whole connection: {flow_packets} packets"
+    );
 
     // The counters still count everything that crossed the veth: 3 echo requests and 2
     // datagrams besides the TCP connection's packets.
@@ -101,7 +107,11 @@ fn a_filter_on_the_container_address_follows_masquerade_and_the_reply_before_de_
         .find(|p| p["src"] == local.as_str())
         .unwrap_or_else(|| panic!("no datagram from {local}: {shown:?}"));
     // After MASQUERADE the source is the uplink's: it no longer matches, and is still shown.
-    assert_eq!(tc_hop(out, &uplink, "egress")["src"], outside.as_str(), "{out}");
+    assert_eq!(
+        tc_hop(out, &uplink, "egress")["src"],
+        outside.as_str(),
+        "{out}"
+    );
     // The echo never has the container as its source: it is not shown, although its flow
     // was followed in the kernel from the uplink on.
     assert!(
@@ -125,7 +135,11 @@ fn a_filter_on_the_container_address_follows_masquerade_and_the_reply_before_de_
         outside.as_str(),
         "the reply before de-NAT: {reply}"
     );
-    assert_eq!(nf_hop(reply, "PREROUTING", "nat")["nat"]["kind"], "dnat", "{reply}");
+    assert_eq!(
+        nf_hop(reply, "PREROUTING", "nat")["nat"]["kind"],
+        "dnat",
+        "{reply}"
+    );
 }
 
 #[test]
@@ -146,7 +160,11 @@ fn a_packet_level_filter_shows_only_the_packets_that_match() {
         .filter(|p| p["src"] == local.as_str() || p["dst"] == local.as_str())
         .map(|p| p["tcp_flags"].as_str().unwrap_or("?").to_owned())
         .collect();
-    assert_eq!(flags, ["S", "S."], "the SYN and the SYN-ACK, as tcpdump would show");
+    assert_eq!(
+        flags,
+        ["S", "S."],
+        "the SYN and the SYN-ACK, as tcpdump would show"
+    );
 }
 
 #[test]
@@ -168,7 +186,10 @@ fn an_invalid_expression_fails_as_tcpdump_says_it() {
                 || first == "flowtrace: illegal port number 99999 > 65535",
             "{args:?}: {err}"
         );
-        assert!(err.contains("hint: ") && err.contains("pcap-filter"), "{err}");
+        assert!(
+            err.contains("hint: ") && err.contains("pcap-filter"),
+            "{err}"
+        );
         assert!(out.stdout.is_empty());
     }
 }
@@ -193,8 +214,18 @@ fn the_kernel_runs_every_translated_filter_as_libpcap_does() {
     let matched = load(
         "ft_test_match",
         &[
-            Insn { code: 0xb4, regs: 0, off: 0, imm: 7 },
-            Insn { code: 0x95, regs: 0, off: 0, imm: 0 },
+            Insn {
+                code: 0xb4,
+                regs: 0,
+                off: 0,
+                imm: 7,
+            },
+            Insn {
+                code: 0x95,
+                regs: 0,
+                off: 0,
+                imm: 0,
+            },
         ],
     );
     bpf_sys::set_program_slot(array.as_raw_fd(), 1, matched.as_raw_fd()).expect("slot 1");
@@ -216,11 +247,17 @@ fn the_kernel_runs_every_translated_filter_as_libpcap_does() {
             let ret = bpf_sys::test_run(prog.as_raw_fd(), frame)
                 .unwrap_or_else(|e| panic!("`{expr}` on {name}: {e}"));
             let want = reference.matches(frame);
-            assert!(ret == 7 || ret == u32::MAX, "`{expr}` on {name}: returned {ret}");
+            assert!(
+                ret == 7 || ret == u32::MAX,
+                "`{expr}` on {name}: returned {ret}"
+            );
             assert_eq!(ret == 7, want, "`{expr}` on {name}");
             agree += 1;
             matches += usize::from(want);
         }
     }
-    assert!(matches > 100 && agree - matches > 100, "{matches} of {agree}");
+    assert!(
+        matches > 100 && agree - matches > 100,
+        "{matches} of {agree}"
+    );
 }

@@ -137,26 +137,188 @@ pub fn frames() -> Vec<(&'static str, Vec<u8>)> {
     let syn = tcp(40000, 8080, 0x02, 0);
     let big = vec![0x5au8; 300];
     let mut frames = vec![
-        ("tcp syn to 8080", eth(MAC, 0x0800, &ipv4(6, CONTAINER, INTERNET, 0x4000, &syn))),
-        ("tcp syn-ack from 8080", eth(MAC, 0x0800, &ipv4(6, INTERNET, CONTAINER, 0x4000, &tcp(8080, 40000, 0x12, 0)))),
-        ("masqueraded syn", eth(MAC, 0x0800, &ipv4(6, UPLINK, INTERNET, 0x4000, &tcp(51000, 8080, 0x02, 12)))),
-        ("tcp rst port 22", eth(MAC, 0x0800, &ipv4(6, CONTAINER, INTERNET, 0, &tcp(22, 1234, 0x14, 0)))),
-        ("tcp with 40 option bytes", eth(MAC, 0x0800, &ipv4(6, CONTAINER, INTERNET, 0, &tcp(40000, 443, 0x18, 40)))),
-        ("udp dns", eth(MAC, 0x0800, &ipv4(17, CONTAINER, [10, 1, 2, 3], 0, &udp(40000, 53, &[0x12, 0x34, 1, 0])))),
-        ("udp 300 bytes", eth(MAC, 0x0800, &ipv4(17, INTERNET, CONTAINER, 0, &udp(5000, 8050, &big)))),
-        ("icmp echo", eth(MAC, 0x0800, &ipv4(1, CONTAINER, INTERNET, 0, &[8, 0, 0, 0, 0, 1, 0, 1]))),
-        ("icmp echo reply", eth(MAC, 0x0800, &ipv4(1, INTERNET, CONTAINER, 0, &[0, 0, 0, 0, 0, 1, 0, 1]))),
-        ("gre", eth(MAC, 0x0800, &ipv4(47, [10, 0, 0, 1], [10, 0, 0, 2], 0, &[0; 8]))),
-        ("ipv4 later fragment", eth(MAC, 0x0800, &ipv4(17, CONTAINER, INTERNET, 0x00b9, &[0; 40]))),
-        ("ipv4 multicast", eth([0x01, 0, 0x5e, 0, 0, 0xfb], 0x0800, &ipv4(17, CONTAINER, [224, 0, 0, 251], 0, &udp(5353, 5353, &[0; 12])))),
-        ("ipv6 tcp", eth(MAC, 0x86dd, &ipv6(6, V6A, V6B, &tcp(40000, 8080, 0x02, 0)))),
-        ("ipv6 udp", eth(MAC, 0x86dd, &ipv6(17, V6B, V6A, &udp(53, 40000, &[0x12, 0x34])))),
-        ("icmpv6 echo", eth(MAC, 0x86dd, &ipv6(58, V6A, V6B, &[128, 0, 0, 0, 0, 1, 0, 1]))),
-        ("ipv6 hop-by-hop then tcp", eth(MAC, 0x86dd, &ipv6(0, V6A, V6B, &[&[6u8, 0, 1, 4, 0, 0, 0, 0][..], &tcp(1, 2, 0x10, 0)].concat()))),
-        ("ipv6 multicast", eth([0x33, 0x33, 0, 0, 0, 1], 0x86dd, &ipv6(58, V6A, [0xff02, 0, 0, 0, 0, 0, 0, 1], &[134, 0, 0, 0]))),
-        ("vlan 100 udp", eth(MAC, 0x8100, &vlan(100, 0x0800, &ipv4(17, [10, 1, 2, 3], CONTAINER, 0, &udp(53, 40000, &[0x12, 0x34]))))),
-        ("vlan 200 tcp", eth(MAC, 0x8100, &vlan(200, 0x0800, &ipv4(6, CONTAINER, INTERNET, 0, &syn)))),
-        ("arp request", eth(BCAST, 0x0806, &[0, 1, 8, 0, 6, 4, 0, 1, 2, 0x42, 0xac, 0x12, 0, 2, 172, 18, 0, 2, 0, 0, 0, 0, 0, 0, 172, 18, 0, 1])),
+        (
+            "tcp syn to 8080",
+            eth(MAC, 0x0800, &ipv4(6, CONTAINER, INTERNET, 0x4000, &syn)),
+        ),
+        (
+            "tcp syn-ack from 8080",
+            eth(
+                MAC,
+                0x0800,
+                &ipv4(6, INTERNET, CONTAINER, 0x4000, &tcp(8080, 40000, 0x12, 0)),
+            ),
+        ),
+        (
+            "masqueraded syn",
+            eth(
+                MAC,
+                0x0800,
+                &ipv4(6, UPLINK, INTERNET, 0x4000, &tcp(51000, 8080, 0x02, 12)),
+            ),
+        ),
+        (
+            "tcp rst port 22",
+            eth(
+                MAC,
+                0x0800,
+                &ipv4(6, CONTAINER, INTERNET, 0, &tcp(22, 1234, 0x14, 0)),
+            ),
+        ),
+        (
+            "tcp with 40 option bytes",
+            eth(
+                MAC,
+                0x0800,
+                &ipv4(6, CONTAINER, INTERNET, 0, &tcp(40000, 443, 0x18, 40)),
+            ),
+        ),
+        (
+            "udp dns",
+            eth(
+                MAC,
+                0x0800,
+                &ipv4(
+                    17,
+                    CONTAINER,
+                    [10, 1, 2, 3],
+                    0,
+                    &udp(40000, 53, &[0x12, 0x34, 1, 0]),
+                ),
+            ),
+        ),
+        (
+            "udp 300 bytes",
+            eth(
+                MAC,
+                0x0800,
+                &ipv4(17, INTERNET, CONTAINER, 0, &udp(5000, 8050, &big)),
+            ),
+        ),
+        (
+            "icmp echo",
+            eth(
+                MAC,
+                0x0800,
+                &ipv4(1, CONTAINER, INTERNET, 0, &[8, 0, 0, 0, 0, 1, 0, 1]),
+            ),
+        ),
+        (
+            "icmp echo reply",
+            eth(
+                MAC,
+                0x0800,
+                &ipv4(1, INTERNET, CONTAINER, 0, &[0, 0, 0, 0, 0, 1, 0, 1]),
+            ),
+        ),
+        (
+            "gre",
+            eth(
+                MAC,
+                0x0800,
+                &ipv4(47, [10, 0, 0, 1], [10, 0, 0, 2], 0, &[0; 8]),
+            ),
+        ),
+        (
+            "ipv4 later fragment",
+            eth(
+                MAC,
+                0x0800,
+                &ipv4(17, CONTAINER, INTERNET, 0x00b9, &[0; 40]),
+            ),
+        ),
+        (
+            "ipv4 multicast",
+            eth(
+                [0x01, 0, 0x5e, 0, 0, 0xfb],
+                0x0800,
+                &ipv4(
+                    17,
+                    CONTAINER,
+                    [224, 0, 0, 251],
+                    0,
+                    &udp(5353, 5353, &[0; 12]),
+                ),
+            ),
+        ),
+        (
+            "ipv6 tcp",
+            eth(MAC, 0x86dd, &ipv6(6, V6A, V6B, &tcp(40000, 8080, 0x02, 0))),
+        ),
+        (
+            "ipv6 udp",
+            eth(
+                MAC,
+                0x86dd,
+                &ipv6(17, V6B, V6A, &udp(53, 40000, &[0x12, 0x34])),
+            ),
+        ),
+        (
+            "icmpv6 echo",
+            eth(
+                MAC,
+                0x86dd,
+                &ipv6(58, V6A, V6B, &[128, 0, 0, 0, 0, 1, 0, 1]),
+            ),
+        ),
+        (
+            "ipv6 hop-by-hop then tcp",
+            eth(
+                MAC,
+                0x86dd,
+                &ipv6(
+                    0,
+                    V6A,
+                    V6B,
+                    &[&[6u8, 0, 1, 4, 0, 0, 0, 0][..], &tcp(1, 2, 0x10, 0)].concat(),
+                ),
+            ),
+        ),
+        (
+            "ipv6 multicast",
+            eth(
+                [0x33, 0x33, 0, 0, 0, 1],
+                0x86dd,
+                &ipv6(58, V6A, [0xff02, 0, 0, 0, 0, 0, 0, 1], &[134, 0, 0, 0]),
+            ),
+        ),
+        (
+            "vlan 100 udp",
+            eth(
+                MAC,
+                0x8100,
+                &vlan(
+                    100,
+                    0x0800,
+                    &ipv4(
+                        17,
+                        [10, 1, 2, 3],
+                        CONTAINER,
+                        0,
+                        &udp(53, 40000, &[0x12, 0x34]),
+                    ),
+                ),
+            ),
+        ),
+        (
+            "vlan 200 tcp",
+            eth(
+                MAC,
+                0x8100,
+                &vlan(200, 0x0800, &ipv4(6, CONTAINER, INTERNET, 0, &syn)),
+            ),
+        ),
+        (
+            "arp request",
+            eth(
+                BCAST,
+                0x0806,
+                &[
+                    0, 1, 8, 0, 6, 4, 0, 1, 2, 0x42, 0xac, 0x12, 0, 2, 172, 18, 0, 2, 0, 0, 0, 0,
+                    0, 0, 172, 18, 0, 1,
+                ],
+            ),
+        ),
         ("empty", Vec::new()),
         ("ethernet only", eth(MAC, 0x0800, &[])),
     ];
@@ -165,7 +327,10 @@ pub fn frames() -> Vec<(&'static str, Vec<u8>)> {
     opts[0] = 0x46;
     opts.splice(20..20, [1, 1, 1, 0]);
     frames.push(("ipv4 with options", eth(MAC, 0x0800, &opts)));
-    frames.push(("ipv4 protocol 0", eth(MAC, 0x0800, &ipv4(0, CONTAINER, INTERNET, 0, &[0; 8]))));
+    frames.push((
+        "ipv4 protocol 0",
+        eth(MAC, 0x0800, &ipv4(0, CONTAINER, INTERNET, 0, &[0; 8])),
+    ));
     // The same SYN cut short at every length: loads past the end must fail as in libpcap.
     let full = eth(MAC, 0x0800, &ipv4(6, CONTAINER, INTERNET, 0, &syn));
     for cut in [13, 20, 23, 30, 34, 36, 38, 47, 48] {
@@ -193,7 +358,10 @@ fn translated_filters_agree_with_libpcap_on_every_frame() {
         }
     }
     // The corpus is only useful if it has both verdicts in quantity.
-    assert!(matched > 200 && checked - matched > 200, "{matched} of {checked} matched");
+    assert!(
+        matched > 200 && checked - matched > 200,
+        "{matched} of {checked} matched"
+    );
 }
 
 #[cfg(test)]
@@ -203,7 +371,11 @@ fn every_expression_of_the_corpus_discriminates() {
     for expr in EXPRESSIONS.iter().filter(|e| !e.is_empty()) {
         let p = Program::compile(expr).expect("compiles");
         let hits = frames.iter().filter(|(_, f)| p.matches(f)).count();
-        assert!(hits > 0 && hits < frames.len(), "`{expr}` matches {hits} of {} frames", frames.len());
+        assert!(
+            hits > 0 && hits < frames.len(),
+            "`{expr}` matches {hits} of {} frames",
+            frames.len()
+        );
     }
 }
 
@@ -257,7 +429,10 @@ fn unreachable(prog: &[super::Insn]) -> Option<usize> {
 fn no_translation_has_an_unreachable_instruction() {
     let extremes = ["", "ether[0] == 1 or ether[0] != 1", "ether[0] == 1"];
     for expr in EXPRESSIONS.iter().chain(extremes.iter()) {
-        let prog = CompiledFilter::new(expr).expect("compiles").ebpf(3, 1).expect("translates");
+        let prog = CompiledFilter::new(expr)
+            .expect("compiles")
+            .ebpf(3, 1)
+            .expect("translates");
         assert_eq!(unreachable(&prog), None, "`{expr}`: {prog:?}");
     }
 }

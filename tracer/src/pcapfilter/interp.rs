@@ -23,7 +23,10 @@ struct Vm<'a> {
 impl Vm<'_> {
     fn stack_at(&mut self, addr: u64, n: usize) -> &mut [u8] {
         let start = (addr - (FP - STACK as u64)) as usize;
-        assert!(addr < FP && start + n <= STACK, "stack access out of bounds: {addr:#x}");
+        assert!(
+            addr < FP && start + n <= STACK,
+            "stack access out of bounds: {addr:#x}"
+        );
         &mut self.stack[start..start + n]
     }
 
@@ -110,8 +113,16 @@ pub fn run(prog: &[Insn], frame: &[u8]) -> Outcome {
                 pc += 1;
             }
             0x01 => vm.r[dst] = vm.load(vm.r[src].wrapping_add(i.off as i64 as u64), size(i.code)),
-            0x02 => vm.store(vm.r[dst].wrapping_add(i.off as i64 as u64), size(i.code), i.imm as i64 as u64),
-            0x03 => vm.store(vm.r[dst].wrapping_add(i.off as i64 as u64), size(i.code), vm.r[src]),
+            0x02 => vm.store(
+                vm.r[dst].wrapping_add(i.off as i64 as u64),
+                size(i.code),
+                i.imm as i64 as u64,
+            ),
+            0x03 => vm.store(
+                vm.r[dst].wrapping_add(i.off as i64 as u64),
+                size(i.code),
+                vm.r[src],
+            ),
             0x05 | 0x06 => {
                 let op = i.code & 0xf0;
                 match op {

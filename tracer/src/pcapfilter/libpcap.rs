@@ -56,12 +56,15 @@ pub struct Program {
 impl Program {
     /// Compiles `expr` for Ethernet frames, optimised, as `tcpdump` would.
     pub fn compile(expr: &str) -> Result<Self, FilterError> {
-        let text = CString::new(expr).map_err(|_| FilterError::Syntax("NUL in expression".into()))?;
+        let text =
+            CString::new(expr).map_err(|_| FilterError::Syntax("NUL in expression".into()))?;
         // SAFETY: plain libpcap calls; the handle is closed on every path below.
         unsafe {
             let handle = pcap_open_dead(DLT_EN10MB, SNAPLEN);
             if handle.is_null() {
-                return Err(FilterError::Syntax("libpcap could not open a dead handle".into()));
+                return Err(FilterError::Syntax(
+                    "libpcap could not open a dead handle".into(),
+                ));
             }
             let mut prog = BpfProgram {
                 bf_len: 0,
@@ -90,7 +93,8 @@ impl Program {
             return Vec::new();
         }
         // SAFETY: libpcap allocated `bf_len` instructions at `bf_insns`.
-        let raw = unsafe { std::slice::from_raw_parts(self.prog.bf_insns, self.prog.bf_len as usize) };
+        let raw =
+            unsafe { std::slice::from_raw_parts(self.prog.bf_insns, self.prog.bf_len as usize) };
         raw.iter()
             .map(|i| Classic {
                 code: i.code,

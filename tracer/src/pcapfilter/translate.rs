@@ -155,7 +155,9 @@ impl Emitter {
 
 fn mem_slot(k: u32) -> Result<i16, FilterError> {
     if k >= 16 {
-        return Err(FilterError::Unsupported(format!("scratch memory word M[{k}]")));
+        return Err(FilterError::Unsupported(format!(
+            "scratch memory word M[{k}]"
+        )));
     }
     Ok(MEM_OFF + 4 * k as i16)
 }
@@ -273,7 +275,11 @@ pub fn translate(
                 }
             }
             C_RET => match c.code & 0x18 {
-                RVAL_K => e.goto(if k != 0 { Target::Match } else { Target::NoMatch }),
+                RVAL_K => e.goto(if k != 0 {
+                    Target::Match
+                } else {
+                    Target::NoMatch
+                }),
                 RVAL_A => {
                     e.jump(JMP32 | JEQ | K, RA, 0, 0, Target::NoMatch);
                     e.goto(Target::Match);
@@ -345,7 +351,10 @@ fn alu(e: &mut Emitter, i: usize, c: &Classic) -> Result<(), FilterError> {
         e.push(ins(ALU | NEG, RA, 0, 0, 0));
         return Ok(());
     }
-    if !matches!(op, 0x00 | 0x10 | 0x20 | DIV | 0x40 | AND | LSH | RSH | MOD | 0xa0) {
+    if !matches!(
+        op,
+        0x00 | 0x10 | 0x20 | DIV | 0x40 | AND | LSH | RSH | MOD | 0xa0
+    ) {
         return Err(unsupported(i, c));
     }
     if c.code & SRC_X != 0 {
@@ -365,7 +374,9 @@ fn alu(e: &mut Emitter, i: usize, c: &Classic) -> Result<(), FilterError> {
         e.push(ins(ALU | op | X, RA, RX, 0, 0));
     } else {
         match op {
-            DIV | MOD if c.k == 0 => return Err(FilterError::Unsupported("division by zero".into())),
+            DIV | MOD if c.k == 0 => {
+                return Err(FilterError::Unsupported("division by zero".into()))
+            }
             LSH | RSH if c.k >= 32 => e.push(ins(ALU | MOV | K, RA, 0, 0, 0)),
             _ => e.push(ins(ALU | op | K, RA, 0, 0, c.k as i32)),
         }

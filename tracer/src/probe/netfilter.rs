@@ -12,7 +12,7 @@ use std::{
 use aya::{maps::Map, Ebpf};
 
 use super::bpf_sys::{self, sys_bpf};
-use tracer_common::netfilter::{HOOK_NAMES, NFPROTO_IPV4, SLOT_PRIORITIES};
+use tracer_common::netfilter::{priority_candidates, HOOK_NAMES, NFPROTO_IPV4, SLOT_PRIORITIES};
 
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_NETFILTER: u32 = 32;
@@ -84,6 +84,28 @@ fn map_fd(map: &Map) -> Option<RawFd> {
     Some(data.fd().as_fd().as_raw_fd())
 }
 
+/// Links `prog` at `hooknum` at the first of the slot's priorities no other BPF netfilter link
+/// holds (another flowtrace beside this one: the kernel allows one per priority).
+fn link_at_free_priority(prog: &OwnedFd, hooknum: usize, slot: usize) -> std::io::Result<OwnedFd> {
+    let mut last = std::io::Error::from_raw_os_error(libc::EBUSY);
+    for priority in priority_candidates(slot) {
+        let mut attr = LinkCreateAttr {
+            prog_fd: prog.as_raw_fd() as u32,
+            attach_type: BPF_NETFILTER,
+            pf: u32::from(NFPROTO_IPV4),
+            hooknum: hooknum as u32,
+            priority,
+            ..Default::default()
+        };
+        match sys_bpf(BPF_LINK_CREATE, &mut attr) {
+            Ok(link) => return Ok(link),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
 /// The attached observers; dropping this detaches them.
 pub struct NetfilterObservers {
     _links: Vec<OwnedFd>,
@@ -151,15 +173,7 @@ pub fn attach(
             if plan[hooknum] & (1 << slot) == 0 {
                 continue;
             }
-            let mut attr = LinkCreateAttr {
-                prog_fd: fd.as_raw_fd() as u32,
-                attach_type: BPF_NETFILTER,
-                pf: u32::from(NFPROTO_IPV4),
-                hooknum: hooknum as u32,
-                priority: *priority,
-                ..Default::default()
-            };
-            let link = sys_bpf(BPF_LINK_CREATE, &mut attr).map_err(|err| NfError::Link {
+            let link = link_at_free_priority(&fd, hooknum, slot).map_err(|err| NfError::Link {
                 name: name.clone(),
                 hook,
                 priority: *priority,

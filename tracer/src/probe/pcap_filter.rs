@@ -31,9 +31,14 @@ pub struct KernelFilter {
 pub fn install(ebpf: &mut Ebpf, filter: &CompiledFilter) -> Result<KernelFilter> {
     let map_fd = match ebpf.map("FILTER_PROGS") {
         Some(Map::ProgramArray(m)) => m.fd().as_fd().as_raw_fd(),
-        _ => return Err(Error::Load("map FILTER_PROGS missing from the eBPF object".into())),
+        _ => {
+            return Err(Error::Load(
+                "map FILTER_PROGS missing from the eBPF object".into(),
+            ))
+        }
     };
-    let slot_error = |slot: u32, e: std::io::Error| Error::Load(format!("FILTER_PROGS[{slot}]: {e}"));
+    let slot_error =
+        |slot: u32, e: std::io::Error| Error::Load(format!("FILTER_PROGS[{slot}]: {e}"));
     for (name, slot) in [
         ("tc_ingress_matched", MATCHED_SLOT_INGRESS),
         ("tc_egress_matched", MATCHED_SLOT_EGRESS),

@@ -31,9 +31,9 @@ use crate::{
         record::{RecordOptions, Recorder},
         Format,
     },
+    pcapfilter::CompiledFilter,
     pipeline::Pipeline,
     probe::{btf, counters::Counters, loader, offsets, pcap_filter, tc, tc_ledger},
-    pcapfilter::CompiledFilter,
     target::ruleset::Ruleset,
     tui::{Feed, HopCount},
 };
@@ -78,6 +78,12 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
             Offsets::zeroed()
         }
     };
+    if offsets.valid != 0 {
+        notes.say(format!(
+            "struct offsets from this kernel's BTF: sk_buff.len +{} .data +{} .dev +{} .mark +{}; nf_hook_state.in +{}",
+            offsets.skb_len, offsets.skb_data, offsets.skb_dev, offsets.skb_mark, offsets.state_in
+        ));
+    }
     let reasons = kernel_btf
         .as_ref()
         .ok()

@@ -257,6 +257,9 @@ pub(super) fn measure(ctx: &Ctx, config: Config, load: Load, rep: u32) -> Result
                 Config::Events => {
                     c.arg("--json");
                 }
+                Config::Filtered => {
+                    c.args(["--json", "-f", FILTER_1PCT]);
+                }
                 _ => {
                     let path = PathBuf::from(format!("/tmp/flowtrace-bench-{}.pcapng", ctx.tag));
                     file = Some(TmpFile(path.clone()));

@@ -72,14 +72,21 @@ enum Config {
     Baseline,
     Counters,
     Events,
+    /// `--json` with a filter expression that matches about 1% of the load's packets.
+    Filtered,
     Pcapng,
     Tcpdump,
 }
 
-const CONFIGS: [Config; 5] = [
+/// About 1% of each load: iperf3's UDP datagrams carry a 32-bit sequence number after two
+/// 32-bit timestamps (udp[16:4]); TCP segments, every 100th IP ID.
+const FILTER_1PCT: &str = "(udp and udp[16:4] % 100 == 0) or (tcp and ip[4:2] % 100 == 0)";
+
+const CONFIGS: [Config; 6] = [
     Config::Baseline,
     Config::Counters,
     Config::Events,
+    Config::Filtered,
     Config::Pcapng,
     Config::Tcpdump,
 ];
@@ -90,12 +97,16 @@ impl Config {
             Config::Baseline => "baseline",
             Config::Counters => "counters",
             Config::Events => "events",
+            Config::Filtered => "filter 1%",
             Config::Pcapng => "pcapng",
             Config::Tcpdump => "tcpdump",
         }
     }
     fn is_flowtrace(self) -> bool {
-        matches!(self, Config::Counters | Config::Events | Config::Pcapng)
+        matches!(
+            self,
+            Config::Counters | Config::Events | Config::Filtered | Config::Pcapng
+        )
     }
 }
 

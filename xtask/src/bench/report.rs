@@ -71,9 +71,35 @@ pub(super) fn targets(rows: &[Row]) -> Vec<Value> {
             "value": r.ratio, "lost": r.lost, "met": met}),
         );
     }
+    // A filter in the kernel: the events and the CPU should fall with the share it matches.
+    for load in LOADS {
+        let (Some(all), Some(some)) = (
+            find(rows, Config::Events, load),
+            find(rows, Config::Filtered, load),
+        ) else {
+            continue;
+        };
+        let share = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        };
+        out.push(json!({
+            "target": format!("a filter matching ~1% cuts events and CPU accordingly ({})", load.name()),
+            "value": share(some.events_per_s, all.events_per_s),
+            "events_ratio": share(some.events_per_s, all.events_per_s),
+            "cpu_ratio": share(some.cpu_s, all.cpu_s),
+            "throughput_ratio": some.ratio,
+            "met": share(some.events_per_s, all.events_per_s).map(|v| v <= 0.05),
+        }));
+    }
     for load in LOADS {
         let td = find(rows, Config::Tcpdump, load).and_then(|r| r.cpu_s);
-        for c in [Config::Counters, Config::Events, Config::Pcapng] {
+        for c in [
+            Config::Counters,
+            Config::Events,
+            Config::Filtered,
+            Config::Pcapng,
+        ] {
             let ft = find(rows, c, load).and_then(|r| r.cpu_s);
             if let (Some(ft), Some(td)) = (ft, td) {
                 out.push(

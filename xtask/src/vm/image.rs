@@ -29,6 +29,11 @@ pub const MODULES: &[&str] = &[
     "nft_chain_nat",
     "sch_ingress",
     "cls_bpf",
+    "bridge",
+    "xt_conntrack",
+    "xt_addrtype",
+    "xt_MASQUERADE",
+    "xt_nat",
 ];
 
 /// Host binaries copied into the guest, with the shared libraries `ldd` lists for them.
