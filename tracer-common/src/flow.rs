@@ -1,17 +1,78 @@
-//! Following a filtered packet across NAT. A packet that matches the user's filter at one tc
-//! hop is tracked by its sk_buff at every later hop, whatever NAT does to its headers. At each
-//! of those hops its reversed 5-tuple is noted: after MASQUERADE that is the uplink's address,
-//! which is how the reply arrives, so the reply is reported from the uplink on, before de-NAT
-//! makes it match again. Replies are not followed further (their own replies are not), and user
-//! space keeps a reply only if it matches the filter at one of its hops.
+//! Following a filtered packet across NAT, with tcpdump's semantics at every hop.
+//!
+//! A packet that matches the user's filter at one tc hop is tracked by its sk_buff at every
+//! later hop, whatever NAT does to its headers; its tuple there is its *origin*. At a later hop
+//! where its tuple differs from the origin (NAT rewrote it), the reversed tuples are noted in
+//! `FLOWS`: a packet coming the other way with tuple `reverse(now)` will look like
+//! `reverse(origin)` once NAT has undone the rewrite. So when a packet does not match the filter
+//! as it is, and `FLOWS` knows its tuple, the filter runs again on a *view*: its first bytes with
+//! the addresses and ports it will have after NAT. A match there reports it from this hop on:
+//! the reply before de-NAT (`host 172.18.0.2` sees it arrive for the uplink's address), and
+//! equally the next packet out before MASQUERADE when the filter names the uplink's address.
+//!
+//! The tail calls: tc program → filter (on the packet) → on a match, the reporting program; on
+//! no match, the miss program → filter (on the view) → on a match, the reporting program.
 
-/// Program-array slots: the translated filter of each direction, and the emitting program
-/// it tail-calls on a match.
+/// Program-array slots.
 pub const FILTER_SLOT_INGRESS: u32 = 0;
 pub const FILTER_SLOT_EGRESS: u32 = 1;
 pub const MATCHED_SLOT_INGRESS: u32 = 2;
 pub const MATCHED_SLOT_EGRESS: u32 = 3;
-pub const FILTER_SLOTS: u32 = 4;
+pub const MISS_SLOT_INGRESS: u32 = 4;
+pub const MISS_SLOT_EGRESS: u32 = 5;
+pub const VIEW_FILTER_SLOT_INGRESS: u32 = 6;
+pub const VIEW_FILTER_SLOT_EGRESS: u32 = 7;
+pub const FILTER_SLOTS: u32 = 8;
+
+/// Bytes of a packet the view holds (every header the filters look at; a load past them is
+/// "no match", as past a capture's snap length).
+pub const VIEW_LEN: usize = 128;
+
+/// A packet as it will look after NAT (`VIEW`, per CPU): `len` bytes of `data` are valid.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct View {
+    pub len: u32,
+    pub data: [u8; VIEW_LEN],
+}
+
+/// `TRACKED`'s value: how the tc programs saw an sk_buff.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tracked {
+    /// 1: `origin` holds the tuple at the hop where the packet matched the filter.
+    pub has_origin: u8,
+    pub _pad: [u8; 3],
+    pub origin: FlowKey,
+}
+
+impl Tracked {
+    pub const fn new(origin: Option<FlowKey>) -> Self {
+        match origin {
+            Some(origin) => Self {
+                has_origin: 1,
+                _pad: [0; 3],
+                origin,
+            },
+            None => Self {
+                has_origin: 0,
+                _pad: [0; 3],
+                origin: FlowKey::zeroed(),
+            },
+        }
+    }
+}
+
+/// A parsed frame: its flow key and where its headers are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parsed {
+    pub key: FlowKey,
+    /// Offset of the IP header.
+    pub l3: u32,
+    /// Offset of the ports, when the packet has them.
+    pub l4: Option<u32>,
+    pub ipv6: bool,
+}
 
 /// A flow's addresses (IPv4 in the first 4 bytes), ports and protocol, as in the packet
 /// (network byte order). ICMP and other protocols without ports have ports 0.
@@ -60,6 +121,12 @@ impl FlowKey {
     /// anything else. A non-first IPv4 fragment has no ports.
     #[inline(always)]
     pub fn parse<F: Frame>(f: &F) -> Option<Self> {
+        Self::parse_frame(f).map(|p| p.key)
+    }
+
+    /// The key and the header offsets.
+    #[inline(always)]
+    pub fn parse_frame<F: Frame>(f: &F) -> Option<Parsed> {
         let mut ethertype = u16::from_be_bytes(f.bytes::<2>(12)?);
         let mut l3 = 14;
         if ethertype == 0x8100 || ethertype == 0x88a8 {
@@ -67,6 +134,7 @@ impl FlowKey {
             l3 = 18;
         }
         let mut k = Self::zeroed();
+        let ipv6 = ethertype == 0x86dd;
         let l4 = match ethertype {
             0x0800 => {
                 let h = f.bytes::<20>(l3)?;
@@ -78,7 +146,12 @@ impl FlowKey {
                     h[16], h[17], h[18], h[19], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                 ];
                 if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
-                    return Some(k);
+                    return Some(Parsed {
+                        key: k,
+                        l3,
+                        l4: None,
+                        ipv6,
+                    });
                 }
                 l3 + u32::from(h[0] & 0xf) * 4
             }
@@ -91,19 +164,58 @@ impl FlowKey {
             _ => return None,
         };
         // TCP, UDP, SCTP, UDP-Lite: ports first.
+        let mut ports = None;
         if matches!(k.proto, 6 | 17 | 132 | 136) {
             if let Some(p) = f.bytes::<4>(l4) {
                 k.sport = [p[0], p[1]];
                 k.dport = [p[2], p[3]];
+                ports = Some(l4);
             }
         }
-        Some(k)
+        Some(Parsed {
+            key: k,
+            l3,
+            l4: ports,
+            ipv6,
+        })
+    }
+
+    /// Rewrites `frame`'s addresses and ports to this key's, at the offsets `p` found: the
+    /// packet as it will look after NAT. Writes past `frame` are skipped.
+    #[inline(always)]
+    pub fn write_into(&self, p: &Parsed, frame: &mut [u8]) {
+        // One write per header, each with its own bounds check: the verifier must see every
+        // offset checked right before its write.
+        if p.ipv6 {
+            let mut both = [0u8; 32];
+            both[..16].copy_from_slice(&self.src);
+            both[16..].copy_from_slice(&self.dst);
+            put(frame, p.l3 as usize + 8, &both);
+        } else {
+            let s = &self.src;
+            let d = &self.dst;
+            put(frame, p.l3 as usize + 12, &[s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3]]);
+        }
+        if let Some(l4) = p.l4 {
+            let (s, d) = (self.sport, self.dport);
+            put(frame, l4 as usize, &[s[0], s[1], d[0], d[1]]);
+        }
     }
 }
+
+#[inline(always)]
+fn put(frame: &mut [u8], at: usize, bytes: &[u8]) {
+    if let Some(d) = frame.get_mut(at..at + bytes.len()) {
+        d.copy_from_slice(bytes);
+    }
+}
+
+impl FlowKey {}
 
 #[cfg(feature = "user")]
 mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::Tracked {}
 }
 
 #[cfg(test)]
@@ -143,6 +255,32 @@ mod tests {
             (k.dst, k.src, k.dport, k.sport)
         );
         assert_eq!(r.reversed(), k);
+    }
+
+    #[test]
+    fn a_view_takes_the_keys_addresses_and_ports() {
+        let frame = ipv4_tcp(6, [0x40, 0]);
+        let p = FlowKey::parse_frame(&Bytes(frame.clone())).expect("ipv4");
+        assert_eq!((p.l3, p.l4, p.ipv6), (14, Some(38), false));
+        let mut nat = p.key;
+        nat.src[..4].copy_from_slice(&[198, 51, 100, 1]);
+        nat.sport = 51000u16.to_be_bytes();
+        let mut view = frame.clone();
+        nat.write_into(&p, &mut view);
+        let again = FlowKey::parse(&Bytes(view.clone())).expect("still ipv4");
+        assert_eq!(again, nat);
+        // Only the tuple changed; the IP options and everything else are as they were.
+        let changed: Vec<usize> = (0..frame.len()).filter(|i| frame[*i] != view[*i]).collect();
+        assert!(
+            changed
+                .iter()
+                .all(|i| (26..30).contains(i) || (38..40).contains(i)),
+            "{changed:?}"
+        );
+        // A frame cut before its ports is written as far as it goes.
+        let mut short = frame[..40].to_vec();
+        nat.write_into(&p, &mut short);
+        assert_eq!(&short[26..30], &[198, 51, 100, 1]);
     }
 
     #[test]

@@ -40,6 +40,17 @@ pub fn tc_egress_matched(ctx: TcContext) -> i32 {
     tc::observe_matched(&ctx, Direction::Egress as u8)
 }
 
+/// Tail-called by the translated filter when the packet as it is does not match.
+#[classifier]
+pub fn tc_ingress_miss(ctx: TcContext) -> i32 {
+    tc::observe_miss(&ctx, Direction::Ingress as u8)
+}
+
+#[classifier]
+pub fn tc_egress_miss(ctx: TcContext) -> i32 {
+    tc::observe_miss(&ctx, Direction::Egress as u8)
+}
+
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn kfree_skb_btf(ctx: BtfTracePointContext) -> i32 {
     drops::end(ctx.arg(0), ctx.arg(1), ctx.arg(2), EventKind::Drop)

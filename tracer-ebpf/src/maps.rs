@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
 };
 use tracer_common::{
-    flow::{FlowKey, FILTER_SLOTS},
+    flow::{FlowKey, Tracked, View, FILTER_SLOTS},
     HopCounter, Offsets, PointKey, TcEvent, DEFAULT_SNAP,
 };
 
@@ -23,17 +23,22 @@ pub static HOP_COUNTERS: PerCpuHashMap<PointKey, HopCounter> =
 /// sk_buff addresses seen by a tc observer: the packets the netfilter and drop programs
 /// report on. Least recently used entries make room for new ones.
 #[map(name = "TRACKED")]
-pub static TRACKED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65_536, 0);
+pub static TRACKED: LruHashMap<u64, Tracked> = LruHashMap::with_max_entries(65_536, 0);
 
 /// With a filter expression: the translated filters (loaded by user space from libpcap's
 /// compilation) and the programs they tail-call on a match; see `tracer_common::flow`.
 #[map(name = "FILTER_PROGS")]
 pub static FILTER_PROGS: ProgramArray = ProgramArray::with_max_entries(FILTER_SLOTS, 0);
 
-/// With a filter expression: the reversed 5-tuples of packets that matched, as they were at
-/// each hop (so after NAT too): their replies are reported from the first hop they reach.
+/// With a filter expression: for a tuple of a NAT'd flow with a matching packet, the tuple its
+/// packets will have after NAT (see `tracer_common::flow`).
 #[map(name = "FLOWS")]
-pub static FLOWS: LruHashMap<FlowKey, u8> = LruHashMap::with_max_entries(65_536, 0);
+pub static FLOWS: LruHashMap<FlowKey, FlowKey> = LruHashMap::with_max_entries(65_536, 0);
+
+/// With a filter expression: the packet as it will look after NAT, for the filter's second
+/// run (one per CPU; the translated filter reads it by this map's fd).
+#[map(name = "VIEW")]
+pub static VIEW: PerCpuArray<View> = PerCpuArray::with_max_entries(1, 0);
 
 /// (skb, state) of the `nf_hook_slow` calls in progress on this CPU, for the kretprobe: a
 /// depth, then up to 7 pairs (hooks nest when a hook's verdict sends a packet, e.g. REJECT).
@@ -130,12 +135,14 @@ pub fn offsets() -> Offsets {
     unsafe { core::ptr::read_volatile(&OFFSETS) }
 }
 
-/// How a tc observer reported this sk_buff (see `tc.rs`), if one did.
+/// How a tc observer reported this sk_buff (see `tc.rs`), if one did: its `TRACKED` entry.
 #[inline(always)]
-pub fn tracked_as(skb: u64) -> Option<u8> {
-    // SAFETY: a lookup with a stack key; the value is copied out.
-    unsafe { TRACKED.get(skb).copied() }
+pub fn tracked_entry(skb: u64) -> Option<*const Tracked> {
+    TRACKED.get_ptr(skb)
 }
+
+/// `TRACKED`'s value without a filter (no origin to remember).
+pub static UNFILTERED: Tracked = Tracked::new(None);
 
 /// Is this sk_buff one that a tc observer saw?
 #[inline(always)]

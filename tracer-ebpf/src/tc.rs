@@ -7,13 +7,16 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use tracer_common::{
-    flow::{FlowKey, Frame, FILTER_SLOT_EGRESS, FILTER_SLOT_INGRESS},
+    flow::{
+        FlowKey, Frame, Tracked, FILTER_SLOT_EGRESS, FILTER_SLOT_INGRESS, VIEW_FILTER_SLOT_EGRESS,
+        VIEW_FILTER_SLOT_INGRESS, VIEW_LEN,
+    },
     Direction, EventKind, PointKey, MAX_SNAP, TC_HEAD_LEN,
 };
 
 use crate::maps::{
-    emit_events, filtering, snaplen, tracked_as, EVENTS, FILTER_PROGS, FLOWS, HOP_COUNTERS,
-    RING_FILL, TC_SCRATCH, TRACKED,
+    emit_events, filtering, snaplen, tracked_entry, EVENTS, FILTER_PROGS, FLOWS, HOP_COUNTERS,
+    RING_FILL, TC_SCRATCH, TRACKED, UNFILTERED, VIEW,
 };
 
 struct Skb<'a>(&'a TcContext);
@@ -25,38 +28,24 @@ impl Frame for Skb<'_> {
     }
 }
 
-/// `TRACKED` values with a filter: the packet matched it (at this hop or an earlier one), or
-/// it is a reply to a packet that did (user space keeps it if it matches at some hop).
-const MATCHED: u8 = 1;
-const REPLY: u8 = 2;
-
-/// A matching packet's replies come back with its tuple reversed, as it is at this hop: after
-/// MASQUERADE, the uplink's address. Report them from the hop they arrive at.
+/// A matched packet at a later hop: if NAT rewrote its tuple since it matched, note how the
+/// flow's packets will look after NAT, both ways (see `tracer_common::flow`).
 #[inline(always)]
-fn expect_replies(ctx: &TcContext) {
-    if let Some(k) = FlowKey::parse(&Skb(ctx)) {
-        let r = k.reversed();
-        // SAFETY: a lookup with a stack key; the value is not kept.
-        if unsafe { FLOWS.get(&r).is_none() } {
-            let _ = FLOWS.insert(&r, 1, 0);
-        }
+fn note_nat(ctx: &TcContext, t: &Tracked) {
+    if t.has_origin == 0 {
+        return;
     }
-}
-
-/// With a filter: how this packet is reported without running the filter (tracked from an
-/// earlier hop, or a reply to a matching packet), or None.
-#[inline(always)]
-fn followed(ctx: &TcContext, skb: u64) -> Option<u8> {
-    match tracked_as(skb) {
-        Some(MATCHED) => {
-            expect_replies(ctx);
-            Some(MATCHED)
-        }
-        Some(other) => Some(other),
-        // SAFETY: a lookup with a stack key; the value is not kept.
-        None => FlowKey::parse(&Skb(ctx))
-            .filter(|k| unsafe { FLOWS.get(k).is_some() })
-            .map(|_| REPLY),
+    let Some(now) = FlowKey::parse(&Skb(ctx)) else {
+        return;
+    };
+    if now == t.origin {
+        return;
+    }
+    let back = now.reversed();
+    // SAFETY: a lookup with a stack key; the value is not kept.
+    if unsafe { FLOWS.get(&back).is_none() } {
+        let _ = FLOWS.insert(&back, &t.origin.reversed(), 0);
+        let _ = FLOWS.insert(&t.origin, &now, 0);
     }
 }
 
@@ -80,25 +69,33 @@ pub fn observe(ctx: &TcContext, direction: u8) -> i32 {
     if !emit_events() {
         return TC_ACT_UNSPEC;
     }
-    let how = if filtering() {
-        match followed(ctx, skb as u64) {
-            Some(how) => how,
-            None => {
-                let slot = if direction == Direction::Ingress as u8 {
-                    FILTER_SLOT_INGRESS
-                } else {
-                    FILTER_SLOT_EGRESS
-                };
-                // SAFETY: the context is this program's own. On a match the filter tail-calls
-                // `observe_matched`; otherwise (or if the slot is empty) it is not reported.
-                let _ = unsafe { FILTER_PROGS.tail_call(ctx, slot) };
-                return TC_ACT_UNSPEC;
-            }
+    if filtering() {
+        if let Some(t) = tracked_entry(skb as u64) {
+            // SAFETY: the map's entry for this skb; LRU entries stay valid during the program.
+            note_nat(ctx, unsafe { &*t });
+            // Tracked already (the lookup refreshed its LRU position): nothing to insert.
+            return report(skb, ifindex, len, mark, protocol, direction, counter, None);
         }
-    } else {
-        MATCHED
-    };
-    report(skb, ifindex, len, mark, protocol, direction, counter, how)
+        let slot = if direction == Direction::Ingress as u8 {
+            FILTER_SLOT_INGRESS
+        } else {
+            FILTER_SLOT_EGRESS
+        };
+        // SAFETY: the context is this program's own. On a match the filter tail-calls
+        // `observe_matched`, else `observe_miss`; if the slot is empty, nothing is reported.
+        let _ = unsafe { FILTER_PROGS.tail_call(ctx, slot) };
+        return TC_ACT_UNSPEC;
+    }
+    report(
+        skb,
+        ifindex,
+        len,
+        mark,
+        protocol,
+        direction,
+        counter,
+        Some(&UNFILTERED),
+    )
 }
 
 /// Where the translated filter tail-calls on a match: follow the flow, report the packet
@@ -109,11 +106,68 @@ pub fn observe_matched(ctx: &TcContext, direction: u8) -> i32 {
     // SAFETY: as in `observe`.
     let (ifindex, len, mark, protocol) =
         unsafe { ((*skb).ifindex, (*skb).len, (*skb).mark, (*skb).protocol) };
-    expect_replies(ctx);
+    let t = Tracked::new(FlowKey::parse(&Skb(ctx)));
     let counter = HOP_COUNTERS.get_ptr_mut(PointKey::new(ifindex, direction));
     report(
-        skb, ifindex, len, mark, protocol, direction, counter, MATCHED,
+        skb,
+        ifindex,
+        len,
+        mark,
+        protocol,
+        direction,
+        counter,
+        Some(&t),
     )
+}
+
+/// Where the filter tail-calls when the packet as it is does not match: if `FLOWS` knows how
+/// its flow looks after NAT, run the filter again on that view (`VIEW`).
+#[inline(always)]
+pub fn observe_miss(ctx: &TcContext, direction: u8) -> i32 {
+    let skb: *mut __sk_buff = ctx.skb.skb;
+    let Some(p) = FlowKey::parse_frame(&Skb(ctx)) else {
+        return TC_ACT_UNSPEC;
+    };
+    // SAFETY: a lookup with a stack key; the value is copied out.
+    let Some(after) = (unsafe { FLOWS.get(&p.key) }).copied() else {
+        return TC_ACT_UNSPEC;
+    };
+    let Some(view) = VIEW.get_ptr_mut(0) else {
+        return TC_ACT_UNSPEC;
+    };
+    // SAFETY: `skb` is the context; `view` is this CPU's entry, nothing else runs here meanwhile.
+    unsafe {
+        let len = (*skb).len;
+        let want = if len < VIEW_LEN as u32 {
+            len
+        } else {
+            VIEW_LEN as u32
+        };
+        if want == 0 {
+            return TC_ACT_UNSPEC;
+        }
+        // As in `emit`: a length the verifier can bound below by 1.
+        let below = u64::from(want - 1);
+        let below = core::ptr::read_volatile(&below) & (VIEW_LEN as u64 - 1);
+        let loaded = bpf_skb_load_bytes(
+            skb as *const _,
+            0,
+            (*view).data.as_mut_ptr() as *mut _,
+            (below + 1) as u32,
+        );
+        if loaded != 0 {
+            return TC_ACT_UNSPEC;
+        }
+        (*view).len = below as u32 + 1;
+        after.write_into(&p, &mut (*view).data);
+        let slot = if direction == Direction::Ingress as u8 {
+            VIEW_FILTER_SLOT_INGRESS
+        } else {
+            VIEW_FILTER_SLOT_EGRESS
+        };
+        let _ = FILTER_PROGS.tail_call(ctx, slot);
+    }
+    TC_ACT_UNSPEC
 }
 
 #[inline(always)]
@@ -125,10 +179,12 @@ fn report(
     protocol: u32,
     direction: u8,
     counter: Option<*mut tracer_common::HopCounter>,
-    how: u8,
+    track: Option<&Tracked>,
 ) -> i32 {
     // Let the netfilter and drop programs, and the next hops, know this packet is ours.
-    let _ = TRACKED.insert(skb as u64, how, 0);
+    if let Some(t) = track {
+        let _ = TRACKED.insert(skb as u64, t, 0);
+    }
 
     if !emit(skb, ifindex, len, mark, protocol, direction) {
         if let Some(c) = counter {

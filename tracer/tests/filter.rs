@@ -201,15 +201,17 @@ fn an_invalid_expression_fails_as_tcpdump_says_it() {
 fn the_kernel_runs_every_translated_filter_as_libpcap_does() {
     use std::os::fd::AsRawFd;
     use tracer::{
-        pcapfilter::{corpus, libpcap::Program, CompiledFilter, Insn},
+        pcapfilter::{corpus, libpcap::Program, CompiledFilter, Insn, Plan, Source},
         probe::bpf_sys,
     };
+    use tracer_common::flow::View;
     const SCHED_CLS: u32 = 3;
     let load = |name: &str, insns: &[Insn]| {
         bpf_sys::load_program(name, SCHED_CLS, 0, insns.as_ptr().cast(), insns.len())
             .unwrap_or_else(|(e, log)| panic!("{name}: {e}{log}"))
     };
     let array = bpf_sys::create_program_array(2).expect("program array");
+    let view = bpf_sys::create_view_map(size_of::<View>() as u32).expect("view map");
     // Slot 1 stands for the emitting program: it returns 7.
     let matched = load(
         "ft_test_match",
@@ -238,11 +240,22 @@ fn the_kernel_runs_every_translated_filter_as_libpcap_does() {
     let (mut agree, mut matches) = (0, 0);
     for expr in corpus::EXPRESSIONS {
         let reference = Program::compile(expr).expect("compiles");
-        let insns = CompiledFilter::new(expr)
-            .expect("translates")
-            .ebpf(array.as_raw_fd(), 1)
-            .expect("translates");
+        let filter = CompiledFilter::new(expr).expect("translates");
+        let plan = |source| Plan {
+            source,
+            prog_array_fd: array.as_raw_fd(),
+            on_match: 1,
+            on_miss: None,
+        };
+        let insns = filter.ebpf(plan(Source::Packet)).expect("translates");
         let prog = load("ft_test_filter", &insns);
+        // The filter on the view (read from a map) must pass the verifier too.
+        let on_view = filter
+            .ebpf(plan(Source::View {
+                map_fd: view.as_raw_fd(),
+            }))
+            .expect("translates");
+        drop(load("ft_test_view", &on_view));
         for (name, frame) in &frames {
             let ret = bpf_sys::test_run(prog.as_raw_fd(), frame)
                 .unwrap_or_else(|e| panic!("`{expr}` on {name}: {e}"));

@@ -3,7 +3,7 @@
 //! `pcap_offline_filter`'s verdict.
 
 #[cfg(test)]
-use super::{interp, libpcap::Program, CompiledFilter};
+use super::{interp, libpcap::Program, CompiledFilter, Plan, Source};
 
 pub const EXPRESSIONS: &[&str] = &[
     "",
@@ -348,11 +348,24 @@ fn translated_filters_agree_with_libpcap_on_every_frame() {
     for expr in EXPRESSIONS {
         let reference = Program::compile(expr).unwrap_or_else(|e| panic!("{expr}: {e}"));
         let filter = CompiledFilter::new(expr).unwrap_or_else(|e| panic!("{expr}: {e}"));
-        let prog = filter.ebpf(3, 1).expect("translates");
+        let prog = filter.ebpf(Plan::test(Source::Packet)).expect("translates");
+        let on_view = filter
+            .ebpf(Plan::test(Source::View { map_fd: 4 }))
+            .expect("translates");
         for (name, frame) in &frames {
             let want = reference.matches(frame);
-            let got = interp::run(&prog, frame) == interp::Outcome::Match;
-            assert_eq!(got, want, "`{expr}` on {name} ({} bytes)", frame.len());
+            let got = interp::run(&prog, frame);
+            let expected = if want {
+                interp::Outcome::Match
+            } else {
+                interp::Outcome::Miss
+            };
+            assert_eq!(got, expected, "`{expr}` on {name} ({} bytes)", frame.len());
+            // On the view: as tcpdump with a snap length of VIEW_LEN.
+            let cut = &frame[..frame.len().min(tracer_common::flow::VIEW_LEN)];
+            let want_view = reference.matches_captured(cut, frame.len() as u32);
+            let got_view = interp::run(&on_view, frame) == interp::Outcome::Match;
+            assert_eq!(got_view, want_view, "`{expr}` on the view of {name}");
             checked += 1;
             matched += usize::from(want);
         }
@@ -429,11 +442,11 @@ fn unreachable(prog: &[super::Insn]) -> Option<usize> {
 fn no_translation_has_an_unreachable_instruction() {
     let extremes = ["", "ether[0] == 1 or ether[0] != 1", "ether[0] == 1"];
     for expr in EXPRESSIONS.iter().chain(extremes.iter()) {
-        let prog = CompiledFilter::new(expr)
-            .expect("compiles")
-            .ebpf(3, 1)
-            .expect("translates");
-        assert_eq!(unreachable(&prog), None, "`{expr}`: {prog:?}");
+        let f = CompiledFilter::new(expr).expect("compiles");
+        for source in [Source::Packet, Source::View { map_fd: 4 }] {
+            let prog = f.ebpf(Plan::test(source)).expect("translates");
+            assert_eq!(unreachable(&prog), None, "`{expr}` ({source:?}): {prog:?}");
+        }
     }
 }
 

@@ -1,16 +1,20 @@
 //! A small eBPF interpreter for what [`super::translate`] emits, so that the translation can
 //! be checked against libpcap without root. `bpf_skb_load_bytes` reads the frame;
-//! `bpf_tail_call` is a match.
+//! `bpf_map_lookup_elem` gives the view (the frame's first `VIEW_LEN` bytes); `bpf_tail_call`
+//! ends the run with the slot it calls (as [`super::Plan::test`] numbers them).
 
 use super::{translate::HELPER_SKB_LOAD_BYTES, translate::HELPER_TAIL_CALL, Insn};
 
 const FP: u64 = 1 << 40;
 const CTX: u64 = 1 << 20;
 const STACK: usize = 512;
+const VIEW: u64 = 1 << 30;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     Match,
+    /// No match, and the miss slot was called.
+    Miss,
     NoMatch,
 }
 
@@ -18,6 +22,8 @@ struct Vm<'a> {
     r: [u64; 11],
     stack: [u8; STACK],
     frame: &'a [u8],
+    /// `View { len, data }` as the map holds it.
+    view: Vec<u8>,
 }
 
 impl Vm<'_> {
@@ -34,6 +40,16 @@ impl Vm<'_> {
         if addr == CTX {
             assert_eq!(n, 4, "only __sk_buff.len is read from the context");
             return self.frame.len() as u64;
+        }
+        if (VIEW..VIEW + self.view.len() as u64).contains(&addr) {
+            let at = (addr - VIEW) as usize;
+            let bytes = self
+                .view
+                .get(at..at + n)
+                .expect("the verifier bounds view reads");
+            let mut v = [0u8; 8];
+            v[..n].copy_from_slice(bytes);
+            return u64::from_le_bytes(v);
         }
         let mut v = [0u8; 8];
         v[..n].copy_from_slice(self.stack_at(addr, n));
@@ -84,10 +100,15 @@ fn alu(op: u8, a: u64, b: u64, wide: bool, imm: i32) -> u64 {
 
 /// Runs `prog` on `frame` as a tc program would see it.
 pub fn run(prog: &[Insn], frame: &[u8]) -> Outcome {
+    let shown = &frame[..frame.len().min(tracer_common::flow::VIEW_LEN)];
+    let mut view = (shown.len() as u32).to_le_bytes().to_vec();
+    view.extend_from_slice(shown);
+    view.resize(4 + tracer_common::flow::VIEW_LEN, 0x5a);
     let mut vm = Vm {
         r: [0; 11],
         stack: [0xa5; STACK],
         frame,
+        view,
     };
     vm.r[1] = CTX;
     vm.r[10] = FP;
@@ -127,7 +148,17 @@ pub fn run(prog: &[Insn], frame: &[u8]) -> Outcome {
                 let op = i.code & 0xf0;
                 match op {
                     0x80 => match i.imm {
-                        HELPER_TAIL_CALL => return Outcome::Match,
+                        HELPER_TAIL_CALL => {
+                            return match vm.r[3] {
+                                1 => Outcome::Match,
+                                2 => Outcome::Miss,
+                                s => panic!("tail call to slot {s}"),
+                            }
+                        }
+                        1 => {
+                            vm.r[0] = VIEW;
+                            vm.r[1..6].fill(0xdead_beef);
+                        }
                         HELPER_SKB_LOAD_BYTES => {
                             let (off, to, n) = (vm.r[2] as u32 as usize, vm.r[3], vm.r[4] as usize);
                             vm.r[0] = match frame.get(off..off + n) {

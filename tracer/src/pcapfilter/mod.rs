@@ -5,6 +5,20 @@
 pub mod libpcap;
 pub mod translate;
 
+pub use translate::{Plan, Source};
+
+impl Plan {
+    /// Slots 1 (match) and 2 (miss) of program array fd 3: what the tests use.
+    pub fn test(source: Source) -> Self {
+        Self {
+            source,
+            prog_array_fd: 3,
+            on_match: 1,
+            on_miss: Some(2),
+        }
+    }
+}
+
 /// Expressions and frames the translation is checked on, by the unit tests against libpcap
 /// and by the privileged tests against the kernel.
 #[doc(hidden)]
@@ -54,7 +68,7 @@ impl CompiledFilter {
     pub fn new(expr: &str) -> Result<Self, FilterError> {
         let program = libpcap::Program::compile(expr)?;
         let classic = program.instructions();
-        translate::translate(&classic, 0, 0)?;
+        translate::translate(&classic, Plan::test(Source::Packet))?;
         Ok(Self {
             expr: expr.to_owned(),
             classic,
@@ -62,8 +76,8 @@ impl CompiledFilter {
         })
     }
 
-    /// The eBPF program: on a match, tail-call slot `match_slot` of `prog_array_fd`.
-    pub fn ebpf(&self, prog_array_fd: i32, match_slot: u32) -> Result<Vec<Insn>, FilterError> {
-        translate::translate(&self.classic, prog_array_fd, match_slot)
+    /// The eBPF program `plan` describes.
+    pub fn ebpf(&self, plan: Plan) -> Result<Vec<Insn>, FilterError> {
+        translate::translate(&self.classic, plan)
     }
 }

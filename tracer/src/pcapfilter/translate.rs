@@ -3,11 +3,16 @@
 //! - packet bytes are read with `bpf_skb_load_bytes` into the stack: a read past the end of
 //!   the packet ends the filter with "no match", as classic BPF does, and the verifier has
 //!   nothing to prove about the offset (`X + k` can be anything);
-//! - a match does not return: it tail-calls `match_slot` of the program array (the emitting
-//!   program); no match returns `TC_ACT_UNSPEC`, so the packet goes on untouched.
+//! - a match does not return: it tail-calls a slot of the program array (the reporting
+//!   program); no match tail-calls the miss slot if there is one, then returns
+//!   `TC_ACT_UNSPEC`, so the packet goes on untouched;
+//! - the bytes may come from a *view* instead of the packet (`Source::View`): the first
+//!   `VIEW_LEN` bytes of the packet as it will look after NAT, in a per-CPU map
+//!   (`tracer_common::flow::View`), read directly after a bounds check.
 //!
-//! Registers: r6 = the skb context, r7 = A, r8 = X, r9 = scratch; M[0..16] and an 8-byte
-//! load buffer live on the stack. 32-bit ALU and JMP32 keep classic BPF's 32-bit arithmetic.
+//! Registers: r6 = the skb context, r7 = A, r8 = X, r9 = the view; M[0..16], an 8-byte load
+//! buffer and the view's map key live on the stack. 32-bit ALU and JMP32 keep classic BPF's
+//! 32-bit arithmetic.
 
 use super::{Classic, FilterError, Insn};
 
@@ -88,6 +93,30 @@ const FP: u8 = 10;
 /// M[i] at fp - 64 + 4i; the load buffer below it.
 const MEM_OFF: i16 = -64;
 const BUF_OFF: i16 = -72;
+const KEY_OFF: i16 = -76;
+const HELPER_MAP_LOOKUP: i32 = 1;
+const VIEW_LEN: i32 = tracer_common::flow::VIEW_LEN as i32;
+/// Where the view's bytes start in its map value (after `len: u32`).
+const VIEW_DATA: i16 = 4;
+
+/// Where a filter reads the packet's bytes.
+#[derive(Clone, Copy, Debug)]
+pub enum Source {
+    Packet,
+    /// The `View` in the per-CPU array map with this fd.
+    View {
+        map_fd: i32,
+    },
+}
+
+/// What the translated program does: where it reads, and where it goes next.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    pub source: Source,
+    pub prog_array_fd: i32,
+    pub on_match: u32,
+    pub on_miss: Option<u32>,
+}
 
 fn ins(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
     Insn {
@@ -108,6 +137,7 @@ enum Target {
 struct Emitter {
     out: Vec<Insn>,
     fixups: Vec<(usize, Target)>,
+    view: bool,
 }
 
 impl Emitter {
@@ -128,6 +158,21 @@ impl Emitter {
             H => 2,
             _ => 1,
         };
+        if self.view {
+            // Past the view's bytes (or its buffer) is past the packet.
+            self.jump(JMP | JGT | K, R2, 0, VIEW_LEN - bytes, Target::NoMatch);
+            self.push(ins(LDX | W | MEM, R3, R9, 0, 0));
+            self.push(ins(ALU64 | MOV | X, R4, R2, 0, 0));
+            self.push(ins(ALU64 | ADD | K, R4, 0, 0, bytes));
+            self.jump(JMP | JGT | X, R4, R3, 0, Target::NoMatch);
+            self.push(ins(ALU64 | MOV | X, R3, R9, 0, 0));
+            self.push(ins(ALU64 | ADD | X, R3, R2, 0, 0));
+            self.push(ins(LDX | size | MEM, dst, R3, VIEW_DATA, 0));
+            if bytes > 1 {
+                self.push(ins(ALU | END | TO_BE, dst, 0, 0, bytes * 8));
+            }
+            return;
+        }
         self.push(ins(ALU64 | MOV | X, R1, R6, 0, 0));
         self.push(ins(ALU64 | MOV | X, R3, FP, 0, 0));
         self.push(ins(ALU64 | ADD | K, R3, 0, 0, BUF_OFF.into()));
@@ -147,9 +192,9 @@ impl Emitter {
     fn offset_x_plus_k(&mut self, k: u32) {
         self.push(ins(ALU | MOV | K, R2, 0, 0, k as i32));
         self.push(ins(ALU64 | ADD | X, R2, RX, 0, 0));
-        self.push(ins(ALU64 | MOV | X, R9, R2, 0, 0));
-        self.push(ins(ALU64 | RSH | K, R9, 0, 0, 32));
-        self.jump(JMP | JNE | K, R9, 0, 0, Target::NoMatch);
+        self.push(ins(ALU64 | MOV | X, R3, R2, 0, 0));
+        self.push(ins(ALU64 | RSH | K, R3, 0, 0, 32));
+        self.jump(JMP | JNE | K, R3, 0, 0, Target::NoMatch);
     }
 }
 
@@ -169,22 +214,29 @@ fn unsupported(i: usize, c: &Classic) -> FilterError {
     ))
 }
 
-/// Translates `prog`. `prog_array_fd` is the program array the match tail-calls into, at
-/// `match_slot`.
-pub fn translate(
-    prog: &[Classic],
-    prog_array_fd: i32,
-    match_slot: u32,
-) -> Result<Vec<Insn>, FilterError> {
+/// Translates `prog` as `plan` says.
+pub fn translate(prog: &[Classic], plan: Plan) -> Result<Vec<Insn>, FilterError> {
     let mut e = Emitter {
-        out: Vec::with_capacity(prog.len() * 8 + 24),
+        out: Vec::with_capacity(prog.len() * 8 + 32),
         fixups: Vec::new(),
+        view: matches!(plan.source, Source::View { .. }),
     };
     e.push(ins(ALU64 | MOV | X, R6, R1, 0, 0));
     e.push(ins(ALU | MOV | K, RA, 0, 0, 0));
     e.push(ins(ALU | MOV | K, RX, 0, 0, 0));
     for slot in 1..=9i16 {
         e.push(ins(ST | DW | MEM, FP, 0, -8 * slot, 0));
+    }
+    if let Source::View { map_fd } = plan.source {
+        // r9 = &VIEW[0] (this CPU's).
+        e.push(ins(ST | W | MEM, FP, 0, KEY_OFF, 0));
+        e.push(ins(LD | DW | IMM, R1, PSEUDO_MAP_FD, 0, map_fd));
+        e.push(ins(0, 0, 0, 0, 0));
+        e.push(ins(ALU64 | MOV | X, R2, FP, 0, 0));
+        e.push(ins(ALU64 | ADD | K, R2, 0, 0, KEY_OFF.into()));
+        e.push(ins(JMP | CALL, 0, 0, 0, HELPER_MAP_LOOKUP));
+        e.jump(JMP | JEQ | K, R0, 0, 0, Target::NoMatch);
+        e.push(ins(ALU64 | MOV | X, R9, R0, 0, 0));
     }
     let live = reachable(prog);
     let mut starts = Vec::with_capacity(prog.len());
@@ -300,13 +352,12 @@ pub fn translate(
     }
     let matched = e.out.len();
     if e.fixups.iter().any(|(_, t)| matches!(t, Target::Match)) {
-        e.push(ins(ALU64 | MOV | X, R1, R6, 0, 0));
-        e.push(ins(LD | DW | IMM, R2, PSEUDO_MAP_FD, 0, prog_array_fd));
-        e.push(ins(0, 0, 0, 0, 0));
-        e.push(ins(ALU | MOV | K, R3, 0, 0, match_slot as i32));
-        e.push(ins(JMP | CALL, 0, 0, 0, HELPER_TAIL_CALL));
+        tail_call(&mut e, plan.prog_array_fd, plan.on_match);
     }
     let no_match = e.out.len();
+    if let Some(miss) = plan.on_miss {
+        tail_call(&mut e, plan.prog_array_fd, miss);
+    }
     e.push(ins(ALU64 | MOV | K, R0, 0, 0, TC_ACT_UNSPEC));
     e.push(ins(JMP | EXIT, 0, 0, 0, 0));
 
@@ -323,6 +374,15 @@ pub fn translate(
             .map_err(|_| FilterError::Unsupported("a program this long".into()))?;
     }
     Ok(e.out)
+}
+
+/// Tail-calls `slot`; falls through when the slot is empty.
+fn tail_call(e: &mut Emitter, prog_array_fd: i32, slot: u32) {
+    e.push(ins(ALU64 | MOV | X, R1, R6, 0, 0));
+    e.push(ins(LD | DW | IMM, R2, PSEUDO_MAP_FD, 0, prog_array_fd));
+    e.push(ins(0, 0, 0, 0, 0));
+    e.push(ins(ALU | MOV | K, R3, 0, 0, slot as i32));
+    e.push(ins(JMP | CALL, 0, 0, 0, HELPER_TAIL_CALL));
 }
 
 /// Which classic instructions a path from the first reaches.

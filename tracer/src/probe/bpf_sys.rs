@@ -9,6 +9,7 @@ const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_MAP_TYPE_PROG_ARRAY: u32 = 3;
+const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 
 /// `union bpf_attr` for BPF_PROG_LOAD, up to the fields used.
 #[repr(C)]
@@ -152,6 +153,18 @@ pub fn create_program_array(entries: u32) -> std::io::Result<OwnedFd> {
         key_size: 4,
         value_size: 4,
         max_entries: entries,
+        map_flags: 0,
+    };
+    sys_bpf(BPF_MAP_CREATE, &mut attr)
+}
+
+/// A one-entry per-CPU array of `value_size` bytes (a stand-in for the `VIEW` map).
+pub fn create_view_map(value_size: u32) -> std::io::Result<OwnedFd> {
+    let mut attr = MapCreateAttr {
+        map_type: BPF_MAP_TYPE_PERCPU_ARRAY,
+        key_size: 4,
+        value_size,
+        max_entries: 1,
         map_flags: 0,
     };
     sys_bpf(BPF_MAP_CREATE, &mut attr)

@@ -1,20 +1,22 @@
-//! Putting a filter expression in the kernel: each direction's translated filter goes in
-//! its `FILTER_PROGS` slot, next to the program it tail-calls on a match (see
-//! `tracer_common::flow`). aya cannot load instructions made at run time, so the filters are
-//! loaded with `bpf(BPF_PROG_LOAD)`; the program array holds them while flowtrace runs and
-//! is emptied by the kernel when its last fd closes.
+//! Putting a filter expression in the kernel: each direction's translated filter (on the
+//! packet, and on the view of it after NAT) goes in its `FILTER_PROGS` slot, next to the
+//! programs they tail-call on a match and on a miss (see `tracer_common::flow`). aya cannot
+//! load instructions made at run time, so the filters are loaded with `bpf(BPF_PROG_LOAD)`; the
+//! program array holds them while flowtrace runs and is emptied by the kernel when its last fd
+//! closes.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use aya::{maps::Map, programs::SchedClassifier, Ebpf};
 use tracer_common::flow::{
     FILTER_SLOT_EGRESS, FILTER_SLOT_INGRESS, MATCHED_SLOT_EGRESS, MATCHED_SLOT_INGRESS,
+    MISS_SLOT_EGRESS, MISS_SLOT_INGRESS, VIEW_FILTER_SLOT_EGRESS, VIEW_FILTER_SLOT_INGRESS,
 };
 
 use super::{bpf_sys, loader};
 use crate::{
     error::{Error, Result},
-    pcapfilter::CompiledFilter,
+    pcapfilter::{CompiledFilter, Plan, Source},
 };
 
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
@@ -22,26 +24,33 @@ const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 /// The loaded filters; dropping this closes their fds.
 pub struct KernelFilter {
     _progs: Vec<OwnedFd>,
-    /// eBPF instructions per direction.
+    /// eBPF instructions of the filter on the packet.
     pub instructions: usize,
+}
+
+fn map_fd(ebpf: &Ebpf, name: &str) -> Result<RawFd> {
+    match ebpf.map(name) {
+        Some(Map::ProgramArray(m)) | Some(Map::PerCpuArray(m)) => Ok(m.fd().as_fd().as_raw_fd()),
+        _ => Err(Error::Load(format!(
+            "map {name} missing from the eBPF object"
+        ))),
+    }
 }
 
 /// Loads `filter` for both directions and fills `FILTER_PROGS`. Call it before the tc
 /// programs are attached, with every map still in `ebpf`.
 pub fn install(ebpf: &mut Ebpf, filter: &CompiledFilter) -> Result<KernelFilter> {
-    let map_fd = match ebpf.map("FILTER_PROGS") {
-        Some(Map::ProgramArray(m)) => m.fd().as_fd().as_raw_fd(),
-        _ => {
-            return Err(Error::Load(
-                "map FILTER_PROGS missing from the eBPF object".into(),
-            ))
-        }
+    let array = map_fd(ebpf, "FILTER_PROGS")?;
+    let view = map_fd(ebpf, "VIEW")?;
+    let set = |slot: u32, prog: RawFd| {
+        bpf_sys::set_program_slot(array, slot, prog)
+            .map_err(|e| Error::Load(format!("FILTER_PROGS[{slot}]: {e}")))
     };
-    let slot_error =
-        |slot: u32, e: std::io::Error| Error::Load(format!("FILTER_PROGS[{slot}]: {e}"));
     for (name, slot) in [
         ("tc_ingress_matched", MATCHED_SLOT_INGRESS),
         ("tc_egress_matched", MATCHED_SLOT_EGRESS),
+        ("tc_ingress_miss", MISS_SLOT_INGRESS),
+        ("tc_egress_miss", MISS_SLOT_EGRESS),
     ] {
         let prog: &mut SchedClassifier = loader::program(ebpf, name).map_err(Error::Load)?;
         match prog.load() {
@@ -53,16 +62,48 @@ pub fn install(ebpf: &mut Ebpf, filter: &CompiledFilter) -> Result<KernelFilter>
             .map_err(|e| Error::Load(format!("{name}: {e}")))?
             .as_fd()
             .as_raw_fd();
-        bpf_sys::set_program_slot(map_fd, slot, fd).map_err(|e| slot_error(slot, e))?;
+        set(slot, fd)?;
     }
+    let on_packet = |on_match, on_miss| Plan {
+        source: Source::Packet,
+        prog_array_fd: array,
+        on_match,
+        on_miss: Some(on_miss),
+    };
+    let on_view = |on_match| Plan {
+        source: Source::View { map_fd: view },
+        prog_array_fd: array,
+        on_match,
+        on_miss: None,
+    };
     let mut progs = Vec::new();
     let mut instructions = 0;
-    for (slot, on_match, name) in [
-        (FILTER_SLOT_INGRESS, MATCHED_SLOT_INGRESS, "ft_filter_in"),
-        (FILTER_SLOT_EGRESS, MATCHED_SLOT_EGRESS, "ft_filter_out"),
+    for (slot, plan, name) in [
+        (
+            FILTER_SLOT_INGRESS,
+            on_packet(MATCHED_SLOT_INGRESS, MISS_SLOT_INGRESS),
+            "ft_filter_in",
+        ),
+        (
+            FILTER_SLOT_EGRESS,
+            on_packet(MATCHED_SLOT_EGRESS, MISS_SLOT_EGRESS),
+            "ft_filter_out",
+        ),
+        (
+            VIEW_FILTER_SLOT_INGRESS,
+            on_view(MATCHED_SLOT_INGRESS),
+            "ft_view_in",
+        ),
+        (
+            VIEW_FILTER_SLOT_EGRESS,
+            on_view(MATCHED_SLOT_EGRESS),
+            "ft_view_out",
+        ),
     ] {
-        let insns = filter.ebpf(map_fd, on_match)?;
-        instructions = insns.len();
+        let insns = filter.ebpf(plan)?;
+        if matches!(plan.source, Source::Packet) {
+            instructions = insns.len();
+        }
         let fd = bpf_sys::load_program(
             name,
             BPF_PROG_TYPE_SCHED_CLS,
@@ -71,7 +112,7 @@ pub fn install(ebpf: &mut Ebpf, filter: &CompiledFilter) -> Result<KernelFilter>
             insns.len(),
         )
         .map_err(|(err, log)| Error::load(format!("the filter `{}`: {err}{log}", filter.expr)))?;
-        bpf_sys::set_program_slot(map_fd, slot, fd.as_raw_fd()).map_err(|e| slot_error(slot, e))?;
+        set(slot, fd.as_raw_fd())?;
         progs.push(fd);
     }
     Ok(KernelFilter {
