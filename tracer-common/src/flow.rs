@@ -4,25 +4,25 @@
 //! later hop, whatever NAT does to its headers; its tuple there is its *origin*. At a later hop
 //! where its tuple differs from the origin (NAT rewrote it), the reversed tuples are noted in
 //! `FLOWS`: a packet coming the other way with tuple `reverse(now)` will look like
-//! `reverse(origin)` once NAT has undone the rewrite. So when a packet does not match the filter
-//! as it is, and `FLOWS` knows its tuple, the filter runs again on a *view*: its first bytes with
-//! the addresses and ports it will have after NAT. A match there reports it from this hop on:
-//! the reply before de-NAT (`host 172.18.0.2` sees it arrive for the uplink's address), and
-//! equally the next packet out before MASQUERADE when the filter names the uplink's address.
+//! `reverse(origin)` once NAT has undone the rewrite. So when a packet arriving at an ingress
+//! hop does not match the filter as it is, and `FLOWS` knows its tuple, the filter runs again
+//! on a *view*: its first bytes with the addresses and ports it will have after NAT. A match
+//! there reports it from this hop on: the reply before de-NAT (`host 172.18.0.2` sees it
+//! arrive for the uplink's address, and `src host 172.18.0.2` does not).
 //!
 //! The tail calls: tc program → filter (on the packet) → on a match, the reporting program; on
-//! no match, the miss program → filter (on the view) → on a match, the reporting program.
+//! no match at ingress, the miss program → filter (on the view) → on a match, the reporting
+//! program.
 
 /// Program-array slots.
 pub const FILTER_SLOT_INGRESS: u32 = 0;
 pub const FILTER_SLOT_EGRESS: u32 = 1;
 pub const MATCHED_SLOT_INGRESS: u32 = 2;
 pub const MATCHED_SLOT_EGRESS: u32 = 3;
-pub const MISS_SLOT_INGRESS: u32 = 4;
-pub const MISS_SLOT_EGRESS: u32 = 5;
-pub const VIEW_FILTER_SLOT_INGRESS: u32 = 6;
-pub const VIEW_FILTER_SLOT_EGRESS: u32 = 7;
-pub const FILTER_SLOTS: u32 = 8;
+/// Ingress only: at an egress hop, netfilter has done its rewriting.
+pub const MISS_SLOT: u32 = 4;
+pub const VIEW_FILTER_SLOT: u32 = 5;
+pub const FILTER_SLOTS: u32 = 6;
 
 /// Bytes of a packet the view holds (every header the filters look at; a load past them is
 /// "no match", as past a capture's snap length).
@@ -40,26 +40,41 @@ pub struct View {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tracked {
-    /// 1: `origin` holds the tuple at the hop where the packet matched the filter.
+    /// 1: the packet matched a filter, and `origin` and `fingerprint` are its tuple and
+    /// fingerprint at that hop.
     pub has_origin: u8,
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 7],
+    pub fingerprint: u64,
     pub origin: FlowKey,
 }
 
 impl Tracked {
-    pub const fn new(origin: Option<FlowKey>) -> Self {
-        match origin {
-            Some(origin) => Self {
+    /// An sk_buff reported without a filter.
+    pub const UNFILTERED: Self = Self {
+        has_origin: 0,
+        _pad: [0; 7],
+        fingerprint: 0,
+        origin: FlowKey::zeroed(),
+    };
+
+    /// A packet that matched the filter, as parsed where it did.
+    pub const fn matched(p: Option<Parsed>) -> Self {
+        match p {
+            Some(p) => Self {
                 has_origin: 1,
-                _pad: [0; 3],
-                origin,
+                _pad: [0; 7],
+                fingerprint: p.fingerprint,
+                origin: p.key,
             },
-            None => Self {
-                has_origin: 0,
-                _pad: [0; 3],
-                origin: FlowKey::zeroed(),
-            },
+            None => Self::UNFILTERED,
         }
+    }
+
+    /// Is the packet now at this hop (parsed as `now`) still the one that matched? An
+    /// sk_buff's address is reused once it is freed, and some frees (TCP's deferred free)
+    /// pass no tracepoint, so an entry can outlive its packet.
+    pub fn same_packet(&self, now: &Parsed) -> bool {
+        self.has_origin == 0 || self.fingerprint == now.fingerprint
     }
 }
 
@@ -72,6 +87,10 @@ pub struct Parsed {
     /// Offset of the ports, when the packet has them.
     pub l4: Option<u32>,
     pub ipv6: bool,
+    /// What NAT leaves alone and the next packet of the flow does not share: the IP total
+    /// length, ID and fragment field (IPv6: payload length and flow label), and TCP's sequence
+    /// number.
+    pub fingerprint: u64,
 }
 
 /// A flow's addresses (IPv4 in the first 4 bytes), ports and protocol, as in the packet
@@ -124,7 +143,7 @@ impl FlowKey {
         Self::parse_frame(f).map(|p| p.key)
     }
 
-    /// The key and the header offsets.
+    /// The key, the header offsets and the fingerprint.
     #[inline(always)]
     pub fn parse_frame<F: Frame>(f: &F) -> Option<Parsed> {
         let mut ethertype = u16::from_be_bytes(f.bytes::<2>(12)?);
@@ -135,6 +154,7 @@ impl FlowKey {
         }
         let mut k = Self::zeroed();
         let ipv6 = ethertype == 0x86dd;
+        let mut fingerprint = 0;
         let l4 = match ethertype {
             0x0800 => {
                 let h = f.bytes::<20>(l3)?;
@@ -145,18 +165,22 @@ impl FlowKey {
                 k.dst = [
                     h[16], h[17], h[18], h[19], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                 ];
+                fingerprint = u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], 0, 0]);
                 if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
                     return Some(Parsed {
                         key: k,
                         l3,
                         l4: None,
                         ipv6,
+                        fingerprint,
                     });
                 }
                 l3 + u32::from(h[0] & 0xf) * 4
             }
             0x86dd => {
-                k.proto = f.bytes::<1>(l3 + 6)?[0];
+                let h = f.bytes::<8>(l3)?;
+                k.proto = h[6];
+                fingerprint = u64::from_be_bytes([h[1] & 0xf, h[2], h[3], h[4], h[5], 0, 0, 0]);
                 k.src = f.bytes::<16>(l3 + 8)?;
                 k.dst = f.bytes::<16>(l3 + 24)?;
                 l3 + 40
@@ -172,11 +196,17 @@ impl FlowKey {
                 ports = Some(l4);
             }
         }
+        if k.proto == 6 {
+            if let Some(seq) = f.bytes::<4>(l4 + 4) {
+                fingerprint ^= u64::from(u32::from_be_bytes(seq));
+            }
+        }
         Some(Parsed {
             key: k,
             l3,
             l4: ports,
             ipv6,
+            fingerprint,
         })
     }
 
@@ -194,7 +224,11 @@ impl FlowKey {
         } else {
             let s = &self.src;
             let d = &self.dst;
-            put(frame, p.l3 as usize + 12, &[s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3]]);
+            put(
+                frame,
+                p.l3 as usize + 12,
+                &[s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3]],
+            );
         }
         if let Some(l4) = p.l4 {
             let (s, d) = (self.sport, self.dport);
@@ -281,6 +315,26 @@ mod tests {
         let mut short = frame[..40].to_vec();
         nat.write_into(&p, &mut short);
         assert_eq!(&short[26..30], &[198, 51, 100, 1]);
+    }
+
+    #[test]
+    fn the_fingerprint_survives_nat_but_not_the_next_packet() {
+        let frame = ipv4_tcp(5, [0x40, 0]);
+        let p = FlowKey::parse_frame(&Bytes(frame.clone())).expect("ipv4");
+        let mut nat = p.key;
+        nat.src[..4].copy_from_slice(&[198, 51, 100, 1]);
+        nat.sport = 51000u16.to_be_bytes();
+        let mut after = frame.clone();
+        nat.write_into(&p, &mut after);
+        after[22] -= 1; // the TTL
+        let q = FlowKey::parse_frame(&Bytes(after)).expect("ipv4");
+        let t = Tracked::matched(Some(p));
+        assert!(t.same_packet(&q), "MASQUERADE and a hop leave it");
+        let mut next = frame.clone();
+        next[19] += 1; // the next IP ID
+        let n = FlowKey::parse_frame(&Bytes(next)).expect("ipv4");
+        assert!(!t.same_packet(&n), "another packet at the same address");
+        assert!(Tracked::UNFILTERED.same_packet(&n));
     }
 
     #[test]

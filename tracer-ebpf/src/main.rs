@@ -40,15 +40,10 @@ pub fn tc_egress_matched(ctx: TcContext) -> i32 {
     tc::observe_matched(&ctx, Direction::Egress as u8)
 }
 
-/// Tail-called by the translated filter when the packet as it is does not match.
+/// Tail-called by the translated ingress filter when the packet as it is does not match.
 #[classifier]
 pub fn tc_ingress_miss(ctx: TcContext) -> i32 {
-    tc::observe_miss(&ctx, Direction::Ingress as u8)
-}
-
-#[classifier]
-pub fn tc_egress_miss(ctx: TcContext) -> i32 {
-    tc::observe_miss(&ctx, Direction::Egress as u8)
+    tc::observe_miss(&ctx)
 }
 
 #[btf_tracepoint(function = "kfree_skb")]

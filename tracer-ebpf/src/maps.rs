@@ -142,7 +142,7 @@ pub fn tracked_entry(skb: u64) -> Option<*const Tracked> {
 }
 
 /// `TRACKED`'s value without a filter (no origin to remember).
-pub static UNFILTERED: Tracked = Tracked::new(None);
+pub static UNFILTERED: Tracked = Tracked::UNFILTERED;
 
 /// Is this sk_buff one that a tc observer saw?
 #[inline(always)]

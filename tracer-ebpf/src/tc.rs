@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use tracer_common::{
     flow::{
-        FlowKey, Frame, Tracked, FILTER_SLOT_EGRESS, FILTER_SLOT_INGRESS, VIEW_FILTER_SLOT_EGRESS,
-        VIEW_FILTER_SLOT_INGRESS, VIEW_LEN,
+        FlowKey, Frame, Tracked, FILTER_SLOT_EGRESS, FILTER_SLOT_INGRESS, VIEW_FILTER_SLOT,
+        VIEW_LEN,
     },
     Direction, EventKind, PointKey, MAX_SNAP, TC_HEAD_LEN,
 };
@@ -28,25 +28,29 @@ impl Frame for Skb<'_> {
     }
 }
 
-/// A matched packet at a later hop: if NAT rewrote its tuple since it matched, note how the
-/// flow's packets will look after NAT, both ways (see `tracer_common::flow`).
+/// With a filter, a tracked sk_buff at a later hop: is it still the packet that matched (its
+/// address may have been reused, see `Tracked::same_packet`)? If it is and NAT rewrote its
+/// tuple since it matched, note how its replies will look once NAT has undone that (see
+/// `tracer_common::flow`).
 #[inline(always)]
-fn note_nat(ctx: &TcContext, t: &Tracked) {
+fn still_ours(ctx: &TcContext, t: &Tracked) -> bool {
     if t.has_origin == 0 {
-        return;
+        return true;
     }
-    let Some(now) = FlowKey::parse(&Skb(ctx)) else {
-        return;
+    let Some(now) = FlowKey::parse_frame(&Skb(ctx)) else {
+        return true;
     };
-    if now == t.origin {
-        return;
+    if !t.same_packet(&now) {
+        return false;
     }
-    let back = now.reversed();
-    // SAFETY: a lookup with a stack key; the value is not kept.
-    if unsafe { FLOWS.get(&back).is_none() } {
-        let _ = FLOWS.insert(&back, &t.origin.reversed(), 0);
-        let _ = FLOWS.insert(&t.origin, &now, 0);
+    if now.key != t.origin {
+        let back = now.key.reversed();
+        // SAFETY: a lookup with a stack key; the value is not kept.
+        if unsafe { FLOWS.get(&back).is_none() } {
+            let _ = FLOWS.insert(&back, &t.origin.reversed(), 0);
+        }
     }
+    true
 }
 
 #[inline(always)]
@@ -72,9 +76,12 @@ pub fn observe(ctx: &TcContext, direction: u8) -> i32 {
     if filtering() {
         if let Some(t) = tracked_entry(skb as u64) {
             // SAFETY: the map's entry for this skb; LRU entries stay valid during the program.
-            note_nat(ctx, unsafe { &*t });
-            // Tracked already (the lookup refreshed its LRU position): nothing to insert.
-            return report(skb, ifindex, len, mark, protocol, direction, counter, None);
+            if still_ours(ctx, unsafe { &*t }) {
+                // Tracked already (the lookup refreshed its LRU position): nothing to insert.
+                return report(skb, ifindex, len, mark, protocol, direction, counter, None);
+            }
+            // Another packet at a freed packet's address: it is judged on its own.
+            let _ = TRACKED.remove(&(skb as u64));
         }
         let slot = if direction == Direction::Ingress as u8 {
             FILTER_SLOT_INGRESS
@@ -106,7 +113,7 @@ pub fn observe_matched(ctx: &TcContext, direction: u8) -> i32 {
     // SAFETY: as in `observe`.
     let (ifindex, len, mark, protocol) =
         unsafe { ((*skb).ifindex, (*skb).len, (*skb).mark, (*skb).protocol) };
-    let t = Tracked::new(FlowKey::parse(&Skb(ctx)));
+    let t = Tracked::matched(FlowKey::parse_frame(&Skb(ctx)));
     let counter = HOP_COUNTERS.get_ptr_mut(PointKey::new(ifindex, direction));
     report(
         skb,
@@ -120,10 +127,11 @@ pub fn observe_matched(ctx: &TcContext, direction: u8) -> i32 {
     )
 }
 
-/// Where the filter tail-calls when the packet as it is does not match: if `FLOWS` knows how
-/// its flow looks after NAT, run the filter again on that view (`VIEW`).
+/// Where the ingress filter tail-calls when the packet as it is does not match: if `FLOWS`
+/// knows how it will look once NAT has rewritten it, run the filter again on that view
+/// (`VIEW`). Only ingress needs it: at an egress hop, netfilter has done its rewriting.
 #[inline(always)]
-pub fn observe_miss(ctx: &TcContext, direction: u8) -> i32 {
+pub fn observe_miss(ctx: &TcContext) -> i32 {
     let skb: *mut __sk_buff = ctx.skb.skb;
     let Some(p) = FlowKey::parse_frame(&Skb(ctx)) else {
         return TC_ACT_UNSPEC;
@@ -160,12 +168,7 @@ pub fn observe_miss(ctx: &TcContext, direction: u8) -> i32 {
         }
         (*view).len = below as u32 + 1;
         after.write_into(&p, &mut (*view).data);
-        let slot = if direction == Direction::Ingress as u8 {
-            VIEW_FILTER_SLOT_INGRESS
-        } else {
-            VIEW_FILTER_SLOT_EGRESS
-        };
-        let _ = FILTER_PROGS.tail_call(ctx, slot);
+        let _ = FILTER_PROGS.tail_call(ctx, VIEW_FILTER_SLOT);
     }
     TC_ACT_UNSPEC
 }

@@ -9,8 +9,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use aya::{maps::Map, programs::SchedClassifier, Ebpf};
 use tracer_common::flow::{
-    FILTER_SLOT_EGRESS, FILTER_SLOT_INGRESS, MATCHED_SLOT_EGRESS, MATCHED_SLOT_INGRESS,
-    MISS_SLOT_EGRESS, MISS_SLOT_INGRESS, VIEW_FILTER_SLOT_EGRESS, VIEW_FILTER_SLOT_INGRESS,
+    FILTER_SLOT_EGRESS, FILTER_SLOT_INGRESS, MATCHED_SLOT_EGRESS, MATCHED_SLOT_INGRESS, MISS_SLOT,
+    VIEW_FILTER_SLOT,
 };
 
 use super::{bpf_sys, loader};
@@ -49,8 +49,7 @@ pub fn install(ebpf: &mut Ebpf, filter: &CompiledFilter) -> Result<KernelFilter>
     for (name, slot) in [
         ("tc_ingress_matched", MATCHED_SLOT_INGRESS),
         ("tc_egress_matched", MATCHED_SLOT_EGRESS),
-        ("tc_ingress_miss", MISS_SLOT_INGRESS),
-        ("tc_egress_miss", MISS_SLOT_EGRESS),
+        ("tc_ingress_miss", MISS_SLOT),
     ] {
         let prog: &mut SchedClassifier = loader::program(ebpf, name).map_err(Error::Load)?;
         match prog.load() {
@@ -64,40 +63,32 @@ pub fn install(ebpf: &mut Ebpf, filter: &CompiledFilter) -> Result<KernelFilter>
             .as_raw_fd();
         set(slot, fd)?;
     }
-    let on_packet = |on_match, on_miss| Plan {
-        source: Source::Packet,
+    let plan = |source, on_match, on_miss| Plan {
+        source,
         prog_array_fd: array,
         on_match,
-        on_miss: Some(on_miss),
+        on_miss,
     };
-    let on_view = |on_match| Plan {
-        source: Source::View { map_fd: view },
-        prog_array_fd: array,
-        on_match,
-        on_miss: None,
-    };
+    let (packet, on_view) = (Source::Packet, Source::View { map_fd: view });
     let mut progs = Vec::new();
     let mut instructions = 0;
+    // Ingress: a miss may still match on the view of the packet after NAT. Egress: netfilter
+    // has done its rewriting.
     for (slot, plan, name) in [
         (
             FILTER_SLOT_INGRESS,
-            on_packet(MATCHED_SLOT_INGRESS, MISS_SLOT_INGRESS),
+            plan(packet, MATCHED_SLOT_INGRESS, Some(MISS_SLOT)),
             "ft_filter_in",
         ),
         (
             FILTER_SLOT_EGRESS,
-            on_packet(MATCHED_SLOT_EGRESS, MISS_SLOT_EGRESS),
+            plan(packet, MATCHED_SLOT_EGRESS, None),
             "ft_filter_out",
         ),
         (
-            VIEW_FILTER_SLOT_INGRESS,
-            on_view(MATCHED_SLOT_INGRESS),
+            VIEW_FILTER_SLOT,
+            plan(on_view, MATCHED_SLOT_INGRESS, None),
             "ft_view_in",
-        ),
-        (
-            VIEW_FILTER_SLOT_EGRESS,
-            on_view(MATCHED_SLOT_EGRESS),
-            "ft_view_out",
         ),
     ] {
         let insns = filter.ebpf(plan)?;

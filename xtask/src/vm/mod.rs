@@ -260,44 +260,51 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
 mod tests {
     use super::*;
 
-    const CONSOLE: &str = "noise\r\nvm: kernel 6.1.0-50-amd64\r\nvm: --- stderr\r\n\
-        attached tc ingress+egress on va (iface, ifindex 2) via clsact/netlink\r\n\
-        attached netfilter observers via fentry/fexit on nf_hook_slow: hook level\r\n\
-        vm: --- stdout\r\n\
-        {\"type\":\"packet\",\"dst\":\"203.0.113.1:7777\",\"hops\":[],\"drop\":{\"reason\":\"NETFILTER_DROP\",\"hook\":\"INPUT\",\"table\":\"filter\",\"rule\":\"-A INPUT -p tcp -m tcp --dport 7777 -j DROP\"}}\r\n\
-        {\"type\":\"packet\",\"dst\":\"203.0.113.1:8080\",\"hops\":[{\"hook\":\"INPUT\",\"table\":\"filter\",\"verdict\":\"accept\"}],\"drop\":null}\r\n\
-        {\"type\":\"summary\"}\r\nvm: --- leftovers\r\nvm: --- end\r\n";
+    /// A real boot's console (6.1, `--nf-attach kprobe`), cut to the lines the checks read.
+    const CONSOLE: &str = include_str!("fixture-6.1-kprobe.txt");
 
     #[test]
-    fn a_good_boot_passes_and_names_its_mechanisms() {
+    fn a_real_boot_passes_and_names_every_layer() {
         let o = parse(CONSOLE);
-        assert_eq!(o.release, "6.1.0-50-amd64");
-        assert_eq!(o.packets.len(), 2);
-        let m = check(&o, "auto").expect("passes");
-        assert_eq!(
-            m,
-            vec![
-                "attached tc ingress+egress on va (iface, ifindex 2) via clsact/netlink",
-                "attached netfilter observers via fentry/fexit on nf_hook_slow"
-            ]
-        );
+        assert_eq!(o.release, "6.1.0-56-amd64");
+        let row = check(&o, "kprobe").expect("passes");
+        assert_eq!(row[0], "clsact/netlink");
         assert!(
-            check(&o, "kprobe").is_err(),
+            row[1].starts_with("kprobe/kretprobe on nf_hook_slow"),
+            "{row:?}"
+        );
+        assert_eq!(row[2], "tp_btf");
+        assert!(row[4].starts_with("sk_buff.len +112"), "{row:?}");
+        assert!(
+            check(&o, "fexit").is_err(),
             "the mechanism asked for is checked"
         );
     }
 
     #[test]
-    fn a_wrong_drop_or_a_leftover_fails() {
-        let o = parse(&CONSOLE.replace(
-            "\"table\":\"filter\",\"rule\"",
-            "\"table\":\"nat\",\"rule\"",
-        ));
-        assert!(check(&o, "auto").is_err());
-        let o = parse(&CONSOLE.replace(
-            "vm: --- leftovers\r\n",
-            "vm: --- leftovers\r\nfilter protocol all pref 49152 bpf\r\n",
-        ));
-        assert!(check(&o, "auto").is_err());
+    fn a_wrong_drop_nat_path_filter_or_a_leftover_fails() {
+        let broken = [
+            (
+                "\"table\":\"filter\",\"rule\"",
+                "\"table\":\"nat\",\"rule\"",
+            ),
+            ("\"kind\":\"snat\"", "\"kind\":\"none\""),
+            ("\"iface\":\"br-ft\"", "\"iface\":\"br-xx\""),
+            (
+                "\"dnat\",\"from\":\"198.51.100.1:8080\"",
+                "\"dnat\",\"from\":\"198.51.100.1:8081\"",
+            ),
+            ("filter `tcp port 9000`", "filter `tcp`"),
+            (
+                "vm: --- leftovers\n",
+                "vm: --- leftovers\nfilter protocol all pref 49152 bpf\n",
+            ),
+            ("attached kfree_skb via", "attached kfree_skb by"),
+        ];
+        for (from, to) in broken {
+            assert!(CONSOLE.contains(from), "the fixture has `{from}`");
+            let o = parse(&CONSOLE.replace(from, to));
+            assert!(check(&o, "kprobe").is_err(), "`{from}` → `{to}` passed");
+        }
     }
 }
