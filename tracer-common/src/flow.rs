@@ -154,8 +154,7 @@ impl FlowKey {
         }
         let mut k = Self::zeroed();
         let ipv6 = ethertype == 0x86dd;
-        let mut fingerprint = 0;
-        let l4 = match ethertype {
+        let (l4, mut fingerprint) = match ethertype {
             0x0800 => {
                 let h = f.bytes::<20>(l3)?;
                 k.proto = h[9];
@@ -165,7 +164,7 @@ impl FlowKey {
                 k.dst = [
                     h[16], h[17], h[18], h[19], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                 ];
-                fingerprint = u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], 0, 0]);
+                let fingerprint = u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], 0, 0]);
                 if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
                     return Some(Parsed {
                         key: k,
@@ -175,15 +174,15 @@ impl FlowKey {
                         fingerprint,
                     });
                 }
-                l3 + u32::from(h[0] & 0xf) * 4
+                (l3 + u32::from(h[0] & 0xf) * 4, fingerprint)
             }
             0x86dd => {
                 let h = f.bytes::<8>(l3)?;
                 k.proto = h[6];
-                fingerprint = u64::from_be_bytes([h[1] & 0xf, h[2], h[3], h[4], h[5], 0, 0, 0]);
                 k.src = f.bytes::<16>(l3 + 8)?;
                 k.dst = f.bytes::<16>(l3 + 24)?;
-                l3 + 40
+                let fingerprint = u64::from_be_bytes([h[1] & 0xf, h[2], h[3], h[4], h[5], 0, 0, 0]);
+                (l3 + 40, fingerprint)
             }
             _ => return None,
         };

@@ -231,7 +231,7 @@ fn the_kernel_runs_every_translated_filter_as_libpcap_does() {
         ],
     );
     bpf_sys::set_program_slot(array.as_raw_fd(), 1, matched.as_raw_fd()).expect("slot 1");
-    let frames: Vec<_> = corpus::frames()
+    let frames: Vec<_> = corpus::all_frames()
         .into_iter()
         // The kernel test-runs only frames with a payload, and an IPv4 frame only with its
         // whole IP header (EINVAL otherwise); the unit tests cover those against libpcap.
