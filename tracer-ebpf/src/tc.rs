@@ -46,8 +46,8 @@ fn still_ours(ctx: &TcContext, t: &Tracked) -> bool {
     if now.key != t.origin {
         let back = now.key.reversed();
         // SAFETY: a lookup with a stack key; the value is not kept.
-        if unsafe { FLOWS.get(&back).is_none() } {
-            let _ = FLOWS.insert(&back, &t.origin.reversed(), 0);
+        if unsafe { FLOWS.get(back).is_none() } {
+            let _ = FLOWS.insert(back, t.origin.reversed(), 0);
         }
     }
     true
@@ -57,8 +57,7 @@ fn still_ours(ctx: &TcContext, t: &Tracked) -> bool {
 pub fn observe(ctx: &TcContext, direction: u8) -> i32 {
     let skb: *mut __sk_buff = ctx.skb.skb;
     // SAFETY: `skb` is the program's context; these loads are rewritten by the verifier.
-    let (ifindex, len, mark, protocol) =
-        unsafe { ((*skb).ifindex, (*skb).len, (*skb).mark, (*skb).protocol) };
+    let (ifindex, len) = unsafe { ((*skb).ifindex, (*skb).len) };
 
     let key = PointKey::new(ifindex, direction);
     let counter = HOP_COUNTERS.get_ptr_mut(key);
@@ -78,10 +77,10 @@ pub fn observe(ctx: &TcContext, direction: u8) -> i32 {
             // SAFETY: the map's entry for this skb; LRU entries stay valid during the program.
             if still_ours(ctx, unsafe { &*t }) {
                 // Tracked already (the lookup refreshed its LRU position): nothing to insert.
-                return report(skb, ifindex, len, mark, protocol, direction, counter, None);
+                return report(ctx, direction, counter, None);
             }
             // Another packet at a freed packet's address: it is judged on its own.
-            let _ = TRACKED.remove(&(skb as u64));
+            let _ = TRACKED.remove(skb as u64);
         }
         let slot = if direction == Direction::Ingress as u8 {
             FILTER_SLOT_INGRESS
@@ -90,19 +89,10 @@ pub fn observe(ctx: &TcContext, direction: u8) -> i32 {
         };
         // SAFETY: the context is this program's own. On a match the filter tail-calls
         // `observe_matched`, else `observe_miss`; if the slot is empty, nothing is reported.
-        let _ = unsafe { FILTER_PROGS.tail_call(ctx, slot) };
+        unsafe { FILTER_PROGS.tail_call(ctx, slot) };
         return TC_ACT_UNSPEC;
     }
-    report(
-        skb,
-        ifindex,
-        len,
-        mark,
-        protocol,
-        direction,
-        counter,
-        Some(&UNFILTERED),
-    )
+    report(ctx, direction, counter, Some(&UNFILTERED))
 }
 
 /// Where the translated filter tail-calls on a match: follow the flow, report the packet
@@ -111,20 +101,10 @@ pub fn observe(ctx: &TcContext, direction: u8) -> i32 {
 pub fn observe_matched(ctx: &TcContext, direction: u8) -> i32 {
     let skb: *mut __sk_buff = ctx.skb.skb;
     // SAFETY: as in `observe`.
-    let (ifindex, len, mark, protocol) =
-        unsafe { ((*skb).ifindex, (*skb).len, (*skb).mark, (*skb).protocol) };
+    let ifindex = unsafe { (*skb).ifindex };
     let t = Tracked::matched(FlowKey::parse_frame(&Skb(ctx)));
     let counter = HOP_COUNTERS.get_ptr_mut(PointKey::new(ifindex, direction));
-    report(
-        skb,
-        ifindex,
-        len,
-        mark,
-        protocol,
-        direction,
-        counter,
-        Some(&t),
-    )
+    report(ctx, direction, counter, Some(&t))
 }
 
 /// Where the ingress filter tail-calls when the packet as it is does not match: if `FLOWS`
@@ -137,7 +117,7 @@ pub fn observe_miss(ctx: &TcContext) -> i32 {
         return TC_ACT_UNSPEC;
     };
     // SAFETY: a lookup with a stack key; the value is copied out.
-    let Some(after) = (unsafe { FLOWS.get(&p.key) }).copied() else {
+    let Some(after) = (unsafe { FLOWS.get(p.key) }).copied() else {
         return TC_ACT_UNSPEC;
     };
     let Some(view) = VIEW.get_ptr_mut(0) else {
@@ -168,22 +148,22 @@ pub fn observe_miss(ctx: &TcContext) -> i32 {
         }
         (*view).len = below as u32 + 1;
         after.write_into(&p, &mut (*view).data);
-        let _ = FILTER_PROGS.tail_call(ctx, VIEW_FILTER_SLOT);
+        FILTER_PROGS.tail_call(ctx, VIEW_FILTER_SLOT);
     }
     TC_ACT_UNSPEC
 }
 
 #[inline(always)]
 fn report(
-    skb: *mut __sk_buff,
-    ifindex: u32,
-    len: u32,
-    mark: u32,
-    protocol: u32,
+    ctx: &TcContext,
     direction: u8,
     counter: Option<*mut tracer_common::HopCounter>,
     track: Option<&Tracked>,
 ) -> i32 {
+    let skb: *mut __sk_buff = ctx.skb.skb;
+    // SAFETY: `skb` is the program's context; these loads are rewritten by the verifier.
+    let (ifindex, len, mark, protocol) =
+        unsafe { ((*skb).ifindex, (*skb).len, (*skb).mark, (*skb).protocol) };
     // Let the netfilter and drop programs, and the next hops, know this packet is ours.
     if let Some(t) = track {
         let _ = TRACKED.insert(skb as u64, t, 0);
