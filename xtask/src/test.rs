@@ -2,7 +2,8 @@
 //! run the unit tests (no root), then bring the lab up, run the privileged end-to-end tests
 //! serially against it, and tear the lab down whatever happened; finally boot Debian's 6.1
 //! and 6.12 kernels in QEMU and run flowtrace there (`cargo xtask vm-test`), where the
-//! fallback attach paths this kernel refuses can run.
+//! fallback attach paths this kernel refuses can run, and the same Docker-shaped guest on this
+//! kernel in a throwaway namespace (`--kernel host`).
 
 use anyhow::{bail, Result};
 
@@ -110,7 +111,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
     result?;
     if !args.no_vm && args.filter.is_none() {
         crate::vm::run(&crate::vm::VmTestArgs {
-            kernels: vec!["6.1".into(), "6.12".into()],
+            kernels: vec!["6.1".into(), "6.12".into(), "host".into()],
             nf_attach: vec!["auto".into(), "fexit".into(), "kprobe".into()],
             no_build: false,
         })?;
