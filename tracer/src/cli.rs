@@ -40,6 +40,34 @@ pub struct ReadArgs {
     /// Replay it in the dashboard.
     #[arg(long)]
     pub tui: bool,
+
+    /// Only packets that match this tcpdump filter expression at one of their hops.
+    #[arg(
+        short = 'f',
+        long = "filter",
+        value_name = "EXPR",
+        conflicts_with = "expression"
+    )]
+    pub filter: Option<String>,
+
+    /// The filter expression as the last arguments, as `tcpdump -r FILE EXPRESSION` takes it.
+    #[arg(value_name = "EXPRESSION")]
+    pub expression: Vec<String>,
+}
+
+impl ReadArgs {
+    /// The filter expression, from `-f` or the trailing words; None when there is none.
+    pub fn filter_expression(&self) -> Option<String> {
+        expression_of(&self.filter, &self.expression)
+    }
+}
+
+fn expression_of(flag: &Option<String>, words: &[String]) -> Option<String> {
+    let expr = match flag {
+        Some(f) => f.clone(),
+        None => words.join(" "),
+    };
+    (!expr.trim().is_empty()).then_some(expr)
 }
 
 #[derive(Debug, Clone, Args)]
@@ -148,11 +176,7 @@ pub struct TraceArgs {
 impl TraceArgs {
     /// The filter expression, from `-f` or the trailing words; None when there is none.
     pub fn filter_expression(&self) -> Option<String> {
-        let expr = match &self.filter {
-            Some(f) => f.clone(),
-            None => self.expression.join(" "),
-        };
-        (!expr.trim().is_empty()).then_some(expr)
+        expression_of(&self.filter, &self.expression)
     }
 }
 

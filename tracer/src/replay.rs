@@ -19,6 +19,7 @@ use crate::{
         record::TAG,
         Format, Summary,
     },
+    pcapfilter::libpcap::Program,
     probe::counters::HopTotals,
     tui::{Feed, HopCount},
 };
@@ -28,6 +29,8 @@ struct Partial {
     head: Option<Value>,
     hops: BTreeMap<u64, Value>,
     total: u64,
+    /// The filter expression matched one of its hops' frames.
+    matched: bool,
 }
 
 impl Partial {
@@ -135,8 +138,13 @@ struct Walked {
     incomplete: usize,
 }
 
-/// Calls `each` with every packet of the recording at `path`, in order.
-fn walk(path: &Path, mut each: impl FnMut(Value) -> Result<()>) -> Result<Walked> {
+/// Calls `each` with every packet of the recording at `path`, in order; with a filter, only
+/// those it matches at one of their Ethernet hops (as a live run with that filter shows them).
+fn walk(
+    path: &Path,
+    filter: Option<&Program>,
+    mut each: impl FnMut(Value) -> Result<()>,
+) -> Result<Walked> {
     let file =
         File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
     let mut reader = Reader::new(BufReader::new(file));
@@ -144,6 +152,10 @@ fn walk(path: &Path, mut each: impl FnMut(Value) -> Result<()>) -> Result<Walked
     let mut tally = Tally::default();
     let mut blocks = 0u64;
     let mut truncated = None;
+    // Each section's interfaces' link types: the filter is compiled for Ethernet.
+    let mut linktypes: Vec<u16> = Vec::new();
+    // flowtrace records read, shown or not.
+    let mut records = 0u64;
     loop {
         let block = match reader.next_block() {
             Ok(Some(b)) => b,
@@ -155,14 +167,33 @@ fn walk(path: &Path, mut each: impl FnMut(Value) -> Result<()>) -> Result<Walked
             Err(e) => return Err(bad(path, e.to_string())),
         };
         blocks += 1;
-        let Block::Packet { comments, .. } = block else {
-            continue;
+        let (comments, frame) = match block {
+            Block::Section { .. } => {
+                linktypes.clear();
+                continue;
+            }
+            Block::Interface { linktype, .. } => {
+                linktypes.push(linktype);
+                continue;
+            }
+            Block::Other { .. } => continue,
+            Block::Packet {
+                comments,
+                data,
+                orig_len,
+                interface,
+                ..
+            } => {
+                let ethernet = linktypes.get(interface as usize) == Some(&LINKTYPE_ETHERNET);
+                (comments, ethernet.then_some((data, orig_len)))
+            }
         };
         let Some(machine) = comments.iter().find_map(|c| c.strip_prefix(TAG)) else {
             continue;
         };
         let rec: Value = serde_json::from_str(machine)
             .map_err(|e| bad(path, format!("a flowtrace comment is not valid JSON ({e})")))?;
+        records += 1;
         if rec["type"] == "lost" {
             tally.lost += rec["count"].as_u64().unwrap_or(0);
             each(rec)?;
@@ -181,16 +212,25 @@ fn walk(path: &Path, mut each: impl FnMut(Value) -> Result<()>) -> Result<Walked
             p.head = Some(head.clone());
         }
         p.hops.insert(hop, rec["data"].clone());
+        if let (Some(f), Some((data, len))) = (filter, &frame) {
+            p.matched |= f.matches_captured(data, *len);
+        }
         if p.complete() {
+            let shown = filter.is_none() || p.matched;
             if let Some(v) = partial.remove(&pkt).and_then(Partial::into_packet) {
-                tally.add(&v);
-                each(v)?;
+                if shown {
+                    tally.add(&v);
+                    each(v)?;
+                }
             }
         }
     }
     // Packets cut short by the end of the file: what was recorded of them.
     let incomplete = partial.len();
     for (_, p) in partial {
+        if filter.is_some() && !p.matched {
+            continue;
+        }
         if let Some(v) = p.into_packet() {
             tally.add(&v);
             each(v)?;
@@ -199,7 +239,7 @@ fn walk(path: &Path, mut each: impl FnMut(Value) -> Result<()>) -> Result<Walked
     if blocks == 0 {
         return Err(bad(path, "it holds no blocks"));
     }
-    if tally.packets == 0 && truncated.is_none() {
+    if records == 0 && truncated.is_none() {
         return Err(bad(
             path,
             "it holds no flowtrace records (was it written by `flowtrace --write`?)",
@@ -223,15 +263,26 @@ fn warn_truncated(w: &Walked) {
     }
 }
 
+/// `LINKTYPE_ETHERNET`.
+const LINKTYPE_ETHERNET: u16 = 1;
+
+fn compile(args: &ReadArgs) -> Result<Option<Program>> {
+    Ok(args
+        .filter_expression()
+        .map(|e| Program::compile(&e))
+        .transpose()?)
+}
+
 pub fn read(args: &ReadArgs) -> Result<()> {
     let format = if args.json {
         Format::Json
     } else {
         Format::Text
     };
+    let filter = compile(args)?;
     let mut out = BufWriter::new(std::io::stdout());
     let werr = |e| Error::io("writing output", e);
-    let walked = walk(&args.file, |v| {
+    let walked = walk(&args.file, filter.as_ref(), |v| {
         let line = if v["type"] == "lost" {
             format.lost(v["count"].as_u64().unwrap_or(0))
         } else {
@@ -253,9 +304,10 @@ pub fn read(args: &ReadArgs) -> Result<()> {
 
 /// `flowtrace read --tui FILE`: the recording replayed into the dashboard.
 pub async fn read_tui(args: &ReadArgs) -> Result<()> {
+    let filter = compile(args)?;
     let mut packets = Vec::new();
     let mut lost = 0;
-    let walked = walk(&args.file, |v| {
+    let walked = walk(&args.file, filter.as_ref(), |v| {
         if v["type"] == "lost" {
             lost += v["count"].as_u64().unwrap_or(0);
         } else {
@@ -319,7 +371,7 @@ mod tests {
         drop(r);
 
         let mut seen = Vec::new();
-        let walked = walk(&path, |x| {
+        let walked = walk(&path, None, |x| {
             seen.push(x);
             Ok(())
         })
@@ -330,6 +382,27 @@ mod tests {
         assert_eq!(seen[1]["count"], 7);
         let summary = walked.tally.summary();
         assert_eq!((summary.packets, summary.lost), (1, 7));
+
+        // A filter, as `tcpdump -r FILE EXPR`: the SYN matches at its hops, UDP does not; the
+        // address after MASQUERADE matches at the uplink hop only, which is enough.
+        for (expr, packets) in [
+            ("tcp port 8080", 1),
+            ("udp", 0),
+            ("src host 198.51.100.1", 1),
+        ] {
+            let prog = Program::compile(expr).expect("compiles");
+            let mut n = 0;
+            let walked = walk(&path, Some(&prog), |x| {
+                n += u64::from(x["type"] == "packet");
+                Ok(())
+            })
+            .expect("walk");
+            assert_eq!(
+                (n, walked.tally.summary().packets),
+                (packets, packets),
+                "`{expr}`"
+            );
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

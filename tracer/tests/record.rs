@@ -124,6 +124,33 @@ fn a_recording_opens_in_tshark_and_replays_exactly_as_the_live_run() {
         .map(|v| v.to_string())
         .collect();
     assert_eq!(replayed, live_packets);
+
+    // With a filter expression, as `tcpdump -r FILE EXPR`: only the dropped connection.
+    let port = lab.port("drop_port").to_string();
+    let read = Command::new(env!("CARGO_BIN_EXE_flowtrace"))
+        .args(["read", "--json"])
+        .arg(&file)
+        .args(["tcp", "port", &port])
+        .output()
+        .expect("flowtrace read EXPR");
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let filtered: Vec<String> = String::from_utf8_lossy(&read.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["type"] == "packet")
+        .map(|v| v.to_string())
+        .collect();
+    let suffix = format!(":{port}\"");
+    let want: Vec<&String> = live_packets
+        .iter()
+        .filter(|p| p.contains(&suffix))
+        .collect();
+    assert!(!want.is_empty() && want.len() < live_packets.len());
+    assert_eq!(filtered.iter().collect::<Vec<_>>(), want);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
