@@ -95,8 +95,8 @@ pub fn observe(ctx: &TcContext, direction: u8) -> i32 {
     report(ctx, direction, counter, Some(&UNFILTERED))
 }
 
-/// Where the translated filter tail-calls on a match: follow the flow, report the packet
-/// (it was counted before the filter ran).
+/// Where the translated filter tail-calls on a match: remember the packet's tuple and
+/// fingerprint here, and report it (it was counted before the filter ran).
 #[inline(always)]
 pub fn observe_matched(ctx: &TcContext, direction: u8) -> i32 {
     let skb: *mut __sk_buff = ctx.skb.skb;
@@ -131,22 +131,10 @@ pub fn observe_miss(ctx: &TcContext) -> i32 {
         } else {
             VIEW_LEN as u32
         };
-        if want == 0 {
+        if !load_head(skb, (*view).data.as_mut_ptr(), want, VIEW_LEN as u64 - 1) {
             return TC_ACT_UNSPEC;
         }
-        // As in `emit`: a length the verifier can bound below by 1.
-        let below = u64::from(want - 1);
-        let below = core::ptr::read_volatile(&below) & (VIEW_LEN as u64 - 1);
-        let loaded = bpf_skb_load_bytes(
-            skb as *const _,
-            0,
-            (*view).data.as_mut_ptr() as *mut _,
-            (below + 1) as u32,
-        );
-        if loaded != 0 {
-            return TC_ACT_UNSPEC;
-        }
-        (*view).len = below as u32 + 1;
+        (*view).len = want;
         after.write_into(&p, &mut (*view).data);
         FILTER_PROGS.tail_call(ctx, VIEW_FILTER_SLOT);
     }
@@ -210,19 +198,7 @@ fn emit(
         h.protocol = protocol as u16;
         h.direction = direction;
         h._pad = [0; 5];
-        // Older verifiers (6.1) need the length's lower bound proven ≥ 1, which a `cap > 0`
-        // test does not give them: 1 + ((cap - 1) & mask) is in [1, MAX_SNAP] by arithmetic.
-        let copied = cap > 0 && {
-            let below = u64::from(cap - 1);
-            // Masked after the opaque read, so the mask stays in the program.
-            let below = core::ptr::read_volatile(&below) & (MAX_SNAP as u64 - 1);
-            bpf_skb_load_bytes(
-                skb as *const _,
-                0,
-                (*ev).data.as_mut_ptr() as *mut _,
-                (below + 1) as u32,
-            ) == 0
-        };
+        let copied = load_head(skb, (*ev).data.as_mut_ptr(), cap, MAX_SNAP as u64 - 1);
         let cap = if copied { cap } else { 0 };
         h.cap_len = cap;
         let record = core::slice::from_raw_parts(ev as *const u8, TC_HEAD_LEN + cap as usize);
@@ -232,4 +208,21 @@ fn emit(
         }
         sent
     }
+}
+
+/// Copies the packet's first `n` bytes (0 < n ≤ mask + 1) to `to`. Older verifiers (6.1) need
+/// the length's lower bound proven ≥ 1, which an `n > 0` test does not give them:
+/// 1 + ((n - 1) & mask) is in [1, mask + 1] by arithmetic, masked after an opaque read so that
+/// the mask stays in the program.
+///
+/// # Safety
+/// `to` must have room for `mask + 1` bytes; `skb` is the program's context.
+#[inline(always)]
+unsafe fn load_head(skb: *mut __sk_buff, to: *mut u8, n: u32, mask: u64) -> bool {
+    if n == 0 {
+        return false;
+    }
+    let below = u64::from(n - 1);
+    let below = core::ptr::read_volatile(&below) & mask;
+    bpf_skb_load_bytes(skb as *const _, 0, to as *mut _, (below + 1) as u32) == 0
 }

@@ -11,8 +11,9 @@ pub struct PacketFilter {
     pub protos: Vec<Proto>,
     pub hosts: Vec<IpAddr>,
     pub ports: Vec<u16>,
-    /// A tcpdump expression. The kernel sends every packet of a flow it follows; user space
-    /// keeps those that match at one of their hops, as tcpdump would have matched them there.
+    /// A tcpdump expression, already run in the kernel. Here a packet is kept only if libpcap
+    /// matches it at one of its hops: the safety net for an sk_buff address the kernel reused
+    /// before flowtrace saw its first packet freed.
     pub pcap: Option<Arc<Program>>,
 }
 

@@ -140,7 +140,7 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         Some(f) => {
             let k = pcap_filter::install(&mut ebpf, f)?;
             notes.say(format!(
-                "filter `{}`: libpcap's {} classic BPF instructions run as {} eBPF instructions in the tc programs, before the ring buffer; the flows of matching packets are followed across NAT",
+                "filter `{}`: libpcap's {} classic BPF instructions run as {} eBPF instructions in the tc programs, before the ring buffer; a matching packet is followed across NAT, and so is its reply from before de-NAT",
                 f.expr,
                 f.classic.len(),
                 k.instructions
