@@ -39,6 +39,27 @@ fn warnings(stderr: &str) -> Vec<&str> {
         .collect()
 }
 
+/// `flowtrace read --json FILE EXPRESSION…`: its packets, one JSON text each.
+fn read_packets(file: &std::path::Path, expression: &[&str]) -> Vec<String> {
+    let read = Command::new(env!("CARGO_BIN_EXE_flowtrace"))
+        .args(["read", "--json"])
+        .arg(file)
+        .args(expression)
+        .output()
+        .expect("flowtrace read");
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    String::from_utf8_lossy(&read.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["type"] == "packet")
+        .map(|v| v.to_string())
+        .collect()
+}
+
 #[test]
 #[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
 fn a_recording_opens_in_tshark_and_replays_exactly_as_the_live_run() {
@@ -107,43 +128,11 @@ fn a_recording_opens_in_tshark_and_replays_exactly_as_the_live_run() {
     assert_eq!(per_iface, want);
 
     // flowtrace read prints exactly what the live run printed.
-    let read = Command::new(env!("CARGO_BIN_EXE_flowtrace"))
-        .args(["read", "--json"])
-        .arg(&file)
-        .output()
-        .expect("flowtrace read");
-    assert!(
-        read.status.success(),
-        "{}",
-        String::from_utf8_lossy(&read.stderr)
-    );
-    let replayed: Vec<String> = String::from_utf8_lossy(&read.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["type"] == "packet")
-        .map(|v| v.to_string())
-        .collect();
-    assert_eq!(replayed, live_packets);
+    assert_eq!(read_packets(&file, &[]), live_packets);
 
     // With a filter expression, as `tcpdump -r FILE EXPR`: only the dropped connection.
     let port = lab.port("drop_port").to_string();
-    let read = Command::new(env!("CARGO_BIN_EXE_flowtrace"))
-        .args(["read", "--json"])
-        .arg(&file)
-        .args(["tcp", "port", &port])
-        .output()
-        .expect("flowtrace read EXPR");
-    assert!(
-        read.status.success(),
-        "{}",
-        String::from_utf8_lossy(&read.stderr)
-    );
-    let filtered: Vec<String> = String::from_utf8_lossy(&read.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["type"] == "packet")
-        .map(|v| v.to_string())
-        .collect();
+    let filtered = read_packets(&file, &["tcp", "port", &port]);
     let suffix = format!(":{port}\"");
     let want: Vec<&String> = live_packets
         .iter()
