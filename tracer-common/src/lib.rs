@@ -11,6 +11,7 @@ pub mod event;
 pub mod flow;
 pub mod netfilter;
 pub mod offsets;
+pub mod scope;
 
 pub use counters::{HopCounter, PointKey};
 pub use event::{

@@ -33,6 +33,8 @@ pub const BETWEEN: [(&str, i32); 7] = [
 
 /// IPv4 netfilter hooks (`enum nf_inet_hooks`).
 pub const HOOK_NAMES: [&str; 5] = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
+pub const HOOK_PREROUTING: u8 = 0;
+pub const HOOK_OUTPUT: u8 = 3;
 
 /// `NFPROTO_IPV4`.
 pub const NFPROTO_IPV4: u8 = 2;

@@ -8,6 +8,7 @@ mod drops;
 mod kread;
 mod maps;
 mod netfilter;
+mod scope;
 mod tc;
 
 use aya_ebpf::{

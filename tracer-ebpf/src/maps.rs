@@ -3,10 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
 };
 use tracer_common::{
     flow::{FlowKey, Tracked, View, FILTER_SLOTS},
+    scope::{ScopeAddr, MAX_SCOPE_ADDRS, MAX_SCOPE_POINTS, MAX_SCOPE_PORTS},
     HopCounter, Offsets, PointKey, TcEvent, DEFAULT_SNAP,
 };
 
@@ -25,13 +26,25 @@ pub static HOP_COUNTERS: PerCpuHashMap<PointKey, HopCounter> =
 #[map(name = "TRACKED")]
 pub static TRACKED: LruHashMap<u64, Tracked> = LruHashMap::with_max_entries(65_536, 0);
 
+/// The scope (`tracer_common::scope`), written by user space: interfaces where everything is
+/// in scope (flags), the traced containers' addresses, their published ports.
+#[map(name = "SCOPE_POINTS")]
+pub static SCOPE_POINTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_SCOPE_POINTS, 0);
+
+#[map(name = "SCOPE_ADDRS")]
+pub static SCOPE_ADDRS: HashMap<ScopeAddr, u32> = HashMap::with_max_entries(MAX_SCOPE_ADDRS, 0);
+
+#[map(name = "SCOPE_PORTS")]
+pub static SCOPE_PORTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_SCOPE_PORTS, 0);
+
 /// With a filter expression: the translated filters (loaded by user space from libpcap's
 /// compilation) and the programs they tail-call on a match; see `tracer_common::flow`.
 #[map(name = "FILTER_PROGS")]
 pub static FILTER_PROGS: ProgramArray = ProgramArray::with_max_entries(FILTER_SLOTS, 0);
 
-/// With a filter expression: for a tuple of a NAT'd flow with a matching packet, the tuple its
-/// packets will have after NAT (see `tracer_common::flow`).
+/// For a tuple of a NAT'd flow with a tracked packet, the tuple its packets will have after
+/// NAT (see `tracer_common::flow`): such a packet is in scope, and with a filter expression
+/// it is filtered on that view.
 #[map(name = "FLOWS")]
 pub static FLOWS: LruHashMap<FlowKey, FlowKey> = LruHashMap::with_max_entries(65_536, 0);
 

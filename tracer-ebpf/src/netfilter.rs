@@ -1,13 +1,15 @@
 //! Netfilter observers (BPF_PROG_TYPE_NETFILTER): one program per priority slot, attached at
-//! every IPv4 hook by `tracer/src/probe/netfilter.rs`. They report tracked packets only, copy
-//! the first bytes from the IP header, and always return NF_ACCEPT.
+//! every IPv4 hook by `tracer/src/probe/netfilter.rs`. They report tracked packets, and those
+//! in scope at the entry of PREROUTING and OUTPUT (`scope.rs`), copy the first bytes from the
+//! IP header, and always return NF_ACCEPT.
 
 use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel_buf};
 use tracer_common::{EventKind, NfEvent, SNAP_LEN};
 
 use crate::{
     kread::{field, ifindex},
-    maps::{offsets, tracked, EVENTS},
+    maps::{offsets, tracked, EVENTS, TRACKED, UNFILTERED},
+    scope,
 };
 
 const NF_ACCEPT: i32 = 1;
@@ -19,8 +21,14 @@ const LAST_SLOT: u8 = 7;
 #[inline(always)]
 pub fn observe(ctx: *mut core::ffi::c_void, slot: u8) -> i32 {
     let ctx = ctx as *const u64;
-    // SAFETY: the verifier allows 8-byte reads of both context fields.
-    let (state, skb) = unsafe { (*ctx, *ctx.add(1)) };
+    // SAFETY: the verifier allows 8-byte reads of both context fields. The skb is read as a
+    // number (a trusted pointer may not be split into the bytes of a map key).
+    let (state, skb) = unsafe {
+        (
+            *ctx,
+            aya_ebpf::helpers::bpf_probe_read_kernel(ctx.add(1)).unwrap_or(0),
+        )
+    };
     observe_at(state, skb, slot);
     NF_ACCEPT
 }
@@ -36,12 +44,17 @@ pub fn observe_hook(skb: u64, state: u64, entry: bool) {
 
 #[inline(always)]
 fn observe_at(state: u64, skb: u64, slot: u8) {
-    if !tracked(skb) {
-        return;
-    }
     let off = offsets();
     if off.valid == 0 {
         return;
+    }
+    if !tracked(skb) {
+        // Not seen by a tc observer: in scope only if it is to or from a traced container
+        // (it came in by an interface flowtrace is not attached to, or the host sent it).
+        if !scope::at_netfilter(skb, state, slot, &off) {
+            return;
+        }
+        let _ = TRACKED.insert(skb, &UNFILTERED, 0);
     }
     let Some(mut entry) = EVENTS.reserve::<NfEvent>(0) else {
         return;

@@ -14,30 +14,48 @@ use tracer_common::{
     Direction, EventKind, PointKey, MAX_SNAP, TC_HEAD_LEN,
 };
 
-use crate::maps::{
-    emit_events, filtering, snaplen, tracked_entry, EVENTS, FILTER_PROGS, FLOWS, HOP_COUNTERS,
-    RING_FILL, TC_SCRATCH, TRACKED, UNFILTERED, VIEW,
+use crate::{
+    maps::{
+        emit_events, filtering, snaplen, tracked_entry, EVENTS, FILTER_PROGS, FLOWS, HOP_COUNTERS,
+        RING_FILL, TC_SCRATCH, TRACKED, VIEW,
+    },
+    scope,
 };
 
-struct Skb<'a>(&'a TcContext);
+/// Reads the frame of the sk_buff a tc program runs on. The helpers below take the context
+/// pointer itself and are not inlined: each is a BPF subprogram with its own stack frame, so
+/// parsing a frame twice (is it still ours? is it in scope?) fits the 512-byte stack.
+struct Skb(*mut __sk_buff);
 
-impl Frame for Skb<'_> {
+impl Frame for Skb {
     #[inline(always)]
     fn bytes<const N: usize>(&self, offset: u32) -> Option<[u8; N]> {
-        self.0.load::<[u8; N]>(offset as usize).ok()
+        let mut out = [0u8; N];
+        // SAFETY: `self.0` is the program's context; the helper bounds-checks the read.
+        let r = unsafe {
+            bpf_skb_load_bytes(
+                self.0 as *const _,
+                offset,
+                out.as_mut_ptr() as *mut _,
+                N as u32,
+            )
+        };
+        (r == 0).then_some(out)
     }
 }
 
-/// With a filter, a tracked sk_buff at a later hop: is it still the packet that matched (its
-/// address may have been reused, see `Tracked::same_packet`)? If it is and NAT rewrote its
-/// tuple since it matched, note how its replies will look once NAT has undone that (see
-/// `tracer_common::flow`).
-#[inline(always)]
-fn still_ours(ctx: &TcContext, t: &Tracked) -> bool {
+/// A tracked sk_buff at a later hop: is it still the packet that was taken in (its address may
+/// have been reused, see `Tracked::same_packet`)? If it is and NAT rewrote its tuple since,
+/// note how its replies will look once NAT has undone that (see `tracer_common::flow`): they
+/// are in scope, and a filter runs on that view.
+#[inline(never)]
+fn still_ours(skb: *mut __sk_buff, t: *const Tracked) -> bool {
+    // SAFETY: the map's entry for this skb; LRU entries stay valid during the program.
+    let t = unsafe { &*t };
     if t.has_origin == 0 {
         return true;
     }
-    let Some(now) = FlowKey::parse_frame(&Skb(ctx)) else {
+    let Some(now) = FlowKey::parse_frame(&Skb(skb)) else {
         return true;
     };
     if !t.same_packet(&now) {
@@ -51,6 +69,20 @@ fn still_ours(ctx: &TcContext, t: &Tracked) -> bool {
         }
     }
     true
+}
+
+/// Takes the packet in: its tuple and fingerprint here are its origin, and the netfilter and
+/// drop programs, and the next hops, will know it is ours.
+#[inline(never)]
+fn track(skb: *mut __sk_buff) {
+    let t = Tracked::matched(FlowKey::parse_frame(&Skb(skb)));
+    let _ = TRACKED.insert(skb as u64, &t, 0);
+}
+
+/// Is this packet, not tracked yet, one of the traced containers'? (`scope.rs`)
+#[inline(never)]
+fn in_scope(skb: *mut __sk_buff, ifindex: u32, direction: u8) -> bool {
+    scope::at_tc(&Skb(skb), ifindex, direction)
 }
 
 #[inline(always)]
@@ -72,16 +104,19 @@ pub fn observe(ctx: &TcContext, direction: u8) -> i32 {
     if !emit_events() {
         return TC_ACT_UNSPEC;
     }
-    if filtering() {
-        if let Some(t) = tracked_entry(skb as u64) {
-            // SAFETY: the map's entry for this skb; LRU entries stay valid during the program.
-            if still_ours(ctx, unsafe { &*t }) {
-                // Tracked already (the lookup refreshed its LRU position): nothing to insert.
-                return report(ctx, direction, counter, None);
-            }
-            // Another packet at a freed packet's address: it is judged on its own.
-            let _ = TRACKED.remove(skb as u64);
+    if let Some(t) = tracked_entry(skb as u64) {
+        if still_ours(skb, t) {
+            // Tracked already (the lookup refreshed its LRU position): nothing to insert.
+            return report(ctx, direction, counter);
         }
+        // Another packet at a freed packet's address: it is judged on its own.
+        let _ = TRACKED.remove(skb as u64);
+    }
+    // Not one of the traced containers' packets: counted, nothing more.
+    if !in_scope(skb, ifindex, direction) {
+        return TC_ACT_UNSPEC;
+    }
+    if filtering() {
         let slot = if direction == Direction::Ingress as u8 {
             FILTER_SLOT_INGRESS
         } else {
@@ -92,7 +127,8 @@ pub fn observe(ctx: &TcContext, direction: u8) -> i32 {
         unsafe { FILTER_PROGS.tail_call(ctx, slot) };
         return TC_ACT_UNSPEC;
     }
-    report(ctx, direction, counter, Some(&UNFILTERED))
+    track(skb);
+    report(ctx, direction, counter)
 }
 
 /// Where the translated filter tail-calls on a match: remember the packet's tuple and
@@ -102,9 +138,9 @@ pub fn observe_matched(ctx: &TcContext, direction: u8) -> i32 {
     let skb: *mut __sk_buff = ctx.skb.skb;
     // SAFETY: as in `observe`.
     let ifindex = unsafe { (*skb).ifindex };
-    let t = Tracked::matched(FlowKey::parse_frame(&Skb(ctx)));
+    track(skb);
     let counter = HOP_COUNTERS.get_ptr_mut(PointKey::new(ifindex, direction));
-    report(ctx, direction, counter, Some(&t))
+    report(ctx, direction, counter)
 }
 
 /// Where the ingress filter tail-calls when the packet as it is does not match: if `FLOWS`
@@ -113,7 +149,7 @@ pub fn observe_matched(ctx: &TcContext, direction: u8) -> i32 {
 #[inline(always)]
 pub fn observe_miss(ctx: &TcContext) -> i32 {
     let skb: *mut __sk_buff = ctx.skb.skb;
-    let Some(p) = FlowKey::parse_frame(&Skb(ctx)) else {
+    let Some(p) = FlowKey::parse_frame(&Skb(skb)) else {
         return TC_ACT_UNSPEC;
     };
     // SAFETY: a lookup with a stack key; the value is copied out.
@@ -142,21 +178,11 @@ pub fn observe_miss(ctx: &TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn report(
-    ctx: &TcContext,
-    direction: u8,
-    counter: Option<*mut tracer_common::HopCounter>,
-    track: Option<&Tracked>,
-) -> i32 {
+fn report(ctx: &TcContext, direction: u8, counter: Option<*mut tracer_common::HopCounter>) -> i32 {
     let skb: *mut __sk_buff = ctx.skb.skb;
     // SAFETY: `skb` is the program's context; these loads are rewritten by the verifier.
     let (ifindex, len, mark, protocol) =
         unsafe { ((*skb).ifindex, (*skb).len, (*skb).mark, (*skb).protocol) };
-    // Let the netfilter and drop programs, and the next hops, know this packet is ours.
-    if let Some(t) = track {
-        let _ = TRACKED.insert(skb as u64, t, 0);
-    }
-
     if !emit(skb, ifindex, len, mark, protocol, direction) {
         if let Some(c) = counter {
             // SAFETY: a per-CPU value, no concurrent writer on this CPU.

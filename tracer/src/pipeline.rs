@@ -12,7 +12,8 @@ use crate::{
     },
     events::{clock::WallClock, decode::Observation},
     filter::PacketFilter,
-    output::{json, record::Recorder, Format, Summary},
+    output::{json, record::Recorder, Discarded, Format, Summary},
+    target::scope::Scope,
 };
 
 /// Idle time after which a packet is considered complete (it crosses the host in µs).
@@ -38,7 +39,11 @@ pub struct Pipeline {
     /// The dashboard: packets go there instead of stdout.
     pub tui: Option<tokio::sync::mpsc::Sender<crate::tui::Feed>>,
     pub shown: u64,
-    pub untraced: u64,
+    /// What the kernel's scope holds: the traced addresses name the packets that never reach
+    /// a traced veth.
+    scope: Scope,
+    /// Packets not shown, by why.
+    pub discarded: Discarded,
     pub flows_seen: u64,
     pub drops: u64,
     /// Completed packets as the correlator hands them over…
@@ -93,7 +98,8 @@ impl Pipeline {
             limit: None,
             tui: None,
             shown: 0,
-            untraced: 0,
+            scope: Scope::default(),
+            discarded: Discarded::default(),
             flows_seen: 0,
             drops: 0,
             done: Vec::new(),
@@ -130,6 +136,11 @@ impl Pipeline {
             r.lost(now_ns, count)?;
         }
         Ok(())
+    }
+
+    /// The targets' scope changed (at start-up, and when a container restarts).
+    pub fn set_scope(&mut self, scope: Scope) {
+        self.scope = scope;
     }
 
     /// `--count` packets have been shown.
@@ -183,8 +194,18 @@ impl Pipeline {
             packets: self.shown,
             flows: self.flows_seen,
             drops: self.drops,
+            discarded: self.discarded(),
             ..Summary::default()
         })
+    }
+
+    /// What was not shown, so far (the ring buffer's malformed records are the reader's).
+    pub fn discarded(&self) -> Discarded {
+        Discarded {
+            forced: self.correlator.forced,
+            evicted: self.flows.evicted,
+            ..self.discarded
+        }
     }
 
     /// Prints completed packets in time order: those that started before every packet still
@@ -201,21 +222,25 @@ impl Pipeline {
             .peek()
             .is_some_and(|Reverse(c)| c.key.0 < watermark)
         {
-            let Some(Reverse(Completed { packet: p, .. })) = self.ready.pop() else {
+            let Some(Reverse(Completed { packet: mut p, .. })) = self.ready.pop() else {
                 break;
             };
             if self.reached_limit() {
                 break;
             }
             let points = self.correlator.points();
+            let scope = &self.scope;
+            p.owner = p.resolve_owner(points, |a| scope.owner(a));
             // With containers to trace, only their packets; with bare interfaces (`--iface`
-            // alone), every packet seen there.
+            // alone), every packet seen there. The kernel decided the scope already: what
+            // arrives here untraced is counted.
             let has_containers = points.values().any(|x| x.container.is_some());
-            if has_containers && p.container_hop(points).is_none() {
-                self.untraced += 1;
+            if has_containers && p.owner.is_none() {
+                self.discarded.untraced += 1;
                 continue;
             }
             if !self.filter.matches(&p) {
+                self.discarded.filtered += 1;
                 continue;
             }
             let e = self.explainer.explain(p, points);

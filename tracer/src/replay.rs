@@ -120,6 +120,7 @@ impl Tally {
                     lost: 0,
                 })
                 .collect(),
+            discarded: Default::default(),
         }
     }
 }

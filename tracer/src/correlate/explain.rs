@@ -216,6 +216,7 @@ mod tests {
             .collect();
         Packet {
             skb: 1,
+            owner: None,
             hops: Vec::new(),
             nf,
             end: Some(EndObservation {
@@ -270,6 +271,7 @@ mod tests {
         ex.netns_names.insert(200, "ens_monitor_cron".into());
         let dropped_in = |netns| Packet {
             skb: 1,
+            owner: None,
             hops: Vec::new(),
             nf: Vec::new(),
             end: Some(EndObservation {
@@ -301,6 +303,7 @@ mod tests {
         let mut ex = Explainer::empty();
         let packet = Packet {
             skb: 1,
+            owner: None,
             hops: Vec::new(),
             nf: Vec::new(),
             end: None,

@@ -132,7 +132,7 @@ impl FlowTable {
 
     /// Accounts a traced packet to its flow; returns the flow's key.
     pub fn record(&mut self, p: &Packet, points: &Points, dropped: bool) -> Option<FlowKey> {
-        let (_, container) = p.container_hop(points)?;
+        let container = p.container(points)?;
         let way = p.way(points)?;
         let view = p.view(points)?;
         let key = FlowKey::new(container, &view, way);

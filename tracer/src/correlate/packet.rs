@@ -7,7 +7,7 @@
 //! leaving a container, or arriving from outside, is always a new packet), and with headers
 //! of the same flow (NAT may rewrite one side, not the protocol).
 
-use std::collections::HashMap;
+use std::{collections::HashMap, net::IpAddr};
 
 use tracer_common::Direction;
 
@@ -54,6 +54,14 @@ pub enum Way {
     ToContainer,
 }
 
+/// Whose packet this is, which way it goes, and its headers as the container sees them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub container: String,
+    pub way: Way,
+    pub view: Option<Headers>,
+}
+
 /// A packet's whole observed path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Packet {
@@ -64,15 +72,20 @@ pub struct Packet {
     pub nf: Vec<NfObservation>,
     /// How its life ended, when the kernel said so.
     pub end: Option<EndObservation>,
+    /// Set by [`Packet::resolve_owner`] once the packet is complete.
+    pub owner: Option<Owner>,
 }
 
 impl Packet {
+    /// Time of the first observation of any kind (a packet that came in by an interface
+    /// flowtrace is not attached to starts at netfilter).
     pub fn first_ts(&self) -> u64 {
-        self.hops.first().map_or(0, |h| h.ts_ns)
-    }
-
-    fn last(&self) -> Option<&Hop> {
-        self.hops.last()
+        let tc = self.hops.first().map(|h| h.ts_ns);
+        let nf = self.nf.first().map(|n| n.ts_ns);
+        match (tc, nf) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).unwrap_or(0),
+        }
     }
 
     /// Time of the latest observation of any kind.
@@ -88,7 +101,67 @@ impl Packet {
             hops: vec![hop],
             nf: Vec::new(),
             end: None,
+            owner: None,
         }
+    }
+
+    fn from_nf(obs: NfObservation) -> Self {
+        Self {
+            skb: obs.skb,
+            hops: Vec::new(),
+            nf: vec![obs],
+            end: None,
+            owner: None,
+        }
+    }
+
+    /// Decides whose packet this is: the container at whose veth it was seen; else (it never
+    /// reached a traced veth: dropped on the way in, or on the way out of another network) the
+    /// container whose address it was sent to at its last observation that says so (after
+    /// DNAT), else the one whose address it came from. `addr_owner` names the container of a
+    /// traced address.
+    pub fn resolve_owner<'a>(
+        &self,
+        points: &Points,
+        addr_owner: impl Fn(&IpAddr) -> Option<&'a str>,
+    ) -> Option<Owner> {
+        if let Some((h, c)) = self.container_hop(points) {
+            return Some(Owner {
+                container: c.to_owned(),
+                way: match h.direction {
+                    Direction::Ingress => Way::FromContainer,
+                    Direction::Egress => Way::ToContainer,
+                },
+                view: h.headers,
+            });
+        }
+        let mut seen: Vec<(u64, Headers)> = self
+            .hops
+            .iter()
+            .filter_map(|h| h.headers.map(|x| (h.ts_ns, x)))
+            .chain(
+                self.nf
+                    .iter()
+                    .filter_map(|n| n.headers.map(|x| (n.ts_ns, x))),
+            )
+            .collect();
+        seen.sort_by_key(|(ts, _)| *ts);
+        let to = seen.iter().rev().find_map(|(_, h)| {
+            addr_owner(&h.dst).map(|c| Owner {
+                container: c.to_owned(),
+                way: Way::ToContainer,
+                view: Some(*h),
+            })
+        });
+        to.or_else(|| {
+            seen.iter().find_map(|(_, h)| {
+                addr_owner(&h.src).map(|c| Owner {
+                    container: c.to_owned(),
+                    way: Way::FromContainer,
+                    view: Some(*h),
+                })
+            })
+        })
     }
 
     /// The first hop at a traced container's veth, with that container's name.
@@ -102,24 +175,43 @@ impl Packet {
         })
     }
 
-    /// Way relative to the container, from the direction at its veth.
+    /// The container it belongs to ([`Packet::resolve_owner`]), else the one at whose veth
+    /// it was seen.
+    pub fn container<'a>(&'a self, points: &'a Points) -> Option<&'a str> {
+        match &self.owner {
+            Some(o) => Some(&o.container),
+            None => self.container_hop(points).map(|(_, c)| c),
+        }
+    }
+
+    /// Way relative to the container: its owner's, else from the direction at its veth.
     pub fn way(&self, points: &Points) -> Option<Way> {
+        if let Some(o) = &self.owner {
+            return Some(o.way);
+        }
         self.container_hop(points).map(|(h, _)| match h.direction {
             Direction::Ingress => Way::FromContainer,
             Direction::Egress => Way::ToContainer,
         })
     }
 
-    /// The headers as the container sees them (at its veth), else the first parsed ones.
+    /// The headers as the container sees them (its owner's view, or at its veth), else the
+    /// first parsed ones.
     pub fn view(&self, points: &Points) -> Option<Headers> {
-        self.container_hop(points)
-            .and_then(|(h, _)| h.headers)
+        self.owner
+            .as_ref()
+            .and_then(|o| o.view)
+            .or_else(|| self.container_hop(points).and_then(|(h, _)| h.headers))
             .or_else(|| self.hops.iter().find_map(|h| h.headers))
+            .or_else(|| self.nf.iter().find_map(|n| n.headers))
     }
 
-    /// Frame length at the first hop.
+    /// Frame length at the first hop (for a packet only netfilter saw, its IP length).
     pub fn frame_len(&self) -> u32 {
-        self.hops.first().map_or(0, |h| h.len)
+        match self.hops.first() {
+            Some(h) => h.len,
+            None => self.nf.first().map_or(0, |n| n.len),
+        }
     }
 }
 
@@ -192,20 +284,26 @@ impl Correlator {
     pub fn push(&mut self, obs: Observation, done: &mut Vec<Packet>) {
         match obs {
             Observation::Tc(t) => self.push_tc(t, done),
-            Observation::Nf(n) => self.push_nf(n),
+            Observation::Nf(n) => self.push_nf(n, done),
             Observation::End(e) => self.push_end(e, done),
         }
     }
 
-    /// A netfilter observation joins the pending packet of its skb (netfilter observers only
-    /// report packets a tc observer saw first).
-    fn push_nf(&mut self, obs: NfObservation) {
+    /// A netfilter observation joins the pending packet of its skb; one with none starts a
+    /// packet (it came in by an interface flowtrace is not attached to, or the host sent it).
+    fn push_nf(&mut self, obs: NfObservation, done: &mut Vec<Packet>) {
         let idle = self.idle_ns;
         if let Some(p) = self.pending.get_mut(&obs.skb) {
             if obs.ts_ns.saturating_sub(p.last_ts()) <= idle {
                 p.nf.push(obs);
+                return;
             }
         }
+        if let Some(old) = self.pending.remove(&obs.skb) {
+            done.push(finish(old));
+        }
+        self.make_room(done);
+        self.pending.insert(obs.skb, Packet::from_nf(obs));
     }
 
     /// The kernel freed (or dropped) the skb: its packet is complete.
@@ -245,10 +343,7 @@ impl Correlator {
     }
 
     fn continues(&self, p: &Packet, hop: &Hop) -> bool {
-        let Some(last) = p.last() else {
-            return false;
-        };
-        if hop.ts_ns.saturating_sub(p.last_ts().max(last.ts_ns)) > self.idle_ns {
+        if hop.ts_ns.saturating_sub(p.last_ts()) > self.idle_ns {
             return false;
         }
         let role = self.points.get(&hop.ifindex).map(|p| p.role);
@@ -263,7 +358,12 @@ impl Correlator {
         {
             return false;
         }
-        let before = p.hops.iter().rev().find_map(|h| h.headers);
+        let before = p
+            .hops
+            .iter()
+            .rev()
+            .find_map(|h| h.headers)
+            .or_else(|| p.nf.iter().rev().find_map(|n| n.headers));
         match (before, hop.headers) {
             (Some(a), Some(b)) => same_packet(&a, &b),
             _ => true,
@@ -276,10 +376,7 @@ impl Correlator {
         let expired: Vec<u64> = self
             .pending
             .iter()
-            .filter(|(_, p)| {
-                p.last()
-                    .is_some_and(|h| now_ns.saturating_sub(h.ts_ns) > idle)
-            })
+            .filter(|(_, p)| now_ns.saturating_sub(p.last_ts()) > idle)
             .map(|(k, _)| *k)
             .collect();
         let mut out: Vec<Packet> = expired

@@ -191,6 +191,7 @@ mod tests {
     fn packet(nf: Vec<NfObservation>, end: Option<EndKind>) -> Packet {
         Packet {
             skb: 1,
+            owner: None,
             hops: Vec::new(),
             nf,
             end: end.map(|kind| EndObservation {

@@ -150,7 +150,7 @@ pub fn packet_model(e: &Explained, points: &Points, clock: &WallClock) -> Packet
     PacketJson {
         kind: "packet",
         time: clock.rfc3339(t0),
-        container: p.container_hop(points).map(|(_, c)| c.to_owned()),
+        container: p.container(points).map(str::to_owned),
         way: p.way(points).map(|w| match w {
             Way::FromContainer => "out",
             Way::ToContainer => "in",
@@ -205,6 +205,13 @@ pub fn summary(s: &Summary) -> Value {
         "drops": s.drops,
         "lost": s.lost,
         "hops": hops,
+        "discarded": {
+            "untraced": s.discarded.untraced,
+            "filtered": s.discarded.filtered,
+            "malformed": s.discarded.malformed,
+            "forced": s.discarded.forced,
+            "evicted": s.discarded.evicted,
+        },
     })
 }
 

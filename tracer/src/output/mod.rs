@@ -64,6 +64,25 @@ pub struct Summary {
     pub drops: u64,
     pub lost: u64,
     pub hops: Vec<HopTotals>,
+    /// What user space received and did not show, by why.
+    pub discarded: Discarded,
+}
+
+/// Observations and packets that reached user space and were not shown (or not whole).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Discarded {
+    /// Packets of no traced container (the kernel's scope let them through: an sk_buff
+    /// address reused before its free was seen, or a reply whose owner was never seen).
+    pub untraced: u64,
+    /// Packets the filter (expression, `--proto`/`--host`/`--port`) did not match in user
+    /// space after the kernel let them through.
+    pub filtered: u64,
+    /// Ring-buffer records that could not be decoded.
+    pub malformed: u64,
+    /// Packets completed early because too many were in flight (their path may be split).
+    pub forced: u64,
+    /// Flows dropped from the flow table to make room (their counts restart).
+    pub evicted: u64,
 }
 
 /// Where traced packets go: text or JSON lines.

@@ -137,6 +137,14 @@ pub fn summary(s: &Summary) -> String {
         "{} packets, {} flows, {} dropped, {} events lost",
         s.packets, s.flows, s.drops, s.lost
     );
+    let d = &s.discarded;
+    if *d != super::Discarded::default() {
+        let _ = write!(
+            out,
+            "\n  not shown: {} untraced, {} filtered, {} malformed records; {} packets completed early, {} flows evicted",
+            d.untraced, d.filtered, d.malformed, d.forced, d.evicted
+        );
+    }
     for h in &s.hops {
         let _ = write!(
             out,

@@ -10,20 +10,81 @@ use crate::{
     error::Result,
     target::{
         docker::{ContainerInfo, Docker, Lifecycle},
+        scope::ScopeChanges,
         topology::{container_path, AttachPoint, ContainerPath, HostView, Role},
     },
 };
 
+/// A container came back (or changed networks) as `path`: it replaces its old self, whose
+/// veths are forgotten (they are gone), and its new points join the attached ones.
+pub(super) fn replace(
+    containers: &mut Vec<ContainerPath>,
+    points: &mut Vec<AttachPoint>,
+    path: ContainerPath,
+    new_points: &[AttachPoint],
+) {
+    let name = path.info.name.clone();
+    let keep: BTreeSet<u32> = path.links.iter().map(|l| l.host_veth.index).collect();
+    points.retain(|p| {
+        !(p.role == Role::Veth
+            && p.container.as_deref() == Some(&name)
+            && !keep.contains(&p.ifindex))
+    });
+    points.extend(new_points.iter().cloned());
+    match containers.iter_mut().find(|c| c.info.name == name) {
+        Some(c) => *c = path,
+        None => containers.push(path),
+    }
+}
+
+/// What the kernel's scope gained and lost, for the note.
+pub(super) fn describe_changes(ch: &ScopeChanges) -> String {
+    if ch.is_empty() {
+        return "scope unchanged".into();
+    }
+    let list = |v: Vec<String>| v.join(", ");
+    let mut parts = Vec::new();
+    if !ch.add_addrs.is_empty() {
+        parts.push(format!(
+            "+{}",
+            list(ch.add_addrs.iter().map(ToString::to_string).collect())
+        ));
+    }
+    if !ch.del_addrs.is_empty() {
+        parts.push(format!(
+            "-{}",
+            list(ch.del_addrs.iter().map(ToString::to_string).collect())
+        ));
+    }
+    let port = |(proto, p): &(u8, u16)| format!("{p}/{}", if *proto == 17 { "udp" } else { "tcp" });
+    if !ch.add_ports.is_empty() {
+        parts.push(format!(
+            "+port {}",
+            list(ch.add_ports.iter().map(port).collect())
+        ));
+    }
+    if !ch.del_ports.is_empty() {
+        parts.push(format!(
+            "-port {}",
+            list(ch.del_ports.iter().map(port).collect())
+        ));
+    }
+    if parts.is_empty() {
+        parts.push("interfaces".into());
+    }
+    format!("scope updated: {}", parts.join(" "))
+}
+
 /// Waits until `name` starts (Ctrl-C or SIGTERM give up: nothing is attached yet).
 pub(super) async fn wait_for_start(docker: &Docker, name: &str) -> Result<ContainerInfo> {
     eprintln!("container {name} is not running; waiting for it to start (Ctrl-C to give up)");
-    let mut events = Box::pin(docker.lifecycle(&[name.to_owned()]));
+    let mut events = Box::pin(docker.lifecycle(&[name.to_owned()], &[]));
     let mut sigterm = signal(SignalKind::terminate()).ok();
     loop {
         tokio::select! {
             ev = events.next() => match ev {
                 Some(Lifecycle::Started { .. }) => return docker.container(name).await,
-                Some(Lifecycle::Stopped { .. }) => continue,
+                Some(Lifecycle::Stopped { .. } | Lifecycle::Networks { .. }) => continue,
                 None => return docker.container(name).await,
             },
             _ = tokio::signal::ctrl_c() => std::process::exit(130),

@@ -33,8 +33,10 @@ use crate::{
     },
     pcapfilter::CompiledFilter,
     pipeline::Pipeline,
-    probe::{btf, counters::Counters, loader, offsets, pcap_filter, tc, tc_ledger},
-    target::ruleset::Ruleset,
+    probe::{
+        btf, counters::Counters, loader, offsets, pcap_filter, scope::ScopeMaps, tc, tc_ledger,
+    },
+    target::{ruleset::Ruleset, scope::Scope},
     tui::{Feed, HopCount},
 };
 
@@ -51,7 +53,11 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
     // A bad expression is the user's first mistake to hear about: before Docker or the kernel.
-    let expression = args.filter_expression();
+    // `--proto`, `--host` and `--port` run in the kernel with the expression.
+    let expression = crate::filter::combined_expression(
+        args.filter_expression(),
+        crate::filter::criteria_expression(&args.protos, &args.hosts, &args.ports),
+    );
     let compiled = expression.as_deref().map(CompiledFilter::new).transpose()?;
     let (topo, docker) = discover(&args).await?;
     let attach_points = topo.attach_points();
@@ -135,6 +141,23 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
             counters.register(PointKey::new(p.ifindex, d as u8))?;
         }
     }
+    // Which packets are the targets': decided in the kernel, before the ring buffer.
+    let mut scope_maps = ScopeMaps::take(&mut ebpf)?;
+    let mut all_points = attach_points.clone();
+    let mut containers = topo.containers.clone();
+    let dnat = ruleset
+        .as_ref()
+        .map(crate::target::scope::dnat_rules)
+        .unwrap_or_default();
+    let scope_of = |containers: &[_], points: &[_]| {
+        let mut s = Scope::of(containers, points);
+        s.add_dnat_ports(&dnat);
+        s
+    };
+    scope_maps.set(scope_of(&containers, &all_points))?;
+    if !args.counters {
+        notes.say(scope_maps.current().describe());
+    }
     let mut stream = EventStream::take(&mut ebpf)?;
     let _kernel_filter = match &compiled {
         Some(f) => {
@@ -185,6 +208,7 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         args.flows,
         clock,
     );
+    pipeline.set_scope(scope_maps.current().clone());
     if !args.raw {
         pipeline.limit = args.count;
     }
@@ -254,10 +278,14 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         .iter()
         .map(|c| c.info.name.clone())
         .collect();
-    let mut lifecycle = docker
-        .as_ref()
-        .filter(|_| !watched.is_empty())
-        .map(|d| Box::pin(d.lifecycle(&watched)));
+    let mut lifecycle = docker.as_ref().filter(|_| !watched.is_empty()).map(|d| {
+        let ids: Vec<(String, String)> = containers
+            .iter()
+            .filter(|c| !c.info.id.is_empty())
+            .map(|c| (c.info.id.clone(), c.info.name.clone()))
+            .collect();
+        Box::pin(d.lifecycle(&watched, &ids))
+    });
     let mut attached_ifs: BTreeSet<u32> = attach_points.iter().map(|p| p.ifindex).collect();
     'run: loop {
         tokio::select! {
@@ -272,8 +300,14 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
                     Lifecycle::Stopped { name, .. } => {
                         (name.clone(), format!("container {name} stopped; waiting for it to start again"))
                     }
-                    Lifecycle::Started { name, .. } => {
+                    ev @ (Lifecycle::Started { .. } | Lifecycle::Networks { .. }) => {
+                        let networks = matches!(ev, Lifecycle::Networks { .. });
+                        let (Lifecycle::Started { name, .. } | Lifecycle::Networks { name, .. }) = ev else { continue };
                         let Some(d) = docker.as_ref() else { continue };
+                        if networks {
+                            // Docker says so a moment before the interface is in place.
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                        }
                         match churn::resolve(d, &name, &attached_ifs).await {
                             Err(e) => (name.clone(), format!("container {name} started, but cannot be traced: {e}")),
                             Ok(r) => {
@@ -288,11 +322,17 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
                                     let info = PointInfo { name: p.name.clone(), role: p.role, container: p.container.clone() };
                                     pipeline.add_point(p.ifindex, info, Some(r.path.netns.inode as u32));
                                 }
+                                // The scope follows: its veths, addresses and published ports now.
+                                churn::replace(&mut containers, &mut all_points, r.path.clone(), &r.new_points);
+                                let scope = scope_of(&containers, &all_points);
+                                let ch = scope_maps.set(scope.clone())?;
+                                pipeline.set_scope(scope);
                                 let where_: Vec<String> = r.new_points.iter().map(|p| format!("{} ({}, ifindex {})", p.name, p.role, p.ifindex)).collect();
                                 (name.clone(), format!(
-                                    "container {name} (re)started (pid {}): attached on {}",
+                                    "container {name} (re)started or changed networks (pid {}): attached on {}; {}",
                                     r.path.info.pid,
-                                    if where_.is_empty() { "the same interfaces".to_owned() } else { where_.join(", ") }
+                                    if where_.is_empty() { "the same interfaces".to_owned() } else { where_.join(", ") },
+                                    churn::describe_changes(&ch),
                                 ))
                             }
                         }
@@ -394,6 +434,7 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         summary.packets = raw_shown;
     }
     summary.hops = counters.totals(&names);
+    summary.discarded.malformed = stream.malformed;
     summary.lost = summary.hops.iter().map(|h| h.lost).sum();
     if summary.lost > lost_reported {
         pipeline

@@ -22,6 +22,16 @@ pub struct Endpoint {
     pub mac: String,
 }
 
+/// A container port published on the host (`-p 18080:80/tcp`): packets to the host port are
+/// DNATed to the container before it can be told by its address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Published {
+    /// 6 TCP, 17 UDP, 132 SCTP.
+    pub proto: u8,
+    pub host_port: u16,
+    pub container_port: u16,
+}
+
 /// What flowtrace needs to know about a running container.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContainerInfo {
@@ -30,6 +40,37 @@ pub struct ContainerInfo {
     pub image: String,
     pub pid: u32,
     pub endpoints: Vec<Endpoint>,
+    pub published: Vec<Published>,
+}
+
+/// Docker's port map (`"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "18080"}]`), as a sorted
+/// list without repeats (Docker lists IPv4 and IPv6 bindings of one port separately).
+pub fn published_ports(
+    map: &HashMap<String, Option<Vec<bollard::models::PortBinding>>>,
+) -> Vec<Published> {
+    let mut out: Vec<Published> = map
+        .iter()
+        .flat_map(|(spec, bindings)| {
+            let (port, proto) = spec.split_once('/').unwrap_or((spec.as_str(), "tcp"));
+            let proto = match proto {
+                "tcp" => Some(6),
+                "udp" => Some(17),
+                "sctp" => Some(132),
+                _ => None,
+            };
+            let container_port = port.parse::<u16>().ok();
+            bindings.iter().flatten().filter_map(move |b| {
+                Some(Published {
+                    proto: proto?,
+                    host_port: b.host_port.as_deref()?.parse().ok()?,
+                    container_port: container_port?,
+                })
+            })
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 impl ContainerInfo {
@@ -45,8 +86,20 @@ pub struct Docker {
 /// A traced container started or stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Lifecycle {
-    Started { id: String, name: String },
-    Stopped { id: String, name: String },
+    Started {
+        id: String,
+        name: String,
+    },
+    Stopped {
+        id: String,
+        name: String,
+    },
+    /// Connected to or disconnected from a network: its interfaces and addresses changed.
+    Networks {
+        id: String,
+        name: String,
+        network: String,
+    },
 }
 
 impl Docker {
@@ -104,6 +157,12 @@ impl Docker {
             })
             .unwrap_or_default();
         endpoints.sort_by(|a, b| a.network.cmp(&b.network));
+        let published = resp
+            .network_settings
+            .as_ref()
+            .and_then(|n| n.ports.as_ref())
+            .map(published_ports)
+            .unwrap_or_default();
         Ok(ContainerInfo {
             id: resp.id.unwrap_or_default(),
             name,
@@ -114,20 +173,24 @@ impl Docker {
                 .unwrap_or_default(),
             pid: pid as u32,
             endpoints,
+            published,
         })
     }
 
-    /// Start and stop events of containers (by name or id, as given).
+    /// Start and stop events of containers (by name or id, as given), and the network
+    /// connects and disconnects of the containers in `ids` (id, name): Docker's filter on
+    /// containers leaves network events out, so those come from a second subscription.
     pub fn lifecycle(
         &self,
         containers: &[String],
+        ids: &[(String, String)],
     ) -> impl Stream<Item = Lifecycle> + Send + 'static {
         let mut filters: HashMap<&str, Vec<String>> = HashMap::new();
         filters.insert("type", vec!["container".into()]);
         filters.insert("event", vec!["start".into(), "die".into()]);
         filters.insert("container", containers.to_vec());
         let opts = EventsOptionsBuilder::new().filters(&filters).build();
-        self.client.events(Some(opts)).filter_map(|ev| async move {
+        let starts = self.client.events(Some(opts)).filter_map(|ev| async move {
             let ev = ev.ok()?;
             let actor = ev.actor?;
             let id = actor.id.unwrap_or_default();
@@ -140,7 +203,26 @@ impl Docker {
                 "die" => Some(Lifecycle::Stopped { id, name }),
                 _ => None,
             }
-        })
+        });
+        let mut net_filters: HashMap<&str, Vec<String>> = HashMap::new();
+        net_filters.insert("type", vec!["network".into()]);
+        net_filters.insert("event", vec!["connect".into(), "disconnect".into()]);
+        let opts = EventsOptionsBuilder::new().filters(&net_filters).build();
+        let ids: HashMap<String, String> = ids.iter().cloned().collect();
+        let nets = self.client.events(Some(opts)).filter_map(move |ev| {
+            let found = ev.ok().and_then(|ev| {
+                let attrs = ev.actor?.attributes?;
+                let id = attrs.get("container")?.clone();
+                let name = ids.get(&id)?.clone();
+                Some(Lifecycle::Networks {
+                    id,
+                    name,
+                    network: attrs.get("name").cloned().unwrap_or_default(),
+                })
+            });
+            async move { found }
+        });
+        futures_util::stream::select(starts, nets)
     }
 
     /// Ids of the containers attached to a network.
@@ -219,6 +301,43 @@ mod tests {
         let s = suggest("monitor", &names);
         assert_eq!(s.len(), 2);
         assert!(suggest("postgres", &names).is_empty());
+    }
+
+    #[test]
+    fn published_ports_are_read_once_per_port_and_protocol() {
+        let binding = |ip: &str, port: &str| bollard::models::PortBinding {
+            host_ip: Some(ip.into()),
+            host_port: Some(port.into()),
+        };
+        let map = HashMap::from([
+            (
+                "80/tcp".to_owned(),
+                Some(vec![binding("0.0.0.0", "18080"), binding("::", "18080")]),
+            ),
+            (
+                "53/udp".to_owned(),
+                Some(vec![binding("127.0.0.1", "5353")]),
+            ),
+            ("9000/tcp".to_owned(), None),
+            ("7/weird".to_owned(), Some(vec![binding("0.0.0.0", "7")])),
+            ("x/tcp".to_owned(), Some(vec![binding("0.0.0.0", "1")])),
+        ]);
+        let p = published_ports(&map);
+        assert_eq!(
+            p,
+            vec![
+                Published {
+                    proto: 6,
+                    host_port: 18080,
+                    container_port: 80
+                },
+                Published {
+                    proto: 17,
+                    host_port: 5353,
+                    container_port: 53
+                },
+            ]
+        );
     }
 
     #[test]

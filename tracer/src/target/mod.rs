@@ -5,4 +5,5 @@ pub mod netlink;
 pub mod netns;
 pub mod nft;
 pub mod ruleset;
+pub mod scope;
 pub mod topology;

@@ -170,3 +170,38 @@ fn route_from(msg: &RouteMessage) -> Route {
     }
     route
 }
+
+/// An address assigned to an interface (IFA_ADDRESS, else IFA_LOCAL).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Address {
+    pub ifindex: u32,
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+}
+
+/// Every address of every interface in the calling thread's namespace.
+pub fn addresses() -> Result<Vec<Address>> {
+    use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+    let msgs = dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))?;
+    Ok(msgs
+        .into_iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewAddress(a) => {
+                let mut found = None;
+                for attr in &a.attributes {
+                    match attr {
+                        AddressAttribute::Address(ip) => found = Some(*ip),
+                        AddressAttribute::Local(ip) if found.is_none() => found = Some(*ip),
+                        _ => {}
+                    }
+                }
+                found.map(|addr| Address {
+                    ifindex: a.header.index,
+                    addr,
+                    prefix_len: a.header.prefix_len,
+                })
+            }
+            _ => None,
+        })
+        .collect())
+}

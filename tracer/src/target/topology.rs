@@ -64,6 +64,9 @@ pub struct ContainerPath {
     pub info: ContainerInfo,
     pub netns: Netns,
     pub links: Vec<ContainerLink>,
+    /// The addresses of its interfaces, read inside its namespace (with Docker's, for a
+    /// container): what its packets carry.
+    pub addrs: Vec<std::net::IpAddr>,
 }
 
 /// Everything discovered about the targets, in the host namespace.
@@ -155,12 +158,13 @@ pub fn bare_netns_path(path: &std::path::Path, host: &HostView) -> Result<Contai
         image: String::new(),
         pid: 0,
         endpoints: Vec::new(),
+        published: Vec::new(),
     };
     netns_path(info, netns, host)
 }
 
 fn netns_path(info: ContainerInfo, netns: Netns, host: &HostView) -> Result<ContainerPath> {
-    let inside = netns.run(netlink::links)?;
+    let (inside, inside_addrs) = netns.run(|| Ok((netlink::links()?, netlink::addresses()?)))?;
     let mut links = Vec::new();
     for link in inside.into_iter().filter(|l| l.kind == "veth") {
         let Some(peer) = link.peer_index.and_then(|i| host.by_index(i)) else {
@@ -179,7 +183,20 @@ fn netns_path(info: ContainerInfo, netns: Netns, host: &HostView) -> Result<Cont
     if links.is_empty() {
         return Err(Error::NoContainerInterfaces(info.name));
     }
-    Ok(ContainerPath { info, netns, links })
+    let mut addrs: Vec<std::net::IpAddr> = inside_addrs
+        .iter()
+        .filter(|a| links.iter().any(|l| l.inside.index == a.ifindex))
+        .map(|a| a.addr)
+        .chain(info.endpoints.iter().filter_map(|e| e.ip))
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    Ok(ContainerPath {
+        info,
+        netns,
+        links,
+        addrs,
+    })
 }
 
 impl Topology {

@@ -112,8 +112,12 @@ impl Lab {
         if containers.contains(&dst) {
             return;
         }
-        // The isolated container: routed to its own bridge, guarded like the internet range.
-        if self.state["isolated_ip"].as_str() == Some(&dst.to_string()) {
+        // The isolated network's containers (the /24 of the isolated container): routed to
+        // its own bridge, guarded like the internet range.
+        let isolated: Option<Ipv4Addr> = self.state["isolated_ip"]
+            .as_str()
+            .and_then(|s| s.parse().ok());
+        if isolated.is_some_and(|i| u32::from(i) >> 8 == u32::from(v4) >> 8) {
             assert_eq!(
                 self.route_dev(dst),
                 self.s("isolated_bridge"),
