@@ -76,75 +76,80 @@ pub const fn port_key(proto: u8, port: u16) -> u32 {
 /// the ports after it, or an IPv4 header without options and its ports.
 pub const NF_SCOPE_BYTES: usize = 44;
 
-/// What decides scope in a packet seen first by netfilter (its bytes from the IP header).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IpScope {
+/// Where the observers build the keys they look up, one per CPU (`SCOPE_SCRATCH`): the
+/// stack is too small for them beside everything else a tc or netfilter program holds.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ScopeScratch {
     pub src: ScopeAddr,
     pub dst: ScopeAddr,
-    pub proto: u8,
-    /// The source and destination ports, as in the packet (network byte order), when the
-    /// packet has ports and they are in the bytes.
-    pub ports: Option<[u8; 4]>,
+    pub key: crate::flow::FlowKey,
+    /// A netfilter observer's copy of the packet from its IP header.
+    pub head: [u8; NF_SCOPE_BYTES],
 }
 
-impl IpScope {
-    /// Parses the start of an IPv4 or IPv6 packet. IPv4 options move the ports past the
-    /// bytes read: such a packet is judged on its addresses alone. A non-first IPv4 fragment
-    /// has no ports.
+impl ScopeScratch {
+    pub const ZERO: Self = Self {
+        src: ScopeAddr::v4([0; 4]),
+        dst: ScopeAddr::v4([0; 4]),
+        key: crate::flow::FlowKey::zeroed(),
+        head: [0; NF_SCOPE_BYTES],
+    };
+
+    /// Parses `head`, the start of an IPv4 or IPv6 packet, into `src` and `dst`; gives its
+    /// protocol and its ports (network byte order) when it has them and they are in the
+    /// bytes. IPv4 options move the ports past the bytes read: such a packet is judged on its
+    /// addresses alone. A non-first IPv4 fragment has no ports.
     #[inline(always)]
-    pub fn parse(h: &[u8; NF_SCOPE_BYTES]) -> Option<Self> {
+    pub fn parse_head(&mut self) -> Option<(u8, Option<[u8; 4]>)> {
+        let h = &self.head;
         match h[0] >> 4 {
             4 => {
                 let proto = h[9];
                 let frag = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
                 let ports = (h[0] & 0xf == 5 && frag == 0 && has_ports(proto))
                     .then_some([h[20], h[21], h[22], h[23]]);
-                Some(Self {
-                    src: ScopeAddr::v4([h[12], h[13], h[14], h[15]]),
-                    dst: ScopeAddr::v4([h[16], h[17], h[18], h[19]]),
-                    proto,
-                    ports,
-                })
+                self.src = ScopeAddr::v4([h[12], h[13], h[14], h[15]]);
+                self.dst = ScopeAddr::v4([h[16], h[17], h[18], h[19]]);
+                Some((proto, ports))
             }
             6 => {
                 let proto = h[6];
-                let mut src = [0u8; 16];
-                let mut dst = [0u8; 16];
-                src.copy_from_slice(&h[8..24]);
-                dst.copy_from_slice(&h[24..40]);
                 let ports = has_ports(proto).then_some([h[40], h[41], h[42], h[43]]);
-                Some(Self {
-                    src: ScopeAddr::v6(src),
-                    dst: ScopeAddr::v6(dst),
-                    proto,
-                    ports,
-                })
+                self.src.family = AF_INET6;
+                self.dst.family = AF_INET6;
+                self.src._pad = [0; 3];
+                self.dst._pad = [0; 3];
+                let mut i = 0;
+                while i < 16 {
+                    self.src.addr[i] = self.head[8 + i];
+                    self.dst.addr[i] = self.head[24 + i];
+                    i += 1;
+                }
+                Some((proto, ports))
             }
             _ => None,
         }
     }
+
+    /// `key` for the packet whose addresses are in `src` and `dst`: its flow key
+    /// (`FLOWS`' key), as a tc observer parses it.
+    #[inline(always)]
+    pub fn set_key(&mut self, proto: u8, ports: Option<[u8; 4]>) {
+        let p = ports.unwrap_or([0; 4]);
+        self.key.src = self.src.addr;
+        self.key.dst = self.dst.addr;
+        self.key.sport = [p[0], p[1]];
+        self.key.dport = [p[2], p[3]];
+        self.key.proto = proto;
+        self.key._pad = [0; 3];
+    }
 }
 
-impl IpScope {
-    /// The destination port, if the packet's ports were read.
-    #[inline(always)]
-    pub fn dport(&self) -> Option<u16> {
-        self.ports.map(|p| u16::from_be_bytes([p[2], p[3]]))
-    }
-
-    /// The packet's flow key (`FLOWS`' key), as a tc observer would parse it.
-    #[inline(always)]
-    pub fn flow_key(&self) -> crate::flow::FlowKey {
-        let p = self.ports.unwrap_or([0; 4]);
-        crate::flow::FlowKey {
-            src: self.src.addr,
-            dst: self.dst.addr,
-            sport: [p[0], p[1]],
-            dport: [p[2], p[3]],
-            proto: self.proto,
-            _pad: [0; 3],
-        }
-    }
+/// The destination port of ports as in a packet.
+#[inline(always)]
+pub const fn dport(ports: [u8; 4]) -> u16 {
+    u16::from_be_bytes([ports[2], ports[3]])
 }
 
 /// TCP, UDP, SCTP, UDP-Lite: ports first in the transport header.
@@ -180,13 +185,21 @@ mod tests {
         h
     }
 
+    fn parse(h: [u8; NF_SCOPE_BYTES]) -> Option<(ScopeScratch, u8, Option<u16>)> {
+        let mut s = ScopeScratch::ZERO;
+        s.head = h;
+        let (proto, ports) = s.parse_head()?;
+        s.set_key(proto, ports);
+        Some((s, proto, ports.map(dport)))
+    }
+
     #[test]
     fn an_inbound_ipv4_packet_gives_its_addresses_and_destination_port() {
-        let s = IpScope::parse(&ipv4(5, 6, [0x40, 0])).expect("ipv4");
+        let (s, proto, dport) = parse(ipv4(5, 6, [0x40, 0])).expect("ipv4");
         assert_eq!(s.src, ScopeAddr::v4([198, 51, 100, 2]));
         assert_eq!(s.dst, ScopeAddr::v4([198, 51, 100, 1]));
-        assert_eq!((s.proto, s.dport()), (6, Some(18080)));
-        let k = s.flow_key();
+        assert_eq!((proto, dport), (6, Some(18080)));
+        let k = s.key;
         assert_eq!(
             (&k.src[..4], u16::from_be_bytes(k.sport)),
             (&[198, 51, 100, 2][..], 40000)
@@ -198,20 +211,14 @@ mod tests {
 
     #[test]
     fn options_fragments_and_portless_protocols_have_no_port() {
+        assert_eq!(parse(ipv4(6, 6, [0, 0])).map(|s| s.2), Some(None));
         assert_eq!(
-            IpScope::parse(&ipv4(6, 6, [0, 0])).map(|s| s.dport()),
-            Some(None)
-        );
-        assert_eq!(
-            IpScope::parse(&ipv4(5, 17, [0x00, 0x10])).map(|s| s.dport()),
+            parse(ipv4(5, 17, [0x00, 0x10])).map(|s| s.2),
             Some(None),
             "a later fragment"
         );
-        assert_eq!(
-            IpScope::parse(&ipv4(5, 1, [0, 0])).map(|s| s.dport()),
-            Some(None)
-        );
-        assert!(IpScope::parse(&[0u8; NF_SCOPE_BYTES]).is_none());
+        assert_eq!(parse(ipv4(5, 1, [0, 0])).map(|s| s.2), Some(None));
+        assert!(parse([0u8; NF_SCOPE_BYTES]).is_none());
     }
 
     #[test]
@@ -222,9 +229,13 @@ mod tests {
         h[8..24].copy_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
         h[24] = 0xfd;
         h[42..44].copy_from_slice(&53u16.to_be_bytes());
-        let s = IpScope::parse(&h).expect("ipv6");
-        assert_eq!(s.src.family, AF_INET6);
-        assert_eq!(s.dport(), Some(53));
+        let (s, _, dport) = parse(h).expect("ipv6");
+        assert_eq!(
+            (s.src.family, s.src.addr[15], s.dst.addr[0]),
+            (AF_INET6, 2, 0xfd)
+        );
+        assert_eq!(dport, Some(53));
+        assert_eq!(s.key.src, s.src.addr);
         // An IPv6 address that starts like an IPv4 one is still another key.
         let mut like = [0u8; 16];
         like[..4].copy_from_slice(&[172, 18, 0, 2]);

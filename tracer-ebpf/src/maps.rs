@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     flow::{FlowKey, Tracked, View, FILTER_SLOTS},
-    scope::{ScopeAddr, MAX_SCOPE_ADDRS, MAX_SCOPE_POINTS, MAX_SCOPE_PORTS},
+    scope::{ScopeAddr, ScopeScratch, MAX_SCOPE_ADDRS, MAX_SCOPE_POINTS, MAX_SCOPE_PORTS},
     HopCounter, Offsets, PointKey, TcEvent, DEFAULT_SNAP,
 };
 
@@ -36,6 +36,10 @@ pub static SCOPE_ADDRS: HashMap<ScopeAddr, u32> = HashMap::with_max_entries(MAX_
 
 #[map(name = "SCOPE_PORTS")]
 pub static SCOPE_PORTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_SCOPE_PORTS, 0);
+
+/// Where the tc observers build the scope's keys (one per CPU).
+#[map(name = "SCOPE_SCRATCH")]
+pub static SCOPE_SCRATCH: PerCpuArray<ScopeScratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// With a filter expression: the translated filters (loaded by user space from libpcap's
 /// compilation) and the programs they tail-call on a match; see `tracer_common::flow`.

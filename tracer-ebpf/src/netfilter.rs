@@ -39,7 +39,16 @@ pub fn observe(ctx: *mut core::ffi::c_void, slot: u8) -> i32 {
 #[inline(always)]
 pub fn observe_hook(skb: u64, state: u64, entry: bool) {
     let slot = if entry { 0 } else { LAST_SLOT };
-    observe_at(state, skb, slot);
+    observe_at(state, scalar(skb), slot);
+}
+
+/// The value of a pointer the verifier knows as a typed kernel pointer (fentry's arguments),
+/// as a plain number: a map key is built from its bytes, which a typed pointer may not be split
+/// into.
+#[inline(always)]
+fn scalar(v: u64) -> u64 {
+    // SAFETY: reads our own stack slot.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(&v as *const u64) }.unwrap_or(0)
 }
 
 #[inline(always)]
@@ -51,10 +60,10 @@ fn observe_at(state: u64, skb: u64, slot: u8) {
     if !tracked(skb) {
         // Not seen by a tc observer: in scope only if it is to or from a traced container
         // (it came in by an interface flowtrace is not attached to, or the host sent it).
-        if !scope::at_netfilter(skb, state, slot, &off) {
+        if slot != 0 || !scope::at_netfilter(skb, state, &off) {
             return;
         }
-        let _ = TRACKED.insert(skb, &UNFILTERED, 0);
+        let _ = TRACKED.insert(skb, UNFILTERED, 0);
     }
     let Some(mut entry) = EVENTS.reserve::<NfEvent>(0) else {
         return;

@@ -3,17 +3,14 @@
 
 use aya_ebpf::helpers::bpf_probe_read_kernel_buf;
 use tracer_common::{
-    flow::{FlowKey, Frame},
-    scope::{
-        has_ports, judged_at_hook, port_key, IpScope, ScopeAddr, NF_SCOPE_BYTES, POINT_ALL,
-        POINT_TRACED,
-    },
+    flow::Frame,
+    scope::{dport, has_ports, judged_at_hook, port_key, ScopeAddr, POINT_ALL, POINT_TRACED},
     Direction, Offsets,
 };
 
 use crate::{
     kread::field,
-    maps::{FLOWS, SCOPE_ADDRS, SCOPE_POINTS, SCOPE_PORTS},
+    maps::{FLOWS, SCOPE_ADDRS, SCOPE_POINTS, SCOPE_PORTS, SCOPE_SCRATCH},
 };
 
 #[inline(always)]
@@ -25,45 +22,90 @@ fn traced_addr(a: &ScopeAddr) -> bool {
 #[inline(always)]
 fn published(proto: u8, dport: u16) -> bool {
     // SAFETY: as above.
-    unsafe { SCOPE_PORTS.get(&port_key(proto, dport)).is_some() }
+    unsafe { SCOPE_PORTS.get(port_key(proto, dport)).is_some() }
 }
 
 /// At a tc hop: is the packet in scope? Everything is at a traced veth; elsewhere only IP.
+/// The keys are built in `SCOPE_SCRATCH`, not on the stack: this runs as a subprogram of the
+/// tc programs, whose frames together must stay within 512 bytes on every kernel.
 #[inline(always)]
 pub fn at_tc<F: Frame>(frame: &F, ifindex: u32, direction: u8) -> bool {
     // SAFETY: as above.
-    let flags = unsafe { SCOPE_POINTS.get(&ifindex) }.copied().unwrap_or(0);
+    let flags = unsafe { SCOPE_POINTS.get(ifindex) }.copied().unwrap_or(0);
     if flags & (POINT_TRACED | POINT_ALL) != 0 {
         return true;
     }
-    let Some(p) = FlowKey::parse_frame(frame) else {
+    let Some(s) = SCOPE_SCRATCH.get_ptr_mut(0) else {
         return false;
     };
-    let k = &p.key;
-    if traced_addr(&ScopeAddr::of_key(&k.src, p.ipv6))
-        || traced_addr(&ScopeAddr::of_key(&k.dst, p.ipv6))
-    {
-        return true;
-    }
-    if direction != Direction::Ingress as u8 {
+    let Some(et) = frame.bytes::<2>(12) else {
         return false;
+    };
+    let (mut ethertype, mut l3) = (u16::from_be_bytes(et), 14);
+    if ethertype == 0x8100 || ethertype == 0x88a8 {
+        let Some(et) = frame.bytes::<2>(16) else {
+            return false;
+        };
+        ethertype = u16::from_be_bytes(et);
+        l3 = 18;
     }
-    if p.l4.is_some() && published(k.proto, u16::from_be_bytes(k.dport)) {
-        return true;
+    // SAFETY: `s` is this CPU's scratch entry; nothing else runs on this CPU meanwhile.
+    let (proto, l4) = unsafe {
+        match ethertype {
+            0x0800 => {
+                let Some(h) = frame.bytes::<20>(l3) else {
+                    return false;
+                };
+                (*s).src = ScopeAddr::v4([h[12], h[13], h[14], h[15]]);
+                (*s).dst = ScopeAddr::v4([h[16], h[17], h[18], h[19]]);
+                let first = u16::from_be_bytes([h[6], h[7]]) & 0x1fff == 0;
+                (h[9], first.then_some(l3 + u32::from(h[0] & 0xf) * 4))
+            }
+            0x86dd => {
+                let (Some(h), Some(a), Some(b)) = (
+                    frame.bytes::<8>(l3),
+                    frame.bytes::<16>(l3 + 8),
+                    frame.bytes::<16>(l3 + 24),
+                ) else {
+                    return false;
+                };
+                (*s).src = ScopeAddr::v6(a);
+                (*s).dst = ScopeAddr::v6(b);
+                (h[6], Some(l3 + 40))
+            }
+            _ => return false,
+        }
+    };
+    // SAFETY: as above; lookups with keys in the scratch entry, values not kept.
+    unsafe {
+        if traced_addr(&(*s).src) || traced_addr(&(*s).dst) {
+            return true;
+        }
+        if direction != Direction::Ingress as u8 {
+            return false;
+        }
+        let ports = match l4 {
+            Some(at) if has_ports(proto) => frame.bytes::<4>(at),
+            _ => None,
+        };
+        if let Some(p) = ports {
+            if published(proto, dport(p)) {
+                return true;
+            }
+        }
+        (*s).set_key(proto, ports);
+        // By reference: the key stays in the scratch entry instead of being copied to the stack.
+        #[allow(clippy::needless_borrows_for_generic_args)]
+        FLOWS.get(&(*s).key).is_some()
     }
-    // SAFETY: as above.
-    unsafe { FLOWS.get(k).is_some() }
 }
 
 /// At a netfilter observer, for a packet no tc observer took: judged only at the entry of
 /// PREROUTING and OUTPUT (`judged_at_hook`), the first hook every packet passes, so a packet
 /// from an interface flowtrace is not attached to (another Docker network's bridge) or sent
 /// by the host is in scope from there on.
-#[inline(always)]
-pub fn at_netfilter(skb: u64, state: u64, slot: u8, off: &Offsets) -> bool {
-    if slot != 0 {
-        return false;
-    }
+#[inline(never)]
+pub fn at_netfilter(skb: u64, state: u64, off: &Offsets) -> bool {
     let hook: u8 = field(state, off.state_hook);
     let pf: u8 = field(state, off.state_pf);
     if !judged_at_hook(u32::from(hook)) || !(pf == 2 || pf == 10) {
@@ -73,22 +115,29 @@ pub fn at_netfilter(skb: u64, state: u64, slot: u8, off: &Offsets) -> bool {
     if data == 0 {
         return false;
     }
-    let mut h = [0u8; NF_SCOPE_BYTES];
-    // SAFETY: bpf_probe_read_kernel_buf checks the address and fails cleanly.
-    if unsafe { bpf_probe_read_kernel_buf(data as *const u8, &mut h) }.is_err() {
-        return false;
-    }
-    let Some(s) = IpScope::parse(&h) else {
+    let Some(s) = SCOPE_SCRATCH.get_ptr_mut(0) else {
         return false;
     };
-    if traced_addr(&s.src) || traced_addr(&s.dst) {
-        return true;
-    }
-    if let Some(port) = s.dport() {
-        if has_ports(s.proto) && published(s.proto, port) {
+    // SAFETY: `s` is this CPU's scratch entry; nothing else runs on this CPU meanwhile.
+    // bpf_probe_read_kernel_buf checks the address and fails cleanly.
+    unsafe {
+        if bpf_probe_read_kernel_buf(data as *const u8, &mut (*s).head).is_err() {
+            return false;
+        }
+        let Some((proto, ports)) = (*s).parse_head() else {
+            return false;
+        };
+        if traced_addr(&(*s).src) || traced_addr(&(*s).dst) {
             return true;
         }
+        if let Some(p) = ports {
+            if published(proto, dport(p)) {
+                return true;
+            }
+        }
+        (*s).set_key(proto, ports);
+        // By reference: the key stays in the scratch entry instead of being copied to the stack.
+        #[allow(clippy::needless_borrows_for_generic_args)]
+        FLOWS.get(&(*s).key).is_some()
     }
-    // SAFETY: a lookup with a stack key; the value is not kept.
-    unsafe { FLOWS.get(&s.flow_key()).is_some() }
 }

@@ -76,7 +76,7 @@ fn still_ours(skb: *mut __sk_buff, t: *const Tracked) -> bool {
 #[inline(never)]
 fn track(skb: *mut __sk_buff) {
     let t = Tracked::matched(FlowKey::parse_frame(&Skb(skb)));
-    let _ = TRACKED.insert(skb as u64, &t, 0);
+    let _ = TRACKED.insert(skb as u64, t, 0);
 }
 
 /// Is this packet, not tracked yet, one of the traced containers'? (`scope.rs`)

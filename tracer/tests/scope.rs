@@ -143,7 +143,7 @@ fn a_published_port_closed_in_docker_user_shows_the_inbound_dnat_and_the_drop() 
         "the DNAT in the replayed text:\n{text}"
     );
     assert!(text.contains("DROP ✗ NETFILTER_DROP"), "{text}");
-    assert!(text.contains(&format!("(in)")), "{text}");
+    assert!(text.contains("(in)"), "{text}");
 }
 
 #[test]

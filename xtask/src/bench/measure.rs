@@ -114,6 +114,7 @@ pub(super) fn safety() -> Result<State> {
     let st = State::load()?.context("the lab is not up (no state file)")?;
     let inet: std::net::Ipv4Addr = lab::INET_IP.parse()?;
     safety_check(&st, Origin::Container(lab::CONTAINER), inet)?;
+    safety_check(&st, Origin::Container(lab::PEER), inet)?;
     safety_check(&st, Origin::Inet, lab::UPLINK_IP.parse()?)?;
     Ok(st)
 }
@@ -154,7 +155,8 @@ pub(super) fn run_load(load: Load, seconds: u32) -> Result<(f64, Value)> {
     }
     // The check right before sending: the lab, its guards, and the route by ftlab-up.
     safety()?;
-    let pid = lab::docker::container_pid(lab::CONTAINER)?.to_string();
+    let (container, address) = load.sender();
+    let pid = lab::docker::container_pid(container)?.to_string();
     let secs = seconds.to_string();
     let mut c = Command::new("nsenter");
     c.args([
@@ -168,8 +170,8 @@ pub(super) fn run_load(load: Load, seconds: u32) -> Result<(f64, Value)> {
         IPERF_PORT,
     ]);
     // Bound to the container's address: outside the container's namespace this fails.
-    c.args(["-B", lab::CONTAINER_IP, "-t", &secs, "-J"]);
-    if load == Load::Udp {
+    c.args(["-B", address, "-t", &secs, "-J"]);
+    if load.udp() {
         c.args(["-u", "-l", &UDP_LEN.to_string(), "-b", "0"]);
     }
     let client = Proc::spawn(c, "iperf3 client", None)?;
@@ -188,8 +190,8 @@ pub(super) fn run_load(load: Load, seconds: u32) -> Result<(f64, Value)> {
         bail!("iperf3: {e}");
     }
     let end = &v["end"];
-    let (tput, figures) = match load {
-        Load::Tcp => {
+    let (tput, figures) = match load.udp() {
+        false => {
             let bps = end["sum_received"]["bits_per_second"]
                 .as_f64()
                 .context("iperf3 JSON without end.sum_received.bits_per_second")?;
@@ -202,7 +204,7 @@ pub(super) fn run_load(load: Load, seconds: u32) -> Result<(f64, Value)> {
             });
             (bps, fig)
         }
-        Load::Udp => {
+        true => {
             let s = &end["sum_received"];
             let sent = s["packets"]
                 .as_u64()
@@ -227,6 +229,67 @@ pub(super) fn run_load(load: Load, seconds: u32) -> Result<(f64, Value)> {
     Ok((tput, figures))
 }
 
+/// `PROBES` UDP datagrams from the traced container to the lab's echo (one every 20 ms, after
+/// a second, each waiting for its echo); returns the local port and how many were echoed.
+/// Sent from a thread inside the container's namespace, bound to its address, after the
+/// lab's safety check.
+fn send_probes() -> Result<(u16, u32)> {
+    std::thread::sleep(Duration::from_secs(1));
+    safety()?;
+    let pid = lab::docker::container_pid(lab::CONTAINER)?;
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    // SAFETY: setns(2) on a valid fd; it changes only this thread's namespace.
+    if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0 {
+        bail!(
+            "setns into {}: {}",
+            lab::CONTAINER,
+            std::io::Error::last_os_error()
+        );
+    }
+    let s = std::net::UdpSocket::bind((lab::CONTAINER_IP, 0))?;
+    s.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let port = s.local_addr()?.port();
+    let mut echoed = 0;
+    let mut buf = [0u8; 64];
+    for i in 0..PROBES {
+        s.send_to(
+            format!("probe {i}\n").as_bytes(),
+            (lab::INET_IP, lab::UDP_PORT),
+        )?;
+        if s.recv_from(&mut buf).is_ok() {
+            echoed += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((port, echoed))
+}
+
+/// How many of the probes from `port` flowtrace's JSON shows leaving the container with every
+/// hop of the way out, in order.
+pub(super) fn probes_shown(json_lines: &str, port: u16, path: &[(&str, &str)]) -> u32 {
+    let from = format!("{}:{port}", lab::CONTAINER_IP);
+    json_lines
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["type"] == "packet" && v["way"] == "out" && v["src"] == from.as_str())
+        .filter(|v| {
+            let tc: Vec<(&str, &str)> = v["hops"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|h| h["point"] == "tc")
+                .map(|h| {
+                    (
+                        h["iface"].as_str().unwrap_or(""),
+                        h["dir"].as_str().unwrap_or(""),
+                    )
+                })
+                .collect();
+            tc == path
+        })
+        .count() as u32
+}
+
 // ---------------------------------------------------------------------------------------------
 pub(super) fn measure(ctx: &Ctx, config: Config, load: Load, rep: u32) -> Result<Run> {
     let foreign = foreign_tracers(&[]);
@@ -243,8 +306,15 @@ pub(super) fn measure(ctx: &Ctx, config: Config, load: Load, rep: u32) -> Result
         Config::Tcpdump => {
             let path = PathBuf::from(format!("/tmp/flowtrace-bench-{}.pcap", ctx.tag));
             file = Some(TmpFile(path.clone()));
+            // Under a neighbour's load, what an operator would run to watch the traced
+            // container: tcpdump on its veth. Otherwise every interface (flowtrace's scope).
+            let iface = if load.neighbour() {
+                ctx.host_veth.as_str()
+            } else {
+                "any"
+            };
             let mut c = Command::new("tcpdump");
-            c.args(["-i", "any", "-n", "-s", "128", "-w"]).arg(&path);
+            c.args(["-i", iface, "-n", "-s", "128", "-w"]).arg(&path);
             Some(Proc::spawn(c, "tcpdump", Some("listening on"))?)
         }
         _ => {
@@ -279,7 +349,14 @@ pub(super) fn measure(ctx: &Ctx, config: Config, load: Load, rep: u32) -> Result
         std::thread::sleep(Duration::from_millis(300));
         cpu0 = cpu_seconds(t.pid())?;
     }
+    // The traced container is idle under a neighbour's load, but for a few probes.
+    let probes = load.neighbour().then(|| std::thread::spawn(send_probes));
     let (throughput, iperf) = run_load(load, ctx.seconds)?;
+    let probes = match probes.map(|h| h.join()) {
+        Some(Ok(r)) => Some(r?),
+        Some(Err(_)) => bail!("the probe sender panicked"),
+        None => None,
+    };
     let mut bpf = BTreeMap::new();
     let figures = match tracer.take() {
         None => None,
@@ -313,6 +390,18 @@ pub(super) fn measure(ctx: &Ctx, config: Config, load: Load, rep: u32) -> Result
                 read_flowtrace_summary(&done, config, &ctx.host_veth, &mut f)?;
             }
             f.events_per_s = f.events as f64 / f64::from(ctx.seconds);
+            if let Some((port, sent)) = probes {
+                f.probes_sent = sent;
+                if config == Config::Events {
+                    let path = [
+                        (ctx.host_veth.as_str(), "ingress"),
+                        (ctx.bridge.as_str(), "ingress"),
+                        (lab::UPLINK, "egress"),
+                    ];
+                    let text = String::from_utf8_lossy(&done.out.tail);
+                    f.probes_shown_full_path = Some(probes_shown(&text, port, &path));
+                }
+            }
             Some(f)
         }
     };
@@ -406,6 +495,7 @@ pub(super) fn read_flowtrace_summary(
         summary["packets"].as_u64().unwrap_or(0)
     };
     f.lost = summary["lost"].as_u64().unwrap_or(0);
+    f.discarded = summary["discarded"].clone();
     f.veth_packets = summary["hops"]
         .as_array()
         .map(|hops| {

@@ -111,25 +111,65 @@ impl Config {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 enum Load {
     Tcp,
     Udp,
+    /// The busy neighbour: `ens_monitor_peer` on the same bridge sends the load while
+    /// flowtrace traces the idle `ens_monitor_cron` (which sends a few probes meanwhile).
+    NeighbourTcp,
+    NeighbourUdp,
 }
 
-const LOADS: [Load; 2] = [Load::Tcp, Load::Udp];
+const LOADS: [Load; 4] = [Load::Tcp, Load::Udp, Load::NeighbourTcp, Load::NeighbourUdp];
+
+/// Under the neighbour's load: no tracer, the traced container's tracers, and tcpdump on the
+/// traced container's veth (what an operator would run instead).
+const NEIGHBOUR_CONFIGS: [Config; 4] = [
+    Config::Baseline,
+    Config::Counters,
+    Config::Events,
+    Config::Tcpdump,
+];
+
+/// UDP probes the traced container sends during a neighbour load (each one echoed).
+const PROBES: u32 = 100;
 
 impl Load {
     fn name(self) -> &'static str {
         match self {
             Load::Tcp => "tcp",
             Load::Udp => "udp",
+            Load::NeighbourTcp => "neighbour tcp",
+            Load::NeighbourUdp => "neighbour udp",
         }
     }
     fn unit(self) -> &'static str {
-        match self {
-            Load::Tcp => "bit/s",
-            Load::Udp => "pkt/s",
+        if self.udp() {
+            "pkt/s"
+        } else {
+            "bit/s"
+        }
+    }
+    fn udp(self) -> bool {
+        matches!(self, Load::Udp | Load::NeighbourUdp)
+    }
+    fn neighbour(self) -> bool {
+        matches!(self, Load::NeighbourTcp | Load::NeighbourUdp)
+    }
+    /// Which container sends the load, from which address.
+    fn sender(self) -> (&'static str, &'static str) {
+        if self.neighbour() {
+            (lab::PEER, lab::PEER_IP)
+        } else {
+            (lab::CONTAINER, lab::CONTAINER_IP)
+        }
+    }
+    fn configs(self) -> &'static [Config] {
+        if self.neighbour() {
+            &NEIGHBOUR_CONFIGS
+        } else {
+            &CONFIGS
         }
     }
 }
@@ -166,6 +206,12 @@ struct TracerFigures {
     lost: u64,
     /// flowtrace: packets counted by the kernel at the container's host veth (both ways).
     veth_packets: u64,
+    /// Neighbour loads: the traced container's probes sent and echoed, and (flowtrace
+    /// `--json`) how many were shown with the whole path out (veth, bridge, uplink).
+    probes_sent: u32,
+    probes_shown_full_path: Option<u32>,
+    /// flowtrace: what it received and did not show (summary `discarded`).
+    discarded: Value,
     /// utime+stime during the load window (from just before the load to just before SIGINT).
     cpu_s_load: f64,
     /// utime+stime over the whole process life, sampled just before SIGINT.
@@ -511,5 +557,6 @@ struct Ctx {
     bin: PathBuf,
     seconds: u32,
     host_veth: String,
+    bridge: String,
     tag: String,
 }

@@ -24,10 +24,7 @@ pub(super) fn table(rows: &[Row]) -> String {
          | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for r in rows {
-        let tput = opt(r.throughput, |v| match r.load {
-            Load::Tcp => si(v, "bit/s"),
-            Load::Udp => si(v, "pkt/s"),
-        });
+        let tput = opt(r.throughput, |v| si(v, r.load.unit()));
         let runs = match (r.tc_runs_per_pkt, r.nf_runs_per_pkt) {
             (Some(t), Some(n)) => format!("{t:.1} + {n:.1}"),
             _ => "–".into(),
@@ -56,7 +53,11 @@ pub(super) fn find(rows: &[Row], c: Config, l: Load) -> Option<&Row> {
 }
 
 /// The issue's targets, judged against the medians (reported, not asserted).
-pub(super) fn targets(rows: &[Row]) -> Vec<Value> {
+fn runs_of(runs: &[Run], c: Config, l: Load) -> impl Iterator<Item = &Run> {
+    runs.iter().filter(move |r| r.config == c && r.load == l)
+}
+
+pub(super) fn targets(rows: &[Row], all_runs: &[Run]) -> Vec<Value> {
     let mut out = Vec::new();
     if let Some(r) = find(rows, Config::Counters, Load::Tcp) {
         out.push(
@@ -72,7 +73,7 @@ pub(super) fn targets(rows: &[Row]) -> Vec<Value> {
         );
     }
     // A filter in the kernel: the events and the CPU should fall with the share it matches.
-    for load in LOADS {
+    for load in [Load::Tcp, Load::Udp] {
         let (Some(all), Some(some)) = (
             find(rows, Config::Events, load),
             find(rows, Config::Filtered, load),
@@ -92,7 +93,7 @@ pub(super) fn targets(rows: &[Row]) -> Vec<Value> {
             "met": share(some.events_per_s, all.events_per_s).map(|v| v <= 0.05),
         }));
     }
-    for load in LOADS {
+    for load in [Load::Tcp, Load::Udp] {
         let td = find(rows, Config::Tcpdump, load).and_then(|r| r.cpu_s);
         for c in [
             Config::Counters,
@@ -107,6 +108,32 @@ pub(super) fn targets(rows: &[Row]) -> Vec<Value> {
                     "value": ft, "tcpdump": td, "met": ft < td}),
                 );
             }
+        }
+    }
+    // The busy neighbour: tracing an idle container costs its neighbour nothing more than
+    // counting does, and every one of the traced container's own packets is still shown.
+    for load in [Load::NeighbourTcp, Load::NeighbourUdp] {
+        for c in [Config::Counters, Config::Events] {
+            if let Some(r) = find(rows, c, load) {
+                out.push(json!({
+                    "target": format!("{}: the neighbour's rate ≥ 0.97 of its baseline with flowtrace {}", load.name(), c.name()),
+                    "value": r.ratio, "met": r.ratio.map(|v| v >= 0.97)}));
+            }
+        }
+        let td = find(rows, Config::Tcpdump, load).and_then(|r| r.cpu_s);
+        if let (Some(ft), Some(td)) = (find(rows, Config::Events, load).and_then(|r| r.cpu_s), td) {
+            out.push(json!({
+                "target": format!("{}: flowtrace --json CPU next to tcpdump -i <traced veth>", load.name()),
+                "value": ft, "tcpdump": td, "met": ft <= td.max(0.05) * 2.0}));
+        }
+    }
+    for load in [Load::NeighbourTcp, Load::NeighbourUdp] {
+        for r in runs_of(all_runs, Config::Events, load) {
+            let Some(t) = r.tracer.as_ref() else { continue };
+            out.push(json!({
+                "target": format!("{} (rep {}): every probe of the traced container shown with its whole path, 0 lost", load.name(), r.rep),
+                "value": t.probes_shown_full_path, "sent": t.probes_sent, "lost": t.lost,
+                "met": t.probes_shown_full_path == Some(t.probes_sent) && t.probes_sent > 0 && t.lost == 0}));
         }
     }
     let worst_tc = rows
@@ -208,11 +235,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         bin,
         seconds: args.seconds,
         host_veth: st.host_veth.clone().unwrap_or_default(),
+        bridge: st.bridge.clone().unwrap_or_default(),
         tag: std::process::id().to_string(),
     };
     let machine = machine();
     crate::out!(
-        "bench: {} CPUs ({}), kernel {}; {} s per load, {} repetition(s), {} configurations × {} loads",
+        "bench: {} CPUs ({}), kernel {}; {} s per load, {} repetition(s), up to {} configurations × {} loads",
         machine["nproc"],
         machine["cpu"].as_str().unwrap_or("?"),
         machine["kernel"].as_str().unwrap_or("?"),
@@ -221,11 +249,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         CONFIGS.len(),
         LOADS.len()
     );
+    crate::out!(
+        "bench: the neighbour loads come from {} while flowtrace traces {} (idle but for {PROBES} probes)",
+        lab::PEER,
+        lab::CONTAINER
+    );
 
     let mut runs: Vec<Run> = Vec::new();
     for rep in 1..=repeat {
         for load in LOADS {
-            for config in CONFIGS {
+            for &config in load.configs() {
                 let t = Instant::now();
                 let run = measure(&ctx, config, load, rep).with_context(|| {
                     format!(
@@ -262,7 +295,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let mut rows = Vec::new();
     for load in LOADS {
-        for config in CONFIGS {
+        for &config in load.configs() {
             let per: Vec<Row> = runs
                 .iter()
                 .filter(|r| r.config == config && r.load == load)
@@ -273,7 +306,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             }
         }
     }
-    let targets = targets(&rows);
+    let targets = targets(&rows, &runs);
     let elapsed = started.elapsed().as_secs_f64();
 
     crate::out!(
@@ -305,6 +338,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             .map(|v| format!("{v:.3}"))
             .unwrap_or_else(|| "–".into());
         let extra = match (t.get("tcpdump"), t.get("lost")) {
+            (_, Some(l)) if t.get("sent").is_some() => format!(" of {} (lost {l})", t["sent"]),
             (Some(td), _) => format!(" (tcpdump {:.3})", td.as_f64().unwrap_or(0.0)),
             (_, Some(l)) => format!(" (lost {})", l),
             _ => String::new(),
