@@ -387,7 +387,14 @@ pub(super) fn measure(ctx: &Ctx, config: Config, load: Load, rep: u32) -> Result
             if config == Config::Tcpdump {
                 read_tcpdump_stats(&done.stderr, &mut f);
             } else {
-                read_flowtrace_summary(&done, config, &ctx.host_veth, &mut f)?;
+                // Per-packet figures are per packet of the load: at the traced veth, or for a
+                // neighbour's load (which never passes it) at the bridge.
+                let at = if load.neighbour() {
+                    &ctx.bridge
+                } else {
+                    &ctx.host_veth
+                };
+                read_flowtrace_summary(&done, config, at, &mut f)?;
             }
             f.events_per_s = f.events as f64 / f64::from(ctx.seconds);
             if let Some((port, sent)) = probes {

@@ -64,6 +64,29 @@ pub struct BenchArgs {
     /// Use target/release/flowtrace as it is (skip `cargo build --release -p tracer`).
     #[arg(long)]
     pub no_build: bool,
+    /// Only these loads (repeatable; default all): tcp, udp, neighbour-tcp, neighbour-udp.
+    #[arg(long = "load", value_name = "LOAD")]
+    pub loads: Vec<LoadArg>,
+}
+
+/// A load named on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoadArg {
+    Tcp,
+    Udp,
+    NeighbourTcp,
+    NeighbourUdp,
+}
+
+impl LoadArg {
+    fn load(self) -> Load {
+        match self {
+            LoadArg::Tcp => Load::Tcp,
+            LoadArg::Udp => Load::Udp,
+            LoadArg::NeighbourTcp => Load::NeighbourTcp,
+            LoadArg::NeighbourUdp => Load::NeighbourUdp,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]

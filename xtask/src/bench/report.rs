@@ -238,6 +238,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         bridge: st.bridge.clone().unwrap_or_default(),
         tag: std::process::id().to_string(),
     };
+    let loads: Vec<Load> = if args.loads.is_empty() {
+        LOADS.to_vec()
+    } else {
+        LOADS
+            .into_iter()
+            .filter(|l| args.loads.iter().any(|a| a.load() == *l))
+            .collect()
+    };
     let machine = machine();
     crate::out!(
         "bench: {} CPUs ({}), kernel {}; {} s per load, {} repetition(s), up to {} configurations × {} loads",
@@ -247,7 +255,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         args.seconds,
         repeat,
         CONFIGS.len(),
-        LOADS.len()
+        loads.len()
     );
     crate::out!(
         "bench: the neighbour loads come from {} while flowtrace traces {} (idle but for {PROBES} probes)",
@@ -257,7 +265,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
     let mut runs: Vec<Run> = Vec::new();
     for rep in 1..=repeat {
-        for load in LOADS {
+        for &load in &loads {
             for &config in load.configs() {
                 let t = Instant::now();
                 let run = measure(&ctx, config, load, rep).with_context(|| {
@@ -294,7 +302,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             .map(|b| r.throughput / b);
     }
     let mut rows = Vec::new();
-    for load in LOADS {
+    for &load in &loads {
         for &config in load.configs() {
             let per: Vec<Row> = runs
                 .iter()
