@@ -6,6 +6,7 @@ pub mod correlate;
 pub mod error;
 pub mod events;
 pub mod filter;
+pub mod model;
 pub mod output;
 pub mod pcapfilter;
 pub mod pipeline;

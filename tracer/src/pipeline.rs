@@ -12,7 +12,8 @@ use crate::{
     },
     events::{clock::WallClock, decode::Observation},
     filter::PacketFilter,
-    output::{json, record::Recorder, Discarded, Format, Summary},
+    model,
+    output::{record::Recorder, Discarded, Format, Summary},
     target::scope::Scope,
 };
 
@@ -258,22 +259,22 @@ impl Pipeline {
             if json_only && self.flow_mode {
                 continue; // only flows are printed
             }
-            let model = json::packet_model(&e, points, &self.clock);
+            let model = model::Packet::of(&e, points, &self.clock);
             if json_only {
-                // `--json`: straight from the model to the output, no intermediate tree.
-                serde_json::to_writer(&mut *out, &model).map_err(std::io::Error::from)?;
+                // `--json`: straight from the model to the output.
+                model.write_json(&mut *out)?;
                 out.write_all(b"\n")?;
                 continue;
             }
-            let v = model.to_value();
             if let Some(r) = self.recorder.as_mut() {
-                r.record(&e, &v)?;
+                r.record(&e, &model)?;
+            }
+            if !self.flow_mode && self.tui.is_none() {
+                writeln!(out, "{}", self.format.packet(&model))?;
             }
             if let Some(tx) = &self.tui {
                 // A dashboard that cannot keep up skips packets; its counters stay exact.
-                let _ = tx.try_send(crate::tui::Feed::Packet(v));
-            } else if !self.flow_mode {
-                writeln!(out, "{}", self.format.packet_value(&v))?;
+                let _ = tx.try_send(crate::tui::Feed::Packet(Box::new(model)));
             }
         }
         Ok(())

@@ -9,11 +9,12 @@ use std::{
     path::Path,
 };
 
-use serde_json::Value;
+use serde::Deserialize;
 
 use crate::{
     cli::ReadArgs,
     error::{Error, Result},
+    model::{Hop, Line, Packet},
     output::{
         pcapng::{Block, Reader},
         record::TAG,
@@ -24,10 +25,36 @@ use crate::{
     tui::{Feed, HopCount},
 };
 
+/// One hop's `flowtrace:` comment, as `output::record` writes it.
+#[derive(Deserialize)]
+struct HopRecord {
+    pkt: u64,
+    hop: u64,
+    hops: u64,
+    data: Hop,
+    /// On a packet's first hop: the packet without its hops.
+    packet: Option<Packet>,
+}
+
+/// What a `flowtrace:` comment holds: a hop of a packet, or a line of the model (`lost`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Record {
+    Hop(Box<HopRecord>),
+    Line(Box<Line>),
+}
+
+/// What a recording gives back, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Replayed {
+    Packet(Box<Packet>),
+    Lost(u64),
+}
+
 #[derive(Default)]
 struct Partial {
-    head: Option<Value>,
-    hops: BTreeMap<u64, Value>,
+    head: Option<Packet>,
+    hops: BTreeMap<u64, Hop>,
     total: u64,
     /// The filter expression matched one of its hops' frames.
     matched: bool,
@@ -38,10 +65,10 @@ impl Partial {
         self.head.is_some() && self.hops.len() as u64 == self.total
     }
 
-    fn into_packet(self) -> Option<Value> {
-        let mut v = self.head?;
-        v["hops"] = Value::Array(self.hops.into_values().collect());
-        Some(v)
+    fn into_packet(self) -> Option<Packet> {
+        let mut p = self.head?;
+        p.hops = self.hops.into_values().collect();
+        Some(p)
     }
 }
 
@@ -57,26 +84,24 @@ struct Tally {
 }
 
 impl Tally {
-    fn add(&mut self, v: &Value) {
+    fn add(&mut self, p: &Packet) {
         self.packets += 1;
-        self.drops += u64::from(v["drop"].is_object());
-        let (a, b) = (v["src"].to_string(), v["dst"].to_string());
+        self.drops += u64::from(p.drop.is_some());
+        let (a, b) = (
+            p.src.clone().unwrap_or_default(),
+            p.dst.clone().unwrap_or_default(),
+        );
         let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-        self.flows
-            .insert(format!("{} {} {lo} {hi}", v["container"], v["proto"]));
-        for h in v["hops"].as_array().into_iter().flatten() {
-            if h["point"] == "tc" {
-                let key = (
-                    h["iface"].as_str().unwrap_or("").to_owned(),
-                    h["dir"].as_str().unwrap_or("").to_owned(),
-                );
-                if let Some(role) = h["role"].as_str() {
-                    self.roles.insert(key.0.clone(), role.to_owned());
-                }
-                let e = self.hops.entry(key).or_default();
-                e.0 += 1;
-                e.1 += h["len"].as_u64().unwrap_or(0);
+        let (c, proto) = (p.container.as_deref(), p.proto.as_deref());
+        self.flows.insert(format!("{c:?} {proto:?} {lo} {hi}"));
+        for h in p.tc_hops() {
+            let key = (h.iface.clone(), h.dir.clone());
+            if let Some(role) = &h.role {
+                self.roles.insert(key.0.clone(), role.clone());
             }
+            let e = self.hops.entry(key).or_default();
+            e.0 += 1;
+            e.1 += u64::from(h.len);
         }
     }
 
@@ -144,7 +169,7 @@ struct Walked {
 fn walk(
     path: &Path,
     filter: Option<&Program>,
-    mut each: impl FnMut(Value) -> Result<()>,
+    mut each: impl FnMut(Replayed) -> Result<()>,
 ) -> Result<Walked> {
     let file =
         File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
@@ -192,27 +217,36 @@ fn walk(
         let Some(machine) = comments.iter().find_map(|c| c.strip_prefix(TAG)) else {
             continue;
         };
-        let rec: Value = serde_json::from_str(machine)
-            .map_err(|e| bad(path, format!("a flowtrace comment is not valid JSON ({e})")))?;
+        let rec: Record = serde_json::from_str(machine).map_err(|e| {
+            bad(
+                path,
+                format!("a flowtrace comment is not a record flowtrace writes ({e})"),
+            )
+        })?;
         records += 1;
-        if rec["type"] == "lost" {
-            tally.lost += rec["count"].as_u64().unwrap_or(0);
-            each(rec)?;
-            continue;
-        }
-        let (Some(pkt), Some(hop), Some(total)) = (
-            rec["pkt"].as_u64(),
-            rec["hop"].as_u64(),
-            rec["hops"].as_u64(),
-        ) else {
-            return Err(bad(path, "a flowtrace comment lacks pkt/hop/hops"));
+        let rec = match rec {
+            Record::Line(line) if matches!(*line, Line::Lost(_)) => {
+                let Line::Lost(l) = *line else { continue };
+                tally.lost += l.count;
+                each(Replayed::Lost(l.count))?;
+                continue;
+            }
+            Record::Line(_) => continue,
+            Record::Hop(h) => h,
         };
+        let HopRecord {
+            pkt,
+            hop,
+            hops: total,
+            data,
+            packet,
+        } = *rec;
         let p = partial.entry(pkt).or_default();
         p.total = total;
-        if let Some(head) = rec.get("packet") {
-            p.head = Some(head.clone());
+        if let Some(head) = packet {
+            p.head = Some(head);
         }
-        p.hops.insert(hop, rec["data"].clone());
+        p.hops.insert(hop, data);
         if let (Some(f), Some((data, len))) = (filter, &frame) {
             p.matched |= f.matches_captured(data, *len);
         }
@@ -221,7 +255,7 @@ fn walk(
             if let Some(v) = partial.remove(&pkt).and_then(Partial::into_packet) {
                 if shown {
                     tally.add(&v);
-                    each(v)?;
+                    each(Replayed::Packet(Box::new(v)))?;
                 }
             }
         }
@@ -234,7 +268,7 @@ fn walk(
         }
         if let Some(v) = p.into_packet() {
             tally.add(&v);
-            each(v)?;
+            each(Replayed::Packet(Box::new(v)))?;
         }
     }
     if blocks == 0 {
@@ -283,11 +317,10 @@ pub fn read(args: &ReadArgs) -> Result<()> {
     let filter = compile(args)?;
     let mut out = BufWriter::new(std::io::stdout());
     let werr = |e| Error::io("writing output", e);
-    let walked = walk(&args.file, filter.as_ref(), |v| {
-        let line = if v["type"] == "lost" {
-            format.lost(v["count"].as_u64().unwrap_or(0))
-        } else {
-            format.packet_value(&v)
+    let walked = walk(&args.file, filter.as_ref(), |r| {
+        let line = match r {
+            Replayed::Lost(n) => format.lost(n),
+            Replayed::Packet(p) => format.packet(&p),
         };
         writeln!(out, "{line}").map_err(werr)
     })?;
@@ -308,18 +341,17 @@ pub async fn read_tui(args: &ReadArgs) -> Result<()> {
     let filter = compile(args)?;
     let mut packets = Vec::new();
     let mut lost = 0;
-    let walked = walk(&args.file, filter.as_ref(), |v| {
-        if v["type"] == "lost" {
-            lost += v["count"].as_u64().unwrap_or(0);
-        } else {
-            packets.push(v);
+    let walked = walk(&args.file, filter.as_ref(), |r| {
+        match r {
+            Replayed::Lost(n) => lost += n,
+            Replayed::Packet(p) => packets.push(*p),
         }
         Ok(())
     })?;
     let (tx, rx) = tokio::sync::mpsc::channel(packets.len() + 8);
     let n = packets.len();
     for v in packets {
-        let _ = tx.try_send(Feed::Packet(v));
+        let _ = tx.try_send(Feed::Packet(Box::new(v)));
     }
     let _ = tx.try_send(Feed::Counters(walked.tally.hop_counts()));
     let _ = tx.try_send(Feed::Lost(lost));
@@ -346,10 +378,7 @@ mod tests {
             packet::tests::{masqueraded_syn, points},
         },
         events::clock::WallClock,
-        output::{
-            json,
-            record::{RecordOptions, Recorder},
-        },
+        output::record::{RecordOptions, Recorder},
     };
 
     #[test]
@@ -365,7 +394,7 @@ mod tests {
         };
         let mut r = Recorder::create(opts, "test".into()).expect("create");
         let e = Explainer::empty().explain(masqueraded_syn(), &points());
-        let v = json::packet(&e, &points(), &WallClock::with_offset(0));
+        let v = Packet::of(&e, &points(), &WallClock::with_offset(0));
         r.record(&e, &v).expect("record");
         r.lost(50_000, 7).expect("lost");
         r.flush().expect("flush");
@@ -378,9 +407,12 @@ mod tests {
         })
         .expect("walk");
         assert_eq!(seen.len(), 2);
-        assert_eq!(seen[0], v, "the packet exactly as it was printed live");
-        assert_eq!(seen[1]["type"], "lost");
-        assert_eq!(seen[1]["count"], 7);
+        assert_eq!(
+            seen[0],
+            Replayed::Packet(Box::new(v)),
+            "the packet exactly as it was printed live"
+        );
+        assert_eq!(seen[1], Replayed::Lost(7));
         let summary = walked.tally.summary();
         assert_eq!((summary.packets, summary.lost), (1, 7));
 
@@ -394,7 +426,7 @@ mod tests {
             let prog = Program::compile(expr).expect("compiles");
             let mut n = 0;
             let walked = walk(&path, Some(&prog), |x| {
-                n += u64::from(x["type"] == "packet");
+                n += u64::from(matches!(x, Replayed::Packet(_)));
                 Ok(())
             })
             .expect("walk");

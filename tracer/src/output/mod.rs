@@ -1,6 +1,5 @@
 //! Presenting what was traced: text for people, JSON lines for programs.
 
-pub mod json;
 pub mod pcapng;
 pub mod raw;
 pub mod record;
@@ -14,6 +13,7 @@ use crate::{
         packet::Hop,
         verdict::NfStep,
     },
+    model::{FlowLine, HopLine, Lost, Packet, SummaryLine, VERSION},
     probe::counters::HopTotals,
 };
 
@@ -92,11 +92,11 @@ pub enum Format {
 }
 
 impl Format {
-    /// A packet already in its JSON form (live, or read back from a recording).
-    pub fn packet_value(&self, v: &serde_json::Value) -> String {
+    /// A packet (live, or read back from a recording).
+    pub fn packet(&self, p: &Packet) -> String {
         match self {
-            Self::Text => text::packet(v),
-            Self::Json => v.to_string(),
+            Self::Text => text::packet(p),
+            Self::Json => p.to_json(),
         }
     }
 
@@ -108,14 +108,14 @@ impl Format {
     ) -> String {
         match self {
             Self::Text => text::flow(k, s, clock),
-            Self::Json => json::flow(k, s, clock).to_string(),
+            Self::Json => FlowLine::of(k, s, clock).to_json(),
         }
     }
 
     pub fn lost(&self, count: u64) -> String {
         match self {
             Self::Text => format!("!! {count} events lost (ring buffer full); per-hop counters still count every packet"),
-            Self::Json => serde_json::json!({"type": "lost", "count": count}).to_string(),
+            Self::Json => Lost::of(count).to_json(),
         }
     }
 
@@ -133,11 +133,9 @@ impl Format {
                 out
             }
             Self::Json => {
-                let hops: Vec<serde_json::Value> = hops
-                    .iter()
-                    .map(|h| serde_json::json!({"iface": h.iface, "dir": h.direction, "packets": h.packets, "bytes": h.bytes, "lost": h.lost}))
-                    .collect();
-                serde_json::json!({"type": "counters", "time": time, "hops": hops}).to_string()
+                let hops: Vec<HopLine> = hops.iter().map(HopLine::of).collect();
+                serde_json::json!({"type": "counters", "v": VERSION, "time": time, "hops": hops})
+                    .to_string()
             }
         }
     }
@@ -145,7 +143,7 @@ impl Format {
     pub fn summary(&self, s: &Summary) -> String {
         match self {
             Self::Text => text::summary(s),
-            Self::Json => json::summary(s).to_string(),
+            Self::Json => SummaryLine::of(s).to_json(),
         }
     }
 }

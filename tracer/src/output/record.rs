@@ -14,14 +14,15 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde_json::{json, Value};
-
 use super::{
     merged,
     pcapng::{Direction, PacketRecord, Writer, LINKTYPE_ETHERNET, LINKTYPE_RAW},
     Step,
 };
-use crate::correlate::explain::Explained;
+use crate::{
+    correlate::explain::Explained,
+    model::{Hop, Lost, Packet},
+};
 
 /// The prefix of the machine-readable comment.
 pub const TAG: &str = "flowtrace:";
@@ -140,33 +141,29 @@ impl Recorder {
         Ok(())
     }
 
-    /// Writes every hop of one packet; `v` is its JSON form (`json::packet`).
-    pub fn record(&mut self, e: &Explained, v: &Value) -> io::Result<()> {
+    /// Writes every hop of one packet, `p` (built from `e`).
+    pub fn record(&mut self, e: &Explained, p: &Packet) -> io::Result<()> {
         self.rotate_if_needed()?;
         let pkt = self.next_pkt;
         self.next_pkt += 1;
         self.packets += 1;
-        let no_hops = Vec::new();
-        let hops = v["hops"].as_array().unwrap_or(&no_hops);
         let steps = merged(e);
         let n = steps.len();
         // The packet without its hops (each hop's own record carries it), serialised once.
-        let head: serde_json::Map<String, Value> = v
-            .as_object()
-            .map(|o| {
-                o.iter()
-                    .filter(|(k, _)| *k != "hops")
-                    .map(|(k, x)| (k.clone(), x.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let head = Value::Object(head).to_string();
-        for (i, (step, hop)) in steps.iter().zip(hops.iter()).enumerate() {
-            let (name, linktype, ts, data, orig, dir) = match step {
-                Step::Tc(h, _) => (
+        let mut head = serde_json::to_value(p).map_err(io::Error::from)?;
+        if let Some(o) = head.as_object_mut() {
+            o.remove("hops");
+        }
+        let head = head.to_string();
+        for (i, (step, hop)) in steps.iter().zip(p.hops.iter()).enumerate() {
+            let (name, linktype, ts, data, orig, dir) = match (step, hop) {
+                (Step::Tc(h, _), _) => (
                     format!(
                         "{} tc-{}",
-                        hop["iface"].as_str().unwrap_or("?"),
+                        match hop {
+                            Hop::Tc(t) => t.iface.as_str(),
+                            Hop::Nf(_) => "?",
+                        },
                         h.direction.as_str()
                     ),
                     LINKTYPE_ETHERNET,
@@ -179,12 +176,11 @@ impl Recorder {
                         Direction::Outbound
                     }),
                 ),
-                Step::Nf(s) => (
-                    format!(
-                        "{}/{}",
-                        hop["hook"].as_str().unwrap_or("?"),
-                        hop["table"].as_str().unwrap_or("?")
-                    ),
+                (Step::Nf(s), hop) => (
+                    match hop {
+                        Hop::Nf(h) => format!("{}/{}", h.hook, h.table),
+                        Hop::Tc(_) => "?/?".to_owned(),
+                    },
                     LINKTYPE_RAW,
                     s.ts_ns,
                     s.bytes.as_slice(),
@@ -204,9 +200,10 @@ impl Recorder {
             } else {
                 String::new()
             };
+            let data_json = serde_json::to_string(hop).map_err(io::Error::from)?;
             let machine =
-                format!("{{\"pkt\":{pkt},\"hop\":{i},\"hops\":{n},\"data\":{hop}{packet}}}");
-            let comments = vec![human(pkt, i, n, v, hop), format!("{TAG}{machine}")];
+                format!("{{\"pkt\":{pkt},\"hop\":{i},\"hops\":{n},\"data\":{data_json}{packet}}}");
+            let comments = vec![human(pkt, i, n, p, hop), format!("{TAG}{machine}")];
             self.writer.packet(&PacketRecord {
                 interface: iface,
                 ts_ns: ts,
@@ -225,7 +222,7 @@ impl Recorder {
     /// a comment), so that a recording says where it has gaps.
     pub fn lost(&mut self, ts_ns: u64, count: u64) -> io::Result<()> {
         let iface = self.interface("flowtrace events".to_owned(), LINKTYPE_RAW)?;
-        let machine = json!({"type": "lost", "count": count});
+        let machine = Lost::of(count).to_json();
         let comments = vec![
             format!(
                 "{count} events lost (ring buffer full); per-hop counters still count every packet"
@@ -245,49 +242,33 @@ impl Recorder {
 }
 
 /// `pkt 3 hop 4/6: FORWARD filter DROP NETFILTER_DROP rule: -A DOCKER-USER …`
-fn human(pkt: u64, i: usize, n: usize, v: &Value, hop: &Value) -> String {
-    let s = |x: &Value| x.as_str().unwrap_or("").to_owned();
-    let what = if hop["point"] == "netfilter" {
-        let mut t = format!(
-            "{} {} {}",
-            s(&hop["hook"]),
-            s(&hop["table"]),
-            s(&hop["verdict"])
-        );
-        if hop["verdict"] == "drop" {
-            t.push_str(&format!(" {}", s(&v["drop"]["reason"])));
-            if let Some(rule) = v["drop"]["rule"].as_str() {
-                t.push_str(&format!(" rule: {rule}"));
+fn human(pkt: u64, i: usize, n: usize, p: &Packet, hop: &Hop) -> String {
+    let what = match hop {
+        Hop::Nf(h) => {
+            let mut t = format!("{} {} {}", h.hook, h.table, h.verdict);
+            if let (Some(d), "drop") = (&p.drop, h.verdict.as_str()) {
+                t.push_str(&format!(" {}", d.reason));
+                if let Some(rule) = &d.rule {
+                    t.push_str(&format!(" rule: {rule}"));
+                }
             }
+            t
         }
-        t
-    } else {
-        format!(
+        Hop::Tc(h) => format!(
             "{} tc {} {} → {}",
-            s(&hop["iface"]),
-            s(&hop["dir"]),
-            s(&hop["src"]),
-            s(&hop["dst"])
-        )
+            h.iface,
+            h.dir,
+            h.src.as_deref().unwrap_or(""),
+            h.dst.as_deref().unwrap_or("")
+        ),
     };
-    let nat = hop["nat"]
-        .as_object()
-        .map(|n| {
-            format!(
-                " {} {} → {}",
-                n.get("kind")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_uppercase(),
-                n.get("from").and_then(Value::as_str).unwrap_or(""),
-                n.get("to").and_then(Value::as_str).unwrap_or("")
-            )
-        })
+    let nat = hop
+        .nat()
+        .map(|n| format!(" {}", n.text()))
         .unwrap_or_default();
-    let drop = if i + 1 == n && v["drop"].is_object() && v["drop"]["hook"].is_null() {
-        format!(" ✗ dropped: {}", s(&v["drop"]["reason"]))
-    } else {
-        String::new()
+    let drop = match &p.drop {
+        Some(d) if i + 1 == n && d.hook.is_none() => format!(" ✗ dropped: {}", d.reason),
+        _ => String::new(),
     };
     format!("pkt {pkt} hop {}/{n}: {what}{nat}{drop}", i + 1)
 }

@@ -2,12 +2,11 @@
 
 use std::fmt::Write as _;
 
-use serde_json::Value;
-
 use super::Summary;
 use crate::{
     correlate::flow::{FlowKey, FlowStats},
     events::clock::{short_time, WallClock},
+    model::{Hop, Packet},
 };
 
 /// `+0.0µs`, `+32.6µs`, `+1.204ms`.
@@ -29,74 +28,58 @@ fn note(role: &str, dir: &str) -> &'static str {
     }
 }
 
-fn nat_text(n: &Value) -> Option<String> {
-    let kind = n["kind"].as_str()?.to_uppercase();
-    Some(format!(
-        "{kind} {} → {}",
-        n["from"].as_str()?,
-        n["to"].as_str()?
-    ))
-}
-
-/// Renders one packet from its JSON form (see `json::packet`), so that a live run and
-/// `flowtrace read` of a recording print the same text.
-pub fn packet(v: &Value) -> String {
-    let str_of = |x: &Value| x.as_str().unwrap_or("").to_owned();
+/// Renders one packet, so that a live run and `flowtrace read` of a recording print the same
+/// text.
+pub fn packet(p: &Packet) -> String {
     let mut s = String::new();
-    let who = match (v["container"].as_str(), v["way"].as_str()) {
+    let who = match (&p.container, &p.way) {
         (Some(c), Some(w)) => format!("  container {c} ({w})"),
         _ => String::new(),
     };
-    let time = v["time"].as_str().map(short_time).unwrap_or_default();
-    let summary = v["summary"].as_str().unwrap_or("non-IP frame");
-    let _ = writeln!(s, "{time} {summary} {}B{who}", v["len"]);
-    let drop = &v["drop"];
-    for h in v["hops"].as_array().into_iter().flatten() {
-        let at = delta(h["at_ns"].as_u64().unwrap_or(0));
-        let line = if h["point"] == "netfilter" {
-            let tail = match (h["verdict"].as_str(), nat_text(&h["nat"])) {
-                (Some("drop"), _) => {
-                    let mut t = format!("DROP ✗ {}", str_of(&drop["reason"]));
-                    if let Some(rule) = drop["rule"].as_str() {
-                        t.push_str(&format!("\n            rule: {rule}"));
+    let time = short_time(&p.time);
+    let summary = p.summary.as_deref().unwrap_or("non-IP frame");
+    let _ = writeln!(s, "{time} {summary} {}B{who}", p.len);
+    let drop = p.drop.as_ref();
+    for h in &p.hops {
+        let at = delta(h.at_ns());
+        let line = match h {
+            Hop::Nf(n) => {
+                let tail = match (n.verdict.as_str(), &n.nat) {
+                    ("drop", _) => {
+                        let mut t = format!("DROP ✗ {}", drop.map_or("", |d| d.reason.as_str()));
+                        if let Some(rule) = drop.and_then(|d| d.rule.as_deref()) {
+                            t.push_str(&format!("\n            rule: {rule}"));
+                        }
+                        t
                     }
-                    t
-                }
-                (_, Some(nat)) => nat,
-                _ => "accept".to_owned(),
-            };
-            format!(
-                "  {at:<9} {:<17} {:<14} {tail}",
-                str_of(&h["hook"]),
-                str_of(&h["table"])
-            )
-        } else {
-            let (role, dir) = (str_of(&h["role"]), str_of(&h["dir"]));
-            let mut tail = note(&role, &dir).to_owned();
-            if let Some(nat) = nat_text(&h["nat"]) {
-                if !tail.is_empty() {
-                    tail.push_str("  ");
-                }
-                tail.push_str(&nat);
+                    (_, Some(nat)) => nat.text(),
+                    _ => "accept".to_owned(),
+                };
+                format!("  {at:<9} {:<17} {:<14} {tail}", n.hook, n.table)
             }
-            format!(
-                "  {at:<9} {:<17} {:<14} {tail}",
-                str_of(&h["iface"]),
-                format!("tc {dir}")
-            )
+            Hop::Tc(t) => {
+                let mut tail = note(t.role.as_deref().unwrap_or(""), &t.dir).to_owned();
+                if let Some(nat) = &t.nat {
+                    if !tail.is_empty() {
+                        tail.push_str("  ");
+                    }
+                    tail.push_str(&nat.text());
+                }
+                format!(
+                    "  {at:<9} {:<17} {:<14} {tail}",
+                    t.iface,
+                    format!("tc {}", t.dir)
+                )
+            }
         };
         let _ = writeln!(s, "{}", line.trim_end());
     }
-    if drop.is_object() && drop["hook"].is_null() {
-        let mut line = format!(
-            "  {:<9} ✗ dropped: {}",
-            delta(drop["at_ns"].as_u64().unwrap_or(0)),
-            str_of(&drop["reason"])
-        );
-        if let Some(loc) = drop["location"].as_str() {
+    if let Some(d) = drop.filter(|d| d.hook.is_none()) {
+        let mut line = format!("  {:<9} ✗ dropped: {}", delta(d.at_ns), d.reason);
+        if let Some(loc) = &d.location {
             line.push_str(&format!(" in {loc}"));
         }
-        if let Some(place) = drop["place"].as_str() {
+        if let Some(place) = &d.place {
             line.push_str(&format!(" ({place})"));
         }
         let _ = writeln!(s, "{line}");
@@ -172,11 +155,7 @@ mod tests {
             (47_900, UPLINK, Direction::Egress, [198, 51, 100, 1]),
         ]);
         let e = Explainer::empty().explain(p, &points());
-        let text = packet(&super::super::json::packet(
-            &e,
-            &points(),
-            &WallClock::with_offset(0),
-        ));
+        let text = packet(&Packet::of(&e, &points(), &WallClock::with_offset(0)));
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4, "{text}");
         assert!(lines[0].ends_with("TCP 172.18.0.2:41234 → 198.51.100.2:8080 [S] 54B  container ens_monitor_cron (out)"), "{text}");

@@ -4,6 +4,12 @@
 use serde_json::{json, Value};
 
 use super::{Feed, HopCount};
+use crate::model::Packet;
+
+/// A packet of the contract from its JSON (the fixtures also check that it parses).
+fn packet(v: Value) -> Packet {
+    serde_json::from_value(v).expect("a fixture follows the contract")
+}
 
 pub const RULE: &str = "-A DOCKER-USER -d 198.51.100.2/32 -p tcp -m tcp --dport 8081 -j DROP";
 
@@ -16,7 +22,7 @@ pub fn nf(at: u64, hook: &str, table: &str, verdict: &str, src: &str, dst: &str)
 }
 
 /// A forwarded SYN, MASQUERADEd at POSTROUTING/nat.
-pub fn syn() -> Value {
+pub fn syn() -> Packet {
     let (c, r, h) = (
         "172.18.0.2:41234",
         "198.51.100.2:8080",
@@ -24,16 +30,18 @@ pub fn syn() -> Value {
     );
     let mut post = nf(73300, "POSTROUTING", "nat", "accept", h, r);
     post["nat"] = json!({"kind": "snat", "from": c, "to": h});
-    json!({"type": "packet", "time": "2026-11-24T15:07:34.120511Z", "container": "ens_monitor_cron", "way": "out",
+    packet(
+        json!({"skb": "0xffff8880", "time": "2026-11-24T15:07:34.120511Z", "container": "ens_monitor_cron", "way": "out",
         "proto": "tcp", "src": c, "dst": r, "len": 74, "tcp_flags": "S", "summary": "TCP [S]",
         "hops": [tc(0, "veth9780200", "veth", "ingress", c, r), nf(40800, "PREROUTING", "nat", "accept", c, r),
             tc(48400, "br-d9231d44a1ab", "bridge", "ingress", c, r), nf(62900, "FORWARD", "filter", "accept", c, r),
             post, tc(75100, "ftlab-up", "uplink", "egress", h, r)],
-        "drop": null})
+        "drop": null}),
+    )
 }
 
 /// Its SYN-ACK, de-NATed at PREROUTING/nat.
-pub fn syn_ack() -> Value {
+pub fn syn_ack() -> Packet {
     let (c, r, h) = (
         "172.18.0.2:41234",
         "198.51.100.2:8080",
@@ -41,24 +49,28 @@ pub fn syn_ack() -> Value {
     );
     let mut pre = nf(4000, "PREROUTING", "nat", "accept", r, c);
     pre["nat"] = json!({"kind": "dnat", "from": h, "to": c});
-    json!({"type": "packet", "time": "2026-11-24T15:07:34.120611Z", "container": "ens_monitor_cron", "way": "in",
+    packet(
+        json!({"skb": "0xffff8880", "time": "2026-11-24T15:07:34.120611Z", "container": "ens_monitor_cron", "way": "in",
         "proto": "tcp", "src": r, "dst": c, "len": 74, "tcp_flags": "S.", "summary": "TCP [S.]",
         "hops": [tc(0, "ftlab-up", "uplink", "ingress", r, h), pre, nf(12700, "FORWARD", "filter", "accept", r, c),
             nf(18100, "POSTROUTING", "nat", "accept", r, c), tc(19400, "br-d9231d44a1ab", "bridge", "egress", r, c),
             tc(22200, "veth9780200", "veth", "egress", r, c)],
-        "drop": null})
+        "drop": null}),
+    )
 }
 
 /// A SYN dropped by the DOCKER-USER rule at FORWARD/filter.
-pub fn dropped() -> Value {
+pub fn dropped() -> Packet {
     let (c, r) = ("172.18.0.2:52011", "198.51.100.2:8081");
-    json!({"type": "packet", "time": "2026-11-24T15:07:36.002113Z", "container": "ens_monitor_cron", "way": "out",
+    packet(
+        json!({"skb": "0xffff8880", "time": "2026-11-24T15:07:36.002113Z", "container": "ens_monitor_cron", "way": "out",
         "proto": "tcp", "src": c, "dst": r, "len": 74, "tcp_flags": "S", "summary": "TCP [S]",
         "hops": [tc(0, "veth9780200", "veth", "ingress", c, r), nf(43000, "PREROUTING", "nat", "accept", c, r),
             tc(52000, "br-d9231d44a1ab", "bridge", "ingress", c, r), nf(67100, "FORWARD", "filter", "drop", c, r)],
         "drop": {"reason": "NETFILTER_DROP", "location": "nf_hook_slow", "hook": "FORWARD", "table": "filter",
             "rule": RULE, "rule_source": "iptables-save -c counters", "last_hop": "br-d9231d44a1ab tc ingress",
-            "place": null, "at_ns": 67200}})
+            "place": null, "at_ns": 67200}}),
+    )
 }
 
 pub fn hc(iface: &str, role: &str, direction: &'static str, packets: u64, bytes: u64) -> HopCount {

@@ -9,7 +9,7 @@
 mod app;
 mod event;
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 mod fmt;
 mod handler;
 mod model;
@@ -38,8 +38,8 @@ static PANICKED: AtomicBool = AtomicBool::new(false);
 /// What the session sends the dashboard.
 #[derive(Debug)]
 pub enum Feed {
-    /// One traced packet, in its JSON form (exactly what `--json` prints for type "packet").
-    Packet(serde_json::Value),
+    /// One traced packet (exactly what `--json` prints for type "packet").
+    Packet(Box<crate::model::Packet>),
     /// Kernel per-hop counters (exact, from per-CPU maps), summed over CPUs: one entry per
     /// (interface, direction) flowtrace attached to.
     Counters(Vec<HopCount>),

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
-use serde_json::Value;
+use crate::model::{Drop, Hop, Nat, Packet};
 
 use super::stats::{
     ChainHop, DropKey, DropStat, Flow, FlowKey, HookStat, HopStat, Rate, TimelinePacket,
@@ -71,39 +71,15 @@ pub fn short_hook(hook: &str) -> &str {
     }
 }
 
-fn s<'a>(v: &'a Value, k: &str) -> Option<&'a str> {
-    v.get(k).and_then(Value::as_str)
-}
-
-fn opt(v: &Value, k: &str) -> Option<String> {
-    s(v, k).map(str::to_owned)
-}
-
 /// The flow's NAT as the flows table shows it.
-fn nat_view(n: &Value, local: &str) -> Option<String> {
-    let (from, to) = (s(n, "from")?, s(n, "to")?);
-    Some(if from == local {
-        format!("as {to}")
-    } else if to == local {
-        format!("as {from}")
+fn nat_view(n: &Nat, local: &str) -> String {
+    if n.from == local {
+        format!("as {}", n.to)
+    } else if n.to == local {
+        format!("as {}", n.from)
     } else {
-        format!("{from} → {to}")
-    })
-}
-
-/// "SNAT a → b" from a hop's `nat` object.
-fn nat_text(n: &Value) -> Option<String> {
-    let kind = s(n, "kind")?.to_uppercase();
-    Some(format!(
-        "{kind} {} → {}",
-        s(n, "from").unwrap_or("?"),
-        s(n, "to").unwrap_or("?")
-    ))
-}
-
-/// The interface of a drop's `last_hop` ("br-x tc ingress" → "br-x").
-fn last_hop_iface(d: &Value) -> Option<&str> {
-    s(d, "last_hop").and_then(|h| h.split_whitespace().next())
+        format!("{} → {}", n.from, n.to)
+    }
 }
 
 impl Data {
@@ -176,19 +152,22 @@ impl Data {
         }
     }
 
-    pub fn packet(&mut self, v: &Value) {
+    pub fn packet(&mut self, p: &Packet) {
         self.seq += 1;
         self.packets += 1;
         let seq = self.seq;
-        let way = s(v, "way").unwrap_or("out");
+        let way = p.way.as_deref().unwrap_or("out");
         let w = usize::from(way == "in");
-        let len = v.get("len").and_then(Value::as_u64).unwrap_or(0);
-        let time = s(v, "time").map(clock_of).unwrap_or_default();
-        let (src, dst) = (s(v, "src").unwrap_or("?"), s(v, "dst").unwrap_or("?"));
+        let len = u64::from(p.len);
+        let time = clock_of(&p.time);
+        let (src, dst) = (
+            p.src.as_deref().unwrap_or("?"),
+            p.dst.as_deref().unwrap_or("?"),
+        );
         let (local, remote) = if w == 1 { (dst, src) } else { (src, dst) };
         let key = FlowKey {
-            container: s(v, "container").unwrap_or("?").to_owned(),
-            proto: s(v, "proto").unwrap_or("?").to_owned(),
+            container: p.container.as_deref().unwrap_or("?").to_owned(),
+            proto: p.proto.as_deref().unwrap_or("?").to_owned(),
             local: local.to_owned(),
             remote: remote.to_owned(),
         };
@@ -197,56 +176,51 @@ impl Data {
         let mut notes = Vec::new();
         let mut nat = None;
         let mut seen_hooks: Vec<(u8, String)> = Vec::new();
-        for h in v
-            .get("hops")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let at_ns = h.get("at_ns").and_then(Value::as_u64).unwrap_or(0);
-            let (name, at) = if s(h, "point") == Some("netfilter") {
-                let hook = s(h, "hook").unwrap_or("?");
-                let table = s(h, "table").unwrap_or("?");
-                let k = (hook_rank(hook), hook.to_owned());
-                let st = self.hooks.entry(k.clone()).or_insert_with(|| HookStat {
-                    hook: hook.to_owned(),
-                    ..Default::default()
-                });
-                if !st.tables.iter().any(|t| t == table) {
-                    st.tables.push(table.to_owned());
-                    st.tables.sort_by_key(|t| (table_rank(t), t.clone()));
+        for h in &p.hops {
+            let (name, at) = match h {
+                Hop::Nf(n) => {
+                    let (hook, table) = (n.hook.as_str(), n.table.as_str());
+                    let k = (hook_rank(hook), hook.to_owned());
+                    let st = self.hooks.entry(k.clone()).or_insert_with(|| HookStat {
+                        hook: hook.to_owned(),
+                        ..Default::default()
+                    });
+                    if !st.tables.iter().any(|t| t == table) {
+                        st.tables.push(table.to_owned());
+                        st.tables.sort_by_key(|t| (table_rank(t), t.clone()));
+                    }
+                    if !seen_hooks.contains(&k) {
+                        st.packets[w] += 1;
+                        st.bytes[w] += len;
+                        seen_hooks.push(k);
+                    }
+                    (
+                        format!("{}/{table}", short_hook(hook)),
+                        format!("{hook}/{table}"),
+                    )
                 }
-                if !seen_hooks.contains(&k) {
-                    st.packets[w] += 1;
-                    st.bytes[w] += len;
-                    seen_hooks.push(k);
+                Hop::Tc(t) => {
+                    let role = t.role.as_deref().unwrap_or("iface");
+                    self.ensure_hop(&t.iface, role, &t.dir);
+                    let name = match role {
+                        "veth" => "veth".to_owned(),
+                        "bridge" => "bridge".to_owned(),
+                        _ => t.iface.clone(),
+                    };
+                    (name, format!("{} tc {}", t.iface, t.dir))
                 }
-                (
-                    format!("{}/{table}", short_hook(hook)),
-                    format!("{hook}/{table}"),
-                )
-            } else {
-                let iface = s(h, "iface").unwrap_or("?");
-                let role = s(h, "role").unwrap_or("iface");
-                let dir = s(h, "dir").unwrap_or("?");
-                self.ensure_hop(iface, role, dir);
-                let name = match role {
-                    "veth" => "veth".to_owned(),
-                    "bridge" => "bridge".to_owned(),
-                    _ => iface.to_owned(),
-                };
-                (name, format!("{iface} tc {dir}"))
             };
-            if let Some(n) = h.get("nat") {
-                if let Some(t) = nat_text(n) {
-                    notes.push(format!("{t} at {at}"));
-                }
-                nat = nat_view(n, local).or(nat);
+            if let Some(n) = h.nat() {
+                notes.push(format!("{} at {at}", n.text()));
+                nat = Some(nat_view(n, local));
             }
-            hops.push(ChainHop { name, at_ns });
+            hops.push(ChainHop {
+                name,
+                at_ns: h.at_ns(),
+            });
         }
 
-        let drop = v.get("drop").filter(|d| d.is_object());
+        let drop = p.drop.as_ref();
         if let Some(d) = drop {
             self.record_drop(d, &time, seq, &mut notes);
         }
@@ -267,7 +241,7 @@ impl Data {
         f.recent.push_back(TimelinePacket {
             time,
             way: way.to_owned(),
-            flags: s(v, "tcp_flags").unwrap_or("").to_owned(),
+            flags: p.tcp_flags.clone().unwrap_or_default(),
             len,
             hops,
             notes,
@@ -276,12 +250,12 @@ impl Data {
         self.evict_flows();
     }
 
-    fn record_drop(&mut self, d: &Value, time: &str, seq: u64, notes: &mut Vec<String>) {
-        let reason = s(d, "reason").unwrap_or("UNKNOWN").to_owned();
-        let (hook, table, rule) = (opt(d, "hook"), opt(d, "table"), opt(d, "rule"));
-        let location = s(d, "location").map(|l| match s(d, "place") {
+    fn record_drop(&mut self, d: &Drop, time: &str, seq: u64, notes: &mut Vec<String>) {
+        let reason = d.reason.clone();
+        let (hook, table, rule) = (d.hook.clone(), d.table.clone(), d.rule.clone());
+        let location = d.location.as_ref().map(|l| match &d.place {
             Some(p) => format!("{l} ({p})"),
-            None => l.to_owned(),
+            None => l.clone(),
         });
         match &hook {
             Some(hk) => {
@@ -290,7 +264,7 @@ impl Data {
                 }
             }
             None => {
-                if let Some(i) = last_hop_iface(d) {
+                if let Some(i) = d.last_hop_iface() {
                     *self.iface_drops.entry(i.to_owned()).or_default() += 1;
                 }
             }

@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 use crossterm::event::{Event, KeyCode, KeyEvent, KeyModifiers};
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
-use serde_json::json;
 
 use super::app::{App, Focus, SortKey};
 use super::fixtures::{counters, dropped, hc, syn, syn_ack, RULE};
@@ -20,7 +19,7 @@ fn fed(t0: Instant) -> App {
     );
     app.apply(counters(1), t0);
     for p in [syn(), syn_ack(), dropped()] {
-        app.apply(Feed::Packet(p), t0);
+        app.apply(Feed::Packet(Box::new(p)), t0);
     }
     app.apply(Feed::Lost(7), t0);
     app.apply(
@@ -156,7 +155,7 @@ fn keys_change_state() {
     let mut app = fed(Instant::now());
     press(&mut app, "p");
     assert!(app.paused);
-    app.apply(Feed::Packet(dropped()), Instant::now());
+    app.apply(Feed::Packet(Box::new(dropped())), Instant::now());
     assert_eq!(app.data.packets, 4, "counting goes on while paused");
     assert_eq!(app.view().packets, 3, "the view is frozen");
     press(&mut app, " ");
@@ -222,10 +221,12 @@ fn resize_and_long_names_do_not_spill() {
     let mut app = fed(Instant::now());
     let long = "x".repeat(300);
     let mut p = dropped();
-    p["drop"]["rule"] = json!(format!("-A {long} -j DROP"));
-    p["drop"]["reason"] = json!(format!("REASON{long}"));
-    p["container"] = json!(format!("c{long}"));
-    app.apply(Feed::Packet(p), Instant::now());
+    if let Some(d) = p.drop.as_mut() {
+        d.rule = Some(format!("-A {long} -j DROP"));
+        d.reason = format!("REASON{long}");
+    }
+    p.container = Some(format!("c{long}"));
+    app.apply(Feed::Packet(Box::new(p)), Instant::now());
     app.apply(
         Feed::Counters(vec![hc(&format!("veth{long}"), "veth", "ingress", 1, 1)]),
         Instant::now(),
@@ -259,7 +260,7 @@ fn resize_and_long_names_do_not_spill() {
 #[tokio::test]
 async fn the_loop_quits_on_q_and_on_a_closed_event_stream() {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tx.send(Feed::Packet(syn())).await.unwrap();
+    tx.send(Feed::Packet(Box::new(syn()))).await.unwrap();
     let mut app = App::new("t".into());
     let mut term = Terminal::new(TestBackend::new(80, 24)).unwrap();
     let keys = futures_util::stream::iter(vec![Ok(Event::Key(key(KeyCode::Char('q'))))]);
@@ -288,9 +289,11 @@ fn memory_is_bounded() {
     let t = Instant::now();
     for i in 0..(super::model::MAX_FLOWS + 50) {
         let mut p = dropped();
-        p["src"] = json!(local(i));
-        p["drop"]["rule"] = json!(format!("rule {}", i % 300));
-        app.apply(Feed::Packet(p), t);
+        p.src = Some(local(i));
+        if let Some(d) = p.drop.as_mut() {
+            d.rule = Some(format!("rule {}", i % 300));
+        }
+        app.apply(Feed::Packet(Box::new(p)), t);
     }
     assert_eq!(app.data.flows.len(), super::model::MAX_FLOWS);
     assert_eq!(app.data.drops.len(), super::model::MAX_DROPS);
@@ -335,7 +338,7 @@ async fn demo() {
         .ok();
         loop {
             for p in [syn(), syn_ack(), dropped()] {
-                if tx.send(Feed::Packet(p)).await.is_err() {
+                if tx.send(Feed::Packet(Box::new(p))).await.is_err() {
                     return;
                 }
             }

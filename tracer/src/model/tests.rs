@@ -1,0 +1,138 @@
+use super::*;
+use crate::correlate::{
+    explain::Explainer,
+    packet::tests::{masqueraded_syn, points},
+};
+
+fn syn() -> Packet {
+    let e = Explainer::empty().explain(masqueraded_syn(), &points());
+    Packet::of(&e, &points(), &WallClock::with_offset(0))
+}
+
+#[test]
+fn packet_json_follows_the_contract() {
+    let v: serde_json::Value = serde_json::from_str(&syn().to_json()).expect("json");
+    assert_eq!(v["type"], "packet");
+    assert_eq!(v["v"], VERSION);
+    assert_eq!(v["container"], "ens_monitor_cron");
+    assert_eq!(v["proto"], "tcp");
+    assert_eq!(v["src"], "172.18.0.2:41234");
+    assert_eq!(v["dst"], "198.51.100.2:8080");
+    assert_eq!(v["tcp_flags"], "S");
+    assert_eq!(v["len"], 54);
+    assert!(v["drop"].is_null());
+    let hops = v["hops"].as_array().expect("hops");
+    assert_eq!(hops[0]["at_ns"], 0);
+    assert_eq!(hops[0]["iface"], "veth9780200");
+    assert_eq!(hops[0]["point"], "tc");
+    assert_eq!(hops[0]["role"], "veth");
+    assert_eq!(hops[1]["at_ns"], 46_900);
+    assert_eq!(hops[1]["src"], "198.51.100.1:41234");
+    assert_eq!(hops[1]["nat"]["kind"], "snat");
+    assert_eq!(hops[1]["nat"]["from"], "172.18.0.2:41234");
+    assert_eq!(hops[1]["nat"]["to"], "198.51.100.1:41234");
+}
+
+/// The golden lines: what `--json` prints for these, byte for byte. A change to the contract
+/// shows here first (set FLOWTRACE_BLESS=1 to rewrite the file, and say so in the README).
+const GOLDEN: &str = include_str!("golden.jsonl");
+
+fn golden_lines() -> Vec<String> {
+    let summary = Summary {
+        packets: 1,
+        flows: 1,
+        drops: 0,
+        lost: 2,
+        hops: vec![HopTotals {
+            iface: "veth9780200".into(),
+            direction: "ingress",
+            packets: 3,
+            bytes: 222,
+            lost: 0,
+        }],
+        discarded: Discarded {
+            untraced: 4,
+            ..Default::default()
+        },
+    };
+    let e = Explainer::empty().explain(masqueraded_syn(), &points());
+    let mut flows = crate::correlate::flow::FlowTable::new(4);
+    let key = flows.record(&e.packet, &points(), false).expect("a flow");
+    let stats = flows.get(&key).expect("stats");
+    vec![
+        syn().to_json(),
+        crate::tui::fixtures::dropped().to_json(),
+        FlowLine::of(&key, stats, &WallClock::with_offset(0)).to_json(),
+        Lost::of(2).to_json(),
+        SummaryLine::of(&summary).to_json(),
+    ]
+}
+
+#[test]
+fn the_json_lines_are_the_golden_ones() {
+    let lines = golden_lines();
+    if std::env::var_os("FLOWTRACE_BLESS").is_some() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/model/golden.jsonl");
+        std::fs::write(path, lines.join("\n") + "\n").expect("bless");
+        return;
+    }
+    let golden: Vec<&str> = GOLDEN.lines().collect();
+    assert_eq!(lines.len(), golden.len());
+    for (l, g) in lines.iter().zip(golden) {
+        assert_eq!(l, g);
+    }
+}
+
+#[test]
+fn every_line_reads_back_as_it_was_written() {
+    for l in GOLDEN.lines() {
+        let line = Line::parse(l).expect("a golden line parses");
+        let again = match &line {
+            Line::Packet(p) => p.to_json(),
+            Line::Flow(f) => f.to_json(),
+            Line::Lost(x) => x.to_json(),
+            Line::Summary(s) => s.to_json(),
+        };
+        assert_eq!(again, l);
+    }
+    // Lines of an older flowtrace (no "v") are version 1.
+    let old = r#"{"type":"lost","count":3}"#;
+    assert_eq!(
+        Line::parse(old).ok(),
+        Some(Line::Lost(Lost { v: 1, count: 3 }))
+    );
+    assert!(Line::parse(r#"{"type":"packet"}"#).is_err());
+}
+
+#[test]
+fn the_readme_documents_every_field() {
+    let readme = include_str!("../../../README.md");
+    let contract = readme
+        .split_once("### The JSON contract")
+        .and_then(|(_, r)| r.split("\n## ").next())
+        .expect("the README has a JSON contract section");
+    let mut keys = std::collections::BTreeSet::new();
+    fn walk(v: &serde_json::Value, keys: &mut std::collections::BTreeSet<String>) {
+        match v {
+            serde_json::Value::Object(o) => {
+                for (k, x) in o {
+                    keys.insert(k.clone());
+                    walk(x, keys);
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, keys)),
+            _ => {}
+        }
+    }
+    for l in GOLDEN.lines() {
+        walk(&serde_json::from_str(l).expect("json"), &mut keys);
+    }
+    // The prose, not the example: every other ``` block is code.
+    let prose: String = contract.split("```").step_by(2).collect();
+    for k in keys {
+        assert!(
+            prose.contains(&format!("`{k}`")) || prose.contains(&format!("\"{k}\"")),
+            "the README's JSON contract does not document `{k}`"
+        );
+    }
+}
