@@ -15,6 +15,11 @@
 //! program.
 
 /// Program-array slots.
+/// `TRACKED`'s size: sk_buffs tracked at once at most, the packets in flight.
+pub const MAX_TRACKED: u32 = 65_536;
+/// `FLOWS`' size: NAT'd flows whose replies are in scope.
+pub const MAX_NAT_FLOWS: u32 = 65_536;
+
 pub const FILTER_SLOT_INGRESS: u32 = 0;
 pub const FILTER_SLOT_EGRESS: u32 = 1;
 pub const MATCHED_SLOT_INGRESS: u32 = 2;
@@ -242,8 +247,6 @@ fn put(frame: &mut [u8], at: usize, bytes: &[u8]) {
         d.copy_from_slice(bytes);
     }
 }
-
-impl FlowKey {}
 
 #[cfg(feature = "user")]
 mod pod {

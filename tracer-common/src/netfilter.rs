@@ -6,6 +6,9 @@
 /// Observer priorities, in the order a packet meets them at one hook.
 pub const SLOT_PRIORITIES: [i32; 8] = [-301, -299, -199, -149, -99, 1, 51, 101];
 
+/// The slot after every table, where the exit of `nf_hook_slow` is observed too.
+pub const LAST_SLOT: u8 = SLOT_PRIORITIES.len() as u8 - 1;
+
 /// Where slot `slot` may link, best first. The kernel refuses a second BPF netfilter link at a
 /// hook and priority already taken (EBUSY), so another flowtrace running beside this one takes
 /// the next free one; every candidate stays between the same two tables (the windows are at
@@ -20,21 +23,73 @@ pub fn priority_candidates(slot: usize) -> impl Iterator<Item = i32> {
 /// How many priorities each slot may try.
 pub const PRIORITY_SPREAD: i32 = 16;
 
+/// The tables' priorities (`enum nf_ip_hook_priorities`).
+pub const PRI_RAW: i32 = -300;
+pub const PRI_CONNTRACK: i32 = -200;
+pub const PRI_MANGLE: i32 = -150;
+/// nat's DNAT side, at PREROUTING and OUTPUT.
+pub const PRI_NAT_DST: i32 = -100;
+pub const PRI_FILTER: i32 = 0;
+pub const PRI_SECURITY: i32 = 50;
+/// nat's SNAT side, at INPUT and POSTROUTING.
+pub const PRI_NAT_SRC: i32 = 100;
+
 /// What runs between slot `i` and slot `i + 1`, with its priority.
 pub const BETWEEN: [(&str, i32); 7] = [
-    ("raw", -300),
-    ("conntrack", -200),
-    ("mangle", -150),
-    ("nat", -100),
-    ("filter", 0),
-    ("security", 50),
-    ("nat", 100),
+    ("raw", PRI_RAW),
+    ("conntrack", PRI_CONNTRACK),
+    ("mangle", PRI_MANGLE),
+    ("nat", PRI_NAT_DST),
+    ("filter", PRI_FILTER),
+    ("security", PRI_SECURITY),
+    ("nat", PRI_NAT_SRC),
 ];
 
-/// IPv4 netfilter hooks (`enum nf_inet_hooks`).
+/// The tables iptables knows, in the order they are shown (iptables-nft creates them as `ip`
+/// family nftables tables).
+pub const TABLES: [&str; 5] = ["raw", "mangle", "nat", "filter", "security"];
+
+/// Priority of an iptables table at a hook. The nat table runs at -100 only at
+/// PREROUTING/OUTPUT (DNAT) and at +100 only at INPUT/POSTROUTING (SNAT).
+pub fn table_priority(table: &str, hook: u8) -> Option<i32> {
+    Some(match table {
+        "raw" => PRI_RAW,
+        "mangle" => PRI_MANGLE,
+        "nat" if hook == HOOK_PREROUTING || hook == HOOK_OUTPUT => PRI_NAT_DST,
+        "nat" => PRI_NAT_SRC,
+        "filter" => PRI_FILTER,
+        "security" => PRI_SECURITY,
+        _ => return None,
+    })
+}
+
+/// Where a table is shown among the others (`TABLES`' order; other tables after them).
+pub fn table_rank(table: &str) -> u8 {
+    TABLES
+        .iter()
+        .position(|t| *t == table)
+        .map_or(TABLES.len() as u8, |i| i as u8)
+}
+
+/// IPv4 netfilter hooks (`enum nf_inet_hooks`), in the order a forwarded packet meets them
+/// (INPUT and OUTPUT aside).
 pub const HOOK_NAMES: [&str; 5] = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
+/// Their short names, in the same order.
+pub const HOOK_SHORT_NAMES: [&str; 5] = ["PRE", "IN", "FWD", "OUT", "POST"];
 pub const HOOK_PREROUTING: u8 = 0;
 pub const HOOK_OUTPUT: u8 = 3;
+
+/// The hook a built-in chain of that name runs at.
+pub fn hook_of_name(name: &str) -> Option<u8> {
+    HOOK_NAMES.iter().position(|h| *h == name).map(|i| i as u8)
+}
+
+/// The short name of a hook (`PRE`, `FWD`…), or the name itself if it is not one.
+pub fn short_hook_name(name: &str) -> &str {
+    hook_of_name(name)
+        .and_then(|h| HOOK_SHORT_NAMES.get(usize::from(h)).copied())
+        .unwrap_or(name)
+}
 
 /// `NFPROTO_IPV4`.
 pub const NFPROTO_IPV4: u8 = 2;
@@ -50,7 +105,7 @@ pub fn table_after(slot: u8) -> Option<&'static str> {
 }
 
 /// Where nf_conntrack runs its first function (`NF_IP_PRI_CONNTRACK`) at PREROUTING and OUTPUT.
-pub const CONNTRACK_PRIORITY: i32 = -200;
+pub const CONNTRACK_PRIORITY: i32 = PRI_CONNTRACK;
 
 /// Which slots to link at one hook, as a bit mask over [`SLOT_PRIORITIES`]: the first one (the
 /// packet entered the hook), the one right after conntrack where it runs, and the one right
@@ -110,6 +165,16 @@ mod tests {
         assert_eq!(table_after(4), Some("filter"));
         assert_eq!(table_after(6), Some("nat"));
         assert_eq!(table_after(7), None);
+        assert_eq!(hook_of_name("FORWARD"), Some(2));
+        assert_eq!(hook_of_name("DOCKER-USER"), None);
+        assert_eq!(short_hook_name("POSTROUTING"), "POST");
+        assert_eq!(short_hook_name("ingress"), "ingress");
+        assert!(table_rank("raw") < table_rank("nat") && table_rank("nat") < table_rank("filter"));
+        assert_eq!(table_rank("my-nft-table"), 5);
+        assert_eq!(table_priority("nat", HOOK_PREROUTING), Some(-100));
+        assert_eq!(table_priority("nat", 4), Some(100));
+        assert_eq!(table_priority("DOCKER", 2), None);
+        assert_eq!(LAST_SLOT, 7);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
 };
 use tracer_common::{
-    flow::{FlowKey, Tracked, View, FILTER_SLOTS},
+    flow::{FlowKey, Tracked, View, FILTER_SLOTS, MAX_NAT_FLOWS, MAX_TRACKED},
     scope::{ScopeAddr, ScopeScratch, MAX_SCOPE_ADDRS, MAX_SCOPE_POINTS, MAX_SCOPE_PORTS},
     HopCounter, Offsets, PointKey, TcEvent, DEFAULT_SNAP,
 };
@@ -24,7 +24,7 @@ pub static HOP_COUNTERS: PerCpuHashMap<PointKey, HopCounter> =
 /// sk_buff addresses seen by a tc observer: the packets the netfilter and drop programs
 /// report on. Least recently used entries make room for new ones.
 #[map(name = "TRACKED")]
-pub static TRACKED: LruHashMap<u64, Tracked> = LruHashMap::with_max_entries(65_536, 0);
+pub static TRACKED: LruHashMap<u64, Tracked> = LruHashMap::with_max_entries(MAX_TRACKED, 0);
 
 /// The scope (`tracer_common::scope`), written by user space: interfaces where everything is
 /// in scope (flags), the traced containers' addresses, their published ports.
@@ -50,7 +50,7 @@ pub static FILTER_PROGS: ProgramArray = ProgramArray::with_max_entries(FILTER_SL
 /// NAT (see `tracer_common::flow`): such a packet is in scope, and with a filter expression
 /// it is filtered on that view.
 #[map(name = "FLOWS")]
-pub static FLOWS: LruHashMap<FlowKey, FlowKey> = LruHashMap::with_max_entries(65_536, 0);
+pub static FLOWS: LruHashMap<FlowKey, FlowKey> = LruHashMap::with_max_entries(MAX_NAT_FLOWS, 0);
 
 /// With a filter expression: the packet as it will look after NAT, for the filter's second
 /// run (one per CPU; the translated filter reads it by this map's fd).

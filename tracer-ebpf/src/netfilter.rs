@@ -4,7 +4,7 @@
 //! IP header, and always return NF_ACCEPT.
 
 use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel_buf};
-use tracer_common::{EventKind, NfEvent, SNAP_LEN};
+use tracer_common::{netfilter::LAST_SLOT, EventKind, NfEvent, SNAP_LEN};
 
 use crate::{
     kread::{field, ifindex},
@@ -13,8 +13,6 @@ use crate::{
 };
 
 const NF_ACCEPT: i32 = 1;
-/// The slot after every table (`tracer_common::netfilter::SLOT_PRIORITIES`).
-const LAST_SLOT: u8 = 7;
 
 /// `ctx` is a `struct bpf_nf_ctx { const struct nf_hook_state *state; struct sk_buff *skb; }`:
 /// the program type's context ABI, checked by the verifier (not a kernel-internal layout).

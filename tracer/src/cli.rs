@@ -110,7 +110,7 @@ pub struct TraceArgs {
     pub raw: bool,
 
     /// Only packets of this protocol: tcp, udp, icmp, icmp6 (repeatable).
-    #[arg(long = "proto", value_parser = crate::filter::parse_proto)]
+    #[arg(long = "proto", value_parser = crate::select::parse_proto)]
     pub protos: Vec<crate::events::packet::Proto>,
 
     /// Only packets to or from this address, at any hop (repeatable).

@@ -1,17 +1,36 @@
-//! flowtrace as a library: everything but the command-line entry point (`main.rs`), so that
-//! the fuzz targets (tracer/fuzz) can reach the parsers they exercise.
+//! flowtrace as a library: everything but the command-line entry point (`main.rs`). The
+//! modules are the crate's own; what the binary, the fuzz targets (tracer/fuzz) and the
+//! integration tests reach is re-exported below, and nothing else.
 
-pub mod cli;
-pub mod correlate;
-pub mod error;
-pub mod events;
-pub mod filter;
+mod cli;
+mod correlate;
+mod error;
+mod events;
+mod input;
 pub mod model;
-pub mod output;
-pub mod pcapfilter;
-pub mod pipeline;
-pub mod probe;
-pub mod replay;
-pub mod session;
-pub mod target;
-pub mod tui;
+mod output;
+mod pcapfilter;
+mod pcapng;
+mod pipeline;
+mod probe;
+mod select;
+mod session;
+mod target;
+mod tui;
+
+pub use cli::{Cli, Command};
+pub use error::{Error, Result};
+pub use input::replay::{read, read_tui};
+pub use session::trace;
+
+/// The parsers of untrusted input, for the fuzz targets.
+pub mod parsers {
+    pub use crate::events::{decode::decode, packet::parse_ethernet};
+    pub use crate::pcapng::Reader;
+}
+
+/// What the privileged filter test drives in the real kernel.
+pub mod kernel_filter {
+    pub use crate::pcapfilter::{corpus, libpcap::Program, CompiledFilter, Insn, Plan, Source};
+    pub use crate::probe::bpf_sys;
+}

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracer::{cli, replay, session};
+use tracer::{Cli, Command};
 
 /// Every traced packet becomes a few small allocations (its JSON model, strings): mimalloc
 /// handles that churn at about half glibc malloc's cost (measured with perf in `cargo xtask bench`'s load).
@@ -13,10 +13,10 @@ use tracer::{cli, replay, session};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = Cli::parse();
     let (args, read) = match cli.command {
-        Some(cli::Command::Trace(a)) => (*a, None),
-        Some(cli::Command::Read(r)) => (cli.trace, Some(r)),
+        Some(Command::Trace(a)) => (*a, None),
+        Some(Command::Read(r)) => (cli.trace, Some(r)),
         None => (cli.trace, None),
     };
     let level = match args.verbose {
@@ -41,9 +41,9 @@ fn main() -> ExitCode {
         }
     };
     let result = match read {
-        Some(r) if r.tui => runtime.block_on(replay::read_tui(&r)),
-        Some(r) => replay::read(&r),
-        None => runtime.block_on(session::trace(args)),
+        Some(r) if r.tui => runtime.block_on(tracer::read_tui(&r)),
+        Some(r) => tracer::read(&r),
+        None => runtime.block_on(tracer::trace(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

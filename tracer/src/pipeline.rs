@@ -11,9 +11,9 @@ use crate::{
         packet::{Correlator, Packet, Points},
     },
     events::{clock::WallClock, decode::Observation},
-    filter::PacketFilter,
     model,
     output::{record::Recorder, Discarded, Format, Summary},
+    select::PacketFilter,
     target::scope::Scope,
 };
 

@@ -200,10 +200,7 @@ fn an_invalid_expression_fails_as_tcpdump_says_it() {
 #[ignore = "privileged: needs root (cargo xtask test)"]
 fn the_kernel_runs_every_translated_filter_as_libpcap_does() {
     use std::os::fd::AsRawFd;
-    use tracer::{
-        pcapfilter::{corpus, libpcap::Program, CompiledFilter, Insn, Plan, Source},
-        probe::bpf_sys,
-    };
+    use tracer::kernel_filter::{bpf_sys, corpus, CompiledFilter, Insn, Plan, Program, Source};
     use tracer_common::flow::View;
     const SCHED_CLS: u32 = 3;
     let load = |name: &str, insns: &[Insn]| {

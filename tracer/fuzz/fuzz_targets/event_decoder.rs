@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tracer::events::{decode::decode, packet::parse_ethernet};
+use tracer::parsers::{decode, parse_ethernet};
 
 fuzz_target!(|data: &[u8]| {
     let _ = decode(data);

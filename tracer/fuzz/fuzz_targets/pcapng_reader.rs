@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tracer::output::pcapng::Reader;
+use tracer::parsers::Reader;
 
 fuzz_target!(|data: &[u8]| {
     let mut r = Reader::new(data);

@@ -121,10 +121,6 @@ impl FlowTable {
         self.flows.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.flows.is_empty()
-    }
-
     #[cfg(test)]
     pub fn get(&self, key: &FlowKey) -> Option<&FlowStats> {
         self.flows.get(key)

@@ -1,10 +1,5 @@
 //! NAT inference: where a packet's addresses changed between two observations, and how.
 
-use std::fmt;
-
-use serde_json::json;
-
-use super::packet::Hop;
 use crate::events::packet::Endpoint;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -31,37 +26,7 @@ pub struct NatRewrite {
     pub to: Endpoint,
 }
 
-impl fmt::Display for NatRewrite {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match self.kind {
-            NatKind::Snat => "SNAT",
-            NatKind::Dnat => "DNAT",
-        };
-        write!(f, "{kind} {} → {}", self.from, self.to)
-    }
-}
-
-impl NatRewrite {
-    pub fn to_json(self) -> serde_json::Value {
-        json!({"kind": self.kind.as_str(), "from": self.from.to_string(), "to": self.to.to_string()})
-    }
-}
-
-/// Compares each hop's headers with the previous hop that had headers and records the
-/// rewrites on the hop where they first show.
-pub fn annotate(hops: &mut [Hop]) {
-    let mut before = None;
-    for hop in hops.iter_mut() {
-        let Some(now) = hop.headers else {
-            continue;
-        };
-        if let Some(prev) = before {
-            hop.nat = rewrites(&prev, &now);
-        }
-        before = Some(now);
-    }
-}
-
+/// The rewrites between two observations of one packet (shown as `model::Nat`).
 pub fn rewrites(
     before: &crate::events::packet::Headers,
     after: &crate::events::packet::Headers,
@@ -98,12 +63,10 @@ mod tests {
         let b = parse_ethernet(&f).expect("parsed");
         let r = rewrites(&a, &b);
         assert_eq!(r.len(), 2);
-        assert_eq!(
-            r[0].to_string(),
-            "SNAT 172.18.0.2:41234 → 198.51.100.1:41234"
-        );
-        assert_eq!(r[1].to_string(), "DNAT 198.51.100.2:8080 → 198.51.100.2:80");
-        assert_eq!(r[0].to_json()["kind"], "snat");
+        let text = |n: &NatRewrite| crate::model::Nat::from(n).text();
+        assert_eq!(text(&r[0]), "SNAT 172.18.0.2:41234 → 198.51.100.1:41234");
+        assert_eq!(text(&r[1]), "DNAT 198.51.100.2:8080 → 198.51.100.2:80");
+        assert_eq!(r[0].kind.as_str(), "snat");
         assert!(rewrites(&a, &a).is_empty());
     }
 }

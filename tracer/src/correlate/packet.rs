@@ -227,9 +227,10 @@ pub struct Correlator {
     pub forced: u64,
 }
 
-/// In-flight packets kept at most (a packet crosses the host in microseconds; this only bites
-/// under a flood, where completing the oldest early costs at most a split path).
-pub const MAX_PENDING: usize = 65_536;
+/// In-flight packets kept at most, as many as the kernel tracks (a packet crosses the host in
+/// microseconds; this only bites under a flood, where completing the oldest early costs at
+/// most a split path).
+pub const MAX_PENDING: usize = tracer_common::flow::MAX_TRACKED as usize;
 
 impl Correlator {
     pub fn new(points: Points, idle_ns: u64) -> Self {
@@ -408,8 +409,23 @@ fn same_packet(a: &Headers, b: &Headers) -> bool {
 
 fn finish(mut p: Packet) -> Packet {
     p.hops.sort_by_key(|h| h.ts_ns);
-    nat::annotate(&mut p.hops);
+    annotate(&mut p.hops);
     p
+}
+
+/// Compares each hop's headers with the previous hop that had headers and records the
+/// rewrites on the hop where they first show.
+fn annotate(hops: &mut [Hop]) {
+    let mut before = None;
+    for hop in hops.iter_mut() {
+        let Some(now) = hop.headers else {
+            continue;
+        };
+        if let Some(prev) = before {
+            hop.nat = nat::rewrites(&prev, &now);
+        }
+        before = Some(now);
+    }
 }
 
 #[cfg(test)]
@@ -501,7 +517,7 @@ pub mod tests {
         assert_eq!(p.way(c.points()), Some(Way::FromContainer));
         assert_eq!(p.hops[2].nat.len(), 1);
         assert_eq!(
-            p.hops[2].nat[0].to_string(),
+            crate::model::Nat::from(&p.hops[2].nat[0]).text(),
             "SNAT 172.18.0.2:41234 → 198.51.100.1:41234"
         );
         assert_eq!(
@@ -572,7 +588,7 @@ pub mod tests {
         assert_eq!(p.hops.len(), 3);
         assert_eq!(p.way(c.points()), Some(Way::ToContainer));
         assert_eq!(
-            p.hops[1].nat[0].to_string(),
+            crate::model::Nat::from(&p.hops[1].nat[0]).text(),
             "DNAT 198.51.100.1:41234 → 172.18.0.2:41234"
         );
         let (_, name) = p.container_hop(c.points()).expect("traced");

@@ -1,6 +1,5 @@
 //! Presenting what was traced: text for people, JSON lines for programs.
 
-pub mod pcapng;
 pub mod raw;
 pub mod record;
 pub mod text;

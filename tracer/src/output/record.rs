@@ -14,14 +14,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{
-    merged,
-    pcapng::{Direction, PacketRecord, Writer, LINKTYPE_ETHERNET, LINKTYPE_RAW},
-    Step,
-};
+use super::{merged, Step};
 use crate::{
     correlate::explain::Explained,
     model::{Hop, Lost, Packet},
+    pcapng::{Direction, PacketRecord, Writer, LINKTYPE_ETHERNET, LINKTYPE_RAW},
 };
 
 /// The prefix of the machine-readable comment.

@@ -1,7 +1,9 @@
 //! tcpdump filter expressions (pcap-filter(7)), run in the kernel: libpcap compiles the
 //! expression to classic BPF ([`libpcap`]), [`translate`] turns that into eBPF for the tc
-//! programs, which evaluate it before anything is reserved in the ring buffer.
+//! programs, which evaluate it before anything is reserved in the ring buffer, and [`kernel`]
+//! loads it into the tc programs' program array.
 
+pub mod kernel;
 pub mod libpcap;
 pub mod translate;
 

@@ -28,7 +28,7 @@ pub fn object() -> &'static [u8] {
 /// Loads the object's maps into the kernel (programs are loaded when attached), with the
 /// running kernel's struct offsets, the bytes to capture per tc hop, and whether to send
 /// per-packet events at all (`--counters` does not), and whether a filter expression decides
-/// which packets they are for (`pcap_filter::install` loads it).
+/// which packets they are for (`pcapfilter::kernel::install` loads it).
 pub fn load(offsets: &Offsets, snaplen: u32, events: bool, filtering: bool) -> Result<Ebpf> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {

@@ -11,7 +11,6 @@ pub mod loader;
 pub mod netfilter;
 pub mod nf_hook;
 pub mod offsets;
-pub mod pcap_filter;
 pub mod scope;
 pub mod tc;
 pub mod tc_ledger;

@@ -25,7 +25,6 @@ use crate::{
     cli::TraceArgs,
     error::{Error, Result},
     events::{clock::WallClock, ringbuf::EventStream},
-    filter::PacketFilter,
     output::{
         raw,
         record::{RecordOptions, Recorder},
@@ -33,9 +32,8 @@ use crate::{
     },
     pcapfilter::CompiledFilter,
     pipeline::Pipeline,
-    probe::{
-        btf, counters::Counters, loader, offsets, pcap_filter, scope::ScopeMaps, tc, tc_ledger,
-    },
+    probe::{btf, counters::Counters, loader, offsets, scope::ScopeMaps, tc, tc_ledger},
+    select::PacketFilter,
     target::{ruleset::Ruleset, scope::Scope},
     tui::{Feed, HopCount},
 };
@@ -54,9 +52,9 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
     // A bad expression is the user's first mistake to hear about: before Docker or the kernel.
     // `--proto`, `--host` and `--port` run in the kernel with the expression.
-    let expression = crate::filter::combined_expression(
+    let expression = crate::select::combined_expression(
         args.filter_expression(),
-        crate::filter::criteria_expression(&args.protos, &args.hosts, &args.ports),
+        crate::select::criteria_expression(&args.protos, &args.hosts, &args.ports),
     );
     let compiled = expression.as_deref().map(CompiledFilter::new).transpose()?;
     let (topo, docker) = discover(&args).await?;
@@ -161,7 +159,7 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     let mut stream = EventStream::take(&mut ebpf)?;
     let _kernel_filter = match &compiled {
         Some(f) => {
-            let k = pcap_filter::install(&mut ebpf, f)?;
+            let k = crate::pcapfilter::kernel::install(&mut ebpf, f)?;
             notes.say(format!(
                 "filter `{}`: libpcap's {} classic BPF instructions run as {} eBPF instructions in the tc programs, before the ring buffer; a matching packet is followed across NAT, and so is its reply from before de-NAT",
                 f.expr,

@@ -9,29 +9,9 @@ use std::{collections::BTreeMap, process::Command};
 
 use super::nft;
 
-/// Priority of each iptables table at a hook (`enum nf_ip_hook_priorities`).
-pub fn table_priority(table: &str, hook: u8) -> Option<i32> {
-    Some(match table {
-        "raw" => -300,
-        "mangle" => -150,
-        // DNAT at PREROUTING/OUTPUT, SNAT at INPUT/POSTROUTING.
-        "nat" if hook == 0 || hook == 3 => -100,
-        "nat" => 100,
-        "filter" => 0,
-        "security" => 50,
-        _ => return None,
-    })
-}
-
-/// The tables iptables knows; iptables-nft creates them as `ip` family nftables tables.
-const IPTABLES_TABLES: [&str; 5] = ["raw", "mangle", "nat", "filter", "security"];
-
-fn hook_of_chain(chain: &str) -> Option<u8> {
-    ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"]
-        .iter()
-        .position(|c| *c == chain)
-        .map(|i| i as u8)
-}
+use tracer_common::netfilter::{
+    hook_name, hook_of_name as hook_of_chain, table_priority, TABLES as IPTABLES_TABLES,
+};
 
 /// A rule or a built-in chain's policy, with its packet counter.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -262,10 +242,7 @@ impl Ruleset {
         let (Some(now), Some(then)) = (self.tables.get(table), before.tables.get(table)) else {
             return Vec::new();
         };
-        let chain = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"]
-            .get(usize::from(hook))
-            .copied()
-            .unwrap_or("");
+        let chain = hook_name(hook);
         now.entries
             .iter()
             .filter(|e| e.drops)

@@ -7,6 +7,7 @@
 //! draw (pure given a Frame), `event` is the loop. The terminal is restored on every exit path: a guard's Drop, and a panic hook.
 
 mod app;
+mod blocks;
 mod event;
 #[cfg(test)]
 pub(crate) mod fixtures;

@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use crate::model::{Drop, Hop, Nat, Packet};
+pub use tracer_common::netfilter::short_hook_name as short_hook;
+use tracer_common::netfilter::{hook_of_name, table_rank, HOOK_NAMES};
 
 use super::stats::{
     ChainHop, DropKey, DropStat, Flow, FlowKey, HookStat, HopStat, Rate, TimelinePacket,
@@ -38,37 +40,9 @@ pub struct Data {
     pub recording: Option<(String, u64)>,
 }
 
+/// Where a hook is shown among the others (in the kernel's order; other names after them).
 pub fn hook_rank(hook: &str) -> u8 {
-    match hook {
-        "PREROUTING" => 0,
-        "INPUT" => 1,
-        "FORWARD" => 2,
-        "OUTPUT" => 3,
-        "POSTROUTING" => 4,
-        _ => 5,
-    }
-}
-
-fn table_rank(t: &str) -> u8 {
-    match t {
-        "raw" => 0,
-        "mangle" => 1,
-        "nat" => 2,
-        "filter" => 3,
-        "security" => 4,
-        _ => 5,
-    }
-}
-
-pub fn short_hook(hook: &str) -> &str {
-    match hook {
-        "PREROUTING" => "PRE",
-        "POSTROUTING" => "POST",
-        "FORWARD" => "FWD",
-        "INPUT" => "IN",
-        "OUTPUT" => "OUT",
-        h => h,
-    }
+    hook_of_name(hook).unwrap_or(HOOK_NAMES.len() as u8)
 }
 
 /// The flow's NAT as the flows table shows it.

@@ -8,9 +8,9 @@ use ratatui::widgets::{Cell, Paragraph, Row, Table, TableState};
 use ratatui::Frame;
 
 use super::app::{App, Focus};
+use super::blocks::{head, panel, WIDE};
 use super::fmt::{bytes, count, ns, plural, rate};
 use super::stats::{FlowKey, TimelinePacket};
-use super::ui::{head, panel, WIDE};
 use super::view::{Cnt, FlowRow, View};
 
 pub fn render_path(f: &mut Frame, app: &App, view: &View, area: Rect) {

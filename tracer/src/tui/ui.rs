@@ -2,18 +2,15 @@
 //! cell, never wrapped into other panels.
 
 use ratatui::layout::{Constraint, Layout, Rect};
-use ratatui::style::{Color, Modifier, Style};
+use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Clear, Paragraph, Row};
+use ratatui::widgets::{Block, Clear, Paragraph};
 use ratatui::Frame;
 
 use super::app::App;
 use super::fmt::{bytes, count, rate, tail};
 use super::panels::{render_drops, render_flows, render_path, render_timeline};
 use super::view::View;
-
-/// Widths from which the extra columns (bytes/s, container, NAT, per-hop offsets) appear.
-pub const WIDE: u16 = 110;
 
 pub fn render(f: &mut Frame, app: &App) {
     let area = f.area();
@@ -43,23 +40,6 @@ pub fn render(f: &mut Frame, app: &App) {
     if app.show_help {
         render_help(f, app, area);
     }
-}
-
-pub fn panel(title: String, focused: bool) -> Block<'static> {
-    let style = if focused {
-        Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD)
-    } else {
-        Style::new().fg(Color::Cyan)
-    };
-    Block::new()
-        .borders(Borders::TOP)
-        .border_style(style)
-        .title(Span::styled(title, style))
-}
-
-pub fn head(cells: &[&'static str]) -> Row<'static> {
-    Row::new(cells.iter().copied())
-        .style(Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED))
 }
 
 fn render_title(f: &mut Frame, app: &App, area: Rect) {

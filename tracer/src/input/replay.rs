@@ -15,12 +15,9 @@ use crate::{
     cli::ReadArgs,
     error::{Error, Result},
     model::{Hop, Line, Packet},
-    output::{
-        pcapng::{Block, Reader},
-        record::TAG,
-        Format, Summary,
-    },
+    output::{record::TAG, Format, Summary},
     pcapfilter::libpcap::Program,
+    pcapng::{Block, Reader},
     probe::counters::HopTotals,
     tui::{Feed, HopCount},
 };

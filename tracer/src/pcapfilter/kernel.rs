@@ -13,10 +13,10 @@ use tracer_common::flow::{
     VIEW_FILTER_SLOT,
 };
 
-use super::{bpf_sys, loader};
+use super::{CompiledFilter, Plan, Source};
 use crate::{
     error::{Error, Result},
-    pcapfilter::{CompiledFilter, Plan, Source},
+    probe::{bpf_sys, loader},
 };
 
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
