@@ -10,8 +10,14 @@
 //!   to MASQUERADE, for the host's address).
 //!
 //! A packet in scope is tracked by its sk_buff from then on. One out of scope costs its
-//! per-hop counter and these lookups, nothing more. User space fills the maps from the
+//! per-hop counter and these checks, nothing more. User space fills the maps from the
 //! targets (and updates them as containers come and go); the kernel only reads them.
+//!
+//! The checks are cheap for the packets that fail them, a busy neighbour's: bitmaps in BPF
+//! arrays (whose lookups the verifier inlines) come before any hash lookup. The ports' bitmap
+//! is exact (`SCOPE_PORT_BITS`); the addresses' (`SCOPE_ADDR_BITS`) and the NAT'd flows'
+//! (`FLOW_MARKS`, set by the kernel as it learns a flow) are hashed, so a set bit is
+//! confirmed in `SCOPE_ADDRS` or `FLOWS`.
 
 /// `SCOPE_POINTS` flags of an interface.
 /// Every packet at this point is in scope: a traced container's host veth.
@@ -19,9 +25,15 @@ pub const POINT_TRACED: u32 = 1;
 /// Every packet at this point is in scope: an `--iface` traced without containers.
 pub const POINT_ALL: u32 = 2;
 
-/// Entries in `SCOPE_ADDRS` and `SCOPE_PORTS` at most (a `--network` of many containers).
+/// Entries in `SCOPE_ADDRS` at most (a `--network` of many containers).
 pub const MAX_SCOPE_ADDRS: u32 = 4096;
-pub const MAX_SCOPE_PORTS: u32 = 4096;
+
+/// `SCOPE_ADDR_BITS`: 64-bit words of the addresses' hashed bitmap (65,536 bits).
+pub const ADDR_BITMAP_WORDS: u32 = 1024;
+/// `SCOPE_PORT_BITS`: one bit per port of each protocol with ports (4 × 65,536 bits).
+pub const PORT_BITMAP_WORDS: u32 = 4096;
+/// `FLOW_MARKS`: words marked (set to 1) for the NAT'd flows the kernel learnt.
+pub const FLOW_MARK_WORDS: u32 = 16_384;
 /// Interfaces in `SCOPE_POINTS` at most.
 pub const MAX_SCOPE_POINTS: u32 = 1024;
 
@@ -30,7 +42,7 @@ pub const AF_INET: u8 = 2;
 pub const AF_INET6: u8 = 10;
 
 /// A traced address (`SCOPE_ADDRS`' key): IPv4 in the first 4 bytes, the rest zero.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ScopeAddr {
     pub addr: [u8; 16],
@@ -55,6 +67,40 @@ impl ScopeAddr {
         }
     }
 
+    /// Writes an address in place, word by word: assigning the fields makes the BPF target
+    /// call `memset` for the zeroed rest of the array, a subprogram call per field.
+    #[inline(always)]
+    pub fn set(&mut self, words: [u32; 4], family: u8) {
+        let p = self as *mut Self as *mut u32;
+        // SAFETY: `Self` is 20 bytes, 4-aligned, plain data: five u32 words.
+        unsafe {
+            p.write(words[0]);
+            p.add(1).write(words[1]);
+            p.add(2).write(words[2]);
+            p.add(3).write(words[3]);
+            p.add(4).write(u32::from_ne_bytes([family, 0, 0, 0]));
+        }
+    }
+
+    #[inline(always)]
+    pub fn set_v4(&mut self, a: [u8; 4]) {
+        self.set([u32::from_ne_bytes(a), 0, 0, 0], AF_INET);
+    }
+
+    #[inline(always)]
+    pub fn set_v6(&mut self, a: &[u8; 16]) {
+        let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+        self.set([w(0), w(4), w(8), w(12)], AF_INET6);
+    }
+
+    /// The address's four words.
+    #[inline(always)]
+    pub fn words(&self) -> [u32; 4] {
+        let p = self as *const Self as *const u32;
+        // SAFETY: as in `set`.
+        unsafe { [p.read(), p.add(1).read(), p.add(2).read(), p.add(3).read()] }
+    }
+
     /// A flow key's address (`crate::flow::FlowKey` keeps IPv4 in the first 4 bytes).
     #[inline(always)]
     pub fn of_key(addr: &[u8; 16], ipv6: bool) -> Self {
@@ -66,10 +112,55 @@ impl ScopeAddr {
     }
 }
 
-/// `SCOPE_PORTS`' key: a published host port and its protocol (6 TCP, 17 UDP, 132 SCTP).
+/// `JUDGED_OUT`, per CPU: the sk_buff last judged out of scope with the full rules (at a tc
+/// ingress, or at PREROUTING/OUTPUT's entry), and its length then. Its next observers on its
+/// way through this CPU skip it with this comparison, except at a traced point (where
+/// everything is in scope). Cleared when a packet at that address is taken in or freed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Judged {
+    pub skb: u64,
+    pub len: u32,
+    pub _pad: u32,
+}
+
+/// A published host port's bit in `SCOPE_PORT_BITS` (TCP, UDP, SCTP, UDP-Lite); None for a
+/// protocol without ports.
 #[inline(always)]
-pub const fn port_key(proto: u8, port: u16) -> u32 {
-    ((proto as u32) << 16) | port as u32
+pub const fn port_bit(proto: u8, port: u16) -> Option<u32> {
+    let index = match proto {
+        6 => 0,
+        17 => 1,
+        132 => 2,
+        136 => 3,
+        _ => return None,
+    };
+    Some((index << 16) | port as u32)
+}
+
+/// An address's bit in `SCOPE_ADDR_BITS`: its four 32-bit words and its family, folded and
+/// mixed (Fibonacci hashing) into 16 bits.
+#[inline(always)]
+pub fn addr_bit(a: &ScopeAddr) -> u32 {
+    let w = |i: usize| u32::from_ne_bytes([a.addr[i], a.addr[i + 1], a.addr[i + 2], a.addr[i + 3]]);
+    let folded = w(0) ^ w(4).rotate_left(7) ^ w(8).rotate_left(14) ^ w(12).rotate_left(21);
+    (folded ^ u32::from(a.family)).wrapping_mul(0x9e37_79b1) >> 16
+}
+
+/// A NAT'd flow's word in `FLOW_MARKS` (its reply tuple's destination and ports).
+#[inline(always)]
+pub fn flow_mark(k: &crate::flow::FlowKey) -> u32 {
+    let w = |i: usize| u32::from_ne_bytes([k.dst[i], k.dst[i + 1], k.dst[i + 2], k.dst[i + 3]]);
+    let ports = u32::from_ne_bytes([k.sport[0], k.sport[1], k.dport[0], k.dport[1]]);
+    let folded = w(0) ^ w(4).rotate_left(7) ^ w(8).rotate_left(14) ^ w(12).rotate_left(21);
+    ((folded ^ ports.rotate_left(11) ^ u32::from(k.proto)).wrapping_mul(0x9e37_79b1) >> 18)
+        % FLOW_MARK_WORDS
+}
+
+/// Where a bit is in a bitmap of 64-bit words: the word, and the mask within it.
+#[inline(always)]
+pub const fn word_and_mask(bit: u32) -> (u32, u64) {
+    (bit >> 6, 1u64 << (bit & 63))
 }
 
 /// Bytes of the network header a netfilter observer reads to decide scope: an IPv6 header and
@@ -109,23 +200,18 @@ impl ScopeScratch {
                 let frag = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
                 let ports = (h[0] & 0xf == 5 && frag == 0 && has_ports(proto))
                     .then_some([h[20], h[21], h[22], h[23]]);
-                self.src = ScopeAddr::v4([h[12], h[13], h[14], h[15]]);
-                self.dst = ScopeAddr::v4([h[16], h[17], h[18], h[19]]);
+                let (src, dst) = ([h[12], h[13], h[14], h[15]], [h[16], h[17], h[18], h[19]]);
+                self.src.set_v4(src);
+                self.dst.set_v4(dst);
                 Some((proto, ports))
             }
             6 => {
                 let proto = h[6];
                 let ports = has_ports(proto).then_some([h[40], h[41], h[42], h[43]]);
-                self.src.family = AF_INET6;
-                self.dst.family = AF_INET6;
-                self.src._pad = [0; 3];
-                self.dst._pad = [0; 3];
-                let mut i = 0;
-                while i < 16 {
-                    self.src.addr[i] = self.head[8 + i];
-                    self.dst.addr[i] = self.head[24 + i];
-                    i += 1;
-                }
+                let w = |i: usize| u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+                let (src, dst) = ([w(8), w(12), w(16), w(20)], [w(24), w(28), w(32), w(36)]);
+                self.src.set(src, AF_INET6);
+                self.dst.set(dst, AF_INET6);
                 Some((proto, ports))
             }
             _ => None,
@@ -136,13 +222,8 @@ impl ScopeScratch {
     /// (`FLOWS`' key), as a tc observer parses it.
     #[inline(always)]
     pub fn set_key(&mut self, proto: u8, ports: Option<[u8; 4]>) {
-        let p = ports.unwrap_or([0; 4]);
-        self.key.src = self.src.addr;
-        self.key.dst = self.dst.addr;
-        self.key.sport = [p[0], p[1]];
-        self.key.dport = [p[2], p[3]];
-        self.key.proto = proto;
-        self.key._pad = [0; 3];
+        let (src, dst) = (self.src.words(), self.dst.words());
+        self.key.set(src, dst, ports.unwrap_or([0; 4]), proto);
     }
 }
 
@@ -205,8 +286,11 @@ mod tests {
             (&[198, 51, 100, 2][..], 40000)
         );
         assert_eq!(k.src[4..], [0; 12], "IPv4 as a tc observer keys it");
-        assert_eq!(port_key(6, 18080), (6 << 16) | 18080);
-        assert_ne!(port_key(6, 18080), port_key(17, 18080));
+        assert_eq!(port_bit(6, 18080), Some(18080));
+        assert_eq!(port_bit(17, 18080), Some((1 << 16) | 18080));
+        assert_eq!(port_bit(1, 0), None);
+        let (word, mask) = word_and_mask(port_bit(136, 65535).expect("udplite"));
+        assert_eq!((word, mask), (PORT_BITMAP_WORDS - 1, 1 << 63));
     }
 
     #[test]
@@ -244,6 +328,36 @@ mod tests {
             ScopeAddr::of_key(&like, false),
             ScopeAddr::v4([172, 18, 0, 2])
         );
+    }
+
+    #[test]
+    fn the_hashed_bits_stay_in_their_bitmaps_and_spread() {
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..=255u8 {
+            let b = addr_bit(&ScopeAddr::v4([172, 18, 0, i]));
+            assert!(b < ADDR_BITMAP_WORDS * 64);
+            seen.insert(b);
+        }
+        assert!(
+            seen.len() > 250,
+            "a /24 takes nearly as many bits: {}",
+            seen.len()
+        );
+        assert_ne!(
+            addr_bit(&ScopeAddr::v4([172, 18, 0, 2])),
+            addr_bit(&ScopeAddr::v6([
+                172, 18, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+            ]))
+        );
+        let mut k = crate::flow::FlowKey::zeroed();
+        let mut marks = std::collections::BTreeSet::new();
+        for port in 32768..33768u16 {
+            k.dport = port.to_be_bytes();
+            let m = flow_mark(&k);
+            assert!(m < FLOW_MARK_WORDS);
+            marks.insert(m);
+        }
+        assert!(marks.len() > 950, "{}", marks.len());
     }
 
     #[test]

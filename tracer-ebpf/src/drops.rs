@@ -13,6 +13,8 @@ use crate::{
 
 #[inline(always)]
 pub fn end(skb: u64, location: u64, reason: u32, kind: EventKind) -> i32 {
+    // Its address may be another packet's next.
+    crate::scope::forget(skb);
     // SAFETY: a lookup with a stack key; the value is not kept.
     if unsafe { TRACKED.get(skb).is_none() } {
         return 0;

@@ -3,11 +3,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
 };
 use tracer_common::{
     flow::{FlowKey, Tracked, View, FILTER_SLOTS, MAX_NAT_FLOWS, MAX_TRACKED},
-    scope::{ScopeAddr, ScopeScratch, MAX_SCOPE_ADDRS, MAX_SCOPE_POINTS, MAX_SCOPE_PORTS},
+    scope::{
+        Judged, ScopeAddr, ScopeScratch, ADDR_BITMAP_WORDS, FLOW_MARK_WORDS, MAX_SCOPE_ADDRS,
+        MAX_SCOPE_POINTS, PORT_BITMAP_WORDS,
+    },
     HopCounter, Offsets, PointKey, TcEvent, DEFAULT_SNAP,
 };
 
@@ -34,8 +37,22 @@ pub static SCOPE_POINTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_SCOPE
 #[map(name = "SCOPE_ADDRS")]
 pub static SCOPE_ADDRS: HashMap<ScopeAddr, u32> = HashMap::with_max_entries(MAX_SCOPE_ADDRS, 0);
 
-#[map(name = "SCOPE_PORTS")]
-pub static SCOPE_PORTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_SCOPE_PORTS, 0);
+/// The bitmaps in front of them (`tracer_common::scope`): the traced addresses' (hashed,
+/// confirmed in `SCOPE_ADDRS`) and the published ports' (exact), written by user space.
+#[map(name = "SCOPE_ADDR_BITS")]
+pub static SCOPE_ADDR_BITS: Array<u64> = Array::with_max_entries(ADDR_BITMAP_WORDS, 0);
+
+#[map(name = "SCOPE_PORT_BITS")]
+pub static SCOPE_PORT_BITS: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS, 0);
+
+/// Words set to 1 by the kernel for the flows it puts in `FLOWS` (`scope::flow_mark`), never
+/// cleared: a packet whose word is 0 is in no NAT'd flow, and `FLOWS` is not looked up.
+#[map(name = "FLOW_MARKS")]
+pub static FLOW_MARKS: Array<u64> = Array::with_max_entries(FLOW_MARK_WORDS, 0);
+
+/// The sk_buff last judged out of scope on this CPU (`tracer_common::scope::Judged`).
+#[map(name = "JUDGED_OUT")]
+pub static JUDGED_OUT: PerCpuArray<Judged> = PerCpuArray::with_max_entries(1, 0);
 
 /// Where the tc observers build the scope's keys (one per CPU).
 #[map(name = "SCOPE_SCRATCH")]

@@ -21,12 +21,7 @@ pub fn observe(ctx: *mut core::ffi::c_void, slot: u8) -> i32 {
     let ctx = ctx as *const u64;
     // SAFETY: the verifier allows 8-byte reads of both context fields. The skb is read as a
     // number (a trusted pointer may not be split into the bytes of a map key).
-    let (state, skb) = unsafe {
-        (
-            *ctx,
-            aya_ebpf::helpers::bpf_probe_read_kernel(ctx.add(1)).unwrap_or(0),
-        )
-    };
+    let (state, skb) = unsafe { (*ctx, *ctx.add(1)) };
     observe_at(state, skb, slot);
     NF_ACCEPT
 }
@@ -51,17 +46,28 @@ fn scalar(v: u64) -> u64 {
 
 #[inline(always)]
 fn observe_at(state: u64, skb: u64, slot: u8) {
+    // Judged out at a hook's entry: the rest of its way costs this comparison alone.
+    if scope::judged_out(skb) {
+        return;
+    }
+    // Not seen by a tc observer: in scope only if it is to or from a traced container (it came
+    // in by an interface flowtrace is not attached to, or the host sent it), judged at a
+    // hook's entry. Both checks come before the offsets are copied out.
+    let ours = tracked(skb);
+    if !ours && slot != 0 {
+        return;
+    }
     let off = offsets();
     if off.valid == 0 {
         return;
     }
-    if !tracked(skb) {
-        // Not seen by a tc observer: in scope only if it is to or from a traced container
-        // (it came in by an interface flowtrace is not attached to, or the host sent it).
-        if slot != 0 || !scope::at_netfilter(skb, state, &off) {
+    if !ours {
+        if !scope::at_netfilter(skb, state, &off) {
+            scope::mark_out(skb, field(skb, off.skb_len));
             return;
         }
         let _ = TRACKED.insert(skb, UNFILTERED, 0);
+        scope::forget(skb);
     }
     let Some(mut entry) = EVENTS.reserve::<NfEvent>(0) else {
         return;

@@ -4,25 +4,55 @@
 use aya_ebpf::helpers::bpf_probe_read_kernel_buf;
 use tracer_common::{
     flow::Frame,
-    scope::{dport, has_ports, judged_at_hook, port_key, ScopeAddr, POINT_ALL, POINT_TRACED},
+    scope::{
+        addr_bit, dport, flow_mark, has_ports, judged_at_hook, port_bit, word_and_mask, ScopeAddr,
+        POINT_ALL, POINT_TRACED,
+    },
     Direction, Offsets,
 };
 
 use crate::{
     kread::field,
-    maps::{FLOWS, SCOPE_ADDRS, SCOPE_POINTS, SCOPE_PORTS, SCOPE_SCRATCH},
+    maps::{
+        FLOWS, FLOW_MARKS, JUDGED_OUT, SCOPE_ADDRS, SCOPE_ADDR_BITS, SCOPE_POINTS, SCOPE_PORT_BITS,
+        SCOPE_SCRATCH,
+    },
 };
 
+/// Is `bit` set in a bitmap of 64-bit words?
+#[inline(always)]
+fn bit_set(map: &aya_ebpf::maps::Array<u64>, bit: u32) -> bool {
+    let (word, mask) = word_and_mask(bit);
+    map.get(word).is_some_and(|w| w & mask != 0)
+}
+
+/// A traced address: its bit first, then (a hashed bitmap) the address itself.
 #[inline(always)]
 fn traced_addr(a: &ScopeAddr) -> bool {
-    // SAFETY: a lookup with a stack key; the value is not kept.
-    unsafe { SCOPE_ADDRS.get(a).is_some() }
+    // SAFETY: a lookup with a key the caller holds; the value is not kept.
+    bit_set(&SCOPE_ADDR_BITS, addr_bit(a)) && unsafe { SCOPE_ADDRS.get(a).is_some() }
 }
 
 #[inline(always)]
 fn published(proto: u8, dport: u16) -> bool {
-    // SAFETY: as above.
-    unsafe { SCOPE_PORTS.get(port_key(proto, dport)).is_some() }
+    port_bit(proto, dport).is_some_and(|b| bit_set(&SCOPE_PORT_BITS, b))
+}
+
+/// In a NAT'd flow the kernel learnt: its mark first, then the flow itself.
+#[inline(always)]
+fn nat_flow(key: &tracer_common::flow::FlowKey) -> bool {
+    let marked = FLOW_MARKS.get(flow_mark(key)).is_some_and(|w| *w != 0);
+    // SAFETY: a lookup with a key the caller holds; the value is not kept.
+    marked && unsafe { FLOWS.get(key).is_some() }
+}
+
+/// Marks a flow put in `FLOWS` (a plain store of 1: concurrent markers agree).
+#[inline(always)]
+pub fn mark_flow(key: &tracer_common::flow::FlowKey) {
+    if let Some(w) = FLOW_MARKS.get_ptr_mut(flow_mark(key)) {
+        // SAFETY: an array entry, valid for the program's run.
+        unsafe { core::ptr::write_volatile(w, 1) };
+    }
 }
 
 /// At a tc hop: is the packet in scope? Everything is at a traced veth; elsewhere only IP.
@@ -56,8 +86,8 @@ pub fn at_tc<F: Frame>(frame: &F, ifindex: u32, direction: u8) -> bool {
                 let Some(h) = frame.bytes::<20>(l3) else {
                     return false;
                 };
-                (*s).src = ScopeAddr::v4([h[12], h[13], h[14], h[15]]);
-                (*s).dst = ScopeAddr::v4([h[16], h[17], h[18], h[19]]);
+                (*s).src.set_v4([h[12], h[13], h[14], h[15]]);
+                (*s).dst.set_v4([h[16], h[17], h[18], h[19]]);
                 let first = u16::from_be_bytes([h[6], h[7]]) & 0x1fff == 0;
                 (h[9], first.then_some(l3 + u32::from(h[0] & 0xf) * 4))
             }
@@ -69,8 +99,8 @@ pub fn at_tc<F: Frame>(frame: &F, ifindex: u32, direction: u8) -> bool {
                 ) else {
                     return false;
                 };
-                (*s).src = ScopeAddr::v6(a);
-                (*s).dst = ScopeAddr::v6(b);
+                (*s).src.set_v6(&a);
+                (*s).dst.set_v6(&b);
                 (h[6], Some(l3 + 40))
             }
             _ => return false,
@@ -94,9 +124,48 @@ pub fn at_tc<F: Frame>(frame: &F, ifindex: u32, direction: u8) -> bool {
             }
         }
         (*s).set_key(proto, ports);
-        // By reference: the key stays in the scratch entry instead of being copied to the stack.
-        #[allow(clippy::needless_borrows_for_generic_args)]
-        FLOWS.get(&(*s).key).is_some()
+        nat_flow(&(*s).key)
+    }
+}
+
+/// Judged out of scope on this CPU, on its way through (`JUDGED_OUT`)? For the netfilter
+/// observers, by its address.
+#[inline(always)]
+pub fn judged_out(skb: u64) -> bool {
+    JUDGED_OUT.get(0).is_some_and(|j| j.skb == skb)
+}
+
+/// For a tc observer: by its address and length, and not at a traced point.
+#[inline(always)]
+pub fn judged_out_at(skb: u64, len: u32, ifindex: u32) -> bool {
+    if !JUDGED_OUT
+        .get(0)
+        .is_some_and(|j| j.skb == skb && j.len == len)
+    {
+        return false;
+    }
+    // SAFETY: a lookup with a stack key; the value is not kept.
+    let flags = unsafe { SCOPE_POINTS.get(ifindex) }.copied().unwrap_or(0);
+    flags & (POINT_TRACED | POINT_ALL) == 0
+}
+
+/// Judged out with the full rules: remembered for the next observers on this CPU.
+#[inline(always)]
+pub fn mark_out(skb: u64, len: u32) {
+    if let Some(j) = JUDGED_OUT.get_ptr_mut(0) {
+        // SAFETY: this CPU's entry.
+        unsafe {
+            (*j).skb = skb;
+            (*j).len = len;
+        }
+    }
+}
+
+/// A packet at this address is taken in, or freed: no longer judged out.
+#[inline(always)]
+pub fn forget(skb: u64) {
+    if judged_out(skb) {
+        mark_out(0, 0);
     }
 }
 
@@ -136,8 +205,6 @@ pub fn at_netfilter(skb: u64, state: u64, off: &Offsets) -> bool {
             }
         }
         (*s).set_key(proto, ports);
-        // By reference: the key stays in the scratch entry instead of being copied to the stack.
-        #[allow(clippy::needless_borrows_for_generic_args)]
-        FLOWS.get(&(*s).key).is_some()
+        nat_flow(&(*s).key)
     }
 }

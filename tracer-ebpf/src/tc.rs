@@ -30,7 +30,9 @@ struct Skb(*mut __sk_buff);
 impl Frame for Skb {
     #[inline(always)]
     fn bytes<const N: usize>(&self, offset: u32) -> Option<[u8; N]> {
-        let mut out = [0u8; N];
+        // Not zeroed first: that is a `memset` subprogram call per read, on every packet (the
+        // helper takes uninitialised memory and fills all of it, or fails).
+        let mut out = core::mem::MaybeUninit::<[u8; N]>::uninit();
         // SAFETY: `self.0` is the program's context; the helper bounds-checks the read.
         let r = unsafe {
             bpf_skb_load_bytes(
@@ -40,7 +42,8 @@ impl Frame for Skb {
                 N as u32,
             )
         };
-        (r == 0).then_some(out)
+        // SAFETY: on success the helper wrote all N bytes.
+        (r == 0).then(|| unsafe { out.assume_init() })
     }
 }
 
@@ -66,6 +69,7 @@ fn still_ours(skb: *mut __sk_buff, t: *const Tracked) -> bool {
         // SAFETY: a lookup with a stack key; the value is not kept.
         if unsafe { FLOWS.get(back).is_none() } {
             let _ = FLOWS.insert(back, t.origin.reversed(), 0);
+            scope::mark_flow(&back);
         }
     }
     true
@@ -77,6 +81,7 @@ fn still_ours(skb: *mut __sk_buff, t: *const Tracked) -> bool {
 fn track(skb: *mut __sk_buff) {
     let t = Tracked::matched(FlowKey::parse_frame(&Skb(skb)));
     let _ = TRACKED.insert(skb as u64, t, 0);
+    scope::forget(skb as u64);
 }
 
 /// Is this packet, not tracked yet, one of the traced containers'? (`scope.rs`)
@@ -104,6 +109,10 @@ pub fn observe(ctx: &TcContext, direction: u8) -> i32 {
     if !emit_events() {
         return TC_ACT_UNSPEC;
     }
+    // Judged out at an earlier hop on this CPU (a neighbour's packet): this comparison only.
+    if scope::judged_out_at(skb as u64, len, ifindex) {
+        return TC_ACT_UNSPEC;
+    }
     if let Some(t) = tracked_entry(skb as u64) {
         if still_ours(skb, t) {
             // Tracked already (the lookup refreshed its LRU position): nothing to insert.
@@ -114,6 +123,10 @@ pub fn observe(ctx: &TcContext, direction: u8) -> i32 {
     }
     // Not one of the traced containers' packets: counted, nothing more.
     if !in_scope(skb, ifindex, direction) {
+        // Only ingress judges with every rule (egress looks at the addresses alone).
+        if direction == Direction::Ingress as u8 {
+            scope::mark_out(skb as u64, len);
+        }
         return TC_ACT_UNSPEC;
     }
     if filtering() {

@@ -1,11 +1,12 @@
-//! The kernel's scope maps (`SCOPE_POINTS`, `SCOPE_ADDRS`, `SCOPE_PORTS`): written from a
-//! [`Scope`] at start-up, then changed entry by entry as the targets change.
+//! The kernel's scope maps (`SCOPE_POINTS`, `SCOPE_ADDRS` and the bitmaps in front of them,
+//! `SCOPE_ADDR_BITS` and `SCOPE_PORT_BITS`): written from a [`Scope`] at start-up, then
+//! changed entry by entry (word by word) as the targets change.
 
 use aya::{
-    maps::{HashMap, MapData},
+    maps::{Array, HashMap, MapData},
     Ebpf,
 };
-use tracer_common::scope::{port_key, ScopeAddr};
+use tracer_common::scope::ScopeAddr;
 
 use crate::{
     error::{Error, Result},
@@ -15,16 +16,37 @@ use crate::{
 pub struct ScopeMaps {
     points: HashMap<MapData, u32, u32>,
     addrs: HashMap<MapData, ScopeAddr, u32>,
-    ports: HashMap<MapData, u32, u32>,
+    addr_bits: Array<MapData, u64>,
+    port_bits: Array<MapData, u64>,
     /// What the maps hold now.
     current: Scope,
 }
 
+fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
+    ebpf.take_map(name)
+        .ok_or_else(|| Error::Load(format!("map {name} missing from the eBPF object")))
+}
+
 fn take<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &str) -> Result<HashMap<MapData, K, V>> {
-    let map = ebpf
-        .take_map(name)
-        .ok_or_else(|| Error::Load(format!("map {name} missing from the eBPF object")))?;
-    HashMap::try_from(map).map_err(|e| Error::Load(format!("map {name}: {e}")))
+    HashMap::try_from(take_map(ebpf, name)?).map_err(|e| Error::Load(format!("map {name}: {e}")))
+}
+
+fn take_array(ebpf: &mut Ebpf, name: &str) -> Result<Array<MapData, u64>> {
+    Array::try_from(take_map(ebpf, name)?).map_err(|e| Error::Load(format!("map {name}: {e}")))
+}
+
+/// Writes the words of `new` that differ from `old`.
+fn write_bits(
+    map: &mut Array<MapData, u64>,
+    old: &[u64],
+    new: &[u64],
+) -> std::result::Result<(), aya::maps::MapError> {
+    for (i, (o, n)) in old.iter().zip(new).enumerate() {
+        if o != n {
+            map.set(i as u32, n, 0)?;
+        }
+    }
+    Ok(())
 }
 
 impl ScopeMaps {
@@ -32,7 +54,8 @@ impl ScopeMaps {
         Ok(Self {
             points: take(ebpf, "SCOPE_POINTS")?,
             addrs: take(ebpf, "SCOPE_ADDRS")?,
-            ports: take(ebpf, "SCOPE_PORTS")?,
+            addr_bits: take_array(ebpf, "SCOPE_ADDR_BITS")?,
+            port_bits: take_array(ebpf, "SCOPE_PORT_BITS")?,
             current: Scope::default(),
         })
     }
@@ -56,20 +79,17 @@ impl ScopeMaps {
         for a in &ch.add_addrs {
             self.addrs.insert(scope_addr(a), 1, 0).map_err(full)?;
         }
-        for (proto, port) in &ch.add_ports {
-            self.ports
-                .insert(port_key(*proto, *port), 1, 0)
-                .map_err(full)?;
-        }
+        // The bitmaps are written whole (the words that changed): a bit shared by a kept and
+        // a removed address stays set.
+        let cur = &self.current;
+        write_bits(&mut self.addr_bits, &cur.addr_bitmap(), &new.addr_bitmap()).map_err(full)?;
+        write_bits(&mut self.port_bits, &cur.port_bitmap(), &new.port_bitmap()).map_err(full)?;
         // A removal of an entry that is already gone (an interface deleted) is not an error.
         for ifindex in &ch.del_points {
             let _ = self.points.remove(ifindex);
         }
         for a in &ch.del_addrs {
             let _ = self.addrs.remove(&scope_addr(a));
-        }
-        for (proto, port) in &ch.del_ports {
-            let _ = self.ports.remove(&port_key(*proto, *port));
         }
         self.current = new;
         Ok(ch)

@@ -9,7 +9,10 @@ use std::{
     net::IpAddr,
 };
 
-use tracer_common::scope::{ScopeAddr, POINT_ALL, POINT_TRACED};
+use tracer_common::scope::{
+    addr_bit, port_bit, word_and_mask, ScopeAddr, ADDR_BITMAP_WORDS, POINT_ALL, POINT_TRACED,
+    PORT_BITMAP_WORDS,
+};
 
 use super::topology::{AttachPoint, ContainerPath, Role};
 
@@ -197,6 +200,35 @@ fn proto_name(proto: u8) -> &'static str {
 }
 
 /// The kernel's key for an address.
+impl Scope {
+    /// `SCOPE_ADDR_BITS`: the traced addresses' bits.
+    pub fn addr_bitmap(&self) -> Vec<u64> {
+        let mut words = vec![0u64; ADDR_BITMAP_WORDS as usize];
+        for a in self.addrs.keys() {
+            set_bit(&mut words, addr_bit(&scope_addr(a)));
+        }
+        words
+    }
+
+    /// `SCOPE_PORT_BITS`: the published ports' bits.
+    pub fn port_bitmap(&self) -> Vec<u64> {
+        let mut words = vec![0u64; PORT_BITMAP_WORDS as usize];
+        for (proto, port) in self.ports.keys() {
+            if let Some(b) = port_bit(*proto, *port) {
+                set_bit(&mut words, b);
+            }
+        }
+        words
+    }
+}
+
+fn set_bit(words: &mut [u64], bit: u32) {
+    let (w, mask) = word_and_mask(bit);
+    if let Some(x) = words.get_mut(w as usize) {
+        *x |= mask;
+    }
+}
+
 pub fn scope_addr(a: &IpAddr) -> ScopeAddr {
     match a {
         IpAddr::V4(v4) => ScopeAddr::v4(v4.octets()),
@@ -345,6 +377,29 @@ mod tests {
         // Applied, nothing is left to change; the same scope again changes nothing.
         assert!(after.changes_to(&after).is_empty());
         assert_eq!(Scope::default().changes_to(&before).add_addrs.len(), 2);
+    }
+
+    #[test]
+    fn the_bitmaps_hold_exactly_the_scopes_addresses_and_ports() {
+        let c = container("cron", 21, &["172.18.0.2", "fd00::2"], &[(6, 18080)]);
+        let s = Scope::of(&[c], &lab_points());
+        let bit = |words: &[u64], b: u32| {
+            let (w, m) = word_and_mask(b);
+            words[w as usize] & m != 0
+        };
+        let addrs = s.addr_bitmap();
+        assert_eq!(addrs.len(), ADDR_BITMAP_WORDS as usize);
+        for a in ["172.18.0.2", "fd00::2"] {
+            let a: IpAddr = a.parse().expect("ip");
+            assert!(bit(&addrs, addr_bit(&scope_addr(&a))), "{a}");
+        }
+        let set: u32 = addrs.iter().map(|w| w.count_ones()).sum();
+        assert_eq!(set, 2);
+        let ports = s.port_bitmap();
+        assert!(bit(&ports, port_bit(6, 18080).expect("tcp")));
+        assert!(!bit(&ports, port_bit(17, 18080).expect("udp")));
+        assert_eq!(ports.iter().map(|w| w.count_ones()).sum::<u32>(), 1);
+        assert!(Scope::default().addr_bitmap().iter().all(|w| *w == 0));
     }
 
     #[test]
