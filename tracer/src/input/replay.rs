@@ -161,6 +161,54 @@ struct Walked {
     incomplete: usize,
 }
 
+/// One `flowtrace:` record: a loss is passed on, a hop joins its packet, and a packet with
+/// all its hops is passed on (with a filter, if one of its Ethernet frames matched).
+fn join(
+    partial: &mut BTreeMap<u64, Partial>,
+    tally: &mut Tally,
+    rec: Record,
+    filter: Option<&Program>,
+    frame: Option<(Vec<u8>, u32)>,
+    each: &mut impl FnMut(Replayed) -> Result<()>,
+) -> Result<()> {
+    let rec = match rec {
+        Record::Line(line) => {
+            if let Line::Lost(l) = *line {
+                tally.lost += l.count;
+                each(Replayed::Lost(l.count))?;
+            }
+            return Ok(());
+        }
+        Record::Hop(h) => h,
+    };
+    let HopRecord {
+        pkt,
+        hop,
+        hops: total,
+        data,
+        packet,
+    } = *rec;
+    let p = partial.entry(pkt).or_default();
+    p.total = total;
+    if let Some(head) = packet {
+        p.head = Some(head);
+    }
+    p.hops.insert(hop, data);
+    if let (Some(f), Some((data, len))) = (filter, &frame) {
+        p.matched |= f.matches_captured(data, *len);
+    }
+    if p.complete() {
+        let shown = filter.is_none() || p.matched;
+        if let Some(v) = partial.remove(&pkt).and_then(Partial::into_packet) {
+            if shown {
+                tally.add(&v);
+                each(Replayed::Packet(Box::new(v)))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Calls `each` with every packet of the recording at `path`, in order; with a filter, only
 /// those it matches at one of their Ethernet hops (as a live run with that filter shows them).
 fn walk(
@@ -221,41 +269,7 @@ fn walk(
             )
         })?;
         records += 1;
-        let rec = match rec {
-            Record::Line(line) if matches!(*line, Line::Lost(_)) => {
-                let Line::Lost(l) = *line else { continue };
-                tally.lost += l.count;
-                each(Replayed::Lost(l.count))?;
-                continue;
-            }
-            Record::Line(_) => continue,
-            Record::Hop(h) => h,
-        };
-        let HopRecord {
-            pkt,
-            hop,
-            hops: total,
-            data,
-            packet,
-        } = *rec;
-        let p = partial.entry(pkt).or_default();
-        p.total = total;
-        if let Some(head) = packet {
-            p.head = Some(head);
-        }
-        p.hops.insert(hop, data);
-        if let (Some(f), Some((data, len))) = (filter, &frame) {
-            p.matched |= f.matches_captured(data, *len);
-        }
-        if p.complete() {
-            let shown = filter.is_none() || p.matched;
-            if let Some(v) = partial.remove(&pkt).and_then(Partial::into_packet) {
-                if shown {
-                    tally.add(&v);
-                    each(Replayed::Packet(Box::new(v)))?;
-                }
-            }
-        }
+        join(&mut partial, &mut tally, rec, filter, frame, &mut each)?;
     }
     // Packets cut short by the end of the file: what was recorded of them.
     let incomplete = partial.len();

@@ -1,0 +1,287 @@
+//! A session while it runs: what the event loop changes, and one method per thing that can
+//! happen (a batch of observations, a container event, a tick, the end).
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    io::{BufWriter, Stdout, Write},
+    time::{Duration, Instant},
+};
+
+use super::{
+    churn,
+    kernel::Kernel,
+    setup::{monotonic_ns, progress},
+};
+use crate::{
+    cli::TraceArgs,
+    correlate::packet::PointInfo,
+    error::{Error, Result},
+    events::{clock::WallClock, decode::Observation},
+    output::raw,
+    pipeline::Pipeline,
+    target::{
+        docker::{Docker, Lifecycle},
+        scope::{DnatRule, Scope},
+        topology::{AttachPoint, ContainerPath},
+    },
+    tui::{Feed, HopCount},
+};
+
+/// How often `--counters --json` prints the counters.
+const COUNTERS_JSON: Duration = Duration::from_secs(1);
+/// How often a headless run says how it is doing (on stderr).
+const PROGRESS: Duration = Duration::from_secs(5);
+
+fn werr(e: std::io::Error) -> Error {
+    Error::io("writing output", e)
+}
+
+/// The dashboard, while it is up: its feed and its task.
+pub(super) type Dashboard = (
+    tokio::sync::mpsc::Sender<Feed>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+);
+
+pub(super) struct Live {
+    pub args: TraceArgs,
+    pub kernel: Kernel,
+    pub pipeline: Pipeline,
+    pub clock: WallClock,
+    pub dashboard: Option<Dashboard>,
+    /// Not `stdout().lock()`: the dashboard writes to stdout from another thread.
+    pub out: BufWriter<Stdout>,
+    /// The attached points' names and roles, for the counters.
+    pub names: Vec<(u32, String)>,
+    pub roles: HashMap<u32, String>,
+    pub raw_names: raw::IfNames,
+    /// The traced containers and every attached point: what the scope is made of.
+    pub containers: Vec<ContainerPath>,
+    pub all_points: Vec<AttachPoint>,
+    pub attached_ifs: BTreeSet<u32>,
+    /// DNAT rules of the ruleset, whose ports join the scope.
+    pub dnat: Vec<DnatRule>,
+    pub headless: bool,
+    pub started: Instant,
+    pub last_progress: Instant,
+    pub last_counters: Instant,
+    pub raw_shown: u64,
+    pub lost_reported: u64,
+}
+
+/// The scope of these containers at these points, with the DNAT rules' ports.
+pub(super) fn scope_of(
+    containers: &[ContainerPath],
+    points: &[AttachPoint],
+    dnat: &[DnatRule],
+) -> Scope {
+    let mut s = Scope::of(containers, points);
+    s.add_dnat_ports(dnat);
+    s
+}
+
+impl Live {
+    /// Shows or prints the observations; true once `--count` is reached.
+    pub fn drain(&mut self, batch: &mut Vec<Observation>) -> Result<bool> {
+        let args = &self.args;
+        for obs in batch.drain(..) {
+            if args.raw {
+                if args.count.is_some_and(|n| self.raw_shown >= n) {
+                    break;
+                }
+                let line = if args.json {
+                    raw::json(&obs, &self.raw_names, &self.clock).to_string()
+                } else {
+                    raw::text(&obs, &self.raw_names, &self.clock)
+                };
+                writeln!(self.out, "{line}").map_err(werr)?;
+                self.raw_shown += 1;
+            } else {
+                self.pipeline.observe(obs);
+            }
+        }
+        self.pipeline.flush_ready(&mut self.out).map_err(werr)?;
+        self.out.flush().map_err(werr)?;
+        let raw_done = args.raw && args.count.is_some_and(|n| self.raw_shown >= n);
+        Ok(raw_done || self.pipeline.reached_limit())
+    }
+
+    /// A traced container stopped, started again or changed networks: attach where it is now
+    /// and let the scope follow; say so.
+    pub async fn container_event(&mut self, ev: Lifecycle, docker: Option<&Docker>) -> Result<()> {
+        let (name, note) = match ev {
+            Lifecycle::Stopped { name, .. } => {
+                let note = format!("container {name} stopped; waiting for it to start again");
+                (name, note)
+            }
+            Lifecycle::Started { name, .. } => match docker {
+                Some(d) => self.follow(d, name).await?,
+                None => return Ok(()),
+            },
+            Lifecycle::Networks { name, .. } => match docker {
+                Some(d) => {
+                    // Docker says so a moment before the interface is in place.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    self.follow(d, name).await?
+                }
+                None => return Ok(()),
+            },
+        };
+        if let Some((tx, _)) = &self.dashboard {
+            let _ = tx.try_send(Feed::Status(note));
+        } else {
+            eprintln!("{note}");
+            if self.args.json {
+                let line =
+                    serde_json::json!({"type": "container", "container": name, "note": note});
+                writeln!(self.out, "{line}").map_err(werr)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves `name` again and attaches to its new points; the note to give.
+    async fn follow(&mut self, docker: &Docker, name: String) -> Result<(String, String)> {
+        let r = match churn::resolve(docker, &name, &self.attached_ifs).await {
+            Err(e) => {
+                let note = format!("container {name} started, but cannot be traced: {e}");
+                return Ok((name, note));
+            }
+            Ok(r) => r,
+        };
+        self.kernel.attach_more(&self.args, &r.new_points)?;
+        for p in &r.new_points {
+            self.attached_ifs.insert(p.ifindex);
+            self.names.push((p.ifindex, p.name.clone()));
+            self.roles.insert(p.ifindex, p.role.to_string());
+            let info = PointInfo {
+                name: p.name.clone(),
+                role: p.role,
+                container: p.container.clone(),
+            };
+            self.pipeline
+                .add_point(p.ifindex, info, Some(r.path.netns.inode as u32));
+        }
+        // The scope follows: its veths, addresses and published ports now.
+        churn::replace(
+            &mut self.containers,
+            &mut self.all_points,
+            r.path.clone(),
+            &r.new_points,
+        );
+        let scope = scope_of(&self.containers, &self.all_points, &self.dnat);
+        let ch = self.kernel.scope_maps.set(scope.clone())?;
+        self.pipeline.set_scope(scope);
+        let where_: Vec<String> = r
+            .new_points
+            .iter()
+            .map(|p| format!("{} ({}, ifindex {})", p.name, p.role, p.ifindex))
+            .collect();
+        let note = format!(
+            "container {name} (re)started or changed networks (pid {}): attached on {}; {}",
+            r.path.info.pid,
+            if where_.is_empty() {
+                "the same interfaces".to_owned()
+            } else {
+                where_.join(", ")
+            },
+            churn::describe_changes(&ch),
+        );
+        Ok((name, note))
+    }
+
+    /// Completes pending packets, reports losses, feeds the dashboard its counters, prints
+    /// `--counters` and the headless progress line.
+    pub fn tick(&mut self) -> Result<()> {
+        self.pipeline
+            .tick(monotonic_ns(), &mut self.out)
+            .map_err(werr)?;
+        let counters = &self.kernel.counters;
+        let lost: u64 = counters.read().values().map(|c| c.lost).sum();
+        if lost > self.lost_reported {
+            self.pipeline
+                .report_lost(lost - self.lost_reported, monotonic_ns(), &mut self.out)
+                .map_err(werr)?;
+            self.lost_reported = lost;
+        }
+        if let Some((tx, _)) = &self.dashboard {
+            let hops = counters
+                .totals(&self.names)
+                .into_iter()
+                .zip(self.names.iter().flat_map(|(i, _)| [*i, *i]))
+                .map(|(h, ifindex)| HopCount {
+                    role: self.roles.get(&ifindex).cloned().unwrap_or_default(),
+                    iface: h.iface,
+                    direction: h.direction,
+                    packets: h.packets,
+                    bytes: h.bytes,
+                    lost: h.lost,
+                })
+                .collect();
+            let _ = tx.try_send(Feed::Counters(hops));
+            let _ = tx.try_send(Feed::Lost(lost));
+            let _ = tx.try_send(Feed::RingFill(counters.ring_fill()));
+            if let Some(r) = &self.pipeline.recorder {
+                let _ = tx.try_send(Feed::Recording {
+                    path: r.path().display().to_string(),
+                    bytes: r.bytes_written(),
+                });
+            }
+        }
+        if self.args.counters && self.dashboard.is_none() {
+            let every = if self.args.json {
+                COUNTERS_JSON
+            } else {
+                PROGRESS
+            };
+            if self.last_counters.elapsed() >= every {
+                self.last_counters = Instant::now();
+                let hops = counters.totals(&self.names);
+                let now = self.clock.rfc3339(monotonic_ns());
+                let line = self.pipeline.format().counters(&hops, &now);
+                writeln!(self.out, "{line}").map_err(werr)?;
+            }
+        } else if self.headless && self.last_progress.elapsed() >= PROGRESS {
+            self.last_progress = Instant::now();
+            let elapsed = self.started.elapsed();
+            eprintln!("{}", progress(&self.pipeline, lost, elapsed));
+        }
+        Ok(())
+    }
+
+    /// The end: the last packets, the dashboard's last word, the summary.
+    pub async fn finish(mut self) -> Result<()> {
+        let mut summary = self.pipeline.finish(&mut self.out).map_err(werr)?;
+        if let Some((tx, task)) = self.dashboard.take() {
+            // Stopped by --duration/--count: say so and leave the screen up until q.
+            // Stopped by a signal: the dashboard ends itself on SIGINT/SIGTERM too.
+            let _ = tx.try_send(Feed::Finished("tracing stopped (q to quit)".into()));
+            drop(tx);
+            self.pipeline.tui = None;
+            let _ = task.await;
+            log::set_max_level(log::LevelFilter::Warn);
+        }
+        if self.args.raw {
+            summary.packets = self.raw_shown;
+        }
+        summary.hops = self.kernel.counters.totals(&self.names);
+        summary.discarded.malformed = self.kernel.stream.malformed;
+        summary.lost = summary.hops.iter().map(|h| h.lost).sum();
+        if summary.lost > self.lost_reported {
+            let more = summary.lost - self.lost_reported;
+            self.pipeline
+                .report_lost(more, monotonic_ns(), &mut self.out)
+                .map_err(werr)?;
+        }
+        let text = self.pipeline.format().summary(&summary);
+        if self.args.json {
+            writeln!(self.out, "{text}").map_err(werr)?;
+        } else {
+            self.out.flush().map_err(werr)?;
+            eprintln!("{text}");
+        }
+        self.out.flush().map_err(werr)?;
+        // Everything attached goes now (the programs, then the tc filters and qdiscs).
+        drop(self.kernel);
+        Ok(())
+    }
+}
