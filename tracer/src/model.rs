@@ -226,24 +226,11 @@ impl Packet {
         }
     }
 
-    /// To the container (`way: in`).
-    pub fn inbound(&self) -> bool {
-        self.way.as_deref() == Some("in")
-    }
-
     /// The tc hops, in order.
     pub fn tc_hops(&self) -> impl Iterator<Item = &TcHop> {
         self.hops.iter().filter_map(|h| match h {
             Hop::Tc(t) => Some(t),
             Hop::Nf(_) => None,
-        })
-    }
-
-    /// The netfilter hops, in order.
-    pub fn nf_hops(&self) -> impl Iterator<Item = &NfHop> {
-        self.hops.iter().filter_map(|h| match h {
-            Hop::Nf(n) => Some(n),
-            Hop::Tc(_) => None,
         })
     }
 }
