@@ -259,7 +259,7 @@ impl Pipeline {
             if json_only && self.flow_mode {
                 continue; // only flows are printed
             }
-            let model = model::Packet::of(&e, points, &self.clock);
+            let model = model::packet(&e, points, &self.clock);
             if json_only {
                 // `--json`: straight from the model to the output.
                 model.write_json(&mut *out)?;

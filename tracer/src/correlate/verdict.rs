@@ -231,7 +231,7 @@ mod tests {
         );
         assert!(s[0].nat.is_empty() && s[1].nat.is_empty());
         assert_eq!(
-            crate::model::Nat::from(&s[2].nat[0]).text(),
+            crate::model::nat(&s[2].nat[0]).text(),
             "SNAT 172.18.0.2:41234 → 198.51.100.1:41234"
         );
         assert_eq!(s[2].ts_ns, 207, "at the slot after the nat table");

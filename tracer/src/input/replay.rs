@@ -405,7 +405,7 @@ mod tests {
         };
         let mut r = Recorder::create(opts, "test".into()).expect("create");
         let e = Explainer::empty().explain(masqueraded_syn(), &points());
-        let v = Packet::of(&e, &points(), &WallClock::with_offset(0));
+        let v = crate::model::packet(&e, &points(), &WallClock::with_offset(0));
         r.record(&e, &v).expect("record");
         r.lost(50_000, 7).expect("lost");
         r.flush().expect("flush");

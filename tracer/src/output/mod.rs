@@ -12,7 +12,7 @@ use crate::{
         packet::Hop,
         verdict::NfStep,
     },
-    model::{FlowLine, HopLine, Lost, Packet, SummaryLine, VERSION},
+    model::{CountersLine, Lost, Packet, VERSION},
     probe::counters::HopTotals,
 };
 
@@ -107,7 +107,7 @@ impl Format {
     ) -> String {
         match self {
             Self::Text => text::flow(k, s, clock),
-            Self::Json => FlowLine::of(k, s, clock).to_json(),
+            Self::Json => crate::model::flow(k, s, clock).to_json(),
         }
     }
 
@@ -132,9 +132,12 @@ impl Format {
                 out
             }
             Self::Json => {
-                let hops: Vec<HopLine> = hops.iter().map(HopLine::of).collect();
-                serde_json::json!({"type": "counters", "v": VERSION, "time": time, "hops": hops})
-                    .to_string()
+                let line = CountersLine {
+                    v: VERSION,
+                    time: time.to_owned(),
+                    hops: hops.iter().map(crate::model::hop_line).collect(),
+                };
+                line.to_json()
             }
         }
     }
@@ -142,7 +145,7 @@ impl Format {
     pub fn summary(&self, s: &Summary) -> String {
         match self {
             Self::Text => text::summary(s),
-            Self::Json => SummaryLine::of(s).to_json(),
+            Self::Json => crate::model::summary(s).to_json(),
         }
     }
 }

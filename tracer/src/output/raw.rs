@@ -3,13 +3,15 @@
 
 use std::collections::HashMap;
 
-use serde_json::json;
 use tracer_common::netfilter::hook_name;
 
-use crate::events::{
+use crate::{
+    events::{
     clock::WallClock,
     decode::{Observation, TcObservation},
     packet::tcp_flags_str,
+    },
+    model::{self, ObservedAt},
 };
 
 /// Interface names by ifindex, for the points flowtrace attached to.
@@ -65,51 +67,57 @@ fn summary(t: &TcObservation) -> String {
         .map_or_else(|| "non-IP frame".to_owned(), |h| h.summary())
 }
 
-pub fn json(obs: &Observation, names: &IfNames, clock: &WallClock) -> serde_json::Value {
-    let t = match obs {
-        Observation::Tc(t) => t,
+/// The observation as the model's `--raw` line.
+pub fn line(obs: &Observation, names: &IfNames, clock: &WallClock) -> model::Observation {
+    let (ts_ns, skb, at) = match obs {
+        Observation::Tc(t) => {
+            let h = t.headers.as_ref();
+            let at = ObservedAt::Tc {
+                iface: iface(names, t.ifindex),
+                ifindex: t.ifindex,
+                dir: t.direction.as_str().to_owned(),
+                len: t.len,
+                proto: h.map(|h| h.proto.name()),
+                src: h.map(|h| h.source().to_string()),
+                dst: h.map(|h| h.destination().to_string()),
+                tcp_flags: h.and_then(|h| h.tcp_flags()).map(tcp_flags_str),
+            };
+            (t.ts_ns, t.skb, at)
+        }
         Observation::Nf(n) => {
-            return json!({
-                "type": "observation", "time": clock.rfc3339(n.ts_ns), "ts_ns": n.ts_ns,
-                "skb": format!("{:#x}", n.skb), "point": "netfilter", "hook": hook_name(n.hook),
-                "slot": n.slot, "len": n.len,
-                "src": n.headers.map(|h| h.source().to_string()),
-                "dst": n.headers.map(|h| h.destination().to_string()),
-            })
+            let at = ObservedAt::Netfilter {
+                hook: hook_name(n.hook).to_owned(),
+                slot: n.slot,
+                len: n.len,
+                src: n.headers.map(|h| h.source().to_string()),
+                dst: n.headers.map(|h| h.destination().to_string()),
+            };
+            (n.ts_ns, n.skb, at)
         }
         Observation::End(e) => {
-            return json!({
-                "type": "observation", "time": clock.rfc3339(e.ts_ns), "ts_ns": e.ts_ns,
-                "skb": format!("{:#x}", e.skb), "point": "end", "end": format!("{:?}", e.kind),
-                "location": format!("{:#x}", e.location), "ifindex": e.ifindex,
-            })
+            let at = ObservedAt::End {
+                end: format!("{:?}", e.kind),
+                location: format!("{:#x}", e.location),
+                ifindex: e.ifindex,
+            };
+            (e.ts_ns, e.skb, at)
         }
     };
-    let h = t.headers.as_ref();
-    json!({
-        "type": "observation",
-        "time": clock.rfc3339(t.ts_ns),
-        "ts_ns": t.ts_ns,
-        "skb": format!("{:#x}", t.skb),
-        "point": "tc",
-        "iface": iface(names, t.ifindex),
-        "ifindex": t.ifindex,
-        "dir": t.direction.as_str(),
-        "len": t.len,
-        "proto": h.map(|h| h.proto.name()),
-        "src": h.map(|h| h.source().to_string()),
-        "dst": h.map(|h| h.destination().to_string()),
-        "tcp_flags": h.and_then(|h| h.tcp_flags()).map(tcp_flags_str),
-    })
+    model::Observation {
+        time: clock.rfc3339(ts_ns),
+        ts_ns,
+        skb: format!("{skb:#x}"),
+        at,
+    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::events::packet::{parse_ethernet, tests::tcp_syn_v4};
     use tracer_common::Direction;
 
-    fn obs() -> Observation {
+    pub(crate) fn obs() -> Observation {
         let frame = tcp_syn_v4();
         Observation::Tc(TcObservation {
             ts_ns: 5_000_000_000,
@@ -138,7 +146,11 @@ mod tests {
 
     #[test]
     fn json_has_the_contract_fields() {
-        let v = json(&obs(), &IfNames::new(), &WallClock::with_offset(0));
+        let v: serde_json::Value =
+            serde_json::from_str(&line(&obs(), &IfNames::new(), &WallClock::with_offset(0)).to_json())
+                .expect("json");
+        assert_eq!(v["type"], "observation");
+        assert_eq!(v["point"], "tc");
         assert_eq!(v["iface"], "if21");
         assert_eq!(v["dir"], "ingress");
         assert_eq!(v["src"], "172.18.0.2:41234");

@@ -89,7 +89,7 @@ impl Live {
                     break;
                 }
                 let line = if args.json {
-                    raw::json(&obs, &self.raw_names, &self.clock).to_string()
+                    raw::line(&obs, &self.raw_names, &self.clock).to_json()
                 } else {
                     raw::text(&obs, &self.raw_names, &self.clock)
                 };
@@ -131,9 +131,12 @@ impl Live {
         } else {
             eprintln!("{note}");
             if self.args.json {
-                let line =
-                    serde_json::json!({"type": "container", "container": name, "note": note});
-                writeln!(self.out, "{line}").map_err(werr)?;
+                let line = crate::model::ContainerNote {
+                    v: crate::model::VERSION,
+                    container: name.to_owned(),
+                    note: note.clone(),
+                };
+                writeln!(self.out, "{}", line.to_json()).map_err(werr)?;
             }
         }
         Ok(())
