@@ -1,33 +1,6 @@
-//! Developer tasks for flowtrace: `cargo xtask <command>`.
+//! `cargo xtask <command>`: flowtrace's developer tasks (the library is `xtask`).
 
-/// `println!` that ignores a closed stdout (e.g. `| head`) instead of panicking, so that a
-/// teardown never stops halfway because nobody reads its progress lines.
-#[macro_export]
-macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
-}
-
-/// `eprintln!` that ignores a closed stderr.
-#[macro_export]
-macro_rules! err {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
-    }};
-}
-
-mod bench;
-mod cmd;
-mod demo;
-mod ebpf;
-mod lab;
-mod labguard;
-mod setup;
-mod test;
-mod vm;
+use xtask::{bench, demo, lab, setup, test, vm};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -74,7 +47,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One readable line (with causes), no backtrace even under RUST_BACKTRACE=1.
-            crate::err!("error: {e:#}");
+            xtask::err!("error: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -21,7 +21,7 @@ mod topology;
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{bail, Context, Result};
-use serde_json::Value;
+use tracer_model::{Line, Packet};
 
 use crate::cmd::{cmd, have};
 
@@ -57,9 +57,11 @@ poweroff -f
 pub struct Outcome {
     pub release: String,
     pub stderr: Vec<String>,
-    pub packets: Vec<Value>,
+    pub packets: Vec<Packet>,
     /// The packets of the run with a filter expression, and its stderr.
-    pub filtered: Vec<Value>,
+    pub filtered: Vec<Packet>,
+    /// Output lines that are not lines of the contract (each one a failure).
+    pub unreadable: Vec<String>,
     pub filter_stderr: Vec<String>,
     pub leftovers: Vec<String>,
 }
@@ -88,14 +90,11 @@ pub fn parse(console: &str) -> Outcome {
                 "stderr" => o.stderr.push(line.to_owned()),
                 "filter-stderr" => o.filter_stderr.push(line.to_owned()),
                 "stdout" | "filtered" => {
-                    if let Ok(v) = serde_json::from_str::<Value>(line) {
-                        if v["type"] == "packet" {
-                            if section == "stdout" {
-                                o.packets.push(v);
-                            } else {
-                                o.filtered.push(v);
-                            }
-                        }
+                    match Line::parse(line) {
+                        Ok(Line::Packet(p)) if section == "stdout" => o.packets.push(p),
+                        Ok(Line::Packet(p)) => o.filtered.push(p),
+                        Ok(_) => {}
+                        Err(e) => o.unreadable.push(format!("{e}: {line}")),
                     }
                 }
                 "leftovers" if !line.trim().is_empty() => o.leftovers.push(line.to_owned()),

@@ -21,7 +21,9 @@
 //! namespace that plays the host (no link to the real one).
 
 use anyhow::{bail, Context, Result};
-use serde_json::Value;
+use tracer_model::Packet;
+
+use crate::expect::{self, HostPath};
 
 use super::Outcome;
 
@@ -91,146 +93,63 @@ for d in vethc br-ft up0; do for w in ingress egress; do /usr/sbin/tc filter sho
 echo "vm: --- end"
 "#;
 
-fn tc_hops(p: &Value) -> Vec<(String, String)> {
-    p["hops"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|h| h["point"] == "tc")
-        .map(|h| {
-            (
-                h["iface"].as_str().unwrap_or("?").to_owned(),
-                h["dir"].as_str().unwrap_or("?").to_owned(),
-            )
-        })
-        .collect()
+/// The guest's host, as the shared expectations name it.
+fn host() -> HostPath {
+    HostPath {
+        veth: "vethc".into(),
+        bridge: "br-ft".into(),
+        uplink: "up0".into(),
+        uplink_ip: "198.51.100.1".into(),
+    }
 }
 
-fn tc_hop<'a>(p: &'a Value, iface: &str, dir: &str) -> Option<&'a Value> {
-    p["hops"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|h| h["point"] == "tc" && h["iface"] == iface && h["dir"] == dir)
+fn port_of(addr: Option<&str>) -> &str {
+    addr.and_then(|a| a.rsplit(':').next()).unwrap_or_default()
 }
 
-fn nf_hop<'a>(p: &'a Value, hook: &str, table: &str) -> Option<&'a Value> {
-    p["hops"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|h| h["hook"] == hook && h["table"] == table)
-}
-
-fn path(v: &[(&str, &str)]) -> Vec<(String, String)> {
-    v.iter()
-        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
-        .collect()
-}
-
-/// The lab's assertions, on the guest's packets.
+/// The lab's assertions (the same functions `tracer/tests/lab.rs` calls), on the guest's
+/// packets.
 pub fn check_docker_host(o: &Outcome) -> Result<()> {
-    let find = |what: &str, pred: &dyn Fn(&Value) -> bool| -> Result<&Value> {
+    if !o.unreadable.is_empty() {
+        bail!("lines outside the contract:\n{}", o.unreadable.join("\n"));
+    }
+    let find = |what: &str, pred: &dyn Fn(&Packet) -> bool| -> Result<&Packet> {
         o.packets
             .iter()
             .find(|p| pred(p))
             .with_context(|| format!("no {what} among {} packets", o.packets.len()))
     };
-    let str_of = |v: &Value| v.as_str().unwrap_or_default().to_owned();
-    // Container → internet, MASQUERADE'd.
+    let is = |v: &Option<String>, want: &str| v.as_deref() == Some(want);
+    let h = host();
+    // Container → internet, MASQUERADE'd, and the reply de-NATed.
     let syn = find("SYN from 172.18.0.2 to :9000", &|p| {
-        str_of(&p["src"]).starts_with("172.18.0.2:")
-            && p["dst"] == "198.51.100.2:9000"
-            && p["tcp_flags"] == "S"
+        p.src.as_deref().is_some_and(|s| s.starts_with("172.18.0.2:"))
+            && is(&p.dst, "198.51.100.2:9000")
+            && is(&p.tcp_flags, "S")
     })?;
-    let sport = str_of(&syn["src"])
-        .rsplit(':')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    let out = path(&[
-        ("vethc", "ingress"),
-        ("br-ft", "ingress"),
-        ("up0", "egress"),
-    ]);
-    if tc_hops(syn) != out {
-        bail!("the SYN's path is {:?}: {syn}", tc_hops(syn));
-    }
-    let up = tc_hop(syn, "up0", "egress").context("no uplink hop")?;
-    if !str_of(&up["src"]).starts_with("198.51.100.1:") {
-        bail!("not MASQUERADE'd at the uplink: {syn}");
-    }
-    let snat = nf_hop(syn, "POSTROUTING", "nat").context("no POSTROUTING/nat hop")?;
-    if snat["nat"]["kind"] != "snat" {
-        bail!("no SNAT at POSTROUTING/nat: {syn}");
-    }
-    let local = format!("172.18.0.2:{sport}");
+    h.masqueraded_out(syn).map_err(anyhow::Error::msg)?;
+    let local = format!("172.18.0.2:{}", port_of(syn.src.as_deref()));
     let synack = find("SYN-ACK to the container", &|p| {
-        p["dst"] == local.as_str() && p["tcp_flags"] == "S."
+        is(&p.dst, &local) && is(&p.tcp_flags, "S.")
     })?;
-    let inward = path(&[("up0", "ingress"), ("br-ft", "egress"), ("vethc", "egress")]);
-    if tc_hops(synack) != inward {
-        bail!("the SYN-ACK's path is {:?}: {synack}", tc_hops(synack));
-    }
-    let at_uplink = tc_hop(synack, "up0", "ingress").context("no uplink hop")?;
-    if !str_of(&at_uplink["dst"]).starts_with("198.51.100.1:") {
-        bail!("the reply does not arrive for the uplink's address: {synack}");
-    }
-    match nf_hop(synack, "PREROUTING", "nat") {
-        Some(h) if h["nat"]["kind"] == "dnat" => {}
-        _ => bail!("the reply is not de-NATed at PREROUTING/nat: {synack}"),
-    }
+    h.denatted_reply(synack, &local)
+        .map_err(anyhow::Error::msg)?;
     // Internet → the published port.
     let inbound = find("SYN to the published port", &|p| {
-        p["src"]
-            .as_str()
+        p.src
+            .as_deref()
             .is_some_and(|s| s.starts_with("198.51.100.2:"))
-            && p["dst"] == "172.18.0.2:80"
-            && p["tcp_flags"] == "S"
+            && is(&p.dst, "172.18.0.2:80")
+            && is(&p.tcp_flags, "S")
     })?;
-    let dnat = nf_hop(inbound, "PREROUTING", "nat").context("no PREROUTING/nat hop")?;
-    if dnat["nat"]["kind"] != "dnat"
-        || dnat["nat"]["from"] != "198.51.100.1:8080"
-        || dnat["nat"]["to"] != "172.18.0.2:80"
-    {
-        bail!("the published port's DNAT is wrong: {inbound}");
-    }
-    match nf_hop(inbound, "FORWARD", "filter") {
-        Some(h) if h["verdict"] == "accept" => {}
-        _ => bail!("FORWARD/filter does not accept the published port's SYN: {inbound}"),
-    }
-    if tc_hops(inbound) != inward {
-        bail!(
-            "the published port's path is {:?}: {inbound}",
-            tc_hops(inbound)
-        );
-    }
+    h.published_in(inbound, "198.51.100.1:8080", "172.18.0.2:80")
+        .map_err(anyhow::Error::msg)?;
     // The DOCKER-USER drop.
     let dropped = find("dropped SYN to :7777", &|p| {
-        p["dst"] == "198.51.100.2:7777" && !p["drop"].is_null()
+        is(&p.dst, "198.51.100.2:7777") && p.drop.is_some()
     })?;
-    let d = &dropped["drop"];
-    let want = (
-        "NETFILTER_DROP",
-        "FORWARD",
-        "filter",
-        "-A DOCKER-USER -p tcp -m tcp --dport 7777 -j DROP",
-    );
-    let got = (
-        str_of(&d["reason"]),
-        str_of(&d["hook"]),
-        str_of(&d["table"]),
-        str_of(&d["rule"]),
-    );
-    if (
-        got.0.as_str(),
-        got.1.as_str(),
-        got.2.as_str(),
-        got.3.as_str(),
-    ) != want
-    {
-        bail!("the drop at :7777 is {d}");
-    }
+    let rule = "-A DOCKER-USER -p tcp -m tcp --dport 7777 -j DROP";
+    expect::dropped_by_rule(dropped, "FORWARD", "filter", rule).map_err(anyhow::Error::msg)?;
     // The filtered run, beside the other: netfilter too (a second priority), that TCP flow,
     // every hop, nothing else.
     let ferr = o.filter_stderr.join("\n");
@@ -239,7 +158,10 @@ pub fn check_docker_host(o: &Outcome) -> Result<()> {
     {
         bail!("the second flowtrace lacks netfilter or its filter:\n{ferr}");
     }
-    if o.filtered.is_empty() || o.filtered.iter().any(|p| !p.to_string().contains(":9000")) {
+    let on_9000 = |p: &Packet| {
+        port_of(p.src.as_deref()) == "9000" || port_of(p.dst.as_deref()) == "9000"
+    };
+    if o.filtered.is_empty() || !o.filtered.iter().all(on_9000) {
         bail!(
             "`tcp port 9000` showed {} packets, not only that flow: {:?}",
             o.filtered.len(),
@@ -249,10 +171,10 @@ pub fn check_docker_host(o: &Outcome) -> Result<()> {
     let fsyn = o
         .filtered
         .iter()
-        .find(|p| p["tcp_flags"] == "S")
+        .find(|p| is(&p.tcp_flags, "S"))
         .context("filtered: no SYN")?;
-    if tc_hops(fsyn) != out {
-        bail!("filtered: the SYN's path is {:?}", tc_hops(fsyn));
+    if expect::hops(fsyn) != h.out() {
+        bail!("filtered: the SYN's path is {:?}", expect::hops(fsyn));
     }
     if !o.leftovers.is_empty() {
         bail!("left attached after exit:\n{}", o.leftovers.join("\n"));
