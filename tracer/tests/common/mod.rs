@@ -4,12 +4,12 @@
 //!
 //! These tests need root, dockerd and the lab; `cargo xtask test` brings the lab up, runs
 //! them serially (`--test-threads=1`) and tears the lab down even when they fail.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::{
     fs::File,
     io::{BufRead, BufReader, Read, Write},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
     os::fd::AsRawFd,
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -17,36 +17,109 @@ use std::{
 };
 
 use serde_json::Value;
+pub use tracer_model::{Hop, Line, NfHop, Packet, SummaryLine, TcHop};
+use xtask::lab::{
+    guard::{safety_check, Origin},
+    state::{State, STATE_FILE},
+};
+pub use xtask::expect::{hop_packets, hops, nf_hops, packets, summary, HostPath};
 
-pub const STATE: &str = "/run/flowtrace-lab/state.json";
-/// The lab's "internet": the only range besides the lab's containers that tests may send to.
-const LAB_NET: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 51, 100, 0), 24);
-
-/// The lab as `cargo xtask lab up` described it.
+/// The lab as `cargo xtask lab up` described it: xtask's own state type.
 pub struct Lab {
-    pub state: Value,
+    pub state: State,
+}
+
+fn parse_ip(what: &str, s: Option<&str>) -> IpAddr {
+    s.and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("the lab state has no address `{what}`"))
 }
 
 impl Lab {
     pub fn get() -> Self {
-        let text = std::fs::read_to_string(STATE).unwrap_or_else(|e| {
-            panic!("{STATE}: {e}. Run the privileged tests through `cargo xtask test` (it brings the lab up)")
-        });
-        let state: Value = serde_json::from_str(&text).expect("lab state is JSON");
-        Self { state }
+        match State::load() {
+            Ok(Some(state)) => Self { state },
+            Ok(None) => panic!(
+                "{STATE_FILE} is missing. Run the privileged tests through `cargo xtask test` (it brings the lab up)"
+            ),
+            Err(e) => panic!("{e:#}"),
+        }
     }
 
-    pub fn s(&self, key: &str) -> String {
-        // A container's veth changes when it restarts: look it up live.
-        match key {
-            "host_veth" => return self.veth_of(&self.s("container")),
-            "peer_veth" => return self.veth_of(&self.s("peer_container")),
-            _ => {}
+    pub fn container(&self) -> String {
+        self.state.container.clone()
+    }
+
+    pub fn peer_container(&self) -> String {
+        self.state.peer_container.clone().expect("the lab has a peer container")
+    }
+
+    pub fn container_ip(&self) -> IpAddr {
+        parse_ip("container_ip", Some(&self.state.container_ip))
+    }
+
+    pub fn peer_ip(&self) -> IpAddr {
+        parse_ip("peer_ip", self.state.peer_ip.as_deref())
+    }
+
+    pub fn isolated_ip(&self) -> IpAddr {
+        parse_ip("isolated_ip", self.state.isolated_ip.as_deref())
+    }
+
+    pub fn inet_ip(&self) -> IpAddr {
+        parse_ip("inet_ip", Some(&self.state.inet_ip))
+    }
+
+    pub fn uplink_ip(&self) -> IpAddr {
+        parse_ip("uplink_ip", Some(&self.state.uplink_ip))
+    }
+
+    pub fn bridge(&self) -> String {
+        self.state.bridge.clone().expect("the lab's bridge is recorded")
+    }
+
+    pub fn isolated_bridge(&self) -> String {
+        self.state.isolated_bridge.clone().expect("the isolated bridge is recorded")
+    }
+
+    pub fn uplink(&self) -> String {
+        self.state.uplink.clone()
+    }
+
+    pub fn inet_netns(&self) -> String {
+        self.state.inet_netns.clone()
+    }
+
+    pub fn drop_rule(&self) -> String {
+        self.state.drop_rule.clone().expect("the lab has a drop rule")
+    }
+
+    pub fn drop_port(&self) -> u16 {
+        self.state.drop_port.expect("the lab has a drop port")
+    }
+
+    /// `(host port, container port)` of the published port.
+    pub fn published(&self) -> (u16, u16) {
+        let p = self.state.published.as_ref().expect("the lab publishes a port");
+        (p.host_port, p.container_port)
+    }
+
+    /// The traced container's veth, as it is now (it changes when the container restarts).
+    pub fn host_veth(&self) -> String {
+        self.veth_of(&self.state.container)
+    }
+
+    pub fn peer_veth(&self) -> String {
+        self.veth_of(&self.peer_container())
+    }
+
+    /// The traced container's path through the host, as the shared expectations name it.
+    pub fn host_path(&self) -> HostPath {
+        HostPath {
+            veth: self.host_veth(),
+            bridge: self.bridge(),
+            uplink: self.uplink(),
+            uplink_ip: self.state.uplink_ip.clone(),
         }
-        self.state[key]
-            .as_str()
-            .unwrap_or_else(|| panic!("lab state has no string `{key}`: {}", self.state))
-            .to_owned()
     }
 
     /// The host end of a container's eth0 veth, as it is now.
@@ -79,14 +152,6 @@ impl Lab {
             .to_owned()
     }
 
-    pub fn ip(&self, key: &str) -> IpAddr {
-        self.s(key).parse().expect("an IP address")
-    }
-
-    pub fn port(&self, key: &str) -> u16 {
-        self.state[key].as_u64().expect("a port") as u16
-    }
-
     pub fn container_pid(&self, name: &str) -> u32 {
         let out = Command::new("docker")
             .args(["inspect", "-f", "{{.State.Pid}}", name])
@@ -99,73 +164,20 @@ impl Lab {
             .expect("a pid")
     }
 
-    /// The network safety rule: the destination is the lab's internet (routed out of the
-    /// lab's own uplink, with the guard rules in place) or one of the lab's containers.
-    pub fn assert_safe(&self, dst: IpAddr) {
+    /// The network safety rule, the one xtask's senders obey: the destination is provably
+    /// inside the lab (its internet, its containers, its isolated network) and leaves by the
+    /// lab's own interface, with the guard rules in place.
+    pub fn assert_safe(&self, from: &From, dst: IpAddr) {
         let IpAddr::V4(v4) = dst else {
             panic!("unsafe destination {dst}: the lab is IPv4 only")
         };
-        let containers: Vec<IpAddr> = ["container_ip", "peer_ip"]
-            .iter()
-            .filter_map(|k| self.state[*k].as_str()?.parse().ok())
-            .collect();
-        if containers.contains(&dst) {
-            return;
+        let origin = match from {
+            From::Container(name) => Origin::Container(name),
+            From::Internet => Origin::Inet,
+        };
+        if let Err(e) = safety_check(&self.state, origin, v4) {
+            panic!("{e:#}");
         }
-        // The isolated network's containers (the /24 of the isolated container): routed to
-        // its own bridge, guarded like the internet range.
-        let isolated: Option<Ipv4Addr> = self.state["isolated_ip"]
-            .as_str()
-            .and_then(|s| s.parse().ok());
-        if isolated.is_some_and(|i| u32::from(i) >> 8 == u32::from(v4) >> 8) {
-            assert_eq!(
-                self.route_dev(dst),
-                self.s("isolated_bridge"),
-                "unsafe: {dst}"
-            );
-            assert!(
-                self.guards() >= 4,
-                "unsafe: the lab's guard rules are missing"
-            );
-            return;
-        }
-        let (net, len) = LAB_NET;
-        let mask = u32::MAX << (32 - len);
-        assert_eq!(
-            u32::from(v4) & mask,
-            u32::from(net),
-            "unsafe destination {dst}: outside the lab"
-        );
-        assert_eq!(
-            self.route_dev(dst),
-            self.s("uplink"),
-            "unsafe: {dst} would not leave by the lab's uplink"
-        );
-        assert!(
-            self.guards() >= 2,
-            "unsafe: the lab's guard rules are missing"
-        );
-    }
-
-    /// The interface the host routes `dst` out of.
-    fn route_dev(&self, dst: IpAddr) -> String {
-        let out = Command::new("ip")
-            .args(["-j", "route", "get", &dst.to_string()])
-            .output()
-            .expect("ip route get");
-        let routes: Value = serde_json::from_slice(&out.stdout).expect("ip -j output");
-        routes[0]["dev"].as_str().unwrap_or("").to_owned()
-    }
-
-    /// How many lab guard rules are installed.
-    fn guards(&self) -> usize {
-        let rules = Command::new("iptables")
-            .args(["-S"])
-            .output()
-            .expect("iptables -S");
-        String::from_utf8_lossy(&rules.stdout)
-            .matches("flowtrace-lab-guard")
-            .count()
     }
 }
 
@@ -195,7 +207,7 @@ impl From {
     fn netns(&self, lab: &Lab) -> String {
         match self {
             Self::Container(name) => format!("/proc/{}/ns/net", lab.container_pid(name)),
-            Self::Internet => format!("/run/netns/{}", lab.s("inet_netns")),
+            Self::Internet => format!("/run/netns/{}", lab.inet_netns()),
         }
     }
 }
@@ -214,9 +226,7 @@ pub fn tcp_sized(
     port: u16,
     payload: &[u8],
 ) -> Result<u16, String> {
-    if matches!(from, From::Container(_)) {
-        lab.assert_safe(dst);
-    }
+    lab.assert_safe(from, dst);
     in_netns(&from.netns(lab), || {
         let addr = SocketAddr::new(dst, port);
         let mut s =
@@ -243,7 +253,7 @@ pub fn tcp_sized(
 
 /// One UDP datagram and its echo. Returns the local port.
 pub fn udp(lab: &Lab, from: &From, dst: IpAddr, port: u16) -> Result<u16, String> {
-    lab.assert_safe(dst);
+    lab.assert_safe(from, dst);
     in_netns(&from.netns(lab), || {
         let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
         s.set_read_timeout(Some(Duration::from_secs(2)))
@@ -258,7 +268,7 @@ pub fn udp(lab: &Lab, from: &From, dst: IpAddr, port: u16) -> Result<u16, String
 
 /// One UDP datagram with the given IP TTL, no reply expected. Returns the local port.
 pub fn udp_ttl(lab: &Lab, from: &From, dst: IpAddr, port: u16, ttl: u32) -> u16 {
-    lab.assert_safe(dst);
+    lab.assert_safe(from, dst);
     in_netns(&from.netns(lab), || {
         let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
         s.set_ttl(ttl).expect("IP_TTL");
@@ -271,7 +281,7 @@ pub fn udp_ttl(lab: &Lab, from: &From, dst: IpAddr, port: u16, ttl: u32) -> u16 
 /// `n` UDP datagrams of `payload` from inside a container, as fast as it can (send errors
 /// under a flood are retried, so exactly `n` leave). After the safety check.
 pub fn udp_burst(lab: &Lab, container: &str, dst: IpAddr, port: u16, n: u64, payload: &[u8]) {
-    lab.assert_safe(dst);
+    lab.assert_safe(&From::Container(container.to_owned()), dst);
     let pid = lab.container_pid(container);
     in_netns(&format!("/proc/{pid}/ns/net"), || {
         let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
@@ -281,20 +291,9 @@ pub fn udp_burst(lab: &Lab, container: &str, dst: IpAddr, port: u16, n: u64, pay
     });
 }
 
-/// The packets a summary line counted at `iface`/`dir` (the kernel's per-hop counter).
-pub fn hop_packets(summary: &Value, iface: &str, dir: &str) -> u64 {
-    summary["hops"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|h| h["iface"] == iface && h["dir"] == dir)
-        .and_then(|h| h["packets"].as_u64())
-        .unwrap_or_else(|| panic!("no {iface} {dir} counter in {summary}"))
-}
-
 /// ICMP echo from inside a container (busybox ping, which the lab image has).
 pub fn ping(lab: &Lab, container: &str, dst: IpAddr, count: u32) -> bool {
-    lab.assert_safe(dst);
+    lab.assert_safe(&From::Container(container.to_owned()), dst);
     Command::new("docker")
         .args([
             "exec",
@@ -410,13 +409,10 @@ impl Flowtrace {
         }
     }
 
-    /// Sends SIGINT (like Ctrl-C), waits for a clean exit, returns stdout's JSON lines (every
-    /// line must be JSON).
-    pub fn stop(self) -> Vec<Value> {
-        self.stop_text()
-            .iter()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-            .collect()
+    /// Sends SIGINT (like Ctrl-C), waits for a clean exit, returns stdout's lines, each one a
+    /// line of the contract (`tracer-model`).
+    pub fn stop(self) -> Vec<Line> {
+        self.stop_text().iter().map(|l| line(l)).collect()
     }
 
     /// Sends SIGINT (like Ctrl-C), waits for a clean exit, returns stdout's lines.
@@ -458,60 +454,36 @@ impl Drop for Flowtrace {
     }
 }
 
-/// `(iface, dir)` of each hop of a packet.
-pub fn hops(p: &Value) -> Vec<(String, String)> {
-    p["hops"]
-        .as_array()
-        .map(|hs| {
-            hs.iter()
-                .filter(|h| h["point"] == "tc")
-                .map(|h| {
-                    (
-                        h["iface"].as_str().unwrap_or("").to_owned(),
-                        h["dir"].as_str().unwrap_or("").to_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+/// One line of the contract; panics with the line if it is not one.
+pub fn line(l: &str) -> Line {
+    Line::parse(l).unwrap_or_else(|e| panic!("not a line of the contract ({e}): {l}"))
+}
+
+/// The packet's JSON, for assertion messages.
+pub fn show(p: &Packet) -> String {
+    Line::Packet(p.clone()).to_json()
 }
 
 /// The tc hop at `iface`/`dir`.
-pub fn tc_hop<'a>(p: &'a Value, iface: &str, dir: &str) -> &'a Value {
-    p["hops"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|h| h["point"] == "tc" && h["iface"] == iface && h["dir"] == dir)
-        .unwrap_or_else(|| panic!("no tc hop {iface} {dir} in {p}"))
+pub fn tc_hop<'a>(p: &'a Packet, iface: &str, dir: &str) -> &'a TcHop {
+    p.tc_hop(iface, dir)
+        .unwrap_or_else(|| panic!("no tc hop {iface} {dir} in {}", show(p)))
 }
 
 /// The netfilter hop for `hook`/`table`.
-pub fn nf_hop<'a>(p: &'a Value, hook: &str, table: &str) -> &'a Value {
-    p["hops"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|h| h["point"] == "netfilter" && h["hook"] == hook && h["table"] == table)
-        .unwrap_or_else(|| panic!("no netfilter hop {hook}/{table} in {p}"))
+pub fn nf_hop<'a>(p: &'a Packet, hook: &str, table: &str) -> &'a NfHop {
+    p.nf_hop(hook, table)
+        .unwrap_or_else(|| panic!("no netfilter hop {hook}/{table} in {}", show(p)))
 }
 
-/// `(hook, table, verdict)` of each netfilter hop.
-pub fn nf_hops(p: &Value) -> Vec<(String, String, String)> {
-    p["hops"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|h| h["point"] == "netfilter")
-        .map(|h| {
-            let s = |k: &str| h[k].as_str().unwrap_or("").to_owned();
-            (s("hook"), s("table"), s("verdict"))
-        })
-        .collect()
+/// The summary line; panics if the run printed none.
+pub fn the_summary(lines: &[Line]) -> &SummaryLine {
+    summary(lines).unwrap_or_else(|| panic!("no summary line in {lines:?}"))
 }
 
-pub fn packets(lines: &[Value]) -> Vec<&Value> {
-    lines.iter().filter(|l| l["type"] == "packet").collect()
+/// The packets counted at `iface`/`dir` in a summary; panics if there is no such counter.
+pub fn counted(s: &SummaryLine, iface: &str, dir: &str) -> u64 {
+    hop_packets(s, iface, dir).unwrap_or_else(|| panic!("no {iface} {dir} counter in {s:?}"))
 }
 
 /// TCX links and tc filters left on an interface (must be none after flowtrace exits).

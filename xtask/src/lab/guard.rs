@@ -181,13 +181,20 @@ fn route_dev(netns: Option<&str>, dst: Ipv4Addr) -> Result<String> {
         .with_context(|| format!("`ip route get {dst}` names no device"))
 }
 
+/// Whether `dst` is inside `cidr` (`a.b.c.d/len`; false if `cidr` does not parse).
+fn in_subnet(dst: Ipv4Addr, cidr: &str) -> bool {
+    let Some((net, len)) = cidr.split_once('/') else {
+        return false;
+    };
+    let (Ok(net), Ok(len)) = (net.parse::<Ipv4Addr>(), len.parse::<u32>()) else {
+        return false;
+    };
+    let mask = u32::MAX.checked_shl(32 - len.min(32)).unwrap_or(0);
+    u32::from(dst) & mask == u32::from(net) & mask
+}
+
 fn in_lab_subnet(dst: Ipv4Addr) -> bool {
-    let [a, b, c, _] = dst.octets();
-    let [x, y, z, _] = UPLINK_IP
-        .parse::<Ipv4Addr>()
-        .map(|i| i.octets())
-        .unwrap_or([0; 4]);
-    (a, b, c) == (x, y, z)
+    in_subnet(dst, INET_SUBNET)
 }
 
 /// Where a send originates.
@@ -226,6 +233,13 @@ pub fn safety_check(state: &State, origin: Origin, dst: Ipv4Addr) -> Result<()> 
                 if dev != UPLINK {
                     bail!("safety: route to {dst} leaves by {dev}, not {UPLINK}; refusing to send");
                 }
+            } else if in_subnet(dst, ISOLATED_SUBNET) {
+                // The isolated network's containers: only by its own bridge, which the
+                // guards pin that range to.
+                let dev = route_dev(None, dst)?;
+                if dev != ISOLATED_BRIDGE {
+                    bail!("safety: route to {dst} leaves by {dev}, not {ISOLATED_BRIDGE}");
+                }
             } else if lab_containers.contains(&dst.to_string().as_str()) {
                 let bridge = state
                     .bridge
@@ -237,7 +251,7 @@ pub fn safety_check(state: &State, origin: Origin, dst: Ipv4Addr) -> Result<()> 
                 }
             } else {
                 bail!(
-                    "safety: {dst} is neither in {INET_SUBNET} nor a lab container ({}); refusing to send",
+                    "safety: {dst} is neither in {INET_SUBNET} or {ISOLATED_SUBNET} nor a lab container ({}); refusing to send",
                     lab_containers.join(", ")
                 );
             }
@@ -253,4 +267,20 @@ pub fn safety_check(state: &State, origin: Origin, dst: Ipv4Addr) -> Result<()> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnets_hold_only_their_own_addresses() {
+        let a = |s: &str| s.parse::<Ipv4Addr>().expect("addr");
+        assert!(in_subnet(a("198.51.100.2"), INET_SUBNET));
+        assert!(!in_subnet(a("198.51.101.2"), INET_SUBNET));
+        assert!(in_subnet(a("172.29.0.9"), ISOLATED_SUBNET));
+        assert!(!in_subnet(a("172.29.1.9"), ISOLATED_SUBNET));
+        assert!(!in_subnet(a("8.8.8.8"), "0.0.0.0/x"));
+        assert!(in_subnet(a("8.8.8.8"), "0.0.0.0/0"));
+    }
 }
