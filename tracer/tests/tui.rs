@@ -75,7 +75,7 @@ impl Drop for Tmux {
 #[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
 fn the_dashboard_shows_counters_and_the_drop_and_q_leaves_nothing_behind() {
     let lab = Lab::get();
-    let veth = lab.s("host_veth");
+    let veth = lab.host_veth();
     let cmd = format!(
         "{} -c ens_monitor_cron; echo EXIT=$?; sleep 60",
         env!("CARGO_BIN_EXE_flowtrace")
@@ -83,8 +83,8 @@ fn the_dashboard_shows_counters_and_the_drop_and_q_leaves_nothing_behind() {
     let tmux = Tmux::start(&cmd);
     tmux.wait_for(" LIVE ", 30);
     let cron = From::Container("ens_monitor_cron".into());
-    tcp(&lab, &cron, lab.ip("inet_ip"), 8080).expect("tcp echo");
-    let _ = tcp(&lab, &cron, lab.ip("inet_ip"), lab.port("drop_port"));
+    tcp(&lab, &cron, lab.inet_ip(), 8080).expect("tcp echo");
+    let _ = tcp(&lab, &cron, lab.inet_ip(), lab.drop_port());
     let screen = tmux.wait_for("NETFILTER_DROP", 10);
 
     // Per-hop counters: the veth's outgoing packet count is not zero.
