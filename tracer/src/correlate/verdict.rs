@@ -46,6 +46,29 @@ fn slot_after(priority: i32) -> usize {
     SLOT_PRIORITIES.partition_point(|p| *p < priority)
 }
 
+/// Where no ruleset says which tables a hook has: the tables between the slots where the
+/// headers changed or the packet stopped.
+fn tables_from_slots<T, B>(seen: &BTreeMap<usize, (T, Option<Headers>, B)>) -> Vec<(String, i32)> {
+    (0..SLOT_PRIORITIES.len() - 1)
+        .filter(|a| {
+            let (x, y) = (seen.get(a), seen.get(&(a + 1)));
+            match (x, y) {
+                (Some((_, hx, _)), Some((_, hy, _))) => hx != hy,
+                (Some(_), None) => !seen.keys().any(|k| k > a),
+                _ => false,
+            }
+        })
+        .filter_map(|a| {
+            table_after(a as u8).map(|t| {
+                (
+                    t.to_owned(),
+                    (SLOT_PRIORITIES[a] + SLOT_PRIORITIES[a + 1]) / 2,
+                )
+            })
+        })
+        .collect()
+}
+
 /// The netfilter steps of a packet, in time order. `tables_at(hook)` lists the tables registered
 /// at a hook with their priorities (from the ruleset); where it lists none, tables are named
 /// by the slot positions where headers changed or the packet stopped.
@@ -68,25 +91,7 @@ pub fn steps(p: &Packet, tables_at: &dyn Fn(u8) -> Vec<(String, i32)>) -> Vec<Nf
     for (&hook, seen) in &hooks {
         let mut tables = tables_at(hook);
         if tables.is_empty() {
-            // No ruleset: name what the slots show changed or stopped.
-            tables = (0..SLOT_PRIORITIES.len() - 1)
-                .filter(|a| {
-                    let (x, y) = (seen.get(a), seen.get(&(a + 1)));
-                    match (x, y) {
-                        (Some((_, hx, _)), Some((_, hy, _))) => hx != hy,
-                        (Some(_), None) => !seen.keys().any(|k| k > a),
-                        _ => false,
-                    }
-                })
-                .filter_map(|a| {
-                    table_after(a as u8).map(|t| {
-                        (
-                            t.to_owned(),
-                            (SLOT_PRIORITIES[a] + SLOT_PRIORITIES[a + 1]) / 2,
-                        )
-                    })
-                })
-                .collect();
+            tables = tables_from_slots(seen);
         }
         // Tables whose first observation after them is the same slot share one window: with
         // hook-level observers (nf_hook_slow) that is every table of the hook. The window's

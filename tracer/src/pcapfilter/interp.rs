@@ -27,6 +27,34 @@ struct Vm<'a> {
 }
 
 impl Vm<'_> {
+    /// A helper call; `Some` when it ends the program (a tail call).
+    fn call(&mut self, helper: i32) -> Option<Outcome> {
+        match helper {
+            HELPER_TAIL_CALL => {
+                return Some(match self.r[3] {
+                    1 => Outcome::Match,
+                    2 => Outcome::Miss,
+                    s => panic!("tail call to slot {s}"),
+                })
+            }
+            1 => self.r[0] = VIEW,
+            HELPER_SKB_LOAD_BYTES => {
+                let (off, to, n) = (self.r[2] as u32 as usize, self.r[3], self.r[4] as usize);
+                let frame = self.frame;
+                self.r[0] = match frame.get(off..off + n) {
+                    Some(bytes) => {
+                        self.stack_at(to, n).copy_from_slice(bytes);
+                        0
+                    }
+                    None => (-14i64) as u64,
+                };
+            }
+            h => panic!("helper {h} is not emitted"),
+        }
+        self.r[1..6].fill(0xdead_beef);
+        None
+    }
+
     fn stack_at(&mut self, addr: u64, n: usize) -> &mut [u8] {
         let start = (addr - (FP - STACK as u64)) as usize;
         assert!(
@@ -99,6 +127,21 @@ fn alu(op: u8, a: u64, b: u64, wide: bool, imm: i32) -> u64 {
 }
 
 /// Runs `prog` on `frame` as a tc program would see it.
+/// Whether a conditional jump `op` is taken for operands `a`, `b`.
+fn taken(op: u8, a: u64, b: u64) -> bool {
+    match op {
+        0x00 => true,
+        0x10 => a == b,
+        0x20 => a > b,
+        0x30 => a >= b,
+        0x40 => a & b != 0,
+        0x50 => a != b,
+        0xa0 => a < b,
+        0xb0 => a <= b,
+        _ => panic!("jump op {op:#x} is not emitted"),
+    }
+}
+
 pub fn run(prog: &[Insn], frame: &[u8]) -> Outcome {
     let shown = &frame[..frame.len().min(tracer_common::flow::VIEW_LEN)];
     let mut view = (shown.len() as u32).to_le_bytes().to_vec();
@@ -147,31 +190,11 @@ pub fn run(prog: &[Insn], frame: &[u8]) -> Outcome {
             0x05 | 0x06 => {
                 let op = i.code & 0xf0;
                 match op {
-                    0x80 => match i.imm {
-                        HELPER_TAIL_CALL => {
-                            return match vm.r[3] {
-                                1 => Outcome::Match,
-                                2 => Outcome::Miss,
-                                s => panic!("tail call to slot {s}"),
-                            }
+                    0x80 => {
+                        if let Some(end) = vm.call(i.imm) {
+                            return end;
                         }
-                        1 => {
-                            vm.r[0] = VIEW;
-                            vm.r[1..6].fill(0xdead_beef);
-                        }
-                        HELPER_SKB_LOAD_BYTES => {
-                            let (off, to, n) = (vm.r[2] as u32 as usize, vm.r[3], vm.r[4] as usize);
-                            vm.r[0] = match frame.get(off..off + n) {
-                                Some(bytes) => {
-                                    vm.stack_at(to, n).copy_from_slice(bytes);
-                                    0
-                                }
-                                None => (-14i64) as u64,
-                            };
-                            vm.r[1..6].fill(0xdead_beef);
-                        }
-                        h => panic!("helper {h} is not emitted"),
-                    },
+                    }
                     0x90 => {
                         assert_eq!(vm.r[0] as i32, -1, "the only return is TC_ACT_UNSPEC");
                         return Outcome::NoMatch;
@@ -182,17 +205,7 @@ pub fn run(prog: &[Insn], frame: &[u8]) -> Outcome {
                         } else {
                             (vm.r[dst], operand)
                         };
-                        let taken = match op {
-                            0x00 => true,
-                            0x10 => a == b,
-                            0x20 => a > b,
-                            0x30 => a >= b,
-                            0x40 => a & b != 0,
-                            0x50 => a != b,
-                            0xa0 => a < b,
-                            0xb0 => a <= b,
-                            _ => panic!("jump op {op:#x} is not emitted"),
-                        };
+                        let taken = taken(op, a, b);
                         if taken {
                             pc = (pc as i64 + i64::from(i.off)) as usize;
                         }

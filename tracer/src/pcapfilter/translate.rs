@@ -221,129 +221,14 @@ pub fn translate(prog: &[Classic], plan: Plan) -> Result<Vec<Insn>, FilterError>
         fixups: Vec::new(),
         view: matches!(plan.source, Source::View { .. }),
     };
-    e.push(ins(ALU64 | MOV | X, R6, R1, 0, 0));
-    e.push(ins(ALU | MOV | K, RA, 0, 0, 0));
-    e.push(ins(ALU | MOV | K, RX, 0, 0, 0));
-    for slot in 1..=9i16 {
-        e.push(ins(ST | DW | MEM, FP, 0, -8 * slot, 0));
-    }
-    if let Source::View { map_fd } = plan.source {
-        // r9 = &VIEW[0] (this CPU's).
-        e.push(ins(ST | W | MEM, FP, 0, KEY_OFF, 0));
-        e.push(ins(LD | DW | IMM, R1, PSEUDO_MAP_FD, 0, map_fd));
-        e.push(ins(0, 0, 0, 0, 0));
-        e.push(ins(ALU64 | MOV | X, R2, FP, 0, 0));
-        e.push(ins(ALU64 | ADD | K, R2, 0, 0, KEY_OFF.into()));
-        e.push(ins(JMP | CALL, 0, 0, 0, HELPER_MAP_LOOKUP));
-        e.jump(JMP | JEQ | K, R0, 0, 0, Target::NoMatch);
-        e.push(ins(ALU64 | MOV | X, R9, R0, 0, 0));
-    }
+    prologue(&mut e, &plan);
     let live = reachable(prog);
     let mut starts = Vec::with_capacity(prog.len());
     for (i, c) in prog.iter().enumerate() {
         starts.push(e.out.len());
         // The verifier refuses dead code; nothing jumps to an unreachable instruction.
-        if !live[i] {
-            continue;
-        }
-        let class = c.code & 0x07;
-        // Only meaningful for loads: in ALU and JMP codes these bits are the operation.
-        let size = match c.code & 0x18 {
-            0x00 => W,
-            0x08 => H,
-            _ => B,
-        };
-        let k = c.k;
-        match class {
-            C_LD | C_LDX if c.code & 0x18 == 0x18 => return Err(unsupported(i, c)),
-            C_LD => match c.code & 0xe0 {
-                M_IMM => e.push(ins(ALU | MOV | K, RA, 0, 0, k as i32)),
-                M_ABS if k < SKF_AD_OFF => {
-                    e.offset_k(k);
-                    e.load_packet(size, RA);
-                }
-                M_IND => {
-                    e.offset_x_plus_k(k);
-                    e.load_packet(size, RA);
-                }
-                M_MEM => e.push(ins(LDX | W | MEM, RA, FP, mem_slot(k)?, 0)),
-                M_LEN => e.push(ins(LDX | W | MEM, RA, R6, 0, 0)),
-                _ => return Err(unsupported(i, c)),
-            },
-            C_LDX => match c.code & 0xe0 {
-                M_IMM => e.push(ins(ALU | MOV | K, RX, 0, 0, k as i32)),
-                M_MEM => e.push(ins(LDX | W | MEM, RX, FP, mem_slot(k)?, 0)),
-                M_LEN => e.push(ins(LDX | W | MEM, RX, R6, 0, 0)),
-                M_MSH if k < SKF_AD_OFF => {
-                    e.offset_k(k);
-                    e.load_packet(B, RX);
-                    e.push(ins(ALU | AND | K, RX, 0, 0, 0xf));
-                    e.push(ins(ALU | LSH | K, RX, 0, 0, 2));
-                }
-                _ => return Err(unsupported(i, c)),
-            },
-            C_ST => e.push(ins(STX | W | MEM, FP, RA, mem_slot(k)?, 0)),
-            C_STX => e.push(ins(STX | W | MEM, FP, RX, mem_slot(k)?, 0)),
-            C_ALU => alu(&mut e, i, c)?,
-            C_JMP => {
-                let op = (c.code & 0xf0) as u8;
-                if op == JA {
-                    if (k as i32) < 0 {
-                        return Err(FilterError::Unsupported(
-                            "a backward jump (a `protochain` loop), which the kernel cannot bound"
-                                .into(),
-                        ));
-                    }
-                    e.goto(Target::Classic(i + 1 + k as usize));
-                    continue;
-                }
-                if !matches!(op, JEQ | JGT | JGE | JSET) {
-                    return Err(unsupported(i, c));
-                }
-                let t = i + 1 + usize::from(c.jt);
-                let f = i + 1 + usize::from(c.jf);
-                let (src, reg, imm) = if c.code & SRC_X != 0 {
-                    (X, RX, 0)
-                } else {
-                    (K, 0, k as i32)
-                };
-                // When the true branch falls through, jump on the opposite condition.
-                let inverse = match op {
-                    JEQ => Some(JNE),
-                    JGT => Some(JLE),
-                    JGE => Some(JLT),
-                    _ => None,
-                };
-                match inverse {
-                    Some(inv) if t == i + 1 => {
-                        e.jump(JMP32 | inv | src, RA, reg, imm, Target::Classic(f))
-                    }
-                    _ => {
-                        e.jump(JMP32 | op | src, RA, reg, imm, Target::Classic(t));
-                        if f != i + 1 {
-                            e.goto(Target::Classic(f));
-                        }
-                    }
-                }
-            }
-            C_RET => match c.code & 0x18 {
-                RVAL_K => e.goto(if k != 0 {
-                    Target::Match
-                } else {
-                    Target::NoMatch
-                }),
-                RVAL_A => {
-                    e.jump(JMP32 | JEQ | K, RA, 0, 0, Target::NoMatch);
-                    e.goto(Target::Match);
-                }
-                _ => return Err(unsupported(i, c)),
-            },
-            C_MISC => match c.code & 0xf8 {
-                0x00 => e.push(ins(ALU | MOV | X, RX, RA, 0, 0)), // TAX
-                0x80 => e.push(ins(ALU | MOV | X, RA, RX, 0, 0)), // TXA
-                _ => return Err(unsupported(i, c)),
-            },
-            _ => return Err(unsupported(i, c)),
+        if live[i] {
+            instruction(&mut e, i, c)?;
         }
     }
     // Classic programs end in RET; should one not, falling off its end is "no match".
@@ -374,6 +259,143 @@ pub fn translate(prog: &[Classic], plan: Plan) -> Result<Vec<Insn>, FilterError>
             .map_err(|_| FilterError::Unsupported("a program this long".into()))?;
     }
     Ok(e.out)
+}
+
+/// r6 = the context, A = X = 0, the scratch memory zeroed (the verifier wants it written
+/// before it is read), and with a view, r9 = this CPU's view of the packet.
+fn prologue(e: &mut Emitter, plan: &Plan) {
+    e.push(ins(ALU64 | MOV | X, R6, R1, 0, 0));
+    e.push(ins(ALU | MOV | K, RA, 0, 0, 0));
+    e.push(ins(ALU | MOV | K, RX, 0, 0, 0));
+    for slot in 1..=9i16 {
+        e.push(ins(ST | DW | MEM, FP, 0, -8 * slot, 0));
+    }
+    if let Source::View { map_fd } = plan.source {
+        // r9 = &VIEW[0] (this CPU's).
+        e.push(ins(ST | W | MEM, FP, 0, KEY_OFF, 0));
+        e.push(ins(LD | DW | IMM, R1, PSEUDO_MAP_FD, 0, map_fd));
+        e.push(ins(0, 0, 0, 0, 0));
+        e.push(ins(ALU64 | MOV | X, R2, FP, 0, 0));
+        e.push(ins(ALU64 | ADD | K, R2, 0, 0, KEY_OFF.into()));
+        e.push(ins(JMP | CALL, 0, 0, 0, HELPER_MAP_LOOKUP));
+        e.jump(JMP | JEQ | K, R0, 0, 0, Target::NoMatch);
+        e.push(ins(ALU64 | MOV | X, R9, R0, 0, 0));
+    }
+}
+
+/// Classic instruction `i`, in eBPF.
+fn instruction(e: &mut Emitter, i: usize, c: &Classic) -> Result<(), FilterError> {
+    let k = c.k;
+    match c.code & 0x07 {
+        C_LD | C_LDX if c.code & 0x18 == 0x18 => return Err(unsupported(i, c)),
+        C_LD | C_LDX => load(e, i, c)?,
+        C_ST => e.push(ins(STX | W | MEM, FP, RA, mem_slot(k)?, 0)),
+        C_STX => e.push(ins(STX | W | MEM, FP, RX, mem_slot(k)?, 0)),
+        C_ALU => alu(e, i, c)?,
+        C_JMP => jump(e, i, c)?,
+        C_RET => match c.code & 0x18 {
+            RVAL_K => e.goto(if k != 0 {
+                Target::Match
+            } else {
+                Target::NoMatch
+            }),
+            RVAL_A => {
+                e.jump(JMP32 | JEQ | K, RA, 0, 0, Target::NoMatch);
+                e.goto(Target::Match);
+            }
+            _ => return Err(unsupported(i, c)),
+        },
+        C_MISC => match c.code & 0xf8 {
+            0x00 => e.push(ins(ALU | MOV | X, RX, RA, 0, 0)), // TAX
+            0x80 => e.push(ins(ALU | MOV | X, RA, RX, 0, 0)), // TXA
+            _ => return Err(unsupported(i, c)),
+        },
+        _ => return Err(unsupported(i, c)),
+    }
+    Ok(())
+}
+
+/// LD and LDX: into A or X, from an immediate, scratch memory, the length or the packet.
+fn load(e: &mut Emitter, i: usize, c: &Classic) -> Result<(), FilterError> {
+    // Only meaningful for loads: in ALU and JMP codes these bits are the operation.
+    let size = match c.code & 0x18 {
+        0x00 => W,
+        0x08 => H,
+        _ => B,
+    };
+    let k = c.k;
+    if c.code & 0x07 == C_LD {
+        match c.code & 0xe0 {
+            M_IMM => e.push(ins(ALU | MOV | K, RA, 0, 0, k as i32)),
+            M_ABS if k < SKF_AD_OFF => {
+                e.offset_k(k);
+                e.load_packet(size, RA);
+            }
+            M_IND => {
+                e.offset_x_plus_k(k);
+                e.load_packet(size, RA);
+            }
+            M_MEM => e.push(ins(LDX | W | MEM, RA, FP, mem_slot(k)?, 0)),
+            M_LEN => e.push(ins(LDX | W | MEM, RA, R6, 0, 0)),
+            _ => return Err(unsupported(i, c)),
+        }
+        return Ok(());
+    }
+    match c.code & 0xe0 {
+        M_IMM => e.push(ins(ALU | MOV | K, RX, 0, 0, k as i32)),
+        M_MEM => e.push(ins(LDX | W | MEM, RX, FP, mem_slot(k)?, 0)),
+        M_LEN => e.push(ins(LDX | W | MEM, RX, R6, 0, 0)),
+        M_MSH if k < SKF_AD_OFF => {
+            e.offset_k(k);
+            e.load_packet(B, RX);
+            e.push(ins(ALU | AND | K, RX, 0, 0, 0xf));
+            e.push(ins(ALU | LSH | K, RX, 0, 0, 2));
+        }
+        _ => return Err(unsupported(i, c)),
+    }
+    Ok(())
+}
+
+/// JA and the conditional jumps (forward only: the kernel refuses loops it cannot bound).
+fn jump(e: &mut Emitter, i: usize, c: &Classic) -> Result<(), FilterError> {
+    let k = c.k;
+    let op = (c.code & 0xf0) as u8;
+    if op == JA {
+        if (k as i32) < 0 {
+            return Err(FilterError::Unsupported(
+                "a backward jump (a `protochain` loop), which the kernel cannot bound".into(),
+            ));
+        }
+        e.goto(Target::Classic(i + 1 + k as usize));
+        return Ok(());
+    }
+    if !matches!(op, JEQ | JGT | JGE | JSET) {
+        return Err(unsupported(i, c));
+    }
+    let t = i + 1 + usize::from(c.jt);
+    let f = i + 1 + usize::from(c.jf);
+    let (src, reg, imm) = if c.code & SRC_X != 0 {
+        (X, RX, 0)
+    } else {
+        (K, 0, k as i32)
+    };
+    // When the true branch falls through, jump on the opposite condition.
+    let inverse = match op {
+        JEQ => Some(JNE),
+        JGT => Some(JLE),
+        JGE => Some(JLT),
+        _ => None,
+    };
+    match inverse {
+        Some(inv) if t == i + 1 => e.jump(JMP32 | inv | src, RA, reg, imm, Target::Classic(f)),
+        _ => {
+            e.jump(JMP32 | op | src, RA, reg, imm, Target::Classic(t));
+            if f != i + 1 {
+                e.goto(Target::Classic(f));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Tail-calls `slot`; falls through when the slot is empty.

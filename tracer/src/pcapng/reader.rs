@@ -53,6 +53,37 @@ pub struct Reader<R: Read> {
     done: bool,
 }
 
+/// A block's total length: a multiple of 4, within bounds, and at least its kind's minimum.
+fn check_length(start: u64, block_type: u32, length: u32) -> Result<(), PcapngError> {
+    if !length.is_multiple_of(4) {
+        return Err(PcapngError::UnalignedLength {
+            offset: start,
+            length,
+        });
+    }
+    if length > MAX_BLOCK_LEN {
+        return Err(PcapngError::TooLarge {
+            offset: start,
+            length,
+        });
+    }
+    let (kind, min) = match block_type {
+        SHB_TYPE => ("Section Header Block", 28),
+        IDB_TYPE => ("Interface Description Block", 20),
+        EPB_TYPE => ("Enhanced Packet Block", 32),
+        _ => ("block", 12),
+    };
+    if length < min {
+        return Err(PcapngError::TooShort {
+            offset: start,
+            kind,
+            length,
+            min,
+        });
+    }
+    Ok(())
+}
+
 impl<R: Read> Reader<R> {
     pub fn new(inner: R) -> Self {
         Self {
@@ -126,34 +157,29 @@ impl<R: Read> Reader<R> {
         let be = self.big_endian;
         let block_type = u32_of(be, [head[0], head[1], head[2], head[3]]);
         let length = u32_of(be, [head[4], head[5], head[6], head[7]]);
-        if !length.is_multiple_of(4) {
-            return Err(PcapngError::UnalignedLength {
-                offset: start,
-                length,
-            });
-        }
-        if length > MAX_BLOCK_LEN {
-            return Err(PcapngError::TooLarge {
-                offset: start,
-                length,
-            });
-        }
-        let (kind, min) = match block_type {
-            SHB_TYPE => ("Section Header Block", 28),
-            IDB_TYPE => ("Interface Description Block", 20),
-            EPB_TYPE => ("Enhanced Packet Block", 32),
-            _ => ("block", 12),
+        check_length(start, block_type, length)?;
+        let body = self.body(start, head_len, length)?;
+        let content = &body[..body.len().saturating_sub(4)];
+        let cur = Cur {
+            buf: content,
+            be,
+            offset: start,
         };
-        if length < min {
-            return Err(PcapngError::TooShort {
-                offset: start,
-                kind,
-                length,
-                min,
-            });
+        let block = match block_type {
+            SHB_TYPE => self.section(cur)?,
+            IDB_TYPE => self.interface(cur)?,
+            EPB_TYPE => self.packet(cur)?,
+            _ => Block::Other { block_type },
+        };
+        if is_shb {
+            self.in_section = true;
         }
+        Ok(Some(block))
+    }
 
-        // The rest of the block; `take` + `read_to_end` grows the buffer only as data arrives.
+    /// The rest of a block of `length` whose first `head_len` bytes are read, with its
+    /// trailing length checked. `take` + `read_to_end` grows the buffer only as data arrives.
+    fn body(&mut self, start: u64, head_len: usize, length: u32) -> Result<Vec<u8>, PcapngError> {
         let rest = u64::from(length) - head_len as u64;
         let mut body = Vec::new();
         let got = (&mut self.inner)
@@ -171,8 +197,8 @@ impl<R: Read> Reader<R> {
                 available: head_len as u64 + got as u64,
             });
         }
-        let (content, trailer) = body.split_at(body.len().saturating_sub(4));
-        let trailing = u32_of(be, trailer.try_into().unwrap_or([0; 4]));
+        let trailer = &body[body.len().saturating_sub(4)..];
+        let trailing = u32_of(self.big_endian, trailer.try_into().unwrap_or([0; 4]));
         if trailing != length {
             return Err(PcapngError::TrailerMismatch {
                 offset: start,
@@ -180,21 +206,7 @@ impl<R: Read> Reader<R> {
                 trailing,
             });
         }
-        let cur = Cur {
-            buf: content,
-            be,
-            offset: start,
-        };
-        let block = match block_type {
-            SHB_TYPE => self.section(cur)?,
-            IDB_TYPE => self.interface(cur)?,
-            EPB_TYPE => self.packet(cur)?,
-            _ => Block::Other { block_type },
-        };
-        if is_shb {
-            self.in_section = true;
-        }
-        Ok(Some(block))
+        Ok(body)
     }
 
     /// `content` starts after the byte-order magic.
