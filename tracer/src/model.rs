@@ -2,8 +2,8 @@
 //! read the same ones); this module re-exports them and builds them from the core's state.
 //! Presenters consume these, never the core's own types.
 
-pub use tracer_model::*;
 use tracer_common::netfilter::hook_name;
+pub use tracer_model::*;
 
 use crate::{
     correlate::{

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use common::{nf_hop, packets, Flowtrace};
+use common::{nf_hop, packets, show, Flowtrace, Line, Packet};
 use serde_json::Value;
 
 /// The traced side and the sender; 203.0.113.0/24 (TEST-NET-3) exists only between them.
@@ -109,13 +109,13 @@ impl Drop for Pair {
     }
 }
 
-fn dropped_datagram(lines: &[Value], port: u16) -> &Value {
+fn dropped_datagram(lines: &[Line], port: u16) -> &Packet {
     let dst = format!("{A_IP}:{port}");
     packets(lines)
         .into_iter()
-        .find(|p| p["dst"] == dst.as_str() && !p["drop"].is_null())
+        .find(|p| p.dst.as_deref() == Some(dst.as_str()) && p.drop.is_some())
         .unwrap_or_else(|| {
-            let all: Vec<String> = lines.iter().map(Value::to_string).collect();
+            let all: Vec<String> = lines.iter().map(Line::to_json).collect();
             panic!("no dropped packet to {dst} in:\n{}", all.join("\n"))
         })
 }
@@ -145,15 +145,20 @@ fn a_legacy_iptables_drop_is_named_from_iptables_legacy_save() {
     pair.send_udp(7777);
     let lines = ft.stop();
     let p = dropped_datagram(&lines, 7777);
-    assert_eq!(nf_hop(p, "INPUT", "filter")["verdict"], "drop", "{p}");
-    let d = &p["drop"];
-    assert_eq!(d["reason"], "NETFILTER_DROP", "{p}");
+    let shown = show(p);
+    assert_eq!(nf_hop(p, "INPUT", "filter").verdict, "drop", "{shown}");
+    let d = p.drop.as_ref().expect("a dropped packet");
+    assert_eq!(d.reason, "NETFILTER_DROP", "{shown}");
     assert_eq!(
-        (d["hook"].as_str(), d["table"].as_str()),
+        (d.hook.as_deref(), d.table.as_deref()),
         (Some("INPUT"), Some("filter"))
     );
-    assert_eq!(d["rule"], rule, "{p}\n{err}");
-    assert_eq!(d["rule_source"], "iptables-legacy-save -c counters", "{p}");
+    assert_eq!(d.rule.as_deref(), Some(rule), "{shown}\n{err}");
+    assert_eq!(
+        d.rule_source.as_deref(),
+        Some("iptables-legacy-save -c counters"),
+        "{shown}"
+    );
 }
 
 #[test]
@@ -178,16 +183,22 @@ fn a_plain_nftables_drop_is_named_by_table_and_rule() {
     pair.send_udp(7778);
     let lines = ft.stop();
     let p = dropped_datagram(&lines, 7778);
-    assert_eq!(nf_hop(p, "INPUT", "ftlab")["verdict"], "drop", "{p}");
-    let d = &p["drop"];
-    assert_eq!(d["reason"], "NETFILTER_DROP", "{p}");
+    let shown = show(p);
+    assert_eq!(nf_hop(p, "INPUT", "ftlab").verdict, "drop", "{shown}");
+    let d = p.drop.as_ref().expect("a dropped packet");
+    assert_eq!(d.reason, "NETFILTER_DROP", "{shown}");
     assert_eq!(
-        (d["hook"].as_str(), d["table"].as_str()),
+        (d.hook.as_deref(), d.table.as_deref()),
         (Some("INPUT"), Some("ftlab"))
     );
     assert_eq!(
-        d["rule"], "add rule inet ftlab input udp dport 7778 counter drop",
-        "{p}"
+        d.rule.as_deref(),
+        Some("add rule inet ftlab input udp dport 7778 counter drop"),
+        "{shown}"
     );
-    assert_eq!(d["rule_source"], "nft list ruleset counters", "{p}");
+    assert_eq!(
+        d.rule_source.as_deref(),
+        Some("nft list ruleset counters"),
+        "{shown}"
+    );
 }

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{hops, packets, tcp, Flowtrace, From, Lab};
+use common::{hops, line, packets, show, tcp, Flowtrace, From, Hop, Lab, Line};
 
 fn docker(args: &[&str]) {
     let ok = Command::new("docker")
@@ -29,6 +29,23 @@ impl Drop for Running<'_> {
     }
 }
 
+/// Whether a line shows `addr` as a source (`"src"`) anywhere: the packet, one of its hops,
+/// or a raw observation.
+fn has_src(l: &Line, addr: &str) -> bool {
+    let is = |s: &Option<String>| s.as_deref() == Some(addr);
+    match l {
+        Line::Packet(p) => {
+            is(&p.src)
+                || p.hops.iter().any(|h| match h {
+                    Hop::Tc(t) => is(&t.src),
+                    Hop::Nf(n) => is(&n.src),
+                })
+        }
+        Line::Observation(o) => o.addresses().0 == Some(addr),
+        _ => false,
+    }
+}
+
 fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !f() {
@@ -41,45 +58,44 @@ fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
 #[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
 fn a_restarted_container_is_attached_again_on_its_new_veth() {
     let lab = Lab::get();
-    let name = lab.s("container");
+    let name = lab.container();
     let _guard = Running(&name);
-    let old_veth = lab.s("host_veth");
+    let old_veth = lab.host_veth();
     let ft = Flowtrace::start(&["-c", &name, "--json"]);
     docker(&["restart", "-t", "1", &name]);
     wait_until("the re-attach message", 20, || {
         ft.stderr_text().contains("(re)started")
     });
-    let new_veth = lab.s("host_veth");
+    let new_veth = lab.host_veth();
     assert_ne!(new_veth, old_veth, "docker restart makes a new veth");
-    let sport = tcp(
-        &lab,
-        &From::Container(name.clone()),
-        lab.ip("inet_ip"),
-        8080,
-    )
-    .expect("tcp after restart");
+    let sport =
+        tcp(&lab, &From::Container(name.clone()), lab.inet_ip(), 8080).expect("tcp after restart");
     let err = ft.stderr_text();
     let lines = ft.stop();
     assert!(err.contains("stopped; waiting"), "{err}");
-    let local = format!("{}:{sport}", lab.s("container_ip"));
+    let local = format!("{}:{sport}", lab.container_ip());
     let syn = packets(&lines)
         .into_iter()
-        .find(|p| p["src"] == local.as_str() && p["tcp_flags"] == "S")
+        .find(|p| p.src.as_deref() == Some(local.as_str()) && p.tcp_flags.as_deref() == Some("S"))
         .unwrap_or_else(|| panic!("the restarted container's traffic is traced: {lines:?}"));
     assert_eq!(
         hops(syn)[0],
         (new_veth.clone(), "ingress".to_owned()),
-        "{syn}"
+        "{}",
+        show(syn)
     );
     // The restart was reported in the JSON stream too.
-    assert!(lines.iter().any(|l| l["type"] == "container"), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| matches!(l, Line::Container(_))),
+        "{lines:?}"
+    );
 }
 
 #[test]
 #[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
 fn a_container_that_is_not_running_yet_is_waited_for() {
     let lab = Lab::get();
-    let peer = lab.s("peer_container");
+    let peer = lab.peer_container();
     let _guard = Running(&peer);
     docker(&["stop", "-t", "1", &peer]);
     let mut child = Command::new(env!("CARGO_BIN_EXE_flowtrace"))
@@ -95,13 +111,7 @@ fn a_container_that_is_not_running_yet_is_waited_for() {
     );
     docker(&["start", &peer]);
     std::thread::sleep(Duration::from_secs(4));
-    let sport = tcp(
-        &lab,
-        &From::Container(peer.clone()),
-        lab.ip("inet_ip"),
-        8080,
-    )
-    .expect("peer tcp");
+    let sport = tcp(&lab, &From::Container(peer.clone()), lab.inet_ip(), 8080).expect("peer tcp");
     let out = child
         .wait_with_output()
         .expect("flowtrace exits after --duration");
@@ -111,10 +121,11 @@ fn a_container_that_is_not_running_yet_is_waited_for() {
         stderr.contains("is not running; waiting for it to start"),
         "{stderr}"
     );
-    let local = format!("{}:{sport}", lab.s("peer_ip"));
+    let local = format!("{}:{sport}", lab.peer_ip());
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<Line> = stdout.lines().map(line).collect();
     assert!(
-        stdout.contains(&format!("\"src\":\"{local}\"")),
+        lines.iter().any(|l| has_src(l, &local)),
         "the peer's traffic after it started:\n{stdout}"
     );
 }

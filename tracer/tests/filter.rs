@@ -7,72 +7,83 @@ mod common;
 use std::process::Command;
 
 use common::{
-    hop_packets, hops, leftovers, nf_hop, packets, ping, tc_hop, tcp, udp, Flowtrace, From, Lab,
+    counted, hops, leftovers, nf_hop, packets, ping, show, tc_hop, tcp, the_summary, udp,
+    Flowtrace, From, Lab, Packet,
 };
-use serde_json::Value;
 
 fn cron() -> From {
     From::Container("ens_monitor_cron".into())
 }
 
-fn proto_of(p: &Value) -> String {
-    p["proto"].as_str().unwrap_or_default().to_owned()
-}
-
-fn summary(lines: &[Value]) -> &Value {
-    lines
-        .iter()
-        .find(|l| l["type"] == "summary")
-        .expect("summary line")
+fn proto_of(p: &Packet) -> String {
+    p.proto.as_deref().unwrap_or_default().to_owned()
 }
 
 #[test]
 #[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
 fn tcp_port_8080_keeps_the_tcp_flow_across_nat_and_drops_icmp_and_udp() {
     let lab = Lab::get();
-    let (veth, uplink) = (lab.s("host_veth"), lab.s("uplink"));
+    let (veth, uplink) = (lab.host_veth(), lab.uplink());
     let ft = Flowtrace::start(&["-c", "ens_monitor_cron", "--json", "tcp", "port", "8080"]);
     assert!(
         ft.stderr_text().contains("filter `tcp port 8080`"),
         "the start-up says where the filter runs:\n{}",
         ft.stderr_text()
     );
-    assert!(ping(&lab, "ens_monitor_cron", lab.ip("inet_ip"), 3), "ping");
-    udp(&lab, &cron(), lab.ip("inet_ip"), 9999).expect("udp echo");
-    let sport = tcp(&lab, &cron(), lab.ip("inet_ip"), 8080).expect("tcp echo");
-    udp(&lab, &cron(), lab.ip("inet_ip"), 9999).expect("udp echo");
+    assert!(ping(&lab, "ens_monitor_cron", lab.inet_ip(), 3), "ping");
+    udp(&lab, &cron(), lab.inet_ip(), 9999).expect("udp echo");
+    let sport = tcp(&lab, &cron(), lab.inet_ip(), 8080).expect("tcp echo");
+    udp(&lab, &cron(), lab.inet_ip(), 9999).expect("udp echo");
     let lines = ft.stop();
 
     let shown = packets(&lines);
-    let others: Vec<&&Value> = shown.iter().filter(|p| proto_of(p) != "tcp").collect();
+    let others: Vec<&&Packet> = shown.iter().filter(|p| proto_of(p) != "tcp").collect();
     assert!(others.is_empty(), "only TCP is shown: {others:?}");
-    let local = format!("{}:{sport}", lab.s("container_ip"));
-    let outside = format!("{}:{sport}", lab.s("uplink_ip"));
+    let local = format!("{}:{sport}", lab.container_ip());
+    let outside = format!("{}:{sport}", lab.uplink_ip());
     let syn = shown
         .iter()
-        .find(|p| p["src"] == local.as_str() && p["tcp_flags"] == "S")
+        .find(|p| p.src.as_deref() == Some(local.as_str()) && p.tcp_flags.as_deref() == Some("S"))
         .unwrap_or_else(|| panic!("no SYN from {local}: {shown:?}"));
     assert_eq!(
         hops(syn),
         vec![
             (veth.clone(), "ingress".to_owned()),
-            (lab.s("bridge"), "ingress".to_owned()),
+            (lab.bridge(), "ingress".to_owned()),
             (uplink.clone(), "egress".to_owned()),
         ],
-        "{syn}"
+        "{}",
+        show(syn)
     );
-    assert_eq!(tc_hop(syn, &uplink, "egress")["src"], outside.as_str());
-    assert_eq!(nf_hop(syn, "POSTROUTING", "nat")["nat"]["kind"], "snat");
+    assert_eq!(
+        tc_hop(syn, &uplink, "egress").src.as_deref(),
+        Some(outside.as_str())
+    );
+    assert_eq!(
+        nf_hop(syn, "POSTROUTING", "nat")
+            .nat
+            .as_ref()
+            .map(|n| n.kind.as_str()),
+        Some("snat")
+    );
     // The reply arrives for the host's address and is de-NATed: every hop is there.
     let synack = shown
         .iter()
-        .find(|p| p["dst"] == local.as_str() && p["tcp_flags"] == "S.")
+        .find(|p| p.dst.as_deref() == Some(local.as_str()) && p.tcp_flags.as_deref() == Some("S."))
         .unwrap_or_else(|| panic!("no SYN-ACK to {local}: {shown:?}"));
-    assert_eq!(tc_hop(synack, &uplink, "ingress")["dst"], outside.as_str());
-    assert_eq!(tc_hop(synack, &veth, "egress")["dst"], local.as_str());
+    assert_eq!(
+        tc_hop(synack, &uplink, "ingress").dst.as_deref(),
+        Some(outside.as_str())
+    );
+    assert_eq!(
+        tc_hop(synack, &veth, "egress").dst.as_deref(),
+        Some(local.as_str())
+    );
     let flow_packets = shown
         .iter()
-        .filter(|p| p["src"] == local.as_str() || p["dst"] == local.as_str())
+        .filter(|p| {
+            p.src.as_deref() == Some(local.as_str()) || p.dst.as_deref() == Some(local.as_str())
+        })
         .count();
     assert!(
         flow_packets >= 6,
@@ -81,12 +92,12 @@ fn tcp_port_8080_keeps_the_tcp_flow_across_nat_and_drops_icmp_and_udp() {
 
     // The counters still count everything that crossed the veth: 3 echo requests and 2
     // datagrams besides the TCP connection's packets.
-    let s = summary(&lines);
+    let s = the_summary(&lines);
     assert!(
-        hop_packets(s, &veth, "ingress") >= flow_packets as u64 / 2 + 5,
-        "{s}"
+        counted(s, &veth, "ingress") >= flow_packets as u64 / 2 + 5,
+        "{s:?}"
     );
-    assert_eq!(s["lost"], 0, "{s}");
+    assert_eq!(s.lost, 0, "{s:?}");
     assert_eq!(leftovers(&veth), "");
 }
 
@@ -94,51 +105,59 @@ fn tcp_port_8080_keeps_the_tcp_flow_across_nat_and_drops_icmp_and_udp() {
 #[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
 fn a_filter_on_the_container_address_follows_masquerade_and_the_reply_before_de_nat() {
     let lab = Lab::get();
-    let uplink = lab.s("uplink");
-    let expr = format!("src host {} and udp", lab.s("container_ip"));
+    let uplink = lab.uplink();
+    let expr = format!("src host {} and udp", lab.container_ip());
     let ft = Flowtrace::start(&["-c", "ens_monitor_cron", "--json", "-f", &expr]);
-    let sport = udp(&lab, &cron(), lab.ip("inet_ip"), 9999).expect("udp echo");
+    let sport = udp(&lab, &cron(), lab.inet_ip(), 9999).expect("udp echo");
     let lines = ft.stop();
-    let local = format!("{}:{sport}", lab.s("container_ip"));
-    let outside = format!("{}:{sport}", lab.s("uplink_ip"));
+    let local = format!("{}:{sport}", lab.container_ip());
+    let outside = format!("{}:{sport}", lab.uplink_ip());
     let shown = packets(&lines);
     let out = shown
         .iter()
-        .find(|p| p["src"] == local.as_str())
+        .find(|p| p.src.as_deref() == Some(local.as_str()))
         .unwrap_or_else(|| panic!("no datagram from {local}: {shown:?}"));
     // After MASQUERADE the source is the uplink's: it no longer matches, and is still shown.
     assert_eq!(
-        tc_hop(out, &uplink, "egress")["src"],
-        outside.as_str(),
-        "{out}"
+        tc_hop(out, &uplink, "egress").src.as_deref(),
+        Some(outside.as_str()),
+        "{}",
+        show(out)
     );
     // The echo never has the container as its source: it is not shown, although its flow
     // was followed in the kernel from the uplink on.
     assert!(
-        !shown.iter().any(|p| p["dst"] == local.as_str()),
+        !shown
+            .iter()
+            .any(|p| p.dst.as_deref() == Some(local.as_str())),
         "the reply does not match `{expr}`: {shown:?}"
     );
 
     // `host`: the reply matches after de-NAT, and shows its uplink hop from before it.
-    let expr = format!("host {} and udp", lab.s("container_ip"));
+    let expr = format!("host {} and udp", lab.container_ip());
     let ft = Flowtrace::start(&["-c", "ens_monitor_cron", "--json", "-f", &expr]);
-    let sport = udp(&lab, &cron(), lab.ip("inet_ip"), 9999).expect("udp echo");
+    let sport = udp(&lab, &cron(), lab.inet_ip(), 9999).expect("udp echo");
     let lines = ft.stop();
-    let local = format!("{}:{sport}", lab.s("container_ip"));
-    let outside = format!("{}:{sport}", lab.s("uplink_ip"));
+    let local = format!("{}:{sport}", lab.container_ip());
+    let outside = format!("{}:{sport}", lab.uplink_ip());
     let reply = packets(&lines)
         .into_iter()
-        .find(|p| p["dst"] == local.as_str())
+        .find(|p| p.dst.as_deref() == Some(local.as_str()))
         .unwrap_or_else(|| panic!("no reply to {local}: {lines:?}"));
     assert_eq!(
-        tc_hop(reply, &uplink, "ingress")["dst"],
-        outside.as_str(),
-        "the reply before de-NAT: {reply}"
+        tc_hop(reply, &uplink, "ingress").dst.as_deref(),
+        Some(outside.as_str()),
+        "the reply before de-NAT: {}",
+        show(reply)
     );
     assert_eq!(
-        nf_hop(reply, "PREROUTING", "nat")["nat"]["kind"],
-        "dnat",
-        "{reply}"
+        nf_hop(reply, "PREROUTING", "nat")
+            .nat
+            .as_ref()
+            .map(|n| n.kind.as_str()),
+        Some("dnat"),
+        "{}",
+        show(reply)
     );
 }
 
@@ -152,13 +171,15 @@ fn a_packet_level_filter_shows_only_the_packets_that_match() {
         "--json",
         "tcp[tcpflags] & tcp-syn != 0",
     ]);
-    let sport = tcp(&lab, &cron(), lab.ip("inet_ip"), 8080).expect("tcp echo");
+    let sport = tcp(&lab, &cron(), lab.inet_ip(), 8080).expect("tcp echo");
     let lines = ft.stop();
-    let local = format!("{}:{sport}", lab.s("container_ip"));
+    let local = format!("{}:{sport}", lab.container_ip());
     let flags: Vec<String> = packets(&lines)
         .iter()
-        .filter(|p| p["src"] == local.as_str() || p["dst"] == local.as_str())
-        .map(|p| p["tcp_flags"].as_str().unwrap_or("?").to_owned())
+        .filter(|p| {
+            p.src.as_deref() == Some(local.as_str()) || p.dst.as_deref() == Some(local.as_str())
+        })
+        .map(|p| p.tcp_flags.as_deref().unwrap_or("?").to_owned())
         .collect();
     assert_eq!(
         flags,

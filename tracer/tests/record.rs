@@ -5,8 +5,7 @@ mod common;
 
 use std::{collections::BTreeMap, os::unix::fs::PermissionsExt, process::Command};
 
-use common::{leftovers, packets, tcp, tcp_sized, Flowtrace, From, Lab};
-use serde_json::Value;
+use common::{leftovers, packets, tcp, tcp_sized, Flowtrace, From, Hop, Lab, Line, Packet};
 
 fn tmpdir(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("flowtrace-test-{name}-{}", std::process::id()));
@@ -39,8 +38,8 @@ fn warnings(stderr: &str) -> Vec<&str> {
         .collect()
 }
 
-/// `flowtrace read --json FILE EXPRESSION…`: its packets, one JSON text each.
-fn read_packets(file: &std::path::Path, expression: &[&str]) -> Vec<String> {
+/// `flowtrace read --json FILE EXPRESSION…`: its packets.
+fn read_packets(file: &std::path::Path, expression: &[&str]) -> Vec<Packet> {
     let read = Command::new(env!("CARGO_BIN_EXE_flowtrace"))
         .args(["read", "--json"])
         .arg(file)
@@ -54,10 +53,29 @@ fn read_packets(file: &std::path::Path, expression: &[&str]) -> Vec<String> {
     );
     String::from_utf8_lossy(&read.stdout)
         .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["type"] == "packet")
-        .map(|v| v.to_string())
+        .filter_map(|l| Line::parse(l).ok())
+        .filter_map(|l| match l {
+            Line::Packet(p) => Some(p),
+            _ => None,
+        })
         .collect()
+}
+
+/// Whether one of the packet's addresses (its own, a hop's, a rewrite's) has `port`.
+fn has_port(p: &Packet, port: &str) -> bool {
+    let suffix = format!(":{port}");
+    let mut addrs = vec![p.src.as_deref(), p.dst.as_deref()];
+    for h in &p.hops {
+        let (src, dst) = match h {
+            Hop::Tc(t) => (&t.src, &t.dst),
+            Hop::Nf(n) => (&n.src, &n.dst),
+        };
+        addrs.extend([src.as_deref(), dst.as_deref()]);
+        if let Some(n) = h.nat() {
+            addrs.extend([Some(n.from.as_str()), Some(n.to.as_str())]);
+        }
+    }
+    addrs.into_iter().flatten().any(|a| a.ends_with(&suffix))
 }
 
 #[test]
@@ -74,10 +92,10 @@ fn a_recording_opens_in_tshark_and_replays_exactly_as_the_live_run() {
         "--write",
         file.to_str().expect("utf8"),
     ]);
-    tcp(&lab, &cron, lab.ip("inet_ip"), 8080).expect("tcp echo");
-    let _ = tcp(&lab, &cron, lab.ip("inet_ip"), lab.port("drop_port"));
+    tcp(&lab, &cron, lab.inet_ip(), 8080).expect("tcp echo");
+    let _ = tcp(&lab, &cron, lab.inet_ip(), lab.drop_port());
     let live = ft.stop();
-    let live_packets: Vec<String> = packets(&live).iter().map(|p| p.to_string()).collect();
+    let live_packets: Vec<Packet> = packets(&live).into_iter().cloned().collect();
     assert!(live_packets.len() >= 4, "{live:?}");
 
     let mode = std::fs::metadata(&file)
@@ -96,31 +114,22 @@ fn a_recording_opens_in_tshark_and_replays_exactly_as_the_live_run() {
         let name = line.split('|').next().unwrap_or("").to_owned();
         *per_iface.entry(name).or_default() += 1;
     }
-    let veth_in = format!("{} tc-ingress", lab.s("host_veth"));
+    let veth_in = format!("{} tc-ingress", lab.host_veth());
     assert!(per_iface.contains_key(&veth_in), "{per_iface:?}");
     assert!(per_iface.contains_key("FORWARD/filter"), "{per_iface:?}");
     assert!(per_iface.contains_key("POSTROUTING/nat"), "{per_iface:?}");
     assert!(
-        out.contains("NETFILTER_DROP") && out.contains(&lab.s("drop_rule")),
+        out.contains("NETFILTER_DROP") && out.contains(&lab.drop_rule()),
         "the drop in frame.comment"
     );
     assert!(out.contains("SNAT"), "the MASQUERADE in frame.comment");
     // One block per hop: per-interface counts match the hops of the live output.
     let mut want: BTreeMap<String, usize> = BTreeMap::new();
     for p in packets(&live) {
-        for h in p["hops"].as_array().into_iter().flatten() {
-            let name = if h["point"] == "tc" {
-                format!(
-                    "{} tc-{}",
-                    h["iface"].as_str().unwrap_or(""),
-                    h["dir"].as_str().unwrap_or("")
-                )
-            } else {
-                format!(
-                    "{}/{}",
-                    h["hook"].as_str().unwrap_or(""),
-                    h["table"].as_str().unwrap_or("")
-                )
+        for h in &p.hops {
+            let name = match h {
+                Hop::Tc(t) => format!("{} tc-{}", t.iface, t.dir),
+                Hop::Nf(n) => format!("{}/{}", n.hook, n.table),
             };
             *want.entry(name).or_default() += 1;
         }
@@ -131,13 +140,9 @@ fn a_recording_opens_in_tshark_and_replays_exactly_as_the_live_run() {
     assert_eq!(read_packets(&file, &[]), live_packets);
 
     // With a filter expression, as `tcpdump -r FILE EXPR`: only the dropped connection.
-    let port = lab.port("drop_port").to_string();
+    let port = lab.drop_port().to_string();
     let filtered = read_packets(&file, &["tcp", "port", &port]);
-    let suffix = format!(":{port}\"");
-    let want: Vec<&String> = live_packets
-        .iter()
-        .filter(|p| p.contains(&suffix))
-        .collect();
+    let want: Vec<&Packet> = live_packets.iter().filter(|p| has_port(p, &port)).collect();
     assert!(!want.is_empty() && want.len() < live_packets.len());
     assert_eq!(filtered.iter().collect::<Vec<_>>(), want);
     let _ = std::fs::remove_dir_all(&dir);
@@ -157,7 +162,7 @@ fn a_recorder_killed_with_sigkill_leaves_a_readable_file_and_no_attachments() {
         file.to_str().expect("utf8"),
     ]);
     for _ in 0..5 {
-        tcp(&lab, &cron, lab.ip("inet_ip"), 8080).expect("tcp echo");
+        tcp(&lab, &cron, lab.inet_ip(), 8080).expect("tcp echo");
     }
     std::thread::sleep(std::time::Duration::from_millis(300));
     ft.kill();
@@ -171,7 +176,7 @@ fn a_recorder_killed_with_sigkill_leaves_a_readable_file_and_no_attachments() {
     // flowtrace read reads it (read_packets asserts the exit status).
     read_packets(&file, &[]);
     // fd-owned TCX and netfilter links died with the process.
-    assert_eq!(leftovers(&lab.s("host_veth")), "");
+    assert_eq!(leftovers(&lab.host_veth()), "");
     let progs = Command::new("bpftool")
         .args(["-j", "prog", "show"])
         .output()
@@ -201,7 +206,7 @@ fn rotation_keeps_the_newest_files_each_readable() {
         "2",
     ]);
     for _ in 0..15 {
-        tcp(&lab, &cron, lab.ip("inet_ip"), 8080).expect("tcp echo");
+        tcp(&lab, &cron, lab.inet_ip(), 8080).expect("tcp echo");
     }
     ft.stop_text();
     let files: Vec<_> = std::fs::read_dir(&dir)
@@ -252,7 +257,7 @@ fn snaplen_zero_records_whole_packets_and_the_default_keeps_headers() {
             args.extend(["--snaplen", snaplen]);
         }
         let ft = Flowtrace::start(&args);
-        tcp_sized(&lab, &cron, lab.ip("inet_ip"), 8080, &payload).expect("tcp echo");
+        tcp_sized(&lab, &cron, lab.inet_ip(), 8080, &payload).expect("tcp echo");
         ft.stop_text();
         let lens = tc_lengths(&file);
         let big: Vec<&(usize, usize)> = lens.iter().filter(|(len, _)| *len > 1000).collect();

@@ -6,8 +6,9 @@ mod common;
 
 use std::process::Command;
 
-use common::{leftovers, packets, tcp, Flowtrace, From, Lab};
-use serde_json::Value;
+use common::{
+    counted, leftovers, line, packets, show, tcp, the_summary, Flowtrace, From, Lab, Line,
+};
 
 fn cron() -> From {
     From::Container("ens_monitor_cron".into())
@@ -18,14 +19,16 @@ fn cron() -> From {
 fn sigterm_flushes_summarises_and_detaches() {
     let lab = Lab::get();
     let ft = Flowtrace::start(&["-c", "ens_monitor_cron", "--json"]);
-    tcp(&lab, &cron(), lab.ip("inet_ip"), 8080).expect("tcp");
+    tcp(&lab, &cron(), lab.inet_ip(), 8080).expect("tcp");
     std::thread::sleep(std::time::Duration::from_millis(300));
     let (ok, out, err) = ft.signal_and_wait(libc::SIGTERM);
     assert!(ok, "SIGTERM is an orderly exit: {err}");
-    let last: Value = serde_json::from_str(out.last().expect("output")).expect("json");
-    assert_eq!(last["type"], "summary");
-    assert!(last["packets"].as_u64().unwrap_or(0) > 0, "{last}");
-    assert_eq!(leftovers(&lab.s("host_veth")), "");
+    let last = line(out.last().expect("output"));
+    let Line::Summary(s) = &last else {
+        panic!("the last line is not the summary: {last:?}")
+    };
+    assert!(s.packets > 0, "{s:?}");
+    assert_eq!(leftovers(&lab.host_veth()), "");
 }
 
 #[test]
@@ -52,7 +55,7 @@ fn an_error_after_attaching_says_one_sentence_and_detaches() {
         !err.contains("panicked") && !err.contains("backtrace"),
         "{err}"
     );
-    assert_eq!(leftovers(&lab.s("host_veth")), "");
+    assert_eq!(leftovers(&lab.host_veth()), "");
 }
 
 #[test]
@@ -61,39 +64,47 @@ fn two_instances_on_one_container_both_work_and_do_not_disturb_each_other() {
     let lab = Lab::get();
     let a = Flowtrace::start(&["-c", "ens_monitor_cron", "--json"]);
     let b = Flowtrace::start(&["-c", "ens_monitor_cron", "--json"]);
-    let s1 = tcp(&lab, &cron(), lab.ip("inet_ip"), 8080).expect("tcp");
+    let s1 = tcp(&lab, &cron(), lab.inet_ip(), 8080).expect("tcp");
     let first = a.stop();
     // b keeps working after a detached.
-    let s2 = tcp(&lab, &cron(), lab.ip("inet_ip"), 8080).expect("tcp");
+    let s2 = tcp(&lab, &cron(), lab.inet_ip(), 8080).expect("tcp");
     let second = b.stop();
-    let has = |lines: &[Value], sport: u16| {
-        let src = format!("{}:{sport}", lab.s("container_ip"));
-        packets(lines).iter().any(|p| p["src"] == src.as_str())
+    let has = |lines: &[Line], sport: u16| {
+        let src = format!("{}:{sport}", lab.container_ip());
+        packets(lines)
+            .iter()
+            .any(|p| p.src.as_deref() == Some(src.as_str()))
     };
     assert!(has(&first, s1), "instance a saw its traffic");
     assert!(
         has(&second, s1) && has(&second, s2),
         "instance b saw traffic before and after a left"
     );
-    assert_eq!(leftovers(&lab.s("host_veth")), "");
+    assert_eq!(leftovers(&lab.host_veth()), "");
 }
 
 #[test]
 #[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
 fn a_bare_network_namespace_is_traced_without_docker() {
     let lab = Lab::get();
-    let ns = format!("/run/netns/{}", lab.s("inet_netns"));
+    let ns = format!("/run/netns/{}", lab.inet_netns());
     let ft = Flowtrace::start(&["--netns", &ns, "--json"]);
-    let sport = tcp(&lab, &cron(), lab.ip("inet_ip"), 8080).expect("tcp");
+    let sport = tcp(&lab, &cron(), lab.inet_ip(), 8080).expect("tcp");
     let lines = ft.stop();
-    let outside = format!("{}:{sport}", lab.s("uplink_ip"));
+    let outside = format!("{}:{sport}", lab.uplink_ip());
     let syn = packets(&lines)
         .into_iter()
-        .find(|p| p["src"] == outside.as_str() && p["tcp_flags"] == "S")
+        .find(|p| p.src.as_deref() == Some(outside.as_str()) && p.tcp_flags.as_deref() == Some("S"))
         .unwrap_or_else(|| panic!("the SYN into the namespace: {lines:?}"));
-    assert_eq!(syn["container"], lab.s("inet_netns").as_str());
     assert_eq!(
-        syn["way"], "in",
+        syn.container.as_deref(),
+        Some(lab.inet_netns().as_str()),
+        "{}",
+        show(syn)
+    );
+    assert_eq!(
+        syn.way.as_deref(),
+        Some("in"),
         "from the namespace's point of view the SYN comes in"
     );
 }
@@ -171,30 +182,30 @@ fn every_bad_input_is_one_sentence_a_hint_and_a_non_zero_exit() {
         "{err}"
     );
     let _ = std::fs::remove_file(&junk);
-    assert_eq!(leftovers(&lab.s("host_veth")), "");
+    assert_eq!(leftovers(&lab.host_veth()), "");
 }
 
 #[test]
 #[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
 fn a_flood_reports_lost_events_while_the_counters_stay_exact() {
     let lab = Lab::get();
-    let dst = lab.ip("inet_ip");
+    let dst = lab.inet_ip();
     let ft = Flowtrace::start(&["-c", "ens_monitor_cron", "--json", "--snaplen", "0"]);
     const SENT: u64 = 30_000;
     common::udp_burst(&lab, "ens_monitor_cron", dst, 9999, SENT, &[0x5a; 1400]);
     std::thread::sleep(std::time::Duration::from_secs(1));
     let lines = ft.stop();
-    let summary = lines
-        .iter()
-        .find(|l| l["type"] == "summary")
-        .expect("summary");
-    let lost = summary["lost"].as_u64().unwrap_or(0);
-    assert!(lost > 0, "the flood overflowed the ring buffer: {summary}");
+    let summary = the_summary(&lines);
+    let lost = summary.lost;
     assert!(
-        lines.iter().any(|l| l["type"] == "lost"),
+        lost > 0,
+        "the flood overflowed the ring buffer: {summary:?}"
+    );
+    assert!(
+        lines.iter().any(|l| matches!(l, Line::Lost(_))),
         "loss reported as it happened"
     );
-    let veth_in = common::hop_packets(summary, &lab.s("host_veth"), "ingress");
+    let veth_in = counted(summary, &lab.host_veth(), "ingress");
     // Every datagram, counted by the kernel, however many events were lost (a few ARP/TCP
     // packets of the container may add to it).
     assert!(
@@ -207,7 +218,7 @@ fn a_flood_reports_lost_events_while_the_counters_stay_exact() {
 #[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
 fn counters_only_mode_counts_exactly_without_per_packet_events() {
     let lab = Lab::get();
-    let dst = lab.ip("inet_ip");
+    let dst = lab.inet_ip();
     let ft = Flowtrace::start(&["-c", "ens_monitor_cron", "--counters", "--json"]);
     const SENT: u64 = 500;
     common::udp_burst(&lab, "ens_monitor_cron", dst, 9999, SENT, b"count me");
@@ -218,15 +229,12 @@ fn counters_only_mode_counts_exactly_without_per_packet_events() {
         "no per-packet output in --counters mode"
     );
     assert!(
-        lines.iter().any(|l| l["type"] == "counters"),
+        lines.iter().any(|l| matches!(l, Line::Counters(_))),
         "periodic counters: {lines:?}"
     );
-    let summary = lines
-        .iter()
-        .find(|l| l["type"] == "summary")
-        .expect("summary");
-    assert_eq!(summary["lost"], 0, "nothing to lose without events");
-    let veth_in = common::hop_packets(summary, &lab.s("host_veth"), "ingress");
+    let summary = the_summary(&lines);
+    assert_eq!(summary.lost, 0, "nothing to lose without events");
+    let veth_in = counted(summary, &lab.host_veth(), "ingress");
     assert!(
         (SENT..SENT + 20).contains(&veth_in),
         "sent {SENT}, counted {veth_in}"
@@ -249,7 +257,7 @@ fn a_panic_after_attaching_leaves_nothing_behind() {
         "{err}"
     );
     assert_eq!(
-        leftovers(&lab.s("host_veth")),
+        leftovers(&lab.host_veth()),
         "",
         "links and programs outlived a panic"
     );

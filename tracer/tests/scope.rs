@@ -11,8 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{hop_packets, hops, nf_hop, packets, tc_hop, tcp, udp_burst, Flowtrace, From, Lab};
-use serde_json::Value;
+use common::{
+    counted, hops, nf_hop, packets, show, tc_hop, tcp, the_summary, udp_burst, Flowtrace, From,
+    Hop, Lab, Line,
+};
 
 /// An iptables rule inserted for one test, deleted when the test ends (even on failure).
 struct Rule(Vec<String>);
@@ -38,17 +40,10 @@ impl Drop for Rule {
     }
 }
 
-fn summary(lines: &[Value]) -> &Value {
+fn all(lines: &[Line]) -> String {
     lines
         .iter()
-        .find(|l| l["type"] == "summary")
-        .expect("a summary line")
-}
-
-fn all(lines: &[Value]) -> String {
-    lines
-        .iter()
-        .map(Value::to_string)
+        .map(Line::to_json)
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -57,13 +52,8 @@ fn all(lines: &[Value]) -> String {
 #[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
 fn a_published_port_closed_in_docker_user_shows_the_inbound_dnat_and_the_drop() {
     let lab = Lab::get();
-    let host_port = lab.state["published"]["host_port"]
-        .as_u64()
-        .expect("lab up with --publish") as u16;
-    let cport = lab.state["published"]["container_port"]
-        .as_u64()
-        .expect("container port");
-    let cip = lab.s("container_ip");
+    let (host_port, cport) = lab.published();
+    let cip = lab.container_ip().to_string();
     let rule = format!("{cip}/32");
     let _closed = Rule::insert(
         "DOCKER-USER",
@@ -85,45 +75,72 @@ fn a_published_port_closed_in_docker_user_shows_the_inbound_dnat_and_the_drop() 
     let file = dir.join("closed.pcapng");
     let file_s = file.display().to_string();
     let ft = Flowtrace::start(&["-c", "ens_monitor_cron", "--json", "--write", &file_s]);
-    let err = tcp(&lab, &From::Internet, lab.ip("uplink_ip"), host_port)
+    let err = tcp(&lab, &From::Internet, lab.uplink_ip(), host_port)
         .expect_err("the published port is closed in DOCKER-USER");
     let lines = ft.stop();
-    let uplink = lab.s("uplink");
-    let public = format!("{}:{host_port}", lab.s("uplink_ip"));
+    let uplink = lab.uplink();
+    let public = format!("{}:{host_port}", lab.uplink_ip());
     let inside = format!("{cip}:{cport}");
     let syn = packets(&lines)
         .into_iter()
-        .find(|p| p["tcp_flags"] == "S" && p["dst"] == inside.as_str() && !p["drop"].is_null())
+        .find(|p| {
+            p.tcp_flags.as_deref() == Some("S")
+                && p.dst.as_deref() == Some(inside.as_str())
+                && p.drop.is_some()
+        })
         .unwrap_or_else(|| panic!("no dropped inbound SYN ({err}) in:\n{}", all(&lines)));
-    assert_eq!(syn["way"], "in", "{syn}");
-    assert_eq!(syn["container"], "ens_monitor_cron", "{syn}");
+    assert_eq!(syn.way.as_deref(), Some("in"), "{}", show(syn));
+    assert_eq!(
+        syn.container.as_deref(),
+        Some("ens_monitor_cron"),
+        "{}",
+        show(syn)
+    );
     // It arrived at the uplink for the host's address, was DNATed at PREROUTING/nat, and died
     // at FORWARD/filter: it never reached the bridge or the container's veth.
     assert_eq!(
         hops(syn),
         vec![(uplink.clone(), "ingress".to_owned())],
-        "{syn}"
+        "{}",
+        show(syn)
     );
     assert_eq!(
-        tc_hop(syn, &uplink, "ingress")["dst"],
-        public.as_str(),
-        "{syn}"
+        tc_hop(syn, &uplink, "ingress").dst.as_deref(),
+        Some(public.as_str()),
+        "{}",
+        show(syn)
     );
-    let dnat = nf_hop(syn, "PREROUTING", "nat");
-    assert_eq!(dnat["nat"]["kind"], "dnat", "{syn}");
-    assert_eq!(dnat["nat"]["from"], public.as_str(), "{syn}");
-    assert_eq!(dnat["nat"]["to"], inside.as_str(), "{syn}");
-    assert_eq!(nf_hop(syn, "FORWARD", "filter")["verdict"], "drop", "{syn}");
-    let d = &syn["drop"];
-    assert_eq!(d["reason"], "NETFILTER_DROP", "{syn}");
+    let dnat = nf_hop(syn, "PREROUTING", "nat").nat.as_ref();
+    assert_eq!(dnat.map(|n| n.kind.as_str()), Some("dnat"), "{}", show(syn));
     assert_eq!(
-        (d["hook"].as_str(), d["table"].as_str()),
+        dnat.map(|n| n.from.as_str()),
+        Some(public.as_str()),
+        "{}",
+        show(syn)
+    );
+    assert_eq!(
+        dnat.map(|n| n.to.as_str()),
+        Some(inside.as_str()),
+        "{}",
+        show(syn)
+    );
+    assert_eq!(
+        nf_hop(syn, "FORWARD", "filter").verdict,
+        "drop",
+        "{}",
+        show(syn)
+    );
+    let d = syn.drop.as_ref().expect("the SYN was picked for its drop");
+    assert_eq!(d.reason, "NETFILTER_DROP", "{}", show(syn));
+    assert_eq!(
+        (d.hook.as_deref(), d.table.as_deref()),
         (Some("FORWARD"), Some("filter"))
     );
     assert_eq!(
-        d["rule"],
-        format!("-A DOCKER-USER -d {rule} -p tcp -m tcp --dport {cport} -j DROP").as_str(),
-        "{syn}"
+        d.rule.as_deref(),
+        Some(format!("-A DOCKER-USER -d {rule} -p tcp -m tcp --dport {cport} -j DROP").as_str()),
+        "{}",
+        show(syn)
     );
     // The recording has it too, and its text replay says what happened.
     let read = Command::new(env!("CARGO_BIN_EXE_flowtrace"))
@@ -150,8 +167,8 @@ fn a_published_port_closed_in_docker_user_shows_the_inbound_dnat_and_the_drop() 
 #[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
 fn a_connection_from_another_network_is_shown_dropped_by_dockers_isolation() {
     let lab = Lab::get();
-    let cip = lab.ip("container_ip");
-    let iso = lab.s("isolated_ip");
+    let cip = lab.container_ip();
+    let iso = lab.isolated_ip();
     let ft = Flowtrace::start(&["-c", "ens_monitor_cron", "--json"]);
     let err = tcp(&lab, &From::Container("ens_isolated".to_owned()), cip, 8080)
         .expect_err("Docker isolates user networks");
@@ -159,29 +176,52 @@ fn a_connection_from_another_network_is_shown_dropped_by_dockers_isolation() {
     let syn = packets(&lines)
         .into_iter()
         .find(|p| {
-            p["tcp_flags"] == "S"
-                && p["src"]
-                    .as_str()
+            p.tcp_flags.as_deref() == Some("S")
+                && p.src
+                    .as_deref()
                     .is_some_and(|s| s.starts_with(&format!("{iso}:")))
         })
         .unwrap_or_else(|| panic!("no SYN from {iso} ({err}) in:\n{}", all(&lines)));
-    assert_eq!(syn["way"], "in", "{syn}");
-    assert_eq!(syn["container"], "ens_monitor_cron", "{syn}");
-    assert_eq!(syn["dst"], format!("{cip}:8080").as_str(), "{syn}");
+    assert_eq!(syn.way.as_deref(), Some("in"), "{}", show(syn));
+    assert_eq!(
+        syn.container.as_deref(),
+        Some("ens_monitor_cron"),
+        "{}",
+        show(syn)
+    );
+    assert_eq!(
+        syn.dst.as_deref(),
+        Some(format!("{cip}:8080").as_str()),
+        "{}",
+        show(syn)
+    );
     // It came in by the other network's bridge, which flowtrace is not attached to: netfilter
     // saw it first, and FORWARD/filter dropped it.
-    assert!(hops(syn).is_empty(), "no tc hop: {syn}");
-    assert_eq!(syn["hops"][0]["hook"], "PREROUTING", "{syn}");
-    assert_eq!(nf_hop(syn, "FORWARD", "filter")["verdict"], "drop", "{syn}");
-    let d = &syn["drop"];
+    assert!(hops(syn).is_empty(), "no tc hop: {}", show(syn));
+    assert!(
+        matches!(syn.hops.first(), Some(Hop::Nf(h)) if h.hook == "PREROUTING"),
+        "{}",
+        show(syn)
+    );
     assert_eq!(
-        (d["hook"].as_str(), d["table"].as_str()),
+        nf_hop(syn, "FORWARD", "filter").verdict,
+        "drop",
+        "{}",
+        show(syn)
+    );
+    let d = syn.drop.as_ref();
+    assert_eq!(
+        (
+            d.and_then(|d| d.hook.as_deref()),
+            d.and_then(|d| d.table.as_deref())
+        ),
         (Some("FORWARD"), Some("filter"))
     );
-    let rule = d["rule"].as_str().unwrap_or_default();
+    let rule = d.and_then(|d| d.rule.as_deref()).unwrap_or_default();
     assert!(
         rule.starts_with("-A DOCKER-") && rule.ends_with("-j DROP"),
-        "Docker's isolation rule, not {rule:?}: {syn}"
+        "Docker's isolation rule, not {rule:?}: {}",
+        show(syn)
     );
 }
 
@@ -189,49 +229,41 @@ fn a_connection_from_another_network_is_shown_dropped_by_dockers_isolation() {
 #[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
 fn a_neighbours_traffic_is_counted_on_the_bridge_and_uplink_and_never_sent_up() {
     let lab = Lab::get();
-    let peer = lab.s("peer_container");
+    let peer = lab.peer_container();
     let ft = Flowtrace::start(&["-c", "ens_monitor_cron", "--json"]);
     let n = 3000;
-    udp_burst(&lab, &peer, lab.ip("inet_ip"), 9999, n, b"neighbour");
+    udp_burst(&lab, &peer, lab.inet_ip(), 9999, n, b"neighbour");
     for _ in 0..3 {
-        tcp(
-            &lab,
-            &From::Container(peer.clone()),
-            lab.ip("inet_ip"),
-            8080,
-        )
-        .expect("peer tcp");
+        tcp(&lab, &From::Container(peer.clone()), lab.inet_ip(), 8080).expect("peer tcp");
     }
-    let sport = tcp(
-        &lab,
-        &From::Container(lab.s("container")),
-        lab.ip("inet_ip"),
-        8080,
-    )
-    .expect("cron tcp");
+    let sport =
+        tcp(&lab, &From::Container(lab.container()), lab.inet_ip(), 8080).expect("cron tcp");
     let lines = ft.stop();
-    let local = format!("{}:{sport}", lab.s("container_ip"));
+    let local = format!("{}:{sport}", lab.container_ip());
     assert!(
-        packets(&lines).iter().any(|p| p["src"] == local.as_str()),
+        packets(&lines)
+            .iter()
+            .any(|p| p.src.as_deref() == Some(local.as_str())),
         "the traced container's own exchange: {}",
         all(&lines)
     );
-    let peer_ip = lab.s("peer_ip");
+    let peer_ip = lab.peer_ip();
     for p in packets(&lines) {
+        let json = show(p);
         assert!(
-            !p.to_string().contains(&format!("\"{peer_ip}:")),
-            "neighbour shown: {p}"
+            !json.contains(&format!("\"{peer_ip}:")),
+            "neighbour shown: {json}"
         );
     }
-    let s = summary(&lines);
+    let s = the_summary(&lines);
     // The kernel counted every one of the neighbour's datagrams where they pass...
-    assert!(hop_packets(s, &lab.s("bridge"), "ingress") >= n, "{s}");
-    assert!(hop_packets(s, &lab.s("uplink"), "egress") >= n, "{s}");
-    assert!(hop_packets(s, &lab.s("peer_veth"), "ingress") >= n, "{s}");
+    assert!(counted(s, &lab.bridge(), "ingress") >= n, "{s:?}");
+    assert!(counted(s, &lab.uplink(), "egress") >= n, "{s:?}");
+    assert!(counted(s, &lab.peer_veth(), "ingress") >= n, "{s:?}");
     // ...and sent none of them up: user space had nothing to throw away.
-    assert_eq!(s["discarded"]["untraced"], 0, "{s}");
-    assert_eq!(s["lost"], 0, "{s}");
-    assert!(s["packets"].as_u64().unwrap_or(u64::MAX) < 50, "{s}");
+    assert_eq!(s.discarded.untraced, 0, "{s:?}");
+    assert_eq!(s.lost, 0, "{s:?}");
+    assert!(s.packets < 50, "{s:?}");
 }
 
 /// Disconnects the peer from the isolated network when the test ends, even on failure.
@@ -272,7 +304,7 @@ fn wait_until(what: &str, ft: &Flowtrace, f: impl Fn(&str) -> bool) {
 #[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
 fn the_scope_follows_a_container_that_joins_and_leaves_a_network() {
     let lab = Lab::get();
-    let peer = lab.s("peer_container");
+    let peer = lab.peer_container();
     let net = "ftlab_isolated".to_owned();
     let ft = Flowtrace::start(&["-c", &peer, "--json"]);
     docker(&["network", "connect", &net, &peer]);
@@ -296,23 +328,27 @@ fn the_scope_follows_a_container_that_joins_and_leaves_a_network() {
         e.contains(&format!("-{addr}"))
     });
     let lines = ft.stop();
-    let from = format!("{}:{sport}", lab.s("isolated_ip"));
+    let from = format!("{}:{sport}", lab.isolated_ip());
     let syn = packets(&lines)
         .into_iter()
-        .find(|p| p["src"] == from.as_str() && p["tcp_flags"] == "S")
+        .find(|p| p.src.as_deref() == Some(from.as_str()) && p.tcp_flags.as_deref() == Some("S"))
         .unwrap_or_else(|| panic!("no SYN from {from} in:\n{}", all(&lines)));
-    assert_eq!(syn["container"], peer.as_str(), "{syn}");
-    assert_eq!(syn["way"], "in", "{syn}");
+    assert_eq!(
+        syn.container.as_deref(),
+        Some(peer.as_str()),
+        "{}",
+        show(syn)
+    );
+    assert_eq!(syn.way.as_deref(), Some("in"), "{}", show(syn));
     // Delivered by its new veth (bridged between two ports of the isolated bridge: the
     // bridge device's own tc hooks do not see it), not the one on docker_default.
     let path = hops(syn);
     let last = path.last().cloned().unwrap_or_default();
-    assert_eq!(last.1, "egress", "{syn}");
-    assert_ne!(last.0, lab.s("peer_veth"), "the new veth: {syn}");
-    let at = syn["hops"]
-        .as_array()
-        .and_then(|h| h.last())
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(at["role"], "veth", "{syn}");
+    assert_eq!(last.1, "egress", "{}", show(syn));
+    assert_ne!(last.0, lab.peer_veth(), "the new veth: {}", show(syn));
+    assert!(
+        matches!(syn.hops.last(), Some(Hop::Tc(h)) if h.role.as_deref() == Some("veth")),
+        "{}",
+        show(syn)
+    );
 }

@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{leftovers, packets, tcp, Flowtrace, From, Lab};
+use common::{leftovers, packets, tcp, Flowtrace, From, Lab, Line};
 use serde_json::Value;
 
 fn cron() -> From {
@@ -58,16 +58,18 @@ impl Drop for ClsactGuard {
     }
 }
 
-fn saw(lines: &[Value], lab: &Lab, sport: u16) -> bool {
-    let src = format!("{}:{sport}", lab.s("container_ip"));
-    packets(lines).iter().any(|p| p["src"] == src.as_str())
+fn saw(lines: &[Line], lab: &Lab, sport: u16) -> bool {
+    let src = format!("{}:{sport}", lab.container_ip());
+    packets(lines)
+        .iter()
+        .any(|p| p.src.as_deref() == Some(src.as_str()))
 }
 
 #[test]
 #[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
 fn netlink_mode_traces_and_leaves_nothing_on_exit() {
     let lab = Lab::get();
-    let veth = lab.s("host_veth");
+    let veth = lab.host_veth();
     let _clean = ClsactGuard::new(&veth);
     let ft = Flowtrace::start(&["-c", "ens_monitor_cron", "--json", "--tc-attach", "netlink"]);
     let err = ft.stderr_text();
@@ -79,7 +81,7 @@ fn netlink_mode_traces_and_leaves_nothing_on_exit() {
     assert_eq!(filters.len(), 2, "one filter each way: {filters:?}");
     let ledger = format!("/run/flowtrace/tc-{}", ft.pid());
     assert!(std::path::Path::new(&ledger).exists(), "{ledger} written");
-    let sport = tcp(&lab, &cron(), lab.ip("inet_ip"), 8080).expect("tcp");
+    let sport = tcp(&lab, &cron(), lab.inet_ip(), 8080).expect("tcp");
     let lines = ft.stop();
     assert!(saw(&lines, &lab, sport), "the TCP packet was traced");
     assert_eq!(leftovers(&veth), "");
@@ -98,7 +100,7 @@ fn netlink_mode_traces_and_leaves_nothing_on_exit() {
 #[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
 fn two_netlink_instances_do_not_pull_the_qdisc_from_under_each_other() {
     let lab = Lab::get();
-    let veth = lab.s("host_veth");
+    let veth = lab.host_veth();
     let _clean = ClsactGuard::new(&veth);
     let a = Flowtrace::start(&["-c", "ens_monitor_cron", "--json", "--tc-attach", "netlink"]);
     let b = Flowtrace::start(&["-c", "ens_monitor_cron", "--json", "--tc-attach", "netlink"]);
@@ -106,7 +108,7 @@ fn two_netlink_instances_do_not_pull_the_qdisc_from_under_each_other() {
     a.stop();
     // a added the qdisc; b's filters hang on it, so it must still be there.
     assert_eq!(bpf_filters(&veth).len(), 2, "b's filters survive a's exit");
-    let sport = tcp(&lab, &cron(), lab.ip("inet_ip"), 8080).expect("tcp");
+    let sport = tcp(&lab, &cron(), lab.inet_ip(), 8080).expect("tcp");
     let lines = b.stop();
     assert!(saw(&lines, &lab, sport), "b still traces after a left");
     assert_eq!(leftovers(&veth), "");
@@ -117,7 +119,7 @@ fn two_netlink_instances_do_not_pull_the_qdisc_from_under_each_other() {
 #[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
 fn a_killed_netlink_run_is_cleaned_up_by_the_next_start() {
     let lab = Lab::get();
-    let veth = lab.s("host_veth");
+    let veth = lab.host_veth();
     let _clean = ClsactGuard::new(&veth);
     let mut killed =
         Flowtrace::start(&["-c", "ens_monitor_cron", "--json", "--tc-attach", "netlink"]);
@@ -143,7 +145,7 @@ fn a_killed_netlink_run_is_cleaned_up_by_the_next_start() {
         "stale filters gone"
     );
     assert!(!has_clsact(&veth), "the stale clsact qdisc is gone");
-    let sport = tcp(&lab, &cron(), lab.ip("inet_ip"), 8080).expect("tcp");
+    let sport = tcp(&lab, &cron(), lab.inet_ip(), 8080).expect("tcp");
     let lines = next.stop();
     assert!(saw(&lines, &lab, sport), "the new run traces");
     assert!(!std::path::Path::new(&format!("/run/flowtrace/tc-{pid}")).exists());

@@ -114,7 +114,9 @@ impl HostPath {
                 json(p)
             ));
         }
-        let at_bridge = p.tc_hop(&self.bridge, "egress").and_then(|h| h.dst.as_deref());
+        let at_bridge = p
+            .tc_hop(&self.bridge, "egress")
+            .and_then(|h| h.dst.as_deref());
         if at_bridge != Some(local) {
             return Err(format!("not de-NATed before the bridge: {}", json(p)));
         }
@@ -132,7 +134,12 @@ impl HostPath {
     pub fn published_in(&self, p: &Packet, from: &str, to: &str) -> Result<(), String> {
         match p.nf_hop("PREROUTING", "nat").and_then(|h| h.nat.as_ref()) {
             Some(n) if n.kind == "dnat" && n.from == from && n.to == to => {}
-            _ => return Err(format!("no DNAT {from} → {to} at PREROUTING/nat: {}", json(p))),
+            _ => {
+                return Err(format!(
+                    "no DNAT {from} → {to} at PREROUTING/nat: {}",
+                    json(p)
+                ))
+            }
         }
         match p.nf_hop("FORWARD", "filter") {
             Some(h) if h.verdict == "accept" => {}

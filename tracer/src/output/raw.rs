@@ -7,9 +7,9 @@ use tracer_common::netfilter::hook_name;
 
 use crate::{
     events::{
-    clock::WallClock,
-    decode::{Observation, TcObservation},
-    packet::tcp_flags_str,
+        clock::WallClock,
+        decode::{Observation, TcObservation},
+        packet::tcp_flags_str,
     },
     model::{self, ObservedAt},
 };
@@ -146,9 +146,10 @@ pub(crate) mod tests {
 
     #[test]
     fn json_has_the_contract_fields() {
-        let v: serde_json::Value =
-            serde_json::from_str(&line(&obs(), &IfNames::new(), &WallClock::with_offset(0)).to_json())
-                .expect("json");
+        let v: serde_json::Value = serde_json::from_str(
+            &line(&obs(), &IfNames::new(), &WallClock::with_offset(0)).to_json(),
+        )
+        .expect("json");
         assert_eq!(v["type"], "observation");
         assert_eq!(v["point"], "tc");
         assert_eq!(v["iface"], "if21");

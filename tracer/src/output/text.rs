@@ -155,7 +155,11 @@ mod tests {
             (47_900, UPLINK, Direction::Egress, [198, 51, 100, 1]),
         ]);
         let e = Explainer::empty().explain(p, &points());
-        let text = packet(&crate::model::packet(&e, &points(), &WallClock::with_offset(0)));
+        let text = packet(&crate::model::packet(
+            &e,
+            &points(),
+            &WallClock::with_offset(0),
+        ));
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4, "{text}");
         assert!(lines[0].ends_with("TCP 172.18.0.2:41234 → 198.51.100.2:8080 [S] 54B  container ens_monitor_cron (out)"), "{text}");

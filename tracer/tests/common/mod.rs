@@ -18,11 +18,11 @@ use std::{
 
 use serde_json::Value;
 pub use tracer_model::{Hop, Line, NfHop, Packet, SummaryLine, TcHop};
+pub use xtask::expect::{hop_packets, hops, nf_hops, packets, summary, HostPath};
 use xtask::lab::{
     guard::{safety_check, Origin},
     state::{State, STATE_FILE},
 };
-pub use xtask::expect::{hop_packets, hops, nf_hops, packets, summary, HostPath};
 
 /// The lab as `cargo xtask lab up` described it: xtask's own state type.
 pub struct Lab {
@@ -50,7 +50,10 @@ impl Lab {
     }
 
     pub fn peer_container(&self) -> String {
-        self.state.peer_container.clone().expect("the lab has a peer container")
+        self.state
+            .peer_container
+            .clone()
+            .expect("the lab has a peer container")
     }
 
     pub fn container_ip(&self) -> IpAddr {
@@ -74,11 +77,17 @@ impl Lab {
     }
 
     pub fn bridge(&self) -> String {
-        self.state.bridge.clone().expect("the lab's bridge is recorded")
+        self.state
+            .bridge
+            .clone()
+            .expect("the lab's bridge is recorded")
     }
 
     pub fn isolated_bridge(&self) -> String {
-        self.state.isolated_bridge.clone().expect("the isolated bridge is recorded")
+        self.state
+            .isolated_bridge
+            .clone()
+            .expect("the isolated bridge is recorded")
     }
 
     pub fn uplink(&self) -> String {
@@ -90,7 +99,10 @@ impl Lab {
     }
 
     pub fn drop_rule(&self) -> String {
-        self.state.drop_rule.clone().expect("the lab has a drop rule")
+        self.state
+            .drop_rule
+            .clone()
+            .expect("the lab has a drop rule")
     }
 
     pub fn drop_port(&self) -> u16 {
@@ -99,7 +111,11 @@ impl Lab {
 
     /// `(host port, container port)` of the published port.
     pub fn published(&self) -> (u16, u16) {
-        let p = self.state.published.as_ref().expect("the lab publishes a port");
+        let p = self
+            .state
+            .published
+            .as_ref()
+            .expect("the lab publishes a port");
         (p.host_port, p.container_port)
     }
 

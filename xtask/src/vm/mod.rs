@@ -89,14 +89,12 @@ pub fn parse(console: &str) -> Outcome {
             match section {
                 "stderr" => o.stderr.push(line.to_owned()),
                 "filter-stderr" => o.filter_stderr.push(line.to_owned()),
-                "stdout" | "filtered" => {
-                    match Line::parse(line) {
-                        Ok(Line::Packet(p)) if section == "stdout" => o.packets.push(p),
-                        Ok(Line::Packet(p)) => o.filtered.push(p),
-                        Ok(_) => {}
-                        Err(e) => o.unreadable.push(format!("{e}: {line}")),
-                    }
-                }
+                "stdout" | "filtered" => match Line::parse(line) {
+                    Ok(Line::Packet(p)) if section == "stdout" => o.packets.push(p),
+                    Ok(Line::Packet(p)) => o.filtered.push(p),
+                    Ok(_) => {}
+                    Err(e) => o.unreadable.push(format!("{e}: {line}")),
+                },
                 "leftovers" if !line.trim().is_empty() => o.leftovers.push(line.to_owned()),
                 _ => {}
             }

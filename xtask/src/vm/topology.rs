@@ -123,7 +123,9 @@ pub fn check_docker_host(o: &Outcome) -> Result<()> {
     let h = host();
     // Container → internet, MASQUERADE'd, and the reply de-NATed.
     let syn = find("SYN from 172.18.0.2 to :9000", &|p| {
-        p.src.as_deref().is_some_and(|s| s.starts_with("172.18.0.2:"))
+        p.src
+            .as_deref()
+            .is_some_and(|s| s.starts_with("172.18.0.2:"))
             && is(&p.dst, "198.51.100.2:9000")
             && is(&p.tcp_flags, "S")
     })?;
@@ -158,9 +160,8 @@ pub fn check_docker_host(o: &Outcome) -> Result<()> {
     {
         bail!("the second flowtrace lacks netfilter or its filter:\n{ferr}");
     }
-    let on_9000 = |p: &Packet| {
-        port_of(p.src.as_deref()) == "9000" || port_of(p.dst.as_deref()) == "9000"
-    };
+    let on_9000 =
+        |p: &Packet| port_of(p.src.as_deref()) == "9000" || port_of(p.dst.as_deref()) == "9000";
     if o.filtered.is_empty() || !o.filtered.iter().all(on_9000) {
         bail!(
             "`tcp port 9000` showed {} packets, not only that flow: {:?}",
