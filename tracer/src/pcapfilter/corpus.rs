@@ -133,13 +133,14 @@ const V6A: [u16; 8] = [0x2001, 0xdb8, 0, 0, 0, 0, 0, 1];
 const V6B: [u16; 8] = [0xfd00, 0, 0, 0, 0, 0, 0, 2];
 
 /// Frames as tc sees them on a Docker host, and some that stress the corner cases.
-pub fn frames() -> Vec<(&'static str, Vec<u8>)> {
-    let syn = tcp(40000, 8080, 0x02, 0);
+/// IPv4 frames in Ethernet (TCP, UDP, ICMP, GRE, fragments), as a container sends and
+/// receives them.
+fn ip_frames(syn: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
     let big = vec![0x5au8; 300];
-    let mut frames = vec![
+    vec![
         (
             "tcp syn to 8080",
-            eth(MAC, 0x0800, &ipv4(6, CONTAINER, INTERNET, 0x4000, &syn)),
+            eth(MAC, 0x0800, &ipv4(6, CONTAINER, INTERNET, 0x4000, syn)),
         ),
         (
             "tcp syn-ack from 8080",
@@ -241,6 +242,12 @@ pub fn frames() -> Vec<(&'static str, Vec<u8>)> {
                 ),
             ),
         ),
+    ]
+}
+
+/// IPv6 frames in Ethernet, extension headers and multicast included.
+fn ipv6_frames() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
         (
             "ipv6 tcp",
             eth(MAC, 0x86dd, &ipv6(6, V6A, V6B, &tcp(40000, 8080, 0x02, 0))),
@@ -282,6 +289,12 @@ pub fn frames() -> Vec<(&'static str, Vec<u8>)> {
                 &ipv6(58, V6A, [0xff02, 0, 0, 0, 0, 0, 0, 1], &[134, 0, 0, 0]),
             ),
         ),
+    ]
+}
+
+/// VLAN tags, ARP, and frames too short to hold an IP header.
+fn other_frames(syn: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
+    vec![
         (
             "vlan 100 udp",
             eth(
@@ -305,7 +318,7 @@ pub fn frames() -> Vec<(&'static str, Vec<u8>)> {
             eth(
                 MAC,
                 0x8100,
-                &vlan(200, 0x0800, &ipv4(6, CONTAINER, INTERNET, 0, &syn)),
+                &vlan(200, 0x0800, &ipv4(6, CONTAINER, INTERNET, 0, syn)),
             ),
         ),
         (
@@ -321,7 +334,14 @@ pub fn frames() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("empty", Vec::new()),
         ("ethernet only", eth(MAC, 0x0800, &[])),
-    ];
+    ]
+}
+
+pub fn frames() -> Vec<(&'static str, Vec<u8>)> {
+    let syn = tcp(40000, 8080, 0x02, 0);
+    let mut frames = ip_frames(&syn);
+    frames.extend(ipv6_frames());
+    frames.extend(other_frames(&syn));
     // IPv4 with 4 option bytes (IHL 6), and protocol 0 (a division by ip[9] divides by 0).
     let mut opts = ipv4(17, CONTAINER, INTERNET, 0, &udp(40000, 53, &[0x12, 0x34]));
     opts[0] = 0x46;

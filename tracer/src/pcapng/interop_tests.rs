@@ -59,8 +59,16 @@ fn tshark_reads_what_we_write() {
     let dir = std::env::temp_dir().join(format!("flowtrace-pcapng-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("interop.pcapng");
+    write_two_packets(&path);
+    tshark_sees_names_comments_addresses_and_times(&tshark, &path);
+    tshark_and_capinfos_read_it_without_warnings(&tshark, &path);
+    our_reader_agrees(&path);
+    std::fs::remove_dir_all(&dir).ok();
+}
 
-    let file = std::fs::File::create(&path).unwrap();
+/// A packet at a veth's tc ingress and one dropped at FORWARD/filter, with comments.
+fn write_two_packets(path: &std::path::Path) {
+    let file = std::fs::File::create(path).unwrap();
     let mut w = Writer::new(file, "flowtrace --container ens_monitor_cron\nsecond line").unwrap();
     let veth = w
         .add_interface("veth9780200 tc-ingress", "tc ingress", LINKTYPE_ETHERNET, 0)
@@ -103,10 +111,15 @@ fn tshark_reads_what_we_write() {
     .unwrap();
     w.flush().unwrap();
     drop(w);
+}
 
-    let out = Command::new(&tshark)
+fn tshark_sees_names_comments_addresses_and_times(
+    tshark: &std::path::Path,
+    path: &std::path::Path,
+) {
+    let out = Command::new(tshark)
         .arg("-r")
-        .arg(&path)
+        .arg(path)
         .args(["-T", "fields", "-E", "separator=|"])
         .args([
             "-e",
@@ -172,11 +185,13 @@ fn tshark_reads_what_we_write() {
         "{}",
         lines[1]
     );
+}
 
+fn tshark_and_capinfos_read_it_without_warnings(tshark: &std::path::Path, path: &std::path::Path) {
     // Plain read, no warnings; capinfos when installed.
-    let out = Command::new(&tshark)
+    let out = Command::new(tshark)
         .arg("-r")
-        .arg(&path)
+        .arg(path)
         .arg("-q")
         .output()
         .unwrap();
@@ -188,7 +203,7 @@ fn tshark_reads_what_we_write() {
     );
     if PathBuf::from("/usr/bin/capinfos").exists() {
         let out = Command::new("/usr/bin/capinfos")
-            .arg(&path)
+            .arg(path)
             .output()
             .unwrap();
         let info = String::from_utf8_lossy(&out.stdout);
@@ -206,9 +221,11 @@ fn tshark_reads_what_we_write() {
         assert!(info.contains("Number of packets:   2"), "{info}");
         assert!(info.contains("nanoseconds"), "{info}");
     }
+}
 
+fn our_reader_agrees(path: &std::path::Path) {
     // Our own reader agrees.
-    let bytes = std::fs::read(&path).unwrap();
+    let bytes = std::fs::read(path).unwrap();
     let mut r = Reader::new(&bytes[..]);
     let mut n = 0;
     while let Some(b) = r.next_block().unwrap() {
@@ -218,5 +235,4 @@ fn tshark_reads_what_we_write() {
         }
     }
     assert_eq!(n, 2);
-    std::fs::remove_dir_all(&dir).ok();
 }
