@@ -24,6 +24,12 @@ pub const FLOW_IDLE_NS: u64 = 10_000_000_000;
 /// Flows kept in memory at most.
 pub const MAX_FLOWS: usize = 65_536;
 
+/// A presenter that owns the terminal and takes each shown packet's model (the dashboard).
+/// The core knows only this trait, never the presenter.
+pub trait Sink: Send {
+    fn packet(&mut self, p: model::Packet);
+}
+
 pub struct Pipeline {
     correlator: Correlator,
     explainer: Explainer,
@@ -38,7 +44,7 @@ pub struct Pipeline {
     /// `--count`: show at most this many packets.
     pub limit: Option<u64>,
     /// The dashboard: packets go there instead of stdout.
-    pub tui: Option<tokio::sync::mpsc::Sender<crate::tui::Feed>>,
+    pub tui: Option<Box<dyn Sink>>,
     pub shown: u64,
     /// What the kernel's scope holds: the traced addresses name the packets that never reach
     /// a traced veth.
@@ -272,9 +278,8 @@ impl Pipeline {
             if !self.flow_mode && self.tui.is_none() {
                 writeln!(out, "{}", self.format.packet(&model))?;
             }
-            if let Some(tx) = &self.tui {
-                // A dashboard that cannot keep up skips packets; its counters stay exact.
-                let _ = tx.try_send(crate::tui::Feed::Packet(Box::new(model)));
+            if let Some(tui) = self.tui.as_mut() {
+                tui.packet(model);
             }
         }
         Ok(())

@@ -239,6 +239,6 @@ fn dashboard(pipeline: &mut Pipeline, notes: &Startup, topo: &Topology) -> Dashb
     }
     // Nothing may draw over the dashboard: log lines go nowhere while it is up.
     log::set_max_level(log::LevelFilter::Off);
-    pipeline.tui = Some(tx.clone());
+    pipeline.tui = Some(Box::new(tx.clone()));
     (tx, tokio::spawn(crate::tui::run(rx, title(topo))))
 }

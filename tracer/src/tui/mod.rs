@@ -77,6 +77,13 @@ fn restore_terminal() {
 /// Restores the terminal when dropped (quit, error, or unwinding).
 struct TerminalGuard;
 
+impl crate::pipeline::Sink for tokio::sync::mpsc::Sender<Feed> {
+    fn packet(&mut self, p: crate::model::Packet) {
+        // A dashboard that cannot keep up skips packets; its counters stay exact.
+        let _ = self.try_send(Feed::Packet(Box::new(p)));
+    }
+}
+
 impl TerminalGuard {
     fn enter() -> io::Result<Self> {
         terminal::enable_raw_mode()?;
