@@ -51,7 +51,6 @@ pub struct Pipeline {
     scope: Scope,
     /// Packets not shown, by why.
     pub discarded: Discarded,
-    pub flows_seen: u64,
     pub drops: u64,
     /// Completed packets as the correlator hands them over…
     done: Vec<Packet>,
@@ -107,7 +106,6 @@ impl Pipeline {
             shown: 0,
             scope: Scope::default(),
             discarded: Discarded::default(),
-            flows_seen: 0,
             drops: 0,
             done: Vec::new(),
             ready: BinaryHeap::new(),
@@ -199,11 +197,22 @@ impl Pipeline {
         }
         Ok(Summary {
             packets: self.shown,
-            flows: self.flows_seen,
+            flows: self.flows.seen(),
             drops: self.drops,
             discarded: self.discarded(),
             ..Summary::default()
         })
+    }
+
+    /// The flows that changed since the last call, as the model's flow lines (the dashboard's
+    /// flow table is this one's).
+    pub fn changed_flows(&mut self) -> Vec<model::FlowLine> {
+        let clock = &self.clock;
+        self.flows
+            .take_changed()
+            .into_iter()
+            .map(|(k, s)| model::flow(k, s, clock))
+            .collect()
     }
 
     /// What was not shown, so far (the ring buffer's malformed records are the reader's).
@@ -253,11 +262,7 @@ impl Pipeline {
             let e = self.explainer.explain(p, points);
             let dropped = e.drop.is_some();
             self.drops += u64::from(dropped);
-            let before = self.flows.len();
-            let key = self.flows.record(&e.packet, points, dropped);
-            if key.is_some() && self.flows.len() > before {
-                self.flows_seen += 1;
-            }
+            self.flows.record(&e.packet, points, dropped);
             self.shown += 1;
             let json_only = self.recorder.is_none()
                 && self.tui.is_none()

@@ -2,7 +2,11 @@
 //! way out, after de-NAT on the way back), with counts each way, the NAT it went through,
 //! and the path. The table is bounded: the least recently seen flows are evicted first.
 
-use std::{collections::HashMap, fmt, net::IpAddr};
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    net::IpAddr,
+};
 
 use super::packet::{Packet, Points, Way};
 use crate::events::packet::{Endpoint, Headers, Proto, L4};
@@ -106,6 +110,27 @@ pub struct FlowTable {
     flows: HashMap<FlowKey, FlowStats>,
     max: usize,
     pub evicted: u64,
+    /// Distinct flows ever recorded.
+    seen: u64,
+    /// Flows recorded since the last [`FlowTable::take_changed`].
+    changed: HashSet<FlowKey>,
+}
+
+/// What the flow table is told of one packet: from the core's packet live
+/// ([`FlowTable::record`]), or from the model's when reading a recording ([`Sample::of`]), so
+/// that both count flows the same way.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub key: FlowKey,
+    pub way: Way,
+    pub ts_ns: u64,
+    pub len: u32,
+    pub dropped: bool,
+    pub tcp_flags: u8,
+    /// The interfaces it passed, in order.
+    pub path: Vec<String>,
+    /// The container's side as it left the host, when NAT rewrote it.
+    pub translated: Option<Endpoint>,
 }
 
 impl FlowTable {
@@ -114,9 +139,12 @@ impl FlowTable {
             flows: HashMap::new(),
             max: max.max(1),
             evicted: 0,
+            seen: 0,
+            changed: HashSet::new(),
         }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.flows.len()
     }
@@ -131,48 +159,88 @@ impl FlowTable {
         let container = p.container(points)?;
         let way = p.way(points)?;
         let view = p.view(points)?;
-        let key = FlowKey::new(container, &view, way);
-        if !self.flows.contains_key(&key) && self.flows.len() >= self.max {
+        let translated = match way {
+            // The source as it left the host, if something rewrote it.
+            Way::FromContainer => p
+                .hops
+                .iter()
+                .rev()
+                .find_map(|h| h.headers)
+                .map(|last| last.source())
+                .filter(|s| *s != view.source()),
+            Way::ToContainer => None,
+        };
+        Some(
+            self.add(Sample {
+                key: FlowKey::new(container, &view, way),
+                way,
+                ts_ns: p.first_ts(),
+                len: p.frame_len(),
+                dropped,
+                tcp_flags: view.tcp_flags().unwrap_or(0),
+                path: p
+                    .hops
+                    .iter()
+                    .filter_map(|h| points.get(&h.ifindex).map(|pt| pt.name.clone()))
+                    .collect(),
+                translated,
+            }),
+        )
+    }
+
+    /// Accounts one packet, as a [`Sample`], to its flow; returns the flow's key.
+    pub fn add(&mut self, x: Sample) -> FlowKey {
+        let new = !self.flows.contains_key(&x.key);
+        if new && self.flows.len() >= self.max {
             self.evict();
         }
-        let s = self.flows.entry(key.clone()).or_default();
-        let ts = p.first_ts();
+        self.seen += u64::from(new);
+        let s = self.flows.entry(x.key.clone()).or_default();
         if s.first_ns == 0 {
-            s.first_ns = ts;
+            s.first_ns = x.ts_ns;
         }
-        s.last_ns = s.last_ns.max(ts);
-        s.drops += u64::from(dropped);
-        let names: Vec<String> = p
-            .hops
-            .iter()
-            .filter_map(|h| points.get(&h.ifindex).map(|pt| pt.name.clone()))
-            .collect();
-        let flags = view.tcp_flags().unwrap_or(0);
-        match way {
+        s.last_ns = s.last_ns.max(x.ts_ns);
+        s.drops += u64::from(x.dropped);
+        match x.way {
             Way::FromContainer => {
                 s.out_packets += 1;
-                s.out_bytes += u64::from(p.frame_len());
-                s.tcp_flags_out |= flags;
-                if s.path_out.len() < names.len() {
-                    s.path_out = names;
+                s.out_bytes += u64::from(x.len);
+                s.tcp_flags_out |= x.tcp_flags;
+                if s.path_out.len() < x.path.len() {
+                    s.path_out = x.path;
                 }
-                // The source as it left the host, if something rewrote it.
-                if let Some(last) = p.hops.iter().rev().find_map(|h| h.headers) {
-                    if last.source() != view.source() {
-                        s.translated = Some(last.source());
-                    }
+                if x.translated.is_some() {
+                    s.translated = x.translated;
                 }
             }
             Way::ToContainer => {
                 s.in_packets += 1;
-                s.in_bytes += u64::from(p.frame_len());
-                s.tcp_flags_in |= flags;
-                if s.path_in.len() < names.len() {
-                    s.path_in = names;
+                s.in_bytes += u64::from(x.len);
+                s.tcp_flags_in |= x.tcp_flags;
+                if s.path_in.len() < x.path.len() {
+                    s.path_in = x.path;
                 }
             }
         }
-        Some(key)
+        self.changed.insert(x.key.clone());
+        x.key
+    }
+
+    /// Flows told apart so far, including those since evicted or taken.
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+
+    /// The flows that changed since the last call (for the dashboard), oldest first.
+    pub fn take_changed(&mut self) -> Vec<(&FlowKey, &FlowStats)> {
+        let changed = std::mem::take(&mut self.changed);
+        let mut v: Vec<_> = self
+            .flows
+            .iter()
+            .filter(|(k, _)| changed.contains(*k))
+            .collect();
+        v.sort_by_key(|(_, s)| s.first_ns);
+        v
     }
 
     /// Removes the tenth of the table that was seen least recently.
@@ -212,6 +280,79 @@ impl FlowTable {
         v.sort_by_key(|(_, s)| s.first_ns);
         v
     }
+}
+
+impl Sample {
+    /// A packet of the model (a recording's), as the flow table takes it. None if it names no
+    /// container, way or addresses.
+    pub fn of(p: &crate::model::Packet) -> Option<Sample> {
+        let way = match p.way.as_deref()? {
+            "out" => Way::FromContainer,
+            "in" => Way::ToContainer,
+            _ => return None,
+        };
+        let proto = Proto::from_name(p.proto.as_deref()?);
+        let (src, dst) = (endpoint(p.src.as_deref()?)?, endpoint(p.dst.as_deref()?)?);
+        let (local, remote) = match way {
+            Way::FromContainer => (src, dst),
+            Way::ToContainer => (dst, src),
+        };
+        let path: Vec<String> = p.tc_hops().map(|h| h.iface.clone()).collect();
+        let translated = match way {
+            Way::FromContainer => p
+                .tc_hops()
+                .filter_map(|h| h.src.as_deref().and_then(endpoint))
+                .last()
+                .filter(|e| *e != src),
+            Way::ToContainer => None,
+        };
+        Some(Sample {
+            key: FlowKey {
+                container: p.container.clone()?,
+                proto,
+                local: local.ip,
+                local_port: local.port.unwrap_or(0),
+                remote: remote.ip,
+                remote_port: remote.port.unwrap_or(0),
+            },
+            way,
+            ts_ns: 0,
+            len: p.len,
+            dropped: p.drop.is_some(),
+            tcp_flags: p.tcp_flags.as_deref().map_or(0, tcp_flags_of),
+            path,
+            translated,
+        })
+    }
+}
+
+/// "172.18.0.2:41234", "[fd00::2]:80" or a bare address, as the model writes them.
+fn endpoint(s: &str) -> Option<Endpoint> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(Endpoint { ip, port: None });
+    }
+    let a: std::net::SocketAddr = s.parse().ok()?;
+    Some(Endpoint {
+        ip: a.ip(),
+        port: Some(a.port()),
+    })
+}
+
+/// The bits of "S.", "FP." … (`tcp_flags_str`'s letters).
+fn tcp_flags_of(s: &str) -> u8 {
+    s.chars()
+        .map(|c| match c {
+            'F' => 0x01,
+            'S' => 0x02,
+            'R' => 0x04,
+            'P' => 0x08,
+            '.' => 0x10,
+            'U' => 0x20,
+            'E' => 0x40,
+            'W' => 0x80,
+            _ => 0,
+        })
+        .fold(0, |a, b| a | b)
 }
 
 #[cfg(test)]

@@ -30,6 +30,11 @@ impl WallClock {
         Self { offset_ns }
     }
 
+    /// For times that already are wall-clock nanoseconds (a recording's).
+    pub fn wall() -> Self {
+        Self { offset_ns: 0 }
+    }
+
     pub fn utc(&self, mono_ns: u64) -> DateTime<Utc> {
         let ns = i128::from(mono_ns) + self.offset_ns;
         let secs = ns.div_euclid(1_000_000_000) as i64;

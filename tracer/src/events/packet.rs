@@ -34,6 +34,21 @@ impl Proto {
         }
     }
 
+    /// The protocol [`Proto::name`] calls `name`.
+    pub fn from_name(name: &str) -> Self {
+        match name {
+            "tcp" => Self::Tcp,
+            "udp" => Self::Udp,
+            "icmp" => Self::Icmp,
+            "icmpv6" => Self::Icmpv6,
+            "arp" => Self::Arp,
+            other => other
+                .strip_prefix("ip-proto-")
+                .and_then(|n| n.parse().ok())
+                .map_or(Self::Other(255), Self::Other),
+        }
+    }
+
     pub fn name(self) -> String {
         match self {
             Self::Tcp => "tcp".into(),

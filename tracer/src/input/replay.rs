@@ -3,7 +3,7 @@
 //! are joined back into the packet's JSON and rendered by the same code as a live run.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     fs::File,
     io::{BufReader, BufWriter, Write},
     path::Path,
@@ -13,8 +13,10 @@ use serde::Deserialize;
 
 use crate::{
     cli::ReadArgs,
+    correlate::flow::{FlowTable, Sample},
     error::{Error, Result},
-    model::{Hop, Line, Packet},
+    events::clock::WallClock,
+    model::{FlowLine, Hop, Line, Packet},
     output::{record::TAG, Format, Summary},
     pcapfilter::libpcap::Program,
     pcapng::{Block, Reader},
@@ -69,28 +71,43 @@ impl Partial {
     }
 }
 
-/// Counts for the summary, from the packets themselves.
-#[derive(Default)]
+/// Counts for the summary, from the packets themselves; flows by the core's flow table, as a
+/// live run counts them.
 struct Tally {
     packets: u64,
     drops: u64,
-    flows: BTreeSet<String>,
+    flows: FlowTable,
     lost: u64,
     hops: BTreeMap<(String, String), (u64, u64)>,
     roles: BTreeMap<String, String>,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Tally {
+            packets: 0,
+            drops: 0,
+            flows: FlowTable::new(crate::pipeline::MAX_FLOWS),
+            lost: 0,
+            hops: BTreeMap::new(),
+            roles: BTreeMap::new(),
+        }
+    }
 }
 
 impl Tally {
     fn add(&mut self, p: &Packet) {
         self.packets += 1;
         self.drops += u64::from(p.drop.is_some());
-        let (a, b) = (
-            p.src.clone().unwrap_or_default(),
-            p.dst.clone().unwrap_or_default(),
-        );
-        let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-        let (c, proto) = (p.container.as_deref(), p.proto.as_deref());
-        self.flows.insert(format!("{c:?} {proto:?} {lo} {hi}"));
+        if let Some(mut sample) = Sample::of(p) {
+            // The wall-clock time the packet was first seen, as the flow's clock.
+            sample.ts_ns = chrono::DateTime::parse_from_rfc3339(&p.time)
+                .ok()
+                .and_then(|t| t.timestamp_nanos_opt())
+                .and_then(|n| u64::try_from(n).ok())
+                .unwrap_or(self.packets);
+            self.flows.add(sample);
+        }
         for h in p.tc_hops() {
             let key = (h.iface.clone(), h.dir.clone());
             if let Some(role) = &h.role {
@@ -100,6 +117,16 @@ impl Tally {
             e.0 += 1;
             e.1 += u64::from(h.len);
         }
+    }
+
+    /// Every flow, as the model's flow lines (for the dashboard).
+    fn flow_lines(&mut self) -> Vec<FlowLine> {
+        let clock = WallClock::wall();
+        self.flows
+            .take_changed()
+            .into_iter()
+            .map(|(k, s)| crate::model::flow(k, s, &clock))
+            .collect()
     }
 
     /// The recorded hops as dashboard counters (a recording has no kernel counters).
@@ -124,7 +151,7 @@ impl Tally {
     fn summary(self) -> Summary {
         Summary {
             packets: self.packets,
-            flows: self.flows.len() as u64,
+            flows: self.flows.seen(),
             drops: self.drops,
             lost: self.lost,
             hops: self
@@ -364,6 +391,8 @@ pub async fn read_tui(args: &ReadArgs) -> Result<()> {
     for v in packets {
         let _ = tx.try_send(Feed::Packet(Box::new(v)));
     }
+    let mut walked = walked;
+    let _ = tx.try_send(Feed::Flows(walked.tally.flow_lines()));
     let _ = tx.try_send(Feed::Counters(walked.tally.hop_counts()));
     let _ = tx.try_send(Feed::Lost(lost));
     let _ = tx.try_send(Feed::Status(format!(

@@ -220,6 +220,10 @@ impl Live {
                     lost: h.lost,
                 })
                 .collect();
+            // The flows that changed go only once there is room for them: none is missed.
+            if let Ok(permit) = tx.try_reserve() {
+                permit.send(Feed::Flows(self.pipeline.changed_flows()));
+            }
             let _ = tx.try_send(Feed::Counters(hops));
             let _ = tx.try_send(Feed::Lost(lost));
             let _ = tx.try_send(Feed::RingFill(counters.ring_fill()));
@@ -257,6 +261,7 @@ impl Live {
         if let Some((tx, task)) = self.dashboard.take() {
             // Stopped by --duration/--count: say so and leave the screen up until q.
             // Stopped by a signal: the dashboard ends itself on SIGINT/SIGTERM too.
+            let _ = tx.send(Feed::Flows(self.pipeline.changed_flows())).await;
             let _ = tx.try_send(Feed::Finished("tracing stopped (q to quit)".into()));
             drop(tx);
             self.pipeline.tui = None;

@@ -112,6 +112,7 @@ impl App {
     pub fn apply(&mut self, feed: Feed, now: Instant) {
         match feed {
             Feed::Packet(v) => self.data.packet(&v),
+            Feed::Flows(lines) => self.data.flows(&lines),
             Feed::Counters(c) => self.data.counters(c, now),
             Feed::Lost(n) => self.data.lost = n,
             Feed::RingFill(f) => self.data.ring_fill = f,

@@ -41,6 +41,9 @@ static PANICKED: AtomicBool = AtomicBool::new(false);
 pub enum Feed {
     /// One traced packet (exactly what `--json` prints for type "packet").
     Packet(Box<crate::model::Packet>),
+    /// The core's flows that changed (the flow table the summary and `--flows` count): the
+    /// dashboard's flow counts are these, never its own.
+    Flows(Vec<crate::model::FlowLine>),
     /// Kernel per-hop counters (exact, from per-CPU maps), summed over CPUs: one entry per
     /// (interface, direction) flowtrace attached to.
     Counters(Vec<HopCount>),

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
-use crate::model::{Drop, Hop, Nat, Packet};
+use crate::model::{Drop, FlowLine, Hop, Nat, Packet};
 pub use tracer_common::netfilter::short_hook_name as short_hook;
 use tracer_common::netfilter::{hook_of_name, table_rank, HOOK_NAMES};
 
@@ -199,13 +199,11 @@ impl Data {
             self.record_drop(d, &time, seq, &mut notes);
         }
 
+        // The flow's counts come from the core's flow table (`flows`); a packet brings its
+        // timeline and how NAT shows it.
         self.touch_flow(&key, seq);
         let f = self.flows.entry(key).or_default();
-        f.packets[w] += 1;
-        f.bytes[w] += len;
-        f.drops += u64::from(drop.is_some());
         f.last_seq = seq;
-        f.last_time.clone_from(&time);
         if nat.is_some() {
             f.nat = nat;
         }
@@ -221,6 +219,27 @@ impl Data {
             notes,
             dropped: drop.is_some(),
         });
+        self.evict_flows();
+    }
+
+    /// The core's flows that changed: their counts replace the row's.
+    pub fn flows(&mut self, lines: &[FlowLine]) {
+        for l in lines {
+            self.seq += 1;
+            let key = FlowKey {
+                container: l.container.clone(),
+                proto: l.proto.clone(),
+                local: l.local.clone(),
+                remote: l.remote.clone(),
+            };
+            self.touch_flow(&key, self.seq);
+            let f = self.flows.entry(key).or_default();
+            f.packets = [l.out.packets, l.inbound.packets];
+            f.bytes = [l.out.bytes, l.inbound.bytes];
+            f.drops = l.drops;
+            f.last_seq = self.seq;
+            f.last_time = clock_of(&l.last);
+        }
         self.evict_flows();
     }
 

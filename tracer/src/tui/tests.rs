@@ -10,6 +10,21 @@ use super::app::{App, Focus, SortKey};
 use super::fixtures::{counters, dropped, hc, syn, syn_ack, RULE};
 use super::handler::handle_key;
 use super::{ui, Feed};
+/// The core's flow lines for these packets, by the flow table a recording's replay uses.
+fn flows_of(packets: &[crate::model::Packet]) -> Vec<crate::model::FlowLine> {
+    let mut t = crate::correlate::flow::FlowTable::new(100);
+    for p in packets {
+        if let Some(s) = crate::correlate::flow::Sample::of(p) {
+            t.add(s);
+        }
+    }
+    let clock = crate::events::clock::WallClock::wall();
+    t.take_changed()
+        .into_iter()
+        .map(|(k, s)| crate::model::flow(k, s, &clock))
+        .collect()
+}
+
 /// An app fed the fixtures; the selected flow is the 8080 one (most packets).
 fn fed(t0: Instant) -> App {
     let mut app = App::new("flowtrace — ens_monitor_cron (172.18.0.2) on docker_default".into());
@@ -21,6 +36,7 @@ fn fed(t0: Instant) -> App {
     for p in [syn(), syn_ack(), dropped()] {
         app.apply(Feed::Packet(Box::new(p)), t0);
     }
+    app.apply(Feed::Flows(flows_of(&[syn(), syn_ack(), dropped()])), t0);
     app.apply(Feed::Lost(7), t0);
     app.apply(
         Feed::Recording {
@@ -359,4 +375,79 @@ async fn demo() {
     });
     let title = "flowtrace — ens_monitor_cron (172.18.0.2) on docker_default".to_owned();
     super::run(rx, title).await.unwrap();
+}
+
+/// The summary, `--flows` and the dashboard read one flow table: the same flows, with the
+/// same counts. (The dashboard is fed as a live run feeds it: the packets through the
+/// pipeline's sink, the flows from `changed_flows`.)
+#[test]
+fn the_summary_the_flows_lines_and_the_dashboard_agree() {
+    use crate::correlate::packet::tests::{frame, obs, points, BRIDGE, VETH};
+    use crate::{correlate::explain::Explainer, output::Format, pipeline::Pipeline};
+    use tracer_common::Direction::Ingress;
+    let run = |flow_mode: bool| {
+        let mut p = Pipeline::new(
+            points(),
+            Explainer::empty(),
+            Default::default(),
+            Format::Json,
+            flow_mode,
+            crate::events::clock::WallClock::with_offset(0),
+        );
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        if !flow_mode {
+            p.tui = Some(Box::new(tx));
+        }
+        // Three flows, one of them with two packets; a neighbour's packet on the bridge.
+        for (skb, src, port) in [
+            (1, [172, 18, 0, 2], 41234),
+            (2, [172, 18, 0, 2], 41235),
+            (3, [172, 18, 0, 3], 5555),
+            (4, [172, 18, 0, 2], 41236),
+            (5, [172, 18, 0, 2], 41234),
+        ] {
+            let f = frame(src, port);
+            if src[3] == 2 {
+                p.observe(obs(skb, skb * 100, VETH, Ingress, &f));
+            }
+            p.observe(obs(skb, skb * 100 + 10, BRIDGE, Ingress, &f));
+        }
+        let mut out = Vec::new();
+        let summary = p.finish(&mut out).expect("write");
+        (p, rx, summary, String::from_utf8(out).expect("utf8"))
+    };
+    let (_, _, flows_summary, printed) = run(true);
+    let lines: Vec<crate::model::FlowLine> = printed
+        .lines()
+        .filter_map(|l| match crate::model::Line::parse(l) {
+            Ok(crate::model::Line::Flow(f)) => Some(f),
+            _ => None,
+        })
+        .collect();
+    let (mut live, mut rx, summary, _) = run(false);
+    let mut app = App::new("t".into());
+    let now = Instant::now();
+    while let Ok(feed) = rx.try_recv() {
+        app.apply(feed, now);
+    }
+    app.apply(Feed::Flows(live.changed_flows()), now);
+
+    assert_eq!(lines.len(), 3, "{printed}");
+    assert_eq!(flows_summary.flows, 3);
+    assert_eq!(summary.flows, 3);
+    assert_eq!(app.data.flows.len(), 3);
+    for l in &lines {
+        let row = app
+            .data
+            .flows
+            .iter()
+            .find(|(k, _)| k.local == l.local && k.remote == l.remote)
+            .map(|(_, f)| f)
+            .unwrap_or_else(|| panic!("the dashboard has no row for {l:?}"));
+        assert_eq!(row.packets, [l.out.packets, l.inbound.packets], "{l:?}");
+        assert_eq!(row.bytes, [l.out.bytes, l.inbound.bytes], "{l:?}");
+        assert_eq!(row.drops, l.drops, "{l:?}");
+    }
+    let two = lines.iter().find(|l| l.local.ends_with(":41234"));
+    assert_eq!(two.map(|l| l.out.packets), Some(2));
 }

@@ -4,6 +4,11 @@
 //! fields it reads live (searching through anonymous structs/unions, as modern `sk_buff` needs),
 //! and it decodes enum values such as `enum skb_drop_reason` into their names.
 //! Every read is bounds-checked: malformed input yields a [`BtfError`], never a panic.
+//!
+//! Why not a crate: aya (through aya-obj) parses the same BTF to load and attach programs, but
+//! keeps type lookup by id, struct members and the string table crate-private, so it cannot
+//! answer "where is `sk_buff.mark`" or "what is drop reason 5". This reader answers only those
+//! two questions.
 
 use std::collections::HashMap;
 use std::path::Path;
