@@ -452,4 +452,29 @@ mod tests {
         assert_eq!(t.take_finished(1_000_000, 10_000).len(), 1);
         assert_eq!(t.len(), 0);
     }
+
+    /// A recording's packets (the model) go to the same flows, with the same counts and NAT,
+    /// as the live packets they were written from.
+    #[test]
+    fn the_models_packets_count_as_the_live_ones() {
+        let (packets, points) = out_and_back();
+        let (mut live, mut read) = (FlowTable::new(10), FlowTable::new(10));
+        for p in &packets {
+            live.record(p, &points, false);
+            let e = crate::correlate::explain::Explainer::empty().explain(p.clone(), &points);
+            let m = crate::model::packet(&e, &points, &crate::events::clock::WallClock::wall());
+            let mut sample = Sample::of(&m).expect("a sample");
+            sample.ts_ns = p.first_ts();
+            read.add(sample);
+        }
+        assert_eq!(live.all(), read.all());
+        assert_eq!((live.seen(), read.seen()), (1, 1));
+        assert_eq!(tcp_flags_of("FP."), 0x19);
+        assert_eq!(tcp_flags_of("none"), 0);
+        assert_eq!(
+            endpoint("[fd00::2]:80").map(|e| e.to_string()),
+            Some("[fd00::2]:80".into())
+        );
+        assert_eq!(endpoint("10.0.0.1").and_then(|e| e.port), None);
+    }
 }
