@@ -190,6 +190,9 @@ pub struct FlowLine {
     pub proto: String,
     pub local: String,
     pub remote: String,
+    /// ICMP's echo identifier, which tells apart pings between the same two addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u16>,
     pub translated: Option<String>,
     pub out: Count,
     #[serde(rename = "in")]

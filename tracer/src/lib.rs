@@ -15,6 +15,7 @@ mod pipeline;
 mod probe;
 mod select;
 mod session;
+mod sink;
 mod target;
 mod tui;
 

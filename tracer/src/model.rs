@@ -12,7 +12,10 @@ use crate::{
         nat::NatRewrite,
         packet::{Points, Way},
     },
-    events::{clock::WallClock, packet::tcp_flags_str},
+    events::{
+        clock::WallClock,
+        packet::{tcp_flags_str, Proto},
+    },
     output::{merged, Discarded, Step, Summary},
     probe::counters::HopTotals,
 };
@@ -101,6 +104,7 @@ pub(crate) fn flow(k: &FlowKey, s: &FlowStats, clock: &WallClock) -> FlowLine {
         proto: k.proto.name(),
         local: k.local_str(),
         remote: k.remote_str(),
+        id: matches!(k.proto, Proto::Icmp | Proto::Icmpv6).then_some(k.local_port),
         translated: s.translated.map(|t| t.to_string()),
         out: Count {
             packets: s.out_packets,

@@ -12,8 +12,9 @@ use crate::{
     },
     events::{clock::WallClock, decode::Observation},
     model,
-    output::{record::Recorder, Discarded, Format, Summary},
+    output::{stdout::Stdout, Discarded, Format, Summary},
     select::PacketFilter,
+    sink::Sink,
     target::scope::Scope,
 };
 
@@ -24,12 +25,6 @@ pub const FLOW_IDLE_NS: u64 = 10_000_000_000;
 /// Flows kept in memory at most.
 pub const MAX_FLOWS: usize = 65_536;
 
-/// A presenter that owns the terminal and takes each shown packet's model (the dashboard).
-/// The core knows only this trait, never the presenter.
-pub trait Sink: Send {
-    fn packet(&mut self, p: model::Packet);
-}
-
 pub struct Pipeline {
     correlator: Correlator,
     explainer: Explainer,
@@ -39,12 +34,10 @@ pub struct Pipeline {
     clock: WallClock,
     /// `--flows`: print flows instead of packets.
     flow_mode: bool,
-    /// `--write`: every traced packet also goes to the recording.
-    pub recorder: Option<Recorder>,
+    /// Where shown packets, flows and losses go (stdout, the recording, the dashboard).
+    sinks: Vec<Box<dyn Sink>>,
     /// `--count`: show at most this many packets.
     pub limit: Option<u64>,
-    /// The dashboard: packets go there instead of stdout.
-    pub tui: Option<Box<dyn Sink>>,
     pub shown: u64,
     /// What the kernel's scope holds: the traced addresses name the packets that never reach
     /// a traced veth.
@@ -100,9 +93,8 @@ impl Pipeline {
             format,
             clock,
             flow_mode,
-            recorder: None,
+            sinks: vec![Box::new(Stdout::new(format, flow_mode))],
             limit: None,
-            tui: None,
             shown: 0,
             scope: Scope::default(),
             discarded: Discarded::default(),
@@ -126,21 +118,39 @@ impl Pipeline {
         self.correlator.add_point(ifindex, info);
     }
 
-    /// Events were lost: say so (not in the dashboard, which shows the total), and mark the
-    /// recording.
+    /// Events were lost: every sink says so its way (stdout a line, the recording a block;
+    /// the dashboard shows the running total instead).
     pub fn report_lost(
         &mut self,
         count: u64,
         now_ns: u64,
         out: &mut impl Write,
     ) -> std::io::Result<()> {
-        if self.tui.is_none() {
-            writeln!(out, "{}", self.format.lost(count))?;
-        }
-        if let Some(r) = self.recorder.as_mut() {
-            r.lost(now_ns, count)?;
+        for s in &mut self.sinks {
+            s.lost(now_ns, count, out)?;
         }
         Ok(())
+    }
+
+    /// Adds a sink (the recording).
+    pub fn add_sink(&mut self, sink: Box<dyn Sink>) {
+        self.sinks.push(sink);
+    }
+
+    /// The dashboard takes the terminal: it replaces stdout as a sink.
+    pub fn show_on_dashboard(&mut self, dashboard: Box<dyn Sink>) {
+        self.sinks.retain(|s| s.recording().is_some());
+        self.sinks.push(dashboard);
+    }
+
+    /// The dashboard closed: drop its sink (the others stay to the end).
+    pub fn close_dashboard(&mut self) {
+        self.sinks.retain(|s| !s.owns_terminal());
+    }
+
+    /// The recording's path and size, if there is one.
+    pub fn recording(&self) -> Option<(String, u64)> {
+        self.sinks.iter().find_map(|s| s.recording())
     }
 
     /// The targets' scope changed (at start-up, and when a container restarts).
@@ -172,29 +182,31 @@ impl Pipeline {
     pub fn tick(&mut self, now_ns: u64, out: &mut impl Write) -> std::io::Result<()> {
         self.correlator.expire(now_ns, &mut self.done);
         self.emit(out)?;
-        if let Some(r) = self.recorder.as_mut() {
-            r.flush()?;
-        }
         if self.flow_mode {
-            for (k, s) in self.flows.take_finished(now_ns, FLOW_IDLE_NS) {
-                writeln!(out, "{}", self.format.flow(&k, &s, &self.clock))?;
-            }
+            let finished = self.flows.take_finished(now_ns, FLOW_IDLE_NS);
+            let lines: Vec<_> = finished
+                .iter()
+                .map(|(k, s)| model::flow(k, s, &self.clock))
+                .collect();
+            self.flows_to_sinks(&lines, out)?;
         }
-        Ok(())
+        self.sinks.iter_mut().try_for_each(|s| s.flush())
     }
 
     /// Completes everything pending and returns the summary counts.
     pub fn finish(&mut self, out: &mut impl Write) -> std::io::Result<Summary> {
         self.correlator.drain(&mut self.done);
         self.emit(out)?;
-        if let Some(r) = self.recorder.as_mut() {
-            r.flush()?;
-        }
         if self.flow_mode {
-            for (k, s) in self.flows.all() {
-                writeln!(out, "{}", self.format.flow(k, s, &self.clock))?;
-            }
+            let lines: Vec<_> = self
+                .flows
+                .all()
+                .into_iter()
+                .map(|(k, s)| model::flow(k, s, &self.clock))
+                .collect();
+            self.flows_to_sinks(&lines, out)?;
         }
+        self.sinks.iter_mut().try_for_each(|s| s.flush())?;
         Ok(Summary {
             packets: self.shown,
             flows: self.flows.seen(),
@@ -202,6 +214,19 @@ impl Pipeline {
             discarded: self.discarded(),
             ..Summary::default()
         })
+    }
+
+    fn flows_to_sinks(
+        &mut self,
+        lines: &[model::FlowLine],
+        out: &mut impl Write,
+    ) -> std::io::Result<()> {
+        for l in lines {
+            for s in &mut self.sinks {
+                s.flow(l, out)?;
+            }
+        }
+        Ok(())
     }
 
     /// The flows that changed since the last call, as the model's flow lines (the dashboard's
@@ -264,27 +289,12 @@ impl Pipeline {
             self.drops += u64::from(dropped);
             self.flows.record(&e.packet, points, dropped);
             self.shown += 1;
-            let json_only = self.recorder.is_none()
-                && self.tui.is_none()
-                && matches!(self.format, Format::Json);
-            if json_only && self.flow_mode {
-                continue; // only flows are printed
+            if !self.sinks.iter().any(|s| s.wants_packets()) {
+                continue; // e.g. `--flows`: only flows are printed
             }
             let model = model::packet(&e, points, &self.clock);
-            if json_only {
-                // `--json`: straight from the model to the output.
-                model.write_json(&mut *out)?;
-                out.write_all(b"\n")?;
-                continue;
-            }
-            if let Some(r) = self.recorder.as_mut() {
-                r.record(&e, &model)?;
-            }
-            if !self.flow_mode && self.tui.is_none() {
-                writeln!(out, "{}", self.format.packet(&model))?;
-            }
-            if let Some(tui) = self.tui.as_mut() {
-                tui.packet(model);
+            for s in &mut self.sinks {
+                s.packet(&e, &model, out)?;
             }
         }
         Ok(())

@@ -2,17 +2,12 @@
 
 pub mod raw;
 pub mod record;
+pub mod stdout;
 pub mod text;
 
 use crate::{
-    correlate::{
-        explain::Explained,
-        flow::{FlowKey, FlowStats},
-        nat::NatRewrite,
-        packet::Hop,
-        verdict::NfStep,
-    },
-    model::{CountersLine, Lost, Packet, VERSION},
+    correlate::{explain::Explained, nat::NatRewrite, packet::Hop, verdict::NfStep},
+    model::{CountersLine, FlowLine, Lost, Packet, VERSION},
     probe::counters::HopTotals,
 };
 
@@ -85,6 +80,7 @@ pub struct Discarded {
 }
 
 /// Where traced packets go: text or JSON lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     Text,
     Json,
@@ -99,15 +95,10 @@ impl Format {
         }
     }
 
-    pub fn flow(
-        &self,
-        k: &FlowKey,
-        s: &FlowStats,
-        clock: &crate::events::clock::WallClock,
-    ) -> String {
+    pub fn flow(&self, f: &FlowLine) -> String {
         match self {
-            Self::Text => text::flow(k, s, clock),
-            Self::Json => crate::model::flow(k, s, clock).to_json(),
+            Self::Text => text::flow(f),
+            Self::Json => f.to_json(),
         }
     }
 

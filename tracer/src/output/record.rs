@@ -214,6 +214,25 @@ impl Recorder {
     }
 }
 
+/// `--write`: every shown packet, hop by hop, into the recording.
+impl crate::sink::Sink for Recorder {
+    fn packet(&mut self, e: &Explained, p: &Packet, _: &mut dyn io::Write) -> io::Result<()> {
+        self.record(e, p)
+    }
+
+    fn lost(&mut self, now_ns: u64, count: u64, _: &mut dyn io::Write) -> io::Result<()> {
+        Recorder::lost(self, now_ns, count)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Recorder::flush(self)
+    }
+
+    fn recording(&self) -> Option<(String, u64)> {
+        Some((self.path().display().to_string(), self.bytes_written()))
+    }
+}
+
 impl Recorder {
     /// Records that `count` events were lost (an empty block on the `flowtrace` interface, with
     /// a comment), so that a recording says where it has gaps.

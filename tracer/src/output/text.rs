@@ -4,9 +4,8 @@ use std::fmt::Write as _;
 
 use super::Summary;
 use crate::{
-    correlate::flow::{FlowKey, FlowStats},
-    events::clock::{short_time, WallClock},
-    model::{Hop, Packet},
+    events::clock::short_time,
+    model::{FlowLine, Hop, Packet},
 };
 
 /// `+0.0µs`, `+32.6µs`, `+1.204ms`.
@@ -88,9 +87,11 @@ pub fn packet(p: &Packet) -> String {
     s
 }
 
-pub fn flow(k: &FlowKey, f: &FlowStats, clock: &WallClock) -> String {
+pub fn flow(f: &FlowLine) -> String {
+    let id = f.id.map(|i| format!(" id {i}")).unwrap_or_default();
     let nat = f
         .translated
+        .as_ref()
         .map(|t| format!(" (as {t})"))
         .unwrap_or_default();
     let path = if f.path_out.is_empty() {
@@ -104,13 +105,16 @@ pub fn flow(k: &FlowKey, f: &FlowStats, clock: &WallClock) -> String {
         String::new()
     };
     format!(
-        "{} {} {k}{nat}  out {} pkts {} B  in {} pkts {} B{drops}  via {}",
-        clock.short(f.first_ns),
-        k.container,
-        f.out_packets,
-        f.out_bytes,
-        f.in_packets,
-        f.in_bytes,
+        "{} {} {} {} ↔ {}{id}{nat}  out {} pkts {} B  in {} pkts {} B{drops}  via {}",
+        short_time(&f.time),
+        f.container,
+        f.proto.to_uppercase(),
+        f.local,
+        f.remote,
+        f.out.packets,
+        f.out.bytes,
+        f.inbound.packets,
+        f.inbound.bytes,
         path.join(" → ")
     )
 }
@@ -145,7 +149,23 @@ pub fn summary(s: &Summary) -> String {
 mod tests {
     use super::*;
     use crate::correlate::{explain::Explainer, packet::tests::*};
+    use crate::events::clock::WallClock;
     use tracer_common::Direction;
+
+    #[test]
+    fn a_flow_line_names_both_ends_its_nat_counts_and_path() {
+        let mut f: FlowLine = serde_json::from_str(
+            r#"{"v":1,"time":"2026-11-24T15:07:34.120511Z","last":"2026-11-24T15:07:35Z",
+            "container":"ens_monitor_cron","proto":"icmp","local":"172.18.0.2","remote":"198.51.100.2",
+            "id":7,"translated":"198.51.100.1","out":{"packets":2,"bytes":196},"in":{"packets":1,"bytes":98},
+            "drops":1,"path_out":["veth9780200","br-x","ftlab-up"],"path_in":[],"closed":false}"#,
+        )
+        .expect("a flow line");
+        let line = flow(&f);
+        assert!(line.contains(" ens_monitor_cron ICMP 172.18.0.2 ↔ 198.51.100.2 id 7 (as 198.51.100.1)  out 2 pkts 196 B  in 1 pkts 98 B drops 1  via veth9780200 → br-x → ftlab-up"), "{line}");
+        f.id = None;
+        assert!(flow(&f).contains("198.51.100.2 (as"), "{}", flow(&f));
+    }
 
     #[test]
     fn a_packet_block_shows_hops_in_order_with_nat() {

@@ -227,11 +227,8 @@ impl Live {
             let _ = tx.try_send(Feed::Counters(hops));
             let _ = tx.try_send(Feed::Lost(lost));
             let _ = tx.try_send(Feed::RingFill(counters.ring_fill()));
-            if let Some(r) = &self.pipeline.recorder {
-                let _ = tx.try_send(Feed::Recording {
-                    path: r.path().display().to_string(),
-                    bytes: r.bytes_written(),
-                });
+            if let Some((path, bytes)) = self.pipeline.recording() {
+                let _ = tx.try_send(Feed::Recording { path, bytes });
             }
         }
         if self.args.counters && self.dashboard.is_none() {
@@ -264,7 +261,7 @@ impl Live {
             let _ = tx.send(Feed::Flows(self.pipeline.changed_flows())).await;
             let _ = tx.try_send(Feed::Finished("tracing stopped (q to quit)".into()));
             drop(tx);
-            self.pipeline.tui = None;
+            self.pipeline.close_dashboard();
             let _ = task.await;
             log::set_max_level(log::LevelFilter::Warn);
         }

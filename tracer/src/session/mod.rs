@@ -161,7 +161,13 @@ async fn start(args: TraceArgs) -> Result<(Live, Topology, Option<Docker>)> {
         pipeline.limit = args.count;
     }
     if let Some(path) = &args.write {
-        pipeline.recorder = Some(recorder(&args, path, &topo, &kernel.attached, &mut notes)?);
+        pipeline.add_sink(Box::new(recorder(
+            &args,
+            path,
+            &topo,
+            &kernel.attached,
+            &mut notes,
+        )?));
     }
     let tui_mode =
         std::io::stdout().is_terminal() && !(args.json || args.raw || args.flows || args.no_tui);
@@ -239,6 +245,6 @@ fn dashboard(pipeline: &mut Pipeline, notes: &Startup, topo: &Topology) -> Dashb
     }
     // Nothing may draw over the dashboard: log lines go nowhere while it is up.
     log::set_max_level(log::LevelFilter::Off);
-    pipeline.tui = Some(Box::new(tx.clone()));
+    pipeline.show_on_dashboard(Box::new(tx.clone()));
     (tx, tokio::spawn(crate::tui::run(rx, title(topo))))
 }

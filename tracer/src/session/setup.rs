@@ -26,15 +26,8 @@ use crate::{
 /// `flowtrace: 15s, 1234 packets, 2 dropped, 0 events lost, trace.pcapng 1.2 MiB`
 pub(super) fn progress(p: &Pipeline, lost: u64, elapsed: Duration) -> String {
     let file = p
-        .recorder
-        .as_ref()
-        .map(|r| {
-            format!(
-                ", {} {:.1} MiB",
-                r.path().display(),
-                r.bytes_written() as f64 / 1_048_576.0
-            )
-        })
+        .recording()
+        .map(|(path, bytes)| format!(", {path} {:.1} MiB", bytes as f64 / 1_048_576.0))
         .unwrap_or_default();
     format!(
         "flowtrace: {}s, {} packets, {} dropped, {lost} events lost{file}",

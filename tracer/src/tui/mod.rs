@@ -80,10 +80,21 @@ fn restore_terminal() {
 /// Restores the terminal when dropped (quit, error, or unwinding).
 struct TerminalGuard;
 
-impl crate::pipeline::Sink for tokio::sync::mpsc::Sender<Feed> {
-    fn packet(&mut self, p: crate::model::Packet) {
+/// The dashboard as the pipeline's sink: each shown packet goes to its feed.
+impl crate::sink::Sink for tokio::sync::mpsc::Sender<Feed> {
+    fn packet(
+        &mut self,
+        _: &crate::correlate::explain::Explained,
+        p: &crate::model::Packet,
+        _: &mut dyn Write,
+    ) -> io::Result<()> {
         // A dashboard that cannot keep up skips packets; its counters stay exact.
-        let _ = self.try_send(Feed::Packet(Box::new(p)));
+        let _ = self.try_send(Feed::Packet(Box::new(p.clone())));
+        Ok(())
+    }
+
+    fn owns_terminal(&self) -> bool {
+        true
     }
 }
 

@@ -396,7 +396,7 @@ fn the_summary_the_flows_lines_and_the_dashboard_agree() {
         );
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         if !flow_mode {
-            p.tui = Some(Box::new(tx));
+            p.show_on_dashboard(Box::new(tx));
         }
         // Three flows, one of them with two packets; a neighbour's packet on the bridge.
         for (skb, src, port) in [
