@@ -94,7 +94,7 @@ pub(super) async fn wait_for_start(docker: &Docker, name: &str) -> Result<Contai
 }
 
 /// Where a (re)started container's packets now go, and the points not attached yet.
-pub(super) struct Restarted {
+pub struct Restarted {
     pub path: ContainerPath,
     pub new_points: Vec<AttachPoint>,
 }

@@ -36,6 +36,13 @@ fn werr(e: std::io::Error) -> Error {
     Error::io("writing output", e)
 }
 
+/// A container looked up again: its name and where it is now.
+pub(super) type Resolution = (String, Result<churn::Restarted>);
+pub(super) type Resolving = (
+    tokio::sync::mpsc::Sender<Resolution>,
+    tokio::sync::mpsc::Receiver<Resolution>,
+);
+
 /// The dashboard, while it is up: its feed and its task.
 pub(super) type Dashboard = (
     tokio::sync::mpsc::Sender<Feed>,
@@ -58,6 +65,8 @@ pub(super) struct Live {
     pub containers: Vec<ContainerPath>,
     pub all_points: Vec<AttachPoint>,
     pub attached_ifs: BTreeSet<u32>,
+    /// Containers being looked up again after an event, and where their answers arrive.
+    pub resolving: Resolving,
     /// DNAT rules of the ruleset, whose ports join the scope.
     pub dnat: Vec<DnatRule>,
     pub headless: bool,
@@ -105,27 +114,43 @@ impl Live {
         Ok(raw_done || self.pipeline.reached_limit())
     }
 
-    /// A traced container stopped, started again or changed networks: attach where it is now
-    /// and let the scope follow; say so.
-    pub async fn container_event(&mut self, ev: Lifecycle, docker: Option<&Docker>) -> Result<()> {
-        let (name, note) = match ev {
+    /// A traced container stopped, started again or changed networks. Finding where it is
+    /// now (Docker, netlink, up to a second of retries) runs on a task of its own so that the
+    /// loop keeps draining; its answer comes back as [`Live::resolved`].
+    pub fn container_event(&mut self, ev: Lifecycle, docker: Option<&Docker>) -> Result<()> {
+        let (name, settle) = match ev {
             Lifecycle::Stopped { name, .. } => {
                 let note = format!("container {name} stopped; waiting for it to start again");
-                (name, note)
+                return self.note(&name, note);
             }
-            Lifecycle::Started { name, .. } => match docker {
-                Some(d) => self.follow(d, name).await?,
-                None => return Ok(()),
-            },
-            Lifecycle::Networks { name, .. } => match docker {
-                Some(d) => {
-                    // Docker says so a moment before the interface is in place.
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    self.follow(d, name).await?
-                }
-                None => return Ok(()),
-            },
+            Lifecycle::Started { name, .. } => (name, Duration::ZERO),
+            // Docker says so a moment before the interface is in place.
+            Lifecycle::Networks { name, .. } => (name, Duration::from_millis(300)),
         };
+        let Some(docker) = docker.cloned() else {
+            return Ok(());
+        };
+        let attached = self.attached_ifs.clone();
+        let tx = self.resolving.0.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(settle).await;
+            let r = churn::resolve(&docker, &name, &attached).await;
+            let _ = tx.send((name, r)).await;
+        });
+        Ok(())
+    }
+
+    /// A container's new whereabouts: attach where it is now, let the scope follow, say so.
+    pub fn resolved(&mut self, name: String, r: Result<churn::Restarted>) -> Result<()> {
+        let note = match r {
+            Err(e) => format!("container {name} started, but cannot be traced: {e}"),
+            Ok(r) => self.follow(&name, r)?,
+        };
+        self.note(&name, note)
+    }
+
+    /// A container's note: on the dashboard's status line, else on stderr (and in `--json`).
+    fn note(&mut self, name: &str, note: String) -> Result<()> {
         if let Some((tx, _)) = &self.dashboard {
             let _ = tx.try_send(Feed::Status(note));
         } else {
@@ -142,15 +167,11 @@ impl Live {
         Ok(())
     }
 
-    /// Resolves `name` again and attaches to its new points; the note to give.
-    async fn follow(&mut self, docker: &Docker, name: String) -> Result<(String, String)> {
-        let r = match churn::resolve(docker, &name, &self.attached_ifs).await {
-            Err(e) => {
-                let note = format!("container {name} started, but cannot be traced: {e}");
-                return Ok((name, note));
-            }
-            Ok(r) => r,
-        };
+    /// Attaches to the container's new points; the note to give.
+    fn follow(&mut self, name: &str, mut r: churn::Restarted) -> Result<String> {
+        // Another event's answer may have attached some of them meanwhile.
+        r.new_points
+            .retain(|p| !self.attached_ifs.contains(&p.ifindex));
         self.kernel.attach_more(&self.args, &r.new_points)?;
         for p in &r.new_points {
             self.attached_ifs.insert(p.ifindex);
@@ -189,7 +210,7 @@ impl Live {
             },
             churn::describe_changes(&ch),
         );
-        Ok((name, note))
+        Ok(note)
     }
 
     /// Completes pending packets, reports losses, feeds the dashboard its counters, prints

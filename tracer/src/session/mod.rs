@@ -80,7 +80,8 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
                     Some(s) => futures_util::StreamExt::next(s).await,
                     None => std::future::pending().await,
                 }
-            } => live.container_event(ev, docker.as_ref()).await?,
+            } => live.container_event(ev, docker.as_ref())?,
+            Some((name, r)) = live.resolving.1.recv() => live.resolved(name, r)?,
             _ = tick.tick() => live.tick()?,
             _ = async { if let Some((_, t)) = live.dashboard.as_mut() { let _ = t.await; } },
                 if live.dashboard.is_some() => {
@@ -190,6 +191,7 @@ async fn start(args: TraceArgs) -> Result<(Live, Topology, Option<Docker>)> {
         names,
         containers,
         attached_ifs: attach_points.iter().map(|p| p.ifindex).collect(),
+        resolving: tokio::sync::mpsc::channel(16),
         all_points: attach_points,
         dnat,
         headless,

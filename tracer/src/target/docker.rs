@@ -79,6 +79,8 @@ impl ContainerInfo {
     }
 }
 
+/// Cheap to clone: bollard's client is a shared handle.
+#[derive(Clone)]
 pub struct Docker {
     client: bollard::Docker,
 }
