@@ -111,10 +111,8 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
-/// Reads `N` bytes of the frame at an offset (`bpf_skb_load_bytes` in the kernel).
-pub trait Frame {
-    fn bytes<const N: usize>(&self, offset: u32) -> Option<[u8; N]>;
-}
+pub use crate::headers::Frame;
+use crate::headers::{ipv4_transport, ipv6_transport, network, ETH_P_IP, ETH_P_IPV6};
 
 impl FlowKey {
     /// Writes the key in place, word by word (see `ScopeAddr::set`): the addresses' words,
@@ -172,18 +170,13 @@ impl FlowKey {
     /// The key, the header offsets and the fingerprint.
     #[inline(always)]
     pub fn parse_frame<F: Frame>(f: &F) -> Option<Parsed> {
-        let mut ethertype = u16::from_be_bytes(f.bytes::<2>(12)?);
-        let mut l3 = 14;
-        if ethertype == 0x8100 || ethertype == 0x88a8 {
-            ethertype = u16::from_be_bytes(f.bytes::<2>(16)?);
-            l3 = 18;
-        }
+        let n = network(f)?;
+        let l3 = n.offset;
         let mut k = Self::zeroed();
-        let ipv6 = ethertype == 0x86dd;
-        let (l4, mut fingerprint) = match ethertype {
-            0x0800 => {
+        let ipv6 = n.ethertype == ETH_P_IPV6;
+        let (l4, mut fingerprint) = match n.ethertype {
+            ETH_P_IP => {
                 let h = f.bytes::<20>(l3)?;
-                k.proto = h[9];
                 k.src = [
                     h[12], h[13], h[14], h[15], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                 ];
@@ -191,7 +184,9 @@ impl FlowKey {
                     h[16], h[17], h[18], h[19], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                 ];
                 let fingerprint = u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], 0, 0]);
-                if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
+                let t = ipv4_transport(&h, l3);
+                k.proto = t.proto;
+                let Some(l4) = t.offset else {
                     return Some(Parsed {
                         key: k,
                         l3,
@@ -199,16 +194,17 @@ impl FlowKey {
                         ipv6,
                         fingerprint,
                     });
-                }
-                (l3 + u32::from(h[0] & 0xf) * 4, fingerprint)
+                };
+                (l4, fingerprint)
             }
-            0x86dd => {
+            ETH_P_IPV6 => {
                 let h = f.bytes::<8>(l3)?;
-                k.proto = h[6];
                 k.src = f.bytes::<16>(l3 + 8)?;
                 k.dst = f.bytes::<16>(l3 + 24)?;
                 let fingerprint = u64::from_be_bytes([h[1] & 0xf, h[2], h[3], h[4], h[5], 0, 0, 0]);
-                (l3 + 40, fingerprint)
+                let t = ipv6_transport(f, h[6], l3)?;
+                k.proto = t.proto;
+                (t.offset.unwrap_or(l3 + 40), fingerprint)
             }
             _ => return None,
         };

@@ -9,6 +9,7 @@
 pub mod counters;
 pub mod event;
 pub mod flow;
+pub mod headers;
 pub mod netfilter;
 pub mod offsets;
 pub mod scope;

@@ -196,9 +196,10 @@ impl ScopeScratch {
         let h = &self.head;
         match h[0] >> 4 {
             4 => {
-                let proto = h[9];
-                let frag = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
-                let ports = (h[0] & 0xf == 5 && frag == 0 && has_ports(proto))
+                // The bytes read end at 20 + 4: with options, the ports are past them.
+                let t = crate::headers::ipv4_transport_of(h[0], [h[6], h[7]], h[9], 0);
+                let proto = t.proto;
+                let ports = (matches!(t.offset, Some(20)) && has_ports(proto))
                     .then_some([h[20], h[21], h[22], h[23]]);
                 let (src, dst) = ([h[12], h[13], h[14], h[15]], [h[16], h[17], h[18], h[19]]);
                 self.src.set_v4(src);
@@ -206,6 +207,7 @@ impl ScopeScratch {
                 Some((proto, ports))
             }
             6 => {
+                // Extension headers move the ports past the bytes read (as IPv4 options do).
                 let proto = h[6];
                 let ports = has_ports(proto).then_some([h[40], h[41], h[42], h[43]]);
                 let w = |i: usize| u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);

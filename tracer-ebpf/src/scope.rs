@@ -3,7 +3,7 @@
 
 use aya_ebpf::helpers::bpf_probe_read_kernel_buf;
 use tracer_common::{
-    flow::Frame,
+    headers::{ipv4_transport, ipv6_transport, network, Frame, Transport, ETH_P_IP, ETH_P_IPV6},
     scope::{
         addr_bit, dport, flow_mark, has_ports, judged_at_hook, port_bit, word_and_mask, ScopeAddr,
         POINT_ALL, POINT_TRACED,
@@ -68,30 +68,22 @@ pub fn at_tc<F: Frame>(frame: &F, ifindex: u32, direction: u8) -> bool {
     let Some(s) = SCOPE_SCRATCH.get_ptr_mut(0) else {
         return false;
     };
-    let Some(et) = frame.bytes::<2>(12) else {
+    let Some(n) = network(frame) else {
         return false;
     };
-    let (mut ethertype, mut l3) = (u16::from_be_bytes(et), 14);
-    if ethertype == 0x8100 || ethertype == 0x88a8 {
-        let Some(et) = frame.bytes::<2>(16) else {
-            return false;
-        };
-        ethertype = u16::from_be_bytes(et);
-        l3 = 18;
-    }
+    let l3 = n.offset;
     // SAFETY: `s` is this CPU's scratch entry; nothing else runs on this CPU meanwhile.
-    let (proto, l4) = unsafe {
-        match ethertype {
-            0x0800 => {
+    let t = unsafe {
+        match n.ethertype {
+            ETH_P_IP => {
                 let Some(h) = frame.bytes::<20>(l3) else {
                     return false;
                 };
                 (*s).src.set_v4([h[12], h[13], h[14], h[15]]);
                 (*s).dst.set_v4([h[16], h[17], h[18], h[19]]);
-                let first = u16::from_be_bytes([h[6], h[7]]) & 0x1fff == 0;
-                (h[9], first.then_some(l3 + u32::from(h[0] & 0xf) * 4))
+                ipv4_transport(&h, l3)
             }
-            0x86dd => {
+            ETH_P_IPV6 => {
                 let (Some(h), Some(a), Some(b)) = (
                     frame.bytes::<8>(l3),
                     frame.bytes::<16>(l3 + 8),
@@ -101,11 +93,18 @@ pub fn at_tc<F: Frame>(frame: &F, ifindex: u32, direction: u8) -> bool {
                 };
                 (*s).src.set_v6(&a);
                 (*s).dst.set_v6(&b);
-                (h[6], Some(l3 + 40))
+                match ipv6_transport(frame, h[6], l3) {
+                    Some(t) => t,
+                    None => Transport {
+                        proto: h[6],
+                        offset: None,
+                    },
+                }
             }
             _ => return false,
         }
     };
+    let (proto, l4) = (t.proto, t.offset);
     // SAFETY: as above; lookups with keys in the scratch entry, values not kept.
     unsafe {
         if traced_addr(&(*s).src) || traced_addr(&(*s).dst) {

@@ -6,11 +6,10 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-pub const ETH_P_IP: u16 = 0x0800;
-pub const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_ARP: u16 = 0x0806;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
+// The walk to each header is tracer-common's, the kernel side's too: both agree on where
+// the ports are. This module reads the fields there.
+use tracer_common::headers::{ipv4_transport, ipv6_transport, network};
+pub use tracer_common::headers::{ETH_P_ARP, ETH_P_IP, ETH_P_IPV6};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Proto {
@@ -229,16 +228,12 @@ fn be32(b: &[u8], at: usize) -> Option<u32> {
 
 /// Parses a frame that starts with an Ethernet header.
 pub fn parse_ethernet(frame: &[u8]) -> Option<Headers> {
-    let mut ethertype = be16(frame, 12)?;
-    let mut off = 14;
-    while ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        ethertype = be16(frame, off + 2)?;
-        off += 4;
+    let n = network(frame)?;
+    let rest = frame.get(n.offset as usize..)?;
+    if n.ethertype == ETH_P_ARP {
+        return parse_arp(rest);
     }
-    if ethertype == ETH_P_ARP {
-        return parse_arp(frame.get(off..)?);
-    }
-    parse_l3(ethertype, frame.get(off..)?)
+    parse_l3(n.ethertype, rest)
 }
 
 fn parse_arp(p: &[u8]) -> Option<Headers> {
@@ -266,26 +261,22 @@ pub fn parse_l3(ethertype: u16, pkt: &[u8]) -> Option<Headers> {
 }
 
 fn parse_ipv4(p: &[u8]) -> Option<Headers> {
-    let vihl = *p.first()?;
-    if vihl >> 4 != 4 {
+    let h: [u8; 20] = p.get(..20)?.try_into().ok()?;
+    if h[0] >> 4 != 4 {
         return None;
     }
-    let ihl = usize::from(vihl & 0x0f) * 4;
-    let src = Ipv4Addr::from(be32(p, 12)?);
-    let dst = Ipv4Addr::from(be32(p, 16)?);
-    let proto = Proto::from_ip(*p.get(9)?);
-    let frag_off = be16(p, 6)? & 0x1fff;
+    let t = ipv4_transport(&h, 0);
+    let proto = Proto::from_ip(t.proto);
     // Only the first fragment carries the transport header.
-    let l4 = if frag_off == 0 {
-        parse_l4(proto, p.get(ihl..).unwrap_or(&[]))
-    } else {
-        L4::None
+    let l4 = match t.offset {
+        Some(at) => parse_l4(proto, p.get(at as usize..).unwrap_or(&[])),
+        None => L4::None,
     };
     Some(Headers {
-        src: IpAddr::V4(src),
-        dst: IpAddr::V4(dst),
+        src: IpAddr::V4(Ipv4Addr::from(be32(p, 12)?)),
+        dst: IpAddr::V4(Ipv4Addr::from(be32(p, 16)?)),
         proto,
-        ttl: *p.get(8)?,
+        ttl: h[8],
         ip_id: be16(p, 4)?,
         l4,
     })
@@ -297,26 +288,16 @@ fn parse_ipv6(p: &[u8]) -> Option<Headers> {
     }
     let src = Ipv6Addr::from(<[u8; 16]>::try_from(p.get(8..24)?).ok()?);
     let dst = Ipv6Addr::from(<[u8; 16]>::try_from(p.get(24..40)?).ok()?);
-    let mut next = *p.get(6)?;
-    let mut off = 40;
-    // Skip the common extension headers (hop-by-hop, routing, destination options).
-    for _ in 0..4 {
-        if !matches!(next, 0 | 43 | 60) {
-            break;
-        }
-        let n = *p.get(off)?;
-        let len = (usize::from(*p.get(off + 1)?) + 1) * 8;
-        next = n;
-        off += len;
-    }
-    let proto = Proto::from_ip(next);
+    let t = ipv6_transport(p, *p.get(6)?, 0)?;
+    let proto = Proto::from_ip(t.proto);
+    let at = t.offset.unwrap_or(40) as usize;
     Some(Headers {
         src: IpAddr::V6(src),
         dst: IpAddr::V6(dst),
         proto,
         ttl: *p.get(7)?,
         ip_id: 0,
-        l4: parse_l4(proto, p.get(off..).unwrap_or(&[])),
+        l4: parse_l4(proto, p.get(at..).unwrap_or(&[])),
     })
 }
 

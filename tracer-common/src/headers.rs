@@ -1,0 +1,153 @@
+//! Where a frame's headers are: the one walk through Ethernet, VLAN tags, IPv4 and IPv6 (with
+//! its extension headers) to the transport header. The kernel side (its scope and flow keys)
+//! and user space (the packet's headers as shown) both take it from here, so they agree on
+//! which bytes are the ports.
+
+/// Reads `N` bytes of the frame at an offset (`bpf_skb_load_bytes` in the kernel, a slice in
+/// user space).
+pub trait Frame {
+    fn bytes<const N: usize>(&self, offset: u32) -> Option<[u8; N]>;
+}
+
+impl Frame for [u8] {
+    #[inline(always)]
+    fn bytes<const N: usize>(&self, offset: u32) -> Option<[u8; N]> {
+        let o = offset as usize;
+        self.get(o..o.checked_add(N)?)?.try_into().ok()
+    }
+}
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+/// VLAN tags walked at most (an 802.1ad outer tag and an 802.1Q inner one).
+pub const MAX_VLAN_TAGS: u32 = 2;
+/// IPv6 extension headers skipped at most before the transport header.
+pub const MAX_IPV6_EXTENSIONS: u32 = 4;
+
+/// The network header of an Ethernet frame: its ethertype and offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Network {
+    pub ethertype: u16,
+    pub offset: u32,
+}
+
+/// The transport header of an IP packet: its protocol and offset (None for an IPv4 fragment
+/// other than the first, which carries no transport header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transport {
+    pub proto: u8,
+    pub offset: Option<u32>,
+}
+
+/// The network header after the Ethernet header and up to [`MAX_VLAN_TAGS`] VLAN tags.
+#[inline(always)]
+pub fn network<F: Frame + ?Sized>(f: &F) -> Option<Network> {
+    let mut ethertype = u16::from_be_bytes(f.bytes::<2>(12)?);
+    let mut offset = 14;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        ethertype = u16::from_be_bytes(f.bytes::<2>(offset + 2)?);
+        offset += 4;
+    }
+    Some(Network { ethertype, offset })
+}
+
+/// The transport header of the IPv4 packet whose first 20 bytes are `h`, at `l3`: past the
+/// options (IHL), none for a later fragment.
+#[inline(always)]
+pub const fn ipv4_transport(h: &[u8; 20], l3: u32) -> Transport {
+    ipv4_transport_of(h[0], [h[6], h[7]], h[9], l3)
+}
+
+/// [`ipv4_transport`] from the header's version/IHL byte, flags/fragment field and protocol.
+#[inline(always)]
+pub const fn ipv4_transport_of(vihl: u8, frag: [u8; 2], proto: u8, l3: u32) -> Transport {
+    let later_fragment = u16::from_be_bytes(frag) & 0x1fff != 0;
+    Transport {
+        proto,
+        offset: if later_fragment {
+            None
+        } else {
+            Some(l3 + (vihl & 0xf) as u32 * 4)
+        },
+    }
+}
+
+/// The transport header of the IPv6 packet at `l3` whose fixed header names `next`: past the
+/// hop-by-hop, routing and destination-options headers (up to [`MAX_IPV6_EXTENSIONS`]).
+#[inline(always)]
+pub fn ipv6_transport<F: Frame + ?Sized>(f: &F, next: u8, l3: u32) -> Option<Transport> {
+    let (mut proto, mut offset) = (next, l3 + 40);
+    for _ in 0..MAX_IPV6_EXTENSIONS {
+        if !matches!(proto, 0 | 43 | 60) {
+            break;
+        }
+        let [n, len] = f.bytes::<2>(offset)?;
+        proto = n;
+        offset += (u32::from(len) + 1) * 8;
+    }
+    Some(Transport {
+        proto,
+        offset: Some(offset),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vlan_tags_are_walked_up_to_two() {
+        let mut f = [0u8; 30];
+        f[12..14].copy_from_slice(&ETH_P_8021AD.to_be_bytes());
+        f[16..18].copy_from_slice(&ETH_P_8021Q.to_be_bytes());
+        f[20..22].copy_from_slice(&ETH_P_IP.to_be_bytes());
+        assert_eq!(
+            network(&f[..]),
+            Some(Network {
+                ethertype: ETH_P_IP,
+                offset: 22
+            })
+        );
+        f[12..14].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
+        assert_eq!(network(&f[..]).map(|n| n.offset), Some(14));
+        assert_eq!(network(&f[..10]), None);
+    }
+
+    #[test]
+    fn ipv4_options_and_fragments() {
+        let mut h = [0u8; 20];
+        h[0] = 0x46;
+        h[9] = 6;
+        assert_eq!(ipv4_transport(&h, 14).offset, Some(38));
+        h[7] = 1; // fragment offset 1: no transport header here
+        assert_eq!(ipv4_transport(&h, 14).offset, None);
+        h[6] = 0x20; // more fragments, offset 0 again: the first fragment
+        h[7] = 0;
+        assert_eq!(ipv4_transport(&h, 14).offset, Some(38));
+    }
+
+    #[test]
+    fn ipv6_extension_headers_are_skipped() {
+        // Hop-by-hop (8 bytes) then destination options (16 bytes) then TCP.
+        let mut f = [0u8; 120];
+        f[54] = 60;
+        f[55] = 0;
+        f[62] = 6;
+        f[63] = 1;
+        let t = ipv6_transport(&f[..], 0, 14).expect("in the bytes");
+        assert_eq!((t.proto, t.offset), (6, Some(14 + 40 + 8 + 16)));
+        assert_eq!(
+            ipv6_transport(&f[..], 17, 14).map(|t| t.offset),
+            Some(Some(54))
+        );
+        // A chain cut short names no transport header; one cut after the chain does.
+        assert!(ipv6_transport(&f[..56], 0, 14).is_none());
+        assert_eq!(ipv6_transport(&f[..64], 0, 14).map(|t| t.proto), Some(6));
+    }
+}
