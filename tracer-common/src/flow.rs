@@ -186,7 +186,7 @@ impl FlowKey {
                 let fingerprint = u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], 0, 0]);
                 let t = ipv4_transport(&h, l3);
                 k.proto = t.proto;
-                let Some(l4) = t.offset else {
+                let Some(l4) = t.at() else {
                     return Some(Parsed {
                         key: k,
                         l3,
@@ -202,9 +202,9 @@ impl FlowKey {
                 k.src = f.bytes::<16>(l3 + 8)?;
                 k.dst = f.bytes::<16>(l3 + 24)?;
                 let fingerprint = u64::from_be_bytes([h[1] & 0xf, h[2], h[3], h[4], h[5], 0, 0, 0]);
-                let t = ipv6_transport(f, h[6], l3)?;
+                let t = ipv6_transport(f, h[6], l3);
                 k.proto = t.proto;
-                (t.offset.unwrap_or(l3 + 40), fingerprint)
+                (t.at().unwrap_or(l3 + 40), fingerprint)
             }
             _ => return None,
         };

@@ -34,12 +34,26 @@ pub struct Network {
     pub offset: u32,
 }
 
-/// The transport header of an IP packet: its protocol and offset (None for an IPv4 fragment
-/// other than the first, which carries no transport header).
+/// The transport header of an IP packet: its protocol and offset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transport {
     pub proto: u8,
-    pub offset: Option<u32>,
+    /// 0 when there is none here: an IPv4 fragment other than the first, or an IPv6
+    /// extension-header chain cut short. (Not an `Option`: on the verifier's side every path
+    /// must write every byte it returns.)
+    pub offset: u32,
+}
+
+impl Transport {
+    /// The transport header's offset, if the packet has one here.
+    #[inline(always)]
+    pub const fn at(&self) -> Option<u32> {
+        if self.offset == 0 {
+            None
+        } else {
+            Some(self.offset)
+        }
+    }
 }
 
 /// The network header after the Ethernet header and up to [`MAX_VLAN_TAGS`] VLAN tags.
@@ -71,9 +85,9 @@ pub const fn ipv4_transport_of(vihl: u8, frag: [u8; 2], proto: u8, l3: u32) -> T
     Transport {
         proto,
         offset: if later_fragment {
-            None
+            0
         } else {
-            Some(l3 + (vihl & 0xf) as u32 * 4)
+            l3 + (vihl & 0xf) as u32 * 4
         },
     }
 }
@@ -81,20 +95,22 @@ pub const fn ipv4_transport_of(vihl: u8, frag: [u8; 2], proto: u8, l3: u32) -> T
 /// The transport header of the IPv6 packet at `l3` whose fixed header names `next`: past the
 /// hop-by-hop, routing and destination-options headers (up to [`MAX_IPV6_EXTENSIONS`]).
 #[inline(always)]
-pub fn ipv6_transport<F: Frame + ?Sized>(f: &F, next: u8, l3: u32) -> Option<Transport> {
+pub fn ipv6_transport<F: Frame + ?Sized>(f: &F, next: u8, l3: u32) -> Transport {
     let (mut proto, mut offset) = (next, l3 + 40);
     for _ in 0..MAX_IPV6_EXTENSIONS {
         if !matches!(proto, 0 | 43 | 60) {
             break;
         }
-        let [n, len] = f.bytes::<2>(offset)?;
+        let Some([n, len]) = f.bytes::<2>(offset) else {
+            return Transport { proto, offset: 0 };
+        };
         proto = n;
         offset += (u32::from(len) + 1) * 8;
     }
-    Some(Transport {
-        proto,
-        offset: Some(offset),
-    })
+    if matches!(proto, 0 | 43 | 60) {
+        offset = 0;
+    }
+    Transport { proto, offset }
 }
 
 #[cfg(test)]
@@ -124,12 +140,12 @@ mod tests {
         let mut h = [0u8; 20];
         h[0] = 0x46;
         h[9] = 6;
-        assert_eq!(ipv4_transport(&h, 14).offset, Some(38));
+        assert_eq!(ipv4_transport(&h, 14).at(), Some(38));
         h[7] = 1; // fragment offset 1: no transport header here
-        assert_eq!(ipv4_transport(&h, 14).offset, None);
+        assert_eq!(ipv4_transport(&h, 14).at(), None);
         h[6] = 0x20; // more fragments, offset 0 again: the first fragment
         h[7] = 0;
-        assert_eq!(ipv4_transport(&h, 14).offset, Some(38));
+        assert_eq!(ipv4_transport(&h, 14).at(), Some(38));
     }
 
     #[test]
@@ -140,14 +156,17 @@ mod tests {
         f[55] = 0;
         f[62] = 6;
         f[63] = 1;
-        let t = ipv6_transport(&f[..], 0, 14).expect("in the bytes");
-        assert_eq!((t.proto, t.offset), (6, Some(14 + 40 + 8 + 16)));
-        assert_eq!(
-            ipv6_transport(&f[..], 17, 14).map(|t| t.offset),
-            Some(Some(54))
-        );
+        let t = ipv6_transport(&f[..], 0, 14);
+        assert_eq!((t.proto, t.at()), (6, Some(14 + 40 + 8 + 16)));
+        assert_eq!(ipv6_transport(&f[..], 17, 14).at(), Some(54));
         // A chain cut short names no transport header; one cut after the chain does.
-        assert!(ipv6_transport(&f[..56], 0, 14).is_none());
-        assert_eq!(ipv6_transport(&f[..64], 0, 14).map(|t| t.proto), Some(6));
+        assert_eq!(ipv6_transport(&f[..56], 0, 14).at(), None);
+        assert_eq!(ipv6_transport(&f[..64], 0, 14).proto, 6);
+        // More extension headers than are walked: none named.
+        let mut g = [0u8; 200];
+        for i in 0..6 {
+            g[54 + i * 8] = 60;
+        }
+        assert_eq!(ipv6_transport(&g[..], 0, 14).at(), None);
     }
 }

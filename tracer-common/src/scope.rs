@@ -199,8 +199,8 @@ impl ScopeScratch {
                 // The bytes read end at 20 + 4: with options, the ports are past them.
                 let t = crate::headers::ipv4_transport_of(h[0], [h[6], h[7]], h[9], 0);
                 let proto = t.proto;
-                let ports = (matches!(t.offset, Some(20)) && has_ports(proto))
-                    .then_some([h[20], h[21], h[22], h[23]]);
+                let ports =
+                    (t.offset == 20 && has_ports(proto)).then_some([h[20], h[21], h[22], h[23]]);
                 let (src, dst) = ([h[12], h[13], h[14], h[15]], [h[16], h[17], h[18], h[19]]);
                 self.src.set_v4(src);
                 self.dst.set_v4(dst);

@@ -3,7 +3,7 @@
 
 use aya_ebpf::helpers::bpf_probe_read_kernel_buf;
 use tracer_common::{
-    headers::{ipv4_transport, ipv6_transport, network, Frame, Transport, ETH_P_IP, ETH_P_IPV6},
+    headers::{ipv4_transport, ipv6_transport, network, Frame, ETH_P_IP, ETH_P_IPV6},
     scope::{
         addr_bit, dport, flow_mark, has_ports, judged_at_hook, port_bit, word_and_mask, ScopeAddr,
         POINT_ALL, POINT_TRACED,
@@ -93,18 +93,12 @@ pub fn at_tc<F: Frame>(frame: &F, ifindex: u32, direction: u8) -> bool {
                 };
                 (*s).src.set_v6(&a);
                 (*s).dst.set_v6(&b);
-                match ipv6_transport(frame, h[6], l3) {
-                    Some(t) => t,
-                    None => Transport {
-                        proto: h[6],
-                        offset: None,
-                    },
-                }
+                ipv6_transport(frame, h[6], l3)
             }
             _ => return false,
         }
     };
-    let (proto, l4) = (t.proto, t.offset);
+    let (proto, l4) = (t.proto, t.at());
     // SAFETY: as above; lookups with keys in the scratch entry, values not kept.
     unsafe {
         if traced_addr(&(*s).src) || traced_addr(&(*s).dst) {

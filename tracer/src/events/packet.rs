@@ -268,7 +268,7 @@ fn parse_ipv4(p: &[u8]) -> Option<Headers> {
     let t = ipv4_transport(&h, 0);
     let proto = Proto::from_ip(t.proto);
     // Only the first fragment carries the transport header.
-    let l4 = match t.offset {
+    let l4 = match t.at() {
         Some(at) => parse_l4(proto, p.get(at as usize..).unwrap_or(&[])),
         None => L4::None,
     };
@@ -288,16 +288,19 @@ fn parse_ipv6(p: &[u8]) -> Option<Headers> {
     }
     let src = Ipv6Addr::from(<[u8; 16]>::try_from(p.get(8..24)?).ok()?);
     let dst = Ipv6Addr::from(<[u8; 16]>::try_from(p.get(24..40)?).ok()?);
-    let t = ipv6_transport(p, *p.get(6)?, 0)?;
+    let t = ipv6_transport(p, *p.get(6)?, 0);
     let proto = Proto::from_ip(t.proto);
-    let at = t.offset.unwrap_or(40) as usize;
+    let l4 = match t.at() {
+        Some(at) => parse_l4(proto, p.get(at as usize..).unwrap_or(&[])),
+        None => L4::None,
+    };
     Some(Headers {
         src: IpAddr::V6(src),
         dst: IpAddr::V6(dst),
         proto,
         ttl: *p.get(7)?,
         ip_id: 0,
-        l4: parse_l4(proto, p.get(at..).unwrap_or(&[])),
+        l4,
     })
 }
 
