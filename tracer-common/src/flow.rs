@@ -83,14 +83,29 @@ impl Tracked {
     }
 }
 
+impl Parsed {
+    /// `ports_at` when the packet has no ports (or they are past the frame).
+    pub const NO_PORTS: u32 = u32::MAX;
+
+    /// The offset of the ports, if the packet has them.
+    pub const fn ports(&self) -> Option<u32> {
+        if self.ports_at == Self::NO_PORTS {
+            None
+        } else {
+            Some(self.ports_at)
+        }
+    }
+}
+
 /// A parsed frame: its flow key and where its headers are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Parsed {
     pub key: FlowKey,
     /// Offset of the IP header.
     pub l3: u32,
-    /// Offset of the ports, when the packet has them.
-    pub l4: Option<u32>,
+    /// Offset of the ports, or [`Parsed::NO_PORTS`]. Not an `Option`: the kernel side bounds
+    /// its write there by one comparison on this very value (see `write_into`).
+    pub ports_at: u32,
     pub ipv6: bool,
     /// What NAT leaves alone and the next packet of the flow does not share: the IP total
     /// length, ID and fragment field (IPv6: payload length and flow label), and TCP's sequence
@@ -190,7 +205,7 @@ impl FlowKey {
                     return Some(Parsed {
                         key: k,
                         l3,
-                        l4: None,
+                        ports_at: Parsed::NO_PORTS,
                         ipv6,
                         fingerprint,
                     });
@@ -209,12 +224,12 @@ impl FlowKey {
             _ => return None,
         };
         // TCP, UDP, SCTP, UDP-Lite: ports first.
-        let mut ports = None;
+        let mut ports = Parsed::NO_PORTS;
         if matches!(k.proto, 6 | 17 | 132 | 136) {
             if let Some(p) = f.bytes::<4>(l4) {
                 k.sport = [p[0], p[1]];
                 k.dport = [p[2], p[3]];
-                ports = Some(l4);
+                ports = l4;
             }
         }
         if k.proto == 6 {
@@ -225,7 +240,7 @@ impl FlowKey {
         Some(Parsed {
             key: k,
             l3,
-            l4: ports,
+            ports_at: ports,
             ipv6,
             fingerprint,
         })
@@ -251,9 +266,12 @@ impl FlowKey {
                 &[s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3]],
             );
         }
-        if let Some(l4) = p.l4 {
+        // One comparison on the offset itself (NO_PORTS fails it): IPv6 extension headers
+        // put the ports anywhere, and the verifier bounds the write only by such a check.
+        let at = p.ports_at as usize;
+        if at + 4 <= frame.len() {
             let (s, d) = (self.sport, self.dport);
-            put(frame, l4 as usize, &[s[0], s[1], d[0], d[1]]);
+            put(frame, at, &[s[0], s[1], d[0], d[1]]);
         }
     }
 }
@@ -314,7 +332,7 @@ mod tests {
     fn a_view_takes_the_keys_addresses_and_ports() {
         let frame = ipv4_tcp(6, [0x40, 0]);
         let p = FlowKey::parse_frame(&Bytes(frame.clone())).expect("ipv4");
-        assert_eq!((p.l3, p.l4, p.ipv6), (14, Some(38), false));
+        assert_eq!((p.l3, p.ports(), p.ipv6), (14, Some(38), false));
         let mut nat = p.key;
         nat.src[..4].copy_from_slice(&[198, 51, 100, 1]);
         nat.sport = 51000u16.to_be_bytes();
