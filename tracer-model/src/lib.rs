@@ -109,6 +109,10 @@ pub struct Drop {
     pub table: Option<String>,
     pub rule: Option<String>,
     pub rule_source: Option<String>,
+    /// When the counters left more than one rule that fits the packet: all of them (`rule`
+    /// is then null).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rule_candidates: Vec<String>,
     pub last_hop: Option<String>,
     pub place: Option<String>,
 }

@@ -68,6 +68,7 @@ pub(crate) fn packet(e: &Explained, points: &Points, clock: &WallClock) -> Packe
         table: d.table.clone(),
         rule: d.rule.clone(),
         rule_source: d.rule_source.clone(),
+        rule_candidates: d.candidates.clone(),
         last_hop: d.last_hop.clone(),
         place: d.place.clone(),
     });

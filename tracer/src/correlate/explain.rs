@@ -10,7 +10,23 @@ use super::{
     packet::{Packet, Points},
     verdict::{self, NfStep, Verdict},
 };
-use crate::{events::decode::EndKind, target::ruleset::Ruleset};
+use crate::{
+    events::decode::EndKind,
+    target::{
+        rule_match::{fits, Fit, Seen},
+        ruleset::Ruleset,
+    },
+};
+
+/// The rule named for a drop, how, and what else it could have been.
+#[derive(Default)]
+struct Attribution {
+    rule: Option<String>,
+    source: Option<String>,
+    /// Set when another table at the hook is the one whose counters moved.
+    table: Option<String>,
+    candidates: Vec<String>,
+}
 
 /// Where and why a packet died.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,6 +41,9 @@ pub struct DropInfo {
     pub rule: Option<String>,
     /// How the rule was found.
     pub rule_source: Option<String>,
+    /// When the counters cannot tell which of several rules it was: all of them (and `rule`
+    /// is None).
+    pub candidates: Vec<String>,
     /// The last point that saw the packet alive.
     pub last_hop: Option<String>,
     /// Where the drop happened when not on the host, e.g. `netns of ens_monitor_cron`.
@@ -83,19 +102,19 @@ impl Explainer {
             // packet had left the traced path (e.g. delivered to the far end of a veth).
             Some((end, EndKind::Drop { .. })) if self.off_path(end.netns) => None,
             Some((end, EndKind::Drop { reason })) => {
-                let (rule, rule_source) =
-                    match steps.iter_mut().find(|s| s.verdict == Verdict::Drop) {
-                        Some(s) => {
-                            let (rule, source, table) = self.rule_for(&s.table, s.hook);
-                            // Observers that cannot tell the hook's tables apart (nf_hook_slow)
-                            // blame its first table; the counters name the one that dropped.
-                            if let Some(t) = table {
-                                s.table = t;
-                            }
-                            (rule, source)
+                let found = match steps.iter_mut().find(|s| s.verdict == Verdict::Drop) {
+                    Some(s) => {
+                        let seen = seen_at(&packet, s, points);
+                        let a = self.rule_for(&s.table, s.hook, &seen);
+                        // Observers that cannot tell the hook's tables apart (nf_hook_slow)
+                        // blame its first table; the counters name the one that dropped.
+                        if let Some(t) = a.table.clone() {
+                            s.table = t;
                         }
-                        None => (None, None),
-                    };
+                        a
+                    }
+                    None => Attribution::default(),
+                };
                 let nf_drop = steps.iter().find(|s| s.verdict == Verdict::Drop);
                 let last_hop = packet.hops.last().map(|h| {
                     let name = points
@@ -113,8 +132,9 @@ impl Explainer {
                     location: (self.symbol)(end.location),
                     hook: nf_drop.map(|s| hook_name(s.hook)),
                     table: nf_drop.map(|s| s.table.clone()),
-                    rule,
-                    rule_source,
+                    rule: found.rule,
+                    rule_source: found.source,
+                    candidates: found.candidates,
                     last_hop,
                     place,
                 })
@@ -136,24 +156,28 @@ impl Explainer {
     }
 
     /// The rule whose drop counter moved since the last read: in `table`, else in another
-    /// table at the same hook (then that table is returned too).
-    fn rule_for(
-        &mut self,
-        table: &str,
-        hook: u8,
-    ) -> (Option<String>, Option<String>, Option<String>) {
+    /// table at the same hook (then that table is returned too). Of the rules whose counters
+    /// moved, only those that can meet the packet at this hook and whose matches fit it are
+    /// candidates; more than one left is said to be ambiguous, never guessed.
+    fn rule_for(&mut self, table: &str, hook: u8, seen: &Seen) -> Attribution {
         let Some(now) = (self.reread)() else {
-            return (None, None, None);
+            return Attribution::default();
+        };
+        let fitting = |rules: Vec<(String, &'static str)>| -> Vec<(String, &'static str)> {
+            rules
+                .into_iter()
+                .filter(|(r, _)| fits(r, seen) != Fit::No)
+                .collect()
         };
         let (found, moved_table) = match self.ruleset.as_ref() {
             None => (Vec::new(), None),
             Some(before) => {
-                let here = now.dropped_by(before, table, hook);
+                let here = fitting(now.dropped_by(before, table, hook));
                 if here.is_empty() {
                     now.tables_at(hook)
                         .into_iter()
                         .filter(|(t, _)| t != table)
-                        .map(|(t, _)| (now.dropped_by(before, &t, hook), t))
+                        .map(|(t, _)| (fitting(now.dropped_by(before, &t, hook)), t))
                         .find(|(rules, _)| !rules.is_empty())
                         .map_or((Vec::new(), None), |(rules, t)| (rules, Some(t)))
                 } else {
@@ -166,19 +190,42 @@ impl Explainer {
             "nft list ruleset" => "nft list ruleset counters".to_owned(),
             s => format!("{s} -c counters"),
         };
-        let (rule, source) = match found.as_slice() {
-            [] => (None, None),
-            [(one, source)] => (Some(one.clone()), Some(counters(source))),
-            [(first, source), ..] => (
-                Some(first.clone()),
-                Some(format!(
-                    "{}; {} rules moved, first shown",
+        match found.as_slice() {
+            [] => Attribution::default(),
+            [(one, source)] => Attribution {
+                rule: Some(one.clone()),
+                source: Some(counters(source)),
+                table: moved_table,
+                candidates: Vec::new(),
+            },
+            [(_, source), ..] => Attribution {
+                rule: None,
+                source: Some(format!(
+                    "{}: ambiguous, {} rules that fit the packet moved",
                     counters(source),
                     found.len()
                 )),
-            ),
-        };
-        (rule, source, moved_table)
+                table: moved_table,
+                candidates: found.into_iter().map(|(r, _)| r).collect(),
+            },
+        }
+    }
+}
+
+/// The packet as the rules at its drop saw it: its headers before the dropping table, and
+/// the interfaces netfilter gave for that hook (named if flowtrace attached to them).
+fn seen_at(p: &Packet, s: &NfStep, points: &Points) -> Seen {
+    let h = s.headers;
+    let ifs = p.nf.iter().find(|n| n.hook == s.hook);
+    let name = |i: u32| points.get(&i).map(|x| x.name.clone());
+    Seen {
+        src: h.map(|h| h.src),
+        dst: h.map(|h| h.dst),
+        proto: h.map(|h| h.proto.number()),
+        sport: h.and_then(|h| h.ports()).map(|(s, _)| s),
+        dport: h.and_then(|h| h.ports()).map(|(_, d)| d),
+        iif: ifs.and_then(|n| name(n.in_ifindex)),
+        oif: ifs.and_then(|n| name(n.out_ifindex)),
     }
 }
 
@@ -193,7 +240,8 @@ mod tests {
         },
     };
 
-    const BEFORE: &str = "*filter\n:FORWARD DROP [0:0]\n[0:0] -A DOCKER-USER -d 198.51.100.2/32 -p tcp -m tcp --dport 8081 -j DROP\nCOMMIT\n";
+    const RULE: &str = "-A DOCKER-USER -d 198.51.100.2/32 -p tcp -m tcp --dport 8080 -j DROP";
+    const BEFORE: &str = "*filter\n:FORWARD DROP [0:0]\n[0:0] -A FORWARD -j DOCKER-USER\n[0:0] -A DOCKER-USER -d 198.51.100.2/32 -p tcp -m tcp --dport 8080 -j DROP\nCOMMIT\n";
 
     /// A FORWARD packet seen at `slots` (one observation each) and then dropped at `location`.
     fn dropped_in_forward(slots: &[u8], location: u64) -> Packet {
@@ -257,11 +305,50 @@ mod tests {
         assert_eq!(d.location.as_deref(), Some("nf_hook_slow"));
         assert_eq!(d.hook, Some("FORWARD"));
         assert_eq!(d.table.as_deref(), Some("filter"));
-        assert_eq!(
-            d.rule.as_deref(),
-            Some("-A DOCKER-USER -d 198.51.100.2/32 -p tcp -m tcp --dport 8081 -j DROP")
-        );
+        assert_eq!(d.rule.as_deref(), Some(RULE));
         assert_eq!(d.rule_source.as_deref(), Some("iptables-save -c counters"));
+    }
+
+    /// A noisy firewall: while the container's packet is dropped in DOCKER-USER, the
+    /// internet's knocks are dropped in INPUT and another DOCKER-USER rule drops other
+    /// traffic. Only the rule that fits the packet and can meet it at FORWARD is named.
+    #[test]
+    fn of_the_rules_whose_counters_moved_only_one_that_fits_is_named() {
+        const BUSY: &str = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n\
+            [0:0] -A INPUT -i ftlab-up -p tcp -m tcp --dport 7999 -j DROP\n\
+            [0:0] -A FORWARD -j DOCKER-USER\n\
+            [0:0] -A DOCKER-USER -p udp -m udp --dport 5353 -j DROP\n\
+            [0:0] -A DOCKER-USER -d 198.51.100.2/32 -p tcp -m tcp --dport 8080 -j DROP\n\
+            COMMIT\n";
+        let mut ex = with_counters_moving(BUSY);
+        let d = ex
+            .explain(dropped_in_forward(&[0, 1, 2, 3, 4], 0), &points())
+            .drop
+            .expect("dropped");
+        assert_eq!(d.rule.as_deref(), Some(RULE));
+        assert!(d.candidates.is_empty());
+    }
+
+    #[test]
+    fn two_rules_that_both_fit_are_ambiguous_not_guessed() {
+        const TWO_FIT: &str = "*filter\n:FORWARD DROP [0:0]\n\
+            [0:0] -A FORWARD -j DOCKER-USER\n\
+            [0:0] -A DOCKER-USER -s 172.18.0.0/16 -j DROP\n\
+            [0:0] -A DOCKER-USER -d 198.51.100.2/32 -p tcp -m tcp --dport 8080 -j DROP\n\
+            COMMIT\n";
+        let mut ex = with_counters_moving(TWO_FIT);
+        let d = ex
+            .explain(dropped_in_forward(&[0, 1, 2, 3, 4], 0), &points())
+            .drop
+            .expect("dropped");
+        assert_eq!(d.rule, None);
+        assert_eq!(d.candidates.len(), 2, "{d:?}");
+        assert!(
+            d.rule_source
+                .as_deref()
+                .is_some_and(|s| s.contains("ambiguous")),
+            "{d:?}"
+        );
     }
 
     #[test]
@@ -317,7 +404,7 @@ mod tests {
         // so the steps blame it; the filter rule's counter moved, so filter it is.
         const TWO: &str =
             "*mangle\n:FORWARD ACCEPT [0:0]\nCOMMIT\n*filter\n:FORWARD ACCEPT [0:0]\n\
-                           [0:0] -A FORWARD -p tcp -m tcp --dport 7 -j DROP\nCOMMIT\n";
+                           [0:0] -A FORWARD -p tcp -m tcp --dport 8080 -j DROP\nCOMMIT\n";
         let packet = dropped_in_forward(&[0], 0);
         let mut ex = with_counters_moving(TWO);
         let e = ex.explain(packet, &points());
@@ -328,7 +415,7 @@ mod tests {
         );
         assert_eq!(
             d.rule.as_deref(),
-            Some("-A FORWARD -p tcp -m tcp --dport 7 -j DROP")
+            Some("-A FORWARD -p tcp -m tcp --dport 8080 -j DROP")
         );
         let drop_step = e
             .steps

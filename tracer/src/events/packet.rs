@@ -33,6 +33,18 @@ impl Proto {
         }
     }
 
+    /// The IP protocol number (ARP has none: 0).
+    pub fn number(self) -> u8 {
+        match self {
+            Self::Tcp => 6,
+            Self::Udp => 17,
+            Self::Icmp => 1,
+            Self::Icmpv6 => 58,
+            Self::Arp => 0,
+            Self::Other(n) => n,
+        }
+    }
+
     /// The protocol [`Proto::name`] calls `name`.
     pub fn from_name(name: &str) -> Self {
         match name {

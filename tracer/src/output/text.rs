@@ -49,6 +49,9 @@ pub fn packet(p: &Packet) -> String {
                         if let Some(rule) = drop.and_then(|d| d.rule.as_deref()) {
                             t.push_str(&format!("\n            rule: {rule}"));
                         }
+                        for c in drop.map_or(&[][..], |d| &d.rule_candidates[..]) {
+                            t.push_str(&format!("\n            rule, perhaps: {c}"));
+                        }
                         t
                     }
                     (_, Some(nat)) => nat.text(),

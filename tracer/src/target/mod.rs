@@ -4,6 +4,7 @@ pub mod docker;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
+pub mod rule_match;
 pub mod ruleset;
 pub mod scope;
 pub mod topology;

@@ -7,7 +7,7 @@
 
 use std::{collections::BTreeMap, process::Command};
 
-use super::nft;
+use super::{nft, rule_match};
 
 use tracer_common::netfilter::{
     hook_name, hook_of_name as hook_of_chain, table_priority, TABLES as IPTABLES_TABLES,
@@ -243,10 +243,24 @@ impl Ruleset {
             return Vec::new();
         };
         let chain = hook_name(hook);
+        // Only rules a packet at this hook can meet: its chain and the chains it jumps to.
+        let rules = now
+            .entries
+            .iter()
+            .map(|e| e.text.as_str())
+            .filter(|t| t.starts_with("-A "));
+        let reachable = rule_match::reachable(rules, chain);
         now.entries
             .iter()
             .filter(|e| e.drops)
-            .filter(|e| !e.text.starts_with("-P ") || e.text.starts_with(&format!("-P {chain} ")))
+            .filter(|e| match e.text.strip_prefix("-P ") {
+                Some(p) => p.starts_with(&format!("{chain} ")),
+                None => match rule_match::chain_of(&e.text) {
+                    Some(c) => reachable.contains(c),
+                    // nft syntax: no chain to follow here.
+                    None => true,
+                },
+            })
             .filter(|e| {
                 let old = then
                     .entries
@@ -278,6 +292,8 @@ COMMIT
 :FORWARD DROP [1:60]
 :OUTPUT ACCEPT [40:3000]
 :DOCKER-USER - [0:0]
+[120:9600] -A FORWARD -j DOCKER-USER
+[5:300] -A INPUT -i ftlab-up -p tcp -m tcp --dport 7999 -j DROP
 [2:120] -A DOCKER-USER -d 198.51.100.2/32 -p tcp -m tcp --dport 8081 -j DROP
 [99:9000] -A DOCKER-USER -j RETURN
 COMMIT
@@ -314,6 +330,21 @@ COMMIT
             )]
         );
         assert!(after.dropped_by(&before, "nat", 2).is_empty());
+        // A busy host's INPUT drops move that chain's counters too: never named for FORWARD.
+        let busy = Ruleset::parse(
+            &SAVE
+                .replace("[2:120] -A DOCKER-USER", "[3:180] -A DOCKER-USER")
+                .replace("[5:300] -A INPUT", "[9:540] -A INPUT"),
+            "x",
+        );
+        let forward = busy.dropped_by(&before, "filter", 2);
+        assert_eq!(forward.len(), 1, "{forward:?}");
+        assert!(forward[0].0.starts_with("-A DOCKER-USER"));
+        assert_eq!(
+            busy.dropped_by(&before, "filter", 1).len(),
+            1,
+            "INPUT's own"
+        );
         assert!(
             before.dropped_by(&before, "filter", 2).is_empty(),
             "nothing moved"
