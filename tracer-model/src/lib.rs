@@ -115,9 +115,17 @@ pub struct Drop {
     pub rule_candidates: Vec<String>,
     pub last_hop: Option<String>,
     pub place: Option<String>,
+    /// `tcp` when TCP freed it after its socket took it (not a network drop: not counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freed_by: Option<String>,
 }
 
 impl Drop {
+    /// Whether it counts as a drop (TCP's own frees do not).
+    pub fn counts(&self) -> bool {
+        self.freed_by.is_none()
+    }
+
     /// The interface of `last_hop` ("br-x tc ingress" → "br-x").
     pub fn last_hop_iface(&self) -> Option<&str> {
         self.last_hop

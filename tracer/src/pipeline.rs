@@ -285,7 +285,7 @@ impl Pipeline {
                 continue;
             }
             let e = self.explainer.explain(p, points);
-            let dropped = e.drop.is_some();
+            let dropped = e.drop.as_ref().is_some_and(|d| d.counts());
             self.drops += u64::from(dropped);
             self.flows.record(&e.packet, points, dropped);
             self.shown += 1;

@@ -46,6 +46,9 @@ pub struct DropInfo {
     pub candidates: Vec<String>,
     /// The last point that saw the packet alive.
     pub last_hop: Option<String>,
+    /// Not a network drop: TCP freed it after its socket's state machine had it (a pure ACK
+    /// or FIN in `tcp_rcv_state_process`, reason NOT_SPECIFIED). Shown, never counted.
+    pub freed_by_tcp: bool,
     /// Where the drop happened when not on the host, e.g. `netns of ens_monitor_cron`.
     pub place: Option<String>,
 }
@@ -127,9 +130,11 @@ impl Explainer {
                         .get(&end.netns)
                         .map_or_else(|| format!("netns {}", end.netns), |c| format!("inside {c}"))
                 });
+                let (reason, location) = (self.reason_name(reason), (self.symbol)(end.location));
                 Some(DropInfo {
-                    reason: self.reason_name(reason),
-                    location: (self.symbol)(end.location),
+                    freed_by_tcp: freed_by_tcp(&reason, location.as_deref()),
+                    reason,
+                    location,
                     hook: nf_drop.map(|s| hook_name(s.hook)),
                     table: nf_drop.map(|s| s.table.clone()),
                     rule: found.rule,
@@ -209,6 +214,19 @@ impl Explainer {
                 candidates: found.into_iter().map(|(r, _)| r).collect(),
             },
         }
+    }
+}
+
+/// The evidence that TCP, not the network, freed a packet: it reached its socket's state
+/// machine, which frees segments it has consumed (pure ACKs, FINs) with no reason given.
+fn freed_by_tcp(reason: &str, location: Option<&str>) -> bool {
+    reason == "NOT_SPECIFIED" && location.is_some_and(|l| l.starts_with("tcp_rcv_state_process"))
+}
+
+impl DropInfo {
+    /// Whether it counts as a drop (in the summary, the flows and the dashboard).
+    pub fn counts(&self) -> bool {
+        !self.freed_by_tcp
     }
 }
 
@@ -383,6 +401,44 @@ mod tests {
             ex.explain(dropped_in(300), &points()).drop.is_none(),
             "somewhere else"
         );
+    }
+
+    /// A pure ACK that TCP consumed and freed: shown with its raw reason, never a drop.
+    #[test]
+    fn tcps_own_frees_are_told_apart_from_drops() {
+        let freed_at = |location: u64, reason: u32| Packet {
+            skb: 1,
+            owner: None,
+            hops: Vec::new(),
+            nf: Vec::new(),
+            end: Some(EndObservation {
+                ts_ns: 1,
+                skb: 1,
+                kind: EndKind::Drop { reason },
+                location,
+                ifindex: 0,
+                netns: 0,
+            }),
+        };
+        let mut ex = Explainer::empty();
+        ex.reasons.insert(2, "SKB_DROP_REASON_NOT_SPECIFIED".into());
+        ex.reasons.insert(3, "SKB_DROP_REASON_NO_SOCKET".into());
+        ex.symbol = Box::new(|a| {
+            Some(match a {
+                1 => "tcp_rcv_state_process".to_owned(),
+                _ => "tcp_v4_rcv".to_owned(),
+            })
+        });
+        let d = ex.explain(freed_at(1, 2), &points()).drop.expect("shown");
+        assert!(d.freed_by_tcp && !d.counts());
+        assert_eq!(d.reason, "NOT_SPECIFIED", "the raw reason is kept");
+        for (loc, reason) in [(2, 2), (1, 3)] {
+            let d = ex
+                .explain(freed_at(loc, reason), &points())
+                .drop
+                .expect("a drop");
+            assert!(d.counts(), "{d:?}");
+        }
     }
 
     #[test]

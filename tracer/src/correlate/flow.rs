@@ -318,7 +318,7 @@ impl Sample {
             way,
             ts_ns: 0,
             len: p.len,
-            dropped: p.drop.is_some(),
+            dropped: p.drop.as_ref().is_some_and(|d| d.counts()),
             tcp_flags: p.tcp_flags.as_deref().map_or(0, tcp_flags_of),
             path,
             translated,

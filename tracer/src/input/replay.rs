@@ -98,7 +98,7 @@ impl Default for Tally {
 impl Tally {
     fn add(&mut self, p: &Packet) {
         self.packets += 1;
-        self.drops += u64::from(p.drop.is_some());
+        self.drops += u64::from(p.drop.as_ref().is_some_and(|d| d.counts()));
         if let Some(mut sample) = Sample::of(p) {
             // The wall-clock time the packet was first seen, as the flow's clock.
             sample.ts_ns = chrono::DateTime::parse_from_rfc3339(&p.time)

@@ -76,7 +76,15 @@ pub fn packet(p: &Packet) -> String {
         };
         let _ = writeln!(s, "{}", line.trim_end());
     }
-    if let Some(d) = drop.filter(|d| d.hook.is_none()) {
+    if let Some(d) = drop.filter(|d| !d.counts()) {
+        let loc = d.location.as_deref().unwrap_or("?");
+        let _ = writeln!(
+            s,
+            "  {:<9} freed by TCP after its socket took it ({} in {loc}; not a drop)",
+            delta(d.at_ns),
+            d.reason
+        );
+    } else if let Some(d) = drop.filter(|d| d.hook.is_none()) {
         let mut line = format!("  {:<9} ✗ dropped: {}", delta(d.at_ns), d.reason);
         if let Some(loc) = &d.location {
             line.push_str(&format!(" in {loc}"));

@@ -194,7 +194,8 @@ impl Data {
             });
         }
 
-        let drop = p.drop.as_ref();
+        // TCP's own frees are not drops: not in the drops panel or counts.
+        let drop = p.drop.as_ref().filter(|d| d.counts());
         if let Some(d) = drop {
             self.record_drop(d, &time, seq, &mut notes);
         }
