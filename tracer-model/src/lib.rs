@@ -19,6 +19,8 @@ fn version() -> u32 {
 /// One JSON line, by its `type`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(tag = "type", rename_all = "lowercase")]
+// A packet line is most lines: boxing it would add an allocation to nearly every read.
+#[allow(clippy::large_enum_variant)]
 pub enum Line {
     Packet(Packet),
     Flow(FlowLine),
