@@ -117,7 +117,8 @@ pub struct Drop {
     pub rule_candidates: Vec<String>,
     pub last_hop: Option<String>,
     pub place: Option<String>,
-    /// `tcp` when TCP freed it after its socket took it (not a network drop: not counted).
+    /// `tcp` or `socket` when its socket freed it after delivery (not a network drop: not
+    /// counted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub freed_by: Option<String>,
 }

@@ -71,7 +71,7 @@ pub(crate) fn packet(e: &Explained, points: &Points, clock: &WallClock) -> Packe
         rule_candidates: d.candidates.clone(),
         last_hop: d.last_hop.clone(),
         place: d.place.clone(),
-        freed_by: d.freed_by_tcp.then(|| "tcp".to_owned()),
+        freed_by: d.freed_by.map(str::to_owned),
     });
     Packet {
         v: VERSION,

@@ -137,3 +137,39 @@ fn every_container_drop_names_the_docker_user_rule_while_input_drops_the_interne
         .iter()
         .all(|p| p.dst.as_deref() != Some(&format!("{uplink_ip}:{KNOCKED}"))));
 }
+
+/// A healthy TCP connection has no drops: the pure ACKs and FINs that TCP frees once its
+/// socket has them (`kfree_skb` in `tcp_rcv_state_process`, NOT_SPECIFIED) are shown as freed
+/// by TCP and left out of the counts.
+#[test]
+#[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
+fn a_healthy_tcp_connection_has_no_drops() {
+    let lab = Lab::get();
+    let cron = From::Container(lab.container());
+    let ft = Flowtrace::start(&["--container", &lab.container(), "--json"]);
+    for _ in 0..5 {
+        common::tcp(&lab, &cron, lab.inet_ip(), 8080).expect("tcp echo");
+    }
+    let lines = ft.stop();
+    let freed = packets(&lines)
+        .iter()
+        .filter(|p| p.drop.as_ref().is_some_and(|d| !d.counts()))
+        .count();
+    for p in packets(&lines) {
+        if let Some(d) = &p.drop {
+            assert!(!d.counts(), "{}", show(p));
+            let raw = match d.freed_by.as_deref() {
+                Some("tcp") => "NOT_SPECIFIED",
+                _ => "QUEUE_PURGE",
+            };
+            assert_eq!(d.reason, raw, "the raw reason: {}", show(p));
+        }
+    }
+    let s = common::the_summary(&lines);
+    assert_eq!(s.drops, 0, "{freed} frees by sockets: {s:?}");
+    // Each connection's close has its socket free what it still held: the case is there.
+    assert!(
+        freed >= 1,
+        "no packet freed by a socket: the test tested nothing"
+    );
+}

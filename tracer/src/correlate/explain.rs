@@ -46,9 +46,11 @@ pub struct DropInfo {
     pub candidates: Vec<String>,
     /// The last point that saw the packet alive.
     pub last_hop: Option<String>,
-    /// Not a network drop: TCP freed it after its socket's state machine had it (a pure ACK
-    /// or FIN in `tcp_rcv_state_process`, reason NOT_SPECIFIED). Shown, never counted.
-    pub freed_by_tcp: bool,
+    /// Not a network drop: what freed it after delivery (`tcp`: its socket's state machine
+    /// consumed a pure ACK or FIN, `tcp_rcv_state_process` with NOT_SPECIFIED; `socket`: a
+    /// socket queue purged at close, QUEUE_PURGE, after the packet was delivered into the
+    /// container). Shown, never counted.
+    pub freed_by: Option<&'static str>,
     /// Where the drop happened when not on the host, e.g. `netns of ens_monitor_cron`.
     pub place: Option<String>,
 }
@@ -132,7 +134,7 @@ impl Explainer {
                 });
                 let (reason, location) = (self.reason_name(reason), (self.symbol)(end.location));
                 Some(DropInfo {
-                    freed_by_tcp: freed_by_tcp(&reason, location.as_deref()),
+                    freed_by: freed_by(&reason, location.as_deref(), delivered(&packet, points)),
                     reason,
                     location,
                     hook: nf_drop.map(|s| hook_name(s.hook)),
@@ -217,16 +219,33 @@ impl Explainer {
     }
 }
 
-/// The evidence that TCP, not the network, freed a packet: it reached its socket's state
-/// machine, which frees segments it has consumed (pure ACKs, FINs) with no reason given.
-fn freed_by_tcp(reason: &str, location: Option<&str>) -> bool {
-    reason == "NOT_SPECIFIED" && location.is_some_and(|l| l.starts_with("tcp_rcv_state_process"))
+/// The evidence that a socket, not the network, freed a packet: TCP's state machine frees the
+/// segments it consumed (pure ACKs, FINs) with no reason given; a socket's queue is purged at
+/// close with the packets it still held.
+fn freed_by(reason: &str, location: Option<&str>, delivered: bool) -> Option<&'static str> {
+    match reason {
+        "NOT_SPECIFIED" if location.is_some_and(|l| l.starts_with("tcp_rcv_state_process")) => {
+            Some("tcp")
+        }
+        "QUEUE_PURGE" if delivered => Some("socket"),
+        _ => None,
+    }
+}
+
+/// Did the packet last leave by a veth's egress, into its container?
+fn delivered(p: &Packet, points: &Points) -> bool {
+    p.hops.last().is_some_and(|h| {
+        h.direction == tracer_common::Direction::Egress
+            && points
+                .get(&h.ifindex)
+                .is_some_and(|x| x.role == crate::target::topology::Role::Veth)
+    })
 }
 
 impl DropInfo {
     /// Whether it counts as a drop (in the summary, the flows and the dashboard).
     pub fn counts(&self) -> bool {
-        !self.freed_by_tcp
+        self.freed_by.is_none()
     }
 }
 
@@ -430,7 +449,7 @@ mod tests {
             })
         });
         let d = ex.explain(freed_at(1, 2), &points()).drop.expect("shown");
-        assert!(d.freed_by_tcp && !d.counts());
+        assert!(d.freed_by == Some("tcp") && !d.counts());
         assert_eq!(d.reason, "NOT_SPECIFIED", "the raw reason is kept");
         for (loc, reason) in [(2, 2), (1, 3)] {
             let d = ex

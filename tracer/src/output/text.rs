@@ -80,8 +80,12 @@ pub fn packet(p: &Packet) -> String {
         let loc = d.location.as_deref().unwrap_or("?");
         let _ = writeln!(
             s,
-            "  {:<9} freed by TCP after its socket took it ({} in {loc}; not a drop)",
+            "  {:<9} freed by {} after delivery ({} in {loc}; not a drop)",
             delta(d.at_ns),
+            match d.freed_by.as_deref() {
+                Some("tcp") => "TCP",
+                _ => "its socket",
+            },
             d.reason
         );
     } else if let Some(d) = drop.filter(|d| d.hook.is_none()) {
