@@ -458,6 +458,22 @@ mod tests {
                 .expect("a drop");
             assert!(d.counts(), "{d:?}");
         }
+        // A socket queue purged at close, after delivery into the container: its socket's.
+        ex.reasons.insert(4, "SKB_DROP_REASON_QUEUE_PURGE".into());
+        let mut delivered = freed_at(2, 4);
+        delivered.hops.push(crate::correlate::packet::Hop {
+            ts_ns: 0,
+            ifindex: crate::correlate::packet::tests::VETH,
+            direction: tracer_common::Direction::Egress,
+            len: 60,
+            headers: None,
+            bytes: Vec::new(),
+            nat: Vec::new(),
+        });
+        let d = ex.explain(delivered, &points()).drop.expect("shown");
+        assert_eq!(d.freed_by, Some("socket"));
+        let purged_on_the_way = ex.explain(freed_at(2, 4), &points()).drop.expect("a drop");
+        assert!(purged_on_the_way.counts(), "not delivered: a loss");
     }
 
     #[test]
