@@ -202,3 +202,60 @@ fn a_plain_nftables_drop_is_named_by_table_and_rule() {
         "{shown}"
     );
 }
+
+/// Legacy iptables on a busy host: while ten datagrams are dropped by one INPUT rule, the
+/// other side keeps knocking on a TCP port another INPUT rule drops. Both rules' counters
+/// move between reads; each datagram's drop names its own rule, never the knocks'.
+#[test]
+#[ignore = "privileged: needs root (network namespaces, BPF)"]
+fn legacy_counters_name_the_rule_that_fits_while_another_rule_drops_knocks() {
+    let pair = Pair::new();
+    let rule = "-A INPUT -p udp -m udp --dport 7777 -j DROP";
+    for spec in ["-p udp --dport 7777", "-p tcp --dport 7999"] {
+        let mut args = vec!["iptables-legacy", "-A", "INPUT"];
+        args.extend(spec.split_whitespace());
+        args.extend(["-j", "DROP"]);
+        pair.in_a(&args);
+    }
+    let ft = trace_in_a();
+    // SYNs to 7999 from B all along (each given up after a moment: they are dropped).
+    let py = format!(
+        "import socket, time\n\
+         end = time.time() + 4\n\
+         while time.time() < end:\n\
+         \x20   s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b'{B_IF}')\n\
+         \x20   s.settimeout(0.02)\n\
+         \x20   try: s.connect(('{A_IP}', 7999))\n\
+         \x20   except OSError: pass\n\
+         \x20   s.close()\n"
+    );
+    let mut knocker = Command::new("ip")
+        .args(["netns", "exec", B, "python3", "-c", &py])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("python3");
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..10 {
+        pair.send_udp(7777);
+    }
+    let _ = knocker.wait();
+    let lines = ft.stop();
+    let dst = format!("{A_IP}:7777");
+    let drops: Vec<&Packet> = packets(&lines)
+        .into_iter()
+        .filter(|p| p.dst.as_deref() == Some(dst.as_str()) && p.drop.is_some())
+        .collect();
+    assert_eq!(drops.len(), 10, "{} drops", drops.len());
+    let knocks = packets(&lines)
+        .iter()
+        .filter(|p| p.dst.as_deref() == Some(&format!("{A_IP}:7999")) && p.drop.is_some())
+        .count();
+    assert!(
+        knocks >= 10,
+        "only {knocks} knocks dropped: the host was not busy"
+    );
+    for p in drops {
+        let d = p.drop.as_ref().expect("dropped");
+        assert_eq!(d.rule.as_deref(), Some(rule), "{}", show(p));
+    }
+}

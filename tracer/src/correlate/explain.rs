@@ -73,6 +73,8 @@ pub struct Explainer {
     /// The ruleset as last read, and how to read it again (None: no iptables).
     pub ruleset: Option<Ruleset>,
     pub reread: Box<dyn Fn() -> Option<Ruleset> + Send>,
+    /// Counted drops not yet claimed by a packet (see `rule_for`).
+    unclaimed: Vec<Unclaimed>,
 }
 
 impl Explainer {
@@ -85,6 +87,7 @@ impl Explainer {
             host_netns: 0,
             ruleset: None,
             reread: Box::new(|| None),
+            unclaimed: Vec::new(),
         }
     }
 
@@ -162,34 +165,60 @@ impl Explainer {
             && !self.netns_names.contains_key(&netns)
     }
 
-    /// The rule whose drop counter moved since the last read: in `table`, else in another
-    /// table at the same hook (then that table is returned too). Of the rules whose counters
-    /// moved, only those that can meet the packet at this hook and whose matches fit it are
-    /// candidates; more than one left is said to be ambiguous, never guessed.
+    /// The rule that dropped a packet at `table`/`hook`, from counters. Each read adds the
+    /// rules' movements to a pool of unclaimed drops (a busy host's other drops move counters
+    /// too, and a read for one packet may see another's); a packet claims one from a rule that
+    /// can meet it at this hook and whose matches fit it, in `table`, else in another table at
+    /// the same hook (then that table is returned too). More than one such rule is said to be
+    /// ambiguous, never guessed.
     fn rule_for(&mut self, table: &str, hook: u8, seen: &Seen) -> Attribution {
         let Some(now) = (self.reread)() else {
             return Attribution::default();
         };
-        let fitting = |rules: Vec<(String, &'static str)>| -> Vec<(String, &'static str)> {
-            rules
-                .into_iter()
-                .filter(|(r, _)| fits(r, seen) != Fit::No)
-                .collect()
-        };
-        let (found, moved_table) = match self.ruleset.as_ref() {
-            None => (Vec::new(), None),
-            Some(before) => {
-                let here = fitting(now.dropped_by(before, table, hook));
-                if here.is_empty() {
-                    now.tables_at(hook)
-                        .into_iter()
-                        .filter(|(t, _)| t != table)
-                        .map(|(t, _)| (fitting(now.dropped_by(before, &t, hook)), t))
-                        .find(|(rules, _)| !rules.is_empty())
-                        .map_or((Vec::new(), None), |(rules, t)| (rules, Some(t)))
-                } else {
-                    (here, None)
+        let read_at = std::time::Instant::now();
+        if let Some(before) = self.ruleset.as_ref() {
+            for t in now.tables.keys() {
+                for (text, source, n) in now.moved(before, t) {
+                    self.unclaimed.push(Unclaimed {
+                        table: t.clone(),
+                        text,
+                        source,
+                        count: n,
+                        read_at,
+                    });
                 }
+            }
+        }
+        self.unclaimed
+            .retain(|u| u.count > 0 && read_at.duration_since(u.read_at) < UNCLAIMED_FOR);
+        let candidates = |t: &str| -> Vec<usize> {
+            let mut idx: Vec<usize> = (0..self.unclaimed.len())
+                .filter(|&i| {
+                    let u = &self.unclaimed[i];
+                    u.table == t && now.can_meet(t, hook, &u.text) && fits(&u.text, seen) != Fit::No
+                })
+                .collect();
+            // One per rule (a rule may have moved at several reads): its oldest.
+            let mut seen_texts = Vec::new();
+            idx.retain(|&i| {
+                let t = &self.unclaimed[i].text;
+                let new = !seen_texts.contains(t);
+                seen_texts.push(t.clone());
+                new
+            });
+            idx
+        };
+        let (found, moved_table) = {
+            let here = candidates(table);
+            if here.is_empty() {
+                now.tables_at(hook)
+                    .into_iter()
+                    .filter(|(t, _)| t != table)
+                    .map(|(t, _)| (candidates(&t), t))
+                    .find(|(c, _)| !c.is_empty())
+                    .map_or((Vec::new(), None), |(c, t)| (c, Some(t)))
+            } else {
+                (here, None)
             }
         };
         self.ruleset = Some(now);
@@ -199,24 +228,44 @@ impl Explainer {
         };
         match found.as_slice() {
             [] => Attribution::default(),
-            [(one, source)] => Attribution {
-                rule: Some(one.clone()),
-                source: Some(counters(source)),
-                table: moved_table,
-                candidates: Vec::new(),
-            },
-            [(_, source), ..] => Attribution {
+            [one] => {
+                let u = &mut self.unclaimed[*one];
+                u.count -= 1;
+                Attribution {
+                    rule: Some(u.text.clone()),
+                    source: Some(counters(u.source)),
+                    table: moved_table,
+                    candidates: Vec::new(),
+                }
+            }
+            [first, ..] => Attribution {
                 rule: None,
                 source: Some(format!(
                     "{}: ambiguous, {} rules that fit the packet moved",
-                    counters(source),
+                    counters(self.unclaimed[*first].source),
                     found.len()
                 )),
                 table: moved_table,
-                candidates: found.into_iter().map(|(r, _)| r).collect(),
+                candidates: found
+                    .iter()
+                    .map(|&i| self.unclaimed[i].text.clone())
+                    .collect(),
             },
         }
     }
+}
+
+/// How long a rule's counted drops wait to be claimed by the packets flowtrace explains
+/// (a packet is explained well within a second of its drop).
+const UNCLAIMED_FOR: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Drops a rule's counters showed that no explained packet has claimed yet.
+struct Unclaimed {
+    table: String,
+    text: String,
+    source: &'static str,
+    count: u64,
+    read_at: std::time::Instant,
 }
 
 /// The evidence that a socket, not the network, freed a packet: TCP's state machine frees the
@@ -364,6 +413,32 @@ mod tests {
             .expect("dropped");
         assert_eq!(d.rule.as_deref(), Some(RULE));
         assert!(d.candidates.is_empty());
+    }
+
+    /// Two drops by one rule, the counters read once for both (the first packet's read saw
+    /// the second's drop too): each packet claims one, none is left unnamed.
+    #[test]
+    fn a_read_that_saw_two_drops_names_both_packets() {
+        let mut ex = Explainer::empty();
+        ex.ruleset = Some(Ruleset::parse(BEFORE, "iptables-save"));
+        ex.reread = Box::new(|| {
+            Some(Ruleset::parse(
+                &BEFORE.replace("[0:0] -A", "[2:120] -A"),
+                "iptables-save",
+            ))
+        });
+        for n in 1..=2 {
+            let d = ex
+                .explain(dropped_in_forward(&[0, 1, 2, 3, 4], 0), &points())
+                .drop
+                .expect("dropped");
+            assert_eq!(d.rule.as_deref(), Some(RULE), "packet {n}");
+        }
+        let d = ex
+            .explain(dropped_in_forward(&[0, 1, 2, 3, 4], 0), &points())
+            .drop
+            .expect("dropped");
+        assert_eq!(d.rule, None, "a third drop the counters never showed");
     }
 
     #[test]

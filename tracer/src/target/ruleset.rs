@@ -233,44 +233,62 @@ impl Ruleset {
 
     /// The dropping rules (or DROP policy) of `table` whose counters grew since `before`:
     /// the rule that dropped a packet there. A built-in chain's policy only counts for `hook`.
+    #[cfg(test)]
     pub fn dropped_by(
         &self,
         before: &Ruleset,
         table: &str,
         hook: u8,
     ) -> Vec<(String, &'static str)> {
+        self.moved(before, table)
+            .into_iter()
+            .filter(|(text, _, _)| self.can_meet(table, hook, text))
+            .map(|(text, source, _)| (text, source))
+            .collect()
+    }
+
+    /// The dropping rules and DROP policies of `table` whose counters grew since `before`,
+    /// with by how many packets.
+    pub fn moved(&self, before: &Ruleset, table: &str) -> Vec<(String, &'static str, u64)> {
         let (Some(now), Some(then)) = (self.tables.get(table), before.tables.get(table)) else {
             return Vec::new();
         };
-        let chain = hook_name(hook);
-        // Only rules a packet at this hook can meet: its chain and the chains it jumps to.
-        let rules = now
-            .entries
-            .iter()
-            .map(|e| e.text.as_str())
-            .filter(|t| t.starts_with("-A "));
-        let reachable = rule_match::reachable(rules, chain);
         now.entries
             .iter()
             .filter(|e| e.drops)
-            .filter(|e| match e.text.strip_prefix("-P ") {
-                Some(p) => p.starts_with(&format!("{chain} ")),
-                None => match rule_match::chain_of(&e.text) {
-                    Some(c) => reachable.contains(c),
-                    // nft syntax: no chain to follow here.
-                    None => true,
-                },
-            })
-            .filter(|e| {
+            .filter_map(|e| {
                 let old = then
                     .entries
                     .iter()
                     .find(|o| o.text == e.text)
                     .map_or(0, |o| o.packets);
-                e.packets > old
+                (e.packets > old).then(|| (e.text.clone(), e.source, e.packets - old))
             })
-            .map(|e| (e.text.clone(), e.source))
             .collect()
+    }
+
+    /// Can a packet at `hook` meet this rule or policy of `table`: the hook's own chain's
+    /// policy, or a rule in a chain reached from it by jumps.
+    pub fn can_meet(&self, table: &str, hook: u8, text: &str) -> bool {
+        let chain = hook_name(hook);
+        match text.strip_prefix("-P ") {
+            Some(p) => p.starts_with(&format!("{chain} ")),
+            None => match rule_match::chain_of(text) {
+                Some(c) => {
+                    let Some(t) = self.tables.get(table) else {
+                        return false;
+                    };
+                    let rules = t
+                        .entries
+                        .iter()
+                        .map(|e| e.text.as_str())
+                        .filter(|t| t.starts_with("-A "));
+                    rule_match::reachable(rules, chain).contains(c)
+                }
+                // nft syntax: no chain to follow here.
+                None => true,
+            },
+        }
     }
 }
 
