@@ -178,13 +178,13 @@ impl FlowKey {
     /// The key of an Ethernet frame (one VLAN tag allowed) carrying IPv4 or IPv6; None for
     /// anything else. A non-first IPv4 fragment has no ports.
     #[inline(always)]
-    pub fn parse<F: Frame>(f: &F) -> Option<Self> {
+    pub fn parse<F: Frame + ?Sized>(f: &F) -> Option<Self> {
         Self::parse_frame(f).map(|p| p.key)
     }
 
     /// The key, the header offsets and the fingerprint.
     #[inline(always)]
-    pub fn parse_frame<F: Frame>(f: &F) -> Option<Parsed> {
+    pub fn parse_frame<F: Frame + ?Sized>(f: &F) -> Option<Parsed> {
         let n = network(f)?;
         let l3 = n.offset;
         let mut k = Self::zeroed();

@@ -100,6 +100,23 @@ pub struct NfHop {
     pub dst: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat: Option<Nat>,
+    /// The rule that gave the table's verdict (`iptables -S` text for iptables rules, nft
+    /// syntax for native ones); null when the chain's policy decided (`policy` then says
+    /// which) or when nothing could tell (no nftrace, or conntrack decided: only a
+    /// connection's first packet walks the nat table).
+    #[serde(default)]
+    pub rule: Option<String>,
+    /// `accept` or `drop`: the built-in chain's policy, when it decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// The chains the packet walked in this table, in order, from the hook's built-in chain
+    /// through each jump (`FORWARD`, `DOCKER-USER`, `FORWARD`, …): a return shows as the
+    /// caller again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain_path: Vec<String>,
+    /// How `rule`/`policy` were found: `nftrace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_source: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

@@ -93,6 +93,11 @@ pub struct TraceArgs {
     #[arg(long)]
     pub no_uplinks: bool,
 
+    /// Do not add the nftables table that marks the traced packets for nftrace (the rule
+    /// that decided each netfilter hop is then named from counters, for drops only).
+    #[arg(long)]
+    pub no_nftrace: bool,
+
     /// One JSON object per line on stdout (see the JSON contract in the README).
     #[arg(long)]
     pub json: bool,

@@ -8,6 +8,7 @@ mod error;
 mod events;
 mod input;
 pub mod model;
+mod nftrace;
 mod output;
 mod pcapfilter;
 mod pcapng;

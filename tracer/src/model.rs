@@ -57,6 +57,13 @@ pub(crate) fn packet(e: &Explained, points: &Points, clock: &WallClock) -> Packe
                 src: n.headers.map(|x| x.source().to_string()),
                 dst: n.headers.map(|x| x.destination().to_string()),
                 nat: n.nat.first().map(nat),
+                rule: n.decided.as_ref().and_then(|d| d.rule.clone()),
+                policy: n.decided.as_ref().and_then(|d| d.policy.map(str::to_owned)),
+                chain_path: n
+                    .decided
+                    .as_ref()
+                    .map_or_else(Vec::new, |d| d.chain_path.clone()),
+                rule_source: n.decided.as_ref().map(|_| "nftrace".to_owned()),
             }),
         })
         .collect();

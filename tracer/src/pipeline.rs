@@ -51,6 +51,11 @@ pub struct Pipeline {
     ready: BinaryHeap<Reverse<Completed>>,
     /// Arrival order, to keep packets with the same first timestamp in the order they came.
     seq: u64,
+    /// With nftrace: how long a packet that met netfilter waits after its last observation
+    /// for the trace of its tables to arrive (0: no wait).
+    pub hold_ns: u64,
+    /// The monotonic time of the last tick.
+    now_ns: u64,
 }
 
 /// A completed packet, ordered by when it started (then by arrival).
@@ -102,6 +107,8 @@ impl Pipeline {
             done: Vec::new(),
             ready: BinaryHeap::new(),
             seq: 0,
+            hold_ns: 0,
+            now_ns: 0,
         }
     }
 
@@ -180,6 +187,7 @@ impl Pipeline {
 
     /// Called periodically with the current CLOCK_MONOTONIC time.
     pub fn tick(&mut self, now_ns: u64, out: &mut impl Write) -> std::io::Result<()> {
+        self.now_ns = now_ns;
         self.correlator.expire(now_ns, &mut self.done);
         self.emit(out)?;
         if self.flow_mode {
@@ -195,6 +203,11 @@ impl Pipeline {
 
     /// Completes everything pending and returns the summary counts.
     pub fn finish(&mut self, out: &mut impl Write) -> std::io::Result<Summary> {
+        if self.hold_ns > 0 {
+            // The last packets' traces may still be on their way.
+            std::thread::sleep(std::time::Duration::from_nanos(self.hold_ns));
+        }
+        self.hold_ns = 0;
         self.correlator.drain(&mut self.done);
         self.emit(out)?;
         if self.flow_mode {
@@ -258,12 +271,12 @@ impl Pipeline {
             let key = (packet.first_ts(), self.seq);
             self.ready.push(Reverse(Completed { key, packet }));
         }
-        while self
-            .ready
-            .peek()
-            .is_some_and(|Reverse(c)| c.key.0 < watermark)
-        {
-            let Some(Reverse(Completed { packet: mut p, .. })) = self.ready.pop() else {
+        let (hold, now) = (self.hold_ns, self.now_ns);
+        while self.ready.peek().is_some_and(|Reverse(c)| {
+            c.key.0 < watermark
+                && (hold == 0 || c.packet.nf.is_empty() || c.packet.seen_until() + hold <= now)
+        }) {
+            let Some(Reverse(Completed { packet: mut p, key })) = self.ready.pop() else {
                 break;
             };
             if self.reached_limit() {
@@ -284,6 +297,13 @@ impl Pipeline {
                 self.discarded.filtered += 1;
                 continue;
             }
+            if !self.explainer.ready_for(&p) {
+                // A drop waits for the ruleset reading that names its rule; the packets
+                // after it wait with it, to keep their order.
+                self.ready.push(Reverse(Completed { key, packet: p }));
+                break;
+            }
+            let points = self.correlator.points();
             let e = self.explainer.explain(p, points);
             let dropped = e.drop.as_ref().is_some_and(|d| d.counts());
             self.drops += u64::from(dropped);

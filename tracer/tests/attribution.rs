@@ -131,6 +131,8 @@ fn every_container_drop_names_the_docker_user_rule_while_input_drops_the_interne
             knocks,
             show(p)
         );
+        // The lab's iptables is iptables-nft: the rule comes from the packet's own trace.
+        assert_eq!(d.rule_source.as_deref(), Some("nftrace"), "{}", show(p));
     }
     // Nothing of the knocks themselves: they are not the container's.
     assert!(packets(&lines)

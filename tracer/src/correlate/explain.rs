@@ -7,14 +7,17 @@ use std::collections::HashMap;
 use tracer_common::netfilter::hook_name;
 
 use super::{
+    decisions::Decisions,
     packet::{Packet, Points},
-    verdict::{self, NfStep, Verdict},
+    traversal::ip_key,
+    verdict::{self, Decided, NfStep, Verdict},
 };
 use crate::{
     events::decode::EndKind,
     target::{
         rule_match::{fits, Fit, Seen},
         ruleset::Ruleset,
+        ruleset_reads::{Inline, Reads},
     },
 };
 
@@ -70,11 +73,17 @@ pub struct Explainer {
     /// Namespace inode → a name for it (a traced container's).
     pub netns_names: HashMap<u32, String>,
     pub host_netns: u32,
-    /// The ruleset as last read, and how to read it again (None: no iptables).
+    /// The ruleset as last read (None: no iptables), when that reading started, and where
+    /// the next readings come from (off the event loop).
     pub ruleset: Option<Ruleset>,
-    pub reread: Box<dyn Fn() -> Option<Ruleset> + Send>,
+    pub read_ns: u64,
+    pub reads: Box<dyn Reads>,
+    /// When the reading that the oldest waiting drop needs was asked for.
+    asked: Option<std::time::Instant>,
     /// Counted drops not yet claimed by a packet (see `rule_for`).
     unclaimed: Vec<Unclaimed>,
+    /// What nftrace said of each table's work, when it runs.
+    pub decisions: Option<Decisions>,
 }
 
 impl Explainer {
@@ -86,8 +95,11 @@ impl Explainer {
             netns_names: HashMap::new(),
             host_netns: 0,
             ruleset: None,
-            reread: Box::new(|| None),
+            read_ns: 0,
+            reads: Box::new(Inline::new(|| None)),
+            asked: None,
             unclaimed: Vec::new(),
+            decisions: None,
         }
     }
 
@@ -105,15 +117,19 @@ impl Explainer {
                 rs.map(|r| r.tables_at(hook)).unwrap_or_default()
             })
         };
+        if let Some(ds) = self.decisions.as_mut() {
+            join_decisions(ds, &mut steps);
+        }
         let drop = match packet.end.as_ref().map(|e| (e, e.kind)) {
             // Freed in a namespace that is neither the host's nor a traced container's: the
             // packet had left the traced path (e.g. delivered to the far end of a veth).
             Some((end, EndKind::Drop { .. })) if self.off_path(end.netns) => None,
             Some((end, EndKind::Drop { reason })) => {
                 let found = match steps.iter_mut().find(|s| s.verdict == Verdict::Drop) {
+                    Some(s) if s.decided.is_some() => traced(s),
                     Some(s) => {
                         let seen = seen_at(&packet, s, points);
-                        let a = self.rule_for(&s.table, s.hook, &seen);
+                        let a = self.rule_for(&s.table, s.hook, &seen, end.ts_ns);
                         // Observers that cannot tell the hook's tables apart (nf_hook_slow)
                         // blame its first table; the counters name the one that dropped.
                         if let Some(t) = a.table.clone() {
@@ -158,6 +174,68 @@ impl Explainer {
         }
     }
 
+    /// Takes in the readings that arrived: each one's counter movements since the one before
+    /// join the pool of unclaimed drops.
+    fn absorb(&mut self) {
+        while let Some(snap) = self.reads.poll() {
+            self.read_ns = self.read_ns.max(snap.started_ns);
+            self.asked = None;
+            let Some(now) = snap.ruleset else { continue };
+            let read_at = std::time::Instant::now();
+            if let Some(before) = self.ruleset.as_ref() {
+                for t in now.tables.keys() {
+                    for (text, source, n) in now.moved(before, t) {
+                        self.unclaimed.push(Unclaimed {
+                            table: t.clone(),
+                            text,
+                            source,
+                            count: n,
+                            read_at,
+                        });
+                    }
+                }
+            }
+            self.ruleset = Some(now);
+        }
+    }
+
+    /// Whether `p` can be explained now: a netfilter drop that nftrace did not trace waits
+    /// for a reading of the counters that started after it (asked for here, made off the
+    /// event loop), or for [`READING_WAIT`] at most.
+    pub fn ready_for(&mut self, p: &Packet) -> bool {
+        let Some(end) = p.end.as_ref() else {
+            return true;
+        };
+        let EndKind::Drop { reason } = end.kind else {
+            return true;
+        };
+        if self.reason_name(reason) != "NETFILTER_DROP" || self.ruleset.is_none() {
+            return true;
+        }
+        if let Some(ds) = self.decisions.as_mut() {
+            let fps: Vec<u64> =
+                p.nf.iter()
+                    .filter_map(|n| ip_key(&n.bytes).map(|(_, fp)| fp))
+                    .collect();
+            if ds.has_drop(&fps) {
+                return true;
+            }
+        }
+        self.absorb();
+        if self.read_ns >= end.ts_ns {
+            return true;
+        }
+        match self.asked {
+            None => {
+                self.reads.request();
+                self.asked = Some(std::time::Instant::now());
+                self.absorb();
+                self.read_ns >= end.ts_ns
+            }
+            Some(at) => at.elapsed() > READING_WAIT,
+        }
+    }
+
     fn off_path(&self, netns: u32) -> bool {
         netns != 0
             && self.host_netns != 0
@@ -171,24 +249,17 @@ impl Explainer {
     /// can meet it at this hook and whose matches fit it, in `table`, else in another table at
     /// the same hook (then that table is returned too). More than one such rule is said to be
     /// ambiguous, never guessed.
-    fn rule_for(&mut self, table: &str, hook: u8, seen: &Seen) -> Attribution {
-        let Some(now) = (self.reread)() else {
+    fn rule_for(&mut self, table: &str, hook: u8, seen: &Seen, dropped_ns: u64) -> Attribution {
+        if self.read_ns < dropped_ns {
+            // Not asked for by the pipeline (see `ready_for`): a reading on the spot where
+            // readings are inline, else whatever has arrived.
+            self.reads.request();
+        }
+        self.absorb();
+        let Some(now) = self.ruleset.take() else {
             return Attribution::default();
         };
         let read_at = std::time::Instant::now();
-        if let Some(before) = self.ruleset.as_ref() {
-            for t in now.tables.keys() {
-                for (text, source, n) in now.moved(before, t) {
-                    self.unclaimed.push(Unclaimed {
-                        table: t.clone(),
-                        text,
-                        source,
-                        count: n,
-                        read_at,
-                    });
-                }
-            }
-        }
         self.unclaimed
             .retain(|u| u.count > 0 && read_at.duration_since(u.read_at) < UNCLAIMED_FOR);
         let candidates = |t: &str| -> Vec<usize> {
@@ -255,6 +326,53 @@ impl Explainer {
     }
 }
 
+/// Gives each step the decision nftrace traced for its table on this packet (joined by the
+/// fingerprint NAT leaves alone). A drop that the observers put in one table and nftrace in
+/// another of the same hook (hook-level observers cannot tell tables apart) moves there.
+fn join_decisions(ds: &mut Decisions, steps: &mut [NfStep]) {
+    for s in steps.iter_mut() {
+        let Some((key, fp)) = ip_key(&s.bytes) else {
+            continue;
+        };
+        let d = ds.take(s.hook, &s.table, fp, key.proto).or_else(|| {
+            (s.verdict == Verdict::Drop)
+                .then(|| ds.take_drop(s.hook, fp, key.proto))
+                .flatten()
+        });
+        if let Some(d) = d {
+            if s.verdict == Verdict::Drop && d.verdict == "drop" {
+                s.table = d.table.clone();
+            }
+            s.decided = Some(Decided {
+                rule: d.rule,
+                policy: d.policy,
+                chain_path: d.chain_path,
+            });
+        }
+    }
+}
+
+/// A drop's rule as nftrace named it (a policy as `-P CHAIN DROP`, as iptables -S prints it).
+fn traced(s: &NfStep) -> Attribution {
+    let Some(d) = s.decided.as_ref() else {
+        return Attribution::default();
+    };
+    let rule = d.rule.clone().or_else(|| {
+        d.policy
+            .and(d.chain_path.first())
+            .map(|c| format!("-P {c} DROP"))
+    });
+    Attribution {
+        source: rule.as_ref().map(|_| "nftrace".to_owned()),
+        rule,
+        table: None,
+        candidates: Vec::new(),
+    }
+}
+
+/// How long a drop waits for a reading of the counters before it is shown without one.
+const READING_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How long a rule's counted drops wait to be claimed by the packets flowtrace explains
 /// (a packet is explained well within a second of its drop).
 const UNCLAIMED_FOR: std::time::Duration = std::time::Duration::from_secs(3);
@@ -316,278 +434,4 @@ fn seen_at(p: &Packet, s: &NfStep, points: &Points) -> Seen {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{
-        correlate::packet::tests::{frame, points},
-        events::{
-            decode::{EndObservation, NfObservation},
-            packet::parse_ethernet,
-        },
-    };
-
-    const RULE: &str = "-A DOCKER-USER -d 198.51.100.2/32 -p tcp -m tcp --dport 8080 -j DROP";
-    const BEFORE: &str = "*filter\n:FORWARD DROP [0:0]\n[0:0] -A FORWARD -j DOCKER-USER\n[0:0] -A DOCKER-USER -d 198.51.100.2/32 -p tcp -m tcp --dport 8080 -j DROP\nCOMMIT\n";
-
-    /// A FORWARD packet seen at `slots` (one observation each) and then dropped at `location`.
-    fn dropped_in_forward(slots: &[u8], location: u64) -> Packet {
-        let f = frame([172, 18, 0, 2], 41234);
-        let nf = slots
-            .iter()
-            .map(|&slot| NfObservation {
-                ts_ns: 10 + u64::from(slot),
-                skb: 1,
-                hook: 2,
-                pf: 2,
-                slot,
-                in_ifindex: 0,
-                out_ifindex: 0,
-                len: 60,
-                mark: 0,
-                headers: parse_ethernet(&f),
-                bytes: f[14..].to_vec(),
-            })
-            .collect();
-        Packet {
-            skb: 1,
-            owner: None,
-            hops: Vec::new(),
-            nf,
-            end: Some(EndObservation {
-                ts_ns: 20,
-                skb: 1,
-                kind: EndKind::Drop { reason: 12 },
-                location,
-                ifindex: 0,
-                netns: 0,
-            }),
-        }
-    }
-
-    /// An explainer whose ruleset is `save` now, and `save` with every rule's counter moved
-    /// from [0:0] to [1:60] when read again.
-    fn with_counters_moving(save: &'static str) -> Explainer {
-        let mut ex = Explainer::empty();
-        ex.ruleset = Some(Ruleset::parse(save, "iptables-save"));
-        ex.reread = Box::new(move || {
-            Some(Ruleset::parse(
-                &save.replace("[0:0] -A", "[1:60] -A"),
-                "iptables-save",
-            ))
-        });
-        ex
-    }
-
-    #[test]
-    fn a_netfilter_drop_names_reason_hook_table_and_rule() {
-        let packet = dropped_in_forward(&[0, 1, 2, 3, 4], 0xabc);
-        let mut ex = with_counters_moving(BEFORE);
-        ex.reasons
-            .insert(12, "SKB_DROP_REASON_NETFILTER_DROP".into());
-        ex.symbol = Box::new(|a| (a == 0xabc).then(|| "nf_hook_slow".to_owned()));
-        let e = ex.explain(packet, &points());
-        let d = e.drop.expect("dropped");
-        assert_eq!(d.reason, "NETFILTER_DROP");
-        assert_eq!(d.location.as_deref(), Some("nf_hook_slow"));
-        assert_eq!(d.hook, Some("FORWARD"));
-        assert_eq!(d.table.as_deref(), Some("filter"));
-        assert_eq!(d.rule.as_deref(), Some(RULE));
-        assert_eq!(d.rule_source.as_deref(), Some("iptables-save -c counters"));
-    }
-
-    /// A noisy firewall: while the container's packet is dropped in DOCKER-USER, the
-    /// internet's knocks are dropped in INPUT and another DOCKER-USER rule drops other
-    /// traffic. Only the rule that fits the packet and can meet it at FORWARD is named.
-    #[test]
-    fn of_the_rules_whose_counters_moved_only_one_that_fits_is_named() {
-        const BUSY: &str = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n\
-            [0:0] -A INPUT -i ftlab-up -p tcp -m tcp --dport 7999 -j DROP\n\
-            [0:0] -A FORWARD -j DOCKER-USER\n\
-            [0:0] -A DOCKER-USER -p udp -m udp --dport 5353 -j DROP\n\
-            [0:0] -A DOCKER-USER -d 198.51.100.2/32 -p tcp -m tcp --dport 8080 -j DROP\n\
-            COMMIT\n";
-        let mut ex = with_counters_moving(BUSY);
-        let d = ex
-            .explain(dropped_in_forward(&[0, 1, 2, 3, 4], 0), &points())
-            .drop
-            .expect("dropped");
-        assert_eq!(d.rule.as_deref(), Some(RULE));
-        assert!(d.candidates.is_empty());
-    }
-
-    /// Two drops by one rule, the counters read once for both (the first packet's read saw
-    /// the second's drop too): each packet claims one, none is left unnamed.
-    #[test]
-    fn a_read_that_saw_two_drops_names_both_packets() {
-        let mut ex = Explainer::empty();
-        ex.ruleset = Some(Ruleset::parse(BEFORE, "iptables-save"));
-        ex.reread = Box::new(|| {
-            Some(Ruleset::parse(
-                &BEFORE.replace("[0:0] -A", "[2:120] -A"),
-                "iptables-save",
-            ))
-        });
-        for n in 1..=2 {
-            let d = ex
-                .explain(dropped_in_forward(&[0, 1, 2, 3, 4], 0), &points())
-                .drop
-                .expect("dropped");
-            assert_eq!(d.rule.as_deref(), Some(RULE), "packet {n}");
-        }
-        let d = ex
-            .explain(dropped_in_forward(&[0, 1, 2, 3, 4], 0), &points())
-            .drop
-            .expect("dropped");
-        assert_eq!(d.rule, None, "a third drop the counters never showed");
-    }
-
-    #[test]
-    fn two_rules_that_both_fit_are_ambiguous_not_guessed() {
-        const TWO_FIT: &str = "*filter\n:FORWARD DROP [0:0]\n\
-            [0:0] -A FORWARD -j DOCKER-USER\n\
-            [0:0] -A DOCKER-USER -s 172.18.0.0/16 -j DROP\n\
-            [0:0] -A DOCKER-USER -d 198.51.100.2/32 -p tcp -m tcp --dport 8080 -j DROP\n\
-            COMMIT\n";
-        let mut ex = with_counters_moving(TWO_FIT);
-        let d = ex
-            .explain(dropped_in_forward(&[0, 1, 2, 3, 4], 0), &points())
-            .drop
-            .expect("dropped");
-        assert_eq!(d.rule, None);
-        assert_eq!(d.candidates.len(), 2, "{d:?}");
-        assert!(
-            d.rule_source
-                .as_deref()
-                .is_some_and(|s| s.contains("ambiguous")),
-            "{d:?}"
-        );
-    }
-
-    #[test]
-    fn drops_off_the_traced_path_are_not_drops() {
-        let mut ex = Explainer::empty();
-        ex.host_netns = 100;
-        ex.netns_names.insert(200, "ens_monitor_cron".into());
-        let dropped_in = |netns| Packet {
-            skb: 1,
-            owner: None,
-            hops: Vec::new(),
-            nf: Vec::new(),
-            end: Some(EndObservation {
-                ts_ns: 1,
-                skb: 1,
-                kind: EndKind::Drop { reason: 2 },
-                location: 0,
-                ifindex: 0,
-                netns,
-            }),
-        };
-        assert!(
-            ex.explain(dropped_in(100), &points()).drop.is_some(),
-            "on the host"
-        );
-        let inside = ex
-            .explain(dropped_in(200), &points())
-            .drop
-            .expect("in a traced container");
-        assert_eq!(inside.place.as_deref(), Some("inside ens_monitor_cron"));
-        assert!(
-            ex.explain(dropped_in(300), &points()).drop.is_none(),
-            "somewhere else"
-        );
-    }
-
-    /// A pure ACK that TCP consumed and freed: shown with its raw reason, never a drop.
-    #[test]
-    fn tcps_own_frees_are_told_apart_from_drops() {
-        let freed_at = |location: u64, reason: u32| Packet {
-            skb: 1,
-            owner: None,
-            hops: Vec::new(),
-            nf: Vec::new(),
-            end: Some(EndObservation {
-                ts_ns: 1,
-                skb: 1,
-                kind: EndKind::Drop { reason },
-                location,
-                ifindex: 0,
-                netns: 0,
-            }),
-        };
-        let mut ex = Explainer::empty();
-        ex.reasons.insert(2, "SKB_DROP_REASON_NOT_SPECIFIED".into());
-        ex.reasons.insert(3, "SKB_DROP_REASON_NO_SOCKET".into());
-        ex.symbol = Box::new(|a| {
-            Some(match a {
-                1 => "tcp_rcv_state_process".to_owned(),
-                _ => "tcp_v4_rcv".to_owned(),
-            })
-        });
-        let d = ex.explain(freed_at(1, 2), &points()).drop.expect("shown");
-        assert!(d.freed_by == Some("tcp") && !d.counts());
-        assert_eq!(d.reason, "NOT_SPECIFIED", "the raw reason is kept");
-        for (loc, reason) in [(2, 2), (1, 3)] {
-            let d = ex
-                .explain(freed_at(loc, reason), &points())
-                .drop
-                .expect("a drop");
-            assert!(d.counts(), "{d:?}");
-        }
-        // A socket queue purged at close, after delivery into the container: its socket's.
-        ex.reasons.insert(4, "SKB_DROP_REASON_QUEUE_PURGE".into());
-        let mut delivered = freed_at(2, 4);
-        delivered.hops.push(crate::correlate::packet::Hop {
-            ts_ns: 0,
-            ifindex: crate::correlate::packet::tests::VETH,
-            direction: tracer_common::Direction::Egress,
-            len: 60,
-            headers: None,
-            bytes: Vec::new(),
-            nat: Vec::new(),
-        });
-        let d = ex.explain(delivered, &points()).drop.expect("shown");
-        assert_eq!(d.freed_by, Some("socket"));
-        let purged_on_the_way = ex.explain(freed_at(2, 4), &points()).drop.expect("a drop");
-        assert!(purged_on_the_way.counts(), "not delivered: a loss");
-    }
-
-    #[test]
-    fn a_packet_that_was_not_dropped_has_no_drop() {
-        let mut ex = Explainer::empty();
-        let packet = Packet {
-            skb: 1,
-            owner: None,
-            hops: Vec::new(),
-            nf: Vec::new(),
-            end: None,
-        };
-        assert!(ex.explain(packet, &points()).drop.is_none());
-    }
-
-    #[test]
-    fn hook_level_observers_let_the_counters_name_the_table() {
-        // nf_hook_slow sees FORWARD's entry (slot 0) and nothing after: mangle runs first,
-        // so the steps blame it; the filter rule's counter moved, so filter it is.
-        const TWO: &str =
-            "*mangle\n:FORWARD ACCEPT [0:0]\nCOMMIT\n*filter\n:FORWARD ACCEPT [0:0]\n\
-                           [0:0] -A FORWARD -p tcp -m tcp --dport 8080 -j DROP\nCOMMIT\n";
-        let packet = dropped_in_forward(&[0], 0);
-        let mut ex = with_counters_moving(TWO);
-        let e = ex.explain(packet, &points());
-        let d = e.drop.expect("dropped");
-        assert_eq!(
-            (d.hook, d.table.as_deref()),
-            (Some("FORWARD"), Some("filter"))
-        );
-        assert_eq!(
-            d.rule.as_deref(),
-            Some("-A FORWARD -p tcp -m tcp --dport 8080 -j DROP")
-        );
-        let drop_step = e
-            .steps
-            .iter()
-            .find(|s| s.verdict == Verdict::Drop)
-            .expect("step");
-        assert_eq!(drop_step.table, "filter", "the hop says the same");
-    }
-}
+mod tests;

@@ -79,6 +79,14 @@ pub struct Packet {
 impl Packet {
     /// Time of the first observation of any kind (a packet that came in by an interface
     /// flowtrace is not attached to starts at netfilter).
+    /// When it was last seen (its end, its last hop or netfilter observation).
+    pub fn seen_until(&self) -> u64 {
+        let hops = self.hops.iter().map(|h| h.ts_ns);
+        let nf = self.nf.iter().map(|n| n.ts_ns);
+        let end = self.end.iter().map(|e| e.ts_ns);
+        hops.chain(nf).chain(end).max().unwrap_or(0)
+    }
+
     pub fn first_ts(&self) -> u64 {
         let tc = self.hops.first().map(|h| h.ts_ns);
         let nf = self.nf.first().map(|n| n.ts_ns);

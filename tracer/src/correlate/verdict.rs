@@ -40,6 +40,16 @@ pub struct NfStep {
     pub headers: Option<Headers>,
     /// The captured bytes (from the IP header) at that slot.
     pub bytes: Vec<u8>,
+    /// What nftrace said the table did (None: no nftrace, or no walk joined).
+    pub decided: Option<Decided>,
+}
+
+/// The rule (or policy) that gave a table's verdict, and the chains walked, from nftrace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decided {
+    pub rule: Option<String>,
+    pub policy: Option<&'static str>,
+    pub chain_path: Vec<String>,
 }
 
 fn slot_after(priority: i32) -> usize {
@@ -130,6 +140,7 @@ pub fn steps(p: &Packet, tables_at: &dyn Fn(u8) -> Vec<(String, i32)>) -> Vec<Nf
                             },
                             headers: after,
                             bytes: bytes.to_vec(),
+                            decided: None,
                         });
                     }
                     i += width;
@@ -146,6 +157,7 @@ pub fn steps(p: &Packet, tables_at: &dyn Fn(u8) -> Vec<(String, i32)>) -> Vec<Nf
                             nat: Vec::new(),
                             headers: h,
                             bytes: bytes.to_vec(),
+                            decided: None,
                         });
                     }
                     break;

@@ -27,6 +27,24 @@ fn note(role: &str, dir: &str) -> &'static str {
     }
 }
 
+/// The rule (or policy) that gave a netfilter hop's verdict, and the chains walked to it, on
+/// a line of its own (nothing when unknown).
+fn decided(n: &tracer_model::NfHop) -> String {
+    let path = if n.chain_path.len() > 1 {
+        format!("  (via {})", n.chain_path.join(" → "))
+    } else {
+        String::new()
+    };
+    match (&n.rule, &n.policy) {
+        (Some(r), _) => format!("\n            rule: {r}{path}"),
+        (None, Some(p)) => format!(
+            "\n            policy: {p} ({}){path}",
+            n.chain_path.first().map_or("", String::as_str)
+        ),
+        _ => String::new(),
+    }
+}
+
 /// Renders one packet, so that a live run and `flowtrace read` of a recording print the same
 /// text.
 pub fn packet(p: &Packet) -> String {
@@ -54,8 +72,8 @@ pub fn packet(p: &Packet) -> String {
                         }
                         t
                     }
-                    (_, Some(nat)) => nat.text(),
-                    _ => "accept".to_owned(),
+                    (_, Some(nat)) => format!("{}{}", nat.text(), decided(n)),
+                    (v, _) => format!("{v}{}", decided(n)),
                 };
                 format!("  {at:<9} {:<17} {:<14} {tail}", n.hook, n.table)
             }

@@ -52,6 +52,8 @@ pub(super) type Dashboard = (
 pub(super) struct Live {
     pub args: TraceArgs,
     pub kernel: Kernel,
+    /// The nftrace marking table, while it is used.
+    pub nftrace: Option<super::nftrace::Nftrace>,
     pub pipeline: Pipeline,
     pub clock: WallClock,
     pub dashboard: Option<Dashboard>,
@@ -194,6 +196,9 @@ impl Live {
         );
         let scope = scope_of(&self.containers, &self.all_points, &self.dnat);
         let ch = self.kernel.scope_maps.set(scope.clone())?;
+        if let Some(note) = self.nftrace.as_mut().and_then(|n| n.follow(&scope)) {
+            self.note(name, note)?;
+        }
         self.pipeline.set_scope(scope);
         let where_: Vec<String> = r
             .new_points
@@ -219,6 +224,9 @@ impl Live {
         self.pipeline
             .tick(monotonic_ns(), &mut self.out)
             .map_err(werr)?;
+        if let Some(note) = self.nftrace.as_mut().and_then(|n| n.check()) {
+            self.note("", note)?;
+        }
         let counters = &self.kernel.counters;
         let lost: u64 = counters.read().values().map(|c| c.lost).sum();
         if lost > self.lost_reported {

@@ -12,6 +12,7 @@ use tokio::signal::unix::{signal, SignalKind};
 mod churn;
 mod kernel;
 mod live;
+mod nftrace;
 mod setup;
 
 use live::{scope_of, Dashboard, Live};
@@ -122,6 +123,7 @@ async fn start(args: TraceArgs) -> Result<(Live, Topology, Option<Docker>)> {
     let (offsets, reasons) = kernel::kernel_facts(&mut notes);
     kernel::sweep(&mut notes);
     // Which tables run at which hook: where the netfilter observers go, and how drops are named.
+    let read_ns = crate::target::ruleset_reads::monotonic_ns();
     let ruleset = Ruleset::read();
     let dnat = ruleset
         .as_ref()
@@ -138,6 +140,10 @@ async fn start(args: TraceArgs) -> Result<(Live, Topology, Option<Docker>)> {
         scope,
         &mut notes,
     )?;
+    // nftrace: each table's deciding rule, marked for the traced packets only.
+    let nftrace = (!(args.no_nftrace || args.counters || args.raw))
+        .then(|| nftrace::start(kernel.scope_maps.current(), &mut notes))
+        .flatten();
     let clock = WallClock::measure();
     let filter = PacketFilter {
         protos: args.protos.clone(),
@@ -145,9 +151,17 @@ async fn start(args: TraceArgs) -> Result<(Live, Topology, Option<Docker>)> {
         ports: args.ports.clone(),
         pcap: compiled.map(|f| std::sync::Arc::new(f.program)),
     };
+    let mut explainer = explainer(&topo, reasons, ruleset, read_ns);
+    let (nftrace, hold_ns) = match nftrace {
+        Some((n, decisions)) => {
+            explainer.decisions = Some(decisions);
+            (Some(n), nftrace::HOLD_NS)
+        }
+        None => (None, 0),
+    };
     let mut pipeline = Pipeline::new(
         points_of(&attach_points),
-        explainer(&topo, reasons, ruleset),
+        explainer,
         filter,
         if args.json {
             Format::Json
@@ -158,6 +172,7 @@ async fn start(args: TraceArgs) -> Result<(Live, Topology, Option<Docker>)> {
         clock,
     );
     pipeline.set_scope(kernel.scope_maps.current().clone());
+    pipeline.hold_ns = hold_ns;
     if !args.raw {
         pipeline.limit = args.count;
     }
@@ -182,6 +197,7 @@ async fn start(args: TraceArgs) -> Result<(Live, Topology, Option<Docker>)> {
     let started = Instant::now();
     let live = Live {
         kernel,
+        nftrace,
         pipeline,
         clock,
         dashboard,

@@ -299,6 +299,7 @@ pub(super) fn explainer(
     topo: &Topology,
     reasons: Vec<(String, i64)>,
     ruleset: Option<Ruleset>,
+    read_ns: u64,
 ) -> Explainer {
     let kallsyms = Kallsyms::load();
     let mut ex = Explainer::empty();
@@ -316,7 +317,11 @@ pub(super) fn explainer(
         .map(|n| n.inode as u32)
         .unwrap_or(0);
     ex.ruleset = ruleset;
-    ex.reread = Box::new(Ruleset::read);
+    ex.read_ns = read_ns;
+    match crate::target::ruleset_reads::Background::spawn(Ruleset::read) {
+        Ok(b) => ex.reads = Box::new(b),
+        Err(e) => log::warn!("no thread to read the ruleset's counters ({e}): drops go unnamed"),
+    }
     ex
 }
 

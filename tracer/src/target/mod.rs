@@ -5,6 +5,8 @@ pub mod netlink;
 pub mod netns;
 pub mod nft;
 pub mod rule_match;
+pub mod rule_text;
 pub mod ruleset;
+pub mod ruleset_reads;
 pub mod scope;
 pub mod topology;

@@ -14,6 +14,62 @@ pub struct NftRule {
     pub packets: Option<u64>,
     /// Its verdict is `drop` or `reject`.
     pub drops: bool,
+    /// Its handle, when listed with `-a` (`# handle N`).
+    pub handle: Option<u64>,
+    /// Its position in its chain (0 first).
+    pub index: usize,
+}
+
+/// A base chain: where a chain is hooked (`type filter hook forward priority …`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaseChain {
+    pub family: String,
+    pub table: String,
+    pub chain: String,
+    /// The IPv4/IPv6 hook number (0 prerouting … 4 postrouting).
+    pub hook: u8,
+    /// `accept` or `drop`.
+    pub policy: String,
+}
+
+/// The base chains of `nft list ruleset` (with or without `-a`).
+pub fn parse_base_chains(text: &str) -> Vec<BaseChain> {
+    let hooks = ["prerouting", "input", "forward", "output", "postrouting"];
+    let mut out = Vec::new();
+    let (mut family, mut table, mut chain) = ("", "", "");
+    for line in text.lines() {
+        let line = line.split(" # ").next().unwrap_or("").trim();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["table", f, t, "{"] => (family, table) = (f, t),
+            ["chain", c, "{"] => chain = c,
+            ["type", _, "hook", h, ..] => {
+                let Some(hook) = hooks.iter().position(|x| x == h) else {
+                    continue;
+                };
+                let policy = words
+                    .iter()
+                    .position(|w| *w == "policy")
+                    .and_then(|i| words.get(i + 1))
+                    .map_or("accept", |p| p.trim_end_matches(';'));
+                out.push(BaseChain {
+                    family: family.to_owned(),
+                    table: table.to_owned(),
+                    chain: chain.to_owned(),
+                    hook: hook as u8,
+                    policy: policy.to_owned(),
+                });
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The `# handle N` comment of a line listed with `-a`.
+fn handle_of(line: &str) -> Option<u64> {
+    let (_, comment) = line.rsplit_once("# handle ")?;
+    comment.split_whitespace().next()?.parse().ok()
 }
 
 /// Removes `packets N bytes M` after `counter`, returning the text and N.
@@ -39,15 +95,16 @@ fn strip_counter(rule: &str) -> (String, Option<u64>) {
     (out.join(" "), packets)
 }
 
-/// Parses `nft list ruleset` (without `-a`): the rules of every chain of every table.
+/// Parses `nft list ruleset` (with or without `-a`): the rules of every chain of every table.
 pub fn parse_ruleset(text: &str) -> Vec<NftRule> {
     let mut out = Vec::new();
     let (mut family, mut table, mut chain) = (String::new(), String::new(), None::<String>);
+    let mut index = 0;
     // Depth of `{ … }` nesting: 1 inside a table, 2 inside a chain (or a set, map, …).
     let mut depth = 0usize;
-    for line in text.lines() {
-        let line = line.split(" # ").next().unwrap_or("").trim();
-        if line.is_empty() {
+    for raw in text.lines() {
+        let line = raw.split(" # ").next().unwrap_or("").trim();
+        if line.is_empty() || line.starts_with('#') {
             continue;
         }
         if line == "}" {
@@ -64,7 +121,10 @@ pub fn parse_ruleset(text: &str) -> Vec<NftRule> {
                     family = (*f).to_owned();
                     table = (*t).to_owned();
                 }
-                (1, ["chain", c, "{"]) => chain = Some((*c).to_owned()),
+                (1, ["chain", c, "{"]) => {
+                    chain = Some((*c).to_owned());
+                    index = 0;
+                }
                 _ => {}
             }
             depth += 1;
@@ -86,7 +146,10 @@ pub fn parse_ruleset(text: &str) -> Vec<NftRule> {
             text: format!("add rule {family} {table} {c} {body}"),
             packets,
             drops,
+            handle: handle_of(raw),
+            index,
         });
+        index += 1;
     }
     out
 }

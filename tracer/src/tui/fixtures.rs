@@ -62,13 +62,22 @@ pub fn syn_ack() -> Packet {
 /// A SYN dropped by the DOCKER-USER rule at FORWARD/filter.
 pub fn dropped() -> Packet {
     let (c, r) = ("172.18.0.2:52011", "198.51.100.2:8081");
+    // As nftrace names them: the nat table's policy, and the rule reached through two jumps.
+    let mut pre = nf(43000, "PREROUTING", "nat", "accept", c, r);
+    pre["policy"] = json!("accept");
+    pre["chain_path"] = json!(["PREROUTING", "DOCKER", "PREROUTING"]);
+    pre["rule_source"] = json!("nftrace");
+    let mut fwd = nf(67100, "FORWARD", "filter", "drop", c, r);
+    fwd["rule"] = json!(RULE);
+    fwd["chain_path"] = json!(["FORWARD", "DOCKER-USER"]);
+    fwd["rule_source"] = json!("nftrace");
     packet(
         json!({"skb": "0xffff8880", "time": "2026-11-24T15:07:36.002113Z", "container": "ens_monitor_cron", "way": "out",
         "proto": "tcp", "src": c, "dst": r, "len": 74, "tcp_flags": "S", "summary": "TCP [S]",
-        "hops": [tc(0, "veth9780200", "veth", "ingress", c, r), nf(43000, "PREROUTING", "nat", "accept", c, r),
-            tc(52000, "br-d9231d44a1ab", "bridge", "ingress", c, r), nf(67100, "FORWARD", "filter", "drop", c, r)],
+        "hops": [tc(0, "veth9780200", "veth", "ingress", c, r), pre,
+            tc(52000, "br-d9231d44a1ab", "bridge", "ingress", c, r), fwd],
         "drop": {"reason": "NETFILTER_DROP", "location": "nf_hook_slow", "hook": "FORWARD", "table": "filter",
-            "rule": RULE, "rule_source": "iptables-save -c counters", "last_hop": "br-d9231d44a1ab tc ingress",
+            "rule": RULE, "rule_source": "nftrace", "last_hop": "br-d9231d44a1ab tc ingress",
             "place": null, "at_ns": 67200}}),
     )
 }

@@ -1,0 +1,268 @@
+//! What nftables said each table did to each traced packet (nftrace), ready to join to the
+//! packets the observers saw. A thread of its own turns trace events into decisions: it
+//! groups them into walks (`traversal`), names each walk's hook and deciding rule from the
+//! ruleset's text, and re-reads the ruleset (rate-limited) when a walk names a chain or rule
+//! it does not know. The event loop never waits for it: the pipeline takes what has arrived.
+
+use std::{
+    collections::VecDeque,
+    sync::mpsc::{Receiver, Sender},
+    time::{Duration, Instant},
+};
+
+use tracer_common::flow::FlowKey;
+
+use super::traversal::{verdict_name, Assembler, Traversal};
+use crate::{nftrace::TraceEvent, target::rule_text::RuleTexts};
+
+/// One table's work on one packet at one hook, as nftables traced it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub hook: u8,
+    pub table: String,
+    /// `accept`, `drop`, …
+    pub verdict: &'static str,
+    /// The deciding rule's text (None: the policy decided, or the rule is unknown).
+    pub rule: Option<String>,
+    /// The built-in chain's policy, when it decided.
+    pub policy: Option<&'static str>,
+    pub chain_path: Vec<String>,
+    pub key: FlowKey,
+    pub fingerprint: u64,
+}
+
+/// The least time between two reads of the ruleset for unknown chains or rules.
+const REREAD_EVERY: Duration = Duration::from_secs(1);
+
+/// Turns trace events into decisions until either channel closes. `own_table` is
+/// flowtrace's marking table, whose walks are not the host's.
+pub fn resolve(
+    events: Receiver<Vec<TraceEvent>>,
+    decisions: Sender<Decision>,
+    own_table: String,
+    read: impl Fn() -> RuleTexts,
+) {
+    let mut asm = Assembler::default();
+    let mut texts = read();
+    let mut last_read = Instant::now();
+    for batch in events {
+        for e in batch {
+            if e.table == own_table {
+                continue;
+            }
+            let Some(t) = asm.push(e) else { continue };
+            let mut d = decide(&t, &texts);
+            if d.is_none() || unknown_rule(&t, &texts) {
+                if last_read.elapsed() >= REREAD_EVERY {
+                    texts = read();
+                    last_read = Instant::now();
+                }
+                d = decide(&t, &texts);
+            }
+            if let Some(d) = d {
+                if decisions.send(d).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn family_name(f: u8) -> &'static str {
+    match f {
+        1 => "inet",
+        2 => "ip",
+        10 => "ip6",
+        3 => "arp",
+        5 => "netdev",
+        7 => "bridge",
+        _ => "unknown",
+    }
+}
+
+fn unknown_rule(t: &Traversal, texts: &RuleTexts) -> bool {
+    t.rule
+        .as_ref()
+        .is_some_and(|(c, h)| texts.rule(family_name(t.family), &t.table, c, *h).is_none())
+}
+
+/// A walk's decision, if its base chain is known (for its hook).
+pub fn decide(t: &Traversal, texts: &RuleTexts) -> Option<Decision> {
+    let family = family_name(t.family);
+    let base = texts.base_chain(family, &t.table, &t.base_chain)?;
+    let verdict = verdict_name(t.verdict);
+    Some(Decision {
+        hook: base.hook,
+        table: t.table.clone(),
+        verdict,
+        rule: t
+            .rule
+            .as_ref()
+            .and_then(|(c, h)| texts.rule(family, &t.table, c, *h))
+            .map(str::to_owned),
+        policy: t.by_policy.then_some(verdict),
+        chain_path: t.chain_path.clone(),
+        key: t.key,
+        fingerprint: t.fingerprint,
+    })
+}
+
+/// Decisions that arrived and wait for their packet.
+pub struct Decisions {
+    rx: Receiver<Decision>,
+    held: VecDeque<(Instant, Decision)>,
+}
+
+/// How long a decision waits for its packet (a packet is explained well within this).
+const KEPT_FOR: Duration = Duration::from_secs(10);
+/// Decisions kept at most.
+const MAX_HELD: usize = 65_536;
+
+impl Decisions {
+    pub fn new(rx: Receiver<Decision>) -> Self {
+        Self {
+            rx,
+            held: VecDeque::new(),
+        }
+    }
+
+    /// Takes in what arrived, forgets what waited too long.
+    fn refresh(&mut self) {
+        let now = Instant::now();
+        while let Ok(d) = self.rx.try_recv() {
+            if self.held.len() >= MAX_HELD {
+                self.held.pop_front();
+            }
+            self.held.push_back((now, d));
+        }
+        while self
+            .held
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > KEPT_FOR)
+        {
+            self.held.pop_front();
+        }
+    }
+
+    /// The decision of `table` at `hook` on the packet with this fingerprint and protocol
+    /// (which NAT leaves alone), taken so that no other packet claims it; the oldest first.
+    pub fn take(&mut self, hook: u8, table: &str, fingerprint: u64, proto: u8) -> Option<Decision> {
+        self.refresh();
+        let i = self.held.iter().position(|(_, d)| {
+            d.hook == hook
+                && d.table == table
+                && d.fingerprint == fingerprint
+                && d.key.proto == proto
+        })?;
+        self.held.remove(i).map(|(_, d)| d)
+    }
+
+    /// Whether a drop of a packet with one of these fingerprints has arrived.
+    pub fn has_drop(&mut self, fingerprints: &[u64]) -> bool {
+        self.refresh();
+        self.held
+            .iter()
+            .any(|(_, d)| d.verdict == "drop" && fingerprints.contains(&d.fingerprint))
+    }
+
+    /// A drop at `hook` by any table, for the packet with this fingerprint.
+    pub fn take_drop(&mut self, hook: u8, fingerprint: u64, proto: u8) -> Option<Decision> {
+        self.refresh();
+        let i = self.held.iter().position(|(_, d)| {
+            d.hook == hook
+                && d.verdict == "drop"
+                && d.fingerprint == fingerprint
+                && d.key.proto == proto
+        })?;
+        self.held.remove(i).map(|(_, d)| d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nftrace::TraceKind;
+
+    const NFT: &str = "table ip filter { # handle 2
+\tchain DOCKER-USER { # handle 7
+\t\tip daddr 198.51.100.2 meta l4proto udp udp dport 5353 counter packets 3 bytes 180 drop # handle 23
+\t}
+\tchain FORWARD { # handle 3
+\t\ttype filter hook forward priority filter; policy drop;
+\t\tcounter packets 0 bytes 0 jump DOCKER-USER # handle 8
+\t}
+}
+";
+
+    fn ev(chain: &str, kind: TraceKind, verdict: Option<i32>, handle: u64) -> TraceEvent {
+        TraceEvent {
+            id: 1,
+            family: 2,
+            nfproto: 2,
+            table: "filter".into(),
+            chain: chain.into(),
+            kind,
+            handle: Some(handle),
+            verdict,
+            jump_to: None,
+            policy: None,
+            network_header: None,
+            transport_header: None,
+            iif: None,
+            oif: None,
+            mark: None,
+        }
+    }
+
+    fn walk() -> Vec<TraceEvent> {
+        let mut ip = vec![0x45, 0, 0, 33, 0x12, 0x34, 0x40, 0, 64, 17, 0, 0];
+        ip.extend_from_slice(&[172, 18, 0, 2, 198, 51, 100, 2]);
+        let mut first = ev("FORWARD", TraceKind::Rule, Some(-3), 8);
+        first.jump_to = Some("DOCKER-USER".into());
+        first.network_header = Some(ip);
+        first.transport_header = Some(vec![0x9c, 0x40, 0x14, 0xe9, 0, 13, 0, 0]);
+        vec![first, ev("DOCKER-USER", TraceKind::Rule, Some(0), 23)]
+    }
+
+    #[test]
+    fn a_walk_becomes_a_decision_with_the_rule_text_and_is_taken_once() {
+        let (etx, erx) = std::sync::mpsc::channel();
+        let (dtx, drx) = std::sync::mpsc::channel();
+        etx.send(walk()).expect("send");
+        drop(etx);
+        resolve(erx, dtx, "flowtrace_1".into(), || {
+            RuleTexts::build(NFT, &[])
+        });
+        let mut ds = Decisions::new(drx);
+        let (_, fp) = super::super::traversal::headers_key(
+            walk()[0].network_header.as_deref().expect("ip"),
+            walk()[0].transport_header.as_deref(),
+        )
+        .expect("key");
+        assert!(ds.take(2, "nat", fp, 17).is_none(), "another table");
+        let d = ds.take(2, "filter", fp, 17).expect("the decision");
+        assert_eq!(d.verdict, "drop");
+        assert_eq!(
+            d.rule.as_deref(),
+            Some("add rule ip filter DOCKER-USER ip daddr 198.51.100.2 meta l4proto udp udp dport 5353 counter drop")
+        );
+        assert_eq!(d.chain_path, ["FORWARD", "DOCKER-USER"]);
+        assert!(ds.take(2, "filter", fp, 17).is_none(), "taken once");
+    }
+
+    #[test]
+    fn walks_in_flowtraces_own_table_and_unknown_chains_are_left_out() {
+        let (etx, erx) = std::sync::mpsc::channel();
+        let (dtx, drx) = std::sync::mpsc::channel();
+        let mut own = walk();
+        for e in &mut own {
+            e.table = "flowtrace_1".into();
+        }
+        etx.send(own).expect("send");
+        etx.send(walk()).expect("send");
+        drop(etx);
+        // A ruleset that lacks the base chain: the walk has no hook, so no decision.
+        resolve(erx, dtx, "flowtrace_1".into(), RuleTexts::default);
+        assert!(drx.try_recv().is_err());
+    }
+}

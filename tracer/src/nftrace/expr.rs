@@ -1,0 +1,109 @@
+//! nf_tables expressions (enum nft_{meta,cmp,payload,ct,lookup,immediate}_attributes of
+//! linux/netfilter/nf_tables.h), encoded as a rule's NFTA_RULE_EXPRESSIONS list elements.
+
+use super::wire::MsgBuf;
+
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+const NFTA_DATA_VALUE: u16 = 1;
+
+/// One nf_tables expression, as the kernel takes it.
+#[derive(Debug, Clone, Copy)]
+pub enum Expr<'a> {
+    MetaLoad {
+        key: u32,
+        dreg: u32,
+    },
+    MetaSet {
+        key: u32,
+        sreg: u32,
+    },
+    Cmp {
+        sreg: u32,
+        data: &'a [u8],
+    },
+    Payload {
+        base: u32,
+        offset: u32,
+        len: u32,
+        dreg: u32,
+    },
+    Ct {
+        key: u32,
+        dir: u8,
+        dreg: u32,
+    },
+    Lookup {
+        set: &'a str,
+        set_id: u32,
+        sreg: u32,
+    },
+    Immediate {
+        dreg: u32,
+        data: &'a [u8],
+    },
+}
+
+impl Expr<'_> {
+    pub fn put(&self, m: &mut MsgBuf) {
+        let name = match self {
+            Expr::MetaLoad { .. } | Expr::MetaSet { .. } => "meta",
+            Expr::Cmp { .. } => "cmp",
+            Expr::Payload { .. } => "payload",
+            Expr::Ct { .. } => "ct",
+            Expr::Lookup { .. } => "lookup",
+            Expr::Immediate { .. } => "immediate",
+        };
+        m.nest_start(NFTA_LIST_ELEM);
+        m.attr_str(NFTA_EXPR_NAME, name);
+        m.nest_start(NFTA_EXPR_DATA);
+        // The attribute numbers are those of enum nft_{meta,cmp,payload,ct,lookup,immediate}_attributes.
+        match *self {
+            Expr::MetaLoad { key, dreg } => {
+                m.attr_be32(1, dreg); // NFTA_META_DREG
+                m.attr_be32(2, key); // NFTA_META_KEY
+            }
+            Expr::MetaSet { key, sreg } => {
+                m.attr_be32(2, key); // NFTA_META_KEY
+                m.attr_be32(3, sreg); // NFTA_META_SREG
+            }
+            Expr::Cmp { sreg, data } => {
+                m.attr_be32(1, sreg); // NFTA_CMP_SREG
+                m.attr_be32(2, 0); // NFTA_CMP_OP: NFT_CMP_EQ
+                m.nest_start(3); // NFTA_CMP_DATA
+                m.attr(NFTA_DATA_VALUE, data);
+                m.nest_end();
+            }
+            Expr::Payload {
+                base,
+                offset,
+                len,
+                dreg,
+            } => {
+                m.attr_be32(1, dreg); // NFTA_PAYLOAD_DREG
+                m.attr_be32(2, base); // NFTA_PAYLOAD_BASE
+                m.attr_be32(3, offset); // NFTA_PAYLOAD_OFFSET
+                m.attr_be32(4, len); // NFTA_PAYLOAD_LEN
+            }
+            Expr::Ct { key, dir, dreg } => {
+                m.attr_be32(1, dreg); // NFTA_CT_DREG
+                m.attr_be32(2, key); // NFTA_CT_KEY
+                m.attr(3, &[dir]); // NFTA_CT_DIRECTION (u8)
+            }
+            Expr::Lookup { set, set_id, sreg } => {
+                m.attr_str(1, set); // NFTA_LOOKUP_SET
+                m.attr_be32(2, sreg); // NFTA_LOOKUP_SREG
+                m.attr_be32(4, set_id); // NFTA_LOOKUP_SET_ID
+            }
+            Expr::Immediate { dreg, data } => {
+                m.attr_be32(1, dreg); // NFTA_IMMEDIATE_DREG
+                m.nest_start(2); // NFTA_IMMEDIATE_DATA
+                m.attr(NFTA_DATA_VALUE, data);
+                m.nest_end();
+            }
+        }
+        m.nest_end();
+        m.nest_end();
+    }
+}

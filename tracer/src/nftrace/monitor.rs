@@ -1,0 +1,87 @@
+//! A listener of nftables trace events (multicast group NFNLGRP_NFTRACE), read on a
+//! std thread.
+
+use super::trace::{parse, TraceEvent};
+use super::wire::{set_recv_timeout, set_sock_int, NFNLGRP_NFTRACE};
+use super::NftraceError;
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Receive buffer asked for: trace events come in bursts (several per packet and hook).
+const RCVBUF: libc::c_int = 8 * 1024 * 1024;
+/// How often an idle reader checks whether its receiver is still there.
+const IDLE_CHECK: Duration = Duration::from_millis(200);
+/// One datagram holds one event of at most a page or so; this is ample.
+const RECV_BUF: usize = 64 * 1024;
+
+/// A netlink socket subscribed to the nftables trace events of this network namespace.
+pub struct Monitor {
+    sock: Socket,
+    overruns: Arc<AtomicU64>,
+}
+
+impl Monitor {
+    /// Subscribes to NFNLGRP_NFTRACE with a large receive buffer (SO_RCVBUFFORCE, or
+    /// SO_RCVBUF capped by net.core.rmem_max when that is refused).
+    pub fn new() -> Result<Monitor, NftraceError> {
+        let mut sock = Socket::new(NETLINK_NETFILTER).map_err(NftraceError::Socket)?;
+        sock.bind_auto().map_err(NftraceError::Socket)?;
+        let fd = sock.as_raw_fd();
+        if set_sock_int(fd, libc::SO_RCVBUFFORCE, RCVBUF).is_err() {
+            set_sock_int(fd, libc::SO_RCVBUF, RCVBUF).map_err(NftraceError::Socket)?;
+        }
+        set_recv_timeout(fd, IDLE_CHECK).map_err(NftraceError::Socket)?;
+        sock.add_membership(NFNLGRP_NFTRACE)
+            .map_err(NftraceError::Socket)?;
+        Ok(Monitor {
+            sock,
+            overruns: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// The count of receive-buffer overruns (ENOBUFS: events the kernel had to drop).
+    /// It stays valid after `spawn`.
+    pub fn overruns(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.overruns)
+    }
+
+    /// Reads events on a thread named "nftrace" and sends each datagram's events to `tx`.
+    /// When idle for 200 ms the thread sends an empty batch, to learn whether the receiver
+    /// is still there: it ends once the receiver is dropped (or on an unexpected socket
+    /// error). Receivers should ignore empty batches.
+    pub fn spawn(self, tx: Sender<Vec<TraceEvent>>) -> Result<JoinHandle<()>, NftraceError> {
+        std::thread::Builder::new()
+            .name("nftrace".into())
+            .spawn(move || self.run(tx))
+            .map_err(NftraceError::Thread)
+    }
+
+    fn run(self, tx: Sender<Vec<TraceEvent>>) {
+        let mut buf: Vec<u8> = Vec::with_capacity(RECV_BUF);
+        loop {
+            buf.clear();
+            let batch = match self.sock.recv(&mut buf, 0) {
+                Ok(_) => parse(&buf),
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    self.overruns.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Vec::new(),
+                Err(e) => {
+                    log::warn!("stopped reading nftables trace events: {e}");
+                    return;
+                }
+            };
+            if tx.send(batch).is_err() {
+                return;
+            }
+        }
+    }
+}
