@@ -105,6 +105,14 @@ impl Assembler {
 
 /// Applies one event to a walk; true when it decided.
 fn step(p: &mut Partial, e: &TraceEvent) -> bool {
+    // The end of a chain sends no event (only an explicit `return` does): an event from a
+    // chain lower on the stack means the walk went back there.
+    if p.stack.last() != Some(&e.chain) && p.stack.contains(&e.chain) {
+        while p.stack.last() != Some(&e.chain) {
+            p.stack.pop();
+        }
+        p.t.chain_path.push(e.chain.clone());
+    }
     match e.kind {
         TraceKind::Policy => {
             p.t.verdict = e.policy.map_or(NF_ACCEPT, |v| v as i32);
@@ -268,6 +276,38 @@ mod tests {
         assert!(t.by_policy && t.rule.is_none());
         assert_eq!(t.verdict, NF_DROP);
         assert_eq!(t.chain_path, ["FORWARD", "DOCKER-USER", "FORWARD"]);
+    }
+
+    /// Recent Docker's empty chains: no event says the walk left DOCKER-USER or DOCKER-CT,
+    /// the next event from the caller does.
+    #[test]
+    fn silent_ends_of_chains_show_the_caller_again() {
+        let mut a = Assembler::default();
+        let jump = |chain: &str, to: &str| TraceEvent {
+            jump_to: Some(to.to_owned()),
+            ..event(4, chain, TraceKind::Rule, Some(NFT_JUMP))
+        };
+        a.push(first(4, "FORWARD", Some(NFT_JUMP), Some("DOCKER-USER")));
+        a.push(jump("FORWARD", "DOCKER-FORWARD"));
+        a.push(jump("DOCKER-FORWARD", "DOCKER-CT"));
+        a.push(jump("DOCKER-FORWARD", "DOCKER-BRIDGE"));
+        a.push(jump("DOCKER-BRIDGE", "DOCKER"));
+        let t = a
+            .push(event(4, "DOCKER", TraceKind::Rule, Some(NF_DROP)))
+            .expect("decided");
+        assert_eq!(
+            t.chain_path,
+            [
+                "FORWARD",
+                "DOCKER-USER",
+                "FORWARD",
+                "DOCKER-FORWARD",
+                "DOCKER-CT",
+                "DOCKER-FORWARD",
+                "DOCKER-BRIDGE",
+                "DOCKER"
+            ]
+        );
     }
 
     #[test]
