@@ -267,6 +267,10 @@ fn human(pkt: u64, i: usize, n: usize, p: &Packet, hop: &Hop) -> String {
                 if let Some(rule) = &d.rule {
                     t.push_str(&format!(" rule: {rule}"));
                 }
+            } else if let Some(rule) = &h.rule {
+                t.push_str(&format!(" rule: {rule}"));
+            } else if let (Some(policy), Some(chain)) = (&h.policy, h.chain_path.first()) {
+                t.push_str(&format!(" policy: {policy} ({chain})"));
             }
             t
         }
@@ -292,6 +296,29 @@ fn human(pkt: u64, i: usize, n: usize, p: &Packet, hop: &Hop) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The human comment of a netfilter hop names its rule or policy as nftrace did.
+    #[test]
+    fn hop_comments_name_the_deciding_rule_or_policy() {
+        let p = crate::tui::fixtures::dropped();
+        let comments: Vec<String> = p
+            .hops
+            .iter()
+            .enumerate()
+            .map(|(i, h)| human(1, i, p.hops.len(), &p, h))
+            .collect();
+        assert_eq!(
+            comments[1],
+            "pkt 1 hop 2/4: PREROUTING nat accept policy: accept (PREROUTING)"
+        );
+        assert_eq!(
+            comments[3],
+            format!(
+                "pkt 1 hop 4/4: FORWARD filter drop NETFILTER_DROP rule: {}",
+                crate::tui::fixtures::RULE
+            )
+        );
+    }
 
     #[test]
     fn rotated_files_are_numbered() {

@@ -168,6 +168,15 @@ impl Data {
                         st.bytes[w] += len;
                         seen_hooks.push(k);
                     }
+                    // The rule (or policy) that let it pass, as nftrace named it; a drop's
+                    // rule has its own note below.
+                    if n.verdict != "drop" {
+                        match (&n.rule, &n.policy) {
+                            (Some(r), _) => notes.push(format!("{hook}/{table}: {r}")),
+                            (None, Some(p)) => notes.push(format!("{hook}/{table}: policy {p}")),
+                            _ => {}
+                        }
+                    }
                     (
                         format!("{}/{table}", short_hook(hook)),
                         format!("{hook}/{table}"),

@@ -125,6 +125,15 @@ fn renders_the_path_flows_drops_timeline_and_status() {
     }
     let wide = render(&app, 120, 40);
     assert!(wide.contains(RULE), "the full rule at 120 columns");
+    // What nftrace named for an accepting table shows in the timeline too (the dropped
+    // connection's, the second flow).
+    let mut app = app;
+    press(&mut app, "j");
+    let wide = render(&app, 120, 40);
+    assert!(
+        wide.contains("PREROUTING/nat: policy accept"),
+        "the timeline shows the accept's policy\n{wide}"
+    );
 }
 
 #[test]
