@@ -29,6 +29,11 @@ pub use session::trace;
 pub mod parsers {
     pub use crate::events::{decode::decode, packet::parse_ethernet};
     pub use crate::pcapng::Reader;
+    /// nftables: trace events from the kernel, their walks, and ruleset text.
+    pub use crate::{
+        correlate::traversal::Assembler, nftrace::parse as parse_trace,
+        target::rule_text::RuleTexts,
+    };
 }
 
 /// What the privileged filter test drives in the real kernel.

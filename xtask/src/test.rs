@@ -31,8 +31,9 @@ pub struct TestArgs {
     pub no_vm: bool,
 }
 
-/// The fuzz targets (tracer/fuzz): the pcapng reader and the ring-buffer record decoder.
-const FUZZ_TARGETS: [&str; 2] = ["pcapng_reader", "event_decoder"];
+/// The fuzz targets (tracer/fuzz): the pcapng reader, the ring-buffer record decoder, and
+/// nftables' trace messages and ruleset text.
+const FUZZ_TARGETS: [&str; 3] = ["pcapng_reader", "event_decoder", "nftables"];
 
 /// A short run of each fuzz target (nightly, sanitizers); a crash fails the test run.
 fn fuzz(seconds: u32) -> Result<()> {

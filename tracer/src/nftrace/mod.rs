@@ -17,7 +17,6 @@ mod wire;
 pub use marker::Marker;
 pub use monitor::Monitor;
 /// The trace-event parser, for a fuzz target (lib.rs `parsers`); Monitor uses it internally.
-#[allow(unused_imports)]
 pub use trace::parse;
 pub use trace::{TraceEvent, TraceKind};
 
