@@ -259,3 +259,59 @@ fn legacy_counters_name_the_rule_that_fits_while_another_rule_drops_knocks() {
         assert_eq!(d.rule.as_deref(), Some(rule), "{}", show(p));
     }
 }
+
+/// A flood of drops under iptables-legacy (counters, no nftrace): 300 datagrams in a burst,
+/// each dropped by one INPUT rule. Reading the ruleset is off the event loop and one reading
+/// serves every drop before it, so the draining does not stall (nothing lost) and every drop
+/// after the first is named too.
+#[test]
+#[ignore = "privileged: needs root (network namespaces, BPF)"]
+fn a_flood_of_legacy_drops_is_drained_and_every_drop_is_named() {
+    let pair = Pair::new();
+    let rule = "-A INPUT -p udp -m udp --dport 7777 -j DROP";
+    pair.in_a(&[
+        "iptables-legacy",
+        "-A",
+        "INPUT",
+        "-p",
+        "udp",
+        "--dport",
+        "7777",
+        "-j",
+        "DROP",
+    ]);
+    let ft = trace_in_a();
+    let py = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b'{B_IF}')\n\
+         for i in range(300): s.sendto(b'flood %d' % i, ('{A_IP}', 7777))\n"
+    );
+    let st = Command::new("ip")
+        .args(["netns", "exec", B, "python3", "-c", &py])
+        .stdout(Stdio::null())
+        .status()
+        .expect("python3");
+    assert!(st.success());
+    std::thread::sleep(Duration::from_millis(2500));
+    let lines = ft.stop();
+    let dst = format!("{A_IP}:7777");
+    let drops: Vec<&Packet> = packets(&lines)
+        .into_iter()
+        .filter(|p| p.dst.as_deref() == Some(dst.as_str()) && p.drop.is_some())
+        .collect();
+    let s = common::the_summary(&lines);
+    assert_eq!(s.lost, 0, "{s:?}");
+    assert_eq!(drops.len(), 300, "{} drops shown", drops.len());
+    let unnamed: Vec<String> = drops
+        .iter()
+        .filter(|p| p.drop.as_ref().and_then(|d| d.rule.as_deref()) != Some(rule))
+        .map(|p| show(p))
+        .collect();
+    assert!(
+        unnamed.is_empty(),
+        "{} of 300 drops not named by the rule, e.g. {}",
+        unnamed.len(),
+        unnamed[0]
+    );
+}
