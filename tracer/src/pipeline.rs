@@ -373,21 +373,25 @@ mod tests {
     #[test]
     fn only_traced_packets_are_printed() {
         let (out, s) = run(false, PacketFilter::default());
-        let lines: Vec<serde_json::Value> = out
+        let lines: Vec<model::Line> = out
             .lines()
-            .map(|l| serde_json::from_str(l).expect("json"))
+            .map(|l| model::Line::parse(l).expect("a line of the contract"))
             .collect();
         assert_eq!(lines.len(), 1, "{out}");
-        assert_eq!(lines[0]["hops"].as_array().map(Vec::len), Some(3));
+        let model::Line::Packet(p) = &lines[0] else {
+            panic!("not a packet: {out}")
+        };
+        assert_eq!(p.hops.len(), 3);
         assert_eq!((s.packets, s.flows), (1, 1));
     }
 
     #[test]
     fn flow_mode_prints_flows_not_packets() {
         let (out, _) = run(true, PacketFilter::default());
-        let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one json line");
-        assert_eq!(v["type"], "flow");
-        assert_eq!(v["translated"], "198.51.100.1:41234");
+        let Ok(model::Line::Flow(f)) = model::Line::parse(out.trim()) else {
+            panic!("not one flow line: {out}")
+        };
+        assert_eq!(f.translated.as_deref(), Some("198.51.100.1:41234"));
     }
 
     #[test]
@@ -405,9 +409,12 @@ mod tests {
         let ts: Vec<String> = String::from_utf8(out)
             .expect("utf8")
             .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json")["skb"].to_string())
+            .map(|l| match model::Line::parse(l) {
+                Ok(model::Line::Packet(p)) => p.skb,
+                other => panic!("not a packet: {other:?}"),
+            })
             .collect();
-        assert_eq!(ts, vec!["\"0x1\"", "\"0x2\"", "\"0x2\""]);
+        assert_eq!(ts, vec!["0x1", "0x2", "0x2"]);
     }
 
     #[test]

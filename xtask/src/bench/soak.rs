@@ -165,12 +165,17 @@ pub fn run(args: &SoakArgs) -> Result<()> {
         .unwrap_or(0);
     let peak = peak_rss_kib(pid);
     let done = tracer.finish(Some(libc::SIGINT), Duration::from_secs(30))?;
+    // flowtrace's last line: its summary, read as the contract's type.
     let summary = String::from_utf8_lossy(&done.out.tail)
         .lines()
         .rev()
-        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["type"] == "summary")
-        .unwrap_or_default();
+        .find_map(|l| match tracer_model::Line::parse(l) {
+            Ok(tracer_model::Line::Summary(s)) => Some(s),
+            _ => None,
+        });
+    let (packets, flows, lost) = summary
+        .as_ref()
+        .map_or((0, 0, 0), |s| (s.packets, s.flows, s.lost));
 
     let at = |t: u64| {
         samples
@@ -198,9 +203,9 @@ pub fn run(args: &SoakArgs) -> Result<()> {
         "soak: {sent} datagrams sent ({} flows); flowtrace saw {} packets, {} flows, {} events lost; \
          exit {}",
         args.flows,
-        summary["packets"],
-        summary["flows"],
-        summary["lost"],
+        packets,
+        flows,
+        lost,
         done.exit
     );
     crate::out!(
