@@ -140,6 +140,89 @@ pub struct Drop {
     pub freed_by: Option<String>,
 }
 
+impl Packet {
+    /// Every text field, for whoever must clean text from elsewhere before showing it (a
+    /// recording's comments are anyone's).
+    pub fn visit_strings(&mut self, f: &mut impl FnMut(&mut String)) {
+        let opt = |o: &mut Option<String>, f: &mut dyn FnMut(&mut String)| {
+            if let Some(s) = o.as_mut() {
+                f(s)
+            }
+        };
+        for s in [&mut self.time, &mut self.skb] {
+            f(s);
+        }
+        for o in [
+            &mut self.container,
+            &mut self.way,
+            &mut self.proto,
+            &mut self.src,
+            &mut self.dst,
+            &mut self.tcp_flags,
+            &mut self.summary,
+        ] {
+            opt(o, f);
+        }
+        for h in &mut self.hops {
+            match h {
+                Hop::Tc(t) => {
+                    for s in [&mut t.iface, &mut t.dir] {
+                        f(s);
+                    }
+                    for o in [&mut t.role, &mut t.src, &mut t.dst] {
+                        opt(o, f);
+                    }
+                    if let Some(n) = t.nat.as_mut() {
+                        n.visit_strings(f);
+                    }
+                }
+                Hop::Nf(n) => {
+                    for s in [&mut n.hook, &mut n.table, &mut n.verdict] {
+                        f(s);
+                    }
+                    for o in [
+                        &mut n.src,
+                        &mut n.dst,
+                        &mut n.rule,
+                        &mut n.policy,
+                        &mut n.rule_source,
+                    ] {
+                        opt(o, f);
+                    }
+                    n.chain_path.iter_mut().for_each(&mut *f);
+                    if let Some(x) = n.nat.as_mut() {
+                        x.visit_strings(f);
+                    }
+                }
+            }
+        }
+        if let Some(d) = self.drop.as_mut() {
+            f(&mut d.reason);
+            for o in [
+                &mut d.location,
+                &mut d.hook,
+                &mut d.table,
+                &mut d.rule,
+                &mut d.rule_source,
+                &mut d.last_hop,
+                &mut d.place,
+                &mut d.freed_by,
+            ] {
+                opt(o, f);
+            }
+            d.rule_candidates.iter_mut().for_each(&mut *f);
+        }
+    }
+}
+
+impl Nat {
+    fn visit_strings(&mut self, f: &mut impl FnMut(&mut String)) {
+        for s in [&mut self.kind, &mut self.from, &mut self.to] {
+            f(s);
+        }
+    }
+}
+
 impl Drop {
     /// Whether it counts as a drop (TCP's own frees do not).
     pub fn counts(&self) -> bool {

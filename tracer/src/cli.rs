@@ -73,11 +73,11 @@ fn expression_of(flag: &Option<String>, words: &[String]) -> Option<String> {
 #[derive(Debug, Clone, Args)]
 pub struct TraceArgs {
     /// Container to trace, by name or id (repeatable).
-    #[arg(short = 'c', long = "container", value_name = "NAME|ID")]
+    #[arg(short = 'c', long = "container", value_name = "NAME|ID", value_parser = parse_docker_name)]
     pub containers: Vec<String>,
 
     /// Trace every container attached to this Docker network.
-    #[arg(short = 'n', long = "network", value_name = "NAME")]
+    #[arg(short = 'n', long = "network", value_name = "NAME", value_parser = parse_docker_name)]
     pub networks: Vec<String>,
 
     /// Trace a network namespace that is not a Docker container, like one (repeatable):
@@ -215,6 +215,25 @@ pub fn parse_size(s: &str) -> Result<u64, Error> {
     n.checked_mul(mult).filter(|v| *v > 0).ok_or_else(bad)
 }
 
+/// A Docker container or network name, or an id: letters, digits, `_`, `.` and `-`, not
+/// starting with a punctuation mark (Docker's own rule), at most 255 characters. Anything
+/// else would end up in the Docker API's URL path.
+pub fn parse_docker_name(s: &str) -> Result<String, Error> {
+    let ok = !s.is_empty()
+        && s.len() <= 255
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(Error::InvalidName(s.escape_debug().to_string()))
+    }
+}
+
+/// The longest duration taken: a year.
+const MAX_DURATION_S: f64 = 365.0 * 24.0 * 3600.0;
+
 /// Parses `500ms`, `10s`, `2m`, `1h`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, Error> {
     let bad = || Error::InvalidDuration(s.to_owned());
@@ -231,10 +250,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, Error> {
         "h" => value * 3600.0,
         _ => return Err(bad()),
     };
-    if !secs.is_finite() || secs <= 0.0 {
+    if !secs.is_finite() || secs <= 0.0 || secs > MAX_DURATION_S {
         return Err(bad());
     }
-    Ok(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).map_err(|_| bad())
 }
 
 #[cfg(test)]
@@ -253,6 +272,11 @@ mod tests {
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5x").is_err());
+        // Too large for a Duration, or for any run: an error, never a panic.
+        assert!(parse_duration("99999999999999999999").is_err());
+        assert!(parse_duration("1e400").is_err());
+        assert!(parse_duration("366d").is_err());
+        assert!(parse_duration("400h").is_ok());
     }
 
     #[test]
@@ -278,6 +302,46 @@ mod tests {
         let cli = Cli::parse_from(["flowtrace", "read", "t.pcapng", "--json"]);
         assert!(matches!(cli.command, Some(Command::Read(ref r)) if r.json));
         assert!(Cli::try_parse_from(["flowtrace", "-c", "x", "--rotate", "1M"]).is_err());
+    }
+
+    #[test]
+    fn docker_names_are_docker_names() {
+        for ok in ["ens_monitor_cron", "d20c58952778", "a", "web-1.prod"] {
+            assert_eq!(parse_docker_name(ok).ok().as_deref(), Some(ok));
+        }
+        for bad in [
+            "",
+            " ",
+            "-x",
+            "../containers",
+            "a b",
+            "x?y",
+            "\u{1b}[2J",
+            &"a".repeat(256),
+        ] {
+            let e = parse_docker_name(bad).expect_err(bad);
+            assert!(e.hint().is_some(), "{e}");
+            assert!(!e.to_string().contains('\u{1b}'), "escaped: {e}");
+        }
+    }
+
+    /// Property: any text at all, as a duration, a size or a name, parses or is an error.
+    #[test]
+    fn any_value_parses_or_is_an_error_never_a_panic() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let alphabet: Vec<char> = "0123456789.eE+-smhdKMGBi \u{1b}\u{0}é/_".chars().collect();
+        for _ in 0..20_000 {
+            let mut t = String::new();
+            for _ in 0..(x % 24) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                t.push(alphabet[(x % alphabet.len() as u64) as usize]);
+            }
+            let _ = parse_duration(&t);
+            let _ = parse_size(&t);
+            let _ = parse_docker_name(&t);
+        }
     }
 
     #[test]

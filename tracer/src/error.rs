@@ -59,8 +59,11 @@ pub enum Error {
     #[error("invalid size `{0}` (use e.g. 500K, 100M, 2G)")]
     InvalidSize(String),
 
-    #[error("invalid duration `{0}` (use e.g. 500ms, 10s, 2m, 1h)")]
+    #[error("invalid duration `{0}` (use e.g. 500ms, 10s, 2m, 1h; at most a year)")]
     InvalidDuration(String),
+
+    #[error("`{0}` is not a Docker container or network name")]
+    InvalidName(String),
 
     #[error(transparent)]
     Filter(#[from] crate::pcapfilter::FilterError),
@@ -103,6 +106,9 @@ impl Error {
                 "is dockerd running and /var/run/docker.sock reachable (DOCKER_HOST)? For a non-Docker target use --netns PATH or --iface"
             }
             Self::UnknownContainer { .. } => "`docker ps` lists the running containers",
+            Self::InvalidName(_) => {
+                "names are letters, digits, `_`, `.` and `-` (`docker ps` and `docker network ls` list them); ids are hex"
+            }
             Self::UnknownNetwork(_) => "`docker network ls` lists the networks",
             Self::ContainerNotRunning(_) => "start it first (`docker start NAME`)",
             Self::NoContainerInterfaces(_) => "trace the host's interfaces with --iface instead",

@@ -29,6 +29,8 @@ pub use session::trace;
 pub mod parsers {
     pub use crate::events::{decode::decode, packet::parse_ethernet};
     pub use crate::pcapng::Reader;
+    /// A recording's packet line shown as text and on the dashboard.
+    pub use crate::tui::show_untrusted_line;
     /// nftables: trace events from the kernel, their walks, and ruleset text.
     pub use crate::{
         correlate::traversal::Assembler, nftrace::parse as parse_trace,

@@ -123,6 +123,17 @@ fn a_recording_opens_in_tshark_and_replays_exactly_as_the_live_run() {
         "the drop in frame.comment"
     );
     assert!(out.contains("SNAT"), "the MASQUERADE in frame.comment");
+    // Wall-clock timestamps: tshark dates the blocks today, not minutes after 1970.
+    let (ok, times, err) = tshark(&file, &["frame.time_epoch"]);
+    assert!(ok, "tshark failed: {err}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    for t in times.lines() {
+        let t: f64 = t.trim().parse().expect("an epoch time");
+        assert!((now - t).abs() < 600.0, "a block dated {t}, now is {now}");
+    }
     // One block per hop: per-interface counts match the hops of the live output.
     let mut want: BTreeMap<String, usize> = BTreeMap::new();
     for p in packets(&live) {

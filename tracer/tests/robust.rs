@@ -18,17 +18,24 @@ fn cron() -> From {
 #[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
 fn sigterm_flushes_summarises_and_detaches() {
     let lab = Lab::get();
-    let ft = Flowtrace::start(&["-c", "ens_monitor_cron", "--json"]);
-    tcp(&lab, &cron(), lab.inet_ip(), 8080).expect("tcp");
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let (ok, out, err) = ft.signal_and_wait(libc::SIGTERM);
-    assert!(ok, "SIGTERM is an orderly exit: {err}");
-    let last = line(out.last().expect("output"));
-    let Line::Summary(s) = &last else {
-        panic!("the last line is not the summary: {last:?}")
-    };
-    assert!(s.packets > 0, "{s:?}");
-    assert_eq!(leftovers(&lab.host_veth()), "");
+    // SIGHUP (a dropped ssh session) and SIGQUIT end the run as SIGTERM does.
+    for (sig, name) in [
+        (libc::SIGTERM, "SIGTERM"),
+        (libc::SIGHUP, "SIGHUP"),
+        (libc::SIGQUIT, "SIGQUIT"),
+    ] {
+        let ft = Flowtrace::start(&["-c", "ens_monitor_cron", "--json"]);
+        tcp(&lab, &cron(), lab.inet_ip(), 8080).expect("tcp");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let (ok, out, err) = ft.signal_and_wait(sig);
+        assert!(ok, "{name} is an orderly exit: {err}");
+        let last = line(out.last().expect("output"));
+        let Line::Summary(s) = &last else {
+            panic!("{name}: the last line is not the summary: {last:?}")
+        };
+        assert!(s.packets > 0, "{name}: {s:?}");
+        assert_eq!(leftovers(&lab.host_veth()), "", "{name}");
+    }
 }
 
 #[test]
@@ -160,9 +167,29 @@ fn every_bad_input_is_one_sentence_a_hint_and_a_non_zero_exit() {
         assert_eq!(err.lines().count(), 2, "one sentence and a hint: {err}");
     }
     // Bad values are refused by the argument parser, before anything happens.
-    let (code, err) = run(&["-c", "x", "--duration", "soon"], &[]);
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains("invalid duration `soon`"), "{err}");
+    for (args, want) in [
+        (
+            vec!["-c", "x", "--duration", "soon"],
+            "invalid duration `soon`",
+        ),
+        (
+            vec!["-c", "x", "-d", "99999999999999999999"],
+            "invalid duration `99999999999999999999`",
+        ),
+        (
+            vec!["-c", ""],
+            "`` is not a Docker container or network name",
+        ),
+        (
+            vec!["-n", "../x"],
+            "`../x` is not a Docker container or network name",
+        ),
+    ] {
+        let (code, err) = run(&args, &[]);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
     // Not root: say so and name the capabilities.
     let out = Command::new("setpriv")
         .args([

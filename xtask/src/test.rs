@@ -31,25 +31,41 @@ pub struct TestArgs {
     pub no_vm: bool,
 }
 
-/// The fuzz targets (tracer/fuzz): the pcapng reader, the ring-buffer record decoder, and
-/// nftables' trace messages and ruleset text.
-const FUZZ_TARGETS: [&str; 3] = ["pcapng_reader", "event_decoder", "nftables"];
+/// The fuzz targets (tracer/fuzz): the pcapng reader, the ring-buffer record decoder,
+/// nftables' trace messages and ruleset text, and a recording's packet shown as text and on
+/// the dashboard.
+const FUZZ_TARGETS: [&str; 4] = [
+    "pcapng_reader",
+    "event_decoder",
+    "nftables",
+    "shown_recording",
+];
 
 /// A short run of each fuzz target (nightly, sanitizers); a crash fails the test run.
 fn fuzz(seconds: u32) -> Result<()> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tracer");
     for target in FUZZ_TARGETS {
         crate::out!("test: cargo +nightly fuzz run {target} ({seconds} s)");
+        let mut args = vec![
+            "+nightly".to_owned(),
+            "fuzz".into(),
+            "run".into(),
+            target.into(),
+        ];
+        // Seeds (tracer/fuzz/seeds/TARGET) start the search from real inputs: the corpus
+        // first (new finds go there), then the seeds.
+        let seeds = dir.join("fuzz/seeds").join(target);
+        if seeds.is_dir() {
+            let corpus = dir.join("fuzz/corpus").join(target);
+            std::fs::create_dir_all(&corpus)?;
+            args.push(corpus.display().to_string());
+            args.push(seeds.display().to_string());
+        }
+        args.push("--".into());
+        args.push(format!("-max_total_time={seconds}"));
         let status = std::process::Command::new("cargo")
             .current_dir(&dir)
-            .args([
-                "+nightly",
-                "fuzz",
-                "run",
-                target,
-                "--",
-                &format!("-max_total_time={seconds}"),
-            ])
+            .args(&args)
             .status()?;
         if !status.success() {
             bail!("fuzz target {target} found a crash (see tracer/fuzz/artifacts/{target})");

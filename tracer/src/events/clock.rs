@@ -30,6 +30,11 @@ impl WallClock {
         Self { offset_ns }
     }
 
+    /// Wall-clock minus monotonic time, in nanoseconds.
+    pub fn offset_ns(&self) -> i128 {
+        self.offset_ns
+    }
+
     /// For times that already are wall-clock nanoseconds (a recording's).
     pub fn wall() -> Self {
         Self { offset_ns: 0 }

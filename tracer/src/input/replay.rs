@@ -358,7 +358,13 @@ pub fn read(args: &ReadArgs) -> Result<()> {
     let walked = walk(&args.file, filter.as_ref(), |r| {
         let line = match r {
             Replayed::Lost(n) => format.lost(n),
-            Replayed::Packet(p) => format.packet(&p),
+            Replayed::Packet(mut p) => {
+                // A recording's text is anyone's: made safe for the terminal (JSON escapes it).
+                if !args.json {
+                    crate::output::terminal::clean_packet(&mut p);
+                }
+                format.packet(&p)
+            }
         };
         writeln!(out, "{line}").map_err(werr)
     })?;
@@ -431,6 +437,7 @@ mod tests {
             rotate: None,
             max_files: None,
             snaplen: 0,
+            wall_offset_ns: 0,
         };
         let mut r = Recorder::create(opts, "test".into()).expect("create");
         let e = Explainer::empty().explain(masqueraded_syn(), &points());

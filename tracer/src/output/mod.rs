@@ -3,6 +3,7 @@
 pub mod raw;
 pub mod record;
 pub mod stdout;
+pub mod terminal;
 pub mod text;
 
 use crate::{

@@ -33,6 +33,9 @@ pub struct RecordOptions {
     pub max_files: Option<usize>,
     /// Bytes kept of each hop (0: everything captured).
     pub snaplen: u32,
+    /// Wall-clock minus monotonic time (`WallClock::offset_ns`): blocks carry wall-clock
+    /// timestamps, as tshark and Wireshark expect, though the kernel's are monotonic.
+    pub wall_offset_ns: i128,
 }
 
 pub struct Recorder {
@@ -47,13 +50,43 @@ pub struct Recorder {
     pub packets: u64,
 }
 
-fn open(path: &Path, section: &str) -> io::Result<Writer<BufWriter<File>>> {
+/// Opens a new recording file. flowtrace runs as root and writes packet contents, so: never
+/// through a symbolic link (the last component is checked, then opened with `O_NOFOLLOW` and
+/// `O_EXCL`, so a link raced in between fails too), and never into someone else's file: an
+/// existing regular file is replaced (unlinked, then created anew), not truncated in place, so
+/// the new one is ours with mode 0600 whatever the old one's mode or owner was. A rotated name
+/// that another user created in advance is replaced the same way, or refused if it is a link.
+fn open_new(path: &Path) -> io::Result<File> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "it is a symbolic link, and flowtrace does not write through links",
+            ))
+        }
+        Ok(m) if m.is_file() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "it exists and is not a regular file",
+            ))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
     let file = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)?;
+    // The umask can only have taken bits away; make it exactly 0600.
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    Ok(file)
+}
+
+fn open(path: &Path, section: &str) -> io::Result<Writer<BufWriter<File>>> {
+    let file = open_new(path)?;
     let app = concat!("flowtrace ", env!("CARGO_PKG_VERSION"));
     Writer::new_with_app(BufWriter::with_capacity(256 * 1024, file), section, app)
 }
@@ -87,6 +120,11 @@ impl Recorder {
             next_pkt: 0,
             packets: 0,
         })
+    }
+
+    /// A monotonic timestamp as wall-clock nanoseconds since the epoch.
+    fn wall(&self, mono_ns: u64) -> u64 {
+        u64::try_from(i128::from(mono_ns) + self.opts.wall_offset_ns).unwrap_or(mono_ns)
     }
 
     pub fn path(&self) -> &Path {
@@ -203,7 +241,7 @@ impl Recorder {
             let comments = vec![human(pkt, i, n, p, hop), format!("{TAG}{machine}")];
             self.writer.packet(&PacketRecord {
                 interface: iface,
-                ts_ns: ts,
+                ts_ns: self.wall(ts),
                 data: &data[..keep],
                 orig_len: orig.max(keep as u32),
                 direction: dir,
@@ -247,7 +285,7 @@ impl Recorder {
         ];
         self.writer.packet(&PacketRecord {
             interface: iface,
-            ts_ns,
+            ts_ns: self.wall(ts_ns),
             data: &[],
             orig_len: 0,
             direction: None,
@@ -296,6 +334,69 @@ fn human(pkt: u64, i: usize, n: usize, p: &Packet, hop: &Hop) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ft-rec-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        dir
+    }
+
+    /// `--write` onto a link: refused with one sentence, the link's target untouched.
+    #[test]
+    fn a_symlink_is_never_written_through() {
+        let dir = scratch("link");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"precious").expect("victim");
+        let link = dir.join("x.pcapng");
+        std::os::unix::fs::symlink(&victim, &link).expect("symlink");
+        let e = open_new(&link).expect_err("a link is refused");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read(&victim).expect("read"), b"precious");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// An existing file is replaced, not truncated in place: another name for the old file
+    /// keeps its contents, and the new file is mode 0600 whatever the old one's mode was.
+    #[test]
+    fn an_existing_file_is_replaced_with_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = scratch("replace");
+        let path = dir.join("x.pcapng");
+        std::fs::write(&path, b"old").expect("old");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let other_name = dir.join("hardlink");
+        std::fs::hard_link(&path, &other_name).expect("hard link");
+        drop(open_new(&path).expect("replaced"));
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(std::fs::read(&other_name).expect("read"), b"old");
+        assert!(std::fs::read(&path).expect("read").is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A rotated name planted in advance as a link makes the rotation fail, never follow it.
+    #[test]
+    fn a_planted_rotated_name_is_not_followed() {
+        let dir = scratch("rotate");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"precious").expect("victim");
+        std::os::unix::fs::symlink(&victim, dir.join("trace-1.pcapng")).expect("symlink");
+        let mut r = Recorder::create(
+            RecordOptions {
+                path: dir.join("trace.pcapng"),
+                rotate: Some(1),
+                max_files: None,
+                snaplen: 0,
+                wall_offset_ns: 0,
+            },
+            "test".into(),
+        )
+        .expect("create");
+        assert!(r.rotate_if_needed().is_err());
+        assert_eq!(std::fs::read(&victim).expect("read"), b"precious");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// The human comment of a netfilter hop names its rule or policy as nftrace did.
     #[test]

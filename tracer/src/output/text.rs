@@ -117,7 +117,9 @@ pub fn packet(p: &Packet) -> String {
         let _ = writeln!(s, "{line}");
     }
     s.pop();
-    s
+    // The last line of defence for the live path (interface names, rules, Docker's names):
+    // nothing but the renderer's own newlines reaches the terminal raw.
+    super::terminal::escape(&s, true).into_owned()
 }
 
 pub fn flow(f: &FlowLine) -> String {
@@ -137,7 +139,7 @@ pub fn flow(f: &FlowLine) -> String {
     } else {
         String::new()
     };
-    format!(
+    let line = format!(
         "{} {} {} {} ↔ {}{id}{nat}  out {} pkts {} B  in {} pkts {} B{drops}  via {}",
         short_time(&f.time),
         f.container,
@@ -149,7 +151,8 @@ pub fn flow(f: &FlowLine) -> String {
         f.inbound.packets,
         f.inbound.bytes,
         path.join(" → ")
-    )
+    );
+    super::terminal::escape(&line, false).into_owned()
 }
 
 pub fn summary(s: &Summary) -> String {

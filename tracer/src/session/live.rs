@@ -152,7 +152,8 @@ impl Live {
     }
 
     /// A container's note: on the dashboard's status line, else on stderr (and in `--json`).
-    fn note(&mut self, name: &str, note: String) -> Result<()> {
+    fn note(&mut self, name: &str, mut note: String) -> Result<()> {
+        crate::output::terminal::clean(&mut note);
         if let Some((tx, _)) = &self.dashboard {
             let _ = tx.try_send(Feed::Status(note));
         } else {

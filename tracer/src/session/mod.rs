@@ -45,9 +45,23 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
-    let (mut live, topo, docker) = start(args).await?;
+    // A dropped ssh session (SIGHUP) and SIGQUIT end the run as SIGTERM does: cleanup, the
+    // recording flushed, the summary.
+    let mut sighup = signal(SignalKind::hangup()).map_err(|e| Error::io("SIGHUP handler", e))?;
+    let mut sigquit = signal(SignalKind::quit()).map_err(|e| Error::io("SIGQUIT handler", e))?;
+    // A signal during start-up (Docker slow to answer, say) is honoured at once: what was
+    // attached so far is detached as the start-up is dropped.
+    let (mut live, topo, docker) = tokio::select! {
+        r = start(args) => r?,
+        _ = sigint.recv() => return stopped_during_startup("SIGINT"),
+        _ = sigterm.recv() => return stopped_during_startup("SIGTERM"),
+        _ = sighup.recv() => return stopped_during_startup("SIGHUP"),
+        _ = sigquit.recv() => return stopped_during_startup("SIGQUIT"),
+    };
 
     // For the exit-path tests: a panic with everything attached must leave nothing behind.
+    // Only in the debug builds the tests run, never in a release.
+    #[cfg(debug_assertions)]
     if std::env::var_os("FLOWTRACE_TEST_PANIC_AFTER_ATTACH").is_some() {
         panic!("FLOWTRACE_TEST_PANIC_AFTER_ATTACH is set");
     }
@@ -92,6 +106,8 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            _ = sighup.recv() => break,
+            _ = sigquit.recv() => break,
             _ = &mut deadline => break,
         }
         if live.drain(&mut batch)? {
@@ -99,6 +115,11 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         }
     }
     live.finish().await
+}
+
+fn stopped_during_startup(signal: &str) -> Result<()> {
+    eprintln!("{signal} during start-up: stopped; nothing is left attached");
+    Ok(())
 }
 
 /// Everything up to the first event: the filter, the targets, the kernel's facts, the
@@ -145,12 +166,6 @@ async fn start(args: TraceArgs) -> Result<(Live, Topology, Option<Docker>)> {
         .then(|| nftrace::start(kernel.scope_maps.current(), &mut notes))
         .flatten();
     let clock = WallClock::measure();
-    let filter = PacketFilter {
-        protos: args.protos.clone(),
-        hosts: args.hosts.clone(),
-        ports: args.ports.clone(),
-        pcap: compiled.map(|f| std::sync::Arc::new(f.program)),
-    };
     let mut explainer = explainer(&topo, reasons, ruleset, read_ns);
     let (nftrace, hold_ns) = match nftrace {
         Some((n, decisions)) => {
@@ -159,18 +174,7 @@ async fn start(args: TraceArgs) -> Result<(Live, Topology, Option<Docker>)> {
         }
         None => (None, 0),
     };
-    let mut pipeline = Pipeline::new(
-        points_of(&attach_points),
-        explainer,
-        filter,
-        if args.json {
-            Format::Json
-        } else {
-            Format::Text
-        },
-        args.flows,
-        clock,
-    );
+    let mut pipeline = pipeline(&args, &attach_points, explainer, compiled, clock);
     pipeline.set_scope(kernel.scope_maps.current().clone());
     pipeline.hold_ns = hold_ns;
     if !args.raw {
@@ -182,6 +186,7 @@ async fn start(args: TraceArgs) -> Result<(Live, Topology, Option<Docker>)> {
             path,
             &topo,
             &kernel.attached,
+            &clock,
             &mut notes,
         )?));
     }
@@ -221,6 +226,35 @@ async fn start(args: TraceArgs) -> Result<(Live, Topology, Option<Docker>)> {
     Ok((live, topo, docker))
 }
 
+/// The pipeline: the points, the explainer, what is shown and how.
+fn pipeline(
+    args: &TraceArgs,
+    attach_points: &[AttachPoint],
+    explainer: crate::correlate::explain::Explainer,
+    compiled: Option<CompiledFilter>,
+    clock: WallClock,
+) -> Pipeline {
+    let filter = PacketFilter {
+        protos: args.protos.clone(),
+        hosts: args.hosts.clone(),
+        ports: args.ports.clone(),
+        pcap: compiled.map(|f| std::sync::Arc::new(f.program)),
+    };
+    let format = if args.json {
+        Format::Json
+    } else {
+        Format::Text
+    };
+    Pipeline::new(
+        points_of(attach_points),
+        explainer,
+        filter,
+        format,
+        args.flows,
+        clock,
+    )
+}
+
 fn role_names(points: &[AttachPoint]) -> std::collections::HashMap<u32, String> {
     points
         .iter()
@@ -234,6 +268,7 @@ fn recorder(
     path: &std::path::Path,
     topo: &Topology,
     attached: &[crate::probe::tc::Attached],
+    clock: &WallClock,
     notes: &mut Startup,
 ) -> Result<Recorder> {
     let opts = RecordOptions {
@@ -241,6 +276,7 @@ fn recorder(
         rotate: args.rotate,
         max_files: args.max_files,
         snaplen: 0,
+        wall_offset_ns: clock.offset_ns(),
     };
     let recorder = Recorder::create(opts, section_comment(topo, attached)).map_err(|source| {
         Error::Output {

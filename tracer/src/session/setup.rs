@@ -193,7 +193,9 @@ pub(super) fn points_of(attach: &[AttachPoint]) -> Points {
 pub(super) struct Startup(pub(super) Vec<String>);
 
 impl Startup {
-    pub(super) fn say(&mut self, line: String) {
+    pub(super) fn say(&mut self, mut line: String) {
+        // Names from Docker and the kernel: shown, never obeyed by the terminal.
+        crate::output::terminal::clean(&mut line);
         eprintln!("{line}");
         self.0.push(line);
     }

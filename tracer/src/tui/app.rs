@@ -111,8 +111,20 @@ impl App {
 
     pub fn apply(&mut self, feed: Feed, now: Instant) {
         match feed {
-            Feed::Packet(v) => self.data.packet(&v),
-            Feed::Flows(lines) => self.data.flows(&lines),
+            // Text from elsewhere (recordings, the ruleset, Docker) is made safe before it is
+            // drawn.
+            Feed::Packet(mut v) => {
+                crate::output::terminal::clean_packet(&mut v);
+                self.data.packet(&v)
+            }
+            Feed::Flows(mut lines) => {
+                for l in &mut lines {
+                    for s in [&mut l.container, &mut l.local, &mut l.remote] {
+                        crate::output::terminal::clean(s);
+                    }
+                }
+                self.data.flows(&lines)
+            }
             Feed::Counters(c) => self.data.counters(c, now),
             Feed::Lost(n) => self.data.lost = n,
             Feed::RingFill(f) => self.data.ring_fill = f,
@@ -125,7 +137,8 @@ impl App {
         }
     }
 
-    pub fn message(&mut self, s: String) {
+    pub fn message(&mut self, mut s: String) {
+        crate::output::terminal::clean(&mut s);
         if self.messages.len() >= MAX_MESSAGES {
             self.messages.pop_front();
         }

@@ -130,6 +130,36 @@ fn install_panic_hook() -> Arc<PanicHook> {
 }
 
 /// Runs the dashboard until the user quits; restores the terminal on every exit path.
+/// For the fuzz target: a line of a recording (any text) shown the way `flowtrace read` and
+/// `read --tui` show it: rendered as text, fed to the dashboard with its flow, and the
+/// dashboard drawn at two sizes. It must never panic.
+pub fn show_untrusted_line(line: &str) {
+    let Ok(crate::model::Line::Packet(p)) = crate::model::Line::parse(line) else {
+        return;
+    };
+    let mut clean = p.clone();
+    crate::output::terminal::clean_packet(&mut clean);
+    let _ = crate::output::text::packet(&clean);
+    let now = std::time::Instant::now();
+    let mut app = app::App::new("fuzz".into());
+    let mut flows = crate::correlate::flow::FlowTable::new(4);
+    if let Some(s) = crate::correlate::flow::Sample::of(&p) {
+        flows.add(s);
+    }
+    let clock = crate::events::clock::WallClock::wall();
+    let lines = flows
+        .take_changed()
+        .into_iter()
+        .map(|(k, s)| crate::model::flow(k, s, &clock))
+        .collect();
+    app.apply(Feed::Packet(Box::new(p)), now);
+    app.apply(Feed::Flows(lines), now);
+    for (w, h) in [(80, 24), (20, 8)] {
+        let Ok(mut term) = Terminal::new(ratatui::backend::TestBackend::new(w, h));
+        let _ = term.draw(|f| ui::render(f, &app));
+    }
+}
+
 pub async fn run(feed: tokio::sync::mpsc::Receiver<Feed>, title: String) -> io::Result<()> {
     PANICKED.store(false, Ordering::Relaxed);
     let prev_hook = install_panic_hook();

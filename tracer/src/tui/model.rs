@@ -168,15 +168,7 @@ impl Data {
                         st.bytes[w] += len;
                         seen_hooks.push(k);
                     }
-                    // The rule (or policy) that let it pass, as nftrace named it; a drop's
-                    // rule has its own note below.
-                    if n.verdict != "drop" {
-                        match (&n.rule, &n.policy) {
-                            (Some(r), _) => notes.push(format!("{hook}/{table}: {r}")),
-                            (None, Some(p)) => notes.push(format!("{hook}/{table}: policy {p}")),
-                            _ => {}
-                        }
-                    }
+                    notes.extend(passed_by(n));
                     (
                         format!("{}/{table}", short_hook(hook)),
                         format!("{hook}/{table}"),
@@ -329,8 +321,26 @@ impl Data {
 pub fn clock_of(t: &str) -> String {
     let after = t.split_once('T').map_or(t, |(_, r)| r);
     let trimmed = after.trim_end_matches('Z');
-    let cut = trimmed
+    let mut cut = trimmed
         .find('.')
         .map_or(trimmed.len(), |i| (i + 4).min(trimmed.len()));
+    // A recording's text is anyone's: never cut inside a character.
+    while !trimmed.is_char_boundary(cut) {
+        cut -= 1;
+    }
     trimmed[..cut].to_owned()
+}
+
+/// The rule (or policy) that let a packet pass a table, as nftrace named it (a drop's rule has
+/// its own note).
+fn passed_by(n: &crate::model::NfHop) -> Option<String> {
+    if n.verdict == "drop" {
+        return None;
+    }
+    let at = format!("{}/{}", n.hook, n.table);
+    match (&n.rule, &n.policy) {
+        (Some(r), _) => Some(format!("{at}: {r}")),
+        (None, Some(p)) => Some(format!("{at}: policy {p}")),
+        _ => None,
+    }
 }

@@ -327,6 +327,9 @@ pub(super) fn measure(ctx: &Ctx, config: Config, load: Load, rep: u32) -> Result
                 Config::Events => {
                     c.arg("--json");
                 }
+                Config::EventsNoNftrace => {
+                    c.args(["--json", "--no-nftrace"]);
+                }
                 Config::Filtered => {
                     c.args(["--json", "-f", FILTER_1PCT]);
                 }

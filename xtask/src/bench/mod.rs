@@ -95,6 +95,8 @@ enum Config {
     Baseline,
     Counters,
     Events,
+    /// `--json --no-nftrace`: per-packet events without the nftables trace, side by side.
+    EventsNoNftrace,
     /// `--json` with a filter expression that matches about 1% of the load's packets.
     Filtered,
     Pcapng,
@@ -105,10 +107,11 @@ enum Config {
 /// 32-bit timestamps (udp[16:4]); TCP segments, every 100th IP ID.
 const FILTER_1PCT: &str = "(udp and udp[16:4] % 100 == 0) or (tcp and ip[4:2] % 100 == 0)";
 
-const CONFIGS: [Config; 6] = [
+const CONFIGS: [Config; 7] = [
     Config::Baseline,
     Config::Counters,
     Config::Events,
+    Config::EventsNoNftrace,
     Config::Filtered,
     Config::Pcapng,
     Config::Tcpdump,
@@ -120,6 +123,7 @@ impl Config {
             Config::Baseline => "baseline",
             Config::Counters => "counters",
             Config::Events => "events",
+            Config::EventsNoNftrace => "events, no nftrace",
             Config::Filtered => "filter 1%",
             Config::Pcapng => "pcapng",
             Config::Tcpdump => "tcpdump",
@@ -128,7 +132,11 @@ impl Config {
     fn is_flowtrace(self) -> bool {
         matches!(
             self,
-            Config::Counters | Config::Events | Config::Filtered | Config::Pcapng
+            Config::Counters
+                | Config::Events
+                | Config::EventsNoNftrace
+                | Config::Filtered
+                | Config::Pcapng
         )
     }
 }

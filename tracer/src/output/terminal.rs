@@ -1,0 +1,73 @@
+//! Text from elsewhere (recordings, the ruleset, Docker, interface names) is made safe before
+//! it reaches a terminal: control characters (C0, DEL, C1) and the bidirectional overrides
+//! that reorder what is shown are written as visible escapes (`\x1b`, `\u{202e}`), so a
+//! shared recording cannot retitle, clear or reprogram the terminal, or forge lines.
+
+use std::borrow::Cow;
+
+/// Characters that must not reach a terminal as they are.
+fn unsafe_char(c: char, keep_newline: bool) -> bool {
+    (c.is_control() && !(keep_newline && c == '\n'))
+        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `s` with every unsafe character escaped (a newline kept if asked: the renderer's own).
+pub fn escape(s: &str, keep_newline: bool) -> Cow<'_, str> {
+    if !s.chars().any(|c| unsafe_char(c, keep_newline)) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if !unsafe_char(c, keep_newline) {
+            out.push(c);
+        } else if (c as u32) < 0x100 {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// One field, made safe in place (newlines too: a field is one line).
+pub fn clean(s: &mut String) {
+    if let Cow::Owned(o) = escape(s, false) {
+        *s = o;
+    }
+}
+
+/// Every text field of a packet, made safe in place.
+pub fn clean_packet(p: &mut crate::model::Packet) {
+    p.visit_strings(&mut clean);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_and_bidi_overrides_are_made_visible() {
+        let hostile = "ens\u{1b}]0;owned\u{7}\u{1b}[2J\u{9b}31m\u{202e}cron\r\nfake";
+        let e = escape(hostile, false);
+        assert_eq!(
+            e,
+            "ens\\x1b]0;owned\\x07\\x1b[2J\\x9b31m\\u{202e}cron\\x0d\\x0afake"
+        );
+        assert!(!e.chars().any(char::is_control));
+        assert_eq!(escape("a\nb\u{1b}", true), "a\nb\\x1b");
+        assert!(matches!(escape("plain · text ✗", false), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn every_field_of_a_packet_is_cleaned() {
+        let mut p = crate::tui::fixtures::dropped();
+        p.container = Some("x\u{1b}[2J".into());
+        if let Some(d) = p.drop.as_mut() {
+            d.rule = Some("-A X -m comment --comment \"\u{1b}]0;t\u{7}\" -j DROP".into());
+        }
+        clean_packet(&mut p);
+        let text = crate::output::text::packet(&p);
+        assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text}");
+        assert!(text.contains("x\\x1b[2J"), "{text}");
+    }
+}
