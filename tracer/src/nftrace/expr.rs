@@ -1,4 +1,4 @@
-//! nf_tables expressions (enum nft_{meta,cmp,payload,ct,lookup,immediate}_attributes of
+//! nf_tables expressions (enum nft_{meta,cmp,payload,ct,lookup,immediate,limit}_attributes of
 //! linux/netfilter/nf_tables.h), encoded as a rule's NFTA_RULE_EXPRESSIONS list elements.
 
 use super::wire::MsgBuf;
@@ -43,6 +43,11 @@ pub enum Expr<'a> {
         dreg: u32,
         data: &'a [u8],
     },
+    /// `limit rate RATE/second burst BURST packets`.
+    Limit {
+        rate: u64,
+        burst: u32,
+    },
 }
 
 impl Expr<'_> {
@@ -54,6 +59,7 @@ impl Expr<'_> {
             Expr::Ct { .. } => "ct",
             Expr::Lookup { .. } => "lookup",
             Expr::Immediate { .. } => "immediate",
+            Expr::Limit { .. } => "limit",
         };
         m.nest_start(NFTA_LIST_ELEM);
         m.attr_str(NFTA_EXPR_NAME, name);
@@ -101,6 +107,13 @@ impl Expr<'_> {
                 m.nest_start(2); // NFTA_IMMEDIATE_DATA
                 m.attr(NFTA_DATA_VALUE, data);
                 m.nest_end();
+            }
+            Expr::Limit { rate, burst } => {
+                m.attr(1, &rate.to_be_bytes()); // NFTA_LIMIT_RATE (be64)
+                m.attr(2, &1u64.to_be_bytes()); // NFTA_LIMIT_UNIT: per second
+                m.attr_be32(3, burst); // NFTA_LIMIT_BURST
+                m.attr_be32(4, 0); // NFTA_LIMIT_TYPE: NFT_LIMIT_PKTS
+                m.attr_be32(5, 0); // NFTA_LIMIT_FLAGS
             }
         }
         m.nest_end();

@@ -27,12 +27,15 @@ pub struct Marker {
     seq: u32,
     targets: Targets,
     buf: Vec<u8>,
+    /// Packets marked per second at most by each rule (0: no limit).
+    limit: u32,
 }
 
 impl Marker {
     /// Creates table `inet TABLE`, owned by a new netlink socket, with its sets (empty),
-    /// chains and rules, in one transaction.
-    pub fn new(table: &str) -> Result<Marker, NftraceError> {
+    /// chains and rules, in one transaction; each rule marks at most `limit` packets a second
+    /// (0: no limit).
+    pub fn new(table: &str, limit: u32) -> Result<Marker, NftraceError> {
         let mut sock = Socket::new(NETLINK_NETFILTER).map_err(NftraceError::Socket)?;
         sock.bind_auto().map_err(NftraceError::Socket)?;
         // Errors then carry only the header of the refused request, not all of it.
@@ -44,8 +47,10 @@ impl Marker {
             seq: 1,
             targets: Targets::default(),
             buf: Vec::with_capacity(RECV_BUF),
+            limit,
         };
         let mut b = Batch::new(m.seq);
+        b.limit = limit;
         b.ruleset(table);
         m.commit(b)?;
         Ok(m)
@@ -112,6 +117,7 @@ impl Marker {
             return Ok(());
         }
         let mut b = Batch::new(self.seq);
+        b.limit = self.limit;
         b.ruleset(&self.table);
         b.targets(&self.table, &self.targets, false);
         self.commit(b)

@@ -44,6 +44,8 @@ pub const CREATE_TABLE: &str = "creating it";
 pub struct Batch {
     pub msg: MsgBuf,
     seq: u32,
+    /// Packets marked per second at most by each rule (0: no limit).
+    pub limit: u32,
     /// The sequence number of each message that needs an ack, and what it does.
     pub pending: Vec<(u32, String)>,
 }
@@ -62,6 +64,7 @@ impl Batch {
         Batch {
             msg,
             seq: first_seq.wrapping_add(1),
+            limit: 0,
             pending: Vec::new(),
         }
     }
@@ -138,7 +141,9 @@ impl Batch {
         self.msg.end_msg();
     }
 
-    /// `MATCH meta nftrace set 1` appended to `chain`.
+    /// `meta nftrace 0 MATCH [limit rate N/second burst N packets] meta nftrace set 1`
+    /// appended to `chain`: a packet already marked neither matches again (no trace event
+    /// for it here) nor takes from the limit.
     pub fn rule(&mut self, table: &str, chain: &str, m: Match) {
         self.begin(
             NFT_MSG_NEWRULE,
@@ -148,8 +153,25 @@ impl Batch {
         self.msg.attr_str(NFTA_RULE_TABLE, table);
         self.msg.attr_str(NFTA_RULE_CHAIN, chain);
         self.msg.nest_start(NFTA_RULE_EXPRESSIONS);
+        Expr::MetaLoad {
+            key: NFT_META_NFTRACE,
+            dreg: NFT_REG_1,
+        }
+        .put(&mut self.msg);
+        Expr::Cmp {
+            sreg: NFT_REG_1,
+            data: &[0],
+        }
+        .put(&mut self.msg);
         for e in m.exprs() {
             e.put(&mut self.msg);
+        }
+        if self.limit > 0 {
+            Expr::Limit {
+                rate: u64::from(self.limit),
+                burst: self.limit,
+            }
+            .put(&mut self.msg);
         }
         Expr::Immediate {
             dreg: NFT_REG_1,
@@ -330,15 +352,31 @@ mod tests {
         let msgs = decode(&bytes);
         let names: Vec<Vec<String>> = msgs[1..4].iter().map(|(_, a)| expr_names(a)).collect();
         let tail = ["immediate", "meta"];
+        let head = ["meta", "cmp"];
         assert_eq!(
             names[0],
-            [&["meta", "cmp", "payload", "lookup"][..], &tail].concat()
+            [&head[..], &["meta", "cmp", "payload", "lookup"][..], &tail].concat()
         );
         assert_eq!(
             names[1],
-            [&["meta", "payload", "lookup"][..], &tail].concat()
+            [&head[..], &["meta", "payload", "lookup"][..], &tail].concat()
         );
-        assert_eq!(names[2], [&["ct", "lookup"][..], &tail].concat());
+        assert_eq!(names[2], [&head[..], &["ct", "lookup"][..], &tail].concat());
+        // With a limit, it comes last before the mark.
+        let mut b = Batch::new(1);
+        b.limit = 1000;
+        b.rule("t", "pre", Match::Ports);
+        let (bytes, _, _) = b.finish();
+        let names = expr_names(&decode(&bytes)[1].1);
+        assert_eq!(
+            names,
+            [
+                &head[..],
+                &["meta", "payload", "lookup", "limit"][..],
+                &tail
+            ]
+            .concat()
+        );
     }
 
     #[test]

@@ -163,7 +163,7 @@ async fn start(args: TraceArgs) -> Result<(Live, Topology, Option<Docker>)> {
     )?;
     // nftrace: each table's deciding rule, marked for the traced packets only.
     let nftrace = (!(args.no_nftrace || args.counters || args.raw))
-        .then(|| nftrace::start(kernel.scope_maps.current(), &mut notes))
+        .then(|| nftrace::start(kernel.scope_maps.current(), args.nftrace_rate, &mut notes))
         .flatten();
     let clock = WallClock::measure();
     let mut explainer = explainer(&topo, reasons, ruleset, read_ns);

@@ -49,7 +49,7 @@ fn targets(
 
 /// Starts nftrace: the listener first (so no walk is missed), then the table. None, with a
 /// start-up line saying why, where the kernel or the ruleset cannot.
-pub(super) fn start(scope: &Scope, notes: &mut Startup) -> Option<(Nftrace, Decisions)> {
+pub(super) fn start(scope: &Scope, rate: u32, notes: &mut Startup) -> Option<(Nftrace, Decisions)> {
     let monitor = match Monitor::new() {
         Ok(m) => m,
         Err(e) => {
@@ -60,7 +60,7 @@ pub(super) fn start(scope: &Scope, notes: &mut Startup) -> Option<(Nftrace, Deci
         }
     };
     let table = format!("flowtrace_{}", std::process::id());
-    let mut marker = match Marker::new(&table) {
+    let mut marker = match Marker::new(&table, rate) {
         Ok(m) => m,
         Err(e) => {
             notes.say(format!(
@@ -91,9 +91,13 @@ pub(super) fn start(scope: &Scope, notes: &mut Startup) -> Option<(Nftrace, Deci
         notes.say(format!("nftrace: not used (no thread: {e})"));
         return None;
     }
+    let limit = match rate {
+        0 => "every one".to_owned(),
+        n => format!("at most {n}/s each way"),
+    };
     notes.say(format!(
         "nftrace: added nftables table inet {table}: it only marks the traced packets for \
-         tracing (meta nftrace set 1, no verdicts) and goes away with flowtrace \
+         tracing ({limit}; meta nftrace set 1, no verdicts) and goes away with flowtrace \
          (--no-nftrace: without it)"
     ));
     Some((
