@@ -98,10 +98,10 @@ pub struct TraceArgs {
     #[arg(long)]
     pub no_nftrace: bool,
 
-    /// Packets a second that nftrace traces at most, in each direction (0: every one). Each
-    /// traced packet costs the kernel a trace message per rule it meets: past this rate,
-    /// hops name no rule and drops are named from counters.
-    #[arg(long, default_value_t = 1000, value_name = "N")]
+    /// Packets a second each nftrace marking rule marks at most (0: every one). Each traced
+    /// packet costs the kernel a trace message per rule it meets: past this rate, hops name
+    /// no rule and drops are named from counters.
+    #[arg(long, default_value_t = 250, value_name = "N")]
     pub nftrace_rate: u32,
 
     /// One JSON object per line on stdout (see the JSON contract in the README).

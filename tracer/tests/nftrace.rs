@@ -199,6 +199,13 @@ fn after_sigkill_the_ruleset_is_what_it_was() {
         rules.iter().all(|r| r.ends_with("meta nftrace set 1")),
         "it only marks:\n{own}"
     );
+    // …and at most --nftrace-rate packets a second each (the default, 250).
+    assert!(
+        rules
+            .iter()
+            .all(|r| r.contains("limit rate 250/second burst 250 packets")),
+        "each rule is limited:\n{own}"
+    );
     // Another process cannot delete it.
     let del = Command::new("nft")
         .args(["delete", "table", "inet", &table])

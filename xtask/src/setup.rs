@@ -92,6 +92,16 @@ fn apt_packages() -> Result<()> {
         }
     }
     if !available.is_empty() {
+        let available = pin_to_installed(available);
+        // What apt would remove to install these (e.g. a preinstalled qemu-utils that the
+        // distribution's qemu-system-x86 conflicts with): said before it happens.
+        let removed = apt_removals(&available);
+        for r in &removed {
+            crate::err!(
+                "setup: note: apt removes {r} to install {}",
+                available.join(" ")
+            );
+        }
         cmd(
             "apt-get",
             ["install", "-y", "-q", "--no-install-recommends"],
@@ -99,9 +109,61 @@ fn apt_packages() -> Result<()> {
         .args(&available)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .run_visible()?;
+        if !removed.is_empty() {
+            say(STEP, &format!("removed on the way: {}", removed.join(", ")));
+        }
     }
     say(STEP, "installed");
     Ok(())
+}
+
+/// Packages whose companion is already installed at a version apt also offers for them are
+/// asked for at that version (`qemu-system-x86=V` beside a preinstalled `qemu-utils` V), so
+/// that apt does not replace the preinstalled one.
+fn pin_to_installed(pkgs: Vec<&str>) -> Vec<String> {
+    const COMPANIONS: &[(&str, &str)] = &[("qemu-system-x86", "qemu-utils")];
+    pkgs.into_iter()
+        .map(|p| {
+            let pinned = COMPANIONS
+                .iter()
+                .find(|(want, _)| *want == p)
+                .and_then(|(_, have)| cmd("dpkg-query", ["-W", "-f=${Version}", have]).read().ok())
+                .map(|v| v.trim().to_owned())
+                .filter(|v| {
+                    !v.is_empty()
+                        && cmd("apt-cache", ["madison", p]).read().is_ok_and(|m| {
+                            m.lines()
+                                .any(|l| l.split('|').nth(1).map(str::trim) == Some(v))
+                        })
+                });
+            match pinned {
+                Some(v) => format!("{p}={v}"),
+                None => p.to_owned(),
+            }
+        })
+        .collect()
+}
+
+/// The packages `apt-get install PKGS` would remove (from a simulated run: its `Remv` lines).
+fn apt_removals(pkgs: &[String]) -> Vec<String> {
+    let sim = cmd(
+        "apt-get",
+        ["-s", "install", "-y", "--no-install-recommends"],
+    )
+    .args(pkgs)
+    .env("DEBIAN_FRONTEND", "noninteractive")
+    .read()
+    .unwrap_or_default();
+    parse_removals(&sim)
+}
+
+fn parse_removals(simulated: &str) -> Vec<String> {
+    simulated
+        .lines()
+        .filter_map(|l| l.strip_prefix("Remv "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// cargo-fuzz, for the short fuzzing runs of `cargo xtask test`.
@@ -250,4 +312,15 @@ pub fn ensure_dockerd() -> Result<()> {
         "dockerd did not answer `docker info` within {} s; see {DOCKERD_LOG}",
         DOCKERD_WAIT.as_secs()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn removals_are_read_from_a_simulated_install() {
+        let sim = "NOTE: This is only a simulation!\nRemv qemu-utils [1:7.2+dfsg-7+deb12u6]\n\
+                   Inst qemu-system-x86 (1:7.2+dfsg-7+deb12u16 Debian:12.12/oldstable [amd64])\n";
+        assert_eq!(super::parse_removals(sim), ["qemu-utils"]);
+        assert!(super::parse_removals("Inst a (1 x)\n").is_empty());
+    }
 }

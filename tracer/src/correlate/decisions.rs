@@ -5,7 +5,7 @@
 //! it does not know. The event loop never waits for it: the pipeline takes what has arrived.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     sync::mpsc::{Receiver, Sender},
     time::{Duration, Instant},
 };
@@ -40,10 +40,10 @@ pub fn resolve(
     events: Receiver<Vec<TraceEvent>>,
     decisions: Sender<Decision>,
     own_table: String,
+    mut texts: RuleTexts,
     read: impl Fn() -> RuleTexts,
 ) {
     let mut asm = Assembler::default();
-    let mut texts = read();
     let mut last_read = Instant::now();
     for batch in events {
         for e in batch {
@@ -107,14 +107,19 @@ pub fn decide(t: &Traversal, texts: &RuleTexts) -> Option<Decision> {
     })
 }
 
-/// Decisions that arrived and wait for their packet.
+/// Decisions that arrived and wait for their packet, found by (hook, fingerprint): a busy
+/// host has thousands waiting, and every netfilter hop of every shown packet looks one up.
 pub struct Decisions {
     rx: Receiver<Decision>,
-    held: VecDeque<(Instant, Decision)>,
+    by_key: HashMap<(u8, u64), Vec<(Instant, Decision)>>,
+    /// Arrival order, to forget what waited too long.
+    order: VecDeque<(Instant, (u8, u64))>,
+    /// Fingerprints of the drops waiting, with how many.
+    drops: HashMap<u64, u32>,
 }
 
 /// How long a decision waits for its packet (a packet is explained well within this).
-const KEPT_FOR: Duration = Duration::from_secs(10);
+const KEPT_FOR: Duration = Duration::from_secs(5);
 /// Decisions kept at most.
 const MAX_HELD: usize = 65_536;
 
@@ -122,7 +127,9 @@ impl Decisions {
     pub fn new(rx: Receiver<Decision>) -> Self {
         Self {
             rx,
-            held: VecDeque::new(),
+            by_key: HashMap::new(),
+            order: VecDeque::new(),
+            drops: HashMap::new(),
         }
     }
 
@@ -130,51 +137,95 @@ impl Decisions {
     fn refresh(&mut self) {
         let now = Instant::now();
         while let Ok(d) = self.rx.try_recv() {
-            if self.held.len() >= MAX_HELD {
-                self.held.pop_front();
+            if self.order.len() >= MAX_HELD {
+                self.forget_oldest();
             }
-            self.held.push_back((now, d));
+            let key = (d.hook, d.fingerprint);
+            if d.verdict == "drop" {
+                *self.drops.entry(d.fingerprint).or_default() += 1;
+            }
+            self.order.push_back((now, key));
+            self.by_key.entry(key).or_default().push((now, d));
         }
         while self
-            .held
+            .order
             .front()
             .is_some_and(|(at, _)| now.duration_since(*at) > KEPT_FOR)
         {
-            self.held.pop_front();
+            self.forget_oldest();
         }
     }
 
-    /// The decision of `table` at `hook` on the packet with this fingerprint and protocol
-    /// (which NAT leaves alone), taken so that no other packet claims it; the oldest first.
-    pub fn take(&mut self, hook: u8, table: &str, fingerprint: u64, proto: u8) -> Option<Decision> {
+    /// Forgets the oldest decision, if it is still waiting.
+    fn forget_oldest(&mut self) {
+        let Some((at, key)) = self.order.pop_front() else {
+            return;
+        };
+        let Some(list) = self.by_key.get_mut(&key) else {
+            return;
+        };
+        let gone = list
+            .iter()
+            .position(|(t, _)| *t == at)
+            .map(|i| list.remove(i).1);
+        if list.is_empty() {
+            self.by_key.remove(&key);
+        }
+        if let Some(d) = gone {
+            self.uncount(&d);
+        }
+    }
+
+    fn uncount(&mut self, d: &Decision) {
+        if d.verdict != "drop" {
+            return;
+        }
+        if let Some(n) = self.drops.get_mut(&d.fingerprint) {
+            *n -= 1;
+            if *n == 0 {
+                self.drops.remove(&d.fingerprint);
+            }
+        }
+    }
+
+    /// The oldest decision at `hook` for this fingerprint and protocol that `pick` accepts,
+    /// taken so that no other packet claims it.
+    fn take_where(
+        &mut self,
+        hook: u8,
+        fingerprint: u64,
+        proto: u8,
+        pick: impl Fn(&Decision) -> bool,
+    ) -> Option<Decision> {
         self.refresh();
-        let i = self.held.iter().position(|(_, d)| {
-            d.hook == hook
-                && d.table == table
-                && d.fingerprint == fingerprint
-                && d.key.proto == proto
-        })?;
-        self.held.remove(i).map(|(_, d)| d)
+        let key = (hook, fingerprint);
+        let list = self.by_key.get_mut(&key)?;
+        let i = list
+            .iter()
+            .position(|(_, d)| d.key.proto == proto && pick(d))?;
+        let (_, d) = list.remove(i);
+        if list.is_empty() {
+            self.by_key.remove(&key);
+        }
+        self.uncount(&d);
+        Some(d)
+    }
+
+    /// The decision of `table` at `hook` on the packet with this fingerprint and protocol
+    /// (which NAT leaves alone).
+    pub fn take(&mut self, hook: u8, table: &str, fingerprint: u64, proto: u8) -> Option<Decision> {
+        self.take_where(hook, fingerprint, proto, |d| d.table == table)
     }
 
     /// Whether a drop of a packet with one of these fingerprints has arrived.
     pub fn has_drop(&mut self, fingerprints: &[u64]) -> bool {
         self.refresh();
-        self.held
-            .iter()
-            .any(|(_, d)| d.verdict == "drop" && fingerprints.contains(&d.fingerprint))
+        fingerprints.iter().any(|f| self.drops.contains_key(f))
     }
 
     /// A drop at `hook` by any table, for the packet with this fingerprint.
     pub fn take_drop(&mut self, hook: u8, fingerprint: u64, proto: u8) -> Option<Decision> {
-        self.refresh();
-        let i = self.held.iter().position(|(_, d)| {
-            d.hook == hook
-                && d.verdict == "drop"
-                && d.fingerprint == fingerprint
-                && d.key.proto == proto
-        })?;
-        self.held.remove(i).map(|(_, d)| d)
+        self.take_where(hook, fingerprint, proto, |d| d.verdict == "drop")
     }
 }
 
@@ -230,9 +281,13 @@ mod tests {
         let (dtx, drx) = std::sync::mpsc::channel();
         etx.send(walk()).expect("send");
         drop(etx);
-        resolve(erx, dtx, "flowtrace_1".into(), || {
-            RuleTexts::build(NFT, &[])
-        });
+        resolve(
+            erx,
+            dtx,
+            "flowtrace_1".into(),
+            RuleTexts::build(NFT, &[]),
+            || RuleTexts::build(NFT, &[]),
+        );
         let mut ds = Decisions::new(drx);
         let (_, fp) = super::super::traversal::headers_key(
             walk()[0].network_header.as_deref().expect("ip"),
@@ -262,7 +317,13 @@ mod tests {
         etx.send(walk()).expect("send");
         drop(etx);
         // A ruleset that lacks the base chain: the walk has no hook, so no decision.
-        resolve(erx, dtx, "flowtrace_1".into(), RuleTexts::default);
+        resolve(
+            erx,
+            dtx,
+            "flowtrace_1".into(),
+            RuleTexts::default(),
+            RuleTexts::default,
+        );
         assert!(drx.try_recv().is_err());
     }
 }

@@ -141,9 +141,9 @@ impl Batch {
         self.msg.end_msg();
     }
 
-    /// `meta nftrace 0 MATCH [limit rate N/second burst N packets] meta nftrace set 1`
-    /// appended to `chain`: a packet already marked neither matches again (no trace event
-    /// for it here) nor takes from the limit.
+    /// `MATCH [limit rate N/second burst N packets] meta nftrace set 1` appended to `chain`.
+    /// (A rule cannot skip packets already marked: the kernel does not load `meta nftrace`,
+    /// EOPNOTSUPP; so each rule has its own budget.)
     pub fn rule(&mut self, table: &str, chain: &str, m: Match) {
         self.begin(
             NFT_MSG_NEWRULE,
@@ -153,16 +153,6 @@ impl Batch {
         self.msg.attr_str(NFTA_RULE_TABLE, table);
         self.msg.attr_str(NFTA_RULE_CHAIN, chain);
         self.msg.nest_start(NFTA_RULE_EXPRESSIONS);
-        Expr::MetaLoad {
-            key: NFT_META_NFTRACE,
-            dreg: NFT_REG_1,
-        }
-        .put(&mut self.msg);
-        Expr::Cmp {
-            sreg: NFT_REG_1,
-            data: &[0],
-        }
-        .put(&mut self.msg);
         for e in m.exprs() {
             e.put(&mut self.msg);
         }
@@ -352,7 +342,7 @@ mod tests {
         let msgs = decode(&bytes);
         let names: Vec<Vec<String>> = msgs[1..4].iter().map(|(_, a)| expr_names(a)).collect();
         let tail = ["immediate", "meta"];
-        let head = ["meta", "cmp"];
+        let head: [&str; 0] = [];
         assert_eq!(
             names[0],
             [&head[..], &["meta", "cmp", "payload", "lookup"][..], &tail].concat()

@@ -84,16 +84,19 @@ pub(super) fn start(scope: &Scope, rate: u32, notes: &mut Startup) -> Option<(Nf
         return None;
     }
     let own = table.clone();
+    // The rules' texts as they are now, before the first packet: the first walks are named
+    // at once, not after a reading.
+    let texts = RuleTexts::read();
     let resolver = std::thread::Builder::new()
         .name("nftrace-rules".into())
-        .spawn(move || decisions::resolve(erx, dtx, own, RuleTexts::read));
+        .spawn(move || decisions::resolve(erx, dtx, own, texts, RuleTexts::read));
     if let Err(e) = resolver {
         notes.say(format!("nftrace: not used (no thread: {e})"));
         return None;
     }
     let limit = match rate {
         0 => "every one".to_owned(),
-        n => format!("at most {n}/s each way"),
+        n => format!("at most {n}/s by each marking rule"),
     };
     notes.say(format!(
         "nftrace: added nftables table inet {table}: it only marks the traced packets for \
