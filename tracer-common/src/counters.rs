@@ -1,5 +1,18 @@
 //! Per-hop counters kept in a per-CPU hash map: exact even when the ring buffer overflows.
 
+/// Records that did not fit in the ring buffer, by kind: the index into the per-CPU `LOST`
+/// array (every kind is counted; tc's are also counted at their hop).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LostKind {
+    Tc = 0,
+    Netfilter = 1,
+    Drop = 2,
+}
+
+/// Entries of the `LOST` array.
+pub const LOST_KINDS: u32 = 3;
+
 /// Key of an observation point in the counter map: an interface and a direction.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

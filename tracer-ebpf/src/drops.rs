@@ -22,6 +22,7 @@ pub fn end(skb: u64, location: u64, reason: u32, kind: EventKind) -> i32 {
     let _ = TRACKED.remove(skb);
     let off = offsets();
     let Some(mut entry) = EVENTS.reserve::<SkbEndEvent>(0) else {
+        crate::maps::count_lost(tracer_common::LostKind::Drop);
         return 0;
     };
     let ev = entry.as_mut_ptr();

@@ -11,12 +11,25 @@ use tracer_common::{
         Judged, ScopeAddr, ScopeScratch, ADDR_BITMAP_WORDS, FLOW_MARK_WORDS, MAX_SCOPE_ADDRS,
         MAX_SCOPE_POINTS, PORT_BITMAP_WORDS,
     },
-    HopCounter, Offsets, PointKey, TcEvent, DEFAULT_SNAP,
+    HopCounter, LostKind, Offsets, PointKey, TcEvent, DEFAULT_SNAP, LOST_KINDS,
 };
 
 /// Per-packet observations. 8 MiB: ~45k 176-byte events of headroom.
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// Records that did not fit in `EVENTS`, by kind (`LostKind`), per CPU.
+#[map(name = "LOST")]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_KINDS, 0);
+
+/// Counts a record of this kind that did not fit in the ring buffer.
+#[inline(always)]
+pub fn count_lost(kind: LostKind) {
+    if let Some(n) = LOST.get_ptr_mut(kind as u32) {
+        // SAFETY: a per-CPU value, no concurrent writer on this CPU.
+        unsafe { *n += 1 };
+    }
+}
 
 /// Per-hop packet/byte/lost counters, one entry per attached (ifindex, direction).
 /// User space inserts the keys when it attaches; the programs only increment existing entries.

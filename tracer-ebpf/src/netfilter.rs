@@ -70,6 +70,7 @@ fn observe_at(state: u64, skb: u64, slot: u8) {
         scope::forget(skb);
     }
     let Some(mut entry) = EVENTS.reserve::<NfEvent>(0) else {
+        crate::maps::count_lost(tracer_common::LostKind::Netfilter);
         return;
     };
     let ev = entry.as_mut_ptr();

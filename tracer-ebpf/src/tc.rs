@@ -197,6 +197,7 @@ fn report(ctx: &TcContext, direction: u8, counter: Option<*mut tracer_common::Ho
     let (ifindex, len, mark, protocol) =
         unsafe { ((*skb).ifindex, (*skb).len, (*skb).mark, (*skb).protocol) };
     if !emit(skb, ifindex, len, mark, protocol, direction) {
+        crate::maps::count_lost(tracer_common::LostKind::Tc);
         if let Some(c) = counter {
             // SAFETY: a per-CPU value, no concurrent writer on this CPU.
             unsafe { (*c).lost += 1 };

@@ -361,9 +361,21 @@ pub struct SummaryLine {
     pub flows: u64,
     pub drops: u64,
     pub lost: u64,
+    /// `lost` by the kind of kernel record that did not fit in the ring buffer.
+    #[serde(default)]
+    pub lost_by: LostBy,
     pub hops: Vec<HopLine>,
     #[serde(default)]
     pub discarded: DiscardedLine,
+}
+
+/// Kernel records lost, by kind: a tc hop, a netfilter observation, a packet's end (its drop
+/// or free).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LostBy {
+    pub tc: u64,
+    pub netfilter: u64,
+    pub end: u64,
 }
 
 /// A line of the model to write, borrowed: the same JSON as `Line`.

@@ -156,6 +156,11 @@ pub(crate) fn summary(s: &Summary) -> SummaryLine {
         flows: s.flows,
         drops: s.drops,
         lost: s.lost,
+        lost_by: LostBy {
+            tc: s.lost_by[0],
+            netfilter: s.lost_by[1],
+            end: s.lost_by[2],
+        },
         hops: s.hops.iter().map(hop_line).collect(),
         discarded: DiscardedLine {
             untraced,

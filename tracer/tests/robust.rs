@@ -232,6 +232,13 @@ fn a_flood_reports_lost_events_while_the_counters_stay_exact() {
         lines.iter().any(|l| matches!(l, Line::Lost(_))),
         "loss reported as it happened"
     );
+    // Every kind of kernel record lost is counted, and they add up to the total.
+    let by = summary.lost_by;
+    assert_eq!(by.tc + by.netfilter + by.end, lost, "{summary:?}");
+    assert!(
+        by.tc > 0 && by.netfilter > 0 && by.end > 0,
+        "each kind of record was lost and counted: {by:?}"
+    );
     let veth_in = counted(summary, &lab.host_veth(), "ingress");
     // Every datagram, counted by the kernel, however many events were lost (a few ARP/TCP
     // packets of the container may add to it).

@@ -154,6 +154,7 @@ impl Tally {
             flows: self.flows.seen(),
             drops: self.drops,
             lost: self.lost,
+            lost_by: [0; 3],
             hops: self
                 .hops
                 .into_iter()

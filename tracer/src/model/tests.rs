@@ -43,6 +43,7 @@ fn golden_lines() -> Vec<String> {
         flows: 1,
         drops: 0,
         lost: 2,
+        lost_by: [1, 0, 1],
         hops: vec![HopTotals {
             iface: "veth9780200".into(),
             direction: "ingress",

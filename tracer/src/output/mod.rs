@@ -58,6 +58,8 @@ pub struct Summary {
     pub flows: u64,
     pub drops: u64,
     pub lost: u64,
+    /// `lost` by kind of kernel record: tc, netfilter, a packet's end.
+    pub lost_by: [u64; 3],
     pub hops: Vec<HopTotals>,
     /// What user space received and did not show, by why.
     pub discarded: Discarded,

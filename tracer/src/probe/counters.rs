@@ -23,6 +23,8 @@ pub struct HopTotals {
 pub struct Counters {
     map: PerCpuHashMap<MapData, PointKey, HopCounter>,
     ring_fill: Option<PerCpuArray<MapData, u64>>,
+    /// Records lost by kind (`tracer_common::LostKind`), per CPU.
+    lost: Option<PerCpuArray<MapData, u64>>,
     cpus: usize,
 }
 
@@ -39,9 +41,13 @@ impl Counters {
         let ring_fill = ebpf
             .take_map("RING_FILL")
             .and_then(|m| PerCpuArray::try_from(m).ok());
+        let lost = ebpf
+            .take_map("LOST")
+            .and_then(|m| PerCpuArray::try_from(m).ok());
         Ok(Self {
             map,
             ring_fill,
+            lost,
             cpus,
         })
     }
@@ -60,6 +66,27 @@ impl Counters {
         let values = self.ring_fill.as_ref()?.get(&0, 0).ok()?;
         let bytes = values.iter().copied().max()?;
         Some((bytes as f64 * 100.0 / RING_BYTES as f64) as f32)
+    }
+
+    /// Kernel records lost so far, by kind (tc, netfilter, a packet's end), summed over CPUs.
+    pub fn lost_by_kind(&self) -> [u64; 3] {
+        let mut out = [0; 3];
+        if let Some(m) = self.lost.as_ref() {
+            for (i, slot) in out.iter_mut().enumerate() {
+                if let Ok(values) = m.get(&(i as u32), 0) {
+                    *slot = values.iter().sum();
+                }
+            }
+        }
+        out
+    }
+
+    /// Every kernel record lost so far (the tc hops' own counts where the kinds are missing).
+    pub fn lost_total(&self) -> u64 {
+        match self.lost {
+            Some(_) => self.lost_by_kind().iter().sum(),
+            None => self.read().values().map(|c| c.lost).sum(),
+        }
     }
 
     /// The counters of every registered point, summed over CPUs.

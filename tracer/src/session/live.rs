@@ -229,7 +229,7 @@ impl Live {
             self.note("", note)?;
         }
         let counters = &self.kernel.counters;
-        let lost: u64 = counters.read().values().map(|c| c.lost).sum();
+        let lost = counters.lost_total();
         if lost > self.lost_reported {
             self.pipeline
                 .report_lost(lost - self.lost_reported, monotonic_ns(), &mut self.out)
@@ -300,7 +300,8 @@ impl Live {
         }
         summary.hops = self.kernel.counters.totals(&self.names);
         summary.discarded.malformed = self.kernel.stream.malformed;
-        summary.lost = summary.hops.iter().map(|h| h.lost).sum();
+        summary.lost_by = self.kernel.counters.lost_by_kind();
+        summary.lost = self.kernel.counters.lost_total();
         if summary.lost > self.lost_reported {
             let more = summary.lost - self.lost_reported;
             self.pipeline

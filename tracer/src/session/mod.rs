@@ -190,10 +190,7 @@ async fn start(args: TraceArgs) -> Result<(Live, Topology, Option<Docker>)> {
             &mut notes,
         )?));
     }
-    let tui_mode =
-        std::io::stdout().is_terminal() && !(args.json || args.raw || args.flows || args.no_tui);
-    let headless =
-        !tui_mode && (args.write.is_some() || args.no_tui || !std::io::stdout().is_terminal());
+    let (tui_mode, headless) = display_mode(&args);
     let dashboard = tui_mode.then(|| dashboard(&mut pipeline, &notes, &topo));
     let names: Vec<(u32, String)> = attach_points
         .iter()
@@ -224,6 +221,15 @@ async fn start(args: TraceArgs) -> Result<(Live, Topology, Option<Docker>)> {
         args,
     };
     Ok((live, topo, docker))
+}
+
+/// Whether the dashboard takes the terminal, and whether the run is headless (progress on
+/// stderr).
+fn display_mode(args: &TraceArgs) -> (bool, bool) {
+    let terminal = std::io::stdout().is_terminal();
+    let tui_mode = terminal && !(args.json || args.raw || args.flows || args.no_tui);
+    let headless = !tui_mode && (args.write.is_some() || args.no_tui || !terminal);
+    (tui_mode, headless)
 }
 
 /// The pipeline: the points, the explainer, what is shown and how.
