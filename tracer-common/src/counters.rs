@@ -10,6 +10,10 @@ pub enum LostKind {
     Drop = 2,
 }
 
+/// Entries of the per-hop counter map: two per attached point (1024 points; a detached
+/// point's entries are freed, so restarts do not use them up).
+pub const MAX_HOP_COUNTERS: u32 = 2048;
+
 /// Entries of the `LOST` array.
 pub const LOST_KINDS: u32 = 3;
 

@@ -14,7 +14,7 @@ pub mod netfilter;
 pub mod offsets;
 pub mod scope;
 
-pub use counters::{HopCounter, LostKind, PointKey, LOST_KINDS};
+pub use counters::{HopCounter, LostKind, PointKey, LOST_KINDS, MAX_HOP_COUNTERS};
 pub use event::{
     Direction, EventHeader, EventKind, NfEvent, SkbEndEvent, TcEvent, TcHead, DEFAULT_SNAP,
     MAX_SNAP, SNAP_LEN, TC_HEAD_LEN,

@@ -11,7 +11,7 @@ use tracer_common::{
         Judged, ScopeAddr, ScopeScratch, ADDR_BITMAP_WORDS, FLOW_MARK_WORDS, MAX_SCOPE_ADDRS,
         MAX_SCOPE_POINTS, PORT_BITMAP_WORDS,
     },
-    HopCounter, LostKind, Offsets, PointKey, TcEvent, DEFAULT_SNAP, LOST_KINDS,
+    HopCounter, LostKind, Offsets, PointKey, TcEvent, DEFAULT_SNAP, LOST_KINDS, MAX_HOP_COUNTERS,
 };
 
 /// Per-packet observations. 8 MiB: ~45k 176-byte events of headroom.
@@ -35,7 +35,7 @@ pub fn count_lost(kind: LostKind) {
 /// User space inserts the keys when it attaches; the programs only increment existing entries.
 #[map(name = "HOP_COUNTERS")]
 pub static HOP_COUNTERS: PerCpuHashMap<PointKey, HopCounter> =
-    PerCpuHashMap::with_max_entries(256, 0);
+    PerCpuHashMap::with_max_entries(MAX_HOP_COUNTERS, 0);
 
 /// sk_buff addresses seen by a tc observer: the packets the netfilter and drop programs
 /// report on. Least recently used entries make room for new ones.

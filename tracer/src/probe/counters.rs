@@ -25,6 +25,8 @@ pub struct Counters {
     ring_fill: Option<PerCpuArray<MapData, u64>>,
     /// Records lost by kind (`tracer_common::LostKind`), per CPU.
     lost: Option<PerCpuArray<MapData, u64>>,
+    /// What detached points counted before their entries were freed (still in the totals).
+    retired: BTreeMap<PointKey, HopCounter>,
     cpus: usize,
 }
 
@@ -48,6 +50,7 @@ impl Counters {
             map,
             ring_fill,
             lost,
+            retired: BTreeMap::new(),
             cpus,
         })
     }
@@ -59,6 +62,18 @@ impl Counters {
         self.map
             .insert(key, zeros, 0)
             .map_err(|e| Error::Load(format!("cannot register counter: {e}")))
+    }
+
+    /// Stops counting at a detached point and frees its entry (so that restarts never use the
+    /// map up); what it counted stays in the totals.
+    pub fn unregister(&mut self, key: PointKey) {
+        if let Ok(values) = self.map.get(&key, 0) {
+            let kept = self.retired.entry(key).or_default();
+            for v in values.iter() {
+                kept.add(v);
+            }
+        }
+        let _ = self.map.remove(&key);
     }
 
     /// How full the ring buffer was at the last write, in percent (the fullest CPU's view).
@@ -91,13 +106,12 @@ impl Counters {
 
     /// The counters of every registered point, summed over CPUs.
     pub fn read(&self) -> BTreeMap<PointKey, HopCounter> {
-        let mut out = BTreeMap::new();
+        let mut out = self.retired.clone();
         for (key, values) in self.map.iter().flatten() {
-            let mut total = HopCounter::default();
+            let total = out.entry(key).or_default();
             for v in values.iter() {
                 total.add(v);
             }
-            out.insert(key, total);
         }
         out
     }

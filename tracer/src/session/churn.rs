@@ -16,25 +16,29 @@ use crate::{
 };
 
 /// A container came back (or changed networks) as `path`: it replaces its old self, whose
-/// veths are forgotten (they are gone), and its new points join the attached ones.
+/// veths are forgotten (they are gone, and returned), and its new points join the attached
+/// ones.
 pub(super) fn replace(
     containers: &mut Vec<ContainerPath>,
     points: &mut Vec<AttachPoint>,
     path: ContainerPath,
     new_points: &[AttachPoint],
-) {
+) -> Vec<AttachPoint> {
     let name = path.info.name.clone();
     let keep: BTreeSet<u32> = path.links.iter().map(|l| l.host_veth.index).collect();
-    points.retain(|p| {
-        !(p.role == Role::Veth
-            && p.container.as_deref() == Some(&name)
-            && !keep.contains(&p.ifindex))
-    });
+    let (gone, kept): (Vec<AttachPoint>, Vec<AttachPoint>) =
+        std::mem::take(points).into_iter().partition(|p| {
+            p.role == Role::Veth
+                && p.container.as_deref() == Some(&name)
+                && !keep.contains(&p.ifindex)
+        });
+    *points = kept;
     points.extend(new_points.iter().cloned());
     match containers.iter_mut().find(|c| c.info.name == name) {
         Some(c) => *c = path,
         None => containers.push(path),
     }
+    gone
 }
 
 /// What the kernel's scope gained and lost, for the note.
@@ -84,6 +88,7 @@ pub(super) async fn wait_for_start(docker: &Docker, name: &str) -> Result<Contai
         tokio::select! {
             ev = events.next() => match ev {
                 Some(Lifecycle::Started { .. }) => return docker.container(name).await,
+                Some(Lifecycle::Note(note)) => eprintln!("{}", crate::output::terminal::escape(&note, false)),
                 Some(Lifecycle::Stopped { .. } | Lifecycle::Networks { .. }) => continue,
                 None => return docker.container(name).await,
             },

@@ -167,6 +167,16 @@ pub(super) fn register(counters: &mut Counters, points: &[AttachPoint]) -> Resul
 }
 
 impl Kernel {
+    /// Points that are gone (a restarted container's old veths): their counter entries are
+    /// freed (their counts are kept).
+    pub(super) fn forget(&mut self, points: &[AttachPoint]) {
+        for p in points {
+            for d in [Direction::Ingress, Direction::Egress] {
+                self.counters.unregister(PointKey::new(p.ifindex, d as u8));
+            }
+        }
+    }
+
     /// Attaches tc at new points (a container restarted), counting there too.
     pub(super) fn attach_more(&mut self, args: &TraceArgs, points: &[AttachPoint]) -> Result<()> {
         tc::attach(&mut self.ebpf, points, args.tc_attach, &mut self.ledger)?;

@@ -125,6 +125,7 @@ impl Live {
                 let note = format!("container {name} stopped; waiting for it to start again");
                 return self.note(&name, note);
             }
+            Lifecycle::Note(note) => return self.note("", note),
             Lifecycle::Started { name, .. } => (name, Duration::ZERO),
             // Docker says so a moment before the interface is in place.
             Lifecycle::Networks { name, .. } => (name, Duration::from_millis(300)),
@@ -189,12 +190,18 @@ impl Live {
                 .add_point(p.ifindex, info, Some(r.path.netns.inode as u32));
         }
         // The scope follows: its veths, addresses and published ports now.
-        churn::replace(
+        let gone = churn::replace(
             &mut self.containers,
             &mut self.all_points,
             r.path.clone(),
             &r.new_points,
         );
+        // The old veths' counter entries are freed (restarts never use the map up); their
+        // counts stay in the totals.
+        self.kernel.forget(&gone);
+        for p in &gone {
+            self.attached_ifs.remove(&p.ifindex);
+        }
         let scope = scope_of(&self.containers, &self.all_points, &self.dnat);
         let ch = self.kernel.scope_maps.set(scope.clone())?;
         if let Some(note) = self.nftrace.as_mut().and_then(|n| n.follow(&scope)) {

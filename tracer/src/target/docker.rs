@@ -102,6 +102,68 @@ pub enum Lifecycle {
         name: String,
         network: String,
     },
+    /// About the event stream itself (it failed, it is back): a note for the user.
+    Note(String),
+}
+
+/// Backoff between subscriptions to Docker's event stream after it failed or ended.
+const RESUBSCRIBE_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+const RESUBSCRIBE_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Forwards `subscribe()`'s events to `tx` for as long as `tx` is open. When a subscription
+/// fails or ends (dockerd restarted, say), a note says so and why, and after a backoff (1 s,
+/// doubling to 30 s) it subscribes again; once back, each watched container is looked up again
+/// (a `Started`), since what happened meanwhile was not seen.
+pub async fn follow_events<S, F>(
+    mut subscribe: F,
+    watched: Vec<String>,
+    tx: tokio::sync::mpsc::Sender<Lifecycle>,
+) where
+    F: FnMut() -> S,
+    S: Stream<Item = std::result::Result<Lifecycle, String>> + Send,
+{
+    let mut backoff = RESUBSCRIBE_FIRST;
+    let mut again = false;
+    loop {
+        let mut events = Box::pin(subscribe());
+        if again {
+            let back = "Docker's event stream is back; looking the traced containers up again";
+            if tx.send(Lifecycle::Note(back.into())).await.is_err() {
+                return;
+            }
+            for name in &watched {
+                let ev = Lifecycle::Started {
+                    id: String::new(),
+                    name: name.clone(),
+                };
+                if tx.send(ev).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let why = loop {
+            match events.next().await {
+                Some(Ok(ev)) => {
+                    backoff = RESUBSCRIBE_FIRST;
+                    if tx.send(ev).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Err(e)) => break e,
+                None => break "it ended (was dockerd stopped?)".to_owned(),
+            }
+        };
+        let note = format!(
+            "Docker's event stream failed: {why}; subscribing again in {} s",
+            backoff.as_secs()
+        );
+        if tx.send(Lifecycle::Note(note)).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(RESUBSCRIBE_MAX);
+        again = true;
+    }
 }
 
 impl Docker {
@@ -187,13 +249,37 @@ impl Docker {
         containers: &[String],
         ids: &[(String, String)],
     ) -> impl Stream<Item = Lifecycle> + Send + 'static {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let (me, watched, ids) = (self.clone(), containers.to_vec(), ids.to_vec());
+        let names = watched.clone();
+        tokio::spawn(follow_events(
+            move || me.subscribe(&names, &ids),
+            watched,
+            tx,
+        ));
+        futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|ev| (ev, rx)) },
+        )
+    }
+
+    /// One subscription to Docker's events: the watched containers' starts and deaths, and
+    /// network (dis)connections of the containers in `ids`; an error ends it.
+    fn subscribe(
+        &self,
+        containers: &[String],
+        ids: &[(String, String)],
+    ) -> impl Stream<Item = std::result::Result<Lifecycle, String>> + Send + 'static {
         let mut filters: HashMap<&str, Vec<String>> = HashMap::new();
         filters.insert("type", vec!["container".into()]);
         filters.insert("event", vec!["start".into(), "die".into()]);
         filters.insert("container", containers.to_vec());
         let opts = EventsOptionsBuilder::new().filters(&filters).build();
         let starts = self.client.events(Some(opts)).filter_map(|ev| async move {
-            let ev = ev.ok()?;
+            let ev = match ev {
+                Ok(ev) => ev,
+                Err(e) => return Some(Err(e.to_string())),
+            };
             let actor = ev.actor?;
             let id = actor.id.unwrap_or_default();
             let name = actor
@@ -201,8 +287,8 @@ impl Docker {
                 .and_then(|a| a.get("name").cloned())
                 .unwrap_or_else(|| id.clone());
             match ev.action.as_deref()? {
-                "start" => Some(Lifecycle::Started { id, name }),
-                "die" => Some(Lifecycle::Stopped { id, name }),
+                "start" => Some(Ok(Lifecycle::Started { id, name })),
+                "die" => Some(Ok(Lifecycle::Stopped { id, name })),
                 _ => None,
             }
         });
@@ -212,18 +298,22 @@ impl Docker {
         let opts = EventsOptionsBuilder::new().filters(&net_filters).build();
         let ids: HashMap<String, String> = ids.iter().cloned().collect();
         let nets = self.client.events(Some(opts)).filter_map(move |ev| {
-            let found = ev.ok().and_then(|ev| {
-                let attrs = ev.actor?.attributes?;
-                let id = attrs.get("container")?.clone();
-                let name = ids.get(&id)?.clone();
-                Some(Lifecycle::Networks {
-                    id,
-                    name,
-                    network: attrs.get("name").cloned().unwrap_or_default(),
-                })
-            });
+            let found = match ev {
+                Err(e) => Some(Err(e.to_string())),
+                Ok(ev) => (|| {
+                    let attrs = ev.actor?.attributes?;
+                    let id = attrs.get("container")?.clone();
+                    let name = ids.get(&id)?.clone();
+                    Some(Ok(Lifecycle::Networks {
+                        id,
+                        name,
+                        network: attrs.get("name").cloned().unwrap_or_default(),
+                    }))
+                })(),
+            };
             async move { found }
         });
+        // The follower drops both at the first error and opens them again.
         futures_util::stream::select(starts, nets)
     }
 
@@ -290,6 +380,62 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 #[cfg(test)]
 mod tests {
+
+    /// A stream that fails is reported, subscribed again after the backoff, and the watched
+    /// containers are looked up again once it is back; its events then flow as before.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_event_stream_is_reported_and_subscribed_again() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let mut n = 0;
+        let subscribe = move || {
+            n += 1;
+            let items: Vec<std::result::Result<Lifecycle, String>> = match n {
+                1 => vec![Err("connection reset".into())],
+                2 => vec![],
+                _ => vec![Ok(Lifecycle::Stopped {
+                    id: "1".into(),
+                    name: "cron".into(),
+                })],
+            };
+            futures_util::stream::iter(items)
+        };
+        let task = tokio::spawn(follow_events(subscribe, vec!["cron".into()], tx));
+        let mut seen = Vec::new();
+        while seen.len() < 7 {
+            match rx.recv().await {
+                Some(ev) => seen.push(ev),
+                None => break,
+            }
+        }
+        task.abort();
+        let notes: Vec<&String> = seen
+            .iter()
+            .filter_map(|e| match e {
+                Lifecycle::Note(n) => Some(n),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            notes[0].contains("connection reset") && notes[0].contains("in 1 s"),
+            "{notes:?}"
+        );
+        assert!(notes[1].contains("is back"), "{notes:?}");
+        assert!(
+            notes[2].contains("ended") && notes[2].contains("in 2 s"),
+            "{notes:?}"
+        );
+        assert!(
+            seen.iter()
+                .any(|e| matches!(e, Lifecycle::Started { name, .. } if name == "cron")),
+            "looked up again: {seen:?}"
+        );
+        assert!(
+            seen.iter()
+                .any(|e| matches!(e, Lifecycle::Stopped { name, .. } if name == "cron")),
+            "events flow again: {seen:?}"
+        );
+    }
+
     use super::*;
 
     #[test]
