@@ -5,7 +5,7 @@ use std::{io, path::PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("root is needed (to load eBPF programs and attach them to interfaces)")]
+    #[error("root, or the capabilities below, are needed (to load eBPF programs and attach them to interfaces)")]
     NotRoot,
 
     #[error("cannot reach the Docker daemon: {0}")]
@@ -101,7 +101,7 @@ impl Error {
     /// What the user can do about it.
     pub fn hint(&self) -> Option<&'static str> {
         Some(match self {
-            Self::NotRoot => "run it with sudo, or grant CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON and CAP_SYS_ADMIN",
+            Self::NotRoot => "run it with sudo, or grant CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON and CAP_SYS_ADMIN (and CAP_NET_RAW, CAP_SYS_PTRACE to follow restarts and legacy iptables)",
             Self::DockerUnreachable(_) => {
                 "is dockerd running and /var/run/docker.sock reachable (DOCKER_HOST)? For a non-Docker target use --netns PATH or --iface"
             }

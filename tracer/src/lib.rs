@@ -23,6 +23,7 @@ mod tui;
 pub use cli::{Cli, Command};
 pub use error::{Error, Result};
 pub use input::replay::{read, read_tui};
+pub use probe::privilege::apply_pending as apply_lowered_privileges;
 pub use session::trace;
 
 /// The parsers of untrusted input, for the fuzz targets.

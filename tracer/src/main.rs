@@ -29,9 +29,13 @@ fn main() -> ExitCode {
         .target(env_logger::Target::Stderr)
         .init();
 
+    // Capabilities are per thread: every worker lowers its own once start-up has lowered
+    // the main thread's (see tracer::lower_privileges).
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
+        .on_thread_start(tracer::apply_lowered_privileges)
+        .on_thread_unpark(tracer::apply_lowered_privileges)
         .build()
     {
         Ok(rt) => rt,

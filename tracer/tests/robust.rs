@@ -296,3 +296,102 @@ fn a_panic_after_attaching_leaves_nothing_behind() {
         "links and programs outlived a panic"
     );
 }
+
+/// The capabilities kept after start-up: CAP_NET_ADMIN (12), CAP_NET_RAW (13),
+/// CAP_SYS_PTRACE (19), CAP_SYS_ADMIN (21), CAP_PERFMON (38), CAP_BPF (39).
+const KEPT_CAPS: u64 = (1 << 12) | (1 << 13) | (1 << 19) | (1 << 21) | (1 << 38) | (1 << 39);
+
+/// `CapEff`, `CapBnd` and `NoNewPrivs` of every thread of a process.
+fn thread_privileges(pid: u32) -> Vec<(String, u64, u64, u32)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("tasks")
+        .flatten()
+    {
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(str::trim)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let hex = |k: &str| u64::from_str_radix(&field(k), 16).unwrap_or(u64::MAX);
+        out.push((
+            field("Name:"),
+            hex("CapEff:"),
+            hex("CapBnd:"),
+            field("NoNewPrivs:").parse().unwrap_or(0),
+        ));
+    }
+    out
+}
+
+/// Least privilege: once attached, every thread of flowtrace keeps only the capabilities it
+/// still uses, in its effective and bounding sets, with no_new_privs; and it still follows
+/// the container (a restart re-attaches, a drop is still named).
+#[test]
+#[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
+fn after_start_up_every_thread_keeps_only_the_capabilities_it_uses() {
+    let lab = Lab::get();
+    let ft = Flowtrace::start(&["-c", "ens_monitor_cron", "--json"]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let threads = thread_privileges(ft.pid());
+    assert!(threads.len() >= 3, "{threads:?}");
+    for (name, eff, bnd, nnp) in &threads {
+        assert_eq!(*eff, KEPT_CAPS, "thread {name}: CapEff {eff:016x}");
+        assert_eq!(*bnd, KEPT_CAPS, "thread {name}: CapBnd {bnd:016x}");
+        assert_eq!(*nnp, 1, "thread {name}: NoNewPrivs");
+    }
+    assert!(
+        ft.stderr_text().contains("privileges: dropped"),
+        "{}",
+        ft.stderr_text()
+    );
+    // Still working with only those: a drop named (the ruleset read again), an echo traced.
+    let _ = tcp(&lab, &cron(), lab.inet_ip(), lab.drop_port());
+    tcp(&lab, &cron(), lab.inet_ip(), 8080).expect("tcp");
+    let lines = ft.stop();
+    let want = format!("{}:{}", lab.inet_ip(), lab.drop_port());
+    let dropped = common::packets(&lines)
+        .into_iter()
+        .find(|p| p.dst.as_deref() == Some(want.as_str()) && p.drop.is_some())
+        .expect("the drop");
+    assert_eq!(
+        dropped.drop.as_ref().and_then(|d| d.rule.clone()),
+        Some(lab.drop_rule())
+    );
+}
+
+/// A user who is not root but holds the capabilities flowtrace needs may run it.
+#[test]
+#[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
+fn a_non_root_user_with_the_capabilities_may_trace() {
+    let caps = "+bpf,+perfmon,+net_admin,+sys_admin,+net_raw,+sys_ptrace";
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            &format!("--inh-caps={caps}"),
+            &format!("--ambient-caps={caps}"),
+            env!("CARGO_BIN_EXE_flowtrace"),
+            "-i",
+            "lo",
+            "--json",
+            "-d",
+            "2s",
+        ])
+        .output()
+        .expect("setpriv");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("tracing"), "{err}");
+    let last = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .map(line)
+        .expect("a summary");
+    assert!(matches!(last, Line::Summary(_)), "{last:?}");
+}

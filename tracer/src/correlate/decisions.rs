@@ -46,6 +46,8 @@ pub fn resolve(
     let mut asm = Assembler::default();
     let mut last_read = Instant::now();
     for batch in events {
+        // The rulesets are read from here: with this thread's lowered capabilities.
+        crate::probe::privilege::apply_pending();
         for e in batch {
             if e.table == own_table {
                 continue;

@@ -65,6 +65,7 @@ impl Monitor {
     fn run(self, tx: Sender<Vec<TraceEvent>>) {
         let mut buf: Vec<u8> = Vec::with_capacity(RECV_BUF);
         loop {
+            crate::probe::privilege::apply_pending();
             buf.clear();
             let batch = match self.sock.recv(&mut buf, 0) {
                 Ok(_) => parse(&buf),

@@ -30,8 +30,7 @@ pub fn object() -> &'static [u8] {
 /// per-packet events at all (`--counters` does not), and whether a filter expression decides
 /// which packets they are for (`pcapfilter::kernel::install` loads it).
 pub fn load(offsets: &Offsets, snaplen: u32, events: bool, filtering: bool) -> Result<Ebpf> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !super::privilege::can_start() {
         return Err(Error::NotRoot);
     }
     if OBJECT.is_empty() {

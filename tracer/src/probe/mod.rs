@@ -11,6 +11,7 @@ pub mod loader;
 pub mod netfilter;
 pub mod nf_hook;
 pub mod offsets;
+pub mod privilege;
 pub mod scope;
 pub mod tc;
 pub mod tc_ledger;

@@ -216,7 +216,7 @@ impl Drop for Ledger {
         for iface in &self.qdiscs {
             // Never pull the qdisc from under filters another tool (or flowtrace) put there.
             if filters_on(iface).is_some_and(|n| n == 0) {
-                let _ = Command::new("tc")
+                let _ = Command::new(super::privilege::tool("tc"))
                     .args(["qdisc", "del", "dev", iface, "clsact"])
                     .status();
             }
@@ -233,7 +233,7 @@ impl Drop for Ledger {
 fn filters_on(iface: &str) -> Option<usize> {
     let mut n = 0;
     for dir in ["ingress", "egress"] {
-        let out = Command::new("tc")
+        let out = Command::new(super::privilege::tool("tc"))
             .args(["-j", "filter", "show", "dev", iface, dir])
             .output()
             .ok()?;
@@ -251,7 +251,7 @@ fn filters_on(iface: &str) -> Option<usize> {
 /// Whether `iface` has, in `dir`, a bpf filter at `prio`/`handle` running one of our programs.
 fn is_ours(iface: &str, ingress: bool, prio: u16, handle: u32) -> bool {
     let dir = if ingress { "ingress" } else { "egress" };
-    let Ok(out) = Command::new("tc")
+    let Ok(out) = Command::new(super::privilege::tool("tc"))
         .args(["-j", "filter", "show", "dev", iface, dir])
         .output()
     else {
@@ -369,7 +369,7 @@ fn sweep_one(record: &Record) -> Swept {
         if ifindex_of(iface) != Some(*ifindex) {
             swept.gone += 1;
         } else if filters_on(iface) == Some(0)
-            && Command::new("tc")
+            && Command::new(super::privilege::tool("tc"))
                 .args(["qdisc", "del", "dev", iface, "clsact"])
                 .status()
                 .is_ok_and(|s| s.success())

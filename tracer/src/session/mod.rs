@@ -65,8 +65,21 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     if std::env::var_os("FLOWTRACE_TEST_PANIC_AFTER_ATTACH").is_some() {
         panic!("FLOWTRACE_TEST_PANIC_AFTER_ATTACH is set");
     }
+    let note = lower_privileges(live.args.rotate.is_some());
     // Only now is everything in place (including the ruleset baseline for rule attribution).
-    eprintln!("tracing… (Ctrl-C to stop)");
+    // On the dashboard's status line while it is up (nothing is written over it), else on
+    // stderr (not a container's note: no JSON line).
+    for line in note
+        .into_iter()
+        .chain(["tracing… (Ctrl-C to stop)".to_owned()])
+    {
+        match live.dashboard.as_ref() {
+            Some((tx, _)) => {
+                let _ = tx.try_send(Feed::Status(line));
+            }
+            None => eprintln!("{line}"),
+        }
+    }
     let forever = Duration::from_secs(u64::MAX / 4);
     let deadline = tokio::time::sleep(live.args.duration.unwrap_or(forever));
     tokio::pin!(deadline);
@@ -115,6 +128,24 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         }
     }
     live.finish().await
+}
+
+/// Everything is attached: keep only the capabilities still used (every thread follows); the
+/// line that says so.
+fn lower_privileges(rotating: bool) -> Option<String> {
+    let keep = crate::probe::privilege::kept(rotating);
+    match crate::probe::privilege::lower(keep) {
+        Ok(gone) if gone.is_empty() => None,
+        Ok(gone) => Some(format!(
+            "privileges: dropped {} capabilities (kept CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, \
+             CAP_NET_RAW, CAP_SYS_ADMIN, CAP_SYS_PTRACE{}); no_new_privs set",
+            gone.len(),
+            if rotating { ", CAP_DAC_OVERRIDE" } else { "" }
+        )),
+        Err(e) => Some(format!(
+            "privileges: could not drop capabilities ({e}); running with them"
+        )),
+    }
 }
 
 fn stopped_during_startup(signal: &str) -> Result<()> {

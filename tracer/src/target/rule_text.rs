@@ -55,7 +55,7 @@ impl RuleTexts {
     /// Reads the live ruleset (`nft -a list ruleset`, `iptables-save`, `ip6tables-save`).
     pub fn read() -> Self {
         let run = |cmd: &str, args: &[&str]| {
-            Command::new(cmd)
+            Command::new(crate::probe::privilege::tool(cmd))
                 .args(args)
                 .output()
                 .ok()

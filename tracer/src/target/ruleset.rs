@@ -175,7 +175,10 @@ impl Ruleset {
             {
                 continue;
             }
-            let Ok(out) = Command::new(cmd).arg("-c").output() else {
+            let Ok(out) = Command::new(crate::probe::privilege::tool(cmd))
+                .arg("-c")
+                .output()
+            else {
                 continue;
             };
             if out.status.success() {
@@ -189,7 +192,7 @@ impl Ruleset {
             }
         }
         let nft = |args: &[&str]| {
-            Command::new("nft")
+            Command::new(crate::probe::privilege::tool("nft"))
                 .args(args)
                 .output()
                 .ok()

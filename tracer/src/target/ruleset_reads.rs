@@ -54,6 +54,8 @@ impl Background {
             .spawn(move || {
                 let mut last: Option<Instant> = None;
                 while asked.recv().is_ok() {
+                    // The helpers run from here: with this thread's lowered capabilities.
+                    crate::probe::privilege::apply_pending();
                     if let Some(wait) = last.and_then(|l| MIN_INTERVAL.checked_sub(l.elapsed())) {
                         std::thread::sleep(wait);
                     }
