@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use common::{nf_hop, packets, show, Flowtrace, Line, Packet};
+use common::{nf_hop, packets, run_ok as run, show, Flowtrace, Line, Packet};
 use serde_json::Value;
 
 /// The traced side and the sender; 203.0.113.0/24 (TEST-NET-3) exists only between them.
@@ -22,18 +22,6 @@ const A_IF: &str = "bk-a";
 const B_IF: &str = "bk-b";
 const A_IP: &str = "203.0.113.1";
 const B_IP: &str = "203.0.113.2";
-
-fn run(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// The two namespaces; deleted on drop (with every table and rule inside), even on failure.
 struct Pair;
@@ -62,6 +50,22 @@ impl Pair {
             run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
         }
         me
+    }
+
+    /// `iptables-legacy -A INPUT -p udp --dport PORT -j DROP` in namespace A.
+    fn legacy_udp_drop(&self, port: u16) {
+        let port = port.to_string();
+        self.in_a(&[
+            "iptables-legacy",
+            "-A",
+            "INPUT",
+            "-p",
+            "udp",
+            "--dport",
+            &port,
+            "-j",
+            "DROP",
+        ]);
     }
 
     /// Runs a command inside namespace A.
@@ -129,17 +133,7 @@ fn trace_in_a() -> Flowtrace {
 fn a_legacy_iptables_drop_is_named_from_iptables_legacy_save() {
     let pair = Pair::new();
     let rule = "-A INPUT -p udp -m udp --dport 7777 -j DROP";
-    pair.in_a(&[
-        "iptables-legacy",
-        "-A",
-        "INPUT",
-        "-p",
-        "udp",
-        "--dport",
-        "7777",
-        "-j",
-        "DROP",
-    ]);
+    pair.legacy_udp_drop(7777);
     let ft = trace_in_a();
     let err = ft.stderr_text();
     pair.send_udp(7777);
@@ -269,17 +263,7 @@ fn legacy_counters_name_the_rule_that_fits_while_another_rule_drops_knocks() {
 fn a_flood_of_legacy_drops_is_drained_and_every_drop_is_named() {
     let pair = Pair::new();
     let rule = "-A INPUT -p udp -m udp --dport 7777 -j DROP";
-    pair.in_a(&[
-        "iptables-legacy",
-        "-A",
-        "INPUT",
-        "-p",
-        "udp",
-        "--dport",
-        "7777",
-        "-j",
-        "DROP",
-    ]);
+    pair.legacy_udp_drop(7777);
     let ft = trace_in_a();
     let py = format!(
         "import socket\n\

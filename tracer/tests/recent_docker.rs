@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use common::{nf_hop, packets, show, Flowtrace, Packet};
+use common::{nf_hop, packets, run_ok as run, show, Flowtrace, Packet};
 
 const HOST: &str = "ftrd-host";
 const CTR: &str = "ftrd-ctr";
@@ -55,18 +55,6 @@ COMMIT
 -A POSTROUTING -s 192.0.2.0/24 ! -o br-ftrd -j MASQUERADE
 COMMIT
 ";
-
-fn run(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn ip(ns: &str, args: &str) {
     let mut all = vec!["ip", "-n", ns];

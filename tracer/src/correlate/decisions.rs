@@ -257,13 +257,7 @@ mod tests {
             kind,
             handle: Some(handle),
             verdict,
-            jump_to: None,
-            policy: None,
-            network_header: None,
-            transport_header: None,
-            iif: None,
-            oif: None,
-            mark: None,
+            ..TraceEvent::default()
         }
     }
 

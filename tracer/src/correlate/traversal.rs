@@ -228,13 +228,7 @@ mod tests {
             kind,
             handle: Some(7),
             verdict,
-            jump_to: None,
-            policy: None,
-            network_header: None,
-            transport_header: None,
-            iif: None,
-            oif: None,
-            mark: None,
+            ..TraceEvent::default()
         }
     }
 

@@ -74,6 +74,28 @@ pub struct TraceEvent {
     pub mark: Option<u32>,
 }
 
+impl Default for TraceEvent {
+    fn default() -> Self {
+        Self {
+            id: 0,
+            nfproto: 0,
+            family: 0,
+            table: String::new(),
+            chain: String::new(),
+            kind: TraceKind::Other(0),
+            handle: None,
+            verdict: None,
+            jump_to: None,
+            policy: None,
+            network_header: None,
+            transport_header: None,
+            iif: None,
+            oif: None,
+            mark: None,
+        }
+    }
+}
+
 /// The trace events in a buffer of one or more netlink messages. Messages that are not
 /// nf_tables trace events, and malformed ones, are skipped.
 pub fn parse(msg: &[u8]) -> Vec<TraceEvent> {
@@ -94,18 +116,7 @@ fn parse_one(payload: &[u8]) -> Option<TraceEvent> {
         id: 0,
         nfproto: family,
         family,
-        table: String::new(),
-        chain: String::new(),
-        kind: TraceKind::Other(0),
-        handle: None,
-        verdict: None,
-        jump_to: None,
-        policy: None,
-        network_header: None,
-        transport_header: None,
-        iif: None,
-        oif: None,
-        mark: None,
+        ..TraceEvent::default()
     };
     let (mut table, mut chain) = (None, None);
     for (ty, v) in attrs(body) {

@@ -539,3 +539,16 @@ pub fn leftovers(iface: &str) -> String {
     }
     s
 }
+
+/// Runs a command that must succeed (setting up throwaway namespaces and their rules).
+pub fn run_ok(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
