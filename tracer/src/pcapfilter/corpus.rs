@@ -136,7 +136,11 @@ const V6B: [u16; 8] = [0xfd00, 0, 0, 0, 0, 0, 0, 2];
 /// IPv4 frames in Ethernet (TCP, UDP, ICMP, GRE, fragments), as a container sends and
 /// receives them.
 fn ip_frames(syn: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
-    let big = vec![0x5au8; 300];
+    [tcp_frames(syn), other_ipv4_frames()].concat()
+}
+
+/// TCP over IPv4: a SYN, its SYN-ACK, masqueraded, a RST, options.
+fn tcp_frames(syn: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
     vec![
         (
             "tcp syn to 8080",
@@ -174,6 +178,13 @@ fn ip_frames(syn: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
                 &ipv4(6, CONTAINER, INTERNET, 0, &tcp(40000, 443, 0x18, 40)),
             ),
         ),
+    ]
+}
+
+/// UDP, ICMP, GRE, a later fragment and multicast over IPv4.
+fn other_ipv4_frames() -> Vec<(&'static str, Vec<u8>)> {
+    let big = vec![0x5au8; 300];
+    vec![
         (
             "udp dns",
             eth(
