@@ -5,7 +5,7 @@ use std::{io, path::PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("root, or the capabilities below, are needed (to load eBPF programs and attach them to interfaces)")]
+    #[error("root is needed, or the capabilities below (to load eBPF programs and attach them to interfaces)")]
     NotRoot,
 
     #[error("cannot reach the Docker daemon: {0}")]

@@ -53,9 +53,15 @@ impl Background {
             .name("ruleset-reads".into())
             .spawn(move || {
                 let mut last: Option<Instant> = None;
-                while asked.recv().is_ok() {
-                    // The helpers run from here: with this thread's lowered capabilities.
+                loop {
+                    // The helpers run from here: with this thread's lowered capabilities,
+                    // applied even while nothing is asked.
                     crate::probe::privilege::apply_pending();
+                    match asked.recv_timeout(Duration::from_millis(200)) {
+                        Ok(()) => {}
+                        Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
                     if let Some(wait) = last.and_then(|l| MIN_INTERVAL.checked_sub(l.elapsed())) {
                         std::thread::sleep(wait);
                     }
