@@ -395,3 +395,61 @@ fn a_non_root_user_with_the_capabilities_may_trace() {
         .expect("a summary");
     assert!(matches!(last, Line::Summary(_)), "{last:?}");
 }
+
+/// Ctrl-C while start-up waits on a Docker that does not answer is honoured at once.
+#[test]
+#[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
+fn ctrl_c_during_start_up_is_honoured_at_once() {
+    let sock = std::env::temp_dir().join(format!("ft-mute-docker-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&sock);
+    // A "Docker" that accepts connections and never answers.
+    let py = format!(
+        "import socket, time\n\
+         s = socket.socket(socket.AF_UNIX); s.bind('{}'); s.listen(8)\n\
+         conns = []\n\
+         while True:\n\
+         \x20   c, _ = s.accept(); conns.append(c)\n",
+        sock.display()
+    );
+    let mut mute = Command::new("python3")
+        .args(["-c", &py])
+        .spawn()
+        .expect("python3");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !sock.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut ft = Command::new(env!("CARGO_BIN_EXE_flowtrace"))
+        .args(["-c", "ens_monitor_cron", "--json"])
+        .env("DOCKER_HOST", format!("unix://{}", sock.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("flowtrace");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        ft.try_wait().expect("wait").is_none(),
+        "still waiting for Docker"
+    );
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(ft.id() as i32, libc::SIGINT) };
+    let asked = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = ft.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            asked.elapsed() < std::time::Duration::from_secs(3),
+            "SIGINT during start-up was not honoured at once"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let _ = (mute.kill(), mute.wait());
+    let _ = std::fs::remove_file(&sock);
+    let mut err = String::new();
+    if let Some(mut e) = ft.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    assert!(status.success(), "{status}: {err}");
+    assert!(err.contains("SIGINT during start-up"), "{err}");
+}

@@ -263,6 +263,10 @@ impl Live {
             }
             let _ = tx.try_send(Feed::Counters(hops));
             let _ = tx.try_send(Feed::Lost(lost));
+            let d = self.pipeline.discarded();
+            let malformed = self.kernel.stream.malformed;
+            let not_shown = d.untraced + d.filtered + malformed + d.forced + d.evicted;
+            let _ = tx.try_send(Feed::NotShown(not_shown));
             let _ = tx.try_send(Feed::RingFill(counters.ring_fill()));
             if let Some((path, bytes)) = self.pipeline.recording() {
                 let _ = tx.try_send(Feed::Recording { path, bytes });

@@ -49,6 +49,9 @@ pub enum Feed {
     Counters(Vec<HopCount>),
     /// Total events lost so far (ring buffer full).
     Lost(u64),
+    /// What user space received and did not show, so far (untraced, filtered, malformed,
+    /// completed early, flows evicted: the summary's `discarded`, added up).
+    NotShown(u64),
     /// Ring-buffer fill in percent (0–100), None when unknown.
     RingFill(Option<f32>),
     /// A status line to show (attachments, fallbacks, warnings).

@@ -125,6 +125,11 @@ fn renders_the_path_flows_drops_timeline_and_status() {
     }
     let wide = render(&app, 120, 40);
     assert!(wide.contains(RULE), "the full rule at 120 columns");
+    // What user space received and did not show is on the status line too.
+    let mut app = app;
+    app.apply(Feed::NotShown(12), Instant::now());
+    let wide = render(&app, 120, 40);
+    assert!(wide.contains("not shown 12"), "{wide}");
     // What nftrace named for an accepting table shows in the timeline too (the dropped
     // connection's, the second flow).
     let mut app = app;

@@ -74,6 +74,8 @@ fn render_status(f: &mut Frame, app: &App, view: &View, area: Rect) {
         sep(),
         Span::styled(format!("lost {}", count(view.lost)), lost_style),
         sep(),
+        Span::raw(format!("not shown {}", count(view.not_shown))),
+        sep(),
         Span::raw(match view.ring_fill {
             Some(p) => format!("ring {p:.0}%"),
             None => "ring n/a".to_owned(),

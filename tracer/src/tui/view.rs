@@ -68,6 +68,8 @@ pub struct View {
     pub packets: u64,
     pub events_per_s: f64,
     pub lost: u64,
+    /// Received and not shown, so far (the summary's `discarded`).
+    pub not_shown: u64,
     pub ring_fill: Option<f32>,
     pub recording: Option<(String, u64)>,
 }
@@ -185,6 +187,7 @@ impl View {
             packets: d.packets - d.packets_base,
             events_per_s: d.packet_rate.pps,
             lost: d.lost.saturating_sub(d.lost_base),
+            not_shown: d.not_shown,
             ring_fill: d.ring_fill,
             recording: d.recording.clone(),
         }
