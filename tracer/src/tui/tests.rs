@@ -132,7 +132,6 @@ fn renders_the_path_flows_drops_timeline_and_status() {
     assert!(wide.contains("not shown 12"), "{wide}");
     // What nftrace named for an accepting table shows in the timeline too (the dropped
     // connection's, the second flow).
-    let mut app = app;
     press(&mut app, "j");
     let wide = render(&app, 120, 40);
     assert!(
