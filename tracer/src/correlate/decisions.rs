@@ -261,6 +261,22 @@ mod tests {
         }
     }
 
+    /// The decisions `resolve` makes of these batches, with the rules' texts from `texts`
+    /// (flowtrace's own table: `flowtrace_1`).
+    fn resolved(
+        batches: Vec<Vec<TraceEvent>>,
+        texts: impl Fn() -> RuleTexts,
+    ) -> Receiver<Decision> {
+        let (etx, erx) = std::sync::mpsc::channel();
+        let (dtx, drx) = std::sync::mpsc::channel();
+        for b in batches {
+            etx.send(b).expect("send");
+        }
+        drop(etx);
+        resolve(erx, dtx, "flowtrace_1".into(), texts(), texts);
+        drx
+    }
+
     fn walk() -> Vec<TraceEvent> {
         let mut ip = vec![0x45, 0, 0, 33, 0x12, 0x34, 0x40, 0, 64, 17, 0, 0];
         ip.extend_from_slice(&[172, 18, 0, 2, 198, 51, 100, 2]);
@@ -273,18 +289,7 @@ mod tests {
 
     #[test]
     fn a_walk_becomes_a_decision_with_the_rule_text_and_is_taken_once() {
-        let (etx, erx) = std::sync::mpsc::channel();
-        let (dtx, drx) = std::sync::mpsc::channel();
-        etx.send(walk()).expect("send");
-        drop(etx);
-        resolve(
-            erx,
-            dtx,
-            "flowtrace_1".into(),
-            RuleTexts::build(NFT, &[]),
-            || RuleTexts::build(NFT, &[]),
-        );
-        let mut ds = Decisions::new(drx);
+        let mut ds = Decisions::new(resolved(vec![walk()], || RuleTexts::build(NFT, &[])));
         let (_, fp) = super::super::traversal::headers_key(
             walk()[0].network_header.as_deref().expect("ip"),
             walk()[0].transport_header.as_deref(),
@@ -303,23 +308,12 @@ mod tests {
 
     #[test]
     fn walks_in_flowtraces_own_table_and_unknown_chains_are_left_out() {
-        let (etx, erx) = std::sync::mpsc::channel();
-        let (dtx, drx) = std::sync::mpsc::channel();
         let mut own = walk();
         for e in &mut own {
             e.table = "flowtrace_1".into();
         }
-        etx.send(own).expect("send");
-        etx.send(walk()).expect("send");
-        drop(etx);
         // A ruleset that lacks the base chain: the walk has no hook, so no decision.
-        resolve(
-            erx,
-            dtx,
-            "flowtrace_1".into(),
-            RuleTexts::default(),
-            RuleTexts::default,
-        );
+        let drx = resolved(vec![own, walk()], RuleTexts::default);
         assert!(drx.try_recv().is_err());
     }
 }

@@ -2,6 +2,11 @@
 
 use chrono::{DateTime, Local, Utc};
 
+/// CLOCK_MONOTONIC now, in nanoseconds: what `bpf_ktime_get_ns()` reads in the kernel.
+pub fn monotonic_ns() -> u64 {
+    u64::try_from(now_ns(libc::CLOCK_MONOTONIC)).unwrap_or(0)
+}
+
 fn now_ns(clock: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec {
         tv_sec: 0,

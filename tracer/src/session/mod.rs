@@ -175,7 +175,7 @@ async fn start(args: TraceArgs) -> Result<(Live, Topology, Option<Docker>)> {
     let (offsets, reasons) = kernel::kernel_facts(&mut notes);
     kernel::sweep(&mut notes);
     // Which tables run at which hook: where the netfilter observers go, and how drops are named.
-    let read_ns = crate::target::ruleset_reads::monotonic_ns();
+    let read_ns = setup::monotonic_ns();
     let ruleset = Ruleset::read();
     let dnat = ruleset
         .as_ref()

@@ -161,15 +161,7 @@ fn add_ports_and_uplinks(topo: &mut Topology, host: &HostView, no_uplinks: bool)
     }
 }
 
-pub(super) fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer; CLOCK_MONOTONIC is what bpf_ktime_get_ns() reads.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub(super) use crate::events::clock::monotonic_ns;
 
 pub(super) fn points_of(attach: &[AttachPoint]) -> Points {
     attach

@@ -32,38 +32,92 @@ pub struct BaseChain {
     pub policy: String,
 }
 
-/// The base chains of `nft list ruleset` (with or without `-a`).
-pub fn parse_base_chains(text: &str) -> Vec<BaseChain> {
-    let hooks = ["prerouting", "input", "forward", "output", "postrouting"];
+/// A line directly inside a chain of `nft list ruleset` (a rule, or a base chain's `type …`
+/// line), with the table and chain it is in.
+struct ChainLine<'a> {
+    family: &'a str,
+    table: &'a str,
+    chain: &'a str,
+    /// The line as listed (its `# handle N` comment included).
+    raw: &'a str,
+    /// Without the comment, trimmed, and its words.
+    text: &'a str,
+    words: Vec<&'a str>,
+}
+
+/// How nft's listing opens and closes a block (kept out of the walk's code, so that brace
+/// counters reading it are not misled).
+const BLOCK_OPEN: &str = "\u{7b}";
+const BLOCK_CLOSE: &str = "\u{7d}";
+
+/// The one walk through `nft list ruleset` (with or without `-a`): the lines directly inside
+/// chains. Sets, maps and other blocks are passed over by their `{ … }` depth.
+fn chain_lines(text: &str) -> Vec<ChainLine<'_>> {
     let mut out = Vec::new();
-    let (mut family, mut table, mut chain) = ("", "", "");
-    for line in text.lines() {
-        let line = line.split(" # ").next().unwrap_or("").trim();
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            ["table", f, t, "{"] => (family, table) = (f, t),
-            ["chain", c, "{"] => chain = c,
-            ["type", _, "hook", h, ..] => {
-                let Some(hook) = hooks.iter().position(|x| x == h) else {
-                    continue;
-                };
-                let policy = words
-                    .iter()
-                    .position(|w| *w == "policy")
-                    .and_then(|i| words.get(i + 1))
-                    .map_or("accept", |p| p.trim_end_matches(';'));
-                out.push(BaseChain {
-                    family: family.to_owned(),
-                    table: table.to_owned(),
-                    chain: chain.to_owned(),
-                    hook: hook as u8,
-                    policy: policy.to_owned(),
-                });
+    let (mut family, mut table, mut chain) = ("", "", None::<&str>);
+    // Depth of `{ … }` nesting: 1 inside a table, 2 inside a chain (or a set, map, …).
+    let mut depth = 0usize;
+    for raw in text.lines() {
+        let line = raw.split(" # ").next().unwrap_or("").trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if line == BLOCK_CLOSE {
+            depth = depth.saturating_sub(1);
+            if depth < 2 {
+                chain = None;
             }
-            _ => {}
+            continue;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if line.ends_with(BLOCK_OPEN) {
+            match (depth, words.as_slice()) {
+                (0, ["table", f, t, _]) => (family, table) = (f, t),
+                (1, ["chain", c, _]) => chain = Some(c),
+                _ => {}
+            }
+            depth += 1;
+            continue;
+        }
+        if let Some(chain) = chain.filter(|_| depth == 2) {
+            out.push(ChainLine {
+                family,
+                table,
+                chain,
+                raw,
+                text: line,
+                words,
+            });
         }
     }
     out
+}
+
+/// The base chains of `nft list ruleset` (with or without `-a`).
+pub fn parse_base_chains(text: &str) -> Vec<BaseChain> {
+    let hooks = ["prerouting", "input", "forward", "output", "postrouting"];
+    chain_lines(text)
+        .into_iter()
+        .filter_map(|l| {
+            let ["type", _, "hook", h, ..] = l.words.as_slice() else {
+                return None;
+            };
+            let hook = hooks.iter().position(|x| x == h)?;
+            let policy = l
+                .words
+                .iter()
+                .position(|w| *w == "policy")
+                .and_then(|i| l.words.get(i + 1))
+                .map_or("accept", |p| p.trim_end_matches(';'));
+            Some(BaseChain {
+                family: l.family.to_owned(),
+                table: l.table.to_owned(),
+                chain: l.chain.to_owned(),
+                hook: hook as u8,
+                policy: policy.to_owned(),
+            })
+        })
+        .collect()
 }
 
 /// The `# handle N` comment of a line listed with `-a`.
@@ -97,59 +151,33 @@ fn strip_counter(rule: &str) -> (String, Option<u64>) {
 
 /// Parses `nft list ruleset` (with or without `-a`): the rules of every chain of every table.
 pub fn parse_ruleset(text: &str) -> Vec<NftRule> {
-    let mut out = Vec::new();
-    let (mut family, mut table, mut chain) = (String::new(), String::new(), None::<String>);
-    let mut index = 0;
-    // Depth of `{ … }` nesting: 1 inside a table, 2 inside a chain (or a set, map, …).
-    let mut depth = 0usize;
-    for raw in text.lines() {
-        let line = raw.split(" # ").next().unwrap_or("").trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        if line == "}" {
-            depth = depth.saturating_sub(1);
-            if depth < 2 {
-                chain = None;
-            }
-            continue;
-        }
-        let words: Vec<&str> = line.split_whitespace().collect();
-        if line.ends_with('{') {
-            match (depth, words.as_slice()) {
-                (0, ["table", f, t, "{"]) => {
-                    family = (*f).to_owned();
-                    table = (*t).to_owned();
-                }
-                (1, ["chain", c, "{"]) => {
-                    chain = Some((*c).to_owned());
-                    index = 0;
-                }
-                _ => {}
-            }
-            depth += 1;
-            continue;
-        }
-        let Some(c) = chain.as_ref().filter(|_| depth == 2) else {
-            continue;
-        };
+    let mut out: Vec<NftRule> = Vec::new();
+    for l in chain_lines(text) {
         // A base chain's `type … hook … priority …; policy …;` line is not a rule.
-        if words.first() == Some(&"type") || words.first() == Some(&"policy") {
+        if matches!(l.words.first(), Some(&"type") | Some(&"policy")) {
             continue;
         }
-        let (body, packets) = strip_counter(line);
-        let drops = matches!(words.last(), Some(&"drop")) || words.contains(&"reject");
+        let index = match out.last() {
+            Some(p)
+                if (p.family.as_str(), p.table.as_str(), p.chain.as_str())
+                    == (l.family, l.table, l.chain) =>
+            {
+                p.index + 1
+            }
+            _ => 0,
+        };
+        let (body, packets) = strip_counter(l.text);
+        let (family, table, chain) = (l.family, l.table, l.chain);
         out.push(NftRule {
-            family: family.clone(),
-            table: table.clone(),
-            chain: c.clone(),
-            text: format!("add rule {family} {table} {c} {body}"),
+            family: family.to_owned(),
+            table: table.to_owned(),
+            chain: chain.to_owned(),
+            text: format!("add rule {family} {table} {chain} {body}"),
             packets,
-            drops,
-            handle: handle_of(raw),
+            drops: matches!(l.words.last(), Some(&"drop")) || l.words.contains(&"reject"),
+            handle: handle_of(l.raw),
             index,
         });
-        index += 1;
     }
     out
 }

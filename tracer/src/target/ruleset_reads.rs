@@ -9,6 +9,7 @@ use std::{
 };
 
 use super::ruleset::Ruleset;
+use crate::events::clock::monotonic_ns;
 
 /// One reading of the ruleset.
 pub struct Snapshot {
@@ -27,16 +28,6 @@ pub trait Reads: Send {
 
 /// The least time between two readings.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
-
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid pointer; CLOCK_MONOTONIC is what bpf_ktime_get_ns() reads.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// Readings on a thread of their own.
 pub struct Background {
