@@ -17,6 +17,23 @@ pub const MAX_HOP_COUNTERS: u32 = 2048;
 /// Entries of the `LOST` array.
 pub const LOST_KINDS: u32 = 3;
 
+/// What the programs did to their LRU tables, by kind: the index into the per-CPU `TABLE_OPS`
+/// array. With the entries still there, these tell how many the kernel evicted to make room
+/// (which it does not report): put in − taken out − still there.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableOp {
+    /// A packet taken into `TRACKED`.
+    TrackedIn = 0,
+    /// A packet taken out of `TRACKED` (its end, or its address reused).
+    TrackedOut = 1,
+    /// A flow put in `FLOWS` (only the kernel's LRU ever takes one out).
+    FlowsIn = 2,
+}
+
+/// Entries of the `TABLE_OPS` array.
+pub const TABLE_OPS: u32 = 3;
+
 /// Key of an observation point in the counter map: an interface and a direction.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

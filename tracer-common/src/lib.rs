@@ -14,7 +14,9 @@ pub mod netfilter;
 pub mod offsets;
 pub mod scope;
 
-pub use counters::{HopCounter, LostKind, PointKey, LOST_KINDS, MAX_HOP_COUNTERS};
+pub use counters::{
+    HopCounter, LostKind, PointKey, TableOp, LOST_KINDS, MAX_HOP_COUNTERS, TABLE_OPS,
+};
 pub use event::{
     Direction, EventHeader, EventKind, NfEvent, SkbEndEvent, TcEvent, TcHead, DEFAULT_SNAP,
     MAX_SNAP, SNAP_LEN, TC_HEAD_LEN,

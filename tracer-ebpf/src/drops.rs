@@ -19,7 +19,7 @@ pub fn end(skb: u64, location: u64, reason: u32, kind: EventKind) -> i32 {
     if unsafe { TRACKED.get(skb).is_none() } {
         return 0;
     }
-    let _ = TRACKED.remove(skb);
+    crate::maps::untrack_skb(skb);
     let off = offsets();
     let Some(mut entry) = EVENTS.reserve::<SkbEndEvent>(0) else {
         crate::maps::count_lost(tracer_common::LostKind::Drop);

@@ -11,7 +11,8 @@ use tracer_common::{
         Judged, ScopeAddr, ScopeScratch, ADDR_BITMAP_WORDS, FLOW_MARK_WORDS, MAX_SCOPE_ADDRS,
         MAX_SCOPE_POINTS, PORT_BITMAP_WORDS,
     },
-    HopCounter, LostKind, Offsets, PointKey, TcEvent, DEFAULT_SNAP, LOST_KINDS, MAX_HOP_COUNTERS,
+    HopCounter, LostKind, Offsets, PointKey, TableOp, TcEvent, DEFAULT_SNAP, LOST_KINDS,
+    MAX_HOP_COUNTERS, TABLE_OPS,
 };
 
 /// Per-packet observations. 8 MiB: ~45k 176-byte events of headroom.
@@ -28,6 +29,35 @@ pub fn count_lost(kind: LostKind) {
     if let Some(n) = LOST.get_ptr_mut(kind as u32) {
         // SAFETY: a per-CPU value, no concurrent writer on this CPU.
         unsafe { *n += 1 };
+    }
+}
+
+/// What the programs did to `TRACKED` and `FLOWS`, by kind (`TableOp`), per CPU: user space
+/// tells the kernel's evictions from these.
+#[map(name = "TABLE_OPS")]
+pub static TABLE_OPS_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(TABLE_OPS, 0);
+
+#[inline(always)]
+pub fn count_op(op: TableOp) {
+    if let Some(n) = TABLE_OPS_COUNTS.get_ptr_mut(op as u32) {
+        // SAFETY: a per-CPU value, no concurrent writer on this CPU.
+        unsafe { *n += 1 };
+    }
+}
+
+/// Takes a packet into `TRACKED`, counted.
+#[inline(always)]
+pub fn track_skb(skb: u64, t: &Tracked) {
+    if TRACKED.insert(skb, t, 0).is_ok() {
+        count_op(TableOp::TrackedIn);
+    }
+}
+
+/// Takes a packet out of `TRACKED`, counted if it was there.
+#[inline(always)]
+pub fn untrack_skb(skb: u64) {
+    if TRACKED.remove(skb).is_ok() {
+        count_op(TableOp::TrackedOut);
     }
 }
 

@@ -8,7 +8,7 @@ use tracer_common::{netfilter::LAST_SLOT, EventKind, NfEvent, SNAP_LEN};
 
 use crate::{
     kread::{field, ifindex},
-    maps::{offsets, tracked, EVENTS, TRACKED, UNFILTERED},
+    maps::{offsets, tracked, EVENTS, UNFILTERED},
     scope,
 };
 
@@ -66,7 +66,7 @@ fn observe_at(state: u64, skb: u64, slot: u8) {
             scope::mark_out(skb, field(skb, off.skb_len));
             return;
         }
-        let _ = TRACKED.insert(skb, UNFILTERED, 0);
+        crate::maps::track_skb(skb, &UNFILTERED);
         scope::forget(skb);
     }
     let Some(mut entry) = EVENTS.reserve::<NfEvent>(0) else {

@@ -11,13 +11,13 @@ use tracer_common::{
         FlowKey, Frame, Tracked, FILTER_SLOT_EGRESS, FILTER_SLOT_INGRESS, VIEW_FILTER_SLOT,
         VIEW_LEN,
     },
-    Direction, EventKind, PointKey, MAX_SNAP, TC_HEAD_LEN,
+    Direction, EventKind, PointKey, TableOp, MAX_SNAP, TC_HEAD_LEN,
 };
 
 use crate::{
     maps::{
-        emit_events, filtering, snaplen, tracked_entry, EVENTS, FILTER_PROGS, FLOWS, HOP_COUNTERS,
-        RING_FILL, TC_SCRATCH, TRACKED, VIEW,
+        count_op, emit_events, filtering, snaplen, track_skb, tracked_entry, untrack_skb, EVENTS,
+        FILTER_PROGS, FLOWS, HOP_COUNTERS, RING_FILL, TC_SCRATCH, VIEW,
     },
     scope,
 };
@@ -68,7 +68,9 @@ fn still_ours(skb: *mut __sk_buff, t: *const Tracked) -> bool {
         let back = now.key.reversed();
         // SAFETY: a lookup with a stack key; the value is not kept.
         if unsafe { FLOWS.get(back).is_none() } {
-            let _ = FLOWS.insert(back, t.origin.reversed(), 0);
+            if FLOWS.insert(back, t.origin.reversed(), 0).is_ok() {
+                count_op(TableOp::FlowsIn);
+            }
             scope::mark_flow(&back);
         }
     }
@@ -80,7 +82,7 @@ fn still_ours(skb: *mut __sk_buff, t: *const Tracked) -> bool {
 #[inline(never)]
 fn track(skb: *mut __sk_buff) {
     let t = Tracked::matched(FlowKey::parse_frame(&Skb(skb)));
-    let _ = TRACKED.insert(skb as u64, t, 0);
+    track_skb(skb as u64, &t);
     scope::forget(skb as u64);
 }
 
@@ -119,7 +121,7 @@ pub fn observe(ctx: &TcContext, direction: u8) -> i32 {
             return report(ctx, direction, counter);
         }
         // Another packet at a freed packet's address: it is judged on its own.
-        let _ = TRACKED.remove(skb as u64);
+        untrack_skb(skb as u64);
     }
     // Not one of the traced containers' packets: counted, nothing more.
     if !in_scope(skb, ifindex, direction) {

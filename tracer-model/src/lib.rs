@@ -367,6 +367,18 @@ pub struct SummaryLine {
     pub hops: Vec<HopLine>,
     #[serde(default)]
     pub discarded: DiscardedLine,
+    /// Entries the kernel evicted from its tables to make room (it does not say so itself).
+    #[serde(default)]
+    pub kernel_evicted: KernelEvicted,
+}
+
+/// Kernel table entries evicted to make room: packets no longer followed (a packet still alive
+/// then loses its later hops) and NAT'd flows forgotten (their later replies are in scope only
+/// by address or port).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelEvicted {
+    pub tracked: u64,
+    pub flows: u64,
 }
 
 /// Kernel records lost, by kind: a tc hop, a netfilter observation, a packet's end (its drop

@@ -169,6 +169,10 @@ pub(crate) fn summary(s: &Summary) -> SummaryLine {
             forced,
             evicted,
         },
+        kernel_evicted: KernelEvicted {
+            tracked: s.kernel_evicted.tracked,
+            flows: s.kernel_evicted.flows,
+        },
     }
 }
 

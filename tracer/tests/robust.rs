@@ -250,6 +250,52 @@ fn a_flood_reports_lost_events_while_the_counters_stay_exact() {
 
 #[test]
 #[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
+fn what_the_kernel_evicts_from_its_full_tables_is_reported() {
+    let lab = Lab::get();
+    let dst = lab.inet_ip();
+    const PORT: u16 = 9997;
+    lab.assert_safe(&cron(), dst);
+    // A socket in the lab's internet that never reads: every datagram stays alive in its
+    // queue, so each one keeps its TRACKED entry until the kernel evicts it.
+    let inet = format!("/run/netns/{}", lab.inet_netns());
+    let sink = common::in_netns(&inet, || {
+        std::net::UdpSocket::bind(("0.0.0.0", PORT)).expect("bind in the lab's internet")
+    });
+    // Tables of 16 entries (a debug-build-only knob), filled by 120 datagrams, each from a
+    // port of its own: a flow MASQUERADE maps each.
+    const SENT: usize = 120;
+    let ft = Flowtrace::start_with_env(
+        &["-c", "ens_monitor_cron", "--json"],
+        &[
+            ("FLOWTRACE_TEST_TRACKED_MAX", "16"),
+            ("FLOWTRACE_TEST_FLOWS_MAX", "16"),
+        ],
+    );
+    let pid = lab.container_pid("ens_monitor_cron");
+    common::in_netns(&format!("/proc/{pid}/ns/net"), || {
+        for _ in 0..SENT {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+            s.send_to(b"kept", (dst, PORT)).expect("send");
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let lines = ft.stop();
+    drop(sink);
+    let summary = the_summary(&lines);
+    let evicted = summary.kernel_evicted;
+    // At most 16 of each can still be there.
+    assert!(
+        evicted.tracked >= (SENT - 40) as u64 && evicted.tracked <= SENT as u64 + 10,
+        "packets the kernel stopped following: {summary:?}"
+    );
+    assert!(
+        evicted.flows >= (SENT - 40) as u64 && evicted.flows <= SENT as u64 + 10,
+        "NAT'd flows the kernel forgot: {summary:?}"
+    );
+}
+
+#[test]
+#[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
 fn counters_only_mode_counts_exactly_without_per_packet_events() {
     let lab = Lab::get();
     let dst = lab.inet_ip();

@@ -155,6 +155,7 @@ impl Tally {
             drops: self.drops,
             lost: self.lost,
             lost_by: [0; 3],
+            kernel_evicted: Default::default(),
             hops: self
                 .hops
                 .into_iter()

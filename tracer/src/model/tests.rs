@@ -55,6 +55,10 @@ fn golden_lines() -> Vec<String> {
             untraced: 4,
             ..Default::default()
         },
+        kernel_evicted: crate::probe::tables::Evicted {
+            tracked: 6,
+            flows: 1,
+        },
     };
     let e = Explainer::empty().explain(masqueraded_syn(), &points());
     let mut flows = crate::correlate::flow::FlowTable::new(4);

@@ -63,6 +63,8 @@ pub struct Summary {
     pub hops: Vec<HopTotals>,
     /// What user space received and did not show, by why.
     pub discarded: Discarded,
+    /// What the kernel evicted from its tables to make room.
+    pub kernel_evicted: crate::probe::tables::Evicted,
 }
 
 /// Observations and packets that reached user space and were not shown (or not whole).

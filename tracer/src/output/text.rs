@@ -168,6 +168,14 @@ pub fn summary(s: &Summary) -> String {
             d.untraced, d.filtered, d.malformed, d.forced, d.evicted
         );
     }
+    let k = &s.kernel_evicted;
+    if k.tracked + k.flows > 0 {
+        let _ = write!(
+            out,
+            "\n  kernel tables full: {} packets no longer followed, {} NAT'd flows forgotten (evicted to make room)",
+            k.tracked, k.flows
+        );
+    }
     for h in &s.hops {
         let _ = write!(
             out,

@@ -38,11 +38,30 @@ pub fn load(offsets: &Offsets, snaplen: u32, events: bool, filtering: bool) -> R
             "this binary was built without its eBPF object (AYA_BUILD_SKIP was set)".into(),
         ));
     }
-    EbpfLoader::new()
+    let (emit, filtering) = (u32::from(events), u32::from(filtering));
+    let mut loader = EbpfLoader::new();
+    loader
         .override_global("OFFSETS", offsets, true)
         .override_global("SNAPLEN", &snaplen, true)
-        .override_global("EMIT", &u32::from(events), true)
-        .override_global("FILTERING", &u32::from(filtering), true)
-        .load(OBJECT)
-        .map_err(Error::load)
+        .override_global("EMIT", &emit, true)
+        .override_global("FILTERING", &filtering, true);
+    shrink_tables_for_tests(&mut loader);
+    loader.load(OBJECT).map_err(Error::load)
 }
+
+/// For the eviction tests: tables small enough to fill with a few packets. Only in the debug
+/// builds the tests run, never in a release.
+#[cfg(debug_assertions)]
+fn shrink_tables_for_tests(loader: &mut EbpfLoader) {
+    for (map, var) in [
+        ("TRACKED", "FLOWTRACE_TEST_TRACKED_MAX"),
+        ("FLOWS", "FLOWTRACE_TEST_FLOWS_MAX"),
+    ] {
+        if let Some(n) = std::env::var(var).ok().and_then(|v| v.parse().ok()) {
+            loader.map_max_entries(map, n);
+        }
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn shrink_tables_for_tests(_: &mut EbpfLoader) {}

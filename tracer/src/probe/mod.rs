@@ -13,5 +13,6 @@ pub mod nf_hook;
 pub mod offsets;
 pub mod privilege;
 pub mod scope;
+pub mod tables;
 pub mod tc;
 pub mod tc_ledger;

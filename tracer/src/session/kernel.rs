@@ -13,7 +13,7 @@ use crate::{
     pcapfilter::{kernel::KernelFilter, CompiledFilter},
     probe::{
         btf, counters::Counters, loader, netfilter::NetfilterObservers, offsets, scope::ScopeMaps,
-        tc, tc_ledger,
+        tables::Tables, tc, tc_ledger,
     },
     target::{ruleset::Ruleset, scope::Scope, topology::AttachPoint},
 };
@@ -26,6 +26,8 @@ pub(super) struct Kernel {
     _filter: Option<KernelFilter>,
     pub scope_maps: ScopeMaps,
     pub counters: Counters,
+    /// The LRU tables, to tell what the kernel evicted.
+    pub tables: Tables,
     _nf: Option<NetfilterObservers>,
     /// What was attached by tc, per point and direction.
     pub attached: Vec<tc::Attached>,
@@ -114,6 +116,7 @@ pub(super) fn attach(
     };
     let mut counters = Counters::take(&mut ebpf)?;
     register(&mut counters, points)?;
+    let tables = Tables::take(&mut ebpf)?;
     // Which packets are the targets': decided in the kernel, before the ring buffer.
     let mut scope_maps = ScopeMaps::take(&mut ebpf)?;
     scope_maps.set(scope)?;
@@ -151,6 +154,7 @@ pub(super) fn attach(
         _filter: filter,
         scope_maps,
         counters,
+        tables,
         _nf: nf,
         attached,
     })

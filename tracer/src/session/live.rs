@@ -29,6 +29,8 @@ use crate::{
 
 /// How often `--counters --json` prints the counters.
 const COUNTERS_JSON: Duration = Duration::from_secs(1);
+/// How often the dashboard learns what the kernel evicted from its tables.
+const EVICTED_EVERY: Duration = Duration::from_secs(5);
 /// How often a headless run says how it is doing (on stderr).
 const PROGRESS: Duration = Duration::from_secs(5);
 
@@ -75,6 +77,7 @@ pub(super) struct Live {
     pub started: Instant,
     pub last_progress: Instant,
     pub last_counters: Instant,
+    pub last_evicted: Instant,
     pub raw_shown: u64,
     pub lost_reported: u64,
 }
@@ -267,6 +270,12 @@ impl Live {
             let malformed = self.kernel.stream.malformed;
             let not_shown = d.untraced + d.filtered + malformed + d.forced + d.evicted;
             let _ = tx.try_send(Feed::NotShown(not_shown));
+            // Reading the tables' keys costs a syscall per entry: not at every tick.
+            if self.last_evicted.elapsed() >= EVICTED_EVERY {
+                self.last_evicted = Instant::now();
+                let e = self.kernel.tables.evicted();
+                let _ = tx.try_send(Feed::Evicted(e.tracked + e.flows));
+            }
             let _ = tx.try_send(Feed::RingFill(counters.ring_fill()));
             if let Some((path, bytes)) = self.pipeline.recording() {
                 let _ = tx.try_send(Feed::Recording { path, bytes });
@@ -312,6 +321,7 @@ impl Live {
         summary.hops = self.kernel.counters.totals(&self.names);
         summary.discarded.malformed = self.kernel.stream.malformed;
         summary.lost_by = self.kernel.counters.lost_by_kind();
+        summary.kernel_evicted = self.kernel.tables.evicted();
         summary.lost = self.kernel.counters.lost_total();
         if summary.lost > self.lost_reported {
             let more = summary.lost - self.lost_reported;

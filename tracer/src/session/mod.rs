@@ -247,6 +247,7 @@ async fn start(args: TraceArgs) -> Result<(Live, Topology, Option<Docker>)> {
         started,
         last_progress: started,
         last_counters: started,
+        last_evicted: started,
         raw_shown: 0,
         lost_reported: 0,
         args,

@@ -128,6 +128,7 @@ impl App {
             Feed::Counters(c) => self.data.counters(c, now),
             Feed::Lost(n) => self.data.lost = n,
             Feed::NotShown(n) => self.data.not_shown = n,
+            Feed::Evicted(n) => self.data.kernel_evicted = n,
             Feed::RingFill(f) => self.data.ring_fill = f,
             Feed::Status(s) => self.message(s),
             Feed::Recording { path, bytes } => self.data.recording = Some((path, bytes)),

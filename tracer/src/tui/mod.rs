@@ -52,6 +52,9 @@ pub enum Feed {
     /// What user space received and did not show, so far (untraced, filtered, malformed,
     /// completed early, flows evicted: the summary's `discarded`, added up).
     NotShown(u64),
+    /// Entries the kernel evicted from its tables to make room, so far (the summary's
+    /// `kernel_evicted`, added up).
+    Evicted(u64),
     /// Ring-buffer fill in percent (0–100), None when unknown.
     RingFill(Option<f32>),
     /// A status line to show (attachments, fallbacks, warnings).

@@ -37,6 +37,7 @@ pub struct Data {
     pub lost: u64,
     pub lost_base: u64,
     pub not_shown: u64,
+    pub kernel_evicted: u64,
     pub ring_fill: Option<f32>,
     pub recording: Option<(String, u64)>,
 }

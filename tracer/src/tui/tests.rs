@@ -130,6 +130,13 @@ fn renders_the_path_flows_drops_timeline_and_status() {
     app.apply(Feed::NotShown(12), Instant::now());
     let wide = render(&app, 120, 40);
     assert!(wide.contains("not shown 12"), "{wide}");
+    assert!(
+        !wide.contains("evicted"),
+        "nothing evicted, nothing said\n{wide}"
+    );
+    app.apply(Feed::Evicted(5), Instant::now());
+    let wide = render(&app, 120, 40);
+    assert!(wide.contains("evicted 5"), "{wide}");
     // What nftrace named for an accepting table shows in the timeline too (the dropped
     // connection's, the second flow).
     press(&mut app, "j");

@@ -60,13 +60,18 @@ fn render_title(f: &mut Frame, app: &App, area: Rect) {
     f.render_widget(Line::from("? help").right_aligned(), right);
 }
 
-fn render_status(f: &mut Frame, app: &App, view: &View, area: Rect) {
-    let sep = || Span::styled(" │ ", Style::new().fg(Color::DarkGray));
-    let lost_style = if view.lost > 0 {
+/// Red once something was lost.
+fn lost_style_for(n: u64) -> Style {
+    if n > 0 {
         Style::new().fg(Color::Red).bold()
     } else {
         Style::new()
-    };
+    }
+}
+
+fn render_status(f: &mut Frame, app: &App, view: &View, area: Rect) {
+    let sep = || Span::styled(" │ ", Style::new().fg(Color::DarkGray));
+    let lost_style = lost_style_for(view.lost);
     let mut spans = vec![
         Span::raw(format!("{} pkts", count(view.packets))),
         sep(),
@@ -81,6 +86,14 @@ fn render_status(f: &mut Frame, app: &App, view: &View, area: Rect) {
             None => "ring n/a".to_owned(),
         }),
     ];
+    // Only once it happens: the kernel's tables were full and it made room.
+    if view.kernel_evicted > 0 {
+        spans.push(sep());
+        spans.push(Span::styled(
+            format!("evicted {}", count(view.kernel_evicted)),
+            lost_style_for(view.kernel_evicted),
+        ));
+    }
     if let Some((path, size)) = &view.recording {
         spans.push(sep());
         spans.push(Span::styled(

@@ -70,6 +70,8 @@ pub struct View {
     pub lost: u64,
     /// Received and not shown, so far (the summary's `discarded`).
     pub not_shown: u64,
+    /// Evicted from the kernel's tables, so far (the summary's `kernel_evicted`).
+    pub kernel_evicted: u64,
     pub ring_fill: Option<f32>,
     pub recording: Option<(String, u64)>,
 }
@@ -188,6 +190,7 @@ impl View {
             events_per_s: d.packet_rate.pps,
             lost: d.lost.saturating_sub(d.lost_base),
             not_shown: d.not_shown,
+            kernel_evicted: d.kernel_evicted,
             ring_fill: d.ring_fill,
             recording: d.recording.clone(),
         }

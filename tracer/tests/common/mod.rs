@@ -342,6 +342,13 @@ impl Flowtrace {
         Self::spawn(c)
     }
 
+    /// Starts flowtrace with these environment variables set.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_flowtrace"));
+        c.args(args).envs(env.iter().copied());
+        Self::spawn(c)
+    }
+
     /// Starts flowtrace inside the named network namespace (`ip netns exec`, which execs it:
     /// the pid is flowtrace's own).
     pub fn start_in_netns(netns: &str, args: &[&str]) -> Self {

@@ -1,0 +1,102 @@
+//! The kernel's LRU tables (`TRACKED`, `FLOWS`) and what the programs did to them: the kernel
+//! evicts their least recently used entries to make room without saying so, and this tells how
+//! many it evicted, as put in − taken out − still there.
+
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray},
+    Ebpf,
+};
+use tracer_common::{flow::FlowKey, TableOp, TABLE_OPS};
+
+use crate::error::{Error, Result};
+
+/// Entries the kernel evicted from its tables to make room.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Evicted {
+    /// Packets it stopped following: if still alive, their later hops were not reported.
+    pub tracked: u64,
+    /// NAT'd flows it forgot: their later replies are in scope only by address or port.
+    pub flows: u64,
+}
+
+pub struct Tables {
+    ops: PerCpuArray<MapData, u64>,
+    tracked: HashMap<MapData, u64, tracer_common::flow::Tracked>,
+    flows: HashMap<MapData, FlowKey, FlowKey>,
+}
+
+fn take<T: TryFrom<aya::maps::Map>>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+where
+    T::Error: std::fmt::Display,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| Error::Load(format!("map {name} missing from the eBPF object")))?;
+    T::try_from(map).map_err(|e| Error::Load(format!("map {name}: {e}")))
+}
+
+impl Tables {
+    /// After the netfilter programs were loaded (they relocate against every map).
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        Ok(Self {
+            ops: take(ebpf, "TABLE_OPS")?,
+            tracked: take(ebpf, "TRACKED")?,
+            flows: take(ebpf, "FLOWS")?,
+        })
+    }
+
+    fn op(&self, op: TableOp) -> u64 {
+        self.ops
+            .get(&(op as u32), 0)
+            .map_or(0, |values| values.iter().sum())
+    }
+
+    /// Reads every table's keys: a syscall per entry, so call it at the end and now and then,
+    /// never per event.
+    pub fn evicted(&self) -> Evicted {
+        debug_assert_eq!(TABLE_OPS, 3);
+        let live_tracked = self.tracked.keys().filter(|k| k.is_ok()).count() as u64;
+        let live_flows = self.flows.keys().filter(|k| k.is_ok()).count() as u64;
+        evicted(
+            [
+                self.op(TableOp::TrackedIn),
+                self.op(TableOp::TrackedOut),
+                self.op(TableOp::FlowsIn),
+            ],
+            live_tracked,
+            live_flows,
+        )
+    }
+}
+
+/// From the programs' counts (`TableOp` order) and the entries still there. Counts and entries
+/// are read one after the other while the programs run, so a difference that comes out
+/// negative is a race, not a negative eviction.
+fn evicted(ops: [u64; 3], live_tracked: u64, live_flows: u64) -> Evicted {
+    let [tracked_in, tracked_out, flows_in] = ops;
+    Evicted {
+        tracked: tracked_in
+            .saturating_sub(tracked_out)
+            .saturating_sub(live_tracked),
+        flows: flows_in.saturating_sub(live_flows),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evictions_are_what_went_in_and_neither_came_out_nor_stayed() {
+        assert_eq!(evicted([10, 4, 9], 6, 9), Evicted::default());
+        assert_eq!(
+            evicted([100, 10, 50], 8, 8),
+            Evicted {
+                tracked: 82,
+                flows: 42
+            }
+        );
+        // Read while the programs ran: never below zero.
+        assert_eq!(evicted([5, 5, 0], 1, 1), Evicted::default());
+    }
+}
