@@ -145,6 +145,11 @@ pub struct TraceArgs {
     #[arg(short = 'w', long, value_name = "FILE.pcapng")]
     pub write: Option<std::path::PathBuf>,
 
+    /// Also write warnings and notes, with their time, to this file (mode 0600); useful with
+    /// the dashboard, which shows only the latest on its status line.
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<std::path::PathBuf>,
+
     /// Bytes captured of each packet at each tc hop (0: the whole packet, up to 16 KiB).
     #[arg(long, default_value_t = tracer_common::DEFAULT_SNAP, value_name = "BYTES")]
     pub snaplen: u32,

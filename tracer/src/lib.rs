@@ -7,6 +7,7 @@ mod correlate;
 mod error;
 mod events;
 mod input;
+pub mod logging;
 pub mod model;
 mod nftrace;
 mod output;

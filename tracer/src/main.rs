@@ -24,10 +24,12 @@ fn main() -> ExitCode {
         1 => "info",
         _ => "debug",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .format_timestamp(None)
-        .target(env_logger::Target::Stderr)
-        .init();
+    let log_file = match args.log_file.as_deref().map(tracer::logging::create_file) {
+        None => None,
+        Some(Ok(f)) => Some(f),
+        Some(Err(e)) => return fail(&e),
+    };
+    tracer::logging::init(level, log_file);
 
     // Capabilities are per thread: every worker lowers its own once start-up has lowered
     // the main thread's (see tracer::lower_privileges).
@@ -51,12 +53,15 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("flowtrace: {e}");
-            if let Some(hint) = e.hint() {
-                eprintln!("  hint: {hint}");
-            }
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(&e),
     }
+}
+
+/// One sentence and a hint.
+fn fail(e: &tracer::Error) -> ExitCode {
+    eprintln!("flowtrace: {e}");
+    if let Some(hint) = e.hint() {
+        eprintln!("  hint: {hint}");
+    }
+    ExitCode::FAILURE
 }

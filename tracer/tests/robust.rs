@@ -139,7 +139,17 @@ fn every_bad_input_is_one_sentence_a_hint_and_a_non_zero_exit() {
     let junk = std::env::temp_dir().join(format!("flowtrace-junk-{}.pcapng", std::process::id()));
     std::fs::write(&junk, b"this is not a capture file at all").expect("junk file");
     let junk = junk.to_str().expect("utf8").to_owned();
+    // A log file that is a link to a file root owns: refused, the target untouched.
+    let link = std::env::temp_dir().join(format!("flowtrace-log-link-{}", std::process::id()));
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&junk, &link).expect("symlink");
+    let link = link.to_str().expect("utf8").to_owned();
     let cases: Vec<Case> = vec![
+        (
+            vec!["-i", "lo", "--log-file", &link],
+            vec![],
+            "is a symbolic link",
+        ),
         (
             vec!["-c", "ens_monitr_cron"],
             vec![],
@@ -208,6 +218,11 @@ fn every_bad_input_is_one_sentence_a_hint_and_a_non_zero_exit() {
         err.contains("root is needed") && err.contains("CAP_BPF"),
         "{err}"
     );
+    assert_eq!(
+        std::fs::read(&junk).expect("the link's target"),
+        b"this is not a capture file at all"
+    );
+    let _ = std::fs::remove_file(&link);
     let _ = std::fs::remove_file(&junk);
     assert_eq!(leftovers(&lab.host_veth()), "");
 }

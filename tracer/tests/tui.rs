@@ -4,6 +4,7 @@
 mod common;
 
 use std::{
+    os::unix::fs::PermissionsExt,
     process::Command,
     time::{Duration, Instant},
 };
@@ -127,4 +128,76 @@ fn the_dashboard_shows_counters_and_the_drop_and_q_leaves_nothing_behind() {
         "",
         "a tc attachment outlived the dashboard"
     );
+}
+
+#[test]
+#[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
+fn nothing_scribbles_over_the_dashboard_and_the_log_file_keeps_it_all() {
+    let lab = Lab::get();
+    let log = std::env::temp_dir().join(format!("flowtrace-e2e-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    // -vv: the Docker client and the re-attachment log as they work, while the dashboard is up.
+    let cmd = format!(
+        "{} -c ens_monitor_cron -vv --log-file {}; echo EXIT=$?; sleep 60",
+        env!("CARGO_BIN_EXE_flowtrace"),
+        log.display()
+    );
+    let tmux = Tmux::start(&cmd);
+    tmux.wait_for(" LIVE ", 30);
+    // A restart: the container's notes and the logs of following it arrive with the
+    // dashboard up.
+    let ok = Command::new("docker")
+        .args(["restart", "-t", "1", "ens_monitor_cron"])
+        .status()
+        .expect("docker restart")
+        .success();
+    assert!(ok, "docker restart");
+    let screen = tmux.wait_for("(re)started", 20);
+    std::thread::sleep(Duration::from_secs(1));
+    let screen = {
+        let later = tmux.screen();
+        if later.trim().is_empty() {
+            screen
+        } else {
+            later
+        }
+    };
+    let rows: Vec<&str> = screen.lines().collect();
+    // Every row above the status line is the dashboard's own: no log line, no note.
+    let last = rows.iter().rposition(|r| !r.trim().is_empty()).unwrap_or(0);
+    for (i, row) in rows.iter().enumerate().take(last) {
+        for raw in [
+            "debug",
+            "unix://",
+            "Decoding",
+            "(re)started",
+            "waiting for it",
+        ] {
+            assert!(
+                !row.contains(raw),
+                "row {i} has `{raw}` written over the dashboard:\n{screen}"
+            );
+        }
+    }
+    assert!(
+        rows.iter().any(|r| r.contains(" pkts │")),
+        "the status line is drawn:\n{screen}"
+    );
+    tmux.keys("q");
+    let after = tmux.wait_for("EXIT=", 15);
+    assert!(after.contains("EXIT=0"), "{after}");
+    // The log file has what the status line showed only for a moment, with times, mode 0600.
+    let text = std::fs::read_to_string(&log).expect("the log file");
+    let mode = std::fs::metadata(&log).map(|m| m.permissions().mode() & 0o777);
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(mode.ok(), Some(0o600), "the log file's mode");
+    for want in [
+        "note attached tc ingress+egress",
+        "note container ens_monitor_cron stopped; waiting for it to start again",
+        "note container ens_monitor_cron (re)started",
+        "debug Decoding JSON line from stream",
+    ] {
+        assert!(text.contains(want), "the log file lacks `{want}`:\n{text}");
+    }
+    assert_eq!(leftovers(&lab.host_veth()), "");
 }

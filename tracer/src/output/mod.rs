@@ -1,5 +1,6 @@
 //! Presenting what was traced: text for people, JSON lines for programs.
 
+pub mod files;
 pub mod raw;
 pub mod record;
 pub mod stdout;

@@ -8,9 +8,8 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    fs::{File, OpenOptions},
+    fs::File,
     io::{self, BufWriter},
-    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
 };
 
@@ -50,43 +49,8 @@ pub struct Recorder {
     pub packets: u64,
 }
 
-/// Opens a new recording file. flowtrace runs as root and writes packet contents, so: never
-/// through a symbolic link (the last component is checked, then opened with `O_NOFOLLOW` and
-/// `O_EXCL`, so a link raced in between fails too), and never into someone else's file: an
-/// existing regular file is replaced (unlinked, then created anew), not truncated in place, so
-/// the new one is ours with mode 0600 whatever the old one's mode or owner was. A rotated name
-/// that another user created in advance is replaced the same way, or refused if it is a link.
-fn open_new(path: &Path) -> io::Result<File> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_symlink() => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "it is a symbolic link, and flowtrace does not write through links",
-            ))
-        }
-        Ok(m) if m.is_file() => std::fs::remove_file(path)?,
-        Ok(_) => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "it exists and is not a regular file",
-            ))
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?;
-    // The umask can only have taken bits away; make it exactly 0600.
-    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    Ok(file)
-}
-
 fn open(path: &Path, section: &str) -> io::Result<Writer<BufWriter<File>>> {
-    let file = open_new(path)?;
+    let file = super::files::create_private(path)?;
     let app = concat!("flowtrace ", env!("CARGO_PKG_VERSION"));
     Writer::new_with_app(BufWriter::with_capacity(256 * 1024, file), section, app)
 }
@@ -334,6 +298,7 @@ fn human(pkt: u64, i: usize, n: usize, p: &Packet, hop: &Hop) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::files::create_private as open_new;
 
     fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("ft-rec-{}-{name}", std::process::id()));

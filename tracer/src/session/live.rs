@@ -158,6 +158,7 @@ impl Live {
     /// A container's note: on the dashboard's status line, else on stderr (and in `--json`).
     fn note(&mut self, name: &str, mut note: String) -> Result<()> {
         crate::output::terminal::clean(&mut note);
+        crate::logging::note(&note);
         if let Some((tx, _)) = &self.dashboard {
             let _ = tx.try_send(Feed::Status(note));
         } else {
@@ -313,7 +314,7 @@ impl Live {
             drop(tx);
             self.pipeline.close_dashboard();
             let _ = task.await;
-            log::set_max_level(log::LevelFilter::Warn);
+            crate::logging::dashboard(None);
         }
         if self.args.raw {
             summary.packets = self.raw_shown;

@@ -73,6 +73,7 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         .into_iter()
         .chain(["tracing… (Ctrl-C to stop)".to_owned()])
     {
+        crate::logging::note(&line);
         match live.dashboard.as_ref() {
             Some((tx, _)) => {
                 let _ = tx.try_send(Feed::Status(line));
@@ -335,8 +336,11 @@ fn dashboard(pipeline: &mut Pipeline, notes: &Startup, topo: &Topology) -> Dashb
     for line in &notes.0 {
         let _ = tx.try_send(Feed::Status(line.clone()));
     }
-    // Nothing may draw over the dashboard: log lines go nowhere while it is up.
-    log::set_max_level(log::LevelFilter::Off);
+    // Nothing may draw over the dashboard: warnings go to its status line while it is up.
+    let to = tx.clone();
+    crate::logging::dashboard(Some(Box::new(move |line| {
+        let _ = to.try_send(Feed::Status(line));
+    })));
     pipeline.show_on_dashboard(Box::new(tx.clone()));
     (tx, tokio::spawn(crate::tui::run(rx, title(topo))))
 }

@@ -188,6 +188,7 @@ impl Startup {
     pub(super) fn say(&mut self, mut line: String) {
         // Names from Docker and the kernel: shown, never obeyed by the terminal.
         crate::output::terminal::clean(&mut line);
+        crate::logging::note(&line);
         eprintln!("{line}");
         self.0.push(line);
     }
