@@ -171,3 +171,91 @@ fn restarts_free_the_old_veths_counter_entries() {
         "still traced after the restarts"
     );
 }
+
+/// 150 veth pairs on the lab network's bridge, their other ends in a throwaway namespace with
+/// nothing else in it; removed (with the namespace) on drop, even when the test fails.
+struct ManyPorts {
+    netns: String,
+}
+
+impl ManyPorts {
+    const N: usize = 150;
+
+    fn add(bridge: &str) -> Self {
+        let netns = format!("ft150-{}", std::process::id());
+        let me = Self { netns };
+        let ok = Command::new("ip")
+            .args(["netns", "add", &me.netns])
+            .status()
+            .expect("ip netns add")
+            .success();
+        assert!(ok, "ip netns add");
+        let mut batch = String::new();
+        for i in 0..Self::N {
+            batch.push_str(&format!(
+                "link add ft150h{i} type veth peer name ft150p{i} netns {}\nlink set ft150h{i} master {bridge}\nlink set ft150h{i} up\n",
+                me.netns
+            ));
+        }
+        let mut child = Command::new("ip")
+            .args(["-batch", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("ip -batch");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(batch.as_bytes())
+            .expect("write the batch");
+        assert!(child.wait().expect("ip -batch").success(), "ip -batch");
+        me
+    }
+}
+
+impl Drop for ManyPorts {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the peers, and with them the host ends.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+        for i in 0..Self::N {
+            let _ = Command::new("ip")
+                .args(["link", "del", &format!("ft150h{i}")])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// A network whose bridge has 150 more ports attaches to every one of them (each point takes
+/// two counter entries: before, the 256-entry map ran out past about 125 points), traces, and
+/// leaves none of them attached.
+#[test]
+#[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
+fn a_network_with_150_more_interfaces_attaches_to_all_of_them() {
+    let lab = Lab::get();
+    let ports = ManyPorts::add(&lab.bridge());
+    let ft = Flowtrace::start(&["-n", &lab.state.network, "--json"]);
+    let attached = ft
+        .stderr_text()
+        .lines()
+        .filter(|l| l.starts_with("attached tc ingress+egress on ft150h"))
+        .count();
+    assert_eq!(attached, ManyPorts::N, "{}", ft.stderr_text());
+    let name = lab.container();
+    let sport = tcp(&lab, &From::Container(name), lab.inet_ip(), 8080).expect("tcp");
+    let lines = ft.stop();
+    let local = format!("{}:{sport}", lab.container_ip());
+    assert!(
+        packets(&lines)
+            .iter()
+            .any(|p| p.src.as_deref() == Some(local.as_str())),
+        "traced with 150 more interfaces attached"
+    );
+    for i in [0, ManyPorts::N / 2, ManyPorts::N - 1] {
+        assert_eq!(common::leftovers(&format!("ft150h{i}")), "", "ft150h{i}");
+    }
+    drop(ports);
+}
