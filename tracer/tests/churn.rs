@@ -259,3 +259,104 @@ fn a_network_with_150_more_interfaces_attaches_to_all_of_them() {
     }
     drop(ports);
 }
+
+/// The lab's containers running now, by name.
+fn lab_containers() -> Vec<String> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "--filter",
+            "label=flowtrace.lab=1",
+            "--format",
+            "{{.Names}}",
+        ])
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// dockerd answering again and these containers running, even when the test failed halfway.
+struct DockerBack(Vec<String>);
+
+impl DockerBack {
+    fn restore(&self) {
+        if let Err(e) = xtask::setup::ensure_dockerd() {
+            eprintln!("cannot start dockerd again: {e:#}");
+        }
+        let _ = Command::new("docker")
+            .arg("start")
+            .args(&self.0)
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for DockerBack {
+    fn drop(&mut self) {
+        self.restore();
+    }
+}
+
+/// dockerd is restarted while a container is traced (without live-restore it stops every
+/// container): flowtrace says the event stream failed, subscribes again once dockerd is back,
+/// and follows the container when it is started again, on its new veth.
+#[test]
+#[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
+fn a_restarted_dockerd_is_followed_and_so_is_the_container_started_after_it() {
+    let lab = Lab::get();
+    let name = lab.container();
+    let back = DockerBack(lab_containers());
+    assert!(back.0.contains(&name), "the lab's containers: {:?}", back.0);
+    let ft = Flowtrace::start(&["-c", &name, "--json"]);
+    let pid = Command::new("pidof")
+        .arg("dockerd")
+        .output()
+        .expect("pidof");
+    let pid: i32 = String::from_utf8_lossy(&pid.stdout)
+        .trim()
+        .parse()
+        .expect("one dockerd");
+    // SAFETY: a signal to dockerd's pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    wait_until("dockerd to exit", 60, || {
+        // SAFETY: signal 0 only checks that the process exists.
+        unsafe { libc::kill(pid, 0) != 0 }
+    });
+    wait_until("the failed stream's note", 20, || {
+        ft.stderr_text().contains("Docker's event stream failed")
+    });
+    back.restore();
+    wait_until("the container followed again", 60, || {
+        let err = ft.stderr_text();
+        err.find("event stream is back")
+            .is_some_and(|at| err[at..].contains("(re)started"))
+    });
+    let sport = tcp(&lab, &From::Container(name.clone()), lab.inet_ip(), 8080).expect("tcp");
+    let lines = ft.stop();
+    let local = format!("{}:{sport}", lab.container_ip());
+    let veth = lab.host_veth();
+    let shown = packets(&lines)
+        .into_iter()
+        .find(|p| p.src.as_deref() == Some(local.as_str()))
+        .unwrap_or_else(|| panic!("no packet from {local} after dockerd's restart"));
+    assert!(
+        hops(shown).iter().any(|(iface, _)| *iface == veth),
+        "the new veth {veth} is a hop: {}",
+        show(shown)
+    );
+    let notes: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| match l {
+            Line::Container(c) => Some(c.note.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        notes.iter().any(|n| n.contains("event stream failed"))
+            && notes.iter().any(|n| n.contains("is back")),
+        "{notes:?}"
+    );
+}

@@ -149,7 +149,10 @@ impl Live {
     /// A container's new whereabouts: attach where it is now, let the scope follow, say so.
     pub fn resolved(&mut self, name: String, r: Result<churn::Restarted>) -> Result<()> {
         let note = match r {
-            Err(e) => format!("container {name} started, but cannot be traced: {e}"),
+            Err(crate::error::Error::ContainerNotRunning(_)) => {
+                format!("container {name} is not running; waiting for it to start again")
+            }
+            Err(e) => format!("container {name} cannot be traced for now: {e}"),
             Ok(r) => self.follow(&name, r)?,
         };
         self.note(&name, note)

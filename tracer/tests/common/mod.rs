@@ -511,6 +511,19 @@ pub fn counted(s: &SummaryLine, iface: &str, dir: &str) -> u64 {
 
 /// TCX links and tc filters left on an interface (must be none after flowtrace exits).
 pub fn leftovers(iface: &str) -> String {
+    // The kernel frees a closed program after an RCU grace period, later with many links:
+    // what is still there after a few seconds outlived flowtrace.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = leftovers_now(iface);
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn leftovers_now(iface: &str) -> String {
     let mut s = String::new();
     for dir in ["ingress", "egress"] {
         let out = Command::new("tc")
