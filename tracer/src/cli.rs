@@ -159,8 +159,8 @@ pub struct TraceArgs {
     pub rotate: Option<u64>,
 
     /// With --rotate: keep only the newest N files.
-    #[arg(long, value_name = "N", requires = "rotate")]
-    pub max_files: Option<usize>,
+    #[arg(long, value_name = "N", requires = "rotate", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_files: Option<u32>,
 
     /// How to attach the tc observers: TCX links (Linux ≥ 6.6, gone with the process even if it
     /// is killed), netlink filters on a clsact qdisc, or auto (TCX, else netlink).
@@ -181,7 +181,7 @@ pub struct TraceArgs {
     pub duration: Option<Duration>,
 
     /// Stop after this many packets are shown (observations with --raw).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
 
     /// More log lines on stderr (repeat for more).

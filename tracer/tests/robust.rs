@@ -194,6 +194,21 @@ fn every_bad_input_is_one_sentence_a_hint_and_a_non_zero_exit() {
             vec!["-n", "../x"],
             "`../x` is not a Docker container or network name",
         ),
+        (vec!["-c", "x", "--count", "0"], "0 is not in 1.."),
+        (
+            vec![
+                "-c",
+                "x",
+                "-w",
+                "/tmp/x",
+                "--rotate",
+                "1M",
+                "--max-files",
+                "0",
+            ],
+            "0 is not in 1..",
+        ),
+        (vec!["-c", "x", "--snaplen", "99999999999"], "is not in 0.."),
     ] {
         let (code, err) = run(&args, &[]);
         assert_eq!(code, 2, "{args:?}: {err}");

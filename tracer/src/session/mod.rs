@@ -313,7 +313,7 @@ fn recorder(
     let opts = RecordOptions {
         path: path.to_owned(),
         rotate: args.rotate,
-        max_files: args.max_files,
+        max_files: args.max_files.map(|n| n as usize),
         snaplen: 0,
         wall_offset_ns: clock.offset_ns(),
     };
