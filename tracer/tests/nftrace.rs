@@ -196,8 +196,10 @@ fn after_sigkill_the_ruleset_is_what_it_was() {
         .collect();
     assert!(rules.len() >= 4, "{own}");
     assert!(
-        rules.iter().all(|r| r.ends_with("meta nftrace set 1")),
-        "it only marks:\n{own}"
+        rules
+            .iter()
+            .all(|r| r.ends_with("meta nftrace set 1 accept")),
+        "it only marks (and ends its own chain: an accept ends no other table's):\n{own}"
     );
     // …and at most --nftrace-rate packets a second each (the default, 250).
     assert!(

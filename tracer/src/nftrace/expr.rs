@@ -7,6 +7,7 @@ const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_EXPR_NAME: u16 = 1;
 const NFTA_EXPR_DATA: u16 = 2;
 const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_DATA_VERDICT: u16 = 2;
 
 /// One nf_tables expression, as the kernel takes it.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +44,8 @@ pub enum Expr<'a> {
         dreg: u32,
         data: &'a [u8],
     },
+    /// The verdict `accept` (an immediate into the verdict register).
+    Accept,
     /// `limit rate RATE/second burst BURST packets`.
     Limit {
         rate: u64,
@@ -58,7 +61,7 @@ impl Expr<'_> {
             Expr::Payload { .. } => "payload",
             Expr::Ct { .. } => "ct",
             Expr::Lookup { .. } => "lookup",
-            Expr::Immediate { .. } => "immediate",
+            Expr::Immediate { .. } | Expr::Accept => "immediate",
             Expr::Limit { .. } => "limit",
         };
         m.nest_start(NFTA_LIST_ELEM);
@@ -106,6 +109,14 @@ impl Expr<'_> {
                 m.attr_be32(1, dreg); // NFTA_IMMEDIATE_DREG
                 m.nest_start(2); // NFTA_IMMEDIATE_DATA
                 m.attr(NFTA_DATA_VALUE, data);
+                m.nest_end();
+            }
+            Expr::Accept => {
+                m.attr_be32(1, 0); // NFTA_IMMEDIATE_DREG: NFT_REG_VERDICT
+                m.nest_start(2); // NFTA_IMMEDIATE_DATA
+                m.nest_start(NFTA_DATA_VERDICT);
+                m.attr_be32(1, 1); // NFTA_VERDICT_CODE: NF_ACCEPT
+                m.nest_end();
                 m.nest_end();
             }
             Expr::Limit { rate, burst } => {

@@ -17,7 +17,6 @@ const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 
 /// Netfilter hooks (enum nf_inet_hooks).
 const NF_INET_PRE_ROUTING: u32 = 0;
-const NF_INET_FORWARD: u32 = 2;
 const NF_INET_LOCAL_OUT: u32 = 3;
 
 /// Set names, key types (as nft numbers its datatypes), key lengths and set ids.
@@ -47,29 +46,44 @@ fn addr_rules() -> Vec<Match> {
     v
 }
 
+/// Only the connections NAT hides a target in: `ct original saddr` (the target's connections
+/// out, MASQUERADE'd: their replies come back to the host's address) and `ct reply saddr`
+/// (connections DNAT'd to a target: the packets in, before DNAT, are to the host's address).
+/// A connection's other packets carry a target's address themselves, and the address rules
+/// mark them; `ct … daddr` would only mark them again, at the cost of two lookups each.
 fn ct_rules() -> Vec<Match> {
     let mut v = Vec::new();
     for v6 in [false, true] {
         for reply in [false, true] {
-            for dst in [false, true] {
-                v.push(Match::Ct { v6, reply, dst });
-            }
+            v.push(Match::Ct {
+                v6,
+                reply,
+                dst: false,
+            });
         }
     }
     v
 }
 
-/// (name, hook, priority, rules) of the base chains. (Not `fwd`: that is an nft keyword,
-/// and nft 1.0.6 cannot read back a ruleset listing with a chain of that name.)
+/// (name, hook, priority, rules) of the base chains. Every packet the host receives or
+/// forwards passes PREROUTING, and the mark stays with it through the later hooks: `pre`
+/// (before raw) marks what carries a target's address or is to a published port, `prenat`
+/// (once conntrack and DNAT have run) what belongs to a connection NAT maps to a target. The
+/// host's own packets start at OUTPUT: `out`. Each of these rules runs for every packet the
+/// host handles, the neighbours' too, so there are as few as the scope needs (no FORWARD
+/// chain: nothing reaches it unmarked that a rule there would mark).
 pub fn chains() -> Vec<(&'static str, u32, i32, Vec<Match>)> {
     let mut pre = addr_rules();
     pre.push(Match::Ports);
-    let both = || [addr_rules(), ct_rules()].concat();
     vec![
         ("pre", NF_INET_PRE_ROUTING, -350, pre),
         ("prenat", NF_INET_PRE_ROUTING, -99, ct_rules()),
-        ("forward", NF_INET_FORWARD, -350, both()),
-        ("out", NF_INET_LOCAL_OUT, -350, both()),
+        (
+            "out",
+            NF_INET_LOCAL_OUT,
+            -350,
+            [addr_rules(), ct_rules()].concat(),
+        ),
     ]
 }
 

@@ -173,6 +173,9 @@ impl Batch {
             sreg: NFT_REG_1,
         }
         .put(&mut self.msg);
+        // Marked: the chain's other rules have nothing left to do for this packet (an accept
+        // ends only this chain; every other table's chains still run).
+        Expr::Accept.put(&mut self.msg);
         self.msg.nest_end();
         self.msg.end_msg();
     }
@@ -307,8 +310,8 @@ mod tests {
         assert_eq!(msgs.last().unwrap().0, NFNL_MSG_BATCH_END);
         assert_eq!(count(NFT_MSG_NEWTABLE), 1);
         assert_eq!(count(NFT_MSG_NEWSET), 3);
-        assert_eq!(count(NFT_MSG_NEWCHAIN), 4);
-        assert_eq!(count(NFT_MSG_NEWRULE), 5 + 8 + 12 + 12);
+        assert_eq!(count(NFT_MSG_NEWCHAIN), 3);
+        assert_eq!(count(NFT_MSG_NEWRULE), 5 + 4 + 8);
         assert_eq!(pending.len(), msgs.len() - 2);
         assert_eq!(next, 100 + msgs.len() as u32);
         // Every message asks for an ack and has its own sequence number.
@@ -341,7 +344,7 @@ mod tests {
         let (bytes, _, _) = b.finish();
         let msgs = decode(&bytes);
         let names: Vec<Vec<String>> = msgs[1..4].iter().map(|(_, a)| expr_names(a)).collect();
-        let tail = ["immediate", "meta"];
+        let tail = ["immediate", "meta", "immediate"];
         let head: [&str; 0] = [];
         assert_eq!(
             names[0],

@@ -100,7 +100,7 @@ pub(super) fn start(scope: &Scope, rate: u32, notes: &mut Startup) -> Option<(Nf
     };
     notes.say(format!(
         "nftrace: added nftables table inet {table}: it only marks the traced packets for \
-         tracing ({limit}; meta nftrace set 1, no verdicts) and goes away with flowtrace \
+         tracing ({limit}; meta nftrace set 1, then accept, which ends only its own chain) and goes away with flowtrace \
          (--no-nftrace: without it)"
     ));
     Some((
