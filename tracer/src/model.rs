@@ -24,8 +24,8 @@ use crate::{
 pub(crate) fn nat(n: &NatRewrite) -> Nat {
     Nat {
         kind: n.kind.as_str().to_owned(),
-        from: n.from.to_string(),
-        to: n.to.to_string(),
+        from: n.from.text(),
+        to: n.to.text(),
     }
 }
 
@@ -44,8 +44,8 @@ pub(crate) fn packet(e: &Explained, points: &Points, clock: &WallClock) -> Packe
                     .map_or_else(|| format!("if{}", h.ifindex), |p| p.name.clone()),
                 role: points.get(&h.ifindex).map(|p| p.role.to_string()),
                 dir: h.direction.as_str().to_owned(),
-                src: h.headers.map(|x| x.source().to_string()),
-                dst: h.headers.map(|x| x.destination().to_string()),
+                src: h.headers.map(|x| x.source().text()),
+                dst: h.headers.map(|x| x.destination().text()),
                 len: h.len,
                 nat: rw.first().map(nat),
             }),
@@ -54,8 +54,8 @@ pub(crate) fn packet(e: &Explained, points: &Points, clock: &WallClock) -> Packe
                 hook: hook_name(n.hook).to_owned(),
                 table: n.table.clone(),
                 verdict: n.verdict.as_str().to_owned(),
-                src: n.headers.map(|x| x.source().to_string()),
-                dst: n.headers.map(|x| x.destination().to_string()),
+                src: n.headers.map(|x| x.source().text()),
+                dst: n.headers.map(|x| x.destination().text()),
                 nat: n.nat.first().map(nat),
                 rule: n.decided.as_ref().and_then(|d| d.rule.clone()),
                 policy: n.decided.as_ref().and_then(|d| d.policy.map(str::to_owned)),
@@ -92,8 +92,8 @@ pub(crate) fn packet(e: &Explained, points: &Points, clock: &WallClock) -> Packe
             .to_owned()
         }),
         proto: view.map(|h| h.proto.name()),
-        src: view.map(|h| h.source().to_string()),
-        dst: view.map(|h| h.destination().to_string()),
+        src: view.map(|h| h.source().text()),
+        dst: view.map(|h| h.destination().text()),
         len: p.frame_len(),
         tcp_flags: view.and_then(|h| h.tcp_flags()).map(tcp_flags_str),
         summary: view.map(|h| h.summary()),

@@ -129,6 +129,45 @@ impl fmt::Display for Endpoint {
     }
 }
 
+impl Endpoint {
+    /// The same text as `Display`, written without the formatting machinery for IPv4: every
+    /// hop of every shown packet has two of these, and `Ipv4Addr`'s `Display` was a fifth of
+    /// the time spent per packet (perf, under `cargo xtask bench`'s load).
+    pub fn text(&self) -> String {
+        let IpAddr::V4(ip) = self.ip else {
+            return self.to_string();
+        };
+        let mut s = String::with_capacity(21);
+        for (i, o) in ip.octets().into_iter().enumerate() {
+            if i > 0 {
+                s.push('.');
+            }
+            push_decimal(&mut s, u32::from(o));
+        }
+        if let Some(p) = self.port {
+            s.push(':');
+            push_decimal(&mut s, u32::from(p));
+        }
+        s
+    }
+}
+
+fn push_decimal(s: &mut String, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        s.push(char::from(d));
+    }
+}
+
 impl Headers {
     pub fn ports(&self) -> Option<(u16, u16)> {
         match self.l4 {
@@ -360,6 +399,42 @@ fn parse_l4(proto: Proto, p: &[u8]) -> L4 {
 #[cfg(test)]
 pub mod tests {
     use super::*;
+
+    #[test]
+    fn endpoint_text_is_its_display() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut ends = vec![
+            Endpoint {
+                ip: IpAddr::from([0, 0, 0, 0]),
+                port: Some(0),
+            },
+            Endpoint {
+                ip: IpAddr::from([255, 255, 255, 255]),
+                port: Some(65535),
+            },
+            Endpoint {
+                ip: IpAddr::from([10, 0, 100, 9]),
+                port: None,
+            },
+            Endpoint {
+                ip: "fd00::2".parse().expect("v6"),
+                port: Some(80),
+            },
+        ];
+        for _ in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let [a, b, c, d, p0, p1, has, _] = x.to_le_bytes();
+            ends.push(Endpoint {
+                ip: IpAddr::from([a, b, c, d]),
+                port: (has & 1 == 1).then(|| u16::from_le_bytes([p0, p1])),
+            });
+        }
+        for e in ends {
+            assert_eq!(e.text(), e.to_string());
+        }
+    }
 
     /// An Ethernet + IPv4 + TCP SYN frame from 172.18.0.2:41234 to 198.51.100.2:8080.
     pub fn tcp_syn_v4() -> Vec<u8> {

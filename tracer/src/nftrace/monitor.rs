@@ -19,6 +19,10 @@ const RCVBUF: libc::c_int = 8 * 1024 * 1024;
 const IDLE_CHECK: Duration = Duration::from_millis(200);
 /// One datagram holds one event of at most a page or so; this is ample.
 const RECV_BUF: usize = 64 * 1024;
+/// How long the events after a first one are left to gather before they are read.
+const GATHER: Duration = Duration::from_millis(4);
+/// Datagrams read into one batch at most (the rest wait for the next).
+const MAX_DATAGRAMS_PER_BATCH: usize = 4096;
 
 /// A netlink socket subscribed to the nftables trace events of this network namespace.
 pub struct Monitor {
@@ -62,13 +66,35 @@ impl Monitor {
             .map_err(NftraceError::Thread)
     }
 
+    /// The datagrams already waiting, into the same batch: one hand-over (one wake-up of the
+    /// receiving thread) for a burst, not one per datagram.
+    fn more(&self, buf: &mut Vec<u8>, batch: &mut Vec<TraceEvent>) {
+        // A packet's events come over a few microseconds, a burst's over longer: let them
+        // gather (the socket's buffer holds seconds of them; packets wait 250 ms for theirs).
+        std::thread::sleep(GATHER);
+        for _ in 0..MAX_DATAGRAMS_PER_BATCH {
+            buf.clear();
+            match self.sock.recv(buf, libc::MSG_DONTWAIT) {
+                Ok(_) => batch.extend(parse(buf)),
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    self.overruns.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
     fn run(self, tx: Sender<Vec<TraceEvent>>) {
         let mut buf: Vec<u8> = Vec::with_capacity(RECV_BUF);
         loop {
             crate::probe::privilege::apply_pending();
             buf.clear();
             let batch = match self.sock.recv(&mut buf, 0) {
-                Ok(_) => parse(&buf),
+                Ok(_) => {
+                    let mut batch = parse(&buf);
+                    self.more(&mut buf, &mut batch);
+                    batch
+                }
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                     self.overruns.fetch_add(1, Ordering::Relaxed);
                     continue;
