@@ -53,10 +53,27 @@ impl WallClock {
     }
 
     /// `2026-11-24T15:07:34.120511Z`
+    /// Written field by field: chrono's `format` parses its pattern on every call, and every
+    /// shown packet has a time.
     pub fn rfc3339(&self, mono_ns: u64) -> String {
-        self.utc(mono_ns)
-            .format("%Y-%m-%dT%H:%M:%S%.6fZ")
-            .to_string()
+        use super::digits::push_padded;
+        use chrono::{Datelike, Timelike};
+        let t = self.utc(mono_ns);
+        let mut s = String::with_capacity(27);
+        push_padded(&mut s, t.year().max(0) as u32, 4);
+        for (sep, n) in [('-', t.month()), ('-', t.day()), ('T', t.hour())] {
+            s.push(sep);
+            push_padded(&mut s, n, 2);
+        }
+        for n in [t.minute(), t.second()] {
+            s.push(':');
+            push_padded(&mut s, n, 2);
+        }
+        s.push('.');
+        // A leap second's nanoseconds run past 10^9; chrono prints those digits the same way.
+        push_padded(&mut s, t.nanosecond() / 1000 % 1_000_000, 6);
+        s.push('Z');
+        s
     }
 
     /// `15:07:34.120511`, local time, like tcpdump.
@@ -84,6 +101,20 @@ mod tests {
         // 2026-11-24T15:07:34Z = 1795532854 s.
         let clock = WallClock::with_offset(1_795_532_854_000_000_000 - 5_000_000_000);
         assert_eq!(clock.rfc3339(5_120_511_000), "2026-11-24T15:07:34.120511Z");
+    }
+
+    #[test]
+    fn rfc3339_is_chronos_format() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..5000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Any instant from 1970 to about 2262.
+            let clock = WallClock::with_offset(i128::from(x >> 1));
+            let want = clock.utc(0).format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+            assert_eq!(clock.rfc3339(0), want);
+        }
     }
 
     #[test]

@@ -2,5 +2,6 @@
 
 pub mod clock;
 pub mod decode;
+pub mod digits;
 pub mod packet;
 pub mod ringbuf;

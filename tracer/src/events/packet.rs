@@ -8,6 +8,7 @@ use std::{
 
 // The walk to each header is tracer-common's, the kernel side's too: both agree on where
 // the ports are. This module reads the fields there.
+use super::digits::push_padded;
 use tracer_common::headers::{ipv4_transport, ipv6_transport, network};
 pub use tracer_common::headers::{ETH_P_ARP, ETH_P_IP, ETH_P_IPV6};
 
@@ -142,29 +143,13 @@ impl Endpoint {
             if i > 0 {
                 s.push('.');
             }
-            push_decimal(&mut s, u32::from(o));
+            push_padded(&mut s, u32::from(o), 1);
         }
         if let Some(p) = self.port {
             s.push(':');
-            push_decimal(&mut s, u32::from(p));
+            push_padded(&mut s, u32::from(p), 1);
         }
         s
-    }
-}
-
-fn push_decimal(s: &mut String, mut n: u32) {
-    let mut digits = [0u8; 10];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &d in &digits[at..] {
-        s.push(char::from(d));
     }
 }
 
@@ -199,8 +184,8 @@ impl Headers {
             L4::Arp { op } => format!("ARP op {op} {} → {}", self.src, self.dst),
             L4::Tcp { flags, .. } => format!(
                 "TCP {} → {} [{}]",
-                self.source(),
-                self.destination(),
+                self.source().text(),
+                self.destination().text(),
                 tcp_flags_str(flags)
             ),
             L4::Icmp {
@@ -230,8 +215,8 @@ impl Headers {
             _ => format!(
                 "{} {} → {}",
                 self.proto.name().to_uppercase(),
-                self.source(),
-                self.destination()
+                self.source().text(),
+                self.destination().text()
             ),
         }
     }
