@@ -121,7 +121,10 @@ impl ScopeAddr {
 pub struct Judged {
     pub skb: u64,
     pub len: u32,
-    pub _pad: u32,
+    /// 1: in scope, but the filter expression did not match it at a traced veth's ingress.
+    /// The netfilter observers skip it like the others; the tc observers do not (the filter
+    /// runs again at the later hops, where NAT may have made it match).
+    pub by_filter: u32,
 }
 
 /// A published host port's bit in `SCOPE_PORT_BITS` (TCP, UDP, SCTP, UDP-Lite); None for a

@@ -133,7 +133,7 @@ pub fn judged_out(skb: u64) -> bool {
 pub fn judged_out_at(skb: u64, len: u32, ifindex: u32) -> bool {
     if !JUDGED_OUT
         .get(0)
-        .is_some_and(|j| j.skb == skb && j.len == len)
+        .is_some_and(|j| j.skb == skb && j.len == len && j.by_filter == 0)
     {
         return false;
     }
@@ -145,11 +145,25 @@ pub fn judged_out_at(skb: u64, len: u32, ifindex: u32) -> bool {
 /// Judged out with the full rules: remembered for the next observers on this CPU.
 #[inline(always)]
 pub fn mark_out(skb: u64, len: u32) {
+    judge(skb, len, 0);
+}
+
+/// Not matched by the filter expression at a traced veth's ingress (nor, with NAT, by its
+/// view): remembered for the netfilter observers on this CPU, which would otherwise take
+/// it in by its address at PREROUTING's entry, and run for it at every slot.
+#[inline(always)]
+pub fn mark_filtered(skb: u64, len: u32) {
+    judge(skb, len, 1);
+}
+
+#[inline(always)]
+fn judge(skb: u64, len: u32, by_filter: u32) {
     if let Some(j) = JUDGED_OUT.get_ptr_mut(0) {
         // SAFETY: this CPU's entry.
         unsafe {
             (*j).skb = skb;
             (*j).len = len;
+            (*j).by_filter = by_filter;
         }
     }
 }

@@ -164,6 +164,9 @@ pub fn observe_matched(ctx: &TcContext, direction: u8) -> i32 {
 #[inline(always)]
 pub fn observe_miss(ctx: &TcContext) -> i32 {
     let skb: *mut __sk_buff = ctx.skb.skb;
+    // Until its view matches (then `track` forgets this), netfilter leaves it alone.
+    // SAFETY: `skb` is the program's context; this load is rewritten by the verifier.
+    scope::mark_filtered(skb as u64, unsafe { (*skb).len });
     let Some(p) = FlowKey::parse_frame(&Skb(skb)) else {
         return TC_ACT_UNSPEC;
     };
