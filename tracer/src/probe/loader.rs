@@ -45,6 +45,13 @@ pub fn load(offsets: &Offsets, snaplen: u32, events: bool, filtering: bool) -> R
         .override_global("SNAPLEN", &snaplen, true)
         .override_global("EMIT", &emit, true)
         .override_global("FILTERING", &filtering, true);
+    if !events {
+        // Nothing is ever written to the ring buffer: one page instead of 8 MiB mapped (the
+        // kernel's smallest ring is a page).
+        // SAFETY: sysconf takes no pointers.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        loader.map_max_entries("EVENTS", u32::try_from(page).unwrap_or(4096));
+    }
     shrink_tables_for_tests(&mut loader);
     loader.load(OBJECT).map_err(Error::load)
 }

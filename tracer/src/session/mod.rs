@@ -66,6 +66,10 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         panic!("FLOWTRACE_TEST_PANIC_AFTER_ATTACH is set");
     }
     let note = lower_privileges(live.args.rotate.is_some());
+    // Start-up parsed the kernel's BTF, the eBPF object and the rulesets, and freed them:
+    // hand that memory back now rather than hold it for the whole run.
+    // SAFETY: mi_collect takes no pointers; it only returns free pages of the allocator.
+    unsafe { libmimalloc_sys::mi_collect(true) };
     // Only now is everything in place (including the ruleset baseline for rule attribution).
     // On the dashboard's status line while it is up (nothing is written over it), else on
     // stderr (not a container's note: no JSON line).
