@@ -23,13 +23,19 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 #[map(name = "LOST")]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_KINDS, 0);
 
-/// Counts a record of this kind that did not fit in the ring buffer.
+/// Adds one to entry `i` of a per-CPU array of counts.
 #[inline(always)]
-pub fn count_lost(kind: LostKind) {
-    if let Some(n) = LOST.get_ptr_mut(kind as u32) {
+fn bump(counts: &PerCpuArray<u64>, i: u32) {
+    if let Some(n) = counts.get_ptr_mut(i) {
         // SAFETY: a per-CPU value, no concurrent writer on this CPU.
         unsafe { *n += 1 };
     }
+}
+
+/// Counts a record of this kind that did not fit in the ring buffer.
+#[inline(always)]
+pub fn count_lost(kind: LostKind) {
+    bump(&LOST, kind as u32);
 }
 
 /// What the programs did to `TRACKED` and `FLOWS`, by kind (`TableOp`), per CPU: user space
@@ -39,10 +45,7 @@ pub static TABLE_OPS_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(TA
 
 #[inline(always)]
 pub fn count_op(op: TableOp) {
-    if let Some(n) = TABLE_OPS_COUNTS.get_ptr_mut(op as u32) {
-        // SAFETY: a per-CPU value, no concurrent writer on this CPU.
-        unsafe { *n += 1 };
-    }
+    bump(&TABLE_OPS_COUNTS, op as u32);
 }
 
 /// Takes a packet into `TRACKED`, counted.

@@ -165,9 +165,7 @@ fn restarts_free_the_old_veths_counter_entries() {
     assert_eq!(after, before, "entries after eight restarts");
     let local = format!("{}:{sport}", lab.container_ip());
     assert!(
-        packets(&lines)
-            .iter()
-            .any(|p| p.src.as_deref() == Some(local.as_str())),
+        common::has_packet_from(&lines, &local),
         "still traced after the restarts"
     );
 }
@@ -249,9 +247,7 @@ fn a_network_with_150_more_interfaces_attaches_to_all_of_them() {
     let lines = ft.stop();
     let local = format!("{}:{sport}", lab.container_ip());
     assert!(
-        packets(&lines)
-            .iter()
-            .any(|p| p.src.as_deref() == Some(local.as_str())),
+        common::has_packet_from(&lines, &local),
         "traced with 150 more interfaces attached"
     );
     for i in [0, ManyPorts::N / 2, ManyPorts::N - 1] {

@@ -241,9 +241,7 @@ fn a_neighbours_traffic_is_counted_on_the_bridge_and_uplink_and_never_sent_up() 
     let lines = ft.stop();
     let local = format!("{}:{sport}", lab.container_ip());
     assert!(
-        packets(&lines)
-            .iter()
-            .any(|p| p.src.as_deref() == Some(local.as_str())),
+        common::has_packet_from(&lines, &local),
         "the traced container's own exchange: {}",
         all(&lines)
     );

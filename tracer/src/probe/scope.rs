@@ -22,19 +22,6 @@ pub struct ScopeMaps {
     current: Scope,
 }
 
-fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
-    ebpf.take_map(name)
-        .ok_or_else(|| Error::Load(format!("map {name} missing from the eBPF object")))
-}
-
-fn take<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &str) -> Result<HashMap<MapData, K, V>> {
-    HashMap::try_from(take_map(ebpf, name)?).map_err(|e| Error::Load(format!("map {name}: {e}")))
-}
-
-fn take_array(ebpf: &mut Ebpf, name: &str) -> Result<Array<MapData, u64>> {
-    Array::try_from(take_map(ebpf, name)?).map_err(|e| Error::Load(format!("map {name}: {e}")))
-}
-
 /// Writes the words of `new` that differ from `old`.
 fn write_bits(
     map: &mut Array<MapData, u64>,
@@ -52,10 +39,10 @@ fn write_bits(
 impl ScopeMaps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
         Ok(Self {
-            points: take(ebpf, "SCOPE_POINTS")?,
-            addrs: take(ebpf, "SCOPE_ADDRS")?,
-            addr_bits: take_array(ebpf, "SCOPE_ADDR_BITS")?,
-            port_bits: take_array(ebpf, "SCOPE_PORT_BITS")?,
+            points: super::take_map(ebpf, "SCOPE_POINTS")?,
+            addrs: super::take_map(ebpf, "SCOPE_ADDRS")?,
+            addr_bits: super::take_map(ebpf, "SCOPE_ADDR_BITS")?,
+            port_bits: super::take_map(ebpf, "SCOPE_PORT_BITS")?,
             current: Scope::default(),
         })
     }

@@ -8,7 +8,7 @@ use aya::{
 };
 use tracer_common::{flow::FlowKey, TableOp, TABLE_OPS};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Entries the kernel evicted from its tables to make room.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -25,23 +25,13 @@ pub struct Tables {
     flows: HashMap<MapData, FlowKey, FlowKey>,
 }
 
-fn take<T: TryFrom<aya::maps::Map>>(ebpf: &mut Ebpf, name: &str) -> Result<T>
-where
-    T::Error: std::fmt::Display,
-{
-    let map = ebpf
-        .take_map(name)
-        .ok_or_else(|| Error::Load(format!("map {name} missing from the eBPF object")))?;
-    T::try_from(map).map_err(|e| Error::Load(format!("map {name}: {e}")))
-}
-
 impl Tables {
     /// After the netfilter programs were loaded (they relocate against every map).
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
         Ok(Self {
-            ops: take(ebpf, "TABLE_OPS")?,
-            tracked: take(ebpf, "TRACKED")?,
-            flows: take(ebpf, "FLOWS")?,
+            ops: super::take_map(ebpf, "TABLE_OPS")?,
+            tracked: super::take_map(ebpf, "TRACKED")?,
+            flows: super::take_map(ebpf, "FLOWS")?,
         })
     }
 

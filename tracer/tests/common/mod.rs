@@ -478,6 +478,13 @@ impl Drop for Flowtrace {
 }
 
 /// One line of the contract; panics with the line if it is not one.
+/// Whether a packet from `local` (`addr:port`) is among the lines.
+pub fn has_packet_from(lines: &[Line], local: &str) -> bool {
+    packets(lines)
+        .iter()
+        .any(|p| p.src.as_deref() == Some(local))
+}
+
 pub fn line(l: &str) -> Line {
     Line::parse(l).unwrap_or_else(|e| panic!("not a line of the contract ({e}): {l}"))
 }
