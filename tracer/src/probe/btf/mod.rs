@@ -10,7 +10,6 @@
 //! answer "where is `sk_buff.mark`" or "what is drop reason 5". This reader answers only those
 //! two questions.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 /// Where the running kernel exposes its own BTF.
@@ -92,13 +91,14 @@ enum Ty {
     Other,
 }
 
-/// Parsed BTF: its string section, every type (index = type id, 0 = void) with its name
-/// offset, and an index from type name to the ids carrying that name.
+/// Parsed BTF: its string section and every type (index = type id, 0 = void) with its name
+/// offset. No index by name: the few lookups start-up makes scan the types, and an index of
+/// every name (a String each, a hundred thousand and more in a kernel's BTF) was most of
+/// flowtrace's peak memory.
 #[derive(Debug)]
 pub struct Btf {
     strings: Vec<u8>,
     types: Vec<(u32, Ty)>,
-    by_name: HashMap<String, Vec<u32>>,
 }
 
 fn words(b: &[u8]) -> Vec<u32> {
@@ -106,14 +106,14 @@ fn words(b: &[u8]) -> Vec<u32> {
     b.chunks_exact(4).map(word).collect()
 }
 
-fn section(data: &[u8], hdr: &[u32], off: usize, what: &str) -> Result<Vec<u8>, BtfError> {
+fn section<'a>(data: &'a [u8], hdr: &[u32], off: usize, what: &str) -> Result<&'a [u8], BtfError> {
     let at = |i: usize| u64::from(hdr.get(i).copied().unwrap_or_default());
     let (start, len) = (at(1) + at(off), at(off + 1));
     let range = usize::try_from(start)
         .ok()
         .zip(usize::try_from(start + len).ok());
     match range.and_then(|(s, e)| data.get(s..e)) {
-        Some(bytes) => Ok(bytes.to_vec()),
+        Some(bytes) => Ok(bytes),
         None => Err(BtfError::Truncated(format!(
             "the {what} spans bytes {start}..{} but the data is only {} bytes long",
             start + len,
@@ -163,11 +163,10 @@ impl Btf {
             n => return Err(BtfError::BadHeader(n.copied().unwrap_or_default())),
         }
         let tsec = section(data, &hdr, 2, "type section")?;
-        let strings = section(data, &hdr, 4, "string section")?;
+        let strings = section(data, &hdr, 4, "string section")?.to_vec();
         let mut btf = Btf {
             strings,
             types: vec![(0, Ty::Void)],
-            by_name: HashMap::new(),
         };
         let mut pos = 0usize;
         while pos < tsec.len() {
@@ -238,8 +237,8 @@ impl Btf {
                 _ => Ty::Other,
             };
             if name_off != 0 {
-                let name = btf.str_at(name_off)?.to_string();
-                btf.by_name.entry(name).or_default().push(id);
+                // Checked here, so that a corrupt name fails the parse, not a later lookup.
+                btf.str_at(name_off)?;
             }
             btf.types.push((name_off, ty));
         }
@@ -329,8 +328,13 @@ impl Btf {
     /// The first struct/union (or enum, if `want_enum`) called `name`, preferring one with
     /// members/values over FWD-like empty duplicates.
     fn pick(&self, name: &str, want_enum: bool) -> Option<(u32, &Ty)> {
-        let found = self.by_name.get(name)?.iter().filter_map(|&id| {
-            let ty = self.ty(id).ok()?;
+        let named = self
+            .types
+            .iter()
+            .enumerate()
+            .filter(|(_, (off, _))| *off != 0 && self.str_at(*off).is_ok_and(|n| n == name));
+        let found = named.filter_map(|(id, (_, ty))| {
+            let id = id as u32;
             match (want_enum, ty) {
                 (false, Ty::Composite(_, _, m)) => Some((m.is_empty(), id, ty)),
                 (true, Ty::Enum(_, v)) => Some((v.is_empty(), id, ty)),
