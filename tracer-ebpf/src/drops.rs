@@ -8,18 +8,17 @@ use tracer_common::{EventKind, SkbEndEvent};
 
 use crate::{
     kread::{field, ifindex},
-    maps::{offsets, EVENTS, TRACKED},
+    maps::{offsets, EVENTS},
 };
 
 #[inline(always)]
 pub fn end(skb: u64, location: u64, reason: u32, kind: EventKind) -> i32 {
     // Its address may be another packet's next.
     crate::scope::forget(skb);
-    // SAFETY: a lookup with a stack key; the value is not kept.
-    if unsafe { TRACKED.get(skb).is_none() } {
+    // One hash operation for every skb the host frees: the removal says whether it was ours.
+    if !crate::maps::untrack_skb(skb) {
         return 0;
     }
-    crate::maps::untrack_skb(skb);
     let off = offsets();
     let Some(mut entry) = EVENTS.reserve::<SkbEndEvent>(0) else {
         crate::maps::count_lost(tracer_common::LostKind::Drop);

@@ -56,12 +56,14 @@ pub fn track_skb(skb: u64, t: &Tracked) {
     }
 }
 
-/// Takes a packet out of `TRACKED`, counted if it was there.
+/// Takes a packet out of `TRACKED`, counted if it was there; false if it was not.
 #[inline(always)]
-pub fn untrack_skb(skb: u64) {
-    if TRACKED.remove(skb).is_ok() {
+pub fn untrack_skb(skb: u64) -> bool {
+    let was = TRACKED.remove(skb).is_ok();
+    if was {
         count_op(TableOp::TrackedOut);
     }
+    was
 }
 
 /// Per-hop packet/byte/lost counters, one entry per attached (ifindex, direction).

@@ -121,7 +121,7 @@ pub fn observe(ctx: &TcContext, direction: u8) -> i32 {
             return report(ctx, direction, counter);
         }
         // Another packet at a freed packet's address: it is judged on its own.
-        untrack_skb(skb as u64);
+        let _ = untrack_skb(skb as u64);
     }
     // Not one of the traced containers' packets: counted, nothing more.
     if !in_scope(skb, ifindex, direction) {

@@ -6,7 +6,7 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray},
     Ebpf,
 };
-use tracer_common::{flow::FlowKey, TableOp, TABLE_OPS};
+use tracer_common::{flow::FlowKey, TableOp};
 
 use crate::error::Result;
 
@@ -44,7 +44,6 @@ impl Tables {
     /// Reads every table's keys: a syscall per entry, so call it at the end and now and then,
     /// never per event.
     pub fn evicted(&self) -> Evicted {
-        debug_assert_eq!(TABLE_OPS, 3);
         let live_tracked = self.tracked.keys().filter(|k| k.is_ok()).count() as u64;
         let live_flows = self.flows.keys().filter(|k| k.is_ok()).count() as u64;
         evicted(
