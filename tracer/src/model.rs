@@ -109,7 +109,7 @@ pub(crate) fn flow(k: &FlowKey, s: &FlowStats, clock: &WallClock) -> FlowLine {
         v: VERSION,
         time: clock.rfc3339(s.first_ns),
         last: clock.rfc3339(s.last_ns),
-        container: k.container.clone(),
+        container: k.container.to_string(),
         proto: k.proto.name(),
         local: k.local_str(),
         remote: k.remote_str(),
@@ -124,8 +124,8 @@ pub(crate) fn flow(k: &FlowKey, s: &FlowStats, clock: &WallClock) -> FlowLine {
             bytes: s.in_bytes,
         },
         drops: s.drops,
-        path_out: s.path_out.clone(),
-        path_in: s.path_in.clone(),
+        path_out: s.path_out.iter().map(|n| n.to_string()).collect(),
+        path_in: s.path_in.iter().map(|n| n.to_string()).collect(),
         closed: s.closed(),
     }
 }

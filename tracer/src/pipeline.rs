@@ -22,8 +22,9 @@ use crate::{
 pub const PACKET_IDLE_NS: u64 = 100_000_000;
 /// Idle time after which a flow is reported with `--flows`.
 pub const FLOW_IDLE_NS: u64 = 10_000_000_000;
-/// Flows kept in memory at most.
-pub const MAX_FLOWS: usize = 65_536;
+/// Flows kept in memory at most: 7/8 of 65,536, the most a hash table of 65,536 slots holds
+/// before it doubles (to 131,072 slots of ~180 bytes each).
+pub const MAX_FLOWS: usize = 57_344;
 
 pub struct Pipeline {
     correlator: Correlator,
@@ -148,6 +149,7 @@ impl Pipeline {
     pub fn show_on_dashboard(&mut self, dashboard: Box<dyn Sink>) {
         self.sinks.retain(|s| s.recording().is_some());
         self.sinks.push(dashboard);
+        self.flows.keep_changes();
     }
 
     /// The dashboard closed: drop its sink (the others stay to the end).

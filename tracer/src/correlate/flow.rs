@@ -3,9 +3,11 @@
 //! and the path. The table is bounded: the least recently seen flows are evicted first.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{hash_map::DefaultHasher, HashMap, HashSet},
     fmt,
+    hash::{Hash, Hasher},
     net::IpAddr,
+    sync::Arc,
 };
 
 use super::packet::{Packet, Points, Way};
@@ -15,7 +17,8 @@ use crate::events::packet::{Endpoint, Headers, Proto, L4};
 /// side is the echo identifier.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
-    pub container: String,
+    /// Shared by all of a container's flows ([`Names`]).
+    pub container: Arc<str>,
     pub proto: Proto,
     pub local: IpAddr,
     pub local_port: u16,
@@ -24,7 +27,7 @@ pub struct FlowKey {
 }
 
 impl FlowKey {
-    pub fn new(container: &str, view: &Headers, way: Way) -> Self {
+    pub fn new(container: Arc<str>, view: &Headers, way: Way) -> Self {
         let (local, remote) = match way {
             Way::FromContainer => (view.source(), view.destination()),
             Way::ToContainer => (view.destination(), view.source()),
@@ -34,7 +37,7 @@ impl FlowKey {
             _ => (local.port.unwrap_or(0), remote.port.unwrap_or(0)),
         };
         Self {
-            container: container.to_owned(),
+            container,
             proto: view.proto,
             local: local.ip,
             local_port,
@@ -91,8 +94,8 @@ pub struct FlowStats {
     /// The container's side as the outside sees it, when NAT changed it.
     pub translated: Option<Endpoint>,
     /// Interfaces on the way out, in order (names).
-    pub path_out: Vec<String>,
-    pub path_in: Vec<String>,
+    pub path_out: Path,
+    pub path_in: Path,
     pub tcp_flags_out: u8,
     pub tcp_flags_in: u8,
 }
@@ -106,14 +109,67 @@ impl FlowStats {
     }
 }
 
+/// The interfaces a flow's packets passed, in order; shared by every flow that took the same
+/// path ([`Names`]).
+pub type Path = Arc<[Arc<str>]>;
+
+/// One copy of each container name and each path for the whole table: a flow holds pointers
+/// to them, not strings of its own (65,536 flows × 7 strings was most of `--json`'s memory).
+#[derive(Default)]
+struct Names {
+    names: HashSet<Arc<str>>,
+    /// By the hash of their names (compared in full on a hit).
+    paths: HashMap<u64, Vec<Path>>,
+}
+
+impl Names {
+    /// Entries at which the ones no flow holds any more are dropped.
+    const PRUNE_AT: usize = 4_096;
+
+    fn name(&mut self, s: &str) -> Arc<str> {
+        if let Some(n) = self.names.get(s) {
+            return n.clone();
+        }
+        if self.names.len() >= Self::PRUNE_AT {
+            self.names.retain(|n| Arc::strong_count(n) > 1);
+        }
+        let n: Arc<str> = Arc::from(s);
+        self.names.insert(n.clone());
+        n
+    }
+
+    fn path<'a>(&mut self, hops: impl Iterator<Item = &'a str> + Clone) -> Path {
+        let mut h = DefaultHasher::new();
+        hops.clone().for_each(|s| s.hash(&mut h));
+        let hash = h.finish();
+        if let Some(p) = self.paths.get(&hash).and_then(|v| {
+            v.iter()
+                .find(|p| p.iter().map(|s| &**s).eq(hops.clone()))
+        }) {
+            return p.clone();
+        }
+        if self.paths.len() >= Self::PRUNE_AT {
+            self.paths.retain(|_, v| {
+                v.retain(|p| Arc::strong_count(p) > 1);
+                !v.is_empty()
+            });
+        }
+        let p: Path = hops.map(|s| self.name(s)).collect();
+        self.paths.entry(hash).or_default().push(p.clone());
+        p
+    }
+}
+
 pub struct FlowTable {
     flows: HashMap<FlowKey, FlowStats>,
     max: usize,
     pub evicted: u64,
     /// Distinct flows ever recorded.
     seen: u64,
-    /// Flows recorded since the last [`FlowTable::take_changed`].
-    changed: HashSet<FlowKey>,
+    /// Flows recorded since the last [`FlowTable::take_changed`], once something takes them
+    /// ([`FlowTable::keep_changes`]: the dashboard); only flows still in the table.
+    changed: Option<HashSet<FlowKey>>,
+    names: Names,
 }
 
 /// What the flow table is told of one packet: from the core's packet live
@@ -128,7 +184,7 @@ pub struct Sample {
     pub dropped: bool,
     pub tcp_flags: u8,
     /// The interfaces it passed, in order.
-    pub path: Vec<String>,
+    pub path: Path,
     /// The container's side as it left the host, when NAT rewrote it.
     pub translated: Option<Endpoint>,
 }
@@ -140,7 +196,8 @@ impl FlowTable {
             max: max.max(1),
             evicted: 0,
             seen: 0,
-            changed: HashSet::new(),
+            changed: None,
+            names: Names::default(),
         }
     }
 
@@ -170,22 +227,22 @@ impl FlowTable {
                 .filter(|s| *s != view.source()),
             Way::ToContainer => None,
         };
-        Some(
-            self.add(Sample {
-                key: FlowKey::new(container, &view, way),
-                way,
-                ts_ns: p.first_ts(),
-                len: p.frame_len(),
-                dropped,
-                tcp_flags: view.tcp_flags().unwrap_or(0),
-                path: p
-                    .hops
-                    .iter()
-                    .filter_map(|h| points.get(&h.ifindex).map(|pt| pt.name.clone()))
-                    .collect(),
-                translated,
-            }),
-        )
+        let container = self.names.name(container);
+        let path = self.names.path(
+            p.hops
+                .iter()
+                .filter_map(|h| points.get(&h.ifindex).map(|pt| pt.name.as_str())),
+        );
+        Some(self.add(Sample {
+            key: FlowKey::new(container, &view, way),
+            way,
+            ts_ns: p.first_ts(),
+            len: p.frame_len(),
+            dropped,
+            tcp_flags: view.tcp_flags().unwrap_or(0),
+            path,
+            translated,
+        }))
     }
 
     /// Accounts one packet, as a [`Sample`], to its flow; returns the flow's key.
@@ -222,7 +279,9 @@ impl FlowTable {
                 }
             }
         }
-        self.changed.insert(x.key.clone());
+        if let Some(changed) = &mut self.changed {
+            changed.insert(x.key.clone());
+        }
         x.key
     }
 
@@ -231,9 +290,15 @@ impl FlowTable {
         self.seen
     }
 
-    /// The flows that changed since the last call (for the dashboard), oldest first.
+    /// From now on, keep which flows changed, for [`FlowTable::take_changed`].
+    pub fn keep_changes(&mut self) {
+        self.changed.get_or_insert_with(HashSet::new);
+    }
+
+    /// The flows that changed since the last call (for the dashboard), oldest first. None
+    /// unless [`FlowTable::keep_changes`] was called.
     pub fn take_changed(&mut self) -> Vec<(&FlowKey, &FlowStats)> {
-        let changed = std::mem::take(&mut self.changed);
+        let changed = self.changed.as_mut().map(std::mem::take).unwrap_or_default();
         let mut v: Vec<_> = self
             .flows
             .iter()
@@ -243,19 +308,28 @@ impl FlowTable {
         v
     }
 
-    /// Removes the tenth of the table that was seen least recently.
+    /// Removes the tenth of the table that was seen least recently (a little more when
+    /// several were last seen in the same nanosecond).
     fn evict(&mut self) {
-        let mut ages: Vec<(u64, FlowKey)> = self
-            .flows
-            .iter()
-            .map(|(k, s)| (s.last_ns, k.clone()))
-            .collect();
-        ages.sort();
-        let n = (self.max / 10).max(1);
-        for (_, k) in ages.into_iter().take(n) {
-            self.flows.remove(&k);
-            self.evicted += 1;
+        let mut ages: Vec<u64> = self.flows.values().map(|s| s.last_ns).collect();
+        let n = (self.max / 10).max(1).min(ages.len());
+        if n == 0 {
+            return;
         }
+        let (_, cutoff, _) = ages.select_nth_unstable(n - 1);
+        let cutoff = *cutoff;
+        let before = self.flows.len();
+        let changed = &mut self.changed;
+        self.flows.retain(|k, s| {
+            let keep = s.last_ns > cutoff;
+            if !keep {
+                if let Some(c) = changed.as_mut() {
+                    c.remove(k);
+                }
+            }
+            keep
+        });
+        self.evicted += (before - self.flows.len()) as u64;
     }
 
     /// Removes and returns flows that closed, or saw nothing for `idle_ns`.
@@ -266,6 +340,11 @@ impl FlowTable {
             .filter(|(_, s)| s.closed() || now_ns.saturating_sub(s.last_ns) > idle_ns)
             .map(|(k, _)| k.clone())
             .collect();
+        if let Some(c) = &mut self.changed {
+            keys.iter().for_each(|k| {
+                c.remove(k);
+            });
+        }
         let mut out: Vec<(FlowKey, FlowStats)> = keys
             .into_iter()
             .filter_map(|k| self.flows.remove_entry(&k))
@@ -297,7 +376,7 @@ impl Sample {
             Way::FromContainer => (src, dst),
             Way::ToContainer => (dst, src),
         };
-        let path: Vec<String> = p.tc_hops().map(|h| h.iface.clone()).collect();
+        let path: Path = p.tc_hops().map(|h| Arc::from(h.iface.as_str())).collect();
         let translated = match way {
             Way::FromContainer => p
                 .tc_hops()
@@ -308,7 +387,7 @@ impl Sample {
         };
         Some(Sample {
             key: FlowKey {
-                container: p.container.clone()?,
+                container: Arc::from(p.container.as_deref()?),
                 proto,
                 local: local.ip,
                 local_port: local.port.unwrap_or(0),
@@ -412,13 +491,14 @@ mod tests {
             s.translated.map(|e| e.to_string()),
             Some("198.51.100.1:41234".into())
         );
+        let names = |p: &Path| p.iter().map(|n| n.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            s.path_out,
-            vec!["veth9780200", "br-d9231d44a1ab", "ftlab-up"]
+            names(&s.path_out),
+            ["veth9780200", "br-d9231d44a1ab", "ftlab-up"]
         );
         assert_eq!(
-            s.path_in,
-            vec!["ftlab-up", "br-d9231d44a1ab", "veth9780200"]
+            names(&s.path_in),
+            ["ftlab-up", "br-d9231d44a1ab", "veth9780200"]
         );
         assert_eq!(s.tcp_flags_in, 0x12);
     }
@@ -428,19 +508,55 @@ mod tests {
         let (packets, points) = out_and_back();
         let mut t = FlowTable::new(10);
         for port in 0..50u16 {
-            let mut p = packets[0].clone();
-            for h in &mut p.hops {
-                if let Some(hd) = &mut h.headers {
-                    if let L4::Tcp { sport, .. } = &mut hd.l4 {
-                        *sport = port;
-                    }
-                }
-                h.ts_ns += u64::from(port);
-            }
-            t.record(&p, &points, false);
+            t.record(&with_port(&packets[0], port), &points, false);
         }
         assert!(t.len() <= 10);
         assert!(t.evicted >= 40);
+        // The least recently seen went: the newest is still there.
+        let newest = t.record(&with_port(&packets[0], 49), &points, false);
+        assert_eq!(t.get(&newest.expect("key")).map(|s| s.out_packets), Some(2));
+    }
+
+    /// `p` with its source port set to `port` and its times moved by `port` ns.
+    fn with_port(p: &Packet, port: u16) -> Packet {
+        let mut p = p.clone();
+        for h in &mut p.hops {
+            if let Some(hd) = &mut h.headers {
+                if let L4::Tcp { sport, .. } = &mut hd.l4 {
+                    *sport = port;
+                }
+            }
+            h.ts_ns += u64::from(port);
+        }
+        p
+    }
+
+    /// Flows hold one shared copy of their container's name and of their path, and the
+    /// changed flows are kept only once something takes them, and only while in the table.
+    #[test]
+    fn flows_share_their_strings_and_keep_no_changes_nobody_takes() {
+        let (packets, points) = out_and_back();
+        let mut t = FlowTable::new(10);
+        let keys: Vec<FlowKey> = (0..50u16)
+            .filter_map(|port| t.record(&with_port(&packets[0], port), &points, false))
+            .collect();
+        assert!(t.changed.is_none(), "nothing took the changes: none kept");
+        let (a, b) = (&keys[48], &keys[49]);
+        assert!(Arc::ptr_eq(&a.container, &b.container));
+        let pa = t.get(a).expect("a").path_out.clone();
+        let pb = t.get(b).expect("b").path_out.clone();
+        assert!(Arc::ptr_eq(&pa, &pb), "one path for both");
+        assert!(Arc::ptr_eq(&pa[0], &t.names.name("veth9780200")));
+        assert_eq!((t.names.names.len(), t.names.paths.len()), (4, 1));
+        assert!(t.take_changed().is_empty());
+        t.keep_changes();
+        for port in 50..80u16 {
+            t.record(&with_port(&packets[0], port), &points, false);
+        }
+        let changed = t.take_changed().len();
+        assert!(changed <= t.len() && changed > 0, "{changed} of {}", t.len());
+        assert!(t.take_finished(u64::MAX, 0).len() == t.len() || t.len() == 0);
+        assert_eq!(t.changed.as_ref().map(HashSet::len), Some(0));
     }
 
     #[test]

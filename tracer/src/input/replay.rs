@@ -84,10 +84,12 @@ struct Tally {
 
 impl Default for Tally {
     fn default() -> Self {
+        let mut flows = FlowTable::new(crate::pipeline::MAX_FLOWS);
+        flows.keep_changes();
         Tally {
             packets: 0,
             drops: 0,
-            flows: FlowTable::new(crate::pipeline::MAX_FLOWS),
+            flows,
             lost: 0,
             hops: BTreeMap::new(),
             roles: BTreeMap::new(),

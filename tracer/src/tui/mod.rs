@@ -149,6 +149,7 @@ pub fn show_untrusted_line(line: &str) {
     let now = std::time::Instant::now();
     let mut app = app::App::new("fuzz".into());
     let mut flows = crate::correlate::flow::FlowTable::new(4);
+    flows.keep_changes();
     if let Some(s) = crate::correlate::flow::Sample::of(&p) {
         flows.add(s);
     }

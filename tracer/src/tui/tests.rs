@@ -13,6 +13,7 @@ use super::{ui, Feed};
 /// The core's flow lines for these packets, by the flow table a recording's replay uses.
 fn flows_of(packets: &[crate::model::Packet]) -> Vec<crate::model::FlowLine> {
     let mut t = crate::correlate::flow::FlowTable::new(100);
+    t.keep_changes();
     for p in packets {
         if let Some(s) = crate::correlate::flow::Sample::of(p) {
             t.add(s);
