@@ -57,7 +57,10 @@ pub(crate) fn packet(e: &Explained, points: &Points, clock: &WallClock) -> Packe
                 src: n.headers.map(|x| x.source().text()),
                 dst: n.headers.map(|x| x.destination().text()),
                 nat: n.nat.first().map(nat),
-                rule: n.decided.as_ref().and_then(|d| d.rule.clone()),
+                rule: n
+                    .decided
+                    .as_ref()
+                    .and_then(|d| d.rule.as_deref().map(str::to_owned)),
                 policy: n.decided.as_ref().and_then(|d| d.policy.map(str::to_owned)),
                 chain_path: n
                     .decided

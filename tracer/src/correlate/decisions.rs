@@ -6,7 +6,10 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::mpsc::{Receiver, Sender},
+    sync::{
+        mpsc::{Receiver, Sender},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -23,7 +26,7 @@ pub struct Decision {
     /// `accept`, `drop`, …
     pub verdict: &'static str,
     /// The deciding rule's text (None: the policy decided, or the rule is unknown).
-    pub rule: Option<String>,
+    pub rule: Option<Arc<str>>,
     /// The built-in chain's policy, when it decided.
     pub policy: Option<&'static str>,
     pub chain_path: Vec<String>,
@@ -100,8 +103,8 @@ pub fn decide(t: &Traversal, texts: &RuleTexts) -> Option<Decision> {
         rule: t
             .rule
             .as_ref()
-            .and_then(|(c, h)| texts.rule(family, &t.table, c, *h))
-            .map(str::to_owned),
+            .and_then(|(c, h)| texts.shared_rule(family, &t.table, c, *h))
+            .cloned(),
         policy: t.by_policy.then_some(verdict),
         chain_path: t.chain_path.clone(),
         key: t.key,

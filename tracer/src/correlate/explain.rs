@@ -344,7 +344,7 @@ fn join_decisions(ds: &mut Decisions, steps: &mut [NfStep]) {
                 s.table = d.table.clone();
             }
             s.decided = Some(Decided {
-                rule: d.rule,
+                rule: d.rule.as_deref().map(str::to_owned),
                 policy: d.policy,
                 chain_path: d.chain_path,
             });

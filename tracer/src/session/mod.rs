@@ -70,6 +70,13 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     // hand that memory back now rather than hold it for the whole run.
     // SAFETY: mi_collect takes no pointers; it only returns free pages of the allocator.
     unsafe { libmimalloc_sys::mi_collect(true) };
+    if let Some((rss, peak)) = memory_kib() {
+        log::debug!(
+            "memory after start-up: RSS {} MiB, peak {} MiB",
+            rss / 1024,
+            peak / 1024
+        );
+    }
     // Only now is everything in place (including the ruleset baseline for rule attribution).
     // On the dashboard's status line while it is up (nothing is written over it), else on
     // stderr (not a container's note: no JSON line).
@@ -347,4 +354,16 @@ fn dashboard(pipeline: &mut Pipeline, notes: &Startup, topo: &Topology) -> Dashb
     })));
     pipeline.show_on_dashboard(Box::new(tx.clone()));
     (tx, tokio::spawn(crate::tui::run(rx, title(topo))))
+}
+
+/// This process's resident memory and its peak (VmRSS, VmHWM), in KiB.
+fn memory_kib() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
 }

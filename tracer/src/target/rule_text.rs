@@ -3,7 +3,7 @@
 //! ruleset` and `iptables-save` list a chain's rules in the same order, so the n-th rule of a
 //! chain is the n-th `-A CHAIN` line. Native nftables rules are given in nft syntax.
 
-use std::{collections::HashMap, process::Command};
+use std::{collections::HashMap, process::Command, sync::Arc};
 
 use super::{
     nft::{self, BaseChain, NftRule},
@@ -13,10 +13,19 @@ use super::{
 /// (family, table, chain).
 type ChainId = (String, String, String);
 
+/// One chain's rule texts by handle, and its hook and policy when it is a base chain.
+#[derive(Clone, Debug, Default)]
+struct Chain {
+    /// Shared with every decision that names the rule.
+    rules: HashMap<u64, Arc<str>>,
+    base: Option<BaseChain>,
+}
+
+/// Chains by family, table and name: nested, so that a lookup by `&str` allocates nothing
+/// (every nftables walk of a traced packet looks up its chain and rule here).
 #[derive(Clone, Debug, Default)]
 pub struct RuleTexts {
-    rules: HashMap<(ChainId, u64), String>,
-    base: HashMap<ChainId, BaseChain>,
+    chains: HashMap<String, HashMap<String, HashMap<String, Chain>>>,
 }
 
 /// The iptables tables as iptables-save printed them, by family: (`ip`, `iptables-save`),
@@ -33,23 +42,38 @@ impl RuleTexts {
                 .or_default()
                 .push(r);
         }
-        let mut rules = HashMap::new();
+        let mut texts = Self::default();
         for (id, list) in by_chain {
             let iptables = iptables_lines(saved, &id, list.len());
+            let chain = texts.chain_mut(&id);
             for (i, r) in list.into_iter().enumerate() {
                 let Some(handle) = r.handle else { continue };
                 let text = match &iptables {
-                    Some(lines) => lines[i].clone(),
-                    None => r.text,
+                    Some(lines) => lines[i].as_str(),
+                    None => r.text.as_str(),
                 };
-                rules.insert((id.clone(), handle), text);
+                chain.rules.insert(handle, Arc::from(text));
             }
         }
-        let base = nft::parse_base_chains(nft_text)
-            .into_iter()
-            .map(|b| ((b.family.clone(), b.table.clone(), b.chain.clone()), b))
-            .collect();
-        Self { rules, base }
+        for b in nft::parse_base_chains(nft_text) {
+            let id = (b.family.clone(), b.table.clone(), b.chain.clone());
+            texts.chain_mut(&id).base = Some(b);
+        }
+        texts
+    }
+
+    fn chain_mut(&mut self, (family, table, chain): &ChainId) -> &mut Chain {
+        self.chains
+            .entry(family.clone())
+            .or_default()
+            .entry(table.clone())
+            .or_default()
+            .entry(chain.clone())
+            .or_default()
+    }
+
+    fn chain(&self, family: &str, table: &str, chain: &str) -> Option<&Chain> {
+        self.chains.get(family)?.get(table)?.get(chain)
     }
 
     /// Reads the live ruleset (`nft -a list ruleset`, `iptables-save`, `ip6tables-save`).
@@ -79,14 +103,23 @@ impl RuleTexts {
 
     /// The rule's text, if the handle is known.
     pub fn rule(&self, family: &str, table: &str, chain: &str, handle: u64) -> Option<&str> {
-        let id = (family.to_owned(), table.to_owned(), chain.to_owned());
-        self.rules.get(&(id, handle)).map(String::as_str)
+        self.shared_rule(family, table, chain, handle).map(|r| &**r)
+    }
+
+    /// The rule's text as decisions hold it (one copy for all of them).
+    pub fn shared_rule(
+        &self,
+        family: &str,
+        table: &str,
+        chain: &str,
+        handle: u64,
+    ) -> Option<&Arc<str>> {
+        self.chain(family, table, chain)?.rules.get(&handle)
     }
 
     /// The base chain a walk started in: its hook and policy.
     pub fn base_chain(&self, family: &str, table: &str, chain: &str) -> Option<&BaseChain> {
-        self.base
-            .get(&(family.to_owned(), table.to_owned(), chain.to_owned()))
+        self.chain(family, table, chain)?.base.as_ref()
     }
 }
 
