@@ -75,7 +75,7 @@ pub struct Explainer {
     pub host_netns: u32,
     /// The ruleset as last read (None: no iptables), when that reading started, and where
     /// the next readings come from (off the event loop).
-    pub ruleset: Option<Ruleset>,
+    ruleset: Option<Ruleset>,
     pub read_ns: u64,
     pub reads: Box<dyn Reads>,
     /// When the reading that the oldest waiting drop needs was asked for.
@@ -84,6 +84,8 @@ pub struct Explainer {
     unclaimed: Vec<Unclaimed>,
     /// What nftrace said of each table's work, when it runs.
     pub decisions: Option<Decisions>,
+    /// `ruleset`'s tables at each hook (computed once per reading, not per packet).
+    hook_tables: Vec<Vec<(String, i32)>>,
 }
 
 impl Explainer {
@@ -100,7 +102,16 @@ impl Explainer {
             asked: None,
             unclaimed: Vec::new(),
             decisions: None,
+            hook_tables: Vec::new(),
         }
+    }
+
+    /// A new reading of the ruleset, with its tables at each hook.
+    pub fn set_ruleset(&mut self, now: Ruleset) {
+        self.hook_tables = (0..tracer_common::netfilter::HOOK_NAMES.len() as u8)
+            .map(|h| now.tables_at(h))
+            .collect();
+        self.ruleset = Some(now);
     }
 
     fn reason_name(&self, reason: u32) -> String {
@@ -111,10 +122,15 @@ impl Explainer {
     }
 
     pub fn explain(&mut self, packet: Packet, points: &Points) -> Explained {
+        if self.hook_tables.is_empty() {
+            if let Some(rs) = self.ruleset.take() {
+                self.set_ruleset(rs);
+            }
+        }
         let mut steps = {
-            let rs = self.ruleset.as_ref();
+            let tables = &self.hook_tables;
             verdict::steps(&packet, &|hook| {
-                rs.map(|r| r.tables_at(hook)).unwrap_or_default()
+                tables.get(usize::from(hook)).map_or(&[][..], Vec::as_slice)
             })
         };
         if let Some(ds) = self.decisions.as_mut() {
@@ -195,7 +211,7 @@ impl Explainer {
                     }
                 }
             }
-            self.ruleset = Some(now);
+            self.set_ruleset(now);
         }
     }
 

@@ -3,7 +3,7 @@
 //! accepted it; the table between the last slot that saw a packet and the next one dropped it,
 //! when the kernel then reports a drop; headers that differ across a table were rewritten by it.
 
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap};
 
 use tracer_common::netfilter::{table_after, SLOT_PRIORITIES};
 
@@ -82,7 +82,7 @@ fn tables_from_slots<T, B>(seen: &BTreeMap<usize, (T, Option<Headers>, B)>) -> V
 /// The netfilter steps of a packet, in time order. `tables_at(hook)` lists the tables registered
 /// at a hook with their priorities (from the ruleset); where it lists none, tables are named
 /// by the slot positions where headers changed or the packet stopped.
-pub fn steps(p: &Packet, tables_at: &dyn Fn(u8) -> Vec<(String, i32)>) -> Vec<NfStep> {
+pub fn steps<T: AsRef<[(String, i32)]>>(p: &Packet, tables_at: &dyn Fn(u8) -> T) -> Vec<NfStep> {
     // hook → (slot → (ts, headers, bytes)), first sighting of each slot.
     type Seen<'a> = (u64, Option<Headers>, &'a [u8]);
     let mut hooks: BTreeMap<u8, BTreeMap<usize, Seen<'_>>> = BTreeMap::new();
@@ -99,10 +99,11 @@ pub fn steps(p: &Packet, tables_at: &dyn Fn(u8) -> Vec<(String, i32)>) -> Vec<Nf
     let last_hook = first_ts.iter().max_by_key(|(_, t)| **t).map(|(h, _)| *h);
     let mut out = Vec::new();
     for (&hook, seen) in &hooks {
-        let mut tables = tables_at(hook);
-        if tables.is_empty() {
-            tables = tables_from_slots(seen);
-        }
+        let given = tables_at(hook);
+        let tables: Cow<'_, [(String, i32)]> = match given.as_ref() {
+            [] => Cow::Owned(tables_from_slots(seen)),
+            listed => Cow::Borrowed(listed),
+        };
         // Tables whose first observation after them is the same slot share one window: with
         // hook-level observers (nf_hook_slow) that is every table of the hook. The window's
         // rewrite goes to its nat table if it has one, else to its first table.

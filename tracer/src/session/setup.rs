@@ -311,7 +311,9 @@ pub(super) fn explainer(
     ex.host_netns = Netns::open(std::path::Path::new("/proc/self/ns/net"))
         .map(|n| n.inode as u32)
         .unwrap_or(0);
-    ex.ruleset = ruleset;
+    if let Some(rs) = ruleset {
+        ex.set_ruleset(rs);
+    }
     ex.read_ns = read_ns;
     match crate::target::ruleset_reads::Background::spawn(Ruleset::read) {
         Ok(b) => ex.reads = Box::new(b),
