@@ -62,7 +62,8 @@ pub struct Pipeline {
 /// A completed packet, ordered by when it started (then by arrival).
 struct Completed {
     key: (u64, u64),
-    packet: Packet,
+    /// Boxed: the heap moves its entries at every push and pop.
+    packet: Box<Packet>,
 }
 
 impl PartialEq for Completed {
@@ -271,9 +272,20 @@ impl Pipeline {
         for packet in self.done.drain(..) {
             self.seq += 1;
             let key = (packet.first_ts(), self.seq);
-            self.ready.push(Reverse(Completed { key, packet }));
+            self.ready.push(Reverse(Completed {
+                key,
+                packet: Box::new(packet),
+            }));
         }
         let (hold, now) = (self.hold_ns, self.now_ns);
+        // With containers to trace, only their packets; with bare interfaces (`--iface`
+        // alone), every packet seen there. The kernel decided the scope already: what
+        // arrives here untraced is counted.
+        let has_containers = self
+            .correlator
+            .points()
+            .values()
+            .any(|x| x.container.is_some());
         while self.ready.peek().is_some_and(|Reverse(c)| {
             c.key.0 < watermark
                 && (hold == 0 || c.packet.nf.is_empty() || c.packet.seen_until() + hold <= now)
@@ -287,10 +299,6 @@ impl Pipeline {
             let points = self.correlator.points();
             let scope = &self.scope;
             p.owner = p.resolve_owner(points, |a| scope.owner(a));
-            // With containers to trace, only their packets; with bare interfaces (`--iface`
-            // alone), every packet seen there. The kernel decided the scope already: what
-            // arrives here untraced is counted.
-            let has_containers = points.values().any(|x| x.container.is_some());
             if has_containers && p.owner.is_none() {
                 self.discarded.untraced += 1;
                 continue;
@@ -306,7 +314,7 @@ impl Pipeline {
                 break;
             }
             let points = self.correlator.points();
-            let e = self.explainer.explain(p, points);
+            let e = self.explainer.explain(*p, points);
             let dropped = e.drop.as_ref().is_some_and(|d| d.counts());
             self.drops += u64::from(dropped);
             self.flows.record(&e.packet, points, dropped);

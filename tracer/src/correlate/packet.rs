@@ -9,6 +9,8 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
+use rustc_hash::FxHashMap;
+
 use tracer_common::Direction;
 
 use super::nat::{self, NatRewrite};
@@ -226,7 +228,8 @@ impl Packet {
 /// Assembles observations into packets.
 pub struct Correlator {
     points: Points,
-    pending: HashMap<u64, Packet>,
+    /// By skb address: a fast hash (the addresses are the kernel's, not an attacker's keys).
+    pending: FxHashMap<u64, Packet>,
     /// A packet with no new observation for this long is complete.
     idle_ns: u64,
     /// At most this many packets in flight; past it the oldest are completed early.
@@ -248,7 +251,7 @@ impl Correlator {
     pub fn with_limit(points: Points, idle_ns: u64, max_pending: usize) -> Self {
         Self {
             points,
-            pending: HashMap::new(),
+            pending: FxHashMap::default(),
             idle_ns,
             max_pending: max_pending.max(1),
             forced: 0,

@@ -15,9 +15,8 @@ pub fn push_padded(s: &mut String, n: u32, width: usize) {
         }
     }
     let at = at.min(digits.len().saturating_sub(width));
-    for &d in &digits[at..] {
-        s.push(char::from(d));
-    }
+    // ASCII digits only: always valid UTF-8, and one copy instead of a push per digit.
+    s.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
 }
 
 #[cfg(test)]

@@ -98,6 +98,7 @@ pub(super) fn attach(
         n => n.min(MAX_SNAP as u32 - 1),
     };
     let mut ebpf = loader::load(offsets, snaplen, !args.counters, compiled.is_some())?;
+    eprintln!("MEM loaded {:?}", super::memory_kib());
     // Before any map is taken out of `ebpf`: the netfilter loader relocates against all of them.
     // --counters: no per-packet events, so nothing for the netfilter and drop layers to add.
     let nf = if args.counters {

@@ -175,7 +175,9 @@ async fn start(args: TraceArgs) -> Result<(Live, Topology, Option<Docker>)> {
         crate::select::criteria_expression(&args.protos, &args.hosts, &args.ports),
     );
     let compiled = expression.as_deref().map(CompiledFilter::new).transpose()?;
+    eprintln!("MEM start {:?}", memory_kib());
     let (topo, docker) = discover(&args).await?;
+    eprintln!("MEM discovered {:?}", memory_kib());
     let attach_points = topo.attach_points();
     if attach_points.is_empty() {
         return Err(Error::NoTarget);
@@ -185,6 +187,7 @@ async fn start(args: TraceArgs) -> Result<(Live, Topology, Option<Docker>)> {
         notes.say(line);
     }
     let (offsets, reasons) = kernel::kernel_facts(&mut notes);
+    eprintln!("MEM facts {:?}", memory_kib());
     kernel::sweep(&mut notes);
     // Which tables run at which hook: where the netfilter observers go, and how drops are named.
     let read_ns = setup::monotonic_ns();
@@ -193,6 +196,7 @@ async fn start(args: TraceArgs) -> Result<(Live, Topology, Option<Docker>)> {
         .as_ref()
         .map(crate::target::scope::dnat_rules)
         .unwrap_or_default();
+    eprintln!("MEM ruleset {:?}", memory_kib());
     let containers = topo.containers.clone();
     let scope = scope_of(&containers, &attach_points, &dnat);
     let kernel = kernel::attach(
@@ -357,7 +361,7 @@ fn dashboard(pipeline: &mut Pipeline, notes: &Startup, topo: &Topology) -> Dashb
 }
 
 /// This process's resident memory and its peak (VmRSS, VmHWM), in KiB.
-fn memory_kib() -> Option<(u64, u64)> {
+pub(crate) fn memory_kib() -> Option<(u64, u64)> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let field = |name: &str| {
         status
