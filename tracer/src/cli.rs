@@ -154,6 +154,13 @@ pub struct TraceArgs {
     #[arg(long, default_value_t = tracer_common::DEFAULT_SNAP, value_name = "BYTES")]
     pub snaplen: u32,
 
+    /// The kernel's buffer for per-packet records, in KiB as tcpdump's -B (rounded up to a
+    /// power of two, 4 KiB to 1 GiB). It holds bursts the reader has not caught up with;
+    /// it is mapped into flowtrace twice, so its size counts twice in flowtrace's RSS.
+    #[arg(short = 'B', long, value_name = "KiB", default_value_t = DEFAULT_BUFFER_KIB,
+          value_parser = clap::value_parser!(u32).range(4..=1 << 20))]
+    pub buffer_size: u32,
+
     /// With --write: start a new file when the current one reaches this size (e.g. 100M).
     #[arg(long, value_parser = parse_size, requires = "write")]
     pub rotate: Option<u64>,
@@ -209,6 +216,17 @@ pub enum TcAttach {
     Auto,
     Tcx,
     Netlink,
+}
+
+/// `--buffer-size`'s default: 4 MiB (about 40 ms of the lab's UDP flood, ten records a
+/// packet).
+pub const DEFAULT_BUFFER_KIB: u32 = 4096;
+
+impl TraceArgs {
+    /// `--buffer-size` in bytes, a power of two as the kernel's ring buffer needs.
+    pub fn ring_bytes(&self) -> u32 {
+        (self.buffer_size.clamp(4, 1 << 20) << 10).next_power_of_two()
+    }
 }
 
 /// Parses `500K`, `100M`, `2G` (powers of 1024) or a bare number of bytes.
@@ -306,6 +324,24 @@ mod tests {
         assert_eq!(parse_size("4096").ok(), Some(4096));
         assert!(parse_size("0").is_err());
         assert!(parse_size("lots").is_err());
+    }
+
+    /// `-B` is in KiB, as tcpdump's, and becomes the power of two the kernel needs.
+    #[test]
+    fn buffer_size_is_kib_rounded_up_to_a_power_of_two() {
+        let bytes = |args: &[&str]| {
+            let mut v = vec!["flowtrace", "-c", "a"];
+            v.extend_from_slice(args);
+            Cli::try_parse_from(v).map(|c| c.trace.ring_bytes())
+        };
+        assert_eq!(bytes(&[]).ok(), Some(4 << 20));
+        assert_eq!(bytes(&["-B", "3000"]).ok(), Some(4 << 20));
+        assert_eq!(bytes(&["--buffer-size", "16384"]).ok(), Some(16 << 20));
+        assert_eq!(bytes(&["-B", "4"]).ok(), Some(4 << 10));
+        assert_eq!(bytes(&["-B", "1048576"]).ok(), Some(1 << 30));
+        for bad in ["0", "3", "1048577", "lots"] {
+            assert!(bytes(&["-B", bad]).is_err(), "-B {bad}");
+        }
     }
 
     #[test]

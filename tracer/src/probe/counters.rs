@@ -28,13 +28,12 @@ pub struct Counters {
     /// What detached points counted before their entries were freed (still in the totals).
     retired: BTreeMap<PointKey, HopCounter>,
     cpus: usize,
+    /// Size of the `EVENTS` ring buffer (`--buffer-size`).
+    ring_bytes: u32,
 }
 
-/// Size of the `EVENTS` ring buffer (tracer-ebpf/src/maps.rs).
-pub const RING_BYTES: u64 = 8 * 1024 * 1024;
-
 impl Counters {
-    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+    pub fn take(ebpf: &mut Ebpf, ring_bytes: u32) -> Result<Self> {
         let map = ebpf
             .take_map("HOP_COUNTERS")
             .ok_or_else(|| Error::Load("map HOP_COUNTERS missing from the eBPF object".into()))?;
@@ -52,6 +51,7 @@ impl Counters {
             lost,
             retired: BTreeMap::new(),
             cpus,
+            ring_bytes: ring_bytes.max(1),
         })
     }
 
@@ -80,7 +80,7 @@ impl Counters {
     pub fn ring_fill(&self) -> Option<f32> {
         let values = self.ring_fill.as_ref()?.get(&0, 0).ok()?;
         let bytes = values.iter().copied().max()?;
-        Some((bytes as f64 * 100.0 / RING_BYTES as f64) as f32)
+        Some((bytes as f64 * 100.0 / f64::from(self.ring_bytes)) as f32)
     }
 
     /// Kernel records lost so far, by kind (tc, netfilter, a packet's end), summed over CPUs.

@@ -29,7 +29,14 @@ pub fn object() -> &'static [u8] {
 /// running kernel's struct offsets, the bytes to capture per tc hop, and whether to send
 /// per-packet events at all (`--counters` does not), and whether a filter expression decides
 /// which packets they are for (`pcapfilter::kernel::install` loads it).
-pub fn load(offsets: &Offsets, snaplen: u32, events: bool, filtering: bool) -> Result<Ebpf> {
+/// `ring_bytes` sizes the `EVENTS` ring buffer (a power of two, at least a page).
+pub fn load(
+    offsets: &Offsets,
+    snaplen: u32,
+    events: bool,
+    ring_bytes: u32,
+    filtering: bool,
+) -> Result<Ebpf> {
     if !super::privilege::can_start() {
         return Err(Error::NotRoot);
     }
@@ -45,13 +52,12 @@ pub fn load(offsets: &Offsets, snaplen: u32, events: bool, filtering: bool) -> R
         .override_global("SNAPLEN", &snaplen, true)
         .override_global("EMIT", &emit, true)
         .override_global("FILTERING", &filtering, true);
-    if !events {
-        // Nothing is ever written to the ring buffer: one page instead of 8 MiB mapped (the
-        // kernel's smallest ring is a page).
-        // SAFETY: sysconf takes no pointers.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        loader.map_max_entries("EVENTS", u32::try_from(page).unwrap_or(4096));
-    }
+    // SAFETY: sysconf takes no pointers.
+    let page = u32::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    // Without events nothing is ever written to the ring buffer: one page (the kernel's
+    // smallest ring) instead of megabytes mapped.
+    let ring = if events { ring_bytes.max(page) } else { page };
+    loader.map_max_entries("EVENTS", ring);
     shrink_tables_for_tests(&mut loader);
     loader.load(OBJECT).map_err(Error::load)
 }

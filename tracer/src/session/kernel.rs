@@ -97,7 +97,14 @@ pub(super) fn attach(
         0 => MAX_SNAP as u32 - 1,
         n => n.min(MAX_SNAP as u32 - 1),
     };
-    let mut ebpf = loader::load(offsets, snaplen, !args.counters, compiled.is_some())?;
+    let ring_bytes = args.ring_bytes();
+    let mut ebpf = loader::load(
+        offsets,
+        snaplen,
+        !args.counters,
+        ring_bytes,
+        compiled.is_some(),
+    )?;
     eprintln!("MEM loaded {:?}", super::memory_kib());
     // Before any map is taken out of `ebpf`: the netfilter loader relocates against all of them.
     // --counters: no per-packet events, so nothing for the netfilter and drop layers to add.
@@ -115,7 +122,7 @@ pub(super) fn attach(
             notes,
         )
     };
-    let mut counters = Counters::take(&mut ebpf)?;
+    let mut counters = Counters::take(&mut ebpf, ring_bytes)?;
     register(&mut counters, points)?;
     let tables = Tables::take(&mut ebpf)?;
     // Which packets are the targets': decided in the kernel, before the ring buffer.
