@@ -105,7 +105,7 @@ pub(super) fn attach(
         ring_bytes,
         compiled.is_some(),
     )?;
-    eprintln!("MEM loaded {:?}", super::memory_kib());
+    super::release_freed();
     // Before any map is taken out of `ebpf`: the netfilter loader relocates against all of them.
     // --counters: no per-packet events, so nothing for the netfilter and drop layers to add.
     let nf = if args.counters {
@@ -114,13 +114,15 @@ pub(super) fn attach(
         );
         None
     } else {
-        attach_netfilter_and_drops(
+        let nf = attach_netfilter_and_drops(
             &mut ebpf,
             offsets.valid != 0,
             ruleset,
             args.nf_attach,
             notes,
-        )
+        );
+        super::release_freed();
+        nf
     };
     let mut counters = Counters::take(&mut ebpf, ring_bytes)?;
     register(&mut counters, points)?;

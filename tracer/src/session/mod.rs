@@ -68,8 +68,7 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     let note = lower_privileges(live.args.rotate.is_some());
     // Start-up parsed the kernel's BTF, the eBPF object and the rulesets, and freed them:
     // hand that memory back now rather than hold it for the whole run.
-    // SAFETY: mi_collect takes no pointers; it only returns free pages of the allocator.
-    unsafe { libmimalloc_sys::mi_collect(true) };
+    release_freed();
     if let Some((rss, peak)) = memory_kib() {
         log::debug!(
             "memory after start-up: RSS {} MiB, peak {} MiB",
@@ -175,9 +174,7 @@ async fn start(args: TraceArgs) -> Result<(Live, Topology, Option<Docker>)> {
         crate::select::criteria_expression(&args.protos, &args.hosts, &args.ports),
     );
     let compiled = expression.as_deref().map(CompiledFilter::new).transpose()?;
-    eprintln!("MEM start {:?}", memory_kib());
     let (topo, docker) = discover(&args).await?;
-    eprintln!("MEM discovered {:?}", memory_kib());
     let attach_points = topo.attach_points();
     if attach_points.is_empty() {
         return Err(Error::NoTarget);
@@ -187,7 +184,7 @@ async fn start(args: TraceArgs) -> Result<(Live, Topology, Option<Docker>)> {
         notes.say(line);
     }
     let (offsets, reasons) = kernel::kernel_facts(&mut notes);
-    eprintln!("MEM facts {:?}", memory_kib());
+    release_freed();
     kernel::sweep(&mut notes);
     // Which tables run at which hook: where the netfilter observers go, and how drops are named.
     let read_ns = setup::monotonic_ns();
@@ -196,7 +193,6 @@ async fn start(args: TraceArgs) -> Result<(Live, Topology, Option<Docker>)> {
         .as_ref()
         .map(crate::target::scope::dnat_rules)
         .unwrap_or_default();
-    eprintln!("MEM ruleset {:?}", memory_kib());
     let containers = topo.containers.clone();
     let scope = scope_of(&containers, &attach_points, &dnat);
     let kernel = kernel::attach(
@@ -370,4 +366,13 @@ pub(crate) fn memory_kib() -> Option<(u64, u64)> {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Hands the allocator's free pages back to the kernel. Start-up parses the kernel's BTF
+/// three times (flowtrace's offsets, aya's loader, aya's attach types), each ~20 MiB and
+/// freed at once; without this, the next parse does not always reuse those pages and the
+/// peak grows by each.
+pub(crate) fn release_freed() {
+    // SAFETY: mi_collect takes no pointers; it only returns free pages of the allocator.
+    unsafe { libmimalloc_sys::mi_collect(true) };
 }
