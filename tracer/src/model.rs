@@ -42,7 +42,7 @@ pub(crate) fn packet(e: &Explained, points: &Points, clock: &WallClock) -> Packe
                 iface: points
                     .get(&h.ifindex)
                     .map_or_else(|| format!("if{}", h.ifindex), |p| p.name.clone()),
-                role: points.get(&h.ifindex).map(|p| p.role.to_string()),
+                role: points.get(&h.ifindex).map(|p| p.role.as_str().to_owned()),
                 dir: h.direction.as_str().to_owned(),
                 src: h.headers.map(|x| x.source().text()),
                 dst: h.headers.map(|x| x.destination().text()),

@@ -105,11 +105,18 @@ impl Packet {
         tc.max(nf)
     }
 
+    /// Room for a forwarded packet's usual path (three tc hops, seven netfilter slots) from
+    /// the start: growing the lists one hop at a time was a reallocation per hop.
+    const HOPS: usize = 4;
+    const NF: usize = 8;
+
     fn new(skb: u64, hop: Hop) -> Self {
+        let mut hops = Vec::with_capacity(Self::HOPS);
+        hops.push(hop);
         Self {
             skb,
-            hops: vec![hop],
-            nf: Vec::new(),
+            hops,
+            nf: Vec::with_capacity(Self::NF),
             end: None,
             owner: None,
         }
@@ -118,8 +125,12 @@ impl Packet {
     fn from_nf(obs: NfObservation) -> Self {
         Self {
             skb: obs.skb,
-            hops: Vec::new(),
-            nf: vec![obs],
+            hops: Vec::with_capacity(Self::HOPS),
+            nf: {
+                let mut nf = Vec::with_capacity(Self::NF);
+                nf.push(obs);
+                nf
+            },
             end: None,
             owner: None,
         }

@@ -29,15 +29,21 @@ pub enum Role {
     Named,
 }
 
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
             Self::Veth => "veth",
             Self::Bridge => "bridge",
             Self::Port => "bridge port",
             Self::Uplink => "uplink",
             Self::Named => "iface",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
