@@ -20,6 +20,7 @@ mod session;
 mod sink;
 mod target;
 mod tui;
+pub mod user_cost;
 
 pub use cli::{Cli, Command};
 pub use error::{Error, Result};

@@ -28,6 +28,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// flowtrace's memory over a long run with many distinct flows (RSS must stay flat).
     Soak(bench::soak::SoakArgs),
+    /// User space's CPU time per shown packet, on one core, without a kernel (no root).
+    BenchUser(bench::user::BenchUserArgs),
     /// Run the real flowtrace on other kernels (Debian's, in QEMU): the fallback attach paths.
     VmTest(vm::VmTestArgs),
 }
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Soak(args) => bench::soak::run(&args),
+        Command::BenchUser(args) => bench::user::run(&args),
         Command::VmTest(args) => vm::run(&args),
     };
     match result {

@@ -30,7 +30,7 @@ impl WallClock {
         }
     }
 
-    #[cfg(test)]
+    /// A fixed offset (tests, and the user-space cost's synthetic times).
     pub fn with_offset(offset_ns: i128) -> Self {
         Self { offset_ns }
     }
@@ -56,24 +56,23 @@ impl WallClock {
     /// Written field by field: chrono's `format` parses its pattern on every call, and every
     /// shown packet has a time.
     pub fn rfc3339(&self, mono_ns: u64) -> String {
-        use super::digits::push_padded;
         use chrono::{Datelike, Timelike};
         let t = self.utc(mono_ns);
-        let mut s = String::with_capacity(27);
-        push_padded(&mut s, t.year().max(0) as u32, 4);
-        for (sep, n) in [('-', t.month()), ('-', t.day()), ('T', t.hour())] {
-            s.push(sep);
-            push_padded(&mut s, n, 2);
+        let mut s = super::digits::Ascii::<32>::new();
+        s.number(t.year().max(0) as u32, 4);
+        for (sep, n) in [(b'-', t.month()), (b'-', t.day()), (b'T', t.hour())] {
+            s.byte(sep);
+            s.number(n, 2);
         }
         for n in [t.minute(), t.second()] {
-            s.push(':');
-            push_padded(&mut s, n, 2);
+            s.byte(b':');
+            s.number(n, 2);
         }
-        s.push('.');
+        s.byte(b'.');
         // A leap second's nanoseconds run past 10^9; chrono prints those digits the same way.
-        push_padded(&mut s, t.nanosecond() / 1000 % 1_000_000, 6);
-        s.push('Z');
-        s
+        s.number(t.nanosecond() / 1000 % 1_000_000, 6);
+        s.byte(b'Z');
+        s.as_str().to_owned()
     }
 
     /// `15:07:34.120511`, local time, like tcpdump.

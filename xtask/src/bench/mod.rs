@@ -15,6 +15,7 @@
 mod measure;
 mod report;
 pub mod soak;
+pub mod user;
 
 use measure::*;
 pub use report::run;
