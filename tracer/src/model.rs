@@ -14,7 +14,7 @@ use crate::{
     },
     events::{
         clock::WallClock,
-        packet::{tcp_flags_str, Proto},
+        packet::{tcp_flags_str, Endpoint, Headers, Proto},
     },
     output::{merged, Discarded, Step, Summary},
     probe::counters::HopTotals,
@@ -29,45 +29,79 @@ pub(crate) fn nat(n: &NatRewrite) -> Nat {
     }
 }
 
+/// The endpoints' texts of one packet: its hops repeat the same two or three endpoints, so
+/// each is written once and copied after.
+#[derive(Default)]
+struct Endpoints(Vec<(Endpoint, String)>);
+
+impl Endpoints {
+    fn text(&mut self, e: Endpoint) -> String {
+        if let Some((_, t)) = self.0.iter().find(|(k, _)| *k == e) {
+            return t.clone();
+        }
+        let t = e.text();
+        self.0.push((e, t.clone()));
+        t
+    }
+
+    fn of(&mut self, h: Option<Headers>) -> (Option<String>, Option<String>) {
+        match h {
+            Some(h) => (
+                Some(self.text(h.source())),
+                Some(self.text(h.destination())),
+            ),
+            None => (None, None),
+        }
+    }
+}
+
 /// A traced packet, explained.
 pub(crate) fn packet(e: &Explained, points: &Points, clock: &WallClock) -> Packet {
     let p = &e.packet;
     let view = p.view(points);
     let t0 = p.first_ts();
+    let mut ends = Endpoints::default();
+    let (src, dst) = ends.of(view);
     let hops = merged(e)
         .into_iter()
         .map(|step| match step {
-            Step::Tc(h, rw) => Hop::Tc(TcHop {
-                at_ns: h.ts_ns - t0,
-                iface: points
-                    .get(&h.ifindex)
-                    .map_or_else(|| format!("if{}", h.ifindex), |p| p.name.clone()),
-                role: points.get(&h.ifindex).map(|p| p.role.as_str().to_owned()),
-                dir: h.direction.as_str().to_owned(),
-                src: h.headers.map(|x| x.source().text()),
-                dst: h.headers.map(|x| x.destination().text()),
-                len: h.len,
-                nat: rw.first().map(nat),
-            }),
-            Step::Nf(n) => Hop::Nf(NfHop {
-                at_ns: n.ts_ns.saturating_sub(t0),
-                hook: hook_name(n.hook).to_owned(),
-                table: n.table.clone(),
-                verdict: n.verdict.as_str().to_owned(),
-                src: n.headers.map(|x| x.source().text()),
-                dst: n.headers.map(|x| x.destination().text()),
-                nat: n.nat.first().map(nat),
-                rule: n
-                    .decided
-                    .as_ref()
-                    .and_then(|d| d.rule.as_deref().map(str::to_owned)),
-                policy: n.decided.as_ref().and_then(|d| d.policy.map(str::to_owned)),
-                chain_path: n
-                    .decided
-                    .as_ref()
-                    .map_or_else(Vec::new, |d| d.chain_path.clone()),
-                rule_source: n.decided.as_ref().map(|_| "nftrace".to_owned()),
-            }),
+            Step::Tc(h, rw) => {
+                let (src, dst) = ends.of(h.headers);
+                Hop::Tc(TcHop {
+                    at_ns: h.ts_ns - t0,
+                    iface: points
+                        .get(&h.ifindex)
+                        .map_or_else(|| format!("if{}", h.ifindex), |p| p.name.clone()),
+                    role: points.get(&h.ifindex).map(|p| p.role.as_str().to_owned()),
+                    dir: h.direction.as_str().to_owned(),
+                    src,
+                    dst,
+                    len: h.len,
+                    nat: rw.first().map(nat),
+                })
+            }
+            Step::Nf(n) => {
+                let (src, dst) = ends.of(n.headers);
+                Hop::Nf(NfHop {
+                    at_ns: n.ts_ns.saturating_sub(t0),
+                    hook: hook_name(n.hook).to_owned(),
+                    table: n.table.clone(),
+                    verdict: n.verdict.as_str().to_owned(),
+                    src,
+                    dst,
+                    nat: n.nat.first().map(nat),
+                    rule: n
+                        .decided
+                        .as_ref()
+                        .and_then(|d| d.rule.as_deref().map(str::to_owned)),
+                    policy: n.decided.as_ref().and_then(|d| d.policy.map(str::to_owned)),
+                    chain_path: n
+                        .decided
+                        .as_ref()
+                        .map_or_else(Vec::new, |d| d.chain_path.clone()),
+                    rule_source: n.decided.as_ref().map(|_| "nftrace".to_owned()),
+                })
+            }
         })
         .collect();
     let drop = e.drop.as_ref().map(|d| Drop {
@@ -95,8 +129,8 @@ pub(crate) fn packet(e: &Explained, points: &Points, clock: &WallClock) -> Packe
             .to_owned()
         }),
         proto: view.map(|h| h.proto.name()),
-        src: view.map(|h| h.source().text()),
-        dst: view.map(|h| h.destination().text()),
+        src,
+        dst,
         len: p.frame_len(),
         tcp_flags: view.and_then(|h| h.tcp_flags()).map(tcp_flags_str),
         summary: view.map(|h| h.summary()),

@@ -8,7 +8,7 @@ use std::{
 
 // The walk to each header is tracer-common's, the kernel side's too: both agree on where
 // the ports are. This module reads the fields there.
-use super::digits::push_padded;
+use super::digits::Ascii;
 use tracer_common::headers::{ipv4_transport, ipv6_transport, network};
 pub use tracer_common::headers::{ETH_P_ARP, ETH_P_IP, ETH_P_IPV6};
 
@@ -138,18 +138,18 @@ impl Endpoint {
         let IpAddr::V4(ip) = self.ip else {
             return self.to_string();
         };
-        let mut s = String::with_capacity(21);
+        let mut s = Ascii::<21>::new();
         for (i, o) in ip.octets().into_iter().enumerate() {
             if i > 0 {
-                s.push('.');
+                s.byte(b'.');
             }
-            push_padded(&mut s, u32::from(o), 1);
+            s.number(u32::from(o), 1);
         }
         if let Some(p) = self.port {
-            s.push(':');
-            push_padded(&mut s, u32::from(p), 1);
+            s.byte(b':');
+            s.number(u32::from(p), 1);
         }
-        s
+        s.as_str().to_owned()
     }
 }
 
