@@ -3,7 +3,7 @@
 //! accepted it; the table between the last slot that saw a packet and the next one dropped it,
 //! when the kernel then reports a drop; headers that differ across a table were rewritten by it.
 
-use std::{borrow::Cow, collections::BTreeMap};
+use std::borrow::Cow;
 
 use tracer_common::netfilter::{table_after, SLOT_PRIORITIES};
 
@@ -56,17 +56,29 @@ fn slot_after(priority: i32) -> usize {
     SLOT_PRIORITIES.partition_point(|p| *p < priority)
 }
 
+/// What the observers at one hook saw: the first sighting at each slot (time, headers, bytes).
+/// An array, not a map: a packet has a few sightings a hook, and this runs for every packet.
+type Seen<'a> = (u64, Option<Headers>, &'a [u8]);
+type Slots<'a> = [Option<Seen<'a>>; SLOT_PRIORITIES.len()];
+
+/// The last slot before `b` that saw the packet.
+fn seen_before<'a>(seen: &Slots<'a>, b: usize) -> Option<Seen<'a>> {
+    seen[..b.min(seen.len())].iter().rev().find_map(|x| *x)
+}
+
+/// The first slot from `b` on that saw the packet, with its index.
+fn seen_from<'a>(seen: &Slots<'a>, b: usize) -> Option<(usize, Seen<'a>)> {
+    (b..seen.len()).find_map(|i| seen[i].map(|x| (i, x)))
+}
+
 /// Where no ruleset says which tables a hook has: the tables between the slots where the
 /// headers changed or the packet stopped.
-fn tables_from_slots<T, B>(seen: &BTreeMap<usize, (T, Option<Headers>, B)>) -> Vec<(String, i32)> {
+fn tables_from_slots(seen: &Slots<'_>) -> Vec<(String, i32)> {
     (0..SLOT_PRIORITIES.len() - 1)
-        .filter(|a| {
-            let (x, y) = (seen.get(a), seen.get(&(a + 1)));
-            match (x, y) {
-                (Some((_, hx, _)), Some((_, hy, _))) => hx != hy,
-                (Some(_), None) => !seen.keys().any(|k| k > a),
-                _ => false,
-            }
+        .filter(|&a| match (seen[a], seen[a + 1]) {
+            (Some((_, hx, _)), Some((_, hy, _))) => hx != hy,
+            (Some(_), None) => seen_from(seen, a + 1).is_none(),
+            _ => false,
         })
         .filter_map(|a| {
             table_after(a as u8).map(|t| {
@@ -83,22 +95,27 @@ fn tables_from_slots<T, B>(seen: &BTreeMap<usize, (T, Option<Headers>, B)>) -> V
 /// at a hook with their priorities (from the ruleset); where it lists none, tables are named
 /// by the slot positions where headers changed or the packet stopped.
 pub fn steps<T: AsRef<[(String, i32)]>>(p: &Packet, tables_at: &dyn Fn(u8) -> T) -> Vec<NfStep> {
-    // hook → (slot → (ts, headers, bytes)), first sighting of each slot.
-    type Seen<'a> = (u64, Option<Headers>, &'a [u8]);
-    let mut hooks: BTreeMap<u8, BTreeMap<usize, Seen<'_>>> = BTreeMap::new();
-    let mut first_ts: BTreeMap<u8, u64> = BTreeMap::new();
+    // (hook, its first sighting's time, what each slot saw first), by hook.
+    let mut hooks: Vec<(u8, u64, Slots<'_>)> = Vec::with_capacity(3);
     for n in &p.nf {
-        hooks
-            .entry(n.hook)
-            .or_default()
-            .entry(usize::from(n.slot))
-            .or_insert((n.ts_ns, n.headers, &n.bytes));
-        first_ts.entry(n.hook).or_insert(n.ts_ns);
+        let Some(slot) = Some(usize::from(n.slot)).filter(|s| *s < SLOT_PRIORITIES.len()) else {
+            continue; // the kernel's observers have no such slot
+        };
+        let at = match hooks.iter().position(|h| h.0 == n.hook) {
+            Some(at) => at,
+            None => {
+                hooks.push((n.hook, n.ts_ns, [None; SLOT_PRIORITIES.len()]));
+                hooks.len() - 1
+            }
+        };
+        hooks[at].2[slot].get_or_insert((n.ts_ns, n.headers, &n.bytes));
     }
+    hooks.sort_by_key(|h| h.0);
     let dropped = matches!(p.end.as_ref().map(|e| e.kind), Some(EndKind::Drop { .. }));
-    let last_hook = first_ts.iter().max_by_key(|(_, t)| **t).map(|(h, _)| *h);
+    let last_hook = hooks.iter().max_by_key(|h| h.1).map(|h| h.0);
     let mut out = Vec::new();
-    for (&hook, seen) in &hooks {
+    for (hook, _, seen) in &hooks {
+        let (hook, seen) = (*hook, seen);
         let given = tables_at(hook);
         let tables: Cow<'_, [(String, i32)]> = match given.as_ref() {
             [] => Cow::Owned(tables_from_slots(seen)),
@@ -114,9 +131,9 @@ pub fn steps<T: AsRef<[(String, i32)]>>(p: &Packet, tables_at: &dyn Fn(u8) -> T)
                 i += 1;
                 continue;
             }
-            let before = seen.range(..b).next_back().map(|(_, v)| *v);
-            match seen.range(b..).next() {
-                Some((&a_slot, &(ts, after, bytes))) => {
+            let before = seen_before(seen, b);
+            match seen_from(seen, b) {
+                Some((a_slot, (ts, after, bytes))) => {
                     let width = tables[i..]
                         .iter()
                         .take_while(|(_, p)| (b..=a_slot).contains(&slot_after(*p)))
