@@ -9,6 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 
+mod head;
+
 /// The contract's version, in every line's `v`.
 pub const VERSION: u32 = 1;
 
