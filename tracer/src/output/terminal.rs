@@ -11,9 +11,26 @@ fn unsafe_char(c: char, keep_newline: bool) -> bool {
         || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
+/// Whether `s` has an unsafe character, judged on its UTF-8 bytes: every shown packet's text
+/// goes through here, and decoding it char by char cost as much as writing it. C0 and DEL are
+/// single bytes; C1 is `C2 80..9F`; the overrides are `E2 80 AA..AE` and `E2 81 A6..A9`.
+fn has_unsafe(s: &str, keep_newline: bool) -> bool {
+    let b = s.as_bytes();
+    b.iter().enumerate().any(|(i, &x)| match x {
+        b'\n' => !keep_newline,
+        0..=0x1f | 0x7f => true,
+        0xc2 => matches!(b.get(i + 1), Some(0x80..=0x9f)),
+        0xe2 => matches!(
+            (b.get(i + 1), b.get(i + 2)),
+            (Some(0x80), Some(0xaa..=0xae)) | (Some(0x81), Some(0xa6..=0xa9))
+        ),
+        _ => false,
+    })
+}
+
 /// `s` with every unsafe character escaped (a newline kept if asked: the renderer's own).
 pub fn escape(s: &str, keep_newline: bool) -> Cow<'_, str> {
-    if !s.chars().any(|c| unsafe_char(c, keep_newline)) {
+    if !has_unsafe(s, keep_newline) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
@@ -44,6 +61,23 @@ pub fn clean_packet(p: &mut crate::model::Packet) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The byte-wise check says what the char-wise definition says, for every character of
+    /// the first planes (C0, C1, the overrides and their neighbours among them).
+    #[test]
+    fn the_byte_check_is_the_char_check() {
+        for c in (0u32..0x3000).filter_map(char::from_u32) {
+            for keep in [false, true] {
+                let s = format!("a{c}→b");
+                assert_eq!(
+                    has_unsafe(&s, keep),
+                    s.chars().any(|x| unsafe_char(x, keep)),
+                    "{:#x} keep_newline {keep}",
+                    c as u32
+                );
+            }
+        }
+    }
 
     #[test]
     fn escapes_and_bidi_overrides_are_made_visible() {
