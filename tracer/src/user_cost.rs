@@ -183,7 +183,7 @@ fn pipeline(output: &Output) -> Pipeline {
         role,
         container: container.map(Into::into),
     };
-    let points = Points::from([
+    let points: Points = FromIterator::from_iter([
         (
             VETH,
             point("veth9780200", Role::Veth, Some("ens_monitor_cron")),

@@ -7,7 +7,7 @@
 //! leaving a container, or arriving from outside, is always a new packet), and with headers
 //! of the same flow (NAT may rewrite one side, not the protocol).
 
-use std::{collections::HashMap, net::IpAddr};
+use std::net::IpAddr;
 
 use rustc_hash::FxHashMap;
 
@@ -31,7 +31,8 @@ pub struct PointInfo {
     pub container: Option<String>,
 }
 
-pub type Points = HashMap<u32, PointInfo>;
+/// By ifindex (the kernel's numbers, not the network's: a fast hash is safe here).
+pub type Points = FxHashMap<u32, PointInfo>;
 
 /// One packet at one observation point.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -12,7 +12,7 @@ pub fn points() -> Points {
         role,
         container: container.map(Into::into),
     };
-    Points::from([
+    Points::from_iter([
         (VETH, p("veth9780200", Role::Veth, Some("ens_monitor_cron"))),
         (BRIDGE, p("br-d9231d44a1ab", Role::Bridge, None)),
         (UPLINK, p("ftlab-up", Role::Uplink, None)),
