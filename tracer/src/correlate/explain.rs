@@ -122,11 +122,6 @@ impl Explainer {
     }
 
     pub fn explain(&mut self, packet: Packet, points: &Points) -> Explained {
-        if self.hook_tables.is_empty() {
-            if let Some(rs) = self.ruleset.take() {
-                self.set_ruleset(rs);
-            }
-        }
         let mut steps = {
             let tables = &self.hook_tables;
             verdict::steps(&packet, &|hook| {
@@ -308,7 +303,7 @@ impl Explainer {
                 (here, None)
             }
         };
-        self.ruleset = Some(now);
+        self.set_ruleset(now);
         let counters = |source: &str| match source {
             "nft list ruleset" => "nft list ruleset counters".to_owned(),
             s => format!("{s} -c counters"),
@@ -360,7 +355,7 @@ fn join_decisions(ds: &mut Decisions, steps: &mut [NfStep]) {
                 s.table = d.table.clone();
             }
             s.decided = Some(Decided {
-                rule: d.rule.as_deref().map(str::to_owned),
+                rule: d.rule,
                 policy: d.policy,
                 chain_path: d.chain_path,
             });
@@ -373,7 +368,7 @@ fn traced(s: &NfStep) -> Attribution {
     let Some(d) = s.decided.as_ref() else {
         return Attribution::default();
     };
-    let rule = d.rule.clone().or_else(|| {
+    let rule = d.rule.as_deref().map(str::to_owned).or_else(|| {
         d.policy
             .and(d.chain_path.first())
             .map(|c| format!("-P {c} DROP"))

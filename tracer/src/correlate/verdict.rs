@@ -47,7 +47,8 @@ pub struct NfStep {
 /// The rule (or policy) that gave a table's verdict, and the chains walked, from nftrace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decided {
-    pub rule: Option<String>,
+    /// The rule's text, shared with the rule texts' copy (`RuleTexts::shared_rule`).
+    pub rule: Option<std::sync::Arc<str>>,
     pub policy: Option<&'static str>,
     pub chain_path: Vec<String>,
 }

@@ -49,7 +49,7 @@ fn dropped_in_forward(slots: &[u8], location: u64) -> Packet {
 /// from [0:0] to [1:60] when read again.
 fn with_counters_moving(save: &'static str) -> Explainer {
     let mut ex = Explainer::empty();
-    ex.ruleset = Some(Ruleset::parse(save, "iptables-save"));
+    ex.set_ruleset(Ruleset::parse(save, "iptables-save"));
     ex.reads = Box::new(Inline::new(move || {
         Some(Ruleset::parse(
             &save.replace("[0:0] -A", "[1:60] -A"),
@@ -101,7 +101,7 @@ fn of_the_rules_whose_counters_moved_only_one_that_fits_is_named() {
 #[test]
 fn a_read_that_saw_two_drops_names_both_packets() {
     let mut ex = Explainer::empty();
-    ex.ruleset = Some(Ruleset::parse(BEFORE, "iptables-save"));
+    ex.set_ruleset(Ruleset::parse(BEFORE, "iptables-save"));
     ex.reads = Box::new(Inline::new(|| {
         Some(Ruleset::parse(
             &BEFORE.replace("[0:0] -A", "[2:120] -A"),
