@@ -10,7 +10,7 @@ use std::io::{BufWriter, Write};
 
 use tracer_common::{
     netfilter::{slots_for, table_priority, SLOT_PRIORITIES},
-    Direction, EventHeader, EventKind, NfEvent, SkbEndEvent, TcHead, SNAP_LEN, TC_HEAD_LEN,
+    Direction, EventKind, NfEvent, SkbEndEvent, SNAP_LEN, TC_HEAD_LEN,
 };
 
 use crate::{
@@ -18,7 +18,10 @@ use crate::{
         explain::Explainer,
         packet::{PointInfo, Points},
     },
-    events::{clock::WallClock, decode::decode},
+    events::{
+        clock::WallClock,
+        decode::{decode, record_header, tc_record},
+    },
     output::{
         record::{RecordOptions, Recorder},
         Format,
@@ -220,9 +223,9 @@ impl Records {
         let inner = udp_frame(CONTAINER);
         let outer = udp_frame(UPLINK_IP);
         let tc = [
-            tc_record(&inner, VETH, Direction::Ingress),
-            tc_record(&inner, BRIDGE, Direction::Ingress),
-            tc_record(&outer, UPLINK, Direction::Egress),
+            tc_record(&inner, 0, VETH, Direction::Ingress),
+            tc_record(&inner, 0, BRIDGE, Direction::Ingress),
+            tc_record(&outer, 0, UPLINK, Direction::Egress),
         ];
         let mut nf = Vec::new();
         for (hook, tables) in [
@@ -259,10 +262,7 @@ impl Records {
         let skb = 0xffff_8880_0000_0000 + (n % 512) * 0x100;
         let sport = 40_000 + (n % u64::from(FLOWS)) as u16;
         let id = (n as u16).to_be_bytes();
-        let (veth, bridge, uplink) = {
-            let [a, b, c] = &mut self.tc;
-            (a, b, c)
-        };
+        let [veth, bridge, uplink] = &mut self.tc;
         let mut t = ts;
         let mut stamp = |r: &mut Vec<u8>, ip_at: Option<usize>| {
             t += 700;
@@ -307,16 +307,6 @@ fn udp_frame(src: [u8; 4]) -> Vec<u8> {
     f
 }
 
-fn header(kind: EventKind) -> EventHeader {
-    EventHeader {
-        kind: kind as u8,
-        _pad: [0; 3],
-        cpu: 1,
-        ts_ns: 0,
-        skb: 0,
-    }
-}
-
 /// The bytes of a `repr(C)` record, as the ring buffer holds them.
 fn bytes_of<T: Copy>(value: &T) -> Vec<u8> {
     // SAFETY: T is one of tracer-common's repr(C) plain-old-data records; reading its bytes
@@ -324,28 +314,12 @@ fn bytes_of<T: Copy>(value: &T) -> Vec<u8> {
     unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
 }
 
-fn tc_record(frame: &[u8], ifindex: u32, direction: Direction) -> Vec<u8> {
-    let head = TcHead {
-        header: header(EventKind::Tc),
-        ifindex,
-        len: frame.len() as u32,
-        cap_len: frame.len() as u32,
-        mark: 0,
-        protocol: 0x0800u16.to_be(),
-        direction: direction as u8,
-        _pad: [0; 5],
-    };
-    let mut r = bytes_of(&head);
-    r.extend_from_slice(frame);
-    r
-}
-
 fn nf_record(ip: &[u8], hook: u8, slot: u8) -> Vec<u8> {
     let mut data = [0u8; SNAP_LEN];
     let n = ip.len().min(SNAP_LEN);
     data[..n].copy_from_slice(&ip[..n]);
     bytes_of(&NfEvent {
-        header: header(EventKind::Nf),
+        header: record_header(EventKind::Nf, 1, 0, 0),
         hook,
         pf: 2,
         slot,
@@ -361,7 +335,7 @@ fn nf_record(ip: &[u8], hook: u8, slot: u8) -> Vec<u8> {
 
 fn end_record() -> Vec<u8> {
     bytes_of(&SkbEndEvent {
-        header: header(EventKind::Consume),
+        header: record_header(EventKind::Consume, 1, 0, 0),
         location: 0,
         reason: 0,
         ifindex: 0,

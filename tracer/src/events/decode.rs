@@ -166,37 +166,43 @@ pub fn decode(bytes: &[u8]) -> Result<Observation, DecodeError> {
     }
 }
 
+/// A record's common head, as the kernel fills it (for the tests and the user-space cost's
+/// synthetic records).
+pub fn record_header(kind: EventKind, cpu: u32, ts_ns: u64, skb: u64) -> EventHeader {
+    EventHeader {
+        kind: kind as u8,
+        _pad: [0; 3],
+        cpu,
+        ts_ns,
+        skb,
+    }
+}
+
+/// A tc record as the kernel sends it: the head, then the captured bytes (for the tests and
+/// the user-space cost's synthetic records).
+pub fn tc_record(frame: &[u8], skb: u64, ifindex: u32, direction: Direction) -> Vec<u8> {
+    let head = TcHead {
+        header: record_header(EventKind::Tc, 1, 1_000, skb),
+        ifindex,
+        len: frame.len() as u32,
+        cap_len: frame.len() as u32,
+        mark: 0,
+        protocol: 0x0800u16.to_be(),
+        direction: direction as u8,
+        _pad: [0; 5],
+    };
+    // SAFETY: TcHead is repr(C) plain-old-data.
+    let mut bytes =
+        unsafe { std::slice::from_raw_parts((&head as *const TcHead).cast::<u8>(), TC_HEAD_LEN) }
+            .to_vec();
+    bytes.extend_from_slice(frame);
+    bytes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tracer_common::SNAP_LEN;
-
-    /// A tc record as the kernel sends it: the head, then the captured bytes.
-    pub fn tc_record(frame: &[u8], skb: u64, ifindex: u32, direction: Direction) -> Vec<u8> {
-        let head = TcHead {
-            header: EventHeader {
-                kind: EventKind::Tc as u8,
-                _pad: [0; 3],
-                cpu: 1,
-                ts_ns: 1_000,
-                skb,
-            },
-            ifindex,
-            len: frame.len() as u32,
-            cap_len: frame.len() as u32,
-            mark: 0,
-            protocol: 0x0008,
-            direction: direction as u8,
-            _pad: [0; 5],
-        };
-        // SAFETY: TcHead is repr(C) plain-old-data.
-        let mut bytes = unsafe {
-            std::slice::from_raw_parts((&head as *const TcHead).cast::<u8>(), TC_HEAD_LEN)
-        }
-        .to_vec();
-        bytes.extend_from_slice(frame);
-        bytes
-    }
 
     #[test]
     fn decodes_a_tc_record() {
@@ -220,13 +226,7 @@ mod tests {
         let mut data = [0u8; SNAP_LEN];
         data[..40].copy_from_slice(&frame[14..54]);
         let nf = NfEvent {
-            header: EventHeader {
-                kind: EventKind::Nf as u8,
-                _pad: [0; 3],
-                cpu: 0,
-                ts_ns: 5,
-                skb: 9,
-            },
+            header: record_header(EventKind::Nf, 0, 5, 9),
             hook: 2,
             pf: 2,
             slot: 4,
@@ -253,13 +253,7 @@ mod tests {
         assert_eq!(h.source().to_string(), "172.18.0.2:41234");
 
         let end = SkbEndEvent {
-            header: EventHeader {
-                kind: EventKind::Drop as u8,
-                _pad: [0; 3],
-                cpu: 0,
-                ts_ns: 6,
-                skb: 9,
-            },
+            header: record_header(EventKind::Drop, 0, 6, 9),
             location: 0xffff_ffff_8100_0000,
             reason: 12,
             ifindex: 0,

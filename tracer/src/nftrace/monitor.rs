@@ -55,7 +55,8 @@ impl Monitor {
         Arc::clone(&self.overruns)
     }
 
-    /// Reads events on a thread named "nftrace" and sends the events of each burst of datagrams to `tx`, in one batch.
+    /// Reads events on a thread named "nftrace" and sends the events of each burst of
+    /// datagrams to `tx`, in one batch.
     /// When idle for 200 ms the thread sends an empty batch, to learn whether the receiver
     /// is still there: it ends once the receiver is dropped (or on an unexpected socket
     /// error). Receivers should ignore empty batches.

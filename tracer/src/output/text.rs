@@ -103,14 +103,10 @@ pub fn packet(p: &Packet) -> String {
                     }
                     tail.push_str(&nat.text());
                 }
-                let dir = if t.dir == "ingress" || t.dir == "egress" {
-                    Cow::Borrowed(if t.dir == "ingress" {
-                        "tc ingress"
-                    } else {
-                        "tc egress"
-                    })
-                } else {
-                    Cow::Owned(format!("tc {}", t.dir))
+                let dir = match t.dir.as_str() {
+                    "ingress" => Cow::Borrowed("tc ingress"),
+                    "egress" => Cow::Borrowed("tc egress"),
+                    d => Cow::Owned(format!("tc {d}")),
                 };
                 hop_line(&mut s, [&at, &t.iface, &dir, &tail]);
             }
