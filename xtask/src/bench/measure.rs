@@ -291,17 +291,10 @@ pub(super) fn probes_shown(json_lines: &str, port: u16, path: &[(&str, &str)]) -
 }
 
 // ---------------------------------------------------------------------------------------------
-pub(super) fn measure(ctx: &Ctx, config: Config, load: Load, rep: u32) -> Result<Run> {
-    let foreign = foreign_tracers(&[]);
-    if !foreign.is_empty() {
-        crate::err!(
-            "bench: WARNING: other tracers/loads are running ({}): the figures are not clean",
-            foreign.join(", ")
-        );
-    }
-    let before = existing_prog_ids()?;
+/// Starts the configuration's tracer (none for the baseline), with the file it writes.
+fn spawn_tracer(ctx: &Ctx, config: Config, load: Load) -> Result<(Option<Proc>, Option<TmpFile>)> {
     let mut file: Option<TmpFile> = None;
-    let mut tracer = match config {
+    let tracer = match config {
         Config::Baseline => None,
         Config::Tcpdump => {
             let path = PathBuf::from(format!("/tmp/flowtrace-bench-{}.pcap", ctx.tag));
@@ -342,6 +335,28 @@ pub(super) fn measure(ctx: &Ctx, config: Config, load: Load, rep: u32) -> Result
             Some(Proc::spawn(c, "flowtrace", Some("tracing…"))?)
         }
     };
+    Ok((tracer, file))
+}
+
+/// Per packet of the load: at the traced veth, or for a neighbour's load (which never passes
+/// it) at the bridge.
+fn counted_at(ctx: &Ctx, load: Load) -> &str {
+    if load.neighbour() {
+        &ctx.bridge
+    } else {
+        &ctx.host_veth
+    }
+}
+
+pub(super) fn measure(ctx: &Ctx, config: Config, load: Load, rep: u32) -> Result<Run> {
+    let foreign = foreign_tracers(&[]);
+    if !foreign.is_empty() {
+        crate::err!(
+            "bench: WARNING: other tracers/loads are running ({}): the figures are not clean",
+            foreign.join(", ")
+        );
+    }
+    let (mut tracer, file) = spawn_tracer(ctx, config, load)?;
     let mut startup_s = 0.0;
     let mut cpu0 = 0.0;
     if let Some(t) = tracer.as_mut() {
@@ -360,15 +375,11 @@ pub(super) fn measure(ctx: &Ctx, config: Config, load: Load, rep: u32) -> Result
         Some(Err(_)) => bail!("the probe sender panicked"),
         None => None,
     };
-    let mut bpf = BTreeMap::new();
     let figures = match tracer.take() {
         None => None,
         Some(t) => {
             std::thread::sleep(DRAIN);
             let pid = t.pid();
-            if config.is_flowtrace() {
-                bpf = bpf_costs(&before)?;
-            }
             let cpu1 = cpu_seconds(pid)?;
             let rss = peak_rss_kib(pid);
             let done = t.finish(Some(libc::SIGINT), Duration::from_secs(20))?;
@@ -390,14 +401,7 @@ pub(super) fn measure(ctx: &Ctx, config: Config, load: Load, rep: u32) -> Result
             if config == Config::Tcpdump {
                 read_tcpdump_stats(&done.stderr, &mut f);
             } else {
-                // Per-packet figures are per packet of the load: at the traced veth, or for a
-                // neighbour's load (which never passes it) at the bridge.
-                let at = if load.neighbour() {
-                    &ctx.bridge
-                } else {
-                    &ctx.host_veth
-                };
-                read_flowtrace_summary(&done, config, at, &mut f)?;
+                read_flowtrace_summary(&done, config, counted_at(ctx, load), &mut f)?;
             }
             f.events_per_s = f.events as f64 / f64::from(ctx.seconds);
             if let Some((port, sent)) = probes {
@@ -416,6 +420,11 @@ pub(super) fn measure(ctx: &Ctx, config: Config, load: Load, rep: u32) -> Result
         }
     };
     drop(file);
+    let cost = if config.is_flowtrace() {
+        Some(cost_pass(ctx, config, load)?)
+    } else {
+        None
+    };
     Ok(Run {
         config,
         load,
@@ -425,8 +434,36 @@ pub(super) fn measure(ctx: &Ctx, config: Config, load: Load, rep: u32) -> Result
         ratio: None,
         iperf,
         tracer: figures,
-        bpf,
+        cost,
         foreign,
+    })
+}
+
+/// The kernel cost of the configuration's BPF programs, in a pass of its own: a new flowtrace
+/// under `COST_SECONDS` of the same load with `kernel.bpf_stats_enabled=1`. The measured pass
+/// runs with it off, as users' hosts do: the statistics cost two clock reads a program run
+/// (about 40 ns here, ×10 runs a forwarded packet), which tcpdump and the baseline never pay.
+fn cost_pass(ctx: &Ctx, config: Config, load: Load) -> Result<CostPass> {
+    let before = existing_prog_ids()?;
+    let (tracer, file) = spawn_tracer(ctx, config, load)?;
+    let Some(mut t) = tracer else {
+        bail!("no tracer to measure");
+    };
+    t.wait_ready(Duration::from_secs(60))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = BpfStats::enable()?;
+    run_load(load, COST_SECONDS)?;
+    std::thread::sleep(DRAIN);
+    let bpf = bpf_costs(&before)?;
+    drop(stats);
+    let done = t.finish(Some(libc::SIGINT), Duration::from_secs(20))?;
+    drop(file);
+    let mut f = TracerFigures::default();
+    read_flowtrace_summary(&done, config, counted_at(ctx, load), &mut f)?;
+    Ok(CostPass {
+        seconds: COST_SECONDS,
+        packets: f.veth_packets,
+        bpf,
     })
 }
 

@@ -4,8 +4,9 @@
 //! pcapng, and `tcpdump -i any -w` as the peer a user would pick instead) and every load (TCP
 //! throughput and small-packet UDP rate, iperf3 from `ens_monitor_cron` to the lab's internet
 //! namespace), it records the throughput and its ratio to the baseline, the tracer's events/s,
-//! lost events, CPU seconds and peak RSS, and the kernel cost of each BPF program
-//! (`kernel.bpf_stats_enabled`). It prints a markdown table and writes every raw figure to JSON.
+//! lost events, CPU seconds and peak RSS, with `kernel.bpf_stats_enabled` off as on users'
+//! hosts; then the kernel cost of each BPF program, in a short pass of its own with the
+//! statistics on. It prints a markdown table and writes every raw figure to JSON.
 //!
 //! Network safety: the lab (with its guard rules) is up for the whole run; before every load the
 //! lab's safety check runs (the route to 198.51.100.2 leaves by `ftlab-up`, the guards are in
@@ -157,10 +158,11 @@ const LOADS: [Load; 4] = [Load::Tcp, Load::Udp, Load::NeighbourTcp, Load::Neighb
 
 /// Under the neighbour's load: no tracer, the traced container's tracers, and tcpdump on the
 /// traced container's veth (what an operator would run instead).
-const NEIGHBOUR_CONFIGS: [Config; 4] = [
+const NEIGHBOUR_CONFIGS: [Config; 5] = [
     Config::Baseline,
     Config::Counters,
     Config::Events,
+    Config::EventsNoNftrace,
     Config::Tcpdump,
 ];
 
@@ -260,6 +262,21 @@ struct TracerFigures {
     summary: Value,
 }
 
+/// The BPF statistics of a flowtrace under the same load, with `kernel.bpf_stats_enabled=1`.
+#[derive(Clone, Debug, Default, Serialize)]
+struct CostPass {
+    seconds: u32,
+    /// Packets counted by the kernel where the per-packet figures are taken (see
+    /// `TracerFigures::veth_packets`) during this pass.
+    packets: u64,
+    /// This pass's programs: tc_ingress, tc_egress, nf_slot (0..7 together), kfree_skb_btf,
+    /// consume_skb_btf.
+    bpf: BTreeMap<String, ProgCost>,
+}
+
+/// How long the pass that measures the BPF programs' cost runs its load.
+const COST_SECONDS: u32 = 3;
+
 /// One measurement: one configuration under one load.
 #[derive(Clone, Debug, Serialize)]
 struct Run {
@@ -273,18 +290,21 @@ struct Run {
     ratio: Option<f64>,
     iperf: Value,
     tracer: Option<TracerFigures>,
-    /// BPF programs of this run's flowtrace: tc_ingress, tc_egress, nf_slot (0..7 together),
-    /// kfree_skb_btf, consume_skb_btf.
-    bpf: BTreeMap<String, ProgCost>,
+    /// flowtrace's kernel cost, measured in a pass of its own (`measure::cost_pass`).
+    cost: Option<CostPass>,
     /// Tracers or iperf3 processes the bench did not start, seen just before this run.
     foreign: Vec<String>,
 }
 
 impl Run {
+    fn bpf(&self) -> &BTreeMap<String, ProgCost> {
+        static NONE: BTreeMap<String, ProgCost> = BTreeMap::new();
+        self.cost.as_ref().map_or(&NONE, |c| &c.bpf)
+    }
     fn tc(&self) -> ProgCost {
         let mut c = ProgCost::default();
         for k in ["tc_ingress", "tc_egress"] {
-            if let Some(p) = self.bpf.get(k) {
+            if let Some(p) = self.bpf().get(k) {
                 c.add(p);
             }
         }
@@ -292,14 +312,14 @@ impl Run {
     }
     fn all_bpf(&self) -> ProgCost {
         let mut c = ProgCost::default();
-        for p in self.bpf.values() {
+        for p in self.bpf().values() {
             c.add(p);
         }
         c
     }
     fn row(&self) -> Row {
         let t = self.tracer.as_ref();
-        let veth = t.map(|t| t.veth_packets).unwrap_or(0);
+        let veth = self.cost.as_ref().map_or(0, |c| c.packets);
         let all = self.all_bpf();
         Row {
             config: self.config,
@@ -311,10 +331,10 @@ impl Run {
             cpu_s: t.map(|t| t.cpu_s_load),
             rss_mib: t.map(|t| t.peak_rss_kib as f64 / 1024.0),
             tc_ns_per_run: self.tc().ns_per_run(),
-            nf_ns_per_run: self.bpf.get("nf_slot").and_then(ProgCost::ns_per_run),
+            nf_ns_per_run: self.bpf().get("nf_slot").and_then(ProgCost::ns_per_run),
             tc_runs_per_pkt: (veth > 0).then(|| self.tc().run_cnt as f64 / veth as f64),
             nf_runs_per_pkt: (veth > 0)
-                .then(|| self.bpf.get("nf_slot").map_or(0, |p| p.run_cnt) as f64 / veth as f64),
+                .then(|| self.bpf().get("nf_slot").map_or(0, |p| p.run_cnt) as f64 / veth as f64),
             bpf_ns_per_pkt: (veth > 0 && all.run_cnt > 0)
                 .then(|| all.run_time_ns as f64 / veth as f64),
         }

@@ -229,7 +229,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .unwrap_or_else(|| root.join("target/bench.json"));
 
     let lab = LabGuard::up()?;
-    let stats = BpfStats::enable()?;
     let st = safety()?;
     let ctx = Ctx {
         bin,
@@ -286,7 +285,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             }
         }
     }
-    drop(stats);
     drop(lab);
 
     // Ratios against the same load's baseline in the same repetition.
