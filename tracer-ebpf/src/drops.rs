@@ -15,8 +15,9 @@ use crate::{
 pub fn end(skb: u64, location: u64, reason: u32, kind: EventKind) -> i32 {
     // Its address may be another packet's next.
     crate::scope::forget(skb);
-    // One hash operation for every skb the host frees: the removal says whether it was ours.
-    if !crate::maps::untrack_skb(skb) {
+    // Every skb the host frees passes here, nearly all of them never ours: a lookup (lock-free)
+    // first, and the removal (which takes the bucket's lock) only for a tracked one.
+    if crate::maps::tracked_entry(skb).is_none() || !crate::maps::untrack_skb(skb) {
         return 0;
     }
     let off = offsets();
