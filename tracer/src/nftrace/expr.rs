@@ -8,6 +8,8 @@ const NFTA_EXPR_NAME: u16 = 1;
 const NFTA_EXPR_DATA: u16 = 2;
 const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_DATA_VERDICT: u16 = 2;
+/// `enum nft_verdicts`' NFT_GOTO.
+const NFT_GOTO: i32 = -4;
 
 /// One nf_tables expression, as the kernel takes it.
 #[derive(Debug, Clone, Copy)]
@@ -24,15 +26,29 @@ pub enum Expr<'a> {
         sreg: u32,
         data: &'a [u8],
     },
+    /// `!=` where `Cmp` is `==`.
+    CmpNe {
+        sreg: u32,
+        data: &'a [u8],
+    },
+    /// `dreg = (sreg & mask) ^ xor`, over `mask.len()` bytes.
+    Bitwise {
+        sreg: u32,
+        dreg: u32,
+        mask: &'a [u8],
+        xor: &'a [u8],
+    },
     Payload {
         base: u32,
         offset: u32,
         len: u32,
         dreg: u32,
     },
+    /// A conntrack key; `dir` only for the keys of one direction's tuple (the kernel refuses
+    /// it with the others, such as the direction or the status).
     Ct {
         key: u32,
-        dir: u8,
+        dir: Option<u8>,
         dreg: u32,
     },
     Lookup {
@@ -46,6 +62,10 @@ pub enum Expr<'a> {
     },
     /// The verdict `accept` (an immediate into the verdict register).
     Accept,
+    /// The verdict `goto CHAIN`.
+    Goto {
+        chain: &'a str,
+    },
     /// `limit rate RATE/second burst BURST packets`.
     Limit {
         rate: u64,
@@ -57,11 +77,12 @@ impl Expr<'_> {
     pub fn put(&self, m: &mut MsgBuf) {
         let name = match self {
             Expr::MetaLoad { .. } | Expr::MetaSet { .. } => "meta",
-            Expr::Cmp { .. } => "cmp",
+            Expr::Cmp { .. } | Expr::CmpNe { .. } => "cmp",
+            Expr::Bitwise { .. } => "bitwise",
             Expr::Payload { .. } => "payload",
             Expr::Ct { .. } => "ct",
             Expr::Lookup { .. } => "lookup",
-            Expr::Immediate { .. } | Expr::Accept => "immediate",
+            Expr::Immediate { .. } | Expr::Accept | Expr::Goto { .. } => "immediate",
             Expr::Limit { .. } => "limit",
         };
         m.nest_start(NFTA_LIST_ELEM);
@@ -77,11 +98,28 @@ impl Expr<'_> {
                 m.attr_be32(2, key); // NFTA_META_KEY
                 m.attr_be32(3, sreg); // NFTA_META_SREG
             }
-            Expr::Cmp { sreg, data } => {
+            Expr::Cmp { sreg, data } | Expr::CmpNe { sreg, data } => {
+                let op = u32::from(matches!(self, Expr::CmpNe { .. }));
                 m.attr_be32(1, sreg); // NFTA_CMP_SREG
-                m.attr_be32(2, 0); // NFTA_CMP_OP: NFT_CMP_EQ
+                m.attr_be32(2, op); // NFTA_CMP_OP: NFT_CMP_EQ (0) or NFT_CMP_NEQ (1)
                 m.nest_start(3); // NFTA_CMP_DATA
                 m.attr(NFTA_DATA_VALUE, data);
+                m.nest_end();
+            }
+            Expr::Bitwise {
+                sreg,
+                dreg,
+                mask,
+                xor,
+            } => {
+                m.attr_be32(1, sreg); // NFTA_BITWISE_SREG
+                m.attr_be32(2, dreg); // NFTA_BITWISE_DREG
+                m.attr_be32(3, mask.len() as u32); // NFTA_BITWISE_LEN
+                m.nest_start(4); // NFTA_BITWISE_MASK
+                m.attr(NFTA_DATA_VALUE, mask);
+                m.nest_end();
+                m.nest_start(5); // NFTA_BITWISE_XOR
+                m.attr(NFTA_DATA_VALUE, xor);
                 m.nest_end();
             }
             Expr::Payload {
@@ -98,7 +136,9 @@ impl Expr<'_> {
             Expr::Ct { key, dir, dreg } => {
                 m.attr_be32(1, dreg); // NFTA_CT_DREG
                 m.attr_be32(2, key); // NFTA_CT_KEY
-                m.attr(3, &[dir]); // NFTA_CT_DIRECTION (u8)
+                if let Some(dir) = dir {
+                    m.attr(3, &[dir]); // NFTA_CT_DIRECTION (u8)
+                }
             }
             Expr::Lookup { set, set_id, sreg } => {
                 m.attr_str(1, set); // NFTA_LOOKUP_SET
@@ -116,6 +156,15 @@ impl Expr<'_> {
                 m.nest_start(2); // NFTA_IMMEDIATE_DATA
                 m.nest_start(NFTA_DATA_VERDICT);
                 m.attr_be32(1, 1); // NFTA_VERDICT_CODE: NF_ACCEPT
+                m.nest_end();
+                m.nest_end();
+            }
+            Expr::Goto { chain } => {
+                m.attr_be32(1, 0); // NFTA_IMMEDIATE_DREG: NFT_REG_VERDICT
+                m.nest_start(2); // NFTA_IMMEDIATE_DATA
+                m.nest_start(NFTA_DATA_VERDICT);
+                m.attr_be32(1, NFT_GOTO as u32); // NFTA_VERDICT_CODE
+                m.attr_str(2, chain); // NFTA_VERDICT_CHAIN
                 m.nest_end();
                 m.nest_end();
             }

@@ -2,7 +2,7 @@
 //! base chains whose rules only do `meta nftrace set 1` (they change no verdict).
 
 use super::expr::Expr;
-use super::rules::{chains, Match, NFT_META_NFTRACE, NFT_REG_1, SET_A4, SET_A6, SET_P};
+use super::rules::{chains, Match, Rule, NFT_META_NFTRACE, NFT_REG_1, SET_A4, SET_A6, SET_P};
 use super::wire::*;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -123,8 +123,9 @@ impl Batch {
         self.msg.end_msg();
     }
 
-    /// A base chain `type filter hook HOOK priority PRIO; policy accept;`.
-    pub fn chain(&mut self, table: &str, name: &str, hook: u32, prio: i32) {
+    /// A base chain `type filter hook HOOK priority PRIO; policy accept;` or, without a hook,
+    /// a regular chain.
+    pub fn chain(&mut self, table: &str, name: &str, hook: Option<(u32, i32)>) {
         self.begin(
             NFT_MSG_NEWCHAIN,
             NLM_F_CREATE | NLM_F_EXCL,
@@ -132,12 +133,31 @@ impl Batch {
         );
         self.msg.attr_str(NFTA_CHAIN_TABLE, table);
         self.msg.attr_str(NFTA_CHAIN_NAME, name);
-        self.msg.nest_start(NFTA_CHAIN_HOOK);
-        self.msg.attr_be32(NFTA_HOOK_HOOKNUM, hook);
-        self.msg.attr_be32(NFTA_HOOK_PRIORITY, prio as u32);
+        if let Some((hook, prio)) = hook {
+            self.msg.nest_start(NFTA_CHAIN_HOOK);
+            self.msg.attr_be32(NFTA_HOOK_HOOKNUM, hook);
+            self.msg.attr_be32(NFTA_HOOK_PRIORITY, prio as u32);
+            self.msg.nest_end();
+            self.msg.attr_be32(NFTA_CHAIN_POLICY, NF_ACCEPT);
+            self.msg.attr_str(NFTA_CHAIN_TYPE, "filter");
+        }
+        self.msg.end_msg();
+    }
+
+    /// `meta nfproto ipv6 goto TARGET` appended to `chain`.
+    pub fn goto_v6(&mut self, table: &str, chain: &str, target: &str) {
+        self.begin(
+            NFT_MSG_NEWRULE,
+            NLM_F_CREATE | NLM_F_APPEND,
+            format!("adding a rule to chain {chain}"),
+        );
+        self.msg.attr_str(NFTA_RULE_TABLE, table);
+        self.msg.attr_str(NFTA_RULE_CHAIN, chain);
+        self.msg.nest_start(NFTA_RULE_EXPRESSIONS);
+        for e in super::rules::goto_v6(target) {
+            e.put(&mut self.msg);
+        }
         self.msg.nest_end();
-        self.msg.attr_be32(NFTA_CHAIN_POLICY, NF_ACCEPT);
-        self.msg.attr_str(NFTA_CHAIN_TYPE, "filter");
         self.msg.end_msg();
     }
 
@@ -217,10 +237,13 @@ impl Batch {
         for s in [SET_A4, SET_A6, SET_P] {
             self.set(table, s);
         }
-        for (name, hook, prio, rules) in chains() {
-            self.chain(table, name, hook, prio);
-            for m in rules {
-                self.rule(table, name, m);
+        for c in chains() {
+            self.chain(table, c.name, c.hook);
+            for r in c.rules {
+                match r {
+                    Rule::Mark(m) => self.rule(table, c.name, m),
+                    Rule::V6(target) => self.goto_v6(table, c.name, target),
+                }
             }
         }
     }
@@ -310,8 +333,10 @@ mod tests {
         assert_eq!(msgs.last().unwrap().0, NFNL_MSG_BATCH_END);
         assert_eq!(count(NFT_MSG_NEWTABLE), 1);
         assert_eq!(count(NFT_MSG_NEWSET), 3);
-        assert_eq!(count(NFT_MSG_NEWCHAIN), 3);
-        assert_eq!(count(NFT_MSG_NEWRULE), 5 + 4 + 8);
+        // pre, prenat, out and their IPv6 chains.
+        assert_eq!(count(NFT_MSG_NEWCHAIN), 6);
+        // pre6 2, pre 3 + goto, prenat6 2, prenat 2 + goto, out6 4, out 4 + goto.
+        assert_eq!(count(NFT_MSG_NEWRULE), 2 + 4 + 2 + 3 + 4 + 5);
         assert_eq!(pending.len(), msgs.len() - 2);
         assert_eq!(next, 100 + msgs.len() as u32);
         // Every message asks for an ack and has its own sequence number.
@@ -354,7 +379,12 @@ mod tests {
             names[1],
             [&head[..], &["meta", "payload", "lookup"][..], &tail].concat()
         );
-        assert_eq!(names[2], [&head[..], &["ct", "lookup"][..], &tail].concat());
+        // Gated: `ct direction original ct status dnat` before the lookup.
+        let gate = ["ct", "cmp", "ct", "bitwise", "cmp"];
+        assert_eq!(
+            names[2],
+            [&head[..], &gate, &["ct", "lookup"][..], &tail].concat()
+        );
         // With a limit, it comes last before the mark.
         let mut b = Batch::new(1);
         b.limit = 1000;
@@ -370,6 +400,43 @@ mod tests {
             ]
             .concat()
         );
+    }
+
+    /// Every goto names a chain created before it, which has no hook; every base chain ends
+    /// with the goto to its IPv6 chain, and IPv6 rules are only there.
+    #[test]
+    fn ipv6_rules_sit_behind_one_goto() {
+        let all = chains();
+        let mut created: Vec<&str> = Vec::new();
+        for c in &all {
+            for r in &c.rules {
+                match r {
+                    Rule::V6(target) => {
+                        assert!(created.contains(target), "{target} before {}", c.name);
+                        let t = all.iter().find(|x| x.name == *target).unwrap();
+                        assert_eq!(t.hook, None);
+                        assert_eq!(c.rules.last(), Some(r), "the goto comes last");
+                    }
+                    Rule::Mark(Match::Addr { v6, .. } | Match::Ct { v6, .. }) => {
+                        assert_eq!(*v6, c.hook.is_none(), "{}: {r:?}", c.name)
+                    }
+                    Rule::Mark(Match::Ports) => assert!(c.hook.is_some()),
+                }
+            }
+            created.push(c.name);
+            if c.hook.is_some() {
+                assert!(matches!(c.rules.last(), Some(Rule::V6(_))), "{}", c.name);
+            }
+        }
+        // The goto as nft would encode it; a regular chain has no hook, policy or type.
+        let mut b = Batch::new(1);
+        b.chain("t", "pre6", None);
+        b.goto_v6("t", "pre", "pre6");
+        let (bytes, _, _) = b.finish();
+        let msgs = decode(&bytes);
+        let chain: Vec<u16> = msgs[1].1.iter().map(|(t, _)| *t).collect();
+        assert_eq!(chain, [NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME]);
+        assert_eq!(expr_names(&msgs[2].1), ["meta", "cmp", "immediate"]);
     }
 
     #[test]
