@@ -201,6 +201,19 @@ fn after_sigkill_the_ruleset_is_what_it_was() {
             .all(|r| r.ends_with("meta nftrace set 1 accept")),
         "it only marks (and ends its own chain: an accept ends no other table's):\n{own}"
     );
+    // Its other rules only send IPv6 packets on to the chains of the IPv6 rules.
+    let gotos: Vec<&str> = own
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.contains("goto"))
+        .collect();
+    assert_eq!(gotos.len(), 3, "{own}");
+    assert!(
+        gotos
+            .iter()
+            .all(|g| g.starts_with("meta nfproto ipv6 goto ") && g.ends_with('6')),
+        "{own}"
+    );
     // …and at most --nftrace-rate packets a second each (the default, 250).
     assert!(
         rules

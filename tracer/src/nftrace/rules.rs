@@ -112,7 +112,10 @@ pub fn chains() -> Vec<Chain> {
             "pre",
             NF_INET_PRE_ROUTING,
             -350,
-            with(addr_rules(false), &[Rule::Mark(Match::Ports), Rule::V6("pre6")]),
+            with(
+                addr_rules(false),
+                &[Rule::Mark(Match::Ports), Rule::V6("pre6")],
+            ),
         ),
         regular("prenat6", ct_rules(true)),
         base(
@@ -234,7 +237,11 @@ impl Match {
             }
             Match::Ct { v6, reply, dst } => {
                 let key = if v6 { NFT_CT_SRC_IP6 } else { NFT_CT_SRC_IP } + dst as u32;
-                let mut v = if dst { Vec::new() } else { ct_gate(reply).to_vec() };
+                let mut v = if dst {
+                    Vec::new()
+                } else {
+                    ct_gate(reply).to_vec()
+                };
                 v.push(Expr::Ct {
                     key,
                     dir: Some(reply as u8),
