@@ -5,7 +5,7 @@
 //! it does not know. The event loop never waits for it: the pipeline takes what has arrived.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     sync::{
         mpsc::{Receiver, Sender},
         Arc,
@@ -16,6 +16,7 @@ use std::{
 use tracer_common::flow::FlowKey;
 
 use super::traversal::{verdict_name, Assembler, Traversal};
+use super::NetMap;
 use crate::{nftrace::TraceEvent, target::rule_text::RuleTexts};
 
 /// One table's work on one packet at one hook, as nftables traced it.
@@ -116,11 +117,11 @@ pub fn decide(t: &Traversal, texts: &RuleTexts) -> Option<Decision> {
 /// host has thousands waiting, and every netfilter hop of every shown packet looks one up.
 pub struct Decisions {
     rx: Receiver<Decision>,
-    by_key: HashMap<(u8, u64), Vec<(Instant, Decision)>>,
+    by_key: NetMap<(u8, u64), Vec<(Instant, Decision)>>,
     /// Arrival order, to forget what waited too long.
     order: VecDeque<(Instant, (u8, u64))>,
     /// Fingerprints of the drops waiting, with how many.
-    drops: HashMap<u64, u32>,
+    drops: NetMap<u64, u32>,
 }
 
 /// How long a decision waits for its packet (a packet is explained well within this).
@@ -132,9 +133,9 @@ impl Decisions {
     pub fn new(rx: Receiver<Decision>) -> Self {
         Self {
             rx,
-            by_key: HashMap::new(),
+            by_key: NetMap::default(),
             order: VecDeque::new(),
-            drops: HashMap::new(),
+            drops: NetMap::default(),
         }
     }
 

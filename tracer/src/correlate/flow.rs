@@ -3,14 +3,14 @@
 //! and the path. The table is bounded: the least recently seen flows are evicted first.
 
 use std::{
-    collections::{hash_map::DefaultHasher, HashMap, HashSet},
     fmt,
-    hash::{Hash, Hasher},
+    hash::{BuildHasher, Hash, Hasher},
     net::IpAddr,
     sync::Arc,
 };
 
 use super::packet::{Packet, Points, Way};
+use super::{NetMap, NetSet};
 use crate::events::packet::{Endpoint, Headers, Proto, L4};
 
 /// A connection from the container's point of view. For ICMP echo the "port" of the local
@@ -117,9 +117,10 @@ pub type Path = Arc<[Arc<str>]>;
 /// to them, not strings of its own (65,536 flows × 7 strings was most of `--json`'s memory).
 #[derive(Default)]
 struct Names {
-    names: HashSet<Arc<str>>,
+    names: NetSet<Arc<str>>,
     /// By the hash of their names (compared in full on a hit).
-    paths: HashMap<u64, Vec<Path>>,
+    paths: NetMap<u64, Vec<Path>>,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl Names {
@@ -139,7 +140,7 @@ impl Names {
     }
 
     fn path<'a>(&mut self, hops: impl Iterator<Item = &'a str> + Clone) -> Path {
-        let mut h = DefaultHasher::new();
+        let mut h = self.hasher.build_hasher();
         hops.clone().for_each(|s| s.hash(&mut h));
         let hash = h.finish();
         if let Some(p) = self
@@ -162,14 +163,14 @@ impl Names {
 }
 
 pub struct FlowTable {
-    flows: HashMap<FlowKey, FlowStats>,
+    flows: NetMap<FlowKey, FlowStats>,
     max: usize,
     pub evicted: u64,
     /// Distinct flows ever recorded.
     seen: u64,
     /// Flows recorded since the last [`FlowTable::take_changed`], once something takes them
     /// ([`FlowTable::keep_changes`]: the dashboard); only flows still in the table.
-    changed: Option<HashSet<FlowKey>>,
+    changed: Option<NetSet<FlowKey>>,
     names: Names,
 }
 
@@ -193,7 +194,7 @@ pub struct Sample {
 impl FlowTable {
     pub fn new(max: usize) -> Self {
         Self {
-            flows: HashMap::new(),
+            flows: NetMap::default(),
             max: max.max(1),
             evicted: 0,
             seen: 0,
@@ -293,7 +294,7 @@ impl FlowTable {
 
     /// From now on, keep which flows changed, for [`FlowTable::take_changed`].
     pub fn keep_changes(&mut self) {
-        self.changed.get_or_insert_with(HashSet::new);
+        self.changed.get_or_insert_with(NetSet::default);
     }
 
     /// The flows that changed since the last call (for the dashboard), oldest first. None

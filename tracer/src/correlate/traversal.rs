@@ -5,8 +5,6 @@
 //! sk_buff; the first event of each walk carries the packet's headers. Walks of different
 //! packets interleave, so events are grouped by id.
 
-use std::collections::HashMap;
-
 use tracer_common::flow::FlowKey;
 
 use crate::nftrace::{TraceEvent, TraceKind};
@@ -51,7 +49,7 @@ struct Partial {
 /// Groups trace events into traversals.
 #[derive(Default)]
 pub struct Assembler {
-    open: HashMap<u32, Partial>,
+    open: super::NetMap<u32, Partial>,
     /// Walks whose start was never seen (events lost, or begun before flowtrace listened).
     pub orphans: u64,
 }
