@@ -123,7 +123,7 @@ fn flows_share_their_strings_and_keep_no_changes_nobody_takes() {
     );
     let n = t.len();
     assert_eq!(t.take_finished(u64::MAX, 0).len(), n);
-    assert_eq!(t.changed.as_ref().map(HashSet::len), Some(0));
+    assert_eq!(t.changed.as_ref().map(super::super::NetSet::len), Some(0));
 }
 
 #[test]
