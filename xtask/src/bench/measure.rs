@@ -44,51 +44,6 @@ pub(super) fn peak_rss_kib(pid: u32) -> u64 {
     status_kib(pid, "VmHWM")
 }
 
-pub(super) fn prog_group(name: &str) -> Option<&'static str> {
-    match name {
-        "tc_ingress" => Some("tc_ingress"),
-        "tc_egress" => Some("tc_egress"),
-        "kfree_skb_btf" => Some("kfree_skb_btf"),
-        "consume_skb_btf" => Some("consume_skb_btf"),
-        n if n.starts_with("nf_slot") => Some("nf_slot"),
-        _ => None,
-    }
-}
-
-pub(super) fn bpf_progs() -> Result<Vec<Value>> {
-    let out = cmd("bpftool", ["-j", "prog", "show"]).read()?;
-    serde_json::from_str(&out).context("parsing `bpftool -j prog show`")
-}
-
-/// Ids of flowtrace-named programs already loaded (by another tracer), to leave out.
-pub(super) fn existing_prog_ids() -> Result<BTreeSet<u64>> {
-    Ok(bpf_progs()?
-        .iter()
-        .filter(|p| p["name"].as_str().and_then(prog_group).is_some())
-        .filter_map(|p| p["id"].as_u64())
-        .collect())
-}
-
-/// run_time_ns/run_cnt of this run's flowtrace programs, summed per group: programs matched by
-/// name, minus those that were loaded before this flowtrace started (bpftool 7.1 here does not
-/// say which process holds a program).
-pub(super) fn bpf_costs(before: &BTreeSet<u64>) -> Result<BTreeMap<String, ProgCost>> {
-    let mut groups: BTreeMap<String, ProgCost> = BTreeMap::new();
-    for p in &bpf_progs()? {
-        let Some(group) = p["name"].as_str().and_then(prog_group) else {
-            continue;
-        };
-        if p["id"].as_u64().is_some_and(|id| before.contains(&id)) {
-            continue;
-        }
-        let g = groups.entry(group.to_owned()).or_default();
-        g.programs += 1;
-        g.run_time_ns += p["run_time_ns"].as_u64().unwrap_or(0);
-        g.run_cnt += p["run_cnt"].as_u64().unwrap_or(0);
-    }
-    Ok(groups)
-}
-
 /// Other tracers running on this host (not started by the bench): they load the same kernel
 /// and CPUs, so their presence makes the figures unreliable.
 pub(super) fn foreign_tracers(ours: &[u32]) -> Vec<String> {
@@ -292,7 +247,11 @@ pub(super) fn probes_shown(json_lines: &str, port: u16, path: &[(&str, &str)]) -
 
 // ---------------------------------------------------------------------------------------------
 /// Starts the configuration's tracer (none for the baseline), with the file it writes.
-fn spawn_tracer(ctx: &Ctx, config: Config, load: Load) -> Result<(Option<Proc>, Option<TmpFile>)> {
+pub(super) fn spawn_tracer(
+    ctx: &Ctx,
+    config: Config,
+    load: Load,
+) -> Result<(Option<Proc>, Option<TmpFile>)> {
     let mut file: Option<TmpFile> = None;
     let tracer = match config {
         Config::Baseline => None,
@@ -340,7 +299,7 @@ fn spawn_tracer(ctx: &Ctx, config: Config, load: Load) -> Result<(Option<Proc>, 
 
 /// Per packet of the load: at the traced veth, or for a neighbour's load (which never passes
 /// it) at the bridge.
-fn counted_at(ctx: &Ctx, load: Load) -> &str {
+pub(super) fn counted_at(ctx: &Ctx, load: Load) -> &str {
     if load.neighbour() {
         &ctx.bridge
     } else {
@@ -436,34 +395,6 @@ pub(super) fn measure(ctx: &Ctx, config: Config, load: Load, rep: u32) -> Result
         tracer: figures,
         cost,
         foreign,
-    })
-}
-
-/// The kernel cost of the configuration's BPF programs, in a pass of its own: a new flowtrace
-/// under `COST_SECONDS` of the same load with `kernel.bpf_stats_enabled=1`. The measured pass
-/// runs with it off, as users' hosts do: the statistics cost two clock reads a program run
-/// (about 40 ns here, ×10 runs a forwarded packet), which tcpdump and the baseline never pay.
-fn cost_pass(ctx: &Ctx, config: Config, load: Load) -> Result<CostPass> {
-    let before = existing_prog_ids()?;
-    let (tracer, file) = spawn_tracer(ctx, config, load)?;
-    let Some(mut t) = tracer else {
-        bail!("no tracer to measure");
-    };
-    t.wait_ready(Duration::from_secs(60))?;
-    std::thread::sleep(Duration::from_millis(300));
-    let stats = BpfStats::enable()?;
-    run_load(load, COST_SECONDS)?;
-    std::thread::sleep(DRAIN);
-    let bpf = bpf_costs(&before)?;
-    drop(stats);
-    let done = t.finish(Some(libc::SIGINT), Duration::from_secs(20))?;
-    drop(file);
-    let mut f = TracerFigures::default();
-    read_flowtrace_summary(&done, config, counted_at(ctx, load), &mut f)?;
-    Ok(CostPass {
-        seconds: COST_SECONDS,
-        packets: f.veth_packets,
-        bpf,
     })
 }
 

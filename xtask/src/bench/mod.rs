@@ -13,11 +13,13 @@
 //! place) and the bench aborts otherwise. Every sender is bounded in time; every process it
 //! starts is killed by pid, and every file it creates is removed, even on failure.
 
+mod cost;
 mod measure;
 mod report;
 pub mod soak;
 pub mod user;
 
+use cost::*;
 use measure::*;
 pub use report::run;
 pub(crate) use report::workspace_root;
@@ -208,25 +210,6 @@ impl Load {
     }
 }
 
-/// Cumulative kernel cost of one group of BPF programs.
-#[derive(Clone, Debug, Default, Serialize)]
-struct ProgCost {
-    programs: u32,
-    run_time_ns: u64,
-    run_cnt: u64,
-}
-
-impl ProgCost {
-    fn ns_per_run(&self) -> Option<f64> {
-        (self.run_cnt > 0).then(|| self.run_time_ns as f64 / self.run_cnt as f64)
-    }
-    fn add(&mut self, o: &ProgCost) {
-        self.programs += o.programs;
-        self.run_time_ns += o.run_time_ns;
-        self.run_cnt += o.run_cnt;
-    }
-}
-
 /// What a tracer (flowtrace or tcpdump) did during one measurement.
 #[derive(Clone, Debug, Default, Serialize)]
 struct TracerFigures {
@@ -261,21 +244,6 @@ struct TracerFigures {
     /// flowtrace's final summary (JSON object), or tcpdump's statistics lines.
     summary: Value,
 }
-
-/// The BPF statistics of a flowtrace under the same load, with `kernel.bpf_stats_enabled=1`.
-#[derive(Clone, Debug, Default, Serialize)]
-struct CostPass {
-    seconds: u32,
-    /// Packets counted by the kernel where the per-packet figures are taken (see
-    /// `TracerFigures::veth_packets`) during this pass.
-    packets: u64,
-    /// This pass's programs: tc_ingress, tc_egress, nf_slot (0..7 together), kfree_skb_btf,
-    /// consume_skb_btf.
-    bpf: BTreeMap<String, ProgCost>,
-}
-
-/// How long the pass that measures the BPF programs' cost runs its load.
-const COST_SECONDS: u32 = 3;
 
 /// One measurement: one configuration under one load.
 #[derive(Clone, Debug, Serialize)]
@@ -574,35 +542,7 @@ impl Drop for TmpFile {
     }
 }
 
-/// `kernel.bpf_stats_enabled=1` for the run; the old value comes back on drop.
-struct BpfStats {
-    old: String,
-}
-
-const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
-
-impl BpfStats {
-    fn enable() -> Result<Self> {
-        let old = std::fs::read_to_string(BPF_STATS)
-            .with_context(|| format!("reading {BPF_STATS}"))?
-            .trim()
-            .to_owned();
-        std::fs::write(BPF_STATS, "1").with_context(|| format!("writing 1 to {BPF_STATS}"))?;
-        Ok(Self { old })
-    }
-}
-
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::write(BPF_STATS, &self.old) {
-            crate::err!("bench: could not restore {BPF_STATS}={}: {e}", self.old);
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
-// /proc and bpftool.
-
 // One measurement.
 
 struct Ctx {
