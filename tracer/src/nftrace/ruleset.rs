@@ -146,6 +146,16 @@ impl Batch {
 
     /// `meta nfproto ipv6 goto TARGET` appended to `chain`.
     pub fn goto_v6(&mut self, table: &str, chain: &str, target: &str) {
+        self.rule_with(table, chain, super::rules::goto_v6(target));
+    }
+
+    /// A rule of these expressions appended to `chain`.
+    fn rule_with<'e>(
+        &mut self,
+        table: &str,
+        chain: &str,
+        exprs: impl IntoIterator<Item = Expr<'e>>,
+    ) {
         self.begin(
             NFT_MSG_NEWRULE,
             NLM_F_CREATE | NLM_F_APPEND,
@@ -154,7 +164,7 @@ impl Batch {
         self.msg.attr_str(NFTA_RULE_TABLE, table);
         self.msg.attr_str(NFTA_RULE_CHAIN, chain);
         self.msg.nest_start(NFTA_RULE_EXPRESSIONS);
-        for e in super::rules::goto_v6(target) {
+        for e in exprs {
             e.put(&mut self.msg);
         }
         self.msg.nest_end();
@@ -165,39 +175,27 @@ impl Batch {
     /// (A rule cannot skip packets already marked: the kernel does not load `meta nftrace`,
     /// EOPNOTSUPP; so each rule has its own budget.)
     pub fn rule(&mut self, table: &str, chain: &str, m: Match) {
-        self.begin(
-            NFT_MSG_NEWRULE,
-            NLM_F_CREATE | NLM_F_APPEND,
-            format!("adding a rule to chain {chain}"),
-        );
-        self.msg.attr_str(NFTA_RULE_TABLE, table);
-        self.msg.attr_str(NFTA_RULE_CHAIN, chain);
-        self.msg.nest_start(NFTA_RULE_EXPRESSIONS);
-        for e in m.exprs() {
-            e.put(&mut self.msg);
-        }
+        let mut exprs = m.exprs();
         if self.limit > 0 {
-            Expr::Limit {
+            exprs.push(Expr::Limit {
                 rate: u64::from(self.limit),
                 burst: self.limit,
-            }
-            .put(&mut self.msg);
+            });
         }
-        Expr::Immediate {
-            dreg: NFT_REG_1,
-            data: &[1],
-        }
-        .put(&mut self.msg);
-        Expr::MetaSet {
-            key: NFT_META_NFTRACE,
-            sreg: NFT_REG_1,
-        }
-        .put(&mut self.msg);
-        // Marked: the chain's other rules have nothing left to do for this packet (an accept
-        // ends only this chain; every other table's chains still run).
-        Expr::Accept.put(&mut self.msg);
-        self.msg.nest_end();
-        self.msg.end_msg();
+        exprs.extend([
+            Expr::Immediate {
+                dreg: NFT_REG_1,
+                data: &[1],
+            },
+            Expr::MetaSet {
+                key: NFT_META_NFTRACE,
+                sreg: NFT_REG_1,
+            },
+            // Marked: the chain's other rules have nothing left to do for this packet (an
+            // accept ends only this chain; every other table's chains still run).
+            Expr::Accept,
+        ]);
+        self.rule_with(table, chain, exprs);
     }
 
     /// Removes every element of a set (DELSETELEM without an element list).
