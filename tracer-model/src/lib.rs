@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 mod head;
+mod json;
 
 /// The contract's version, in every line's `v`.
 pub const VERSION: u32 = 1;
@@ -413,12 +414,15 @@ fn json(line: LineRef<'_>) -> String {
 impl Packet {
     /// The packet's JSON line.
     pub fn to_json(&self) -> String {
-        json(LineRef::Packet(self))
+        let mut v = Vec::with_capacity(2048);
+        // Writing to a Vec cannot fail, and what is written is UTF-8.
+        let _ = self.write_json(&mut v);
+        String::from_utf8(v).unwrap_or_default()
     }
 
     /// Writes the packet's JSON line (without its newline) straight to `w`.
-    pub fn write_json(&self, w: impl std::io::Write) -> std::io::Result<()> {
-        serde_json::to_writer(w, &LineRef::Packet(self)).map_err(std::io::Error::from)
+    pub fn write_json(&self, mut w: impl std::io::Write) -> std::io::Result<()> {
+        json::packet(&mut w, self)
     }
 }
 
