@@ -6,7 +6,7 @@
 
 use std::io::{self, Write};
 
-use crate::{Hop, NfHop, Packet, TcHop};
+use crate::{Hop, Nat, NfHop, Packet, TcHop};
 
 /// `"s"`, escaped as serde_json escapes (only `"`, `\` and C0 controls need it).
 fn string<W: Write>(w: &mut W, s: &str) -> io::Result<()> {
@@ -23,6 +23,25 @@ fn opt<W: Write>(w: &mut W, s: &Option<String>) -> io::Result<()> {
     match s {
         Some(s) => string(w, s),
         None => w.write_all(b"null"),
+    }
+}
+
+/// `,"src":…,"dst":…`, as both kinds of hop have them.
+fn src_dst<W: Write>(w: &mut W, src: &Option<String>, dst: &Option<String>) -> io::Result<()> {
+    w.write_all(b",\"src\":")?;
+    opt(w, src)?;
+    w.write_all(b",\"dst\":")?;
+    opt(w, dst)
+}
+
+/// `,"nat":{…}` where a rewrite showed, nothing otherwise.
+fn nat<W: Write>(w: &mut W, nat: &Option<Nat>) -> io::Result<()> {
+    match nat {
+        Some(nat) => {
+            w.write_all(b",\"nat\":")?;
+            serde(w, nat)
+        }
+        None => Ok(()),
     }
 }
 
@@ -82,16 +101,10 @@ fn tc<W: Write>(w: &mut W, t: &TcHop) -> io::Result<()> {
     opt(w, &t.role)?;
     w.write_all(b",\"dir\":")?;
     string(w, &t.dir)?;
-    w.write_all(b",\"src\":")?;
-    opt(w, &t.src)?;
-    w.write_all(b",\"dst\":")?;
-    opt(w, &t.dst)?;
+    src_dst(w, &t.src, &t.dst)?;
     w.write_all(b",\"len\":")?;
     num(w, t.len)?;
-    if let Some(nat) = &t.nat {
-        w.write_all(b",\"nat\":")?;
-        serde(w, nat)?;
-    }
+    nat(w, &t.nat)?;
     w.write_all(b"}")
 }
 
@@ -104,14 +117,8 @@ fn nf<W: Write>(w: &mut W, n: &NfHop) -> io::Result<()> {
     string(w, &n.table)?;
     w.write_all(b",\"verdict\":")?;
     string(w, &n.verdict)?;
-    w.write_all(b",\"src\":")?;
-    opt(w, &n.src)?;
-    w.write_all(b",\"dst\":")?;
-    opt(w, &n.dst)?;
-    if let Some(nat) = &n.nat {
-        w.write_all(b",\"nat\":")?;
-        serde(w, nat)?;
-    }
+    src_dst(w, &n.src, &n.dst)?;
+    nat(w, &n.nat)?;
     w.write_all(b",\"rule\":")?;
     opt(w, &n.rule)?;
     if let Some(policy) = &n.policy {
@@ -138,7 +145,7 @@ fn nf<W: Write>(w: &mut W, n: &NfHop) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Drop, LineRef, Nat};
+    use crate::{Drop, LineRef};
 
     fn serde_line(p: &Packet) -> String {
         serde_json::to_string(&LineRef::Packet(p)).unwrap()

@@ -8,7 +8,8 @@ const NFTA_EXPR_NAME: u16 = 1;
 const NFTA_EXPR_DATA: u16 = 2;
 const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_DATA_VERDICT: u16 = 2;
-/// `enum nft_verdicts`' NFT_GOTO.
+/// Verdict codes: netfilter's NF_ACCEPT, and `enum nft_verdicts`' NFT_GOTO.
+const NF_ACCEPT: i32 = 1;
 const NFT_GOTO: i32 = -4;
 
 /// One nf_tables expression, as the kernel takes it.
@@ -74,8 +75,19 @@ pub enum Expr<'a> {
 }
 
 impl Expr<'_> {
+    /// Appends the expression as one element of a rule's expression list.
     pub fn put(&self, m: &mut MsgBuf) {
-        let name = match self {
+        m.nest_start(NFTA_LIST_ELEM);
+        m.attr_str(NFTA_EXPR_NAME, self.name());
+        m.nest_start(NFTA_EXPR_DATA);
+        self.data(m);
+        m.nest_end();
+        m.nest_end();
+    }
+
+    /// The expression's kernel name.
+    fn name(&self) -> &'static str {
+        match self {
             Expr::MetaLoad { .. } | Expr::MetaSet { .. } => "meta",
             Expr::Cmp { .. } | Expr::CmpNe { .. } => "cmp",
             Expr::Bitwise { .. } => "bitwise",
@@ -84,11 +96,11 @@ impl Expr<'_> {
             Expr::Lookup { .. } => "lookup",
             Expr::Immediate { .. } | Expr::Accept | Expr::Goto { .. } => "immediate",
             Expr::Limit { .. } => "limit",
-        };
-        m.nest_start(NFTA_LIST_ELEM);
-        m.attr_str(NFTA_EXPR_NAME, name);
-        m.nest_start(NFTA_EXPR_DATA);
-        // The attribute numbers are those of enum nft_{meta,cmp,payload,ct,lookup,immediate}_attributes.
+        }
+    }
+
+    /// The expression's attributes (NFTA_EXPR_DATA's contents).
+    fn data(&self, m: &mut MsgBuf) {
         match *self {
             Expr::MetaLoad { key, dreg } => {
                 m.attr_be32(1, dreg); // NFTA_META_DREG
@@ -151,23 +163,8 @@ impl Expr<'_> {
                 m.attr(NFTA_DATA_VALUE, data);
                 m.nest_end();
             }
-            Expr::Accept => {
-                m.attr_be32(1, 0); // NFTA_IMMEDIATE_DREG: NFT_REG_VERDICT
-                m.nest_start(2); // NFTA_IMMEDIATE_DATA
-                m.nest_start(NFTA_DATA_VERDICT);
-                m.attr_be32(1, 1); // NFTA_VERDICT_CODE: NF_ACCEPT
-                m.nest_end();
-                m.nest_end();
-            }
-            Expr::Goto { chain } => {
-                m.attr_be32(1, 0); // NFTA_IMMEDIATE_DREG: NFT_REG_VERDICT
-                m.nest_start(2); // NFTA_IMMEDIATE_DATA
-                m.nest_start(NFTA_DATA_VERDICT);
-                m.attr_be32(1, NFT_GOTO as u32); // NFTA_VERDICT_CODE
-                m.attr_str(2, chain); // NFTA_VERDICT_CHAIN
-                m.nest_end();
-                m.nest_end();
-            }
+            Expr::Accept => verdict(m, NF_ACCEPT, None),
+            Expr::Goto { chain } => verdict(m, NFT_GOTO, Some(chain)),
             Expr::Limit { rate, burst } => {
                 m.attr(1, &rate.to_be_bytes()); // NFTA_LIMIT_RATE (be64)
                 m.attr(2, &1u64.to_be_bytes()); // NFTA_LIMIT_UNIT: per second
@@ -176,7 +173,19 @@ impl Expr<'_> {
                 m.attr_be32(5, 0); // NFTA_LIMIT_FLAGS
             }
         }
-        m.nest_end();
-        m.nest_end();
     }
+}
+
+/// An immediate into the verdict register: `code` (enum nft_verdicts), and the chain a jump
+/// or goto names.
+fn verdict(m: &mut MsgBuf, code: i32, chain: Option<&str>) {
+    m.attr_be32(1, 0); // NFTA_IMMEDIATE_DREG: NFT_REG_VERDICT
+    m.nest_start(2); // NFTA_IMMEDIATE_DATA
+    m.nest_start(NFTA_DATA_VERDICT);
+    m.attr_be32(1, code as u32); // NFTA_VERDICT_CODE
+    if let Some(chain) = chain {
+        m.attr_str(2, chain); // NFTA_VERDICT_CHAIN
+    }
+    m.nest_end();
+    m.nest_end();
 }

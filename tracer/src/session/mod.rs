@@ -39,7 +39,9 @@ use crate::{
 
 /// How often pending packets are completed and loss counters read.
 const TICK: Duration = Duration::from_millis(50);
-/// Bytes of stdout written at once at most (see `Live::out`).
+/// Bytes of stdout written at once at most. `Live::out` is flushed after every batch read
+/// from the ring (so a reader of the pipe waits no longer than that); within a batch, this
+/// makes one write(2) per 64 KiB rather than per 8 KiB (three or so JSON packets).
 const STDOUT_BUFFER: usize = 64 * 1024;
 
 pub async fn trace(args: TraceArgs) -> Result<()> {
@@ -248,9 +250,6 @@ async fn start(args: TraceArgs) -> Result<(Live, Topology, Option<Docker>)> {
         pipeline,
         clock,
         dashboard,
-        // Flushed after every batch read from the ring (so a reader of the pipe waits no
-        // longer than that); within a batch, one write(2) per 64 KiB rather than per 8 KiB
-        // (three or so JSON packets).
         out: BufWriter::with_capacity(STDOUT_BUFFER, std::io::stdout()),
         roles: role_names(&attach_points),
         raw_names: names.iter().cloned().collect(),
