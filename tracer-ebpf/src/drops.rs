@@ -20,6 +20,7 @@ pub fn end(skb: u64, location: u64, reason: u32, kind: EventKind) -> i32 {
     if crate::maps::tracked_entry(skb).is_none() || !crate::maps::untrack_skb(skb) {
         return 0;
     }
+    crate::maps::forget_devices(skb);
     let off = offsets();
     let Some(mut entry) = EVENTS.reserve::<SkbEndEvent>(0) else {
         crate::maps::count_lost(tracer_common::LostKind::Drop);

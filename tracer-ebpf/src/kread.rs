@@ -1,6 +1,7 @@
 //! Reading kernel memory at offsets that come from BTF (never compiled in).
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
+use tracer_common::offsets::{in_window, Offsets, NO_WINDOW, SKB_WINDOW, STATE_WINDOW};
 
 /// Reads a `T` at `base + off`; zero when it cannot be read.
 #[inline(always)]
@@ -16,4 +17,90 @@ pub fn field<T: Copy + Default>(base: u64, off: u32) -> T {
 #[inline(always)]
 pub fn ifindex(dev: u64, off_ifindex: u32) -> u32 {
     field::<i32>(dev, off_ifindex) as u32
+}
+
+/// What the netfilter observers read of a packet's `sk_buff`.
+pub struct SkbFields {
+    pub len: u32,
+    pub data_len: u32,
+    pub mark: u32,
+    pub data: u64,
+}
+
+/// What they read of the hook's `nf_hook_state`: the devices as pointers.
+pub struct StateFields {
+    pub hook: u8,
+    pub pf: u8,
+    pub in_dev: u64,
+    pub out_dev: u64,
+}
+
+/// A `T` at byte `at` of `buf` (`at + size_of::<T>()` within it: see `in_window`).
+///
+/// # Safety
+/// `buf` must be valid for `at + size_of::<T>()` bytes.
+#[inline(always)]
+unsafe fn at<T: Copy>(buf: *const u8, at: usize) -> T {
+    core::ptr::read_unaligned(buf.add(at) as *const T)
+}
+
+/// The `sk_buff` fields, in one read of the window user space worked out (`Offsets`), into
+/// `buf` (scratch: the caller overwrites it next), else one read a field.
+///
+/// # Safety
+/// `buf` must be valid for `SKB_WINDOW` bytes.
+#[inline(always)]
+pub unsafe fn skb_fields(
+    skb: u64,
+    off: &Offsets,
+    buf: *mut [u8; SKB_WINDOW as usize],
+) -> SkbFields {
+    let w = off.skb_window;
+    if w != NO_WINDOW
+        && bpf_probe_read_kernel_buf((skb + u64::from(w)) as *const u8, &mut *buf).is_ok()
+    {
+        let b = buf as *const u8;
+        return SkbFields {
+            len: at(b, in_window(off.skb_len, w, SKB_WINDOW, 4)),
+            data_len: at(b, in_window(off.skb_data_len, w, SKB_WINDOW, 4)),
+            mark: at(b, in_window(off.skb_mark, w, SKB_WINDOW, 4)),
+            data: at(b, in_window(off.skb_data, w, SKB_WINDOW, 8)),
+        };
+    }
+    SkbFields {
+        len: field(skb, off.skb_len),
+        data_len: field(skb, off.skb_data_len),
+        mark: field(skb, off.skb_mark),
+        data: field(skb, off.skb_data),
+    }
+}
+
+/// The same for `nf_hook_state`.
+///
+/// # Safety
+/// `buf` must be valid for `STATE_WINDOW` bytes.
+#[inline(always)]
+pub unsafe fn state_fields(
+    state: u64,
+    off: &Offsets,
+    buf: *mut [u8; STATE_WINDOW as usize],
+) -> StateFields {
+    let w = off.state_window;
+    if w != NO_WINDOW
+        && bpf_probe_read_kernel_buf((state + u64::from(w)) as *const u8, &mut *buf).is_ok()
+    {
+        let b = buf as *const u8;
+        return StateFields {
+            hook: at(b, in_window(off.state_hook, w, STATE_WINDOW, 1)),
+            pf: at(b, in_window(off.state_pf, w, STATE_WINDOW, 1)),
+            in_dev: at(b, in_window(off.state_in, w, STATE_WINDOW, 8)),
+            out_dev: at(b, in_window(off.state_out, w, STATE_WINDOW, 8)),
+        };
+    }
+    StateFields {
+        hook: field(state, off.state_hook),
+        pf: field(state, off.state_pf),
+        in_dev: field(state, off.state_in),
+        out_dev: field(state, off.state_out),
+    }
 }

@@ -171,6 +171,32 @@ pub fn hook_stack_pop() -> Option<(u64, u64)> {
 #[map(name = "TC_SCRATCH")]
 pub static TC_SCRATCH: PerCpuArray<TcEvent> = PerCpuArray::with_max_entries(1, 0);
 
+/// The ifindex of the devices of the hook a packet is at (`netfilter::devices`), per CPU.
+#[map(name = "DEV_CACHE")]
+pub static DEV_CACHE: PerCpuArray<DevCache> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+pub struct DevCache {
+    pub skb: u64,
+    pub in_dev: u64,
+    pub out_dev: u64,
+    pub in_ifindex: u32,
+    pub out_ifindex: u32,
+}
+
+/// A freed packet's devices are no longer cached.
+#[inline(always)]
+pub fn forget_devices(skb: u64) {
+    if let Some(c) = DEV_CACHE.get_ptr_mut(0) {
+        // SAFETY: this CPU's entry.
+        unsafe {
+            if (*c).skb == skb {
+                (*c).skb = 0;
+            }
+        }
+    }
+}
+
 /// Bytes waiting in `EVENTS` when this CPU last wrote to it (for the dashboard's fill gauge).
 #[map(name = "RING_FILL")]
 pub static RING_FILL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

@@ -7,8 +7,8 @@ use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_re
 use tracer_common::{netfilter::LAST_SLOT, EventKind, NfEvent, SNAP_LEN};
 
 use crate::{
-    kread::{field, ifindex},
-    maps::{offsets, tracked, EVENTS, UNFILTERED},
+    kread::{field, ifindex, skb_fields, state_fields, StateFields},
+    maps::{offsets, tracked, DevCache, DEV_CACHE, EVENTS, UNFILTERED},
     scope,
 };
 
@@ -74,33 +74,62 @@ fn observe_at(state: u64, skb: u64, slot: u8) {
         return;
     };
     let ev = entry.as_mut_ptr();
-    let len: u32 = field(skb, off.skb_len);
-    let data_len: u32 = field(skb, off.skb_data_len);
-    let linear = len.saturating_sub(data_len);
-    let cap = if linear < SNAP_LEN as u32 {
-        linear
-    } else {
-        SNAP_LEN as u32
-    };
-    // SAFETY: `ev` points at a reserved, exclusively owned ring-buffer record.
+    // SAFETY: `ev` points at a reserved, exclusively owned ring-buffer record; its `data` is
+    // the scratch the struct windows are read into before the packet's bytes overwrite it.
     unsafe {
+        let scratch = (*ev).data.as_mut_ptr();
+        let st = state_fields(state, &off, scratch as *mut _);
+        let sk = skb_fields(skb, &off, scratch as *mut _);
+        let (in_ifindex, out_ifindex) = devices(skb, &st, off.dev_ifindex);
+        let linear = sk.len.saturating_sub(sk.data_len);
+        let cap = if linear < SNAP_LEN as u32 {
+            linear
+        } else {
+            SNAP_LEN as u32
+        };
         (*ev).header.kind = EventKind::Nf as u8;
         (*ev).header._pad = [0; 3];
         (*ev).header.cpu = bpf_get_smp_processor_id();
         (*ev).header.ts_ns = bpf_ktime_get_ns();
         (*ev).header.skb = skb;
-        (*ev).hook = field(state, off.state_hook);
-        (*ev).pf = field(state, off.state_pf);
+        (*ev).hook = st.hook;
+        (*ev).pf = st.pf;
         (*ev).slot = slot;
         (*ev)._pad = 0;
-        (*ev).in_ifindex = ifindex(field(state, off.state_in), off.dev_ifindex);
-        (*ev).out_ifindex = ifindex(field(state, off.state_out), off.dev_ifindex);
-        (*ev).len = len;
-        (*ev).mark = field(skb, off.skb_mark);
-        let data: u64 = field(skb, off.skb_data);
-        let copied =
-            data != 0 && bpf_probe_read_kernel_buf(data as *const u8, &mut (*ev).data).is_ok();
+        (*ev).in_ifindex = in_ifindex;
+        (*ev).out_ifindex = out_ifindex;
+        (*ev).len = sk.len;
+        (*ev).mark = sk.mark;
+        let copied = sk.data != 0
+            && bpf_probe_read_kernel_buf(sk.data as *const u8, &mut (*ev).data).is_ok();
         (*ev).cap_len = if copied { cap } else { 0 };
     }
     entry.submit(0);
+}
+
+/// The ifindex of the hook's devices. A packet meets several slots at one hook, all with the
+/// same devices: they are read once for it (`DEV_CACHE`, this CPU's last), not at every slot.
+/// The cache is the packet's own (its address, and `drops.rs` clears it when it is freed), so
+/// a device's address reused by another device later is never taken for the old one.
+#[inline(always)]
+fn devices(skb: u64, st: &StateFields, off_ifindex: u32) -> (u32, u32) {
+    let Some(c) = DEV_CACHE.get_ptr_mut(0) else {
+        return (
+            ifindex(st.in_dev, off_ifindex),
+            ifindex(st.out_dev, off_ifindex),
+        );
+    };
+    // SAFETY: this CPU's entry; nothing else runs on this CPU meanwhile.
+    unsafe {
+        if (*c).skb != skb || (*c).in_dev != st.in_dev || (*c).out_dev != st.out_dev {
+            *c = DevCache {
+                skb,
+                in_dev: st.in_dev,
+                out_dev: st.out_dev,
+                in_ifindex: ifindex(st.in_dev, off_ifindex),
+                out_ifindex: ifindex(st.out_dev, off_ifindex),
+            };
+        }
+        ((*c).in_ifindex, (*c).out_ifindex)
+    }
 }

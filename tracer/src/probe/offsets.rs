@@ -21,7 +21,9 @@ pub fn from_btf(btf: &Btf) -> Result<Offsets, BtfError> {
         state_out: off("nf_hook_state", &["out"])?,
         dev_net: off("net_device", &["nd_net", "net"])?,
         net_inum: off("net", &["ns", "inum"])?,
-    })
+        ..Offsets::zeroed()
+    }
+    .windowed())
 }
 
 #[cfg(test)]
