@@ -341,6 +341,7 @@ pub(super) fn measure(ctx: &Ctx, config: Config, load: Load, rep: u32) -> Result
             let pid = t.pid();
             let cpu1 = cpu_seconds(pid)?;
             let rss = peak_rss_kib(pid);
+            let rss_now = status_kib(pid, "VmRSS");
             let done = t.finish(Some(libc::SIGINT), Duration::from_secs(20))?;
             let mut f = TracerFigures {
                 pid,
@@ -348,6 +349,7 @@ pub(super) fn measure(ctx: &Ctx, config: Config, load: Load, rep: u32) -> Result
                 cpu_s_load: cpu1 - cpu0,
                 cpu_s_total: cpu1,
                 peak_rss_kib: rss,
+                rss_kib: rss_now,
                 stdout_bytes: done.out.bytes,
                 stdout_lines: done.out.lines,
                 file_bytes: file

@@ -235,6 +235,8 @@ struct TracerFigures {
     cpu_s_total: f64,
     /// VmHWM, sampled just before SIGINT.
     peak_rss_kib: u64,
+    /// VmRSS, sampled just before SIGINT: what it holds once started (the peak is start-up's).
+    rss_kib: u64,
     /// Bytes and lines the tracer wrote to stdout (drained by the bench and discarded).
     stdout_bytes: u64,
     stdout_lines: u64,
@@ -297,7 +299,8 @@ impl Run {
             events_per_s: t.map(|t| t.events_per_s),
             lost: t.map(|t| t.lost as f64),
             cpu_s: t.map(|t| t.cpu_s_load),
-            rss_mib: t.map(|t| t.peak_rss_kib as f64 / 1024.0),
+            rss_mib: t.map(|t| t.rss_kib as f64 / 1024.0),
+            peak_rss_mib: t.map(|t| t.peak_rss_kib as f64 / 1024.0),
             tc_ns_per_run: self.tc().ns_per_run(),
             nf_ns_per_run: self.bpf().get("nf_slot").and_then(ProgCost::ns_per_run),
             tc_runs_per_pkt: (veth > 0).then(|| self.tc().run_cnt as f64 / veth as f64),
@@ -319,7 +322,9 @@ struct Row {
     events_per_s: Option<f64>,
     lost: Option<f64>,
     cpu_s: Option<f64>,
+    /// VmRSS at the end of the load.
     rss_mib: Option<f64>,
+    peak_rss_mib: Option<f64>,
     tc_ns_per_run: Option<f64>,
     nf_ns_per_run: Option<f64>,
     /// tc program runs per packet at the container's veth.
@@ -353,6 +358,7 @@ fn median_row(rows: &[Row]) -> Row {
         lost: m(|r| r.lost),
         cpu_s: m(|r| r.cpu_s),
         rss_mib: m(|r| r.rss_mib),
+        peak_rss_mib: m(|r| r.peak_rss_mib),
         tc_ns_per_run: m(|r| r.tc_ns_per_run),
         nf_ns_per_run: m(|r| r.nf_ns_per_run),
         tc_runs_per_pkt: m(|r| r.tc_runs_per_pkt),

@@ -20,7 +20,7 @@ pub(super) fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
 
 pub(super) fn table(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| config | load | throughput | × baseline | events/s | lost | CPU s | peak RSS MiB | tc ns/run | nf ns/run | BPF runs/pkt (tc+nf) | BPF ns/pkt |\n\
+        "| config | load | throughput | × baseline | events/s | lost | CPU s | RSS MiB (peak) | tc ns/run | nf ns/run | BPF runs/pkt (tc+nf) | BPF ns/pkt |\n\
          | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for r in rows {
@@ -38,7 +38,10 @@ pub(super) fn table(rows: &[Row]) -> String {
             opt(r.events_per_s, |v| format!("{v:.0}")),
             opt(r.lost, |v| format!("{v:.0}")),
             opt(r.cpu_s, |v| format!("{v:.2}")),
-            opt(r.rss_mib, |v| format!("{v:.1}")),
+            match (r.rss_mib, r.peak_rss_mib) {
+                (Some(now), Some(peak)) => format!("{now:.1} ({peak:.1})"),
+                _ => "–".into(),
+            },
             opt(r.tc_ns_per_run, |v| format!("{v:.0}")),
             opt(r.nf_ns_per_run, |v| format!("{v:.0}")),
             runs,
