@@ -41,5 +41,8 @@ mod tests {
         assert_eq!(o.state_hook, 0, "nf_hook_state starts with `hook`");
         assert!(o.state_in > o.state_pf);
         assert!(o.dev_ifindex > 0 && o.net_inum > 0);
+        // This kernel's fields fit their windows: the observers read each struct once.
+        assert_ne!(o.skb_window, tracer_common::offsets::NO_WINDOW, "{o:?}");
+        assert_eq!(o.state_window, 0, "{o:?}");
     }
 }
