@@ -36,6 +36,22 @@ pub const PORT_BITMAP_WORDS: u32 = 4096;
 pub const FLOW_MARK_WORDS: u32 = 16_384;
 /// Interfaces in `SCOPE_POINTS` at most.
 pub const MAX_SCOPE_POINTS: u32 = 1024;
+/// `SCOPE_POINT_BITS`: one bit per ifindex below 65,536, set for the points in `SCOPE_POINTS`
+/// (every flag there puts all of a point's packets in scope). A busy neighbour's packet is
+/// asked "is this a traced point?" at each tc hop; the bit answers with an array lookup the
+/// verifier inlines, where the hash lookup cost a helper call and a hash. An ifindex beyond
+/// the bitmap is looked up in `SCOPE_POINTS` as before.
+pub const POINT_BITMAP_WORDS: u32 = 1024;
+
+/// An ifindex's bit in `SCOPE_POINT_BITS`, if the bitmap covers it.
+#[inline(always)]
+pub const fn point_bit(ifindex: u32) -> Option<u32> {
+    if ifindex < POINT_BITMAP_WORDS * 64 {
+        Some(ifindex)
+    } else {
+        None
+    }
+}
 
 /// Address families as in the kernel.
 pub const AF_INET: u8 = 2;
@@ -296,6 +312,14 @@ mod tests {
         assert_eq!(port_bit(1, 0), None);
         let (word, mask) = word_and_mask(port_bit(136, 65535).expect("udplite"));
         assert_eq!((word, mask), (PORT_BITMAP_WORDS - 1, 1 << 63));
+    }
+
+    #[test]
+    fn the_points_bitmap_covers_ifindex_below_65536() {
+        assert_eq!(point_bit(0), Some(0));
+        let last = point_bit(65_535).expect("covered");
+        assert_eq!(word_and_mask(last), (POINT_BITMAP_WORDS - 1, 1 << 63));
+        assert_eq!(point_bit(65_536), None);
     }
 
     #[test]

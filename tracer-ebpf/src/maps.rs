@@ -9,7 +9,7 @@ use tracer_common::{
     flow::{FlowKey, Tracked, View, FILTER_SLOTS, MAX_NAT_FLOWS, MAX_TRACKED},
     scope::{
         Judged, ScopeAddr, ScopeScratch, ADDR_BITMAP_WORDS, FLOW_MARK_WORDS, MAX_SCOPE_ADDRS,
-        MAX_SCOPE_POINTS, PORT_BITMAP_WORDS,
+        MAX_SCOPE_POINTS, POINT_BITMAP_WORDS, PORT_BITMAP_WORDS,
     },
     HopCounter, LostKind, Offsets, PointKey, TableOp, TcEvent, DEFAULT_SNAP, LOST_KINDS,
     MAX_HOP_COUNTERS, TABLE_OPS,
@@ -92,6 +92,10 @@ pub static SCOPE_ADDR_BITS: Array<u64> = Array::with_max_entries(ADDR_BITMAP_WOR
 
 #[map(name = "SCOPE_PORT_BITS")]
 pub static SCOPE_PORT_BITS: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS, 0);
+
+/// The points' bitmap (`tracer_common::scope::point_bit`), exact, written by user space.
+#[map(name = "SCOPE_POINT_BITS")]
+pub static SCOPE_POINT_BITS: Array<u64> = Array::with_max_entries(POINT_BITMAP_WORDS, 0);
 
 /// Words set to 1 by the kernel for the flows it puts in `FLOWS` (`scope::flow_mark`), never
 /// cleared: a packet whose word is 0 is in no NAT'd flow, and `FLOWS` is not looked up.

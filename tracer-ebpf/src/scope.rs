@@ -5,8 +5,8 @@ use aya_ebpf::helpers::bpf_probe_read_kernel_buf;
 use tracer_common::{
     headers::{ipv4_transport, ipv6_transport, network, Frame, ETH_P_IP, ETH_P_IPV6},
     scope::{
-        addr_bit, dport, flow_mark, has_ports, judged_at_hook, port_bit, word_and_mask, ScopeAddr,
-        POINT_ALL, POINT_TRACED,
+        addr_bit, dport, flow_mark, has_ports, judged_at_hook, point_bit, port_bit, word_and_mask,
+        ScopeAddr, POINT_ALL, POINT_TRACED,
     },
     Direction, Offsets,
 };
@@ -14,8 +14,8 @@ use tracer_common::{
 use crate::{
     kread::field,
     maps::{
-        FLOWS, FLOW_MARKS, JUDGED_OUT, SCOPE_ADDRS, SCOPE_ADDR_BITS, SCOPE_POINTS, SCOPE_PORT_BITS,
-        SCOPE_SCRATCH,
+        FLOWS, FLOW_MARKS, JUDGED_OUT, SCOPE_ADDRS, SCOPE_ADDR_BITS, SCOPE_POINTS,
+        SCOPE_POINT_BITS, SCOPE_PORT_BITS, SCOPE_SCRATCH,
     },
 };
 
@@ -36,6 +36,20 @@ fn traced_addr(a: &ScopeAddr) -> bool {
 #[inline(always)]
 fn published(proto: u8, dport: u16) -> bool {
     port_bit(proto, dport).is_some_and(|b| bit_set(&SCOPE_PORT_BITS, b))
+}
+
+/// A point where everything is in scope (a traced veth, an `--iface` alone): its bit, or for
+/// an ifindex beyond the bitmap its `SCOPE_POINTS` entry.
+#[inline(always)]
+fn traced_point(ifindex: u32) -> bool {
+    match point_bit(ifindex) {
+        Some(b) => bit_set(&SCOPE_POINT_BITS, b),
+        None => {
+            // SAFETY: a lookup with a stack key; the value is not kept.
+            let flags = unsafe { SCOPE_POINTS.get(ifindex) }.copied().unwrap_or(0);
+            flags & (POINT_TRACED | POINT_ALL) != 0
+        }
+    }
 }
 
 /// In a NAT'd flow the kernel learnt: its mark first, then the flow itself.
@@ -60,9 +74,7 @@ pub fn mark_flow(key: &tracer_common::flow::FlowKey) {
 /// tc programs, whose frames together must stay within 512 bytes on every kernel.
 #[inline(always)]
 pub fn at_tc<F: Frame>(frame: &F, ifindex: u32, direction: u8) -> bool {
-    // SAFETY: as above.
-    let flags = unsafe { SCOPE_POINTS.get(ifindex) }.copied().unwrap_or(0);
-    if flags & (POINT_TRACED | POINT_ALL) != 0 {
+    if traced_point(ifindex) {
         return true;
     }
     let Some(s) = SCOPE_SCRATCH.get_ptr_mut(0) else {
@@ -137,9 +149,7 @@ pub fn judged_out_at(skb: u64, len: u32, ifindex: u32) -> bool {
     {
         return false;
     }
-    // SAFETY: a lookup with a stack key; the value is not kept.
-    let flags = unsafe { SCOPE_POINTS.get(ifindex) }.copied().unwrap_or(0);
-    flags & (POINT_TRACED | POINT_ALL) == 0
+    !traced_point(ifindex)
 }
 
 /// Judged out with the full rules: remembered for the next observers on this CPU.

@@ -1,6 +1,6 @@
 //! The kernel's scope maps (`SCOPE_POINTS`, `SCOPE_ADDRS` and the bitmaps in front of them,
-//! `SCOPE_ADDR_BITS` and `SCOPE_PORT_BITS`): written from a [`Scope`] at start-up, then
-//! changed entry by entry (word by word) as the targets change.
+//! `SCOPE_POINT_BITS`, `SCOPE_ADDR_BITS` and `SCOPE_PORT_BITS`): written from a [`Scope`] at
+//! start-up, then changed entry by entry (word by word) as the targets change.
 
 use aya::{
     maps::{Array, HashMap, MapData},
@@ -18,6 +18,7 @@ pub struct ScopeMaps {
     addrs: HashMap<MapData, ScopeAddr, u32>,
     addr_bits: Array<MapData, u64>,
     port_bits: Array<MapData, u64>,
+    point_bits: Array<MapData, u64>,
     /// What the maps hold now.
     current: Scope,
 }
@@ -43,6 +44,7 @@ impl ScopeMaps {
             addrs: super::take_map(ebpf, "SCOPE_ADDRS")?,
             addr_bits: super::take_map(ebpf, "SCOPE_ADDR_BITS")?,
             port_bits: super::take_map(ebpf, "SCOPE_PORT_BITS")?,
+            point_bits: super::take_map(ebpf, "SCOPE_POINT_BITS")?,
             current: Scope::default(),
         })
     }
@@ -71,6 +73,14 @@ impl ScopeMaps {
         let cur = &self.current;
         write_bits(&mut self.addr_bits, &cur.addr_bitmap(), &new.addr_bitmap()).map_err(full)?;
         write_bits(&mut self.port_bits, &cur.port_bitmap(), &new.port_bitmap()).map_err(full)?;
+        // A point's bit is set after its entry and cleared before its removal (`write_bits`
+        // writes whole words: a removed point's word is rewritten with its neighbours' bits).
+        write_bits(
+            &mut self.point_bits,
+            &cur.point_bitmap(),
+            &new.point_bitmap(),
+        )
+        .map_err(full)?;
         // A removal of an entry that is already gone (an interface deleted) is not an error.
         for ifindex in &ch.del_points {
             let _ = self.points.remove(ifindex);

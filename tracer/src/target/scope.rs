@@ -10,8 +10,8 @@ use std::{
 };
 
 use tracer_common::scope::{
-    addr_bit, port_bit, word_and_mask, ScopeAddr, ADDR_BITMAP_WORDS, POINT_ALL, POINT_TRACED,
-    PORT_BITMAP_WORDS,
+    addr_bit, point_bit, port_bit, word_and_mask, ScopeAddr, ADDR_BITMAP_WORDS, POINT_ALL,
+    POINT_BITMAP_WORDS, POINT_TRACED, PORT_BITMAP_WORDS,
 };
 
 use super::topology::{AttachPoint, ContainerPath, Role};
@@ -210,6 +210,17 @@ impl Scope {
         words
     }
 
+    /// `SCOPE_POINT_BITS`: the bits of the points (those the bitmap covers).
+    pub fn point_bitmap(&self) -> Vec<u64> {
+        let mut words = vec![0u64; POINT_BITMAP_WORDS as usize];
+        for ifindex in self.points.keys() {
+            if let Some(b) = point_bit(*ifindex) {
+                set_bit(&mut words, b);
+            }
+        }
+        words
+    }
+
     /// `SCOPE_PORT_BITS`: the published ports' bits.
     pub fn port_bitmap(&self) -> Vec<u64> {
         let mut words = vec![0u64; PORT_BITMAP_WORDS as usize];
@@ -400,6 +411,19 @@ mod tests {
         assert!(!bit(&ports, port_bit(17, 18080).expect("udp")));
         assert_eq!(ports.iter().map(|w| w.count_ones()).sum::<u32>(), 1);
         assert!(Scope::default().addr_bitmap().iter().all(|w| *w == 0));
+        // The traced veth (ifindex 21) alone; the bridge, port and uplink are not points.
+        let points = s.point_bitmap();
+        assert_eq!(points.len(), POINT_BITMAP_WORDS as usize);
+        assert!(bit(&points, 21));
+        assert_eq!(points.iter().map(|w| w.count_ones()).sum::<u32>(), 1);
+    }
+
+    #[test]
+    fn a_point_beyond_the_bitmap_stays_in_the_hash_alone() {
+        let far = container("cron", 70_000, &["172.18.0.2"], &[]);
+        let s = Scope::of(&[far], &[point(70_000, Role::Veth, Some("cron"))]);
+        assert_eq!(s.points, BTreeMap::from([(70_000, POINT_TRACED)]));
+        assert!(s.point_bitmap().iter().all(|w| *w == 0));
     }
 
     #[test]
