@@ -44,6 +44,17 @@ unsafe fn at<T: Copy>(buf: *const u8, at: usize) -> T {
     core::ptr::read_unaligned(buf.add(at) as *const T)
 }
 
+/// Reads `N` bytes of the struct at `base` from its window's start `w` into `buf`; false if
+/// this kernel's fields have no window or the read failed (then they are read one by one).
+///
+/// # Safety
+/// `buf` must be valid for `N` bytes.
+#[inline(always)]
+unsafe fn read_window<const N: usize>(base: u64, w: u32, buf: *mut [u8; N]) -> bool {
+    w != NO_WINDOW
+        && bpf_probe_read_kernel_buf((base + u64::from(w)) as *const u8, &mut *buf).is_ok()
+}
+
 /// The `sk_buff` fields, in one read of the window user space worked out (`Offsets`), into
 /// `buf` (scratch: the caller overwrites it next), else one read a field.
 ///
@@ -56,9 +67,7 @@ pub unsafe fn skb_fields(
     buf: *mut [u8; SKB_WINDOW as usize],
 ) -> SkbFields {
     let w = off.skb_window;
-    if w != NO_WINDOW
-        && bpf_probe_read_kernel_buf((skb + u64::from(w)) as *const u8, &mut *buf).is_ok()
-    {
+    if read_window(skb, w, buf) {
         let b = buf as *const u8;
         return SkbFields {
             len: at(b, in_window(off.skb_len, w, SKB_WINDOW, 4)),
@@ -86,9 +95,7 @@ pub unsafe fn state_fields(
     buf: *mut [u8; STATE_WINDOW as usize],
 ) -> StateFields {
     let w = off.state_window;
-    if w != NO_WINDOW
-        && bpf_probe_read_kernel_buf((state + u64::from(w)) as *const u8, &mut *buf).is_ok()
-    {
+    if read_window(state, w, buf) {
         let b = buf as *const u8;
         return StateFields {
             hook: at(b, in_window(off.state_hook, w, STATE_WINDOW, 1)),

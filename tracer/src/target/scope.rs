@@ -203,41 +203,41 @@ fn proto_name(proto: u8) -> &'static str {
 impl Scope {
     /// `SCOPE_ADDR_BITS`: the traced addresses' bits.
     pub fn addr_bitmap(&self) -> Vec<u64> {
-        let mut words = vec![0u64; ADDR_BITMAP_WORDS as usize];
-        for a in self.addrs.keys() {
-            set_bit(&mut words, addr_bit(&scope_addr(a)));
-        }
-        words
+        bitmap(
+            ADDR_BITMAP_WORDS,
+            self.addrs.keys().map(|a| addr_bit(&scope_addr(a))),
+        )
     }
 
     /// `SCOPE_POINT_BITS`: the bits of the points (those the bitmap covers).
     pub fn point_bitmap(&self) -> Vec<u64> {
-        let mut words = vec![0u64; POINT_BITMAP_WORDS as usize];
-        for ifindex in self.points.keys() {
-            if let Some(b) = point_bit(*ifindex) {
-                set_bit(&mut words, b);
-            }
-        }
-        words
+        bitmap(
+            POINT_BITMAP_WORDS,
+            self.points.keys().filter_map(|i| point_bit(*i)),
+        )
     }
 
     /// `SCOPE_PORT_BITS`: the published ports' bits.
     pub fn port_bitmap(&self) -> Vec<u64> {
-        let mut words = vec![0u64; PORT_BITMAP_WORDS as usize];
-        for (proto, port) in self.ports.keys() {
-            if let Some(b) = port_bit(*proto, *port) {
-                set_bit(&mut words, b);
-            }
-        }
-        words
+        bitmap(
+            PORT_BITMAP_WORDS,
+            self.ports
+                .keys()
+                .filter_map(|(proto, port)| port_bit(*proto, *port)),
+        )
     }
 }
 
-fn set_bit(words: &mut [u64], bit: u32) {
-    let (w, mask) = word_and_mask(bit);
-    if let Some(x) = words.get_mut(w as usize) {
-        *x |= mask;
+/// A bitmap of `words` 64-bit words with these bits set.
+fn bitmap(words: u32, bits: impl Iterator<Item = u32>) -> Vec<u64> {
+    let mut out = vec![0u64; words as usize];
+    for bit in bits {
+        let (w, mask) = word_and_mask(bit);
+        if let Some(x) = out.get_mut(w as usize) {
+            *x |= mask;
+        }
     }
+    out
 }
 
 pub fn scope_addr(a: &IpAddr) -> ScopeAddr {
