@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::{Drop, Packet};
+use crate::{Drop, Packet, Text};
 
 /// A packet without its hops, borrowed: the JSON a recording's first hop carries (each hop's
 /// block carries the hop itself). The fields, in order, are `Packet`'s but `hops`.
@@ -11,8 +11,8 @@ struct PacketHead<'a> {
     v: u32,
     time: &'a str,
     container: &'a Option<String>,
-    way: &'a Option<String>,
-    proto: &'a Option<String>,
+    way: &'a Option<Text>,
+    proto: &'a Option<Text>,
     src: &'a Option<String>,
     dst: &'a Option<String>,
     len: u32,

@@ -10,7 +10,7 @@ use crate::{Hop, Nat, NfHop, Packet, TcHop};
 
 /// `"s"`, escaped as serde_json escapes (only `"`, `\` and C0 controls need it).
 fn string<W: Write>(w: &mut W, s: &str) -> io::Result<()> {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if plain(s.as_bytes()) {
         w.write_all(b"\"")?;
         w.write_all(s.as_bytes())?;
         w.write_all(b"\"")
@@ -19,9 +19,35 @@ fn string<W: Write>(w: &mut W, s: &str) -> io::Result<()> {
     }
 }
 
-fn opt<W: Write>(w: &mut W, s: &Option<String>) -> io::Result<()> {
+/// Does `s` need no escaping (no byte below 0x20, no `"`, no `\`)? Tested eight bytes at a
+/// time: the byte-by-byte test was a tenth of `--json`'s time per packet (perf, bench-user).
+/// Each word test (a zero byte after an xor, a byte below 0x20) is exact for n ≤ 0x80.
+fn plain(s: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let below = |v: u64, n: u8| v.wrapping_sub(ONES * u64::from(n)) & !v & HIGH != 0;
+    let mut words = s.chunks_exact(8);
+    for c in &mut words {
+        let Ok(bytes) = <[u8; 8]>::try_from(c) else {
+            return false;
+        };
+        let v = u64::from_ne_bytes(bytes);
+        if below(v, 0x20)
+            || below(v ^ (ONES * u64::from(b'"')), 1)
+            || below(v ^ (ONES * u64::from(b'\\')), 1)
+        {
+            return false;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .all(|&b| b >= 0x20 && b != b'"' && b != b'\\')
+}
+
+fn opt<W: Write, S: AsRef<str>>(w: &mut W, s: &Option<S>) -> io::Result<()> {
     match s {
-        Some(s) => string(w, s),
+        Some(s) => string(w, s.as_ref()),
         None => w.write_all(b"null"),
     }
 }
@@ -60,14 +86,14 @@ pub(crate) fn packet<W: Write>(w: &mut W, p: &Packet) -> io::Result<()> {
     w.write_all(b",\"time\":")?;
     string(w, &p.time)?;
     for (key, v) in [
-        (&b",\"container\":"[..], &p.container),
-        (b",\"way\":", &p.way),
-        (b",\"proto\":", &p.proto),
-        (b",\"src\":", &p.src),
-        (b",\"dst\":", &p.dst),
+        (&b",\"container\":"[..], p.container.as_deref()),
+        (b",\"way\":", p.way.as_deref()),
+        (b",\"proto\":", p.proto.as_deref()),
+        (b",\"src\":", p.src.as_deref()),
+        (b",\"dst\":", p.dst.as_deref()),
     ] {
         w.write_all(key)?;
-        opt(w, v)?;
+        opt(w, &v)?;
     }
     w.write_all(b",\"len\":")?;
     num(w, p.len)?;
@@ -147,6 +173,25 @@ mod tests {
     use super::*;
     use crate::{Drop, LineRef};
 
+    /// The word-wide test says what the byte-wise one says: every byte value at every place
+    /// of a word and of the tail, among plain bytes (and the values next to the limits).
+    #[test]
+    fn the_word_test_is_the_byte_test() {
+        let byte_test = |s: &[u8]| s.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\');
+        for len in [1, 7, 8, 9, 16, 19] {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    for fill in [b'a', 0x20, 0x21, 0x7f, 0x80, 0xff, b'"' + 1, b'\\' - 1] {
+                        let mut s = vec![fill; len];
+                        s[at] = b;
+                        assert_eq!(plain(&s), byte_test(&s), "{s:?}");
+                    }
+                }
+            }
+        }
+        assert!(plain(b""));
+    }
+
     fn serde_line(p: &Packet) -> String {
         serde_json::to_string(&LineRef::Packet(p)).unwrap()
     }
@@ -178,7 +223,7 @@ mod tests {
         Hop::Nf(NfHop {
             at_ns: u64::MAX,
             hook: "FORWARD".into(),
-            table: odd.into(),
+            table: odd.to_owned().into(),
             verdict: "accept".into(),
             src: None,
             dst: Some(odd.into()),

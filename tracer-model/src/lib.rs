@@ -7,10 +7,16 @@
 //! A crate of its own, with no kernel or Docker dependencies, so that `xtask` (which must
 //! build before the eBPF toolchain is installed) reads the same types as the tests.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 mod head;
 mod json;
+
+/// A text the model often takes from a fixed vocabulary (a direction, a hook, a verdict):
+/// borrowed then, so that building a packet's hops does not allocate each of them.
+pub type Text = Cow<'static, str>;
 
 /// The contract's version, in every line's `v`.
 pub const VERSION: u32 = 1;
@@ -82,9 +88,9 @@ impl Hop {
 pub struct TcHop {
     pub at_ns: u64,
     pub iface: String,
-    pub role: Option<String>,
+    pub role: Option<Text>,
     /// `ingress` or `egress`.
-    pub dir: String,
+    pub dir: Text,
     pub src: Option<String>,
     pub dst: Option<String>,
     pub len: u32,
@@ -95,10 +101,10 @@ pub struct TcHop {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct NfHop {
     pub at_ns: u64,
-    pub hook: String,
-    pub table: String,
+    pub hook: Text,
+    pub table: Text,
     /// `accept`, `drop`, `stolen`, `queue`…
-    pub verdict: String,
+    pub verdict: Text,
     pub src: Option<String>,
     pub dst: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -111,7 +117,7 @@ pub struct NfHop {
     pub rule: Option<String>,
     /// `accept` or `drop`: the built-in chain's policy, when it decided.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy: Option<String>,
+    pub policy: Option<Text>,
     /// The chains the packet walked in this table, in order, from the hook's built-in chain
     /// through each jump (`FORWARD`, `DOCKER-USER`, `FORWARD`, …): a return shows as the
     /// caller again.
@@ -119,7 +125,7 @@ pub struct NfHop {
     pub chain_path: Vec<String>,
     /// How `rule`/`policy` were found: `nftrace`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rule_source: Option<String>,
+    pub rule_source: Option<Text>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -143,86 +149,117 @@ pub struct Drop {
     pub freed_by: Option<String>,
 }
 
+/// A text field a visitor may replace (`Packet::visit_strings`): the visitor returns the
+/// replacement, so a field it leaves alone is not copied (a borrowed `Text` stays borrowed).
+trait Field {
+    fn visit(&mut self, f: &mut dyn FnMut(&str) -> Option<String>);
+}
+
+impl Field for String {
+    fn visit(&mut self, f: &mut dyn FnMut(&str) -> Option<String>) {
+        if let Some(n) = f(self) {
+            *self = n;
+        }
+    }
+}
+
+impl Field for Text {
+    fn visit(&mut self, f: &mut dyn FnMut(&str) -> Option<String>) {
+        if let Some(n) = f(self) {
+            *self = Cow::Owned(n);
+        }
+    }
+}
+
+impl<T: Field> Field for Option<T> {
+    fn visit(&mut self, f: &mut dyn FnMut(&str) -> Option<String>) {
+        if let Some(s) = self.as_mut() {
+            s.visit(f);
+        }
+    }
+}
+
+impl<T: Field> Field for Vec<T> {
+    fn visit(&mut self, f: &mut dyn FnMut(&str) -> Option<String>) {
+        self.iter_mut().for_each(|s| s.visit(f));
+    }
+}
+
+impl Field for Nat {
+    fn visit(&mut self, f: &mut dyn FnMut(&str) -> Option<String>) {
+        self.kind.visit(f);
+        self.from.visit(f);
+        self.to.visit(f);
+    }
+}
+
+impl Field for Hop {
+    fn visit(&mut self, f: &mut dyn FnMut(&str) -> Option<String>) {
+        match self {
+            Hop::Tc(t) => {
+                t.iface.visit(f);
+                t.dir.visit(f);
+                t.role.visit(f);
+                t.src.visit(f);
+                t.dst.visit(f);
+                t.nat.visit(f);
+            }
+            Hop::Nf(n) => {
+                n.hook.visit(f);
+                n.table.visit(f);
+                n.verdict.visit(f);
+                n.src.visit(f);
+                n.dst.visit(f);
+                n.rule.visit(f);
+                n.policy.visit(f);
+                n.rule_source.visit(f);
+                n.chain_path.visit(f);
+                n.nat.visit(f);
+            }
+        }
+    }
+}
+
+impl Field for Drop {
+    fn visit(&mut self, f: &mut dyn FnMut(&str) -> Option<String>) {
+        self.reason.visit(f);
+        for o in [
+            &mut self.location,
+            &mut self.hook,
+            &mut self.table,
+            &mut self.rule,
+            &mut self.rule_source,
+            &mut self.last_hop,
+            &mut self.place,
+            &mut self.freed_by,
+        ] {
+            o.visit(f);
+        }
+        self.rule_candidates.visit(f);
+    }
+}
+
 impl Packet {
     /// Every text field, for whoever must clean text from elsewhere before showing it (a
-    /// recording's comments are anyone's).
-    pub fn visit_strings(&mut self, f: &mut impl FnMut(&mut String)) {
-        let opt = |o: &mut Option<String>, f: &mut dyn FnMut(&mut String)| {
-            if let Some(s) = o.as_mut() {
-                f(s)
-            }
-        };
-        for s in [&mut self.time, &mut self.skb] {
-            f(s);
-        }
+    /// recording's comments are anyone's): `f` returns a field's replacement, or None to
+    /// leave it as it is.
+    pub fn visit_strings(&mut self, f: &mut impl FnMut(&str) -> Option<String>) {
+        let f: &mut dyn FnMut(&str) -> Option<String> = f;
+        self.time.visit(f);
+        self.skb.visit(f);
         for o in [
             &mut self.container,
-            &mut self.way,
-            &mut self.proto,
             &mut self.src,
             &mut self.dst,
             &mut self.tcp_flags,
             &mut self.summary,
         ] {
-            opt(o, f);
+            o.visit(f);
         }
-        for h in &mut self.hops {
-            match h {
-                Hop::Tc(t) => {
-                    for s in [&mut t.iface, &mut t.dir] {
-                        f(s);
-                    }
-                    for o in [&mut t.role, &mut t.src, &mut t.dst] {
-                        opt(o, f);
-                    }
-                    if let Some(n) = t.nat.as_mut() {
-                        n.visit_strings(f);
-                    }
-                }
-                Hop::Nf(n) => {
-                    for s in [&mut n.hook, &mut n.table, &mut n.verdict] {
-                        f(s);
-                    }
-                    for o in [
-                        &mut n.src,
-                        &mut n.dst,
-                        &mut n.rule,
-                        &mut n.policy,
-                        &mut n.rule_source,
-                    ] {
-                        opt(o, f);
-                    }
-                    n.chain_path.iter_mut().for_each(&mut *f);
-                    if let Some(x) = n.nat.as_mut() {
-                        x.visit_strings(f);
-                    }
-                }
-            }
-        }
-        if let Some(d) = self.drop.as_mut() {
-            f(&mut d.reason);
-            for o in [
-                &mut d.location,
-                &mut d.hook,
-                &mut d.table,
-                &mut d.rule,
-                &mut d.rule_source,
-                &mut d.last_hop,
-                &mut d.place,
-                &mut d.freed_by,
-            ] {
-                opt(o, f);
-            }
-            d.rule_candidates.iter_mut().for_each(&mut *f);
-        }
-    }
-}
-
-impl Nat {
-    fn visit_strings(&mut self, f: &mut impl FnMut(&mut String)) {
-        for s in [&mut self.kind, &mut self.from, &mut self.to] {
-            f(s);
-        }
+        self.way.visit(f);
+        self.proto.visit(f);
+        self.hops.visit(f);
+        self.drop.visit(f);
     }
 }
 
@@ -248,8 +285,8 @@ pub struct Packet {
     pub time: String,
     pub container: Option<String>,
     /// `out` (from the container) or `in` (to it).
-    pub way: Option<String>,
-    pub proto: Option<String>,
+    pub way: Option<Text>,
+    pub proto: Option<Text>,
     pub src: Option<String>,
     pub dst: Option<String>,
     pub len: u32,

@@ -2,7 +2,7 @@
 //! read the same ones); this module re-exports them and builds them from the core's state.
 //! Presenters consume these, never the core's own types.
 
-use tracer_common::netfilter::hook_name;
+use tracer_common::netfilter::{hook_name, TABLES};
 pub use tracer_model::*;
 
 use crate::{
@@ -55,6 +55,14 @@ impl Endpoints {
     }
 }
 
+/// A netfilter table's name: iptables' own borrowed, any other (an nftables table's) copied.
+fn table_name(t: &str) -> Text {
+    match TABLES.iter().find(|k| **k == t) {
+        Some(k) => Text::Borrowed(k),
+        None => Text::Owned(t.to_owned()),
+    }
+}
+
 /// A traced packet, explained.
 pub(crate) fn packet(e: &Explained, points: &Points, clock: &WallClock) -> Packet {
     let p = &e.packet;
@@ -72,8 +80,8 @@ pub(crate) fn packet(e: &Explained, points: &Points, clock: &WallClock) -> Packe
                     iface: points
                         .get(&h.ifindex)
                         .map_or_else(|| format!("if{}", h.ifindex), |p| p.name.clone()),
-                    role: points.get(&h.ifindex).map(|p| p.role.as_str().to_owned()),
-                    dir: h.direction.as_str().to_owned(),
+                    role: points.get(&h.ifindex).map(|p| p.role.as_str().into()),
+                    dir: h.direction.as_str().into(),
                     src,
                     dst,
                     len: h.len,
@@ -84,9 +92,9 @@ pub(crate) fn packet(e: &Explained, points: &Points, clock: &WallClock) -> Packe
                 let (src, dst) = ends.of(n.headers);
                 Hop::Nf(NfHop {
                     at_ns: n.ts_ns.saturating_sub(t0),
-                    hook: hook_name(n.hook).to_owned(),
-                    table: n.table.clone(),
-                    verdict: n.verdict.as_str().to_owned(),
+                    hook: hook_name(n.hook).into(),
+                    table: table_name(&n.table),
+                    verdict: n.verdict.as_str().into(),
                     src,
                     dst,
                     nat: n.nat.first().map(nat),
@@ -94,12 +102,12 @@ pub(crate) fn packet(e: &Explained, points: &Points, clock: &WallClock) -> Packe
                         .decided
                         .as_ref()
                         .and_then(|d| d.rule.as_deref().map(str::to_owned)),
-                    policy: n.decided.as_ref().and_then(|d| d.policy.map(str::to_owned)),
+                    policy: n.decided.as_ref().and_then(|d| d.policy.map(Text::from)),
                     chain_path: n
                         .decided
                         .as_ref()
                         .map_or_else(Vec::new, |d| d.chain_path.clone()),
-                    rule_source: n.decided.as_ref().map(|_| "nftrace".to_owned()),
+                    rule_source: n.decided.as_ref().map(|_| "nftrace".into()),
                 })
             }
         })
@@ -126,7 +134,7 @@ pub(crate) fn packet(e: &Explained, points: &Points, clock: &WallClock) -> Packe
                 Way::FromContainer => "out",
                 Way::ToContainer => "in",
             }
-            .to_owned()
+            .into()
         }),
         proto: view.map(|h| h.proto.name()),
         src,
@@ -147,7 +155,7 @@ pub(crate) fn flow(k: &FlowKey, s: &FlowStats, clock: &WallClock) -> FlowLine {
         time: clock.rfc3339(s.first_ns),
         last: clock.rfc3339(s.last_ns),
         container: k.container.to_string(),
-        proto: k.proto.name(),
+        proto: k.proto.name().into_owned(),
         local: k.local_str(),
         remote: k.remote_str(),
         id: matches!(k.proto, Proto::Icmp | Proto::Icmpv6).then_some(k.local_port),

@@ -18,14 +18,20 @@ pub struct HostPath {
 /// `(iface, dir)` of each tc hop, in order.
 pub fn hops(p: &Packet) -> Vec<(String, String)> {
     p.tc_hops()
-        .map(|h| (h.iface.clone(), h.dir.clone()))
+        .map(|h| (h.iface.clone(), h.dir.to_string()))
         .collect()
 }
 
 /// `(hook, table, verdict)` of each netfilter hop, in order.
 pub fn nf_hops(p: &Packet) -> Vec<(String, String, String)> {
     p.nf_hops()
-        .map(|h| (h.hook.clone(), h.table.clone(), h.verdict.clone()))
+        .map(|h| {
+            (
+                h.hook.to_string(),
+                h.table.to_string(),
+                h.verdict.to_string(),
+            )
+        })
         .collect()
 }
 

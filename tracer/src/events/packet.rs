@@ -61,14 +61,14 @@ impl Proto {
         }
     }
 
-    pub fn name(self) -> String {
+    pub fn name(self) -> std::borrow::Cow<'static, str> {
         match self {
             Self::Tcp => "tcp".into(),
             Self::Udp => "udp".into(),
             Self::Icmp => "icmp".into(),
             Self::Icmpv6 => "icmpv6".into(),
             Self::Arp => "arp".into(),
-            Self::Other(n) => format!("ip-proto-{n}"),
+            Self::Other(n) => format!("ip-proto-{n}").into(),
         }
     }
 }

@@ -111,9 +111,9 @@ impl Tally {
             self.flows.add(sample);
         }
         for h in p.tc_hops() {
-            let key = (h.iface.clone(), h.dir.clone());
+            let key = (h.iface.clone(), h.dir.to_string());
             if let Some(role) = &h.role {
-                self.roles.insert(key.0.clone(), role.clone());
+                self.roles.insert(key.0.clone(), role.to_string());
             }
             let e = self.hops.entry(key).or_default();
             e.0 += 1;

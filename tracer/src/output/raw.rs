@@ -77,7 +77,7 @@ pub fn line(obs: &Observation, names: &IfNames, clock: &WallClock) -> model::Obs
                 ifindex: t.ifindex,
                 dir: t.direction.as_str().to_owned(),
                 len: t.len,
-                proto: h.map(|h| h.proto.name()),
+                proto: h.map(|h| h.proto.name().into_owned()),
                 src: h.map(|h| h.source().to_string()),
                 dst: h.map(|h| h.destination().to_string()),
                 tcp_flags: h.and_then(|h| h.tcp_flags()).map(tcp_flags_str),

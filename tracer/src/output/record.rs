@@ -179,7 +179,7 @@ impl Recorder {
                 }
                 (Step::Nf(s), hop) => {
                     match hop {
-                        Hop::Nf(h) => [h.hook.as_str(), "/", h.table.as_str()]
+                        Hop::Nf(h) => [&*h.hook, "/", &*h.table]
                             .into_iter()
                             .for_each(|x| name.push_str(x)),
                         Hop::Tc(_) => name.push_str("?/?"),
@@ -279,7 +279,7 @@ fn human(pkt: u64, i: usize, n: usize, p: &Packet, hop: &Hop) -> String {
     match hop {
         Hop::Nf(h) => {
             push(&mut t, &[&h.hook, " ", &h.table, " ", &h.verdict]);
-            if let (Some(d), "drop") = (&p.drop, h.verdict.as_str()) {
+            if let (Some(d), "drop") = (&p.drop, &*h.verdict) {
                 push(&mut t, &[" ", &d.reason]);
                 if let Some(rule) = &d.rule {
                     push(&mut t, &[" rule: ", rule]);

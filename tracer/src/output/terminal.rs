@@ -55,7 +55,10 @@ pub fn clean(s: &mut String) {
 
 /// Every text field of a packet, made safe in place.
 pub fn clean_packet(p: &mut crate::model::Packet) {
-    p.visit_strings(&mut clean);
+    p.visit_strings(&mut |s| match escape(s, false) {
+        Cow::Owned(o) => Some(o),
+        Cow::Borrowed(_) => None,
+    });
 }
 
 #[cfg(test)]
@@ -99,9 +102,27 @@ mod tests {
         if let Some(d) = p.drop.as_mut() {
             d.rule = Some("-A X -m comment --comment \"\u{1b}]0;t\u{7}\" -j DROP".into());
         }
+        // The fields usually borrowed from flowtrace's own words are a recording's text too.
+        for h in &mut p.hops {
+            match h {
+                crate::model::Hop::Nf(n) => n.table = "f\u{1b}]0;t\u{7}".to_owned().into(),
+                crate::model::Hop::Tc(t) => t.dir = "in\u{9b}2J".to_owned().into(),
+            }
+        }
         clean_packet(&mut p);
         let text = crate::output::text::packet(&p);
         assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text}");
         assert!(text.contains("x\\x1b[2J"), "{text}");
+        let mut fields = Vec::new();
+        p.visit_strings(&mut |s| {
+            fields.push(s.to_owned());
+            None
+        });
+        assert!(fields.iter().any(|s| s == "f\\x1b]0;t\\x07"), "{fields:?}");
+        assert!(fields.iter().any(|s| s == "in\\x9b2J"), "{fields:?}");
+        assert!(
+            !fields.iter().any(|s| s.chars().any(char::is_control)),
+            "{fields:?}"
+        );
     }
 }

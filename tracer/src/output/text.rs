@@ -79,7 +79,7 @@ pub fn packet(p: &Packet) -> String {
         let at = delta(h.at_ns());
         match h {
             Hop::Nf(n) => {
-                let tail = match (n.verdict.as_str(), &n.nat) {
+                let tail = match (&*n.verdict, &n.nat) {
                     ("drop", _) => {
                         let mut t = format!("DROP ✗ {}", drop.map_or("", |d| d.reason.as_str()));
                         if let Some(rule) = drop.and_then(|d| d.rule.as_deref()) {
@@ -103,7 +103,7 @@ pub fn packet(p: &Packet) -> String {
                     }
                     tail.push_str(&nat.text());
                 }
-                let dir = match t.dir.as_str() {
+                let dir = match &*t.dir {
                     "ingress" => Cow::Borrowed("tc ingress"),
                     "egress" => Cow::Borrowed("tc egress"),
                     d => Cow::Owned(format!("tc {d}")),

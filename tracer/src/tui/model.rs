@@ -155,7 +155,7 @@ impl Data {
         for h in &p.hops {
             let (name, at) = match h {
                 Hop::Nf(n) => {
-                    let (hook, table) = (n.hook.as_str(), n.table.as_str());
+                    let (hook, table) = (&*n.hook, &*n.table);
                     let k = (hook_rank(hook), hook.to_owned());
                     let st = self.hooks.entry(k.clone()).or_insert_with(|| HookStat {
                         hook: hook.to_owned(),
