@@ -544,6 +544,24 @@ pub mod tests {
     fn summaries_read_like_tcpdump() {
         let h = parse_ethernet(&tcp_syn_v4()).expect("tcp");
         assert_eq!(h.summary(), "TCP 172.18.0.2:41234 → 198.51.100.2:8080 [S]");
+        let udp = |src: &str, dst: &str, proto, l4| Headers {
+            src: src.parse().expect("address"),
+            dst: dst.parse().expect("address"),
+            proto,
+            ttl: 64,
+            ip_id: 0,
+            l4,
+        };
+        let ports = L4::Udp {
+            sport: 40000,
+            dport: 53,
+        };
+        let v4 = udp("172.18.0.2", "198.51.100.2", Proto::Udp, ports);
+        assert_eq!(v4.summary(), "UDP 172.18.0.2:40000 → 198.51.100.2:53");
+        let v6 = udp("fd00::2", "2001:db8::1", Proto::Udp, ports);
+        assert_eq!(v6.summary(), "UDP [fd00::2]:40000 → [2001:db8::1]:53");
+        let gre = udp("172.18.0.2", "198.51.100.2", Proto::Other(47), L4::None);
+        assert_eq!(gre.summary(), "IP-PROTO-47 172.18.0.2 → 198.51.100.2");
     }
 
     #[test]
