@@ -52,6 +52,7 @@ impl Marker {
         let mut b = Batch::new(m.seq);
         b.limit = limit;
         b.ruleset(table);
+        b.targets(table, &Targets::default(), false);
         m.commit(b)?;
         Ok(m)
     }
@@ -70,6 +71,8 @@ impl Marker {
     ) -> Result<(), NftraceError> {
         let targets = Targets::new(v4, v6, ports);
         let mut b = Batch::new(self.seq);
+        // The chains' rules are written again, with their budget.
+        b.limit = self.limit;
         b.targets(&self.table, &targets, true);
         self.commit(b)?;
         self.targets = targets;

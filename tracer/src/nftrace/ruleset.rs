@@ -2,7 +2,9 @@
 //! base chains whose rules only do `meta nftrace set 1` (they change no verdict).
 
 use super::expr::Expr;
-use super::rules::{chains, Match, Rule, NFT_META_NFTRACE, NFT_REG_1, SET_A4, SET_A6, SET_P};
+use super::rules::{
+    chains, set_of, Match, Rule, INLINE_MAX, NFT_META_NFTRACE, NFT_REG_1, SET_A4, SET_A6, SET_P,
+};
 use super::wire::*;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -171,11 +173,19 @@ impl Batch {
         self.msg.end_msg();
     }
 
-    /// `MATCH [limit rate N/second burst N packets] meta nftrace set 1` appended to `chain`.
-    /// (A rule cannot skip packets already marked: the kernel does not load `meta nftrace`,
-    /// EOPNOTSUPP; so each rule has its own budget.)
+    /// `MATCH @SET [limit rate N/second burst N packets] meta nftrace set 1` appended to
+    /// `chain`. (A rule cannot skip packets already marked: the kernel does not load `meta
+    /// nftrace`, EOPNOTSUPP; so each rule has its own budget.)
     pub fn rule(&mut self, table: &str, chain: &str, m: Match) {
-        let mut exprs = m.exprs();
+        self.marking(table, chain, m.exprs());
+    }
+
+    /// The same with the match's key compared with `key` instead of looked up.
+    pub fn rule_equal(&mut self, table: &str, chain: &str, m: Match, key: &[u8]) {
+        self.marking(table, chain, m.exprs_equal(key));
+    }
+
+    fn marking(&mut self, table: &str, chain: &str, mut exprs: Vec<Expr<'_>>) {
         if self.limit > 0 {
             exprs.push(Expr::Limit {
                 rate: u64::from(self.limit),
@@ -229,7 +239,15 @@ impl Batch {
         }
     }
 
-    /// The whole marking table: table, sets, chains and rules.
+    /// Removes every rule of a chain (DELRULE without a handle, as `nft flush chain`).
+    pub fn flush_chain(&mut self, table: &str, chain: &str) {
+        self.begin(NFT_MSG_DELRULE, 0, format!("flushing chain {chain}"));
+        self.msg.attr_str(NFTA_RULE_TABLE, table);
+        self.msg.attr_str(NFTA_RULE_CHAIN, chain);
+        self.msg.end_msg();
+    }
+
+    /// The marking table without its rules: table, sets and chains (`targets` adds the rules).
     pub fn ruleset(&mut self, table: &str) {
         self.table(table);
         for s in [SET_A4, SET_A6, SET_P] {
@@ -237,25 +255,41 @@ impl Batch {
         }
         for c in chains() {
             self.chain(table, c.name, c.hook);
-            for r in c.rules {
-                match r {
-                    Rule::Mark(m) => self.rule(table, c.name, m),
-                    Rule::V6(target) => self.goto_v6(table, c.name, target),
-                }
-            }
         }
     }
 
-    /// Flushes the three sets and fills them with the targets.
+    /// Fills the three sets with the targets and writes the chains' rules for them, after
+    /// emptying both if `flush`. A match whose set holds at most `INLINE_MAX` keys is a rule
+    /// a key comparing it (none for an empty set); a larger one is one rule looking it up.
     pub fn targets(&mut self, table: &str, t: &Targets, flush: bool) {
-        let v4: Vec<Vec<u8>> = t.v4.iter().map(|a| a.octets().to_vec()).collect();
-        let v6: Vec<Vec<u8>> = t.v6.iter().map(|a| a.octets().to_vec()).collect();
-        let p: Vec<Vec<u8>> = t.ports.iter().map(|&(pr, po)| port_key(pr, po)).collect();
-        for (set, keys) in [(SET_A4.0, v4), (SET_A6.0, v6), (SET_P.0, p)] {
+        let keys = t.keys();
+        for (set, k) in &keys {
             if flush {
                 self.flush_set(table, set);
             }
-            self.elements(table, set, &keys);
+            self.elements(table, set, k);
+        }
+        for c in chains() {
+            if flush {
+                self.flush_chain(table, c.name);
+            }
+            for r in c.rules {
+                match r {
+                    Rule::Mark(m) => {
+                        let set = set_of(m).0;
+                        let k = keys.iter().find(|(s, _)| *s == set).map(|(_, k)| k);
+                        match k {
+                            Some(k) if k.len() <= INLINE_MAX => {
+                                for key in k {
+                                    self.rule_equal(table, c.name, m, key);
+                                }
+                            }
+                            _ => self.rule(table, c.name, m),
+                        }
+                    }
+                    Rule::V6(target) => self.goto_v6(table, c.name, target),
+                }
+            }
         }
     }
 }
@@ -275,6 +309,27 @@ pub struct Targets {
 }
 
 impl Targets {
+    /// Each set's name and keys, as the set holds them.
+    fn keys(&self) -> [(&'static str, Vec<Vec<u8>>); 3] {
+        [
+            (
+                SET_A4.0,
+                self.v4.iter().map(|a| a.octets().to_vec()).collect(),
+            ),
+            (
+                SET_A6.0,
+                self.v6.iter().map(|a| a.octets().to_vec()).collect(),
+            ),
+            (
+                SET_P.0,
+                self.ports
+                    .iter()
+                    .map(|&(pr, po)| port_key(pr, po))
+                    .collect(),
+            ),
+        ]
+    }
+
     pub fn new(v4: &[Ipv4Addr], v6: &[Ipv6Addr], ports: &[(u8, u16)]) -> Targets {
         let mut t = Targets {
             v4: v4.to_vec(),
@@ -292,185 +347,4 @@ impl Targets {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// (message type, top-level attributes) of every message of a finished batch.
-    type Decoded = Vec<(u16, Vec<(u16, Vec<u8>)>)>;
-
-    fn decode(bytes: &[u8]) -> Decoded {
-        messages(bytes)
-            .map(|m| {
-                let attrs = attrs(&m.payload[NFGENMSG_LEN..])
-                    .map(|(t, v)| (t, v.to_vec()))
-                    .collect();
-                (m.ty, attrs)
-            })
-            .collect()
-    }
-
-    /// The expression names of a NEWRULE's NFTA_RULE_EXPRESSIONS.
-    fn expr_names(rule_attrs: &[(u16, Vec<u8>)]) -> Vec<String> {
-        let (_, list) = rule_attrs
-            .iter()
-            .find(|(t, _)| *t == NFTA_RULE_EXPRESSIONS)
-            .unwrap();
-        attrs(list)
-            .map(|(_, elem)| string(attrs(elem).next().unwrap().1))
-            .collect()
-    }
-
-    #[test]
-    fn ruleset_batch_has_every_object_once() {
-        let mut b = Batch::new(100);
-        b.ruleset("flowtrace_1");
-        let (bytes, pending, next) = b.finish();
-        let msgs = decode(&bytes);
-        let count = |ty: u16| msgs.iter().filter(|(t, _)| *t == nft_type(ty)).count();
-        assert_eq!(msgs.first().unwrap().0, NFNL_MSG_BATCH_BEGIN);
-        assert_eq!(msgs.last().unwrap().0, NFNL_MSG_BATCH_END);
-        assert_eq!(count(NFT_MSG_NEWTABLE), 1);
-        assert_eq!(count(NFT_MSG_NEWSET), 3);
-        // pre, prenat, out and their IPv6 chains.
-        assert_eq!(count(NFT_MSG_NEWCHAIN), 6);
-        // pre6 2, pre 3 + goto, prenat6 2, prenat 2 + goto, out6 4, out 4 + goto.
-        assert_eq!(count(NFT_MSG_NEWRULE), 2 + 4 + 2 + 3 + 4 + 5);
-        assert_eq!(pending.len(), msgs.len() - 2);
-        assert_eq!(next, 100 + msgs.len() as u32);
-        // Every message asks for an ack and has its own sequence number.
-        let mut seqs: Vec<u32> = messages(&bytes).map(|m| m.seq).collect();
-        seqs.dedup();
-        assert_eq!(seqs.len(), msgs.len());
-    }
-
-    #[test]
-    fn rules_are_the_expressions_nft_generates() {
-        let mut b = Batch::new(1);
-        b.rule(
-            "t",
-            "pre",
-            Match::Addr {
-                v6: false,
-                dst: true,
-            },
-        );
-        b.rule("t", "pre", Match::Ports);
-        b.rule(
-            "t",
-            "prenat",
-            Match::Ct {
-                v6: true,
-                reply: true,
-                dst: false,
-            },
-        );
-        let (bytes, _, _) = b.finish();
-        let msgs = decode(&bytes);
-        let names: Vec<Vec<String>> = msgs[1..4].iter().map(|(_, a)| expr_names(a)).collect();
-        let tail = ["immediate", "meta", "immediate"];
-        let head: [&str; 0] = [];
-        assert_eq!(
-            names[0],
-            [&head[..], &["meta", "cmp", "payload", "lookup"][..], &tail].concat()
-        );
-        assert_eq!(
-            names[1],
-            [&head[..], &["meta", "payload", "lookup"][..], &tail].concat()
-        );
-        // Gated: `ct direction original ct status dnat` before the lookup.
-        let gate = ["ct", "cmp", "ct", "bitwise", "cmp"];
-        assert_eq!(
-            names[2],
-            [&head[..], &gate, &["ct", "lookup"][..], &tail].concat()
-        );
-        // With a limit, it comes last before the mark.
-        let mut b = Batch::new(1);
-        b.limit = 1000;
-        b.rule("t", "pre", Match::Ports);
-        let (bytes, _, _) = b.finish();
-        let names = expr_names(&decode(&bytes)[1].1);
-        assert_eq!(
-            names,
-            [
-                &head[..],
-                &["meta", "payload", "lookup", "limit"][..],
-                &tail
-            ]
-            .concat()
-        );
-    }
-
-    /// Every goto names a chain created before it, which has no hook; every base chain ends
-    /// with the goto to its IPv6 chain, and IPv6 rules are only there.
-    #[test]
-    fn ipv6_rules_sit_behind_one_goto() {
-        let all = chains();
-        let mut created: Vec<&str> = Vec::new();
-        for c in &all {
-            for r in &c.rules {
-                match r {
-                    Rule::V6(target) => {
-                        assert!(created.contains(target), "{target} before {}", c.name);
-                        let t = all.iter().find(|x| x.name == *target).unwrap();
-                        assert_eq!(t.hook, None);
-                        assert_eq!(c.rules.last(), Some(r), "the goto comes last");
-                    }
-                    Rule::Mark(Match::Addr { v6, .. } | Match::Ct { v6, .. }) => {
-                        assert_eq!(*v6, c.hook.is_none(), "{}: {r:?}", c.name)
-                    }
-                    Rule::Mark(Match::Ports) => assert!(c.hook.is_some()),
-                }
-            }
-            created.push(c.name);
-            if c.hook.is_some() {
-                assert!(matches!(c.rules.last(), Some(Rule::V6(_))), "{}", c.name);
-            }
-        }
-        // The goto as nft would encode it; a regular chain has no hook, policy or type.
-        let mut b = Batch::new(1);
-        b.chain("t", "pre6", None);
-        b.goto_v6("t", "pre", "pre6");
-        let (bytes, _, _) = b.finish();
-        let msgs = decode(&bytes);
-        let chain: Vec<u16> = msgs[1].1.iter().map(|(t, _)| *t).collect();
-        assert_eq!(chain, [NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME]);
-        assert_eq!(expr_names(&msgs[2].1), ["meta", "cmp", "immediate"]);
-    }
-
-    #[test]
-    fn targets_flush_then_fill_in_chunks() {
-        let v4: Vec<Ipv4Addr> = (0..100u8).map(|i| Ipv4Addr::new(198, 51, 100, i)).collect();
-        let mut dup = v4.clone();
-        dup.extend(&v4);
-        let t = Targets::new(&dup, &[], &[(17, 5353), (6, 80), (17, 5353)]);
-        assert_eq!(t.v4.len(), 100);
-        assert_eq!(t.ports, vec![(6, 80), (17, 5353)]);
-        let mut b = Batch::new(1);
-        b.targets("t", &t, true);
-        let (bytes, _, _) = b.finish();
-        let types: Vec<u16> = decode(&bytes).iter().map(|(t, _)| *t).collect();
-        let (del, add) = (nft_type(NFT_MSG_DELSETELEM), nft_type(NFT_MSG_NEWSETELEM));
-        // a4: flush + 2 chunks; a6: flush only; p: flush + 1.
-        let want = [
-            NFNL_MSG_BATCH_BEGIN,
-            del,
-            add,
-            add,
-            del,
-            del,
-            add,
-            NFNL_MSG_BATCH_END,
-        ];
-        assert_eq!(types, want);
-        // A flush names the set and lists no elements.
-        let msgs = decode(&bytes);
-        let flush: Vec<u16> = msgs[1].1.iter().map(|(t, _)| *t).collect();
-        assert_eq!(flush, [NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET]);
-    }
-
-    #[test]
-    fn port_keys_pad_each_field_to_four_bytes() {
-        assert_eq!(port_key(17, 5353), [17, 0, 0, 0, 0x14, 0xe9, 0, 0]);
-        assert_eq!(SET_P.1, 781);
-    }
-}
+mod tests;

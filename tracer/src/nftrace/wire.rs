@@ -19,6 +19,7 @@ pub const NFT_MSG_NEWTABLE: u16 = 0;
 pub const NFT_MSG_GETTABLE: u16 = 1;
 pub const NFT_MSG_NEWCHAIN: u16 = 3;
 pub const NFT_MSG_NEWRULE: u16 = 6;
+pub const NFT_MSG_DELRULE: u16 = 8;
 pub const NFT_MSG_NEWSET: u16 = 9;
 pub const NFT_MSG_NEWSETELEM: u16 = 12;
 pub const NFT_MSG_DELSETELEM: u16 = 14;
