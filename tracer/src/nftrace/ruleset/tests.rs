@@ -61,7 +61,16 @@ fn large() -> Targets {
     Targets::new(&v4, &v6, &ports)
 }
 
-/// Each NEWRULE of a batch: (chain, expression names, the data of its comparisons).
+/// The expression names of each rule of `chain`.
+fn in_chain<'r>(rules: &'r [(String, Vec<String>)], chain: &str) -> Vec<&'r Vec<String>> {
+    rules
+        .iter()
+        .filter(|(c, _)| c == chain)
+        .map(|(_, e)| e)
+        .collect()
+}
+
+/// Each NEWRULE of a batch: its chain and its expressions' names.
 fn rules_of(bytes: &[u8]) -> Vec<(String, Vec<String>)> {
     decode(bytes)
         .into_iter()
@@ -82,11 +91,7 @@ fn small_scopes_are_compared_key_by_key() {
     b.targets("t", &t, false);
     let (bytes, _, _) = b.finish();
     let rules = rules_of(&bytes);
-    let pre: Vec<&Vec<String>> = rules
-        .iter()
-        .filter(|(c, _)| c == "pre")
-        .map(|(_, e)| e)
-        .collect();
+    let pre = in_chain(&rules, "pre");
     // saddr, daddr, two ports, the goto.
     assert_eq!(pre.len(), 5, "{pre:?}");
     let tail = ["immediate", "meta", "immediate"];
@@ -128,11 +133,7 @@ fn small_scopes_are_compared_key_by_key() {
     b.targets("t", &large(), false);
     let (bytes, _, _) = b.finish();
     let rules = rules_of(&bytes);
-    let pre: Vec<&Vec<String>> = rules
-        .iter()
-        .filter(|(c, _)| c == "pre")
-        .map(|(_, e)| e)
-        .collect();
+    let pre = in_chain(&rules, "pre");
     assert_eq!(pre.len(), 4, "{pre:?}");
     assert!(pre[..3].iter().all(|e| e.contains(&"lookup".to_owned())));
 }
