@@ -81,7 +81,41 @@ fn serde<W: Write>(w: &mut W, v: &impl serde::Serialize) -> io::Result<()> {
 
 /// `LineRef::Packet(p)` as serde_json writes it.
 pub(crate) fn packet<W: Write>(w: &mut W, p: &Packet) -> io::Result<()> {
-    w.write_all(b"{\"type\":\"packet\",\"v\":")?;
+    w.write_all(b"{\"type\":\"packet\",")?;
+    head_fields(w, p)?;
+    w.write_all(b",\"hops\":[")?;
+    for (i, h) in p.hops.iter().enumerate() {
+        if i > 0 {
+            w.write_all(b",")?;
+        }
+        hop(w, h)?;
+    }
+    w.write_all(b"],\"drop\":")?;
+    serde(w, &p.drop)?;
+    w.write_all(b"}")
+}
+
+/// The packet without its hops (`head::PacketHead` as serde_json writes it): the same fields
+/// in the same order, `drop` last.
+pub(crate) fn head<W: Write>(w: &mut W, p: &Packet) -> io::Result<()> {
+    w.write_all(b"{")?;
+    head_fields(w, p)?;
+    w.write_all(b",\"drop\":")?;
+    serde(w, &p.drop)?;
+    w.write_all(b"}")
+}
+
+/// A hop as serde_json writes `Hop` (tagged by `point`).
+pub(crate) fn hop<W: Write>(w: &mut W, h: &Hop) -> io::Result<()> {
+    match h {
+        Hop::Tc(t) => tc(w, t),
+        Hop::Nf(n) => nf(w, n),
+    }
+}
+
+/// `"v":…` to `"skb":…`: the fields a packet's line and its head share, before the hops.
+fn head_fields<W: Write>(w: &mut W, p: &Packet) -> io::Result<()> {
+    w.write_all(b"\"v\":")?;
     num(w, p.v)?;
     w.write_all(b",\"time\":")?;
     string(w, &p.time)?;
@@ -102,20 +136,7 @@ pub(crate) fn packet<W: Write>(w: &mut W, p: &Packet) -> io::Result<()> {
     w.write_all(b",\"summary\":")?;
     opt(w, &p.summary)?;
     w.write_all(b",\"skb\":")?;
-    string(w, &p.skb)?;
-    w.write_all(b",\"hops\":[")?;
-    for (i, h) in p.hops.iter().enumerate() {
-        if i > 0 {
-            w.write_all(b",")?;
-        }
-        match h {
-            Hop::Tc(t) => tc(w, t)?,
-            Hop::Nf(n) => nf(w, n)?,
-        }
-    }
-    w.write_all(b"],\"drop\":")?;
-    serde(w, &p.drop)?;
-    w.write_all(b"}")
+    string(w, &p.skb)
 }
 
 fn tc<W: Write>(w: &mut W, t: &TcHop) -> io::Result<()> {
@@ -169,7 +190,7 @@ fn nf<W: Write>(w: &mut W, n: &NfHop) -> io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{Drop, LineRef};
 
@@ -243,10 +264,9 @@ mod tests {
         })
     }
 
-    /// Every optional field present and absent, and strings that need escaping (quotes,
-    /// backslashes, controls, DEL, non-ASCII), give serde_json's bytes exactly.
-    #[test]
-    fn the_hand_written_line_is_serdes() {
+    /// Packets with every optional field present and absent, and strings that need escaping
+    /// (quotes, backslashes, controls, DEL, non-ASCII).
+    pub(crate) fn odd_packets() -> Vec<Packet> {
         let odd = [
             "plain",
             "q\"uote",
@@ -256,9 +276,10 @@ mod tests {
             "µ→ü",
             "",
         ];
+        let mut all = Vec::new();
         for (i, o) in odd.iter().enumerate() {
             for full in [false, true] {
-                let p = Packet {
+                all.push(Packet {
                     v: 1,
                     time: format!("2026-12-05T00:00:00.{i:06}Z"),
                     container: full.then(|| format!("c{o}")),
@@ -293,9 +314,17 @@ mod tests {
                         place: None,
                         freed_by: None,
                     }),
-                };
-                assert_eq!(hand(&p), serde_line(&p), "{o:?} full {full}");
+                });
             }
+        }
+        all
+    }
+
+    /// The hand-written line is serde_json's bytes for every one of those packets.
+    #[test]
+    fn the_hand_written_line_is_serdes() {
+        for p in odd_packets() {
+            assert_eq!(hand(&p), serde_line(&p), "{p:?}");
         }
     }
 }

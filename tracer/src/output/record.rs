@@ -9,7 +9,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     fs::File,
-    io::{self, BufWriter, Write},
+    io::{self, BufWriter},
     path::{Path, PathBuf},
 };
 
@@ -48,6 +48,8 @@ pub struct Recorder {
     file_no: u64,
     next_pkt: u64,
     pub packets: u64,
+    /// Each hop's two comments, written into the same two Strings for every hop.
+    comments: [String; 2],
 }
 
 fn open(path: &Path, section: &str) -> io::Result<Writer<BufWriter<File>>> {
@@ -84,6 +86,7 @@ impl Recorder {
             file_no: 0,
             next_pkt: 0,
             packets: 0,
+            comments: [String::with_capacity(256), String::with_capacity(1024)],
         })
     }
 
@@ -193,34 +196,46 @@ impl Recorder {
                 0 => data.len(),
                 n => data.len().min(n as usize),
             };
-            let comments = [human(pkt, i, n, p, hop), machine(pkt, i, n, hop, &head)?];
+            let [people, tagged] = &mut self.comments;
+            human(people, pkt, i, n, p, hop);
+            machine(tagged, pkt, i, n, hop, &head)?;
             self.writer.packet(&PacketRecord {
                 interface: iface,
                 ts_ns: self.wall(ts),
                 data: &data[..keep],
                 orig_len: orig.max(keep as u32),
                 direction: dir,
-                comments: &comments,
+                comments: &self.comments,
             })?;
         }
         Ok(())
     }
 }
 
-/// `flowtrace:{"pkt","hop","hops","data"[,"packet" on the first hop]}`, written without
-/// building (and cloning into) a JSON tree per hop.
-fn machine(pkt: u64, i: usize, n: usize, hop: &Hop, head: &[u8]) -> io::Result<String> {
-    let mut m = Vec::with_capacity(TAG.len() + 256 + if i == 0 { head.len() } else { 0 });
-    m.extend_from_slice(TAG.as_bytes());
-    write!(m, "{{\"pkt\":{pkt},\"hop\":{i},\"hops\":{n},\"data\":")?;
-    serde_json::to_writer(&mut m, hop).map_err(io::Error::from)?;
-    if i == 0 {
-        m.extend_from_slice(b",\"packet\":");
-        m.extend_from_slice(head);
+/// `flowtrace:{"pkt","hop","hops","data"[,"packet" on the first hop]}` into `m`, written
+/// without building (and cloning into) a JSON tree per hop.
+fn machine(m: &mut String, pkt: u64, i: usize, n: usize, hop: &Hop, head: &[u8]) -> io::Result<()> {
+    let mut b = std::mem::take(m).into_bytes();
+    b.clear();
+    b.extend_from_slice(TAG.as_bytes());
+    for (key, v) in [
+        ("{\"pkt\":", pkt),
+        (",\"hop\":", i as u64),
+        (",\"hops\":", n as u64),
+    ] {
+        b.extend_from_slice(key.as_bytes());
+        b.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
     }
-    m.push(b'}');
-    // JSON from serde_json and ASCII: always UTF-8.
-    String::from_utf8(m).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    b.extend_from_slice(b",\"data\":");
+    hop.write_json(&mut b)?;
+    if i == 0 {
+        b.extend_from_slice(b",\"packet\":");
+        b.extend_from_slice(head);
+    }
+    b.push(b'}');
+    // JSON as serde_json writes it, and ASCII: always UTF-8.
+    *m = String::from_utf8(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    Ok(())
 }
 
 /// `--write`: every shown packet, hop by hop, into the recording.
@@ -266,43 +281,56 @@ impl Recorder {
     }
 }
 
-/// `pkt 3 hop 4/6: FORWARD filter DROP NETFILTER_DROP rule: -A DOCKER-USER …`
-fn human(pkt: u64, i: usize, n: usize, p: &Packet, hop: &Hop) -> String {
+/// `pkt 3 hop 4/6: FORWARD filter DROP NETFILTER_DROP rule: -A DOCKER-USER …`, into `t`.
+fn human(t: &mut String, pkt: u64, i: usize, n: usize, p: &Packet, hop: &Hop) {
     // Pieces pushed onto one String: format! per piece was a fifth of recording's cost.
-    let mut t = String::with_capacity(160);
+    t.clear();
     let push = |t: &mut String, parts: &[&str]| parts.iter().for_each(|x| t.push_str(x));
+    let mut digits = [
+        itoa::Buffer::new(),
+        itoa::Buffer::new(),
+        itoa::Buffer::new(),
+    ];
+    let [a, b, c] = &mut digits;
+    let last = i + 1 == n;
     push(
-        &mut t,
-        &["pkt ", &pkt.to_string(), " hop ", &(i + 1).to_string(), "/"],
+        t,
+        &[
+            "pkt ",
+            a.format(pkt),
+            " hop ",
+            b.format(i + 1),
+            "/",
+            c.format(n),
+            ": ",
+        ],
     );
-    push(&mut t, &[&n.to_string(), ": "]);
     match hop {
         Hop::Nf(h) => {
-            push(&mut t, &[&h.hook, " ", &h.table, " ", &h.verdict]);
+            push(t, &[&h.hook, " ", &h.table, " ", &h.verdict]);
             if let (Some(d), "drop") = (&p.drop, &*h.verdict) {
-                push(&mut t, &[" ", &d.reason]);
+                push(t, &[" ", &d.reason]);
                 if let Some(rule) = &d.rule {
-                    push(&mut t, &[" rule: ", rule]);
+                    push(t, &[" rule: ", rule]);
                 }
             } else if let Some(rule) = &h.rule {
-                push(&mut t, &[" rule: ", rule]);
+                push(t, &[" rule: ", rule]);
             } else if let (Some(policy), Some(chain)) = (&h.policy, h.chain_path.first()) {
-                push(&mut t, &[" policy: ", policy, " (", chain, ")"]);
+                push(t, &[" policy: ", policy, " (", chain, ")"]);
             }
         }
         Hop::Tc(h) => {
             let (src, dst) = (h.src.as_deref(), h.dst.as_deref());
-            push(&mut t, &[&h.iface, " tc ", &h.dir, " ", src.unwrap_or("")]);
-            push(&mut t, &[" → ", dst.unwrap_or("")]);
+            push(t, &[&h.iface, " tc ", &h.dir, " ", src.unwrap_or("")]);
+            push(t, &[" → ", dst.unwrap_or("")]);
         }
     }
     if let Some(nat) = hop.nat() {
-        push(&mut t, &[" ", &nat.text()]);
+        push(t, &[" ", &nat.text()]);
     }
-    if let Some(d) = p.drop.as_ref().filter(|d| i + 1 == n && d.hook.is_none()) {
-        push(&mut t, &[" ✗ dropped: ", &d.reason]);
+    if let Some(d) = p.drop.as_ref().filter(|d| last && d.hook.is_none()) {
+        push(t, &[" ✗ dropped: ", &d.reason]);
     }
-    t
 }
 
 #[cfg(test)]
@@ -381,7 +409,11 @@ mod tests {
             .hops
             .iter()
             .enumerate()
-            .map(|(i, h)| human(1, i, p.hops.len(), &p, h))
+            .map(|(i, h)| {
+                let mut t = String::new();
+                human(&mut t, 1, i, p.hops.len(), &p, h);
+                t
+            })
             .collect();
         assert_eq!(
             comments[1],

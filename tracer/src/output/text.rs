@@ -8,13 +8,39 @@ use crate::{
     model::{FlowLine, Hop, Packet},
 };
 
-/// `+0.0µs`, `+32.6µs`, `+1.204ms`.
+/// `+0.0µs`, `+32.6µs`, `+1.204ms`: what `{:.1}` of the microseconds (below a millisecond)
+/// or `{:.3}` of the milliseconds writes, in integers: formatting a float was the largest
+/// single cost of a hop's line. An exact tie (`…50` ns below a millisecond, `…500` above)
+/// and a time too large for an f64 to hold exactly are left to the float formatter, whose
+/// rounding of the binary value they depend on.
 pub fn delta(ns: u64) -> String {
-    if ns < 1_000_000 {
-        format!("+{:.1}µs", ns as f64 / 1000.0)
+    let (unit, scale, digits) = if ns < 1_000_000 {
+        ("µs", 1_000, 1)
     } else {
-        format!("+{:.3}ms", ns as f64 / 1_000_000.0)
+        ("ms", 1_000_000, 3)
+    };
+    // The part below the shown precision, and its half.
+    let cut = scale / 10u64.pow(digits);
+    let rest = ns % cut;
+    if rest * 2 == cut || ns >= 1 << 52 {
+        return if digits == 1 {
+            format!("+{:.1}µs", ns as f64 / 1000.0)
+        } else {
+            format!("+{:.3}ms", ns as f64 / 1_000_000.0)
+        };
     }
+    let shown = ns / cut + u64::from(rest * 2 > cut);
+    let pow = 10u64.pow(digits);
+    let mut s = String::with_capacity(16);
+    s.push('+');
+    s.push_str(itoa::Buffer::new().format(shown / pow));
+    s.push('.');
+    let mut b = itoa::Buffer::new();
+    let frac = b.format(shown % pow);
+    (frac.len()..digits as usize).for_each(|_| s.push('0'));
+    s.push_str(frac);
+    s.push_str(unit);
+    s
 }
 
 fn note(role: &str, dir: &str) -> &'static str {
@@ -28,20 +54,26 @@ fn note(role: &str, dir: &str) -> &'static str {
 }
 
 /// The rule (or policy) that gave a netfilter hop's verdict, and the chains walked to it, on
-/// a line of its own (nothing when unknown).
-fn decided(n: &tracer_model::NfHop) -> String {
-    let path = if n.chain_path.len() > 1 {
-        format!("  (via {})", n.chain_path.join(" → "))
-    } else {
-        String::new()
-    };
+/// a line of its own (nothing when unknown), pushed onto `t`.
+fn decided(t: &mut String, n: &tracer_model::NfHop) {
+    let push = |t: &mut String, parts: &[&str]| parts.iter().for_each(|x| t.push_str(x));
     match (&n.rule, &n.policy) {
-        (Some(r), _) => format!("\n            rule: {r}{path}"),
-        (None, Some(p)) => format!(
-            "\n            policy: {p} ({}){path}",
-            n.chain_path.first().map_or("", String::as_str)
-        ),
-        _ => String::new(),
+        (Some(r), _) => push(t, &["\n            rule: ", r]),
+        (None, Some(p)) => {
+            let chain = n.chain_path.first().map_or("", String::as_str);
+            push(t, &["\n            policy: ", p, " (", chain, ")"]);
+        }
+        _ => return,
+    }
+    if n.chain_path.len() > 1 {
+        t.push_str("  (via ");
+        for (i, c) in n.chain_path.iter().enumerate() {
+            if i > 0 {
+                t.push_str(" → ");
+            }
+            t.push_str(c);
+        }
+        t.push(')');
     }
 }
 
@@ -90,8 +122,17 @@ pub fn packet(p: &Packet) -> String {
                         }
                         t
                     }
-                    (_, Some(nat)) => format!("{}{}", nat.text(), decided(n)),
-                    (v, _) => format!("{v}{}", decided(n)),
+                    (_, Some(nat)) => {
+                        let mut t = nat.text();
+                        decided(&mut t, n);
+                        t
+                    }
+                    (v, _) => {
+                        let mut t = String::with_capacity(v.len());
+                        t.push_str(v);
+                        decided(&mut t, n);
+                        t
+                    }
                 };
                 hop_line(&mut s, [&at, &n.hook, &n.table, &tail]);
             }
@@ -290,7 +331,30 @@ mod tests {
     #[test]
     fn deltas_switch_to_milliseconds() {
         assert_eq!(delta(0), "+0.0µs");
+        assert_eq!(delta(1_000_000), "+1.000ms");
+        assert_eq!(delta(1_020_400), "+1.020ms");
         assert_eq!(delta(32_600), "+32.6µs");
         assert_eq!(delta(1_204_000), "+1.204ms");
+    }
+
+    /// The integer delta writes what the float formatter wrote: every nanosecond up to 3 ms,
+    /// then a spread of larger times, ties and the values next to them.
+    #[test]
+    fn the_delta_is_the_float_formatters() {
+        let float = |ns: u64| {
+            if ns < 1_000_000 {
+                format!("+{:.1}µs", ns as f64 / 1000.0)
+            } else {
+                format!("+{:.3}ms", ns as f64 / 1_000_000.0)
+            }
+        };
+        let spread = (0..200_000u64).map(|k| k * 49_999_999_967 % 10_000_000_000_000);
+        let ties = (0..1000u64).flat_map(|k| {
+            let t = 1_000_000 * k + 500 * (k % 7) + 500;
+            [t - 1, t, t + 1, 1_250, 1_050, 999_950, u64::MAX - k]
+        });
+        for ns in (0..3_000_000).chain(spread).chain(ties) {
+            assert_eq!(delta(ns), float(ns), "{ns}");
+        }
     }
 }

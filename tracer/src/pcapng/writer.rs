@@ -36,6 +36,9 @@ pub struct Writer<W: Write> {
     inner: W,
     written: u64,
     interfaces: u32,
+    /// The last block's buffer, kept for the next one: a packet block is built in it without
+    /// allocating (or growing) a buffer for each.
+    spare: Vec<u8>,
 }
 
 impl<W: Write> Writer<W> {
@@ -49,7 +52,7 @@ impl<W: Write> Writer<W> {
 
     /// Starts a section with an explicit `shb_userappl` (left out when empty).
     pub fn new_with_app(w: W, shb_comment: &str, app: &str) -> io::Result<Self> {
-        let mut b = BlockBuf::new(SHB_TYPE);
+        let mut b = BlockBuf::new(Vec::new(), SHB_TYPE);
         b.u32(BYTE_ORDER_MAGIC);
         b.u16(1); // major version
         b.u16(0); // minor version
@@ -60,6 +63,7 @@ impl<W: Write> Writer<W> {
             inner: w,
             written: 0,
             interfaces: 0,
+            spare: Vec::new(),
         };
         me.emit(b)?;
         Ok(me)
@@ -75,7 +79,7 @@ impl<W: Write> Writer<W> {
         snaplen: u32,
     ) -> io::Result<u32> {
         let id = self.interfaces;
-        let mut b = BlockBuf::new(IDB_TYPE);
+        let mut b = BlockBuf::new(std::mem::take(&mut self.spare), IDB_TYPE);
         b.u16(linktype);
         b.u16(0); // reserved
         b.u32(snaplen);
@@ -99,7 +103,7 @@ impl<W: Write> Writer<W> {
             .ok()
             .filter(|&n| n < MAX_BLOCK_LEN - 1024)
             .ok_or_else(|| invalid(format!("packet of {} bytes is too large", p.data.len())))?;
-        let mut b = BlockBuf::new(EPB_TYPE);
+        let mut b = BlockBuf::new(std::mem::take(&mut self.spare), EPB_TYPE);
         b.u32(p.interface);
         b.u32((p.ts_ns >> 32) as u32);
         b.u32(p.ts_ns as u32);
@@ -135,8 +139,11 @@ impl<W: Write> Writer<W> {
 
     fn emit(&mut self, b: BlockBuf) -> io::Result<()> {
         let block = b.finish()?;
-        self.inner.write_all(&block)?;
-        self.written += block.len() as u64;
+        let sent = self.inner.write_all(&block);
+        let len = block.len() as u64;
+        self.spare = block;
+        sent?;
+        self.written += len;
         Ok(())
     }
 }
@@ -152,8 +159,9 @@ struct BlockBuf {
 }
 
 impl BlockBuf {
-    fn new(block_type: u32) -> Self {
-        let mut buf = Vec::with_capacity(128);
+    /// Starts a block in `buf` (emptied first; its capacity is what is reused).
+    fn new(mut buf: Vec<u8>, block_type: u32) -> Self {
+        buf.clear();
         buf.extend_from_slice(&block_type.to_le_bytes());
         buf.extend_from_slice(&[0; 4]);
         Self {
