@@ -64,8 +64,15 @@ fn src_dst<W: Write>(w: &mut W, src: &Option<String>, dst: &Option<String>) -> i
 fn nat<W: Write>(w: &mut W, nat: &Option<Nat>) -> io::Result<()> {
     match nat {
         Some(nat) => {
-            w.write_all(b",\"nat\":")?;
-            serde(w, nat)
+            for (key, v) in [
+                (&b",\"nat\":{\"kind\":"[..], &nat.kind),
+                (b",\"from\":", &nat.from),
+                (b",\"to\":", &nat.to),
+            ] {
+                w.write_all(key)?;
+                string(w, v)?;
+            }
+            w.write_all(b"}")
         }
         None => Ok(()),
     }
