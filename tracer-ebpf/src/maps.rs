@@ -188,6 +188,18 @@ pub struct DevCache {
     pub out_ifindex: u32,
 }
 
+/// Is `skb` this CPU's cached packet? Only a packet reported here is cached, and its entry
+/// is cleared wherever `TRACKED`'s is removed (freed, or its address found reused at tc): a
+/// hit says "tracked" without a lookup in `TRACKED` at each of the slots after the first.
+#[inline(always)]
+pub fn devices_cached(skb: u64) -> bool {
+    // SAFETY: this CPU's entry, read once. An empty entry holds 0, which no packet is.
+    skb != 0
+        && DEV_CACHE
+            .get_ptr(0)
+            .is_some_and(|c| unsafe { (*c).skb } == skb)
+}
+
 /// A freed packet's devices are no longer cached.
 #[inline(always)]
 pub fn forget_devices(skb: u64) {

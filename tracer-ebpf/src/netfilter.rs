@@ -53,7 +53,8 @@ fn observe_at(state: u64, skb: u64, slot: u8) {
     // Not seen by a tc observer: in scope only if it is to or from a traced container (it came
     // in by an interface flowtrace is not attached to, or the host sent it), judged at a
     // hook's entry. Both checks come before the offsets are copied out.
-    let ours = tracked(skb);
+    // The packet this CPU last reported (its slots follow each other): tracked, no lookup.
+    let ours = crate::maps::devices_cached(skb) || tracked(skb);
     if !ours && slot != 0 {
         return;
     }
