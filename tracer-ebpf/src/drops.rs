@@ -13,14 +13,15 @@ use crate::{
 
 #[inline(always)]
 pub fn end(skb: u64, location: u64, reason: u32, kind: EventKind) -> i32 {
-    // Its address may be another packet's next.
+    // Its address may be another packet's next (an evicted packet's too: nothing below runs
+    // for it).
     crate::scope::forget(skb);
+    crate::maps::forget_devices(skb);
     // Every skb the host frees passes here, nearly all of them never ours: a lookup (lock-free)
     // first, and the removal (which takes the bucket's lock) only for a tracked one.
     if crate::maps::tracked_entry(skb).is_none() || !crate::maps::untrack_skb(skb) {
         return 0;
     }
-    crate::maps::forget_devices(skb);
     let off = offsets();
     let Some(mut entry) = EVENTS.reserve::<SkbEndEvent>(0) else {
         crate::maps::count_lost(tracer_common::LostKind::Drop);

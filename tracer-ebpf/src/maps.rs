@@ -188,9 +188,10 @@ pub struct DevCache {
     pub out_ifindex: u32,
 }
 
-/// Is `skb` this CPU's cached packet? Only a packet reported here is cached, and its entry
-/// is cleared wherever `TRACKED`'s is removed (freed, or its address found reused at tc): a
-/// hit says "tracked" without a lookup in `TRACKED` at each of the slots after the first.
+/// Is `skb` this CPU's cached packet? Only a packet reported here is cached, and a free or a
+/// reuse seen on this CPU clears it; a free on another CPU or an eviction from `TRACKED` does
+/// not, so a hit is trusted only after a hook's first slot has looked `skb` up
+/// (`netfilter.rs`).
 #[inline(always)]
 pub fn devices_cached(skb: u64) -> bool {
     // SAFETY: this CPU's entry, read once. An empty entry holds 0, which no packet is.

@@ -53,8 +53,11 @@ fn observe_at(state: u64, skb: u64, slot: u8) {
     // Not seen by a tc observer: in scope only if it is to or from a traced container (it came
     // in by an interface flowtrace is not attached to, or the host sent it), judged at a
     // hook's entry. Both checks come before the offsets are copied out.
-    // The packet this CPU last reported (its slots follow each other): tracked, no lookup.
-    let ours = crate::maps::devices_cached(skb) || tracked(skb);
+    // After a hook's first slot, the packet this CPU last reported is tracked without a
+    // lookup (its slots follow each other on this CPU). The first slot always looks: this
+    // CPU's cache may name an address freed on another CPU, or evicted, and taken since by
+    // a packet that is not ours (judged here, `judged_out` then keeps the later slots away).
+    let ours = (slot != 0 && crate::maps::devices_cached(skb)) || tracked(skb);
     if !ours && slot != 0 {
         return;
     }
@@ -110,8 +113,8 @@ fn observe_at(state: u64, skb: u64, slot: u8) {
 
 /// The ifindex of the hook's devices. A packet meets several slots at one hook, all with the
 /// same devices: they are read once for it (`DEV_CACHE`, this CPU's last), not at every slot.
-/// The cache is the packet's own (its address, and `drops.rs` clears it when it is freed), so
-/// a device's address reused by another device later is never taken for the old one.
+/// The cache is the packet's own: its address and both device pointers must match, and
+/// `drops.rs` clears it when the packet is freed on this CPU.
 #[inline(always)]
 fn devices(skb: u64, st: &StateFields, off_ifindex: u32) -> (u32, u32) {
     let Some(c) = DEV_CACHE.get_ptr_mut(0) else {

@@ -2,7 +2,7 @@
 //! (a test holds them equal), without running every key and every one of flowtrace's own
 //! names through serde_json's escaping. A shown packet has some 85 strings, most of them
 //! keys and names that never need escaping; this was the largest single cost of `--json`.
-//! Nested values that are rare (a rewrite, a drop) still go through serde.
+//! A drop, which is rare, still goes through serde.
 
 use std::io::{self, Write};
 
@@ -102,8 +102,8 @@ pub(crate) fn packet<W: Write>(w: &mut W, p: &Packet) -> io::Result<()> {
     w.write_all(b"}")
 }
 
-/// The packet without its hops (`head::PacketHead` as serde_json writes it): the same fields
-/// in the same order, `drop` last.
+/// The packet without its hops: `Packet`'s fields in its order but `hops`, as serde_json
+/// writes them (`head.rs`'s test holds it to serde's bytes).
 pub(crate) fn head<W: Write>(w: &mut W, p: &Packet) -> io::Result<()> {
     w.write_all(b"{")?;
     head_fields(w, p)?;

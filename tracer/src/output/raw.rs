@@ -40,14 +40,18 @@ pub fn text(obs: &Observation, names: &IfNames, clock: &WallClock) -> String {
             )
         }
         Observation::End(e) => {
+            // A normal free carries no device (the kernel reads it for drops only).
+            let dev = match e.ifindex {
+                0 => String::new(),
+                i => format!(" (if{i})"),
+            };
             return format!(
-                "{} skb {:#x} {:?} at {:#x} (if{})",
+                "{} skb {:#x} {:?} at {:#x}{dev}",
                 clock.short(e.ts_ns),
                 e.skb,
                 e.kind,
                 e.location,
-                e.ifindex
-            )
+            );
         }
     };
     let what = summary(t);

@@ -353,7 +353,13 @@ mod tests {
             let t = 1_000_000 * k + 500 * (k % 7) + 500;
             [t - 1, t, t + 1, 1_250, 1_050, 999_950, u64::MAX - k]
         });
-        for ns in (0..3_000_000).chain(spread).chain(ties) {
+        // Either side of a tie at large times, below where the float formatter takes over.
+        let large = (1..2000u64).flat_map(|k| {
+            let base = (1u64 << 52) - 1000 - k * 1_000_037;
+            let t = base - base % 1000 + 500;
+            [t - 1, t + 1, t - 2, t + 2]
+        });
+        for ns in (0..3_000_000).chain(spread).chain(ties).chain(large) {
             assert_eq!(delta(ns), float(ns), "{ns}");
         }
     }
