@@ -88,28 +88,42 @@ fn serde<W: Write>(w: &mut W, v: &impl serde::Serialize) -> io::Result<()> {
 
 /// `LineRef::Packet(p)` as serde_json writes it.
 pub(crate) fn packet<W: Write>(w: &mut W, p: &Packet) -> io::Result<()> {
-    w.write_all(b"{\"type\":\"packet\",")?;
-    head_fields(w, p)?;
-    w.write_all(b",\"hops\":[")?;
-    for (i, h) in p.hops.iter().enumerate() {
-        if i > 0 {
-            w.write_all(b",")?;
-        }
-        hop(w, h)?;
-    }
-    w.write_all(b"],\"drop\":")?;
-    serde(w, &p.drop)?;
-    w.write_all(b"}")
+    object(w, p, b"{\"type\":\"packet\",", true)
 }
 
 /// The packet without its hops: `Packet`'s fields in its order but `hops`, as serde_json
 /// writes them (`head.rs`'s test holds it to serde's bytes).
 pub(crate) fn head<W: Write>(w: &mut W, p: &Packet) -> io::Result<()> {
-    w.write_all(b"{")?;
+    object(w, p, b"{", false)
+}
+
+/// `open`, the packet's fields, its hops if asked, its drop and the closing brace.
+fn object<W: Write>(w: &mut W, p: &Packet, open: &[u8], hops: bool) -> io::Result<()> {
+    w.write_all(open)?;
     head_fields(w, p)?;
+    if hops {
+        w.write_all(b",\"hops\":")?;
+        list(w, &p.hops, hop)?;
+    }
     w.write_all(b",\"drop\":")?;
     serde(w, &p.drop)?;
     w.write_all(b"}")
+}
+
+/// `[a,b,…]`, each item written by `each`.
+fn list<W: Write, T>(
+    w: &mut W,
+    items: &[T],
+    each: impl Fn(&mut W, &T) -> io::Result<()>,
+) -> io::Result<()> {
+    w.write_all(b"[")?;
+    for (i, x) in items.iter().enumerate() {
+        if i > 0 {
+            w.write_all(b",")?;
+        }
+        each(w, x)?;
+    }
+    w.write_all(b"]")
 }
 
 /// A hop as serde_json writes `Hop` (tagged by `point`).
@@ -180,14 +194,8 @@ fn nf<W: Write>(w: &mut W, n: &NfHop) -> io::Result<()> {
         string(w, policy)?;
     }
     if !n.chain_path.is_empty() {
-        w.write_all(b",\"chain_path\":[")?;
-        for (i, c) in n.chain_path.iter().enumerate() {
-            if i > 0 {
-                w.write_all(b",")?;
-            }
-            string(w, c)?;
-        }
-        w.write_all(b"]")?;
+        w.write_all(b",\"chain_path\":")?;
+        list(w, &n.chain_path, |w, c| string(w, c))?;
     }
     if let Some(source) = &n.rule_source {
         w.write_all(b",\"rule_source\":")?;
