@@ -6,6 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
 };
 use tracer_common::{
+    counters::{counter_index, HOP_COUNTS_LEN, HOP_WAYS},
     flow::{FlowKey, Tracked, View, FILTER_SLOTS, MAX_NAT_FLOWS, MAX_TRACKED},
     scope::{
         Judged, ScopeAddr, ScopeScratch, ADDR_BITMAP_WORDS, FLOW_MARK_WORDS, MAX_SCOPE_ADDRS,
@@ -71,6 +72,25 @@ pub fn untrack_skb(skb: u64) -> bool {
 #[map(name = "HOP_COUNTERS")]
 pub static HOP_COUNTERS: PerCpuHashMap<PointKey, HopCounter> =
     PerCpuHashMap::with_max_entries(MAX_HOP_COUNTERS, 0);
+
+/// Ways to a point's counters, by `ifindex % HOP_WAYS` (`tracer_common::counters`).
+#[map(name = "HOP_SLOTS")]
+pub static HOP_SLOTS: Array<u64> = Array::with_max_entries(HOP_WAYS, 0);
+
+/// Per-hop counters by slot and direction, for the points `HOP_SLOTS` leads to.
+#[map(name = "HOP_COUNTS")]
+pub static HOP_COUNTS: PerCpuArray<HopCounter> = PerCpuArray::with_max_entries(HOP_COUNTS_LEN, 0);
+
+/// This CPU's counter of a point: by two array lookups where the point has a slot, else by
+/// its key in `HOP_COUNTERS`; `None` for a point not counted.
+#[inline(always)]
+pub fn hop_counter(ifindex: u32, direction: u8) -> Option<*mut HopCounter> {
+    let tag = HOP_SLOTS.get(ifindex % HOP_WAYS).copied().unwrap_or(0);
+    match counter_index(tag, ifindex, direction) {
+        Some(i) => HOP_COUNTS.get_ptr_mut(i),
+        None => HOP_COUNTERS.get_ptr_mut(PointKey::new(ifindex, direction)),
+    }
+}
 
 /// sk_buff addresses seen by a tc observer: the packets the netfilter and drop programs
 /// report on. Least recently used entries make room for new ones.

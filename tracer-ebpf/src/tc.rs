@@ -11,13 +11,13 @@ use tracer_common::{
         FlowKey, Frame, Tracked, FILTER_SLOT_EGRESS, FILTER_SLOT_INGRESS, VIEW_FILTER_SLOT,
         VIEW_LEN,
     },
-    Direction, EventKind, PointKey, TableOp, MAX_SNAP, TC_HEAD_LEN,
+    Direction, EventKind, TableOp, MAX_SNAP, TC_HEAD_LEN,
 };
 
 use crate::{
     maps::{
-        count_op, emit_events, filtering, snaplen, track_skb, tracked_entry, untrack_skb, EVENTS,
-        FILTER_PROGS, FLOWS, HOP_COUNTERS, RING_FILL, TC_SCRATCH, VIEW,
+        count_op, emit_events, filtering, hop_counter, snaplen, track_skb, tracked_entry,
+        untrack_skb, EVENTS, FILTER_PROGS, FLOWS, RING_FILL, TC_SCRATCH, VIEW,
     },
     scope,
 };
@@ -98,8 +98,7 @@ pub fn observe(ctx: &TcContext, direction: u8) -> i32 {
     // SAFETY: `skb` is the program's context; these loads are rewritten by the verifier.
     let (ifindex, len) = unsafe { ((*skb).ifindex, (*skb).len) };
 
-    let key = PointKey::new(ifindex, direction);
-    let counter = HOP_COUNTERS.get_ptr_mut(key);
+    let counter = hop_counter(ifindex, direction);
     if let Some(c) = counter {
         // SAFETY: per-CPU value, no concurrent writer on this CPU.
         unsafe {
@@ -155,7 +154,7 @@ pub fn observe_matched(ctx: &TcContext, direction: u8) -> i32 {
     // SAFETY: as in `observe`.
     let ifindex = unsafe { (*skb).ifindex };
     track(skb);
-    let counter = HOP_COUNTERS.get_ptr_mut(PointKey::new(ifindex, direction));
+    let counter = hop_counter(ifindex, direction);
     report(ctx, direction, counter)
 }
 

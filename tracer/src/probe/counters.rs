@@ -3,10 +3,12 @@
 use std::collections::BTreeMap;
 
 use aya::{
-    maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
     Ebpf,
 };
 use tracer_common::{Direction, HopCounter, PointKey};
+
+use super::counter_slots::SlotBook;
 
 use crate::error::{Error, Result};
 
@@ -22,6 +24,12 @@ pub struct HopTotals {
 
 pub struct Counters {
     map: PerCpuHashMap<MapData, PointKey, HopCounter>,
+    /// The ways to the points counted by array (`tracer_common::counters`)…
+    ways: Array<MapData, u64>,
+    /// …their counters…
+    slots: PerCpuArray<MapData, HopCounter>,
+    /// …and which interface has which.
+    book: SlotBook,
     ring_fill: Option<PerCpuArray<MapData, u64>>,
     /// Records lost by kind (`tracer_common::LostKind`), per CPU.
     lost: Option<PerCpuArray<MapData, u64>>,
@@ -38,6 +46,13 @@ impl Counters {
             .take_map("HOP_COUNTERS")
             .ok_or_else(|| Error::Load("map HOP_COUNTERS missing from the eBPF object".into()))?;
         let map = PerCpuHashMap::try_from(map).map_err(|e| Error::Load(e.to_string()))?;
+        let mut load = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| Error::Load(format!("map {name} missing from the eBPF object")))
+        };
+        let ways = Array::try_from(load("HOP_SLOTS")?).map_err(|e| Error::Load(e.to_string()))?;
+        let slots =
+            PerCpuArray::try_from(load("HOP_COUNTS")?).map_err(|e| Error::Load(e.to_string()))?;
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| Error::io(what, e))?;
         let ring_fill = ebpf
             .take_map("RING_FILL")
@@ -47,6 +62,9 @@ impl Counters {
             .and_then(|m| PerCpuArray::try_from(m).ok());
         Ok(Self {
             map,
+            ways,
+            slots,
+            book: SlotBook::default(),
             ring_fill,
             lost,
             retired: BTreeMap::new(),
@@ -55,25 +73,52 @@ impl Counters {
         })
     }
 
-    /// Starts counting at a point (the programs only increment keys that exist).
+    /// Starts counting at a point: by array where its interface has a slot or can take one,
+    /// else in the hash map (the programs only increment keys that exist).
     pub fn register(&mut self, key: PointKey) -> Result<()> {
-        let zeros = PerCpuValues::try_from(vec![HopCounter::default(); self.cpus])
-            .map_err(|e| Error::io("per-CPU counter values", e))?;
-        self.map
-            .insert(key, zeros, 0)
-            .map_err(|e| Error::Load(format!("cannot register counter: {e}")))
+        let zeros = self.zeros()?;
+        let refused = |e: aya::maps::MapError| Error::Load(format!("cannot register counter: {e}"));
+        let Some((index, taken)) = self.book.register(key) else {
+            return self.map.insert(key, zeros, 0).map_err(refused);
+        };
+        match taken {
+            // Both counters zeroed before the way leads to them.
+            Some(t) => {
+                for i in t.counters {
+                    self.slots.set(i, self.zeros()?, 0).map_err(refused)?;
+                }
+                self.ways.set(t.way, t.tag, 0).map_err(refused)
+            }
+            None => self.slots.set(index, zeros, 0).map_err(refused),
+        }
     }
 
-    /// Stops counting at a detached point and frees its entry (so that restarts never use the
-    /// map up); what it counted stays in the totals.
+    fn zeros(&self) -> Result<PerCpuValues<HopCounter>> {
+        PerCpuValues::try_from(vec![HopCounter::default(); self.cpus])
+            .map_err(|e| Error::io("per-CPU counter values", e))
+    }
+
+    /// Stops counting at a detached point and frees its entry or slot (so that restarts
+    /// never use them up); what it counted stays in the totals.
     pub fn unregister(&mut self, key: PointKey) {
-        if let Ok(values) = self.map.get(&key, 0) {
+        // One direction may be in the hash map and the other in a slot (its interface's way
+        // was taken when the first registered).
+        let slotted = self.book.index(&key);
+        let values = match slotted {
+            Some(i) => self.slots.get(&i, 0).ok(),
+            None => self.map.get(&key, 0).ok(),
+        };
+        if let Some(values) = values {
             let kept = self.retired.entry(key).or_default();
             for v in values.iter() {
                 kept.add(v);
             }
         }
-        let _ = self.map.remove(&key);
+        if slotted.is_none() {
+            let _ = self.map.remove(&key);
+        } else if let Some(way) = self.book.release(&key) {
+            let _ = self.ways.set(way, 0, 0);
+        }
     }
 
     /// How full the ring buffer was at the last write, in percent (the fullest CPU's view).
@@ -107,7 +152,9 @@ impl Counters {
     /// The counters of every registered point, summed over CPUs.
     pub fn read(&self) -> BTreeMap<PointKey, HopCounter> {
         let mut out = self.retired.clone();
-        for (key, values) in self.map.iter().flatten() {
+        let slotted =
+            (self.book.points()).filter_map(|(k, i)| Some((k, self.slots.get(&i, 0).ok()?)));
+        for (key, values) in self.map.iter().flatten().chain(slotted) {
             let total = out.entry(key).or_default();
             for v in values.iter() {
                 total.add(v);

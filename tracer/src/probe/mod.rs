@@ -4,6 +4,7 @@
 pub mod bpf_sys;
 pub mod btf;
 pub mod capabilities;
+pub mod counter_slots;
 pub mod counters;
 pub mod drops;
 pub mod kallsyms;

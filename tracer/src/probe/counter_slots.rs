@@ -1,0 +1,164 @@
+//! Which interface counts through which slot and way (`tracer_common::counters`): user
+//! space's bookkeeping for `HOP_SLOTS`, kept apart from the maps so that it is tested without
+//! a kernel.
+
+use std::collections::HashMap;
+
+use tracer_common::{
+    counters::{counter_index, slot_tag, HOP_SLOTS_MAX, HOP_WAYS},
+    PointKey,
+};
+
+/// A slot given to an interface: what to write into the maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Taken {
+    pub way: u32,
+    pub tag: u64,
+    /// `HOP_COUNTS` indices of its two directions' counters, to zero first.
+    pub counters: [u32; 2],
+}
+
+pub struct SlotBook {
+    /// Interface → its slot and the directions registered there (bit 0 ingress, 1 egress).
+    slotted: HashMap<u32, (u32, u8)>,
+    free: Vec<u32>,
+}
+
+impl Default for SlotBook {
+    fn default() -> Self {
+        Self {
+            slotted: HashMap::new(),
+            // Handed out lowest first.
+            free: (1..=HOP_SLOTS_MAX).rev().collect(),
+        }
+    }
+}
+
+impl SlotBook {
+    /// Registers `key` by slot if its interface has one or can take one (its way free, a slot
+    /// left): `Some(index)` of its counter, with `Some(Taken)` when the slot is new. `None`:
+    /// count it in the hash map.
+    pub fn register(&mut self, key: PointKey) -> Option<(u32, Option<Taken>)> {
+        let bit = 1 << (key.direction & 1);
+        let taken = match self.slotted.get_mut(&key.ifindex) {
+            Some((_, dirs)) => {
+                *dirs |= bit;
+                None
+            }
+            None => {
+                let way = key.ifindex % HOP_WAYS;
+                if self.slotted.keys().any(|i| i % HOP_WAYS == way) {
+                    return None;
+                }
+                let slot = self.free.pop()?;
+                let tag = slot_tag(key.ifindex, slot);
+                let at = |d| counter_index(tag, key.ifindex, d);
+                let counters = [at(0)?, at(1)?];
+                self.slotted.insert(key.ifindex, (slot, bit));
+                Some(Taken { way, tag, counters })
+            }
+        };
+        Some((self.index(&key)?, taken))
+    }
+
+    /// The `HOP_COUNTS` index of a point registered by slot.
+    pub fn index(&self, key: &PointKey) -> Option<u32> {
+        let (slot, dirs) = self.slotted.get(&key.ifindex)?;
+        let registered = dirs & (1 << (key.direction & 1)) != 0;
+        let tag = slot_tag(key.ifindex, *slot);
+        registered
+            .then(|| counter_index(tag, key.ifindex, key.direction))
+            .flatten()
+    }
+
+    /// Ends a point registered by slot; `Some(way)` to empty when it was its interface's last.
+    pub fn release(&mut self, key: &PointKey) -> Option<u32> {
+        self.index(key)?;
+        let (slot, dirs) = self.slotted.get_mut(&key.ifindex)?;
+        *dirs &= !(1 << (key.direction & 1));
+        if *dirs != 0 {
+            return None;
+        }
+        let slot = *slot;
+        self.slotted.remove(&key.ifindex);
+        self.free.push(slot);
+        Some(key.ifindex % HOP_WAYS)
+    }
+
+    /// Every point registered by slot, with its counter's index.
+    pub fn points(&self) -> impl Iterator<Item = (PointKey, u32)> + '_ {
+        self.slotted.keys().flat_map(move |i| {
+            [0, 1].into_iter().filter_map(move |d| {
+                let k = PointKey::new(*i, d);
+                Some((k, self.index(&k)?))
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interface_takes_a_slot_and_its_directions_share_it() {
+        let mut b = SlotBook::default();
+        let (i, t) = b.register(PointKey::new(2364, 0)).expect("a slot");
+        let t = t.expect("a new slot");
+        assert_eq!((i, t.way, t.tag), (2, 2364, slot_tag(2364, 1)));
+        assert_eq!(t.counters, [2, 3]);
+        assert_eq!(b.register(PointKey::new(2364, 1)), Some((3, None)));
+        let mut all: Vec<_> = b.points().collect();
+        all.sort();
+        assert_eq!(
+            all,
+            [(PointKey::new(2364, 0), 2), (PointKey::new(2364, 1), 3)]
+        );
+    }
+
+    #[test]
+    fn a_taken_way_sends_the_other_interface_to_the_hash_map() {
+        let mut b = SlotBook::default();
+        assert!(b.register(PointKey::new(7, 0)).is_some());
+        assert_eq!(b.register(PointKey::new(7 + HOP_WAYS, 0)), None);
+        assert_eq!(
+            b.release(&PointKey::new(7 + HOP_WAYS, 0)),
+            None,
+            "not slotted"
+        );
+        // Once the way is free, it is the other interface's.
+        assert_eq!(b.release(&PointKey::new(7, 0)), Some(7));
+        assert!(b.register(PointKey::new(7 + HOP_WAYS, 0)).is_some());
+    }
+
+    #[test]
+    fn the_last_direction_frees_the_slot_and_way_for_reuse() {
+        let mut b = SlotBook::default();
+        b.register(PointKey::new(9, 0));
+        b.register(PointKey::new(9, 1));
+        assert_eq!(
+            b.release(&PointKey::new(9, 0)),
+            None,
+            "egress still counted"
+        );
+        assert_eq!(b.index(&PointKey::new(9, 0)), None);
+        assert_eq!(b.release(&PointKey::new(9, 0)), None, "released once");
+        assert_eq!(b.release(&PointKey::new(9, 1)), Some(9));
+        assert_eq!(b.points().count(), 0);
+        let (_, t) = b.register(PointKey::new(10, 1)).expect("a slot");
+        assert_eq!(t.map(|t| t.tag), Some(slot_tag(10, 1)), "slot 1 reused");
+    }
+
+    #[test]
+    fn past_the_last_slot_points_go_to_the_hash_map() {
+        let mut b = SlotBook::default();
+        for i in 0..HOP_SLOTS_MAX {
+            assert!(b.register(PointKey::new(i, 0)).is_some(), "{i}");
+        }
+        assert_eq!(b.register(PointKey::new(HOP_SLOTS_MAX, 0)), None);
+        assert!(
+            b.register(PointKey::new(0, 1)).is_some(),
+            "a slotted one's other side"
+        );
+    }
+}
