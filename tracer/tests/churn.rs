@@ -140,8 +140,8 @@ fn restarts_free_the_old_veths_counter_entries() {
     let name = lab.container();
     let _guard = Running(&name);
     let ft = Flowtrace::start(&["-c", &name, "--json"]);
-    // A point is counted through a way of HOP_SLOTS (an interface's non-zero tag) or, where
-    // its way is taken, by an entry of HOP_COUNTERS.
+    // An interface is counted through a way of HOP_SLOTS (its non-zero tag) or, where its
+    // way is taken, by an entry of HOP_COUNTERS for each direction.
     let dump = |map: &str| -> Vec<serde_json::Value> {
         let out = Command::new("bpftool")
             .args(["-j", "map", "dump", "name", map])
@@ -159,7 +159,9 @@ fn restarts_free_the_old_veths_counter_entries() {
                 .iter()
                 .any(|b| b.as_str().is_some_and(|b| b != "0x00"))
         };
-        dump("HOP_COUNTERS").len() + dump("HOP_SLOTS").iter().filter(|e| in_use(e)).count()
+        // Points: two per way in use (an interface's directions), one per hash entry.
+        let ways = dump("HOP_SLOTS").iter().filter(|e| in_use(e)).count();
+        dump("HOP_COUNTERS").len() + 2 * ways
     };
     let before = entries();
     assert!(

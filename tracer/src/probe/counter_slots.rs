@@ -18,9 +18,20 @@ pub struct Taken {
     pub counters: [u32; 2],
 }
 
+/// A slot whose interface's last point was released: its way to empty, and the slot to hand
+/// back ([`SlotBook::free`]) once it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Released {
+    pub way: u32,
+    pub slot: u32,
+}
+
 pub struct SlotBook {
     /// Interface → its slot and the directions registered there (bit 0 ingress, 1 egress).
     slotted: HashMap<u32, (u32, u8)>,
+    /// Interfaces counted in the hash map, with their directions there. Both directions of an
+    /// interface are counted in one place: the kernel's way leads both to the slot.
+    hashed: HashMap<u32, u8>,
     free: Vec<u32>,
 }
 
@@ -28,6 +39,7 @@ impl Default for SlotBook {
     fn default() -> Self {
         Self {
             slotted: HashMap::new(),
+            hashed: HashMap::new(),
             // Handed out lowest first.
             free: (1..=HOP_SLOTS_MAX).rev().collect(),
         }
@@ -35,9 +47,8 @@ impl Default for SlotBook {
 }
 
 impl SlotBook {
-    /// Registers `key` by slot if its interface has one or can take one (its way free, a slot
-    /// left): `Some(index)` of its counter, with `Some(Taken)` when the slot is new. `None`:
-    /// count it in the hash map.
+    /// Registers `key` by slot if its interface has one or can take one: `Some(index)` of its
+    /// counter, with `Some(Taken)` when the slot is new. `None`: count it in the hash map.
     pub fn register(&mut self, key: PointKey) -> Option<(u32, Option<Taken>)> {
         let bit = 1 << (key.direction & 1);
         let taken = match self.slotted.get_mut(&key.ifindex) {
@@ -45,20 +56,32 @@ impl SlotBook {
                 *dirs |= bit;
                 None
             }
-            None => {
-                let way = key.ifindex % HOP_WAYS;
-                if self.slotted.keys().any(|i| i % HOP_WAYS == way) {
+            None => match self.take(key.ifindex, bit) {
+                Some(t) => Some(t),
+                None => {
+                    *self.hashed.entry(key.ifindex).or_default() |= bit;
                     return None;
                 }
-                let slot = self.free.pop()?;
-                let tag = slot_tag(key.ifindex, slot);
-                let at = |d| counter_index(tag, key.ifindex, d);
-                let counters = [at(0)?, at(1)?];
-                self.slotted.insert(key.ifindex, (slot, bit));
-                Some(Taken { way, tag, counters })
-            }
+            },
         };
         Some((self.index(&key)?, taken))
+    }
+
+    /// A slot for an interface with none, if it has no point in the hash map, its way is
+    /// free and a slot is left.
+    fn take(&mut self, ifindex: u32, bit: u8) -> Option<Taken> {
+        let way = ifindex % HOP_WAYS;
+        let way_taken = self.slotted.keys().any(|i| i % HOP_WAYS == way);
+        if way_taken || self.hashed.contains_key(&ifindex) {
+            return None;
+        }
+        let slot = *self.free.last()?;
+        let tag = slot_tag(ifindex, slot);
+        let at = |d| counter_index(tag, ifindex, d);
+        let counters = [at(0)?, at(1)?];
+        self.free.pop();
+        self.slotted.insert(ifindex, (slot, bit));
+        Some(Taken { way, tag, counters })
     }
 
     /// The `HOP_COUNTS` index of a point registered by slot.
@@ -71,18 +94,34 @@ impl SlotBook {
             .flatten()
     }
 
-    /// Ends a point registered by slot; `Some(way)` to empty when it was its interface's last.
-    pub fn release(&mut self, key: &PointKey) -> Option<u32> {
+    /// Ends a point. `Some` when it was its slot's last: the way is to be emptied, then the
+    /// slot handed back with [`SlotBook::free`] (kept out of use if the way stays set).
+    pub fn release(&mut self, key: &PointKey) -> Option<Released> {
+        let bit = 1 << (key.direction & 1);
+        if let Some(dirs) = self.hashed.get_mut(&key.ifindex) {
+            *dirs &= !bit;
+            if *dirs == 0 {
+                self.hashed.remove(&key.ifindex);
+            }
+            return None;
+        }
         self.index(key)?;
         let (slot, dirs) = self.slotted.get_mut(&key.ifindex)?;
-        *dirs &= !(1 << (key.direction & 1));
+        *dirs &= !bit;
         if *dirs != 0 {
             return None;
         }
         let slot = *slot;
         self.slotted.remove(&key.ifindex);
-        self.free.push(slot);
-        Some(key.ifindex % HOP_WAYS)
+        Some(Released {
+            way: key.ifindex % HOP_WAYS,
+            slot,
+        })
+    }
+
+    /// A released slot, its way emptied: it can be handed out again.
+    pub fn free(&mut self, r: Released) {
+        self.free.push(r.slot);
     }
 
     /// Every point registered by slot, with its counter's index.
@@ -100,6 +139,13 @@ impl SlotBook {
 mod tests {
     use super::*;
 
+    /// Releases `key`, which must be its slot's last point, and hands the slot back.
+    fn release_last(b: &mut SlotBook, key: PointKey) -> Released {
+        let r = b.release(&key).expect("its slot's last point");
+        b.free(r);
+        r
+    }
+
     #[test]
     fn an_interface_takes_a_slot_and_its_directions_share_it() {
         let mut b = SlotBook::default();
@@ -110,10 +156,8 @@ mod tests {
         assert_eq!(b.register(PointKey::new(2364, 1)), Some((3, None)));
         let mut all: Vec<_> = b.points().collect();
         all.sort();
-        assert_eq!(
-            all,
-            [(PointKey::new(2364, 0), 2), (PointKey::new(2364, 1), 3)]
-        );
+        let want = [(PointKey::new(2364, 0), 2), (PointKey::new(2364, 1), 3)];
+        assert_eq!(all, want);
     }
 
     #[test]
@@ -121,14 +165,28 @@ mod tests {
         let mut b = SlotBook::default();
         assert!(b.register(PointKey::new(7, 0)).is_some());
         assert_eq!(b.register(PointKey::new(7 + HOP_WAYS, 0)), None);
-        assert_eq!(
-            b.release(&PointKey::new(7 + HOP_WAYS, 0)),
-            None,
-            "not slotted"
-        );
+        let none = b.release(&PointKey::new(7 + HOP_WAYS, 0));
+        assert_eq!(none, None, "not slotted");
         // Once the way is free, it is the other interface's.
-        assert_eq!(b.release(&PointKey::new(7, 0)), Some(7));
+        assert_eq!(release_last(&mut b, PointKey::new(7, 0)).way, 7);
         assert!(b.register(PointKey::new(7 + HOP_WAYS, 0)).is_some());
+    }
+
+    /// An interface with a point in the hash map keeps its other direction there too, even
+    /// once its way is free: the kernel's way would lead both directions to a slot.
+    #[test]
+    fn both_directions_of_an_interface_are_counted_in_one_place() {
+        let mut b = SlotBook::default();
+        let other = 7 + HOP_WAYS;
+        b.register(PointKey::new(7, 0));
+        assert_eq!(b.register(PointKey::new(other, 0)), None);
+        release_last(&mut b, PointKey::new(7, 0));
+        let egress = b.register(PointKey::new(other, 1));
+        assert_eq!(egress, None, "beside its ingress");
+        assert_eq!(b.release(&PointKey::new(other, 0)), None);
+        assert_eq!(b.release(&PointKey::new(other, 1)), None);
+        // All of it released: the interface may take a slot now.
+        assert!(b.register(PointKey::new(other, 1)).is_some());
     }
 
     #[test]
@@ -136,17 +194,22 @@ mod tests {
         let mut b = SlotBook::default();
         b.register(PointKey::new(9, 0));
         b.register(PointKey::new(9, 1));
-        assert_eq!(
-            b.release(&PointKey::new(9, 0)),
-            None,
-            "egress still counted"
-        );
+        let first = b.release(&PointKey::new(9, 0));
+        assert_eq!(first, None, "egress still counted");
         assert_eq!(b.index(&PointKey::new(9, 0)), None);
         assert_eq!(b.release(&PointKey::new(9, 0)), None, "released once");
-        assert_eq!(b.release(&PointKey::new(9, 1)), Some(9));
+        let r = b.release(&PointKey::new(9, 1)).expect("its last point");
+        assert_eq!(r, Released { way: 9, slot: 1 });
         assert_eq!(b.points().count(), 0);
         let (_, t) = b.register(PointKey::new(10, 1)).expect("a slot");
-        assert_eq!(t.map(|t| t.tag), Some(slot_tag(10, 1)), "slot 1 reused");
+        assert_eq!(
+            t.map(|t| t.tag),
+            Some(slot_tag(10, 2)),
+            "slot 1 not freed yet"
+        );
+        b.free(r);
+        let (_, t) = b.register(PointKey::new(11, 1)).expect("a slot");
+        assert_eq!(t.map(|t| t.tag), Some(slot_tag(11, 1)), "slot 1 reused");
     }
 
     #[test]

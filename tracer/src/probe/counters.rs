@@ -81,16 +81,22 @@ impl Counters {
         let Some((index, taken)) = self.book.register(key) else {
             return self.map.insert(key, zeros, 0).map_err(refused);
         };
-        match taken {
+        let written = match taken {
             // Both counters zeroed before the way leads to them.
-            Some(t) => {
-                for i in t.counters {
-                    self.slots.set(i, self.zeros()?, 0).map_err(refused)?;
-                }
-                self.ways.set(t.way, t.tag, 0).map_err(refused)
-            }
+            Some(t) => t
+                .counters
+                .into_iter()
+                .try_for_each(|i| self.slots.set(i, self.zeros()?, 0).map_err(refused))
+                .and_then(|()| self.ways.set(t.way, t.tag, 0).map_err(refused)),
             None => self.slots.set(index, zeros, 0).map_err(refused),
+        };
+        if written.is_err() {
+            // Not counted: the book must not say it is (its way was not written).
+            if let Some(r) = self.book.release(&key) {
+                self.book.free(r);
+            }
         }
+        written
     }
 
     fn zeros(&self) -> Result<PerCpuValues<HopCounter>> {
@@ -101,8 +107,6 @@ impl Counters {
     /// Stops counting at a detached point and frees its entry or slot (so that restarts
     /// never use them up); what it counted stays in the totals.
     pub fn unregister(&mut self, key: PointKey) {
-        // One direction may be in the hash map and the other in a slot (its interface's way
-        // was taken when the first registered).
         let slotted = self.book.index(&key);
         let values = match slotted {
             Some(i) => self.slots.get(&i, 0).ok(),
@@ -116,8 +120,13 @@ impl Counters {
         }
         if slotted.is_none() {
             let _ = self.map.remove(&key);
-        } else if let Some(way) = self.book.release(&key) {
-            let _ = self.ways.set(way, 0, 0);
+        }
+        // A slot whose way stays set (the write failed) is never handed out again: the stale
+        // way leads only this interface's ifindex to it.
+        if let Some(r) = self.book.release(&key) {
+            if self.ways.set(r.way, 0, 0).is_ok() {
+                self.book.free(r);
+            }
         }
     }
 
