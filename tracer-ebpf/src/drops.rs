@@ -13,15 +13,16 @@ use crate::{
 
 #[inline(always)]
 pub fn end(skb: u64, location: u64, reason: u32, kind: EventKind) -> i32 {
-    // Its address may be another packet's next (an evicted packet's too: nothing below runs
-    // for it).
+    // Its address may be another packet's next.
     crate::scope::forget(skb);
-    crate::maps::forget_devices(skb);
     // Every skb the host frees passes here, nearly all of them never ours: a lookup (lock-free)
     // first, and the removal (which takes the bucket's lock) only for a tracked one.
     if crate::maps::tracked_entry(skb).is_none() || !crate::maps::untrack_skb(skb) {
         return 0;
     }
+    // A stale note (a packet evicted, or freed on another CPU) is harmless: a hook's first
+    // slot always looks the packet up (`netfilter.rs`).
+    crate::maps::forget_devices(skb);
     let off = offsets();
     let Some(mut entry) = EVENTS.reserve::<SkbEndEvent>(0) else {
         crate::maps::count_lost(tracer_common::LostKind::Drop);
@@ -44,16 +45,12 @@ pub fn end(skb: u64, location: u64, reason: u32, kind: EventKind) -> i32 {
         } else {
             0
         };
-        (*ev).ifindex = if dev != 0 {
-            ifindex(dev, off.dev_ifindex)
-        } else {
-            0
-        };
-        (*ev).netns = if dev != 0 {
-            field(field::<u64>(dev, off.dev_net), off.net_inum)
-        } else {
-            0
-        };
+        (*ev).ifindex = 0;
+        (*ev).netns = 0;
+        if dev != 0 {
+            (*ev).ifindex = ifindex(dev, off.dev_ifindex);
+            (*ev).netns = field(field::<u64>(dev, off.dev_net), off.net_inum);
+        }
         (*ev)._pad = 0;
     }
     entry.submit(0);

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 mod head;
 mod json;
 mod visit;
+pub mod word;
 
 /// A text the model often takes from a fixed vocabulary (a direction, a hook, a verdict):
 /// borrowed then, so that building a packet's hops does not allocate each of them.

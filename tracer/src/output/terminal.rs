@@ -17,11 +17,7 @@ fn unsafe_char(c: char, keep_newline: bool) -> bool {
 /// Eight bytes are passed over at a time when none of them can start one (no byte below 0x20,
 /// no DEL, no C2, no E2: a line's `µs` and arrows send only their own word to the byte test).
 fn has_unsafe(s: &str, keep_newline: bool) -> bool {
-    const ONES: u64 = u64::from_ne_bytes([1; 8]);
-    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-    // Exact for whether any byte is below n (n ≤ 0x80), as json's `plain` explains.
-    let below = |v: u64, n: u8| v.wrapping_sub(ONES * u64::from(n)) & !v & HIGH != 0;
-    let has = |v: u64, x: u8| below(v ^ (ONES * u64::from(x)), 1);
+    use tracer_model::word::{any_below, any_is};
     let b = s.as_bytes();
     let at = |i: usize| match b[i] {
         b'\n' => !keep_newline,
@@ -37,7 +33,7 @@ fn has_unsafe(s: &str, keep_newline: bool) -> bool {
     let mut i = 0;
     for w in &mut words {
         let v = u64::from_ne_bytes(<[u8; 8]>::try_from(w).unwrap_or([0; 8]));
-        let maybe = below(v, 0x20) || has(v, 0x7f) || has(v, 0xc2) || has(v, 0xe2);
+        let maybe = any_below(v, 0x20) || any_is(v, 0x7f) || any_is(v, 0xc2) || any_is(v, 0xe2);
         if maybe && (i..i + 8).any(at) {
             return true;
         }

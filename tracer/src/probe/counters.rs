@@ -42,17 +42,14 @@ pub struct Counters {
 
 impl Counters {
     pub fn take(ebpf: &mut Ebpf, ring_bytes: u32) -> Result<Self> {
-        let map = ebpf
-            .take_map("HOP_COUNTERS")
-            .ok_or_else(|| Error::Load("map HOP_COUNTERS missing from the eBPF object".into()))?;
-        let map = PerCpuHashMap::try_from(map).map_err(|e| Error::Load(e.to_string()))?;
         let mut load = |name: &str| {
             ebpf.take_map(name)
                 .ok_or_else(|| Error::Load(format!("map {name} missing from the eBPF object")))
         };
-        let ways = Array::try_from(load("HOP_SLOTS")?).map_err(|e| Error::Load(e.to_string()))?;
-        let slots =
-            PerCpuArray::try_from(load("HOP_COUNTS")?).map_err(|e| Error::Load(e.to_string()))?;
+        let bad = |e: aya::maps::MapError| Error::Load(e.to_string());
+        let map = PerCpuHashMap::try_from(load("HOP_COUNTERS")?).map_err(bad)?;
+        let ways = Array::try_from(load("HOP_SLOTS")?).map_err(bad)?;
+        let slots = PerCpuArray::try_from(load("HOP_COUNTS")?).map_err(bad)?;
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| Error::io(what, e))?;
         let ring_fill = ebpf
             .take_map("RING_FILL")
