@@ -7,6 +7,11 @@ use tracer::user_cost::{measure, Output};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Set up as flowtrace's (main.rs).
+#[used]
+#[link_section = ".init_array.00101"]
+static CONFIGURE_ALLOCATOR: extern "C" fn() = tracer::allocator::configure;
+
 fn main() -> std::process::ExitCode {
     // Without transparent huge pages, as flowtrace runs (main.rs): with them, zeroing the
     // allocator's fresh 2 MiB pages was 8% of this example's time and none of flowtrace's.

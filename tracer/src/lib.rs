@@ -2,6 +2,7 @@
 //! modules are the crate's own; what the binary, the fuzz targets (tracer/fuzz) and the
 //! integration tests reach is re-exported below, and nothing else.
 
+pub mod allocator;
 mod cli;
 mod correlate;
 mod error;

@@ -12,6 +12,12 @@ use tracer::{Cli, Command};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Before the allocator's first allocation (the runtime allocates before `main`): see
+/// `tracer::allocator::configure`. Priority 101, the first one not reserved for the C library.
+#[used]
+#[link_section = ".init_array.00101"]
+static CONFIGURE_ALLOCATOR: extern "C" fn() = tracer::allocator::configure;
+
 fn main() -> ExitCode {
     // No transparent huge pages: the allocator's arenas would be backed 2 MiB at a time, and
     // a long-running tracer would hold (and zero) far more memory than it uses: 48 of the

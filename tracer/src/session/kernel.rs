@@ -7,6 +7,7 @@ use tracer_common::{Direction, Offsets, PointKey, MAX_SNAP};
 
 use super::setup::{attach_netfilter_and_drops, Startup};
 use crate::{
+    allocator::release_freed,
     cli::TraceArgs,
     error::Result,
     events::ringbuf::EventStream,
@@ -105,7 +106,7 @@ pub(super) fn attach(
         ring_bytes,
         compiled.is_some(),
     )?;
-    super::release_freed();
+    release_freed();
     // Before any map is taken out of `ebpf`: the netfilter loader relocates against all of them.
     // --counters: no per-packet events, so nothing for the netfilter and drop layers to add.
     let nf = if args.counters {
@@ -121,7 +122,7 @@ pub(super) fn attach(
             args.nf_attach,
             notes,
         );
-        super::release_freed();
+        release_freed();
         nf
     };
     let mut counters = Counters::take(&mut ebpf, ring_bytes)?;

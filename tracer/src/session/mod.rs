@@ -19,6 +19,7 @@ use live::{scope_of, Dashboard, Live};
 use setup::{discover, explainer, points_of, section_comment, title, Startup};
 
 use crate::{
+    allocator::release_freed,
     cli::TraceArgs,
     error::{Error, Result},
     events::clock::WallClock,
@@ -73,7 +74,7 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     // Start-up parsed the kernel's BTF, the eBPF object and the rulesets, and freed them:
     // hand that memory back now rather than hold it for the whole run.
     release_freed();
-    if let Some((rss, peak)) = memory_kib() {
+    if let Some((rss, peak)) = crate::allocator::memory_kib() {
         log::debug!(
             "memory after start-up: RSS {} MiB, peak {} MiB",
             rss / 1024,
@@ -358,25 +359,4 @@ fn dashboard(pipeline: &mut Pipeline, notes: &Startup, topo: &Topology) -> Dashb
     })));
     pipeline.show_on_dashboard(Box::new(tx.clone()));
     (tx, tokio::spawn(crate::tui::run(rx, title(topo))))
-}
-
-/// This process's resident memory and its peak (VmRSS, VmHWM), in KiB.
-pub(crate) fn memory_kib() -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
-}
-
-/// Hands the allocator's free pages back to the kernel. Start-up parses the kernel's BTF
-/// three times (flowtrace's offsets, aya's loader, aya's attach types), each ~20 MiB and
-/// freed at once; without this, the next parse does not always reuse those pages and the
-/// peak grows by each.
-pub(crate) fn release_freed() {
-    // SAFETY: mi_collect takes no pointers; it only returns free pages of the allocator.
-    unsafe { libmimalloc_sys::mi_collect(true) };
 }
