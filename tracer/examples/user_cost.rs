@@ -17,6 +17,8 @@ fn main() -> std::process::ExitCode {
     // allocator's fresh 2 MiB pages was 8% of this example's time and none of flowtrace's.
     // SAFETY: prctl with integer arguments; it changes this process's THP setting alone.
     let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    // Measured as flowtrace runs once started.
+    tracer::allocator::started();
     let mut args = std::env::args().skip(1);
     let packets = match args.next().map(|a| a.parse::<u64>()) {
         None => 200_000,

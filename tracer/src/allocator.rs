@@ -1,27 +1,49 @@
 //! The allocator (mimalloc) as flowtrace runs it: set up before its first allocation, asked
 //! to hand freed pages back, and asked what the process holds.
 
-use libmimalloc_sys::{mi_collect, mi_option_set, mi_option_t};
+use std::sync::atomic::{AtomicIsize, Ordering};
 
-/// `mi_option_arena_reserve` in mimalloc v3's `mi_option_e` (libmimalloc-sys names no
-/// constant for it): how much address space each arena reserves, in KiB. A test pins the
-/// number against the option's default.
-const ARENA_RESERVE: mi_option_t = 23;
+use libmimalloc_sys::{mi_collect, mi_option_get, mi_option_set, mi_option_t};
+
+// Options of mimalloc v3's `mi_option_e` that libmimalloc-sys names no constant for. A test
+// pins each number against its option's default.
+/// Commit an arena's memory when it is reserved.
+const ARENA_EAGER_COMMIT: mi_option_t = 4;
+/// Milliseconds before freed pages are handed back to the kernel.
+const PURGE_DELAY: mi_option_t = 15;
+
+/// The purge delay start-up set aside (mimalloc's default, or `MIMALLOC_PURGE_DELAY`).
+/// (A C `long` is as wide as a pointer on Linux.)
+static PURGE_DELAY_MS: AtomicIsize = AtomicIsize::new(-1);
 
 /// Runs from `.init_array`, before `main` and before the allocator's first arena (see
-/// `main.rs`): no arenas, so each allocator page is its own mapping and goes back to the
-/// kernel when it is freed.
+/// `main.rs`): during start-up, arenas are committed as they are used and freed pages go back
+/// to the kernel at once.
 ///
-/// Why: by default mimalloc reserves a 1 GiB arena, commits its first megabytes at once
-/// (4 MiB resident before `main` ran a line) and purges freed pages only after a delay, so
-/// start-up's two parses of the kernel's BTF (flowtrace's offsets, then aya's loader, which
-/// parses it whatever the object needs) stacked up: a peak of 38 MiB in `--counters`. Without
-/// arenas the peak is 29 MiB and the steady state 4 MiB less. `cargo xtask bench-user`
-/// measured no difference per packet (JSON 2115–2176 ns with arenas, 2134–2155 without;
-/// pcapng 4245–4452 and 4265–4381).
+/// Why: by default mimalloc commits its first 1 GiB arena when it reserves it (4 MiB resident
+/// before `main` ran a line) and hands freed pages back only after a second, so start-up's two
+/// parses of the kernel's BTF (flowtrace's offsets, then aya's loader, which parses it whatever
+/// the object needs) stacked up: `--counters` peaked at 38 MiB; with this, 30 MiB, and it
+/// holds 21 MiB instead of 25. [`started`] restores the delay: without it, the traced load
+/// cost flowtrace 36,000 page faults a second instead of 1,000 (`--write` under the UDP
+/// flood: more CPU, more events lost), as would running without arenas at all.
 pub extern "C" fn configure() {
-    // SAFETY: an integer option; mimalloc reads it when it next needs memory.
-    unsafe { mi_option_set(ARENA_RESERVE, 0) };
+    // SAFETY: integer options, read before mimalloc's first allocation.
+    unsafe {
+        mi_option_set(ARENA_EAGER_COMMIT, 0);
+        PURGE_DELAY_MS.store(mi_option_get(PURGE_DELAY) as isize, Ordering::Relaxed);
+        mi_option_set(PURGE_DELAY, 0);
+    }
+}
+
+/// Start-up is over: freed pages are kept for reuse again, as long as mimalloc usually keeps
+/// them (nothing to do when [`configure`] did not run).
+pub fn started() {
+    let ms = PURGE_DELAY_MS.swap(-1, Ordering::Relaxed);
+    if ms >= 0 {
+        // SAFETY: an integer option. The value was a c_long when `configure` read it.
+        unsafe { mi_option_set(PURGE_DELAY, ms as std::os::raw::c_long) };
+    }
 }
 
 /// Hands the allocator's free pages back to the kernel now, rather than after its purge
@@ -50,11 +72,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_option_is_the_arena_reserve() {
+    fn the_options_are_the_ones_meant() {
         // Unit tests do not run `configure` from `.init_array` (only the binaries do), so the
-        // option still has mimalloc's default: 1 GiB, in KiB. Another option at 23 would not.
-        // SAFETY: reads an integer option.
-        assert_eq!(unsafe { mi_option_get(ARENA_RESERVE) }, 1024 * 1024);
+        // options still have mimalloc's defaults, which tell them apart: eager commit "on
+        // systems that overcommit" (2), and a purge delay of 1000 ms.
+        // SAFETY: reads integer options.
+        unsafe {
+            assert_eq!(mi_option_get(ARENA_EAGER_COMMIT), 2);
+            assert_eq!(mi_option_get(PURGE_DELAY), 1000);
+        }
+        // (In the same test: the options are process-wide.) `started` restores the purge
+        // delay that `configure` set aside.
+        // SAFETY: integer options.
+        let delay = || unsafe { mi_option_get(PURGE_DELAY) };
+        let before = delay();
+        configure();
+        assert_eq!(delay(), 0);
+        started();
+        assert_eq!(delay(), before);
+        // Once only: a second call leaves it alone.
+        // SAFETY: an integer option.
+        unsafe { mi_option_set(PURGE_DELAY, 7) };
+        started();
+        assert_eq!(delay(), 7);
+        // SAFETY: an integer option.
+        unsafe { mi_option_set(PURGE_DELAY, before) };
     }
 
     #[test]

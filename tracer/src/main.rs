@@ -30,6 +30,10 @@ fn main() -> ExitCode {
         Some(Command::Read(r)) => (cli.trace, Some(r)),
         None => (cli.trace, None),
     };
+    if read.is_some() {
+        // A recording is read with no start-up to speak of.
+        tracer::allocator::started();
+    }
     let level = match args.verbose {
         0 => "warn",
         1 => "info",

@@ -74,6 +74,7 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     // Start-up parsed the kernel's BTF, the eBPF object and the rulesets, and freed them:
     // hand that memory back now rather than hold it for the whole run.
     release_freed();
+    crate::allocator::started();
     if let Some((rss, peak)) = crate::allocator::memory_kib() {
         log::debug!(
             "memory after start-up: RSS {} MiB, peak {} MiB",
