@@ -222,7 +222,7 @@ impl Pipeline {
                 .collect();
             self.flows_to_sinks(&lines, out)?;
         }
-        self.sinks.iter_mut().try_for_each(|s| s.flush())?;
+        self.sinks.iter_mut().try_for_each(|s| s.finish())?;
         Ok(Summary {
             packets: self.shown,
             flows: self.flows.seen(),

@@ -30,9 +30,14 @@ pub trait Sink: Send {
         Ok(())
     }
 
-    /// Pushes out what is buffered (each tick, and at the end).
+    /// Pushes out what is buffered (each tick).
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+
+    /// At the end: everything written where it goes.
+    fn finish(&mut self) -> io::Result<()> {
+        self.flush()
     }
 
     /// The recording's path and size so far, for the sink that writes one.

@@ -411,10 +411,14 @@ fn thread_privileges(pid: u32) -> Vec<(String, u64, u64, u32)> {
 #[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
 fn after_start_up_every_thread_keeps_only_the_capabilities_it_uses() {
     let lab = Lab::get();
-    let ft = Flowtrace::start(&["-c", "ens_monitor_cron", "--json"]);
+    // With a recording: its writing thread was started before the lowering.
+    let rec = std::env::temp_dir().join(format!("flowtrace-privs-{}.pcapng", std::process::id()));
+    let rec_s = rec.display().to_string();
+    let ft = Flowtrace::start(&["-c", "ens_monitor_cron", "--json", "--write", &rec_s]);
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let threads = thread_privileges(ft.pid());
     assert!(threads.len() >= 3, "{threads:?}");
+    assert!(threads.iter().any(|t| t.0 == "recording"), "{threads:?}");
     for (name, eff, bnd, nnp) in &threads {
         assert_eq!(*eff, KEPT_CAPS, "thread {name}: CapEff {eff:016x}");
         assert_eq!(*bnd, KEPT_CAPS, "thread {name}: CapBnd {bnd:016x}");
@@ -438,6 +442,7 @@ fn after_start_up_every_thread_keeps_only_the_capabilities_it_uses() {
         dropped.drop.as_ref().and_then(|d| d.rule.clone()),
         Some(lab.drop_rule())
     );
+    let _ = std::fs::remove_file(rec);
 }
 
 /// A user who is not root but holds the capabilities flowtrace needs may run it.

@@ -3,6 +3,7 @@
 pub mod files;
 pub mod raw;
 pub mod record;
+mod spool;
 pub mod stdout;
 pub mod terminal;
 pub mod text;

@@ -8,12 +8,11 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    fs::File,
-    io::{self, BufWriter},
+    io,
     path::{Path, PathBuf},
 };
 
-use super::{merged, Step};
+use super::{merged, spool::Spool, Step};
 use crate::{
     correlate::explain::Explained,
     model::{Hop, Lost, Packet},
@@ -40,7 +39,7 @@ pub struct RecordOptions {
 pub struct Recorder {
     opts: RecordOptions,
     section: String,
-    writer: Writer<BufWriter<File>>,
+    writer: Writer<Spool>,
     /// Interface ids by name: tc points (Ethernet) and netfilter points (raw IP).
     ifaces: [HashMap<String, u32>; 2],
     files: VecDeque<PathBuf>,
@@ -52,10 +51,10 @@ pub struct Recorder {
     comments: [String; 2],
 }
 
-fn open(path: &Path, section: &str) -> io::Result<Writer<BufWriter<File>>> {
+fn open(path: &Path, section: &str) -> io::Result<Writer<Spool>> {
     let file = super::files::create_private(path)?;
     let app = concat!("flowtrace ", env!("CARGO_PKG_VERSION"));
-    Writer::new_with_app(BufWriter::with_capacity(256 * 1024, file), section, app)
+    Writer::new_with_app(Spool::new(file)?, section, app)
 }
 
 /// `trace.pcapng` → `trace-3.pcapng`.
@@ -103,8 +102,9 @@ impl Recorder {
         self.writer.bytes_written()
     }
 
+    /// Returns once everything recorded so far is in the file.
     pub fn flush(&mut self) -> io::Result<()> {
-        self.writer.flush()
+        self.writer.get_mut().sync()
     }
 
     fn interface(&mut self, name: &str, linktype: u16) -> io::Result<u32> {
@@ -129,7 +129,7 @@ impl Recorder {
         if self.writer.bytes_written() < limit {
             return Ok(());
         }
-        self.writer.flush()?;
+        self.flush()?;
         self.file_no += 1;
         let next = numbered(&self.opts.path, self.file_no);
         self.writer = open(&next, &self.section)?;
@@ -248,7 +248,12 @@ impl crate::sink::Sink for Recorder {
         Recorder::lost(self, now_ns, count)
     }
 
+    /// Each tick: hands what is gathered to the writing thread, without waiting for the disk.
     fn flush(&mut self) -> io::Result<()> {
+        self.writer.flush()
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
         Recorder::flush(self)
     }
 

@@ -127,6 +127,10 @@ impl<W: Write> Writer<W> {
         self.inner.flush()
     }
 
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
     #[cfg(test)]
     pub fn into_inner(self) -> W {
         self.inner
