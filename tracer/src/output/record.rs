@@ -7,14 +7,14 @@
 //! started past a size, and `--max-files` keeps only the newest ones.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     io,
     path::{Path, PathBuf},
 };
 
 use super::{merged, spool::Spool, Step};
 use crate::{
-    correlate::explain::Explained,
+    correlate::{explain::Explained, NetMap},
     model::{Hop, Lost, Packet},
     pcapng::{Direction, PacketRecord, Writer, LINKTYPE_ETHERNET, LINKTYPE_RAW},
 };
@@ -41,7 +41,7 @@ pub struct Recorder {
     section: String,
     writer: Writer<Spool>,
     /// Interface ids by name: tc points (Ethernet) and netfilter points (raw IP).
-    ifaces: [HashMap<String, u32>; 2],
+    ifaces: [NetMap<String, u32>; 2],
     files: VecDeque<PathBuf>,
     /// Number of the current file (0: the path as given).
     file_no: u64,
@@ -80,7 +80,7 @@ impl Recorder {
             opts,
             section,
             writer,
-            ifaces: [HashMap::new(), HashMap::new()],
+            ifaces: [NetMap::default(), NetMap::default()],
             files,
             file_no: 0,
             next_pkt: 0,
@@ -133,7 +133,7 @@ impl Recorder {
         self.file_no += 1;
         let next = numbered(&self.opts.path, self.file_no);
         self.writer = open(&next, &self.section)?;
-        self.ifaces.iter_mut().for_each(HashMap::clear);
+        self.ifaces.iter_mut().for_each(NetMap::clear);
         self.files.push_back(next);
         if let Some(max) = self.opts.max_files {
             while self.files.len() > max.max(1) {
