@@ -12,13 +12,15 @@ const ARENA_EAGER_COMMIT: mi_option_t = 4;
 /// Milliseconds before freed pages are handed back to the kernel.
 const PURGE_DELAY: mi_option_t = 15;
 
-/// The purge delay start-up set aside (mimalloc's default, or `MIMALLOC_PURGE_DELAY`).
-/// (A C `long` is as wide as a pointer on Linux.)
-static PURGE_DELAY_MS: AtomicIsize = AtomicIsize::new(-1);
+/// The purge delay start-up set aside (mimalloc's default, or `MIMALLOC_PURGE_DELAY`, which
+/// may be negative: never). `NOT_SET` until [`configure`] ran. (A C `long` is as wide as a
+/// pointer on Linux.)
+static PURGE_DELAY_MS: AtomicIsize = AtomicIsize::new(NOT_SET);
+const NOT_SET: isize = isize::MIN;
 
 /// Runs from `.init_array`, before `main` and before the allocator's first arena (see
-/// `main.rs`): during start-up, arenas are committed as they are used and freed pages go back
-/// to the kernel at once.
+/// `main.rs`): arenas are committed as they are used (for the whole run), and during start-up
+/// freed pages go back to the kernel at once.
 ///
 /// Why: by default mimalloc commits its first 1 GiB arena when it reserves it (4 MiB resident
 /// before `main` ran a line) and hands freed pages back only after a second, so start-up's two
@@ -39,8 +41,8 @@ pub extern "C" fn configure() {
 /// Start-up is over: freed pages are kept for reuse again, as long as mimalloc usually keeps
 /// them (nothing to do when [`configure`] did not run).
 pub fn started() {
-    let ms = PURGE_DELAY_MS.swap(-1, Ordering::Relaxed);
-    if ms >= 0 {
+    let ms = PURGE_DELAY_MS.swap(NOT_SET, Ordering::Relaxed);
+    if ms != NOT_SET {
         // SAFETY: an integer option. The value was a c_long when `configure` read it.
         unsafe { mi_option_set(PURGE_DELAY, ms as std::os::raw::c_long) };
     }
@@ -95,6 +97,12 @@ mod tests {
         unsafe { mi_option_set(PURGE_DELAY, 7) };
         started();
         assert_eq!(delay(), 7);
+        // A negative delay (never purge) is restored too.
+        // SAFETY: an integer option.
+        unsafe { mi_option_set(PURGE_DELAY, -1) };
+        configure();
+        started();
+        assert_eq!(delay(), -1);
         // SAFETY: an integer option.
         unsafe { mi_option_set(PURGE_DELAY, before) };
     }

@@ -141,6 +141,12 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Everything the sinks hold written where it goes (at the end; again after a last
+    /// [`Pipeline::report_lost`]).
+    pub fn finish_sinks(&mut self) -> std::io::Result<()> {
+        self.sinks.iter_mut().try_for_each(|s| s.finish())
+    }
+
     /// Adds a sink (the recording).
     pub fn add_sink(&mut self, sink: Box<dyn Sink>) {
         self.sinks.push(sink);
@@ -222,7 +228,7 @@ impl Pipeline {
                 .collect();
             self.flows_to_sinks(&lines, out)?;
         }
-        self.sinks.iter_mut().try_for_each(|s| s.finish())?;
+        self.finish_sinks()?;
         Ok(Summary {
             packets: self.shown,
             flows: self.flows.seen(),

@@ -4,7 +4,9 @@
 //! explained and printed exactly as `trace` does with the ring buffer's, into a buffer that is
 //! thrown away. The live figure (the bench) adds the ring buffer's reading and the write to
 //! stdout; this one has no noise from the load or the forwarding, so it can be profiled.
-//! `cargo xtask bench-user` runs it (tracer/examples/user_cost.rs).
+//! With a recording, its `write(2)`s run on the recording's own thread (`output::spool`), as
+//! in `trace`, and are not counted: the figure is the ring reader's, the thread that must
+//! keep up. `cargo xtask bench-user` runs it (tracer/examples/user_cost.rs).
 
 use std::io::{BufWriter, Write};
 

@@ -45,7 +45,8 @@ impl Spool {
         let thread = std::thread::Builder::new()
             .name("recording".into())
             .spawn(move || loop {
-                // Started before capabilities are lowered: it follows them as soon as they are.
+                // Started before capabilities are lowered: it lowers its own within 200 ms of
+                // the rest, or after the write it is blocked in (a slow disk) returns.
                 crate::probe::privilege::apply_pending();
                 match queue.recv_timeout(Duration::from_millis(200)) {
                     Ok(Job::Bytes(mut b)) => {
@@ -115,6 +116,11 @@ impl Spool {
 
 impl Write for Spool {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // Handed over before it would pass `CHUNK`, so that a chunk never grows (and copies
+        // itself) past its capacity; a piece as large as a chunk goes alone, at once.
+        if self.chunk.len() + buf.len() > CHUNK {
+            self.hand_over()?;
+        }
         self.chunk.extend_from_slice(buf);
         if self.chunk.len() >= CHUNK {
             self.hand_over()?;
@@ -172,6 +178,8 @@ mod tests {
         }
         s.sync().unwrap();
         assert_eq!(contents(&path), expect, "after sync");
+        // No chunk grew past its size (each growth a copy of the chunk on the reader's thread).
+        assert_eq!(s.chunk.capacity(), CHUNK);
         s.write_all(b"tail").unwrap();
         expect.extend_from_slice(b"tail");
         drop(s);

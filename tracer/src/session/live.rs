@@ -332,6 +332,8 @@ impl Live {
             self.pipeline
                 .report_lost(more, monotonic_ns(), &mut self.out)
                 .map_err(werr)?;
+            // The recording's gap block, written (and any error of it seen) before the end.
+            self.pipeline.finish_sinks().map_err(werr)?;
         }
         let text = self.pipeline.format().summary(&summary);
         if self.args.json {
