@@ -70,33 +70,7 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     if std::env::var_os("FLOWTRACE_TEST_PANIC_AFTER_ATTACH").is_some() {
         panic!("FLOWTRACE_TEST_PANIC_AFTER_ATTACH is set");
     }
-    let note = lower_privileges(live.args.rotate.is_some());
-    // Start-up parsed the kernel's BTF, the eBPF object and the rulesets, and freed them:
-    // hand that memory back now rather than hold it for the whole run.
-    release_freed();
-    crate::allocator::started();
-    if let Some((rss, peak)) = crate::allocator::memory_kib() {
-        log::debug!(
-            "memory after start-up: RSS {} MiB, peak {} MiB",
-            rss / 1024,
-            peak / 1024
-        );
-    }
-    // Only now is everything in place (including the ruleset baseline for rule attribution).
-    // On the dashboard's status line while it is up (nothing is written over it), else on
-    // stderr (not a container's note: no JSON line).
-    for line in note
-        .into_iter()
-        .chain(["tracing… (Ctrl-C to stop)".to_owned()])
-    {
-        crate::logging::note(&line);
-        match live.dashboard.as_ref() {
-            Some((tx, _)) => {
-                let _ = tx.try_send(Feed::Status(line));
-            }
-            None => eprintln!("{line}"),
-        }
-    }
+    settle(&live);
     let forever = Duration::from_secs(u64::MAX / 4);
     let deadline = tokio::time::sleep(live.args.duration.unwrap_or(forever));
     tokio::pin!(deadline);
@@ -145,6 +119,38 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
         }
     }
     live.finish().await
+}
+
+/// Start-up is over: capabilities lowered, start-up's memory handed back, and "tracing…"
+/// said where the user looks.
+fn settle(live: &Live) {
+    let note = lower_privileges(live.args.rotate.is_some());
+    // Start-up parsed the kernel's BTF, the eBPF object and the rulesets, and freed them:
+    // hand that memory back now rather than hold it for the whole run.
+    release_freed();
+    crate::allocator::started();
+    if let Some((rss, peak)) = crate::allocator::memory_kib() {
+        log::debug!(
+            "memory after start-up: RSS {} MiB, peak {} MiB",
+            rss / 1024,
+            peak / 1024
+        );
+    }
+    // Only now is everything in place (including the ruleset baseline for rule attribution).
+    // On the dashboard's status line while it is up (nothing is written over it), else on
+    // stderr (not a container's note: no JSON line).
+    for line in note
+        .into_iter()
+        .chain(["tracing… (Ctrl-C to stop)".to_owned()])
+    {
+        crate::logging::note(&line);
+        match live.dashboard.as_ref() {
+            Some((tx, _)) => {
+                let _ = tx.try_send(Feed::Status(line));
+            }
+            None => eprintln!("{line}"),
+        }
+    }
 }
 
 /// Everything is attached: keep only the capabilities still used (every thread follows); the
