@@ -17,12 +17,12 @@ pub fn end(skb: u64, location: u64, reason: u32, kind: EventKind) -> i32 {
     crate::scope::forget(skb);
     // Every skb the host frees passes here, nearly all of them never ours: a lookup (lock-free)
     // first, and the removal (which takes the bucket's lock) only for a tracked one.
+    // Untracking clears this CPU's note of it too; a stale note (a packet evicted, or freed on
+    // another CPU) is harmless: a hook's first slot always looks the packet up
+    // (`netfilter.rs`).
     if crate::maps::tracked_entry(skb).is_none() || !crate::maps::untrack_skb(skb) {
         return 0;
     }
-    // A stale note (a packet evicted, or freed on another CPU) is harmless: a hook's first
-    // slot always looks the packet up (`netfilter.rs`).
-    crate::maps::forget_devices(skb);
     let off = offsets();
     let Some(mut entry) = EVENTS.reserve::<SkbEndEvent>(0) else {
         crate::maps::count_lost(tracer_common::LostKind::Drop);

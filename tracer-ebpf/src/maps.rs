@@ -57,12 +57,14 @@ pub fn track_skb(skb: u64, t: &Tracked) {
     }
 }
 
-/// Takes a packet out of `TRACKED`, counted if it was there; false if it was not.
+/// Takes a packet out of `TRACKED`, counted if it was there, and out of this CPU's note
+/// ([`devices_cached`]); false if it was not tracked.
 #[inline(always)]
 pub fn untrack_skb(skb: u64) -> bool {
     let was = TRACKED.remove(skb).is_ok();
     if was {
         count_op(TableOp::TrackedOut);
+        forget_devices(skb);
     }
     was
 }
@@ -221,9 +223,9 @@ pub fn devices_cached(skb: u64) -> bool {
             .is_some_and(|c| unsafe { (*c).skb } == skb)
 }
 
-/// A freed packet's devices are no longer cached.
+/// A packet no longer tracked: its devices are no longer cached.
 #[inline(always)]
-pub fn forget_devices(skb: u64) {
+fn forget_devices(skb: u64) {
     if let Some(c) = DEV_CACHE.get_ptr_mut(0) {
         // SAFETY: this CPU's entry.
         unsafe {

@@ -121,7 +121,6 @@ pub fn observe(ctx: &TcContext, direction: u8) -> i32 {
         }
         // Another packet at a freed packet's address: it is judged on its own.
         let _ = untrack_skb(skb as u64);
-        crate::maps::forget_devices(skb as u64);
     }
     // Not one of the traced containers' packets: counted, nothing more.
     if !in_scope(skb, ifindex, direction) {

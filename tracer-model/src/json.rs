@@ -23,21 +23,10 @@ fn string<W: Write>(w: &mut W, s: &str) -> io::Result<()> {
 /// time (`word`): the byte-by-byte test was a tenth of `--json`'s time per packet (perf,
 /// bench-user).
 fn plain(s: &[u8]) -> bool {
-    use crate::word::{any_below, any_is};
-    let mut words = s.chunks_exact(8);
-    for c in &mut words {
-        let Ok(bytes) = <[u8; 8]>::try_from(c) else {
-            return false;
-        };
-        let v = u64::from_ne_bytes(bytes);
-        if any_below(v, 0x20) || any_is(v, b'"') || any_is(v, b'\\') {
-            return false;
-        }
-    }
-    words
-        .remainder()
-        .iter()
-        .all(|&b| b >= 0x20 && b != b'"' && b != b'\\')
+    use crate::word::{any_below, any_is, words};
+    let (mut whole, rest) = words(s);
+    let escaped = |v: u64| any_below(v, 0x20) || any_is(v, b'"') || any_is(v, b'\\');
+    !whole.any(escaped) && rest.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\')
 }
 
 fn opt<W: Write, S: AsRef<str>>(w: &mut W, s: &Option<S>) -> io::Result<()> {
@@ -83,20 +72,20 @@ fn serde<W: Write>(w: &mut W, v: &impl serde::Serialize) -> io::Result<()> {
 
 /// `LineRef::Packet(p)` as serde_json writes it.
 pub(crate) fn packet<W: Write>(w: &mut W, p: &Packet) -> io::Result<()> {
-    object(w, p, b"{\"type\":\"packet\",", true)
+    object(w, p, true)
 }
 
 /// The packet without its hops: `Packet`'s fields in its order but `hops`, as serde_json
 /// writes them (`head.rs`'s test holds it to serde's bytes).
 pub(crate) fn head<W: Write>(w: &mut W, p: &Packet) -> io::Result<()> {
-    object(w, p, b"{", false)
+    object(w, p, false)
 }
 
-/// `open`, the packet's fields, its hops if asked, its drop and the closing brace.
-fn object<W: Write>(w: &mut W, p: &Packet, open: &[u8], hops: bool) -> io::Result<()> {
-    w.write_all(open)?;
+/// The packet's fields and its drop; a whole packet line (`line`) is tagged and has its hops.
+fn object<W: Write>(w: &mut W, p: &Packet, line: bool) -> io::Result<()> {
+    w.write_all(if line { b"{\"type\":\"packet\"," } else { b"{" })?;
     head_fields(w, p)?;
-    if hops {
+    if line {
         w.write_all(b",\"hops\":")?;
         list(w, &p.hops, hop)?;
     }

@@ -5,6 +5,15 @@
 const ONES: u64 = u64::from_ne_bytes([1; 8]);
 const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
 
+/// `b` as whole eight-byte words, in order, and the bytes after the last one.
+pub fn words(b: &[u8]) -> (impl Iterator<Item = u64> + '_, &[u8]) {
+    let chunks = b.chunks_exact(8);
+    let rest = chunks.remainder();
+    // (Every chunk is eight bytes; a zero word would only send it to the byte test.)
+    let word = |c: &[u8]| u64::from_ne_bytes(<[u8; 8]>::try_from(c).unwrap_or([0; 8]));
+    (chunks.map(word), rest)
+}
+
 /// Whether any byte of `v` is below `n` (exact for n ≤ 0x80).
 #[inline(always)]
 pub const fn any_below(v: u64, n: u8) -> bool {

@@ -154,10 +154,11 @@ fn restarts_free_the_old_veths_counter_entries() {
     };
     let entries = || -> usize {
         let in_use = |e: &serde_json::Value| {
-            let bytes = e["value"].as_array().cloned().unwrap_or_default();
-            bytes
-                .iter()
-                .any(|b| b.as_str().is_some_and(|b| b != "0x00"))
+            e["value"].as_array().is_some_and(|bytes| {
+                bytes
+                    .iter()
+                    .any(|b| b.as_str().is_some_and(|b| b != "0x00"))
+            })
         };
         // Points: two per way in use (an interface's directions), one per hash entry.
         let ways = dump("HOP_SLOTS").iter().filter(|e| in_use(e)).count();

@@ -17,7 +17,7 @@ fn unsafe_char(c: char, keep_newline: bool) -> bool {
 /// Eight bytes are passed over at a time when none of them can start one (no byte below 0x20,
 /// no DEL, no C2, no E2: a line's `µs` and arrows send only their own word to the byte test).
 fn has_unsafe(s: &str, keep_newline: bool) -> bool {
-    use tracer_model::word::{any_below, any_is};
+    use tracer_model::word::{any_below, any_is, words};
     let b = s.as_bytes();
     let at = |i: usize| match b[i] {
         b'\n' => !keep_newline,
@@ -29,17 +29,13 @@ fn has_unsafe(s: &str, keep_newline: bool) -> bool {
         ),
         _ => false,
     };
-    let mut words = b.chunks_exact(8);
-    let mut i = 0;
-    for w in &mut words {
-        let v = u64::from_ne_bytes(<[u8; 8]>::try_from(w).unwrap_or([0; 8]));
-        let maybe = any_below(v, 0x20) || any_is(v, 0x7f) || any_is(v, 0xc2) || any_is(v, 0xe2);
-        if maybe && (i..i + 8).any(at) {
-            return true;
-        }
-        i += 8;
-    }
-    (i..b.len()).any(at)
+    let (whole, rest) = words(b);
+    let maybe =
+        |v: u64| any_below(v, 0x20) || any_is(v, 0x7f) || any_is(v, 0xc2) || any_is(v, 0xe2);
+    let found = whole
+        .enumerate()
+        .any(|(k, v)| maybe(v) && (k * 8..k * 8 + 8).any(at));
+    found || (b.len() - rest.len()..b.len()).any(at)
 }
 
 /// `s` with every unsafe character escaped (a newline kept if asked: the renderer's own).

@@ -46,11 +46,16 @@ impl Default for SlotBook {
     }
 }
 
+/// A point's direction, as a bit of its interface's registered directions.
+fn bit(key: &PointKey) -> u8 {
+    1 << (key.direction & 1)
+}
+
 impl SlotBook {
     /// Registers `key` by slot if its interface has one or can take one: `Some(index)` of its
     /// counter, with `Some(Taken)` when the slot is new. `None`: count it in the hash map.
     pub fn register(&mut self, key: PointKey) -> Option<(u32, Option<Taken>)> {
-        let bit = 1 << (key.direction & 1);
+        let bit = bit(&key);
         let taken = match self.slotted.get_mut(&key.ifindex) {
             Some((_, dirs)) => {
                 *dirs |= bit;
@@ -87,17 +92,16 @@ impl SlotBook {
     /// The `HOP_COUNTS` index of a point registered by slot.
     pub fn index(&self, key: &PointKey) -> Option<u32> {
         let (slot, dirs) = self.slotted.get(&key.ifindex)?;
-        let registered = dirs & (1 << (key.direction & 1)) != 0;
-        let tag = slot_tag(key.ifindex, *slot);
-        registered
-            .then(|| counter_index(tag, key.ifindex, key.direction))
-            .flatten()
+        if dirs & bit(key) == 0 {
+            return None;
+        }
+        counter_index(slot_tag(key.ifindex, *slot), key.ifindex, key.direction)
     }
 
     /// Ends a point. `Some` when it was its slot's last: the way is to be emptied, then the
     /// slot handed back with [`SlotBook::free`] (kept out of use if the way stays set).
     pub fn release(&mut self, key: &PointKey) -> Option<Released> {
-        let bit = 1 << (key.direction & 1);
+        let bit = bit(key);
         if let Some(dirs) = self.hashed.get_mut(&key.ifindex) {
             *dirs &= !bit;
             if *dirs == 0 {
@@ -105,8 +109,10 @@ impl SlotBook {
             }
             return None;
         }
-        self.index(key)?;
         let (slot, dirs) = self.slotted.get_mut(&key.ifindex)?;
+        if *dirs & bit == 0 {
+            return None;
+        }
         *dirs &= !bit;
         if *dirs != 0 {
             return None;

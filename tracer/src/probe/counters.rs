@@ -42,14 +42,9 @@ pub struct Counters {
 
 impl Counters {
     pub fn take(ebpf: &mut Ebpf, ring_bytes: u32) -> Result<Self> {
-        let mut load = |name: &str| {
-            ebpf.take_map(name)
-                .ok_or_else(|| Error::Load(format!("map {name} missing from the eBPF object")))
-        };
-        let bad = |e: aya::maps::MapError| Error::Load(e.to_string());
-        let map = PerCpuHashMap::try_from(load("HOP_COUNTERS")?).map_err(bad)?;
-        let ways = Array::try_from(load("HOP_SLOTS")?).map_err(bad)?;
-        let slots = PerCpuArray::try_from(load("HOP_COUNTS")?).map_err(bad)?;
+        let map = super::take_map(ebpf, "HOP_COUNTERS")?;
+        let ways = super::take_map(ebpf, "HOP_SLOTS")?;
+        let slots = super::take_map(ebpf, "HOP_COUNTS")?;
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| Error::io(what, e))?;
         let ring_fill = ebpf
             .take_map("RING_FILL")
@@ -76,7 +71,12 @@ impl Counters {
         let zeros = self.zeros()?;
         let refused = |e: aya::maps::MapError| Error::Load(format!("cannot register counter: {e}"));
         let Some((index, taken)) = self.book.register(key) else {
-            return self.map.insert(key, zeros, 0).map_err(refused);
+            let inserted = self.map.insert(key, zeros, 0).map_err(refused);
+            if inserted.is_err() {
+                // Not counted: the book must not say it is.
+                self.book.release(&key);
+            }
+            return inserted;
         };
         let written = match taken {
             // Both counters zeroed before the way leads to them.
