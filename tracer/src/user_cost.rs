@@ -187,6 +187,7 @@ fn pipeline(output: &Output) -> Pipeline {
         name: name.into(),
         role,
         container: container.map(Into::into),
+        veth: role == Role::Veth,
     };
     let points: Points = FromIterator::from_iter([
         (

@@ -51,8 +51,8 @@ pub struct DropInfo {
     pub last_hop: Option<String>,
     /// Not a network drop: what freed it after delivery (`tcp`: its socket's state machine
     /// consumed a pure ACK or FIN, `tcp_rcv_state_process` with NOT_SPECIFIED; `socket`: a
-    /// socket queue purged at close, QUEUE_PURGE, after the packet was delivered into the
-    /// container). Shown, never counted.
+    /// socket queue purged at close, QUEUE_PURGE, after a veth delivered the packet into
+    /// another namespace on this host). Shown, never counted.
     pub freed_by: Option<&'static str>,
     /// Where the drop happened when not on the host, e.g. `netns of ens_monitor_cron`.
     pub place: Option<String>,
@@ -410,13 +410,14 @@ fn freed_by(reason: &str, location: Option<&str>, delivered: bool) -> Option<&'s
     }
 }
 
-/// Did the packet last leave by a veth's egress, into its container?
+/// Did the packet last leave by a veth's egress, into another namespace on this host? A
+/// traced container's veth, a neighbour's, or an uplink that is a veth (as the lab's is):
+/// a socket over there may still hold it. Leaving by a physical uplink hands it to the wire,
+/// so a purge after that (a qdisc reset) stays a loss.
 fn delivered(p: &Packet, points: &Points) -> bool {
     p.hops.last().is_some_and(|h| {
         h.direction == tracer_common::Direction::Egress
-            && points
-                .get(&h.ifindex)
-                .is_some_and(|x| x.role == crate::target::topology::Role::Veth)
+            && points.get(&h.ifindex).is_some_and(|x| x.veth)
     })
 }
 

@@ -29,6 +29,8 @@ pub struct PointInfo {
     pub role: Role,
     /// For a container's host veth: the container's name.
     pub container: Option<String>,
+    /// A veth: its egress hands the packet to another namespace on this host.
+    pub veth: bool,
 }
 
 /// By ifindex (the kernel's numbers, not the network's: a fast hash is safe here).

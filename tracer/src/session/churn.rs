@@ -132,6 +132,7 @@ pub(super) async fn resolve(
                 name: l.host_veth.name.clone(),
                 role: Role::Veth,
                 container: Some(path.info.name.clone()),
+                veth: true,
             });
         }
         if let Some(b) = l.bridge.as_ref().filter(|b| !attached.contains(&b.index)) {
@@ -140,6 +141,7 @@ pub(super) async fn resolve(
                 name: b.name.clone(),
                 role: Role::Bridge,
                 container: None,
+                veth: false,
             });
         }
     }

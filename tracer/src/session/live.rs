@@ -192,6 +192,7 @@ impl Live {
                 name: p.name.clone(),
                 role: p.role,
                 container: p.container.clone(),
+                veth: p.veth,
             };
             self.pipeline
                 .add_point(p.ifindex, info, Some(r.path.netns.inode as u32));

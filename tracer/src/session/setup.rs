@@ -173,6 +173,7 @@ pub(super) fn points_of(attach: &[AttachPoint]) -> Points {
                     name: p.name.clone(),
                     role: p.role,
                     container: p.container.clone(),
+                    veth: p.veth,
                 },
             )
         })

@@ -304,6 +304,7 @@ mod tests {
             name: format!("if{ifindex}"),
             role,
             container: container.map(Into::into),
+            veth: role == Role::Veth,
         }
     }
 

@@ -55,6 +55,9 @@ pub struct AttachPoint {
     pub role: Role,
     /// The traced container this interface belongs to (veth only).
     pub container: Option<String>,
+    /// A veth, of any role: what leaves by it enters another namespace on this host, where
+    /// a socket may still hold it (the lab's internet is one, reached by its uplink).
+    pub veth: bool,
 }
 
 /// One interface of a container and where it lands on the host.
@@ -216,6 +219,7 @@ impl Topology {
                     name: link.name.clone(),
                     role,
                     container: container.map(str::to_owned),
+                    veth: link.kind == "veth",
                 });
             }
         };
@@ -358,6 +362,20 @@ mod tests {
         // Bridges only carry their own subnets (container side); the unenslaved veth with a
         // /24 is a routed link, like the lab's "internet".
         assert_eq!(names, vec!["eth0", "ftlab-up"]);
+        // Which of them leads into another namespace on this host: the veth, not eth0.
+        let topo = Topology {
+            uplinks: host.uplinks(),
+            ..Topology::default()
+        };
+        let veths: Vec<(String, bool)> = topo
+            .attach_points()
+            .into_iter()
+            .map(|p| (p.name, p.veth))
+            .collect();
+        assert_eq!(
+            veths,
+            vec![("eth0".into(), false), ("ftlab-up".into(), true)]
+        );
     }
 
     #[test]

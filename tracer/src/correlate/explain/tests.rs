@@ -216,20 +216,35 @@ fn tcps_own_frees_are_told_apart_from_drops() {
     }
     // A socket queue purged at close, after delivery into the container: its socket's.
     ex.reasons.insert(4, "SKB_DROP_REASON_QUEUE_PURGE".into());
-    let mut delivered = freed_at(2, 4);
-    delivered.hops.push(crate::correlate::packet::Hop {
-        ts_ns: 0,
-        ifindex: crate::correlate::packet::tests::VETH,
-        direction: tracer_common::Direction::Egress,
-        len: 60,
-        headers: None,
-        bytes: Vec::new(),
-        nat: Vec::new(),
-    });
-    let d = ex.explain(delivered, &points()).drop.expect("shown");
+    let left_by = |ifindex| {
+        let mut p = freed_at(2, 4);
+        p.hops.push(crate::correlate::packet::Hop {
+            ts_ns: 0,
+            ifindex,
+            direction: tracer_common::Direction::Egress,
+            len: 60,
+            headers: None,
+            bytes: Vec::new(),
+            nat: Vec::new(),
+        });
+        p
+    };
+    use crate::correlate::packet::tests::{UPLINK, VETH};
+    let d = ex.explain(left_by(VETH), &points()).drop.expect("shown");
     assert_eq!(d.freed_by, Some("socket"));
     let purged_on_the_way = ex.explain(freed_at(2, 4), &points()).drop.expect("a drop");
     assert!(purged_on_the_way.counts(), "not delivered: a loss");
+    // Out by a physical uplink, a purge is a qdisc's loss; by an uplink that is a veth (the
+    // lab's, into its internet namespace), the socket over there purged it.
+    let wire = ex.explain(left_by(UPLINK), &points()).drop.expect("a drop");
+    assert!(wire.counts(), "handed to the wire: a loss");
+    let mut veth_uplink = points();
+    veth_uplink.get_mut(&UPLINK).expect("uplink").veth = true;
+    let d = ex
+        .explain(left_by(UPLINK), &veth_uplink)
+        .drop
+        .expect("shown");
+    assert_eq!(d.freed_by, Some("socket"), "the far namespace's socket");
 }
 
 #[test]

@@ -11,6 +11,7 @@ pub fn points() -> Points {
         name: name.into(),
         role,
         container: container.map(Into::into),
+        veth: role == Role::Veth,
     };
     Points::from_iter([
         (VETH, p("veth9780200", Role::Veth, Some("ens_monitor_cron"))),
