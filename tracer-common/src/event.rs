@@ -150,7 +150,13 @@ pub struct SkbEndEvent {
     pub ifindex: u32,
     /// Inode of the network namespace of `skb->dev` (ifindex is per namespace), 0 if none.
     pub netns: u32,
-    pub _pad: u32,
+    /// The netfilter hook it was last reported at and the last slot there it passed, when
+    /// the freeing CPU noted it (`passed` is 1): a hook's later slots report a packet only
+    /// where it changed, so this is where a drop inside a hook happened.
+    pub nf_hook: u8,
+    pub nf_slot: u8,
+    pub passed: u8,
+    pub _pad: u8,
 }
 
 #[cfg(feature = "user")]

@@ -20,7 +20,12 @@ pub fn end(skb: u64, location: u64, reason: u32, kind: EventKind) -> i32 {
     // Untracking clears this CPU's note of it too; a stale note (a packet evicted, or freed on
     // another CPU) is harmless: a hook's first slot always looks the packet up
     // (`netfilter.rs`).
-    if crate::maps::tracked_entry(skb).is_none() || !crate::maps::untrack_skb(skb) {
+    if crate::maps::tracked_entry(skb).is_none() {
+        return 0;
+    }
+    // Where in netfilter it was, read before untracking clears this CPU's note of it.
+    let passed = crate::maps::passed(skb);
+    if !crate::maps::untrack_skb(skb) {
         return 0;
     }
     let off = offsets();
@@ -51,6 +56,10 @@ pub fn end(skb: u64, location: u64, reason: u32, kind: EventKind) -> i32 {
             (*ev).ifindex = ifindex(dev, off.dev_ifindex);
             (*ev).netns = field(field::<u64>(dev, off.dev_net), off.net_inum);
         }
+        let (hook, slot) = passed.unwrap_or((0, 0));
+        (*ev).nf_hook = hook;
+        (*ev).nf_slot = slot;
+        (*ev).passed = u8::from(passed.is_some());
         (*ev)._pad = 0;
     }
     entry.submit(0);

@@ -8,6 +8,7 @@ use aya_ebpf::{
 use tracer_common::{
     counters::{counter_index, HOP_COUNTS_LEN, HOP_WAYS},
     flow::{FlowKey, Tracked, View, FILTER_SLOTS, MAX_NAT_FLOWS, MAX_TRACKED},
+    offsets::SKB_WINDOW,
     scope::{
         Judged, ScopeAddr, ScopeScratch, ADDR_BITMAP_WORDS, FLOW_MARK_WORDS, MAX_SCOPE_ADDRS,
         MAX_SCOPE_POINTS, POINT_BITMAP_WORDS, PORT_BITMAP_WORDS,
@@ -197,20 +198,47 @@ pub fn hook_stack_pop() -> Option<(u64, u64)> {
 #[map(name = "TC_SCRATCH")]
 pub static TC_SCRATCH: PerCpuArray<TcEvent> = PerCpuArray::with_max_entries(1, 0);
 
-/// The ifindex of the devices of the hook a packet is at (`netfilter::devices`), per CPU.
-#[map(name = "DEV_CACHE")]
-pub static DEV_CACHE: PerCpuArray<DevCache> = PerCpuArray::with_max_entries(1, 0);
+/// This CPU's note of the packet its netfilter observers last reported (`netfilter.rs`).
+#[map(name = "NF_NOTE")]
+pub static NF_NOTE: PerCpuArray<Note> = PerCpuArray::with_max_entries(1, 0);
 
+/// What a hook's later slots compare the packet with, and what a drop reports as the last
+/// slot it passed. A hook's slots run one after another on one CPU, so one entry per CPU
+/// holds the packet there; `prev` keeps the one before it, which a nested packet (a REJECT's
+/// reply runs OUTPUT and POSTROUTING inside INPUT's filter table) would otherwise push out
+/// before the original is freed.
 #[repr(C)]
-pub struct DevCache {
+pub struct Note {
     pub skb: u64,
     pub in_dev: u64,
     pub out_dev: u64,
     pub in_ifindex: u32,
     pub out_ifindex: u32,
+    /// The hook it is at, and the last slot there that saw it (recorded or not).
+    pub hook: u8,
+    pub slot: u8,
+    /// 1 when `print` holds what the last record carried.
+    pub printed: u8,
+    pub _pad: u8,
+    pub len: u32,
+    pub mark: u32,
+    pub _pad2: u32,
+    /// The first bytes of the last record, from the IP header (see `netfilter::unchanged`).
+    pub print: [u64; PRINT_WORDS],
+    /// The packet noted before this one: (skb, hook, last slot).
+    pub prev_skb: u64,
+    pub prev_hook: u8,
+    pub prev_slot: u8,
+    pub _pad3: [u8; 6],
+    /// Where the `sk_buff` window is read when nothing is recorded.
+    pub window: [u8; SKB_WINDOW as usize],
 }
 
-/// Is `skb` this CPU's cached packet? Only a packet reported here is cached, and a free or a
+/// 8-byte words of the packet a later slot compares: the IPv4 header without options and
+/// the first 20 bytes of what follows it.
+pub const PRINT_WORDS: usize = 5;
+
+/// Is `skb` this CPU's noted packet? Only a packet reported here is noted, and a free or a
 /// reuse seen on this CPU clears it; a free on another CPU or an eviction from `TRACKED` does
 /// not, so a hit is trusted only after a hook's first slot has looked `skb` up
 /// (`netfilter.rs`).
@@ -218,19 +246,38 @@ pub struct DevCache {
 pub fn devices_cached(skb: u64) -> bool {
     // SAFETY: this CPU's entry, read once. An empty entry holds 0, which no packet is.
     skb != 0
-        && DEV_CACHE
+        && NF_NOTE
             .get_ptr(0)
             .is_some_and(|c| unsafe { (*c).skb } == skb)
 }
 
-/// A packet no longer tracked: its devices are no longer cached.
+/// The hook and the last slot there that `skb` passed, if this CPU noted it (for its drop).
+#[inline(always)]
+pub fn passed(skb: u64) -> Option<(u8, u8)> {
+    let c = NF_NOTE.get_ptr(0)?;
+    // SAFETY: this CPU's entry.
+    unsafe {
+        if (*c).skb == skb {
+            Some(((*c).hook, (*c).slot))
+        } else if (*c).prev_skb == skb {
+            Some(((*c).prev_hook, (*c).prev_slot))
+        } else {
+            None
+        }
+    }
+}
+
+/// A packet no longer tracked: this CPU no longer notes it.
 #[inline(always)]
 fn forget_devices(skb: u64) {
-    if let Some(c) = DEV_CACHE.get_ptr_mut(0) {
+    if let Some(c) = NF_NOTE.get_ptr_mut(0) {
         // SAFETY: this CPU's entry.
         unsafe {
             if (*c).skb == skb {
                 (*c).skb = 0;
+            }
+            if (*c).prev_skb == skb {
+                (*c).prev_skb = 0;
             }
         }
     }

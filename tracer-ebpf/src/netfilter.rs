@@ -3,12 +3,14 @@
 //! in scope at the entry of PREROUTING and OUTPUT (`scope.rs`), copy the first bytes from the
 //! IP header, and always return NF_ACCEPT.
 
-use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel_buf};
-use tracer_common::{netfilter::LAST_SLOT, EventKind, NfEvent, SNAP_LEN};
+use aya_ebpf::helpers::{
+    bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
+};
+use tracer_common::{netfilter::LAST_SLOT, EventKind, NfEvent, Offsets, SNAP_LEN};
 
 use crate::{
     kread::{field, ifindex, skb_fields, state_fields, StateFields},
-    maps::{offsets, tracked, DevCache, DEV_CACHE, EVENTS, UNFILTERED},
+    maps::{offsets, tracked, EVENTS, NF_NOTE, PRINT_WORDS, UNFILTERED},
     scope,
 };
 
@@ -55,14 +57,18 @@ fn observe_at(state: u64, skb: u64, slot: u8) {
     // hook's entry. Both checks come before the offsets are copied out.
     // After a hook's first slot, the packet this CPU last reported is tracked without a
     // lookup (its slots follow each other on this CPU). The first slot always looks: this
-    // CPU's cache may name an address freed on another CPU, or evicted, and taken since by
+    // CPU's note may name an address freed on another CPU, or evicted, and taken since by
     // a packet that is not ours (judged here, `judged_out` then keeps the later slots away).
-    let ours = (slot != 0 && crate::maps::devices_cached(skb)) || tracked(skb);
+    let noted = slot != 0 && crate::maps::devices_cached(skb);
+    let ours = noted || tracked(skb);
     if !ours && slot != 0 {
         return;
     }
     let off = offsets();
     if off.valid == 0 {
+        return;
+    }
+    if noted && unchanged(skb, slot, &off) {
         return;
     }
     if !ours {
@@ -73,6 +79,12 @@ fn observe_at(state: u64, skb: u64, slot: u8) {
         crate::maps::track_skb(skb, &UNFILTERED);
         scope::forget(skb);
     }
+    record(state, skb, slot, &off);
+}
+
+/// Reports the packet at this slot, and notes what it carried for the hook's later slots.
+#[inline(always)]
+fn record(state: u64, skb: u64, slot: u8, off: &Offsets) {
     let Some(mut entry) = EVENTS.reserve::<NfEvent>(0) else {
         crate::maps::count_lost(tracer_common::LostKind::Netfilter);
         return;
@@ -82,8 +94,8 @@ fn observe_at(state: u64, skb: u64, slot: u8) {
     // the scratch the struct windows are read into before the packet's bytes overwrite it.
     unsafe {
         let scratch = (*ev).data.as_mut_ptr();
-        let st = state_fields(state, &off, scratch as *mut _);
-        let sk = skb_fields(skb, &off, scratch as *mut _);
+        let st = state_fields(state, off, scratch as *mut _);
+        let sk = skb_fields(skb, off, scratch as *mut _);
         let (in_ifindex, out_ifindex) = devices(skb, &st, off.dev_ifindex);
         let linear = sk.len.saturating_sub(sk.data_len);
         let cap = if linear < SNAP_LEN as u32 {
@@ -107,17 +119,68 @@ fn observe_at(state: u64, skb: u64, slot: u8) {
         let copied = sk.data != 0
             && bpf_probe_read_kernel_buf(sk.data as *const u8, &mut (*ev).data).is_ok();
         (*ev).cap_len = if copied { cap } else { 0 };
+        if let Some(c) = NF_NOTE.get_ptr_mut(0) {
+            if (*c).skb == skb {
+                (*c).hook = st.hook;
+                (*c).slot = slot;
+                (*c).len = sk.len;
+                (*c).mark = sk.mark;
+                (*c).printed = u8::from(copied);
+                (*c).print = core::ptr::read_unaligned((*ev).data.as_ptr() as *const _);
+            }
+        }
     }
     entry.submit(0);
 }
 
+/// Does a later slot of the hook see the packet as its last record there left it: the same
+/// length, mark, and first bytes (the IPv4 header, which a rewrite of it changes, checksum
+/// included, and the next 20 bytes, which hold the ports and the TCP, UDP or ICMP checksum
+/// that a rewrite of them changes too)? Then no table before this slot touched it: the slot
+/// is noted as passed, not reported, and user space gives it the last record's view. A
+/// header with options is always reported (its ports lie beyond the print).
+#[inline(always)]
+fn unchanged(skb: u64, slot: u8, off: &Offsets) -> bool {
+    let Some(c) = NF_NOTE.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's entry; nothing else runs on this CPU meanwhile. `window` is its
+    // own scratch of SKB_WINDOW bytes.
+    unsafe {
+        if (*c).printed == 0 || (*c).slot >= slot {
+            return false;
+        }
+        let sk = skb_fields(skb, off, &mut (*c).window);
+        if sk.data == 0 || sk.len != (*c).len || sk.mark != (*c).mark {
+            return false;
+        }
+        let Ok(now) = bpf_probe_read_kernel(sk.data as *const [u64; PRINT_WORDS]) else {
+            return false;
+        };
+        // The first byte: version 4, a 20-byte header.
+        if now[0] as u8 != 0x45 {
+            return false;
+        }
+        let mut i = 0;
+        while i < PRINT_WORDS {
+            if now[i] != (*c).print[i] {
+                return false;
+            }
+            i += 1;
+        }
+        (*c).slot = slot;
+    }
+    true
+}
+
 /// The ifindex of the hook's devices. A packet meets several slots at one hook, all with the
-/// same devices: they are read once for it (`DEV_CACHE`, this CPU's last), not at every slot.
-/// The cache is the packet's own: its address and both device pointers must match, and
-/// `drops.rs` clears it when the packet is freed on this CPU.
+/// same devices: they are read once for it (`NF_NOTE`, this CPU's last), not at every slot.
+/// The note is the packet's own: its address and both device pointers must match, and
+/// `drops.rs` clears it when the packet is freed on this CPU. Noting another packet keeps the
+/// one before as `prev`.
 #[inline(always)]
 fn devices(skb: u64, st: &StateFields, off_ifindex: u32) -> (u32, u32) {
-    let Some(c) = DEV_CACHE.get_ptr_mut(0) else {
+    let Some(c) = NF_NOTE.get_ptr_mut(0) else {
         return (
             ifindex(st.in_dev, off_ifindex),
             ifindex(st.out_dev, off_ifindex),
@@ -125,14 +188,21 @@ fn devices(skb: u64, st: &StateFields, off_ifindex: u32) -> (u32, u32) {
     };
     // SAFETY: this CPU's entry; nothing else runs on this CPU meanwhile.
     unsafe {
-        if (*c).skb != skb || (*c).in_dev != st.in_dev || (*c).out_dev != st.out_dev {
-            *c = DevCache {
-                skb,
-                in_dev: st.in_dev,
-                out_dev: st.out_dev,
-                in_ifindex: ifindex(st.in_dev, off_ifindex),
-                out_ifindex: ifindex(st.out_dev, off_ifindex),
-            };
+        let other = (*c).skb != skb;
+        if other {
+            if (*c).skb != 0 {
+                (*c).prev_skb = (*c).skb;
+                (*c).prev_hook = (*c).hook;
+                (*c).prev_slot = (*c).slot;
+            }
+            (*c).skb = skb;
+            (*c).printed = 0;
+        }
+        if other || (*c).in_dev != st.in_dev || (*c).out_dev != st.out_dev {
+            (*c).in_dev = st.in_dev;
+            (*c).out_dev = st.out_dev;
+            (*c).in_ifindex = ifindex(st.in_dev, off_ifindex);
+            (*c).out_ifindex = ifindex(st.out_dev, off_ifindex);
         }
         ((*c).in_ifindex, (*c).out_ifindex)
     }

@@ -122,11 +122,13 @@ impl Explainer {
     }
 
     pub fn explain(&mut self, packet: Packet, points: &Points) -> Explained {
+        let netfilter_drop = packet.end.as_ref().is_some_and(|e| {
+            matches!(e.kind, EndKind::Drop { reason } if self.reason_name(reason) == "NETFILTER_DROP")
+        });
         let mut steps = {
             let tables = &self.hook_tables;
-            verdict::steps(&packet, &|hook| {
-                tables.get(usize::from(hook)).map_or(&[][..], Vec::as_slice)
-            })
+            let at = |hook: u8| tables.get(usize::from(hook)).map_or(&[][..], Vec::as_slice);
+            verdict::steps(&packet, &at, netfilter_drop)
         };
         if let Some(ds) = self.decisions.as_mut() {
             join_decisions(ds, &mut steps);
@@ -339,17 +341,18 @@ impl Explainer {
 
 /// Gives each step the decision nftrace traced for its table on this packet (joined by the
 /// fingerprint NAT leaves alone). A drop that the observers put in one table and nftrace in
-/// another of the same hook (hook-level observers cannot tell tables apart) moves there.
+/// another of the same hook (hook-level observers cannot tell tables apart, and a drop the
+/// CPU did not note is put after the last slot that reported) moves there: nftrace's drop is
+/// looked for first, so a table that accepted it is never given the drop.
 fn join_decisions(ds: &mut Decisions, steps: &mut [NfStep]) {
     for s in steps.iter_mut() {
         let Some((key, fp)) = ip_key(&s.bytes) else {
             continue;
         };
-        let d = ds.take(s.hook, &s.table, fp, key.proto).or_else(|| {
-            (s.verdict == Verdict::Drop)
-                .then(|| ds.take_drop(s.hook, fp, key.proto))
-                .flatten()
-        });
+        let drop = (s.verdict == Verdict::Drop)
+            .then(|| ds.take_drop(s.hook, fp, key.proto))
+            .flatten();
+        let d = drop.or_else(|| ds.take(s.hook, &s.table, fp, key.proto));
         if let Some(d) = d {
             if s.verdict == Verdict::Drop && d.verdict == "drop" {
                 s.table = d.table.clone();
@@ -370,6 +373,7 @@ fn traced(s: &NfStep) -> Attribution {
     };
     let rule = d.rule.as_deref().map(str::to_owned).or_else(|| {
         d.policy
+            .filter(|p| *p == "drop")
             .and(d.chain_path.first())
             .map(|c| format!("-P {c} DROP"))
     });

@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 
-use tracer_common::netfilter::{table_after, SLOT_PRIORITIES};
+use tracer_common::netfilter::{table_after, LAST_SLOT, SLOT_PRIORITIES};
 
 use super::{
     nat::{self, NatRewrite},
@@ -72,6 +72,49 @@ fn seen_from<'a>(seen: &Slots<'a>, b: usize) -> Option<(usize, Seen<'a>)> {
     (b..seen.len()).find_map(|i| seen[i].map(|x| (i, x)))
 }
 
+/// How far the packet got at `hook`, as the last slot it passed there. A hook's later slots
+/// report a packet only where a table changed it, so this is known from what came after: it
+/// passed every slot of a hook it left (it reached a later hook, or a tc hop after its last
+/// report, or was freed with no note of this hook, not by netfilter); a free the CPU noted at
+/// this hook passed the slot noted (a drop by a table there). With nothing after it yet, or a
+/// netfilter drop the CPU did not note (a rare nesting of packets pushed the note out), only
+/// its reports say.
+fn passed_until(
+    p: &Packet,
+    hook: u8,
+    last: bool,
+    reported_until: u64,
+    netfilter_drop: bool,
+) -> Option<usize> {
+    let all = usize::from(LAST_SLOT);
+    if !last {
+        return Some(all);
+    }
+    match p.end.as_ref() {
+        Some(e) => match e.passed {
+            Some((h, slot)) if h == hook => Some(usize::from(slot)),
+            _ => (!netfilter_drop).then_some(all),
+        },
+        None => p
+            .hops
+            .iter()
+            .any(|h| h.ts_ns > reported_until)
+            .then_some(all),
+    }
+}
+
+/// Gives each slot up to `until` that did not report the packet the view of the last one
+/// before it that did: the packet passed it unchanged.
+fn fill(seen: &mut Slots<'_>, until: usize) {
+    let mut last = None;
+    for s in seen.iter_mut().take(until + 1) {
+        match s {
+            Some(v) => last = Some(*v),
+            None => *s = last,
+        }
+    }
+}
+
 /// Where no ruleset says which tables a hook has: the tables between the slots where the
 /// headers changed or the packet stopped.
 fn tables_from_slots(seen: &Slots<'_>) -> Vec<(String, i32)> {
@@ -94,8 +137,13 @@ fn tables_from_slots(seen: &Slots<'_>) -> Vec<(String, i32)> {
 
 /// The netfilter steps of a packet, in time order. `tables_at(hook)` lists the tables registered
 /// at a hook with their priorities (from the ruleset); where it lists none, tables are named
-/// by the slot positions where headers changed or the packet stopped.
-pub fn steps<T: AsRef<[(String, i32)]>>(p: &Packet, tables_at: &dyn Fn(u8) -> T) -> Vec<NfStep> {
+/// by the slot positions where headers changed or the packet stopped. `netfilter_drop`: its
+/// drop's reason was NETFILTER_DROP.
+pub fn steps<T: AsRef<[(String, i32)]>>(
+    p: &Packet,
+    tables_at: &dyn Fn(u8) -> T,
+    netfilter_drop: bool,
+) -> Vec<NfStep> {
     // (hook, its first sighting's time, what each slot saw first), by hook.
     let mut hooks: Vec<(u8, u64, Slots<'_>)> = Vec::with_capacity(3);
     for n in &p.nf {
@@ -114,6 +162,13 @@ pub fn steps<T: AsRef<[(String, i32)]>>(p: &Packet, tables_at: &dyn Fn(u8) -> T)
     hooks.sort_by_key(|h| h.0);
     let dropped = matches!(p.end.as_ref().map(|e| e.kind), Some(EndKind::Drop { .. }));
     let last_hook = hooks.iter().max_by_key(|h| h.1).map(|h| h.0);
+    for (hook, _, seen) in &mut hooks {
+        let reported_until = seen.iter().flatten().map(|v| v.0).max().unwrap_or(0);
+        let last = Some(*hook) == last_hook;
+        if let Some(until) = passed_until(p, *hook, last, reported_until, netfilter_drop) {
+            fill(seen, until);
+        }
+    }
     let mut out = Vec::new();
     for (hook, _, seen) in &hooks {
         let (hook, seen) = (*hook, seen);
@@ -189,196 +244,4 @@ pub fn steps<T: AsRef<[(String, i32)]>>(p: &Packet, tables_at: &dyn Fn(u8) -> T)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{
-        correlate::packet::tests::frame,
-        events::{
-            decode::{EndObservation, NfObservation},
-            packet::parse_ethernet,
-        },
-    };
-
-    fn nf(ts: u64, hook: u8, slot: u8, f: &[u8]) -> NfObservation {
-        NfObservation {
-            ts_ns: ts,
-            skb: 1,
-            hook,
-            pf: 2,
-            slot,
-            in_ifindex: 0,
-            out_ifindex: 0,
-            len: 60,
-            mark: 0,
-            headers: parse_ethernet(f),
-            bytes: f.get(14..).unwrap_or(&[]).to_vec(),
-        }
-    }
-
-    fn docker_tables(hook: u8) -> Vec<(String, i32)> {
-        match hook {
-            0 => vec![("nat".into(), -100)],
-            2 => vec![("filter".into(), 0)],
-            4 => vec![("nat".into(), 100)],
-            _ => vec![],
-        }
-    }
-
-    fn packet(nf: Vec<NfObservation>, end: Option<EndKind>) -> Packet {
-        Packet {
-            skb: 1,
-            owner: None,
-            hops: Vec::new(),
-            nf,
-            end: end.map(|kind| EndObservation {
-                ts_ns: 999,
-                skb: 1,
-                kind,
-                location: 0,
-                ifindex: 0,
-                netns: 0,
-            }),
-        }
-    }
-
-    #[test]
-    fn forwarded_and_masqueraded() {
-        let inner = frame([172, 18, 0, 2], 41234);
-        let outer = frame([198, 51, 100, 1], 41234);
-        let mut obs = Vec::new();
-        for (i, slot) in (0..8).enumerate() {
-            obs.push(nf(10 + i as u64, 0, slot, &inner));
-            obs.push(nf(100 + i as u64, 2, slot, &inner));
-            let f = if slot == 7 { &outer } else { &inner };
-            obs.push(nf(200 + i as u64, 4, slot, f));
-        }
-        let s = steps(&packet(obs, Some(EndKind::Consume)), &docker_tables);
-        let names: Vec<(u8, &str, Verdict)> = s
-            .iter()
-            .map(|x| (x.hook, x.table.as_str(), x.verdict))
-            .collect();
-        assert_eq!(
-            names,
-            vec![
-                (0, "nat", Verdict::Accept),
-                (2, "filter", Verdict::Accept),
-                (4, "nat", Verdict::Accept)
-            ]
-        );
-        assert!(s[0].nat.is_empty() && s[1].nat.is_empty());
-        assert_eq!(
-            crate::model::nat(&s[2].nat[0]).text(),
-            "SNAT 172.18.0.2:41234 → 198.51.100.1:41234"
-        );
-        assert_eq!(s[2].ts_ns, 207, "at the slot after the nat table");
-    }
-
-    #[test]
-    fn dropped_in_filter_forward() {
-        let f = frame([172, 18, 0, 2], 41234);
-        let mut obs: Vec<NfObservation> = (0..8).map(|s| nf(10 + u64::from(s), 0, s, &f)).collect();
-        // FORWARD: seen up to slot 4 (before filter), never after.
-        obs.extend((0..5).map(|s| nf(100 + u64::from(s), 2, s, &f)));
-        let s = steps(
-            &packet(obs.clone(), Some(EndKind::Drop { reason: 12 })),
-            &docker_tables,
-        );
-        let last = s.last().expect("steps");
-        assert_eq!(
-            (last.hook, last.table.as_str(), last.verdict),
-            (2, "filter", Verdict::Drop)
-        );
-        assert_eq!(last.ts_ns, 999);
-        // Without a drop from the kernel, no verdict is invented.
-        let s = steps(&packet(obs, None), &docker_tables);
-        assert!(s.iter().all(|x| x.verdict == Verdict::Accept));
-    }
-
-    #[test]
-    fn without_a_ruleset_changes_are_named_by_slot_position() {
-        let inner = frame([172, 18, 0, 2], 41234);
-        let outer = frame([198, 51, 100, 1], 41234);
-        let obs: Vec<NfObservation> = (0..8)
-            .map(|s| nf(u64::from(s), 4, s, if s == 7 { &outer } else { &inner }))
-            .collect();
-        let s = steps(&packet(obs, None), &|_| Vec::new());
-        assert_eq!(s.len(), 1);
-        assert_eq!((s[0].table.as_str(), s[0].nat.len()), ("nat", 1));
-    }
-
-    #[test]
-    fn only_the_slots_around_the_tables_are_enough() {
-        // What `slots_for` links on a Docker host: PREROUTING 0,2,4; FORWARD 0,5; POSTROUTING 0,7.
-        let inner = frame([172, 18, 0, 2], 41234);
-        let outer = frame([198, 51, 100, 1], 41234);
-        let mut obs = Vec::new();
-        for (ts, hook, slot) in [
-            (1, 0, 0),
-            (2, 0, 2),
-            (3, 0, 4),
-            (4, 2, 0),
-            (5, 2, 5),
-            (6, 4, 0),
-        ] {
-            obs.push(nf(ts, hook, slot, &inner));
-        }
-        obs.push(nf(7, 4, 7, &outer));
-        let s = steps(&packet(obs.clone(), Some(EndKind::Consume)), &docker_tables);
-        let names: Vec<(u8, &str, Verdict, usize)> = s
-            .iter()
-            .map(|x| (x.hook, x.table.as_str(), x.verdict, x.nat.len()))
-            .collect();
-        assert_eq!(
-            names,
-            vec![
-                (0, "nat", Verdict::Accept, 0),
-                (2, "filter", Verdict::Accept, 0),
-                (4, "nat", Verdict::Accept, 1)
-            ]
-        );
-        // Dropped in FORWARD: seen at its entry slot, never after filter.
-        let dropped: Vec<NfObservation> = obs.into_iter().filter(|n| n.ts_ns <= 4).collect();
-        let s = steps(
-            &packet(dropped, Some(EndKind::Drop { reason: 12 })),
-            &docker_tables,
-        );
-        let last = s.last().expect("steps");
-        assert_eq!(
-            (last.hook, last.table.as_str(), last.verdict),
-            (2, "filter", Verdict::Drop)
-        );
-    }
-
-    #[test]
-    fn hook_level_observers_give_every_table_its_verdict_and_the_nat_table_its_rewrite() {
-        // nf_hook_slow: slot 0 at a hook's entry, slot 7 once every table accepted.
-        let inner = frame([172, 18, 0, 2], 41234);
-        let outer = frame([198, 51, 100, 1], 41234);
-        let obs = vec![
-            nf(1, 2, 0, &inner),
-            nf(2, 2, 7, &inner),
-            nf(3, 4, 0, &inner),
-            nf(4, 4, 7, &outer),
-        ];
-        let tables = |hook: u8| match hook {
-            2 => vec![("mangle".to_owned(), -150), ("filter".to_owned(), 0)],
-            4 => vec![("mangle".to_owned(), -150), ("nat".to_owned(), 100)],
-            _ => vec![],
-        };
-        let s = steps(&packet(obs, Some(EndKind::Consume)), &tables);
-        let got: Vec<(u8, &str, Verdict, usize)> = s
-            .iter()
-            .map(|x| (x.hook, x.table.as_str(), x.verdict, x.nat.len()))
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                (2, "mangle", Verdict::Accept, 0),
-                (2, "filter", Verdict::Accept, 0),
-                (4, "mangle", Verdict::Accept, 0),
-                (4, "nat", Verdict::Accept, 1),
-            ],
-            "one window per hook; the SNAT goes to nat, not to mangle"
-        );
-    }
-}
+mod tests;

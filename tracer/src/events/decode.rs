@@ -61,6 +61,9 @@ pub struct EndObservation {
     pub ifindex: u32,
     /// Namespace inode of the device the packet was on (0 if none).
     pub netns: u32,
+    /// The netfilter hook it was last reported at and the last slot there it passed, if the
+    /// freeing CPU had noted it (a hook's later slots report only a changed packet).
+    pub passed: Option<(u8, u8)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -160,6 +163,7 @@ pub fn decode(bytes: &[u8]) -> Result<Observation, DecodeError> {
                 location: ev.location,
                 ifindex: ev.ifindex,
                 netns: ev.netns,
+                passed: (ev.passed != 0).then_some((ev.nf_hook, ev.nf_slot)),
             }))
         }
         None => Err(DecodeError::UnknownKind(kind)),
@@ -258,6 +262,9 @@ mod tests {
             reason: 12,
             ifindex: 0,
             netns: 0,
+            nf_hook: 2,
+            nf_slot: 4,
+            passed: 1,
             _pad: 0,
         };
         // SAFETY: SkbEndEvent is repr(C) plain-old-data.
@@ -272,6 +279,11 @@ mod tests {
         };
         assert_eq!(e.kind, EndKind::Drop { reason: 12 });
         assert_eq!(e.location, 0xffff_ffff_8100_0000);
+        assert_eq!(
+            e.passed,
+            Some((2, 4)),
+            "the last slot it passed, at FORWARD"
+        );
     }
 
     #[test]

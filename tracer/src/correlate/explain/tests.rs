@@ -1,4 +1,5 @@
 use super::*;
+use crate::correlate::decisions::Decision;
 use crate::{
     correlate::packet::tests::{frame, points},
     events::{
@@ -41,6 +42,8 @@ fn dropped_in_forward(slots: &[u8], location: u64) -> Packet {
             location,
             ifindex: 0,
             netns: 0,
+            // The freeing CPU noted where in FORWARD it was.
+            passed: slots.last().map(|&slot| (2, slot)),
         }),
     }
 }
@@ -161,6 +164,7 @@ fn drops_off_the_traced_path_are_not_drops() {
             location: 0,
             ifindex: 0,
             netns,
+            passed: None,
         }),
     };
     assert!(
@@ -193,6 +197,7 @@ fn tcps_own_frees_are_told_apart_from_drops() {
             location,
             ifindex: 0,
             netns: 0,
+            passed: None,
         }),
     };
     let mut ex = Explainer::empty();
@@ -284,4 +289,41 @@ fn hook_level_observers_let_the_counters_name_the_table() {
         .find(|s| s.verdict == Verdict::Drop)
         .expect("step");
     assert_eq!(drop_step.table, "filter", "the hop says the same");
+}
+
+#[test]
+fn nftrace_s_drop_is_joined_before_the_accept_of_the_table_the_steps_blamed() {
+    // The steps blame mangle (all the observers said is that FORWARD's entry saw it); nftrace
+    // traced mangle's policy accepting it and filter's rule dropping it.
+    const TWO: &str = "*mangle\n:FORWARD ACCEPT [0:0]\nCOMMIT\n*filter\n:FORWARD ACCEPT [0:0]\n\
+                       [0:0] -A FORWARD -p tcp -m tcp --dport 8080 -j DROP\nCOMMIT\n";
+    let packet = dropped_in_forward(&[0], 0);
+    let (key, fingerprint) = ip_key(&packet.nf[0].bytes).expect("an IP packet");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let decision = |table: &str, verdict, rule: Option<&str>| Decision {
+        hook: 2,
+        table: table.into(),
+        verdict,
+        rule: rule.map(Into::into),
+        policy: rule.is_none().then_some(verdict),
+        chain_path: vec!["FORWARD".into()],
+        key,
+        fingerprint,
+    };
+    tx.send(decision("mangle", "accept", None)).expect("sent");
+    let rule = "-A FORWARD -p tcp -m tcp --dport 8080 -j DROP";
+    tx.send(decision("filter", "drop", Some(rule)))
+        .expect("sent");
+    let mut ex = Explainer::empty();
+    ex.set_ruleset(Ruleset::parse(TWO, "iptables-save"));
+    ex.decisions = Some(crate::correlate::decisions::Decisions::new(rx));
+    let d = ex.explain(packet, &points()).drop.expect("dropped");
+    assert_eq!(
+        (
+            d.table.as_deref(),
+            d.rule.as_deref(),
+            d.rule_source.as_deref()
+        ),
+        (Some("filter"), Some(rule), Some("nftrace"))
+    );
 }

@@ -1,0 +1,331 @@
+use super::*;
+use crate::{
+    correlate::packet::tests::frame,
+    events::{
+        decode::{EndObservation, NfObservation},
+        packet::parse_ethernet,
+    },
+};
+
+fn nf(ts: u64, hook: u8, slot: u8, f: &[u8]) -> NfObservation {
+    NfObservation {
+        ts_ns: ts,
+        skb: 1,
+        hook,
+        pf: 2,
+        slot,
+        in_ifindex: 0,
+        out_ifindex: 0,
+        len: 60,
+        mark: 0,
+        headers: parse_ethernet(f),
+        bytes: f.get(14..).unwrap_or(&[]).to_vec(),
+    }
+}
+
+fn docker_tables(hook: u8) -> Vec<(String, i32)> {
+    match hook {
+        0 => vec![("nat".into(), -100)],
+        2 => vec![("filter".into(), 0)],
+        4 => vec![("nat".into(), 100)],
+        _ => vec![],
+    }
+}
+
+fn packet(nf: Vec<NfObservation>, end: Option<EndKind>) -> Packet {
+    Packet {
+        skb: 1,
+        owner: None,
+        hops: Vec::new(),
+        nf,
+        end: end.map(|kind| EndObservation {
+            ts_ns: 999,
+            skb: 1,
+            kind,
+            location: 0,
+            ifindex: 0,
+            netns: 0,
+            passed: None,
+        }),
+    }
+}
+
+#[test]
+fn forwarded_and_masqueraded() {
+    let inner = frame([172, 18, 0, 2], 41234);
+    let outer = frame([198, 51, 100, 1], 41234);
+    let mut obs = Vec::new();
+    for (i, slot) in (0..8).enumerate() {
+        obs.push(nf(10 + i as u64, 0, slot, &inner));
+        obs.push(nf(100 + i as u64, 2, slot, &inner));
+        let f = if slot == 7 { &outer } else { &inner };
+        obs.push(nf(200 + i as u64, 4, slot, f));
+    }
+    let s = steps(&packet(obs, Some(EndKind::Consume)), &docker_tables, true);
+    let names: Vec<(u8, &str, Verdict)> = s
+        .iter()
+        .map(|x| (x.hook, x.table.as_str(), x.verdict))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            (0, "nat", Verdict::Accept),
+            (2, "filter", Verdict::Accept),
+            (4, "nat", Verdict::Accept)
+        ]
+    );
+    assert!(s[0].nat.is_empty() && s[1].nat.is_empty());
+    assert_eq!(
+        crate::model::nat(&s[2].nat[0]).text(),
+        "SNAT 172.18.0.2:41234 → 198.51.100.1:41234"
+    );
+    assert_eq!(s[2].ts_ns, 207, "at the slot after the nat table");
+}
+
+#[test]
+fn dropped_in_filter_forward() {
+    let f = frame([172, 18, 0, 2], 41234);
+    let mut obs: Vec<NfObservation> = (0..8).map(|s| nf(10 + u64::from(s), 0, s, &f)).collect();
+    // FORWARD: seen up to slot 4 (before filter), never after.
+    obs.extend((0..5).map(|s| nf(100 + u64::from(s), 2, s, &f)));
+    let s = steps(
+        &packet(obs.clone(), Some(EndKind::Drop { reason: 12 })),
+        &docker_tables,
+        true,
+    );
+    let last = s.last().expect("steps");
+    assert_eq!(
+        (last.hook, last.table.as_str(), last.verdict),
+        (2, "filter", Verdict::Drop)
+    );
+    assert_eq!(last.ts_ns, 999);
+    // Without a drop from the kernel, no verdict is invented.
+    let s = steps(&packet(obs, None), &docker_tables, true);
+    assert!(s.iter().all(|x| x.verdict == Verdict::Accept));
+}
+
+#[test]
+fn without_a_ruleset_changes_are_named_by_slot_position() {
+    let inner = frame([172, 18, 0, 2], 41234);
+    let outer = frame([198, 51, 100, 1], 41234);
+    let obs: Vec<NfObservation> = (0..8)
+        .map(|s| nf(u64::from(s), 4, s, if s == 7 { &outer } else { &inner }))
+        .collect();
+    let s = steps(&packet(obs, None), &|_| Vec::new(), true);
+    assert_eq!(s.len(), 1);
+    assert_eq!((s[0].table.as_str(), s[0].nat.len()), ("nat", 1));
+}
+
+#[test]
+fn only_the_slots_around_the_tables_are_enough() {
+    // What `slots_for` links on a Docker host: PREROUTING 0,2,4; FORWARD 0,5; POSTROUTING 0,7.
+    let inner = frame([172, 18, 0, 2], 41234);
+    let outer = frame([198, 51, 100, 1], 41234);
+    let mut obs = Vec::new();
+    for (ts, hook, slot) in [
+        (1, 0, 0),
+        (2, 0, 2),
+        (3, 0, 4),
+        (4, 2, 0),
+        (5, 2, 5),
+        (6, 4, 0),
+    ] {
+        obs.push(nf(ts, hook, slot, &inner));
+    }
+    obs.push(nf(7, 4, 7, &outer));
+    let s = steps(
+        &packet(obs.clone(), Some(EndKind::Consume)),
+        &docker_tables,
+        true,
+    );
+    let names: Vec<(u8, &str, Verdict, usize)> = s
+        .iter()
+        .map(|x| (x.hook, x.table.as_str(), x.verdict, x.nat.len()))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            (0, "nat", Verdict::Accept, 0),
+            (2, "filter", Verdict::Accept, 0),
+            (4, "nat", Verdict::Accept, 1)
+        ]
+    );
+    // Dropped in FORWARD: seen at its entry slot, never after filter.
+    let dropped: Vec<NfObservation> = obs.into_iter().filter(|n| n.ts_ns <= 4).collect();
+    let s = steps(
+        &packet(dropped, Some(EndKind::Drop { reason: 12 })),
+        &docker_tables,
+        true,
+    );
+    let last = s.last().expect("steps");
+    assert_eq!(
+        (last.hook, last.table.as_str(), last.verdict),
+        (2, "filter", Verdict::Drop)
+    );
+}
+
+#[test]
+fn hook_level_observers_give_every_table_its_verdict_and_the_nat_table_its_rewrite() {
+    // nf_hook_slow: slot 0 at a hook's entry, slot 7 once every table accepted.
+    let inner = frame([172, 18, 0, 2], 41234);
+    let outer = frame([198, 51, 100, 1], 41234);
+    let obs = vec![
+        nf(1, 2, 0, &inner),
+        nf(2, 2, 7, &inner),
+        nf(3, 4, 0, &inner),
+        nf(4, 4, 7, &outer),
+    ];
+    let tables = |hook: u8| match hook {
+        2 => vec![("mangle".to_owned(), -150), ("filter".to_owned(), 0)],
+        4 => vec![("mangle".to_owned(), -150), ("nat".to_owned(), 100)],
+        _ => vec![],
+    };
+    let s = steps(&packet(obs, Some(EndKind::Consume)), &tables, true);
+    let got: Vec<(u8, &str, Verdict, usize)> = s
+        .iter()
+        .map(|x| (x.hook, x.table.as_str(), x.verdict, x.nat.len()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (2, "mangle", Verdict::Accept, 0),
+            (2, "filter", Verdict::Accept, 0),
+            (4, "mangle", Verdict::Accept, 0),
+            (4, "nat", Verdict::Accept, 1),
+        ],
+        "one window per hook; the SNAT goes to nat, not to mangle"
+    );
+}
+
+/// A packet reported as the kernel now reports it: a hook's later slots only where it changed.
+fn noted(nf: Vec<NfObservation>, end: Option<(EndKind, Option<(u8, u8)>)>) -> Packet {
+    let mut p = packet(nf, None);
+    p.end = end.map(|(kind, passed)| EndObservation {
+        ts_ns: 999,
+        skb: 1,
+        kind,
+        location: 0,
+        ifindex: 0,
+        netns: 0,
+        passed,
+    });
+    p
+}
+
+fn verdicts(s: &[NfStep]) -> Vec<(u8, &str, Verdict, usize)> {
+    s.iter()
+        .map(|x| (x.hook, x.table.as_str(), x.verdict, x.nat.len()))
+        .collect()
+}
+
+#[test]
+fn slots_that_saw_no_change_take_the_last_reports_view() {
+    // PREROUTING, FORWARD and POSTROUTING each report their entry; only POSTROUTING's slot
+    // after nat reports again, where MASQUERADE changed the source.
+    let inner = frame([172, 18, 0, 2], 41234);
+    let outer = frame([198, 51, 100, 1], 41234);
+    let obs = vec![
+        nf(1, 0, 0, &inner),
+        nf(4, 2, 0, &inner),
+        nf(6, 4, 0, &inner),
+        nf(7, 4, 7, &outer),
+    ];
+    let s = steps(
+        &noted(obs, Some((EndKind::Consume, None))),
+        &docker_tables,
+        false,
+    );
+    assert_eq!(
+        verdicts(&s),
+        vec![
+            (0, "nat", Verdict::Accept, 0),
+            (2, "filter", Verdict::Accept, 0),
+            (4, "nat", Verdict::Accept, 1)
+        ]
+    );
+    assert_eq!(s[1].ts_ns, 4, "an unreported slot's time is its view's");
+    assert_eq!(s[1].bytes, inner[14..], "and so are its bytes");
+}
+
+#[test]
+fn a_drop_the_cpu_noted_is_in_the_table_after_the_last_slot_passed() {
+    let f = frame([172, 18, 0, 2], 41234);
+    let obs = vec![nf(1, 0, 0, &f), nf(4, 2, 0, &f)];
+    let drop = EndKind::Drop { reason: 12 };
+    // Noted at FORWARD's entry: filter dropped it.
+    let s = steps(
+        &noted(obs.clone(), Some((drop, Some((2, 0))))),
+        &docker_tables,
+        true,
+    );
+    assert_eq!(
+        verdicts(&s),
+        vec![
+            (0, "nat", Verdict::Accept, 0),
+            (2, "filter", Verdict::Drop, 0)
+        ]
+    );
+    // Noted past filter: dropped after netfilter, by no table.
+    let s = steps(
+        &noted(obs.clone(), Some((drop, Some((2, 5))))),
+        &docker_tables,
+        false,
+    );
+    assert!(s.iter().all(|x| x.verdict == Verdict::Accept), "{s:?}");
+    assert_eq!(s.len(), 2);
+    // A note of another hook (stale) says nothing of this one.
+    let s = steps(
+        &noted(obs, Some((drop, Some((0, 4))))),
+        &docker_tables,
+        true,
+    );
+    assert_eq!(s.last().map(|x| x.verdict), Some(Verdict::Drop));
+}
+
+#[test]
+fn an_unnoted_drop_blames_a_table_only_when_netfilter_dropped_it() {
+    let f = frame([172, 18, 0, 2], 41234);
+    let obs = vec![nf(1, 0, 0, &f), nf(4, 2, 0, &f)];
+    let drop = Some((EndKind::Drop { reason: 3 }, None));
+    // Freed elsewhere (another CPU, another reason): it left FORWARD.
+    let s = steps(&noted(obs.clone(), drop), &docker_tables, false);
+    assert!(s.iter().all(|x| x.verdict == Verdict::Accept), "{s:?}");
+    assert_eq!(s.len(), 2);
+    // NETFILTER_DROP with the note pushed out: the reports alone say where.
+    let s = steps(&noted(obs, drop), &docker_tables, true);
+    assert_eq!(
+        s.last().map(|x| (x.hook, x.verdict)),
+        Some((2, Verdict::Drop))
+    );
+}
+
+#[test]
+fn a_packet_still_on_its_way_is_filled_only_up_to_what_came_after() {
+    let f = frame([172, 18, 0, 2], 41234);
+    let obs = vec![nf(1, 0, 0, &f), nf(4, 2, 0, &f)];
+    let hop = |ts_ns, direction| crate::correlate::packet::Hop {
+        ts_ns,
+        ifindex: 30,
+        direction,
+        len: 60,
+        headers: None,
+        bytes: Vec::new(),
+        nat: Vec::new(),
+    };
+    // Nothing after FORWARD's entry yet (the bridge's ingress came before it): no verdict
+    // for filter.
+    let mut p = noted(obs, None);
+    p.hops.push(hop(2, tracer_common::Direction::Ingress));
+    let s = steps(&p, &docker_tables, false);
+    assert_eq!(verdicts(&s), vec![(0, "nat", Verdict::Accept, 0)]);
+    // A tc hop after it: it left FORWARD.
+    p.hops.push(hop(5, tracer_common::Direction::Egress));
+    let s = steps(&p, &docker_tables, false);
+    assert_eq!(
+        verdicts(&s),
+        vec![
+            (0, "nat", Verdict::Accept, 0),
+            (2, "filter", Verdict::Accept, 0)
+        ]
+    );
+}
