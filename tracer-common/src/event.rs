@@ -189,9 +189,19 @@ mod tests {
     fn nf_and_end_layouts_are_stable() {
         assert_eq!(offset_of!(NfEvent, hook), 24);
         assert_eq!(offset_of!(NfEvent, in_ifindex), 28);
+        // 8-aligned: the kernel side copies its first words into its note word by word.
         assert_eq!(offset_of!(NfEvent, data), 48);
         assert_eq!(size_of::<NfEvent>(), 48 + SNAP_LEN);
         assert_eq!(size_of::<SkbEndEvent>(), 48);
+        assert_eq!(
+            (
+                offset_of!(SkbEndEvent, nf_hook),
+                offset_of!(SkbEndEvent, nf_slot),
+                offset_of!(SkbEndEvent, passed)
+            ),
+            (44, 45, 46),
+            "where the last slot passed is"
+        );
         assert!(align_of::<NfEvent>() <= 8 && align_of::<SkbEndEvent>() <= 8);
     }
 

@@ -131,7 +131,7 @@ impl Explainer {
             verdict::steps(&packet, &at, netfilter_drop)
         };
         if let Some(ds) = self.decisions.as_mut() {
-            join_decisions(ds, &mut steps);
+            join_decisions(ds, &packet, &mut steps);
         }
         let drop = match packet.end.as_ref().map(|e| (e, e.kind)) {
             // Freed in a namespace that is neither the host's nor a traced container's: the
@@ -344,9 +344,9 @@ impl Explainer {
 /// another of the same hook (hook-level observers cannot tell tables apart, and a drop the
 /// CPU did not note is put after the last slot that reported) moves there: nftrace's drop is
 /// looked for first, so a table that accepted it is never given the drop.
-fn join_decisions(ds: &mut Decisions, steps: &mut [NfStep]) {
+fn join_decisions(ds: &mut Decisions, p: &Packet, steps: &mut [NfStep]) {
     for s in steps.iter_mut() {
-        let Some((key, fp)) = ip_key(&s.bytes) else {
+        let Some((key, fp)) = ip_key(s.bytes(p)) else {
             continue;
         };
         let drop = (s.verdict == Verdict::Drop)

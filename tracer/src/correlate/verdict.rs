@@ -38,8 +38,9 @@ pub struct NfStep {
     pub nat: Vec<NatRewrite>,
     /// The packet's headers after this table (as the next slot saw them).
     pub headers: Option<Headers>,
-    /// The captured bytes (from the IP header) at that slot.
-    pub bytes: Vec<u8>,
+    /// The observation (in the packet's `nf`) whose captured bytes, from the IP header, are
+    /// the packet at that slot: see [`Self::bytes`].
+    pub nf: usize,
     /// What nftrace said the table did (None: no nftrace, or no walk joined).
     pub decided: Option<Decided>,
 }
@@ -53,22 +54,30 @@ pub struct Decided {
     pub chain_path: Vec<String>,
 }
 
+impl NfStep {
+    /// The packet's captured bytes at this step, from the IP header.
+    pub fn bytes<'a>(&self, p: &'a Packet) -> &'a [u8] {
+        p.nf.get(self.nf).map_or(&[], |n| &n.bytes)
+    }
+}
+
 fn slot_after(priority: i32) -> usize {
     SLOT_PRIORITIES.partition_point(|p| *p < priority)
 }
 
-/// What the observers at one hook saw: the first sighting at each slot (time, headers, bytes).
-/// An array, not a map: a packet has a few sightings a hook, and this runs for every packet.
-type Seen<'a> = (u64, Option<Headers>, &'a [u8]);
-type Slots<'a> = [Option<Seen<'a>>; SLOT_PRIORITIES.len()];
+/// What the observers at one hook saw: the first sighting at each slot (time, headers, and
+/// which of the packet's observations it was). An array, not a map: a packet has a few
+/// sightings a hook, and this runs for every packet.
+type Seen = (u64, Option<Headers>, usize);
+type Slots = [Option<Seen>; SLOT_PRIORITIES.len()];
 
 /// The last slot before `b` that saw the packet.
-fn seen_before<'a>(seen: &Slots<'a>, b: usize) -> Option<Seen<'a>> {
+fn seen_before(seen: &Slots, b: usize) -> Option<Seen> {
     seen[..b.min(seen.len())].iter().rev().find_map(|x| *x)
 }
 
 /// The first slot from `b` on that saw the packet, with its index.
-fn seen_from<'a>(seen: &Slots<'a>, b: usize) -> Option<(usize, Seen<'a>)> {
+fn seen_from(seen: &Slots, b: usize) -> Option<(usize, Seen)> {
     (b..seen.len()).find_map(|i| seen[i].map(|x| (i, x)))
 }
 
@@ -105,7 +114,7 @@ fn passed_until(
 
 /// Gives each slot up to `until` that did not report the packet the view of the last one
 /// before it that did: the packet passed it unchanged.
-fn fill(seen: &mut Slots<'_>, until: usize) {
+fn fill(seen: &mut Slots, until: usize) {
     let mut last = None;
     for s in seen.iter_mut().take(until + 1) {
         match s {
@@ -117,7 +126,7 @@ fn fill(seen: &mut Slots<'_>, until: usize) {
 
 /// Where no ruleset says which tables a hook has: the tables between the slots where the
 /// headers changed or the packet stopped.
-fn tables_from_slots(seen: &Slots<'_>) -> Vec<(String, i32)> {
+fn tables_from_slots(seen: &Slots) -> Vec<(String, i32)> {
     (0..SLOT_PRIORITIES.len() - 1)
         .filter(|&a| match (seen[a], seen[a + 1]) {
             (Some((_, hx, _)), Some((_, hy, _))) => hx != hy,
@@ -145,8 +154,8 @@ pub fn steps<T: AsRef<[(String, i32)]>>(
     netfilter_drop: bool,
 ) -> Vec<NfStep> {
     // (hook, its first sighting's time, what each slot saw first), by hook.
-    let mut hooks: Vec<(u8, u64, Slots<'_>)> = Vec::with_capacity(3);
-    for n in &p.nf {
+    let mut hooks: Vec<(u8, u64, Slots)> = Vec::with_capacity(3);
+    for (i, n) in p.nf.iter().enumerate() {
         let Some(slot) = Some(usize::from(n.slot)).filter(|s| *s < SLOT_PRIORITIES.len()) else {
             continue; // the kernel's observers have no such slot
         };
@@ -157,7 +166,7 @@ pub fn steps<T: AsRef<[(String, i32)]>>(
                 hooks.len() - 1
             }
         };
-        hooks[at].2[slot].get_or_insert((n.ts_ns, n.headers, &n.bytes));
+        hooks[at].2[slot].get_or_insert((n.ts_ns, n.headers, i));
     }
     hooks.sort_by_key(|h| h.0);
     let dropped = matches!(p.end.as_ref().map(|e| e.kind), Some(EndKind::Drop { .. }));
@@ -189,7 +198,7 @@ pub fn steps<T: AsRef<[(String, i32)]>>(
             }
             let before = seen_before(seen, b);
             match seen_from(seen, b) {
-                Some((a_slot, (ts, after, bytes))) => {
+                Some((a_slot, (ts, after, nf))) => {
                     let width = tables[i..]
                         .iter()
                         .take_while(|(_, p)| (b..=a_slot).contains(&slot_after(*p)))
@@ -213,14 +222,14 @@ pub fn steps<T: AsRef<[(String, i32)]>>(
                                 Vec::new()
                             },
                             headers: after,
-                            bytes: bytes.to_vec(),
+                            nf,
                             decided: None,
                         });
                     }
                     i += width;
                 }
                 None => {
-                    if let (Some((ts, h, bytes)), true, true) =
+                    if let (Some((ts, h, nf)), true, true) =
                         (before, dropped, Some(hook) == last_hook)
                     {
                         out.push(NfStep {
@@ -230,7 +239,7 @@ pub fn steps<T: AsRef<[(String, i32)]>>(
                             verdict: Verdict::Drop,
                             nat: Vec::new(),
                             headers: h,
-                            bytes: bytes.to_vec(),
+                            nf,
                             decided: None,
                         });
                     }

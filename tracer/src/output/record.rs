@@ -187,7 +187,7 @@ impl Recorder {
                             .for_each(|x| name.push_str(x)),
                         Hop::Tc(_) => name.push_str("?/?"),
                     }
-                    let data = s.bytes.as_slice();
+                    let data = s.bytes(&e.packet);
                     (LINKTYPE_RAW, s.ts_ns, data, data.len() as u32, None)
                 }
             };

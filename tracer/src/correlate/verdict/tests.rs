@@ -230,11 +230,8 @@ fn slots_that_saw_no_change_take_the_last_reports_view() {
         nf(6, 4, 0, &inner),
         nf(7, 4, 7, &outer),
     ];
-    let s = steps(
-        &noted(obs, Some((EndKind::Consume, None))),
-        &docker_tables,
-        false,
-    );
+    let p = noted(obs, Some((EndKind::Consume, None)));
+    let s = steps(&p, &docker_tables, false);
     assert_eq!(
         verdicts(&s),
         vec![
@@ -244,7 +241,8 @@ fn slots_that_saw_no_change_take_the_last_reports_view() {
         ]
     );
     assert_eq!(s[1].ts_ns, 4, "an unreported slot's time is its view's");
-    assert_eq!(s[1].bytes, inner[14..], "and so are its bytes");
+    assert_eq!(s[1].bytes(&p), &inner[14..], "and so are its bytes");
+    assert_eq!(s[2].bytes(&p), &outer[14..], "and a reported one's its own");
 }
 
 #[test]
