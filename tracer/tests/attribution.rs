@@ -20,24 +20,41 @@ use common::{in_netns, packets, show, Flowtrace, From, Lab};
 /// The port the internet knocks on; an INPUT rule drops it.
 const KNOCKED: u16 = 7999;
 
-/// A rule inserted first in a chain, removed again even if the test fails.
+/// A rule inserted first in a chain, removed again even if the test fails, with its table
+/// if the rule created it (iptables-nft keeps an emptied table, and its chains' hooks, which
+/// would change what later tests and the bench run through).
 struct Rule {
     table: &'static str,
     chain: &'static str,
     spec: Vec<String>,
+    created_table: bool,
+}
+
+/// Whether nftables has iptables' table `name`.
+fn nft_table(name: &str) -> bool {
+    Command::new("nft")
+        .args(["list", "table", "ip", name])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 impl Rule {
     /// `spec` as `iptables -S` prints it, after the chain's name.
     fn insert(table: &'static str, chain: &'static str, spec: &str) -> Self {
         let spec: Vec<String> = spec.split_whitespace().map(str::to_owned).collect();
+        let created_table = !nft_table(table);
         let ok = Command::new("iptables")
             .args(["-w", "5", "-t", table, "-I", chain, "1"])
             .args(&spec)
             .status()
             .is_ok_and(|s| s.success());
         assert!(ok, "could not add the {table} {chain} rule {spec:?}");
-        Self { table, chain, spec }
+        Self {
+            table,
+            chain,
+            spec,
+            created_table,
+        }
     }
 
     /// As flowtrace names it.
@@ -52,6 +69,11 @@ impl Drop for Rule {
             .args(["-w", "5", "-t", self.table, "-D", self.chain])
             .args(&self.spec)
             .status();
+        if self.created_table {
+            let _ = Command::new("nft")
+                .args(["delete", "table", "ip", self.table])
+                .status();
+        }
     }
 }
 
