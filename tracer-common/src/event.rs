@@ -107,6 +107,16 @@ pub struct TcEvent {
     pub data: [u8; MAX_SNAP],
 }
 
+/// A tc observation of at most [`SNAP_LEN`] bytes (the default snaplen), reserved in the ring
+/// buffer at its full size and filled there: no scratch buffer, no second copy. `cap_len`
+/// says how much of `data` is the packet's.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TcSmall {
+    pub head: TcHead,
+    pub data: [u8; SNAP_LEN],
+}
+
 /// A packet seen by a netfilter observer at one (hook, priority slot).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,6 +190,10 @@ mod tests {
         assert_eq!(offset_of!(TcHead, protocol), 40);
         assert_eq!(TC_HEAD_LEN, 48);
         assert_eq!(offset_of!(TcEvent, data), TC_HEAD_LEN);
+        // A small record is read as a head and its bytes, like a large one.
+        assert_eq!(offset_of!(TcSmall, data), TC_HEAD_LEN);
+        assert_eq!(size_of::<TcSmall>(), TC_HEAD_LEN + SNAP_LEN);
+        assert!(SNAP_LEN as u32 >= DEFAULT_SNAP && SNAP_LEN.is_power_of_two());
         assert!(MAX_SNAP.is_power_of_two());
         // The ring buffer hands out 8-byte aligned records.
         assert!(align_of::<TcEvent>() <= 8);

@@ -18,7 +18,7 @@ pub use counters::{
     HopCounter, LostKind, PointKey, TableOp, LOST_KINDS, MAX_HOP_COUNTERS, TABLE_OPS,
 };
 pub use event::{
-    Direction, EventHeader, EventKind, NfEvent, SkbEndEvent, TcEvent, TcHead, DEFAULT_SNAP,
-    MAX_SNAP, SNAP_LEN, TC_HEAD_LEN,
+    Direction, EventHeader, EventKind, NfEvent, SkbEndEvent, TcEvent, TcHead, TcSmall,
+    DEFAULT_SNAP, MAX_SNAP, SNAP_LEN, TC_HEAD_LEN,
 };
 pub use offsets::Offsets;

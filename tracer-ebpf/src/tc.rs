@@ -11,7 +11,7 @@ use tracer_common::{
         FlowKey, Frame, Tracked, FILTER_SLOT_EGRESS, FILTER_SLOT_INGRESS, VIEW_FILTER_SLOT,
         VIEW_LEN,
     },
-    Direction, EventKind, TableOp, MAX_SNAP, TC_HEAD_LEN,
+    Direction, EventKind, TableOp, TcHead, TcSmall, MAX_SNAP, SNAP_LEN, TC_HEAD_LEN,
 };
 
 use crate::{
@@ -210,8 +210,8 @@ fn report(ctx: &TcContext, direction: u8, counter: Option<*mut tracer_common::Ho
     TC_ACT_UNSPEC
 }
 
-/// Assembles the observation in the per-CPU scratch buffer and sends its head and the first
-/// `min(len, snaplen)` bytes. False if the ring buffer had no room (an event lost).
+/// Sends the observation: its head and the first `min(len, snaplen)` bytes. False if the ring
+/// buffer had no room (an event lost).
 #[inline(always)]
 fn emit(
     skb: *mut __sk_buff,
@@ -221,40 +221,105 @@ fn emit(
     protocol: u32,
     direction: u8,
 ) -> bool {
-    let Some(ev) = TC_SCRATCH.get_ptr_mut(0) else {
-        return false;
-    };
     let want = snaplen();
+    let sent = if want <= SNAP_LEN as u32 {
+        emit_small(skb, ifindex, len, mark, protocol, direction, want)
+    } else {
+        emit_large(skb, ifindex, len, mark, protocol, direction, want)
+    };
+    // The dashboard's gauge: one record in 64 (by its time's low bits) is plenty for a
+    // figure read once a second, and spares the others a helper call and a map write.
+    if sent.is_some_and(|ts| ts & 63 == 0) {
+        if let Some(fill) = RING_FILL.get_ptr_mut(0) {
+            // SAFETY: this CPU's entry.
+            unsafe { *fill = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) };
+        }
+    }
+    sent.is_some()
+}
+
+/// Fills the observation's head; its time.
+#[inline(always)]
+fn fill_head(
+    h: &mut TcHead,
+    skb: *mut __sk_buff,
+    (ifindex, len, mark, protocol): (u32, u32, u32, u32),
+    direction: u8,
+) -> u64 {
+    h.header.kind = EventKind::Tc as u8;
+    h.header._pad = [0; 3];
+    // SAFETY: plain helpers.
+    unsafe {
+        h.header.cpu = bpf_get_smp_processor_id();
+        h.header.ts_ns = bpf_ktime_get_ns();
+    }
+    // The context pointer's value is the kernel sk_buff address: the packet's identity.
+    h.header.skb = skb as u64;
+    h.ifindex = ifindex;
+    h.len = len;
+    h.mark = mark;
+    h.protocol = protocol as u16;
+    h.direction = direction;
+    h._pad = [0; 5];
+    h.header.ts_ns
+}
+
+/// A snaplen of at most `SNAP_LEN` (the default): the record is reserved at its full size and
+/// the bytes are loaded straight into it. Its time if it was sent.
+#[inline(always)]
+fn emit_small(
+    skb: *mut __sk_buff,
+    ifindex: u32,
+    len: u32,
+    mark: u32,
+    protocol: u32,
+    direction: u8,
+    want: u32,
+) -> Option<u64> {
+    let mut entry = EVENTS.reserve::<TcSmall>(0)?;
+    let ev = entry.as_mut_ptr();
+    let cap = if len < want { len } else { want };
+    // SAFETY: `ev` points at a reserved, exclusively owned ring-buffer record, whose `data`
+    // has room for SNAP_LEN bytes (`load_head` copies at most mask + 1).
+    let ts = unsafe {
+        let ts = fill_head(
+            &mut (*ev).head,
+            skb,
+            (ifindex, len, mark, protocol),
+            direction,
+        );
+        let copied = load_head(skb, (*ev).data.as_mut_ptr(), cap, SNAP_LEN as u64 - 1);
+        (*ev).head.cap_len = if copied { cap } else { 0 };
+        ts
+    };
+    entry.submit(0);
+    Some(ts)
+}
+
+/// A larger snaplen: assembled in the per-CPU scratch buffer, and its head and captured bytes
+/// copied into a record of their size.
+#[inline(always)]
+fn emit_large(
+    skb: *mut __sk_buff,
+    ifindex: u32,
+    len: u32,
+    mark: u32,
+    protocol: u32,
+    direction: u8,
+    want: u32,
+) -> Option<u64> {
+    let ev = TC_SCRATCH.get_ptr_mut(0)?;
     // Masked so that the verifier can bound both the copy and the record.
     let cap = (if len < want { len } else { want }) & (MAX_SNAP as u32 - 1);
     // SAFETY: `ev` is this CPU's scratch entry; nothing else runs on this CPU meanwhile.
     unsafe {
         let h = &mut (*ev).head;
-        h.header.kind = EventKind::Tc as u8;
-        h.header._pad = [0; 3];
-        h.header.cpu = bpf_get_smp_processor_id();
-        h.header.ts_ns = bpf_ktime_get_ns();
-        // The context pointer's value is the kernel sk_buff address: the packet's identity.
-        h.header.skb = skb as u64;
-        h.ifindex = ifindex;
-        h.len = len;
-        h.mark = mark;
-        h.protocol = protocol as u16;
-        h.direction = direction;
-        h._pad = [0; 5];
+        let ts = fill_head(h, skb, (ifindex, len, mark, protocol), direction);
         let copied = load_head(skb, (*ev).data.as_mut_ptr(), cap, MAX_SNAP as u64 - 1);
         let cap = if copied { cap } else { 0 };
         h.cap_len = cap;
         let record = core::slice::from_raw_parts(ev as *const u8, TC_HEAD_LEN + cap as usize);
-        let sent = EVENTS.output::<[u8]>(record, 0).is_ok();
-        // The dashboard's gauge: one record in 64 (by its time's low bits) is plenty for a
-        // figure read once a second, and spares the others a helper call and a map write.
-        if h.header.ts_ns & 63 == 0 {
-            if let Some(fill) = RING_FILL.get_ptr_mut(0) {
-                *fill = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
-            }
-        }
-        sent
+        EVENTS.output::<[u8]>(record, 0).is_ok().then_some(ts)
     }
 }
 
