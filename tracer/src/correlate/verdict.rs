@@ -65,10 +65,10 @@ fn slot_after(priority: i32) -> usize {
     SLOT_PRIORITIES.partition_point(|p| *p < priority)
 }
 
-/// What the observers at one hook saw: the first sighting at each slot (time, headers, and
-/// which of the packet's observations it was). An array, not a map: a packet has a few
+/// What the observers at one hook saw: the first sighting at each slot, as the index of the
+/// packet's observation. An array of indexes, not a map or copies: a packet has a few
 /// sightings a hook, and this runs for every packet.
-type Seen = (u64, Option<Headers>, usize);
+type Seen = usize;
 type Slots = [Option<Seen>; SLOT_PRIORITIES.len()];
 
 /// The last slot before `b` that saw the packet.
@@ -126,10 +126,11 @@ fn fill(seen: &mut Slots, until: usize) {
 
 /// Where no ruleset says which tables a hook has: the tables between the slots where the
 /// headers changed or the packet stopped.
-fn tables_from_slots(seen: &Slots) -> Vec<(String, i32)> {
+fn tables_from_slots(p: &Packet, seen: &Slots) -> Vec<(String, i32)> {
+    let headers = |i: usize| p.nf.get(i).and_then(|n| n.headers);
     (0..SLOT_PRIORITIES.len() - 1)
         .filter(|&a| match (seen[a], seen[a + 1]) {
-            (Some((_, hx, _)), Some((_, hy, _))) => hx != hy,
+            (Some(x), Some(y)) => headers(x) != headers(y),
             (Some(_), None) => seen_from(seen, a + 1).is_none(),
             _ => false,
         })
@@ -166,13 +167,18 @@ pub fn steps<T: AsRef<[(String, i32)]>>(
                 hooks.len() - 1
             }
         };
-        hooks[at].2[slot].get_or_insert((n.ts_ns, n.headers, i));
+        hooks[at].2[slot].get_or_insert(i);
     }
     hooks.sort_by_key(|h| h.0);
     let dropped = matches!(p.end.as_ref().map(|e| e.kind), Some(EndKind::Drop { .. }));
     let last_hook = hooks.iter().max_by_key(|h| h.1).map(|h| h.0);
     for (hook, _, seen) in &mut hooks {
-        let reported_until = seen.iter().flatten().map(|v| v.0).max().unwrap_or(0);
+        let reported_until = seen
+            .iter()
+            .flatten()
+            .filter_map(|&i| p.nf.get(i).map(|n| n.ts_ns))
+            .max()
+            .unwrap_or(0);
         let last = Some(*hook) == last_hook;
         if let Some(until) = passed_until(p, *hook, last, reported_until, netfilter_drop) {
             fill(seen, until);
@@ -183,7 +189,7 @@ pub fn steps<T: AsRef<[(String, i32)]>>(
         let (hook, seen) = (*hook, seen);
         let given = tables_at(hook);
         let tables: Cow<'_, [(String, i32)]> = match given.as_ref() {
-            [] => Cow::Owned(tables_from_slots(seen)),
+            [] => Cow::Owned(tables_from_slots(p, seen)),
             listed => Cow::Borrowed(listed),
         };
         // Tables whose first observation after them is the same slot share one window: with
@@ -197,15 +203,16 @@ pub fn steps<T: AsRef<[(String, i32)]>>(
                 continue;
             }
             let before = seen_before(seen, b);
-            match seen_from(seen, b) {
-                Some((a_slot, (ts, after, nf))) => {
+            match seen_from(seen, b).and_then(|(a, i)| Some((a, i, p.nf.get(i)?))) {
+                Some((a_slot, nf, after)) => {
+                    let (ts, after) = (after.ts_ns, after.headers);
                     let width = tables[i..]
                         .iter()
                         .take_while(|(_, p)| (b..=a_slot).contains(&slot_after(*p)))
                         .count()
                         .max(1);
                     let window = &tables[i..i + width];
-                    let rewrites = match (before.and_then(|v| v.1), after) {
+                    let rewrites = match (before.and_then(|i| p.nf.get(i)?.headers), after) {
                         (Some(x), Some(y)) => nat::rewrites(&x, &y),
                         _ => Vec::new(),
                     };
@@ -229,9 +236,11 @@ pub fn steps<T: AsRef<[(String, i32)]>>(
                     i += width;
                 }
                 None => {
-                    if let (Some((ts, h, nf)), true, true) =
-                        (before, dropped, Some(hook) == last_hook)
+                    let seen_last = before.and_then(|i| Some((p.nf.get(i)?, i)));
+                    if let (Some((n, nf)), true, true) =
+                        (seen_last, dropped, Some(hook) == last_hook)
                     {
+                        let (ts, h) = (n.ts_ns, n.headers);
                         out.push(NfStep {
                             ts_ns: p.end.as_ref().map_or(ts, |e| e.ts_ns.max(ts)),
                             hook,
