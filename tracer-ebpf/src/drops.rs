@@ -56,10 +56,9 @@ pub fn end(skb: u64, location: u64, reason: u32, kind: EventKind) -> i32 {
             (*ev).ifindex = ifindex(dev, off.dev_ifindex);
             (*ev).netns = field(field::<u64>(dev, off.dev_net), off.net_inum);
         }
-        let (hook, slot) = passed.unwrap_or((0, 0));
-        (*ev).nf_hook = hook;
-        (*ev).nf_slot = slot;
-        (*ev).passed = u8::from(passed.is_some());
+        (*ev).nf_hook = passed.0;
+        (*ev).nf_slot = passed.1;
+        (*ev).passed = passed.2;
         (*ev)._pad = 0;
     }
     entry.submit(0);

@@ -251,18 +251,22 @@ pub fn devices_cached(skb: u64) -> bool {
             .is_some_and(|c| unsafe { (*c).skb } == skb)
 }
 
-/// The hook and the last slot there that `skb` passed, if this CPU noted it (for its drop).
+/// The hook and the last slot there that `skb` passed, and 1 if this CPU noted it (for its
+/// drop). Plain numbers, not an `Option`: a `None`'s undefined payload once compiled to a read
+/// of a register never written, which the verifier refuses.
 #[inline(always)]
-pub fn passed(skb: u64) -> Option<(u8, u8)> {
-    let c = NF_NOTE.get_ptr(0)?;
+pub fn passed(skb: u64) -> (u8, u8, u8) {
+    let Some(c) = NF_NOTE.get_ptr(0) else {
+        return (0, 0, 0);
+    };
     // SAFETY: this CPU's entry.
     unsafe {
         if (*c).skb == skb {
-            Some(((*c).hook, (*c).slot))
+            ((*c).hook, (*c).slot, 1)
         } else if (*c).prev_skb == skb {
-            Some(((*c).prev_hook, (*c).prev_slot))
+            ((*c).prev_hook, (*c).prev_slot, 1)
         } else {
-            None
+            (0, 0, 0)
         }
     }
 }

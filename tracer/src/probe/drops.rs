@@ -14,6 +14,24 @@ pub enum Mechanism {
     RawTracepoint,
 }
 
+/// How one tracepoint was attached: the mechanism, and whether the program for its older
+/// form (fewer arguments) was the one the kernel took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attached {
+    pub mechanism: Mechanism,
+    pub older_form: bool,
+}
+
+impl std::fmt::Display for Attached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.mechanism)?;
+        if self.older_form {
+            f.write_str(" (its older form: without the caller's address)")?;
+        }
+        Ok(())
+    }
+}
+
 impl std::fmt::Display for Mechanism {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -25,9 +43,13 @@ impl std::fmt::Display for Mechanism {
 
 /// Attaches `tracepoint` with program `<tracepoint>_btf`, else `<tracepoint>_raw`; where the
 /// object has a `…_old` variant for an older form of the tracepoint (fewer arguments), that
-/// is tried after each. Returns the mechanism used, or why none worked.
-pub fn attach(ebpf: &mut Ebpf, btf: Option<&Btf>, tracepoint: &str) -> Result<Mechanism, String> {
+/// is tried after each. Returns how it was attached, or why nothing worked.
+pub fn attach(ebpf: &mut Ebpf, btf: Option<&Btf>, tracepoint: &str) -> Result<Attached, String> {
     let mut why = Vec::new();
+    let attached = |mechanism, suffix: &str| Attached {
+        mechanism,
+        older_form: suffix.ends_with("_old"),
+    };
     if let Some(btf) = btf {
         for suffix in ["_btf", "_btf_old"] {
             let name = format!("{tracepoint}{suffix}");
@@ -35,7 +57,7 @@ pub fn attach(ebpf: &mut Ebpf, btf: Option<&Btf>, tracepoint: &str) -> Result<Me
                 continue;
             }
             match attach_btf(ebpf, btf, tracepoint, &name) {
-                Ok(()) => return Ok(Mechanism::TpBtf),
+                Ok(()) => return Ok(attached(Mechanism::TpBtf, suffix)),
                 Err(e) => why.push(format!("tp_btf ({name}): {}", first_line(&e))),
             }
         }
@@ -46,7 +68,7 @@ pub fn attach(ebpf: &mut Ebpf, btf: Option<&Btf>, tracepoint: &str) -> Result<Me
             continue;
         }
         match attach_raw(ebpf, tracepoint, &name) {
-            Ok(()) => return Ok(Mechanism::RawTracepoint),
+            Ok(()) => return Ok(attached(Mechanism::RawTracepoint, suffix)),
             Err(e) => why.push(format!("raw tracepoint ({name}): {}", first_line(&e))),
         }
     }

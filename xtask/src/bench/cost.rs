@@ -68,8 +68,11 @@ pub(super) fn prog_group(name: &str) -> Option<&'static str> {
     match name {
         "tc_ingress" => Some("tc_ingress"),
         "tc_egress" => Some("tc_egress"),
-        "kfree_skb_btf" => Some("kfree_skb_btf"),
-        "consume_skb_btf" => Some("consume_skb_btf"),
+        // Whichever form of the tracepoint this kernel took: the free is in the sum either way.
+        "kfree_skb_btf" | "kfree_skb_raw" => Some("kfree_skb_btf"),
+        "consume_skb_btf" | "consume_skb_btf_old" | "consume_skb_raw" | "consume_skb_raw_old" => {
+            Some("consume_skb_btf")
+        }
         n if n.starts_with("nf_slot") => Some("nf_slot"),
         _ => None,
     }
@@ -135,4 +138,24 @@ pub(super) fn cost_pass(ctx: &Ctx, config: Config, load: Load) -> Result<CostPas
         packets: f.veth_packets,
         bpf,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prog_group;
+
+    #[test]
+    fn every_form_of_the_free_is_in_the_sum() {
+        for name in [
+            "consume_skb_btf",
+            "consume_skb_btf_old",
+            "consume_skb_raw",
+            "consume_skb_raw_old",
+        ] {
+            assert_eq!(prog_group(name), Some("consume_skb_btf"), "{name}");
+        }
+        assert_eq!(prog_group("kfree_skb_raw"), Some("kfree_skb_btf"));
+        assert_eq!(prog_group("nf_slot4"), Some("nf_slot"));
+        assert_eq!(prog_group("probe_fexit"), None);
+    }
 }
