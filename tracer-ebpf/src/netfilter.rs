@@ -87,6 +87,16 @@ fn observe_at(state: u64, skb: u64, slot: u8) {
 fn record(state: u64, skb: u64, slot: u8, off: &Offsets) {
     let Some(mut entry) = EVENTS.reserve::<NfEvent>(0) else {
         crate::maps::count_lost(tracer_common::LostKind::Netfilter);
+        // The note's print is no longer what was last reported (it may be another hook's):
+        // the next slots compare with nothing and report.
+        if let Some(c) = NF_NOTE.get_ptr_mut(0) {
+            // SAFETY: this CPU's entry.
+            unsafe {
+                if (*c).skb == skb {
+                    (*c).printed = 0;
+                }
+            }
+        }
         return;
     };
     let ev = entry.as_mut_ptr();

@@ -86,6 +86,8 @@ pub struct Explainer {
     pub decisions: Option<Decisions>,
     /// `ruleset`'s tables at each hook (computed once per reading, not per packet).
     hook_tables: Vec<Vec<(String, i32)>>,
+    /// Which netfilter slots observe at each hook, a bit per slot (all until told).
+    pub linked: [u8; 5],
 }
 
 impl Explainer {
@@ -103,6 +105,7 @@ impl Explainer {
             unclaimed: Vec::new(),
             decisions: None,
             hook_tables: Vec::new(),
+            linked: [0xff; 5],
         }
     }
 
@@ -128,7 +131,7 @@ impl Explainer {
         let mut steps = {
             let tables = &self.hook_tables;
             let at = |hook: u8| tables.get(usize::from(hook)).map_or(&[][..], Vec::as_slice);
-            verdict::steps(&packet, &at, netfilter_drop)
+            verdict::steps(&packet, &at, &self.linked, netfilter_drop)
         };
         if let Some(ds) = self.decisions.as_mut() {
             join_decisions(ds, &packet, &mut steps);
@@ -342,17 +345,18 @@ impl Explainer {
 /// Gives each step the decision nftrace traced for its table on this packet (joined by the
 /// fingerprint NAT leaves alone). A drop that the observers put in one table and nftrace in
 /// another of the same hook (hook-level observers cannot tell tables apart, and a drop the
-/// CPU did not note is put after the last slot that reported) moves there: nftrace's drop is
-/// looked for first, so a table that accepted it is never given the drop.
+/// CPU did not note is put after the last slot that reported) moves there. A drop step takes
+/// only nftrace's drop: a table's accept is never given to it (without a traced drop, the
+/// counters name the rule).
 fn join_decisions(ds: &mut Decisions, p: &Packet, steps: &mut [NfStep]) {
     for s in steps.iter_mut() {
         let Some((key, fp)) = ip_key(s.bytes(p)) else {
             continue;
         };
-        let drop = (s.verdict == Verdict::Drop)
-            .then(|| ds.take_drop(s.hook, fp, key.proto))
-            .flatten();
-        let d = drop.or_else(|| ds.take(s.hook, &s.table, fp, key.proto));
+        let d = match s.verdict {
+            Verdict::Drop => ds.take_drop(s.hook, fp, key.proto),
+            Verdict::Accept => ds.take(s.hook, &s.table, fp, key.proto),
+        };
         if let Some(d) = d {
             if s.verdict == Verdict::Drop && d.verdict == "drop" {
                 s.table = d.table.clone();

@@ -83,43 +83,46 @@ fn seen_from(seen: &Slots, b: usize) -> Option<(usize, Seen)> {
 
 /// How far the packet got at `hook`, as the last slot it passed there. A hook's later slots
 /// report a packet only where a table changed it, so this is known from what came after: it
-/// passed every slot of a hook it left (it reached a later hook, or a tc hop after its last
-/// report, or was freed with no note of this hook, not by netfilter); a free the CPU noted at
-/// this hook passed the slot noted (a drop by a table there). With nothing after it yet, or a
-/// netfilter drop the CPU did not note (a rare nesting of packets pushed the note out), only
-/// its reports say.
-fn passed_until(
-    p: &Packet,
-    hook: u8,
-    last: bool,
-    reported_until: u64,
-    netfilter_drop: bool,
-) -> Option<usize> {
+/// passed every slot of a hook it left (it reached a later hook, or ended with no note of this
+/// hook that says otherwise, or ended unseen: a free on a path without either tracepoint, a
+/// lost record); a free the CPU noted at this hook passed the slot noted (a drop by a table
+/// there). A netfilter drop the CPU did not note (a rare nesting of packets pushed the note
+/// out) passed only what reported.
+fn passed_until(p: &Packet, hook: u8, last: bool, netfilter_drop: bool) -> Option<usize> {
     let all = usize::from(LAST_SLOT);
     if !last {
         return Some(all);
     }
-    match p.end.as_ref() {
-        Some(e) => match e.passed {
-            Some((h, slot)) if h == hook => Some(usize::from(slot)),
-            _ => (!netfilter_drop).then_some(all),
-        },
-        None => p
-            .hops
-            .iter()
-            .any(|h| h.ts_ns > reported_until)
-            .then_some(all),
+    match p.end.as_ref().map(|e| e.passed) {
+        Some(Some((h, slot))) if h == hook => Some(usize::from(slot)),
+        Some(_) => (!netfilter_drop).then_some(all),
+        None => Some(all),
     }
 }
 
-/// Gives each slot up to `until` that did not report the packet the view of the last one
-/// before it that did: the packet passed it unchanged.
-fn fill(seen: &mut Slots, until: usize) {
+/// Gives each slot up to `until` that has an observer (`linked`, a bit per slot) and did not
+/// report the packet the view of the last one before it that did: the packet passed it
+/// unchanged. Slots with no observer stay empty, so that tables between two observers share
+/// one window (hook-level observers have only a hook's entry and exit).
+fn fill(seen: &mut Slots, until: usize, linked: u8) {
     let mut last = None;
-    for s in seen.iter_mut().take(until + 1) {
+    for (slot, s) in seen.iter_mut().enumerate().take(until + 1) {
         match s {
             Some(v) => last = Some(*v),
-            None => *s = last,
+            None if linked & (1 << slot) != 0 => *s = last,
+            None => {}
+        }
+    }
+}
+
+/// Fills each hook's unreported slots up to where the packet got (`passed_until`).
+fn fill_passed(p: &Packet, hooks: &mut [(u8, u64, Slots)], linked: &[u8; 5], nf_drop: bool) {
+    let last_hook = hooks.iter().max_by_key(|h| h.1).map(|h| h.0);
+    for (hook, _, seen) in hooks.iter_mut() {
+        let last = Some(*hook) == last_hook;
+        if let Some(until) = passed_until(p, *hook, last, nf_drop) {
+            let mask = linked.get(usize::from(*hook)).copied().unwrap_or(0xff);
+            fill(seen, until, mask);
         }
     }
 }
@@ -145,16 +148,8 @@ fn tables_from_slots(p: &Packet, seen: &Slots) -> Vec<(String, i32)> {
         .collect()
 }
 
-/// The netfilter steps of a packet, in time order. `tables_at(hook)` lists the tables registered
-/// at a hook with their priorities (from the ruleset); where it lists none, tables are named
-/// by the slot positions where headers changed or the packet stopped. `netfilter_drop`: its
-/// drop's reason was NETFILTER_DROP.
-pub fn steps<T: AsRef<[(String, i32)]>>(
-    p: &Packet,
-    tables_at: &dyn Fn(u8) -> T,
-    netfilter_drop: bool,
-) -> Vec<NfStep> {
-    // (hook, its first sighting's time, what each slot saw first), by hook.
+/// (hook, its first sighting's time, what each slot saw first), by hook.
+fn sightings(p: &Packet) -> Vec<(u8, u64, Slots)> {
     let mut hooks: Vec<(u8, u64, Slots)> = Vec::with_capacity(3);
     for (i, n) in p.nf.iter().enumerate() {
         let Some(slot) = Some(usize::from(n.slot)).filter(|s| *s < SLOT_PRIORITIES.len()) else {
@@ -170,20 +165,24 @@ pub fn steps<T: AsRef<[(String, i32)]>>(
         hooks[at].2[slot].get_or_insert(i);
     }
     hooks.sort_by_key(|h| h.0);
+    hooks
+}
+
+/// The netfilter steps of a packet, in time order. `tables_at(hook)` lists the tables registered
+/// at a hook with their priorities (from the ruleset); where it lists none, tables are named
+/// by the slot positions where headers changed or the packet stopped. `linked`: which slots
+/// observe at each hook (a bit per slot); `netfilter_drop`: its drop's reason was
+/// NETFILTER_DROP.
+pub fn steps<T: AsRef<[(String, i32)]>>(
+    p: &Packet,
+    tables_at: &dyn Fn(u8) -> T,
+    linked: &[u8; 5],
+    netfilter_drop: bool,
+) -> Vec<NfStep> {
+    let mut hooks = sightings(p);
     let dropped = matches!(p.end.as_ref().map(|e| e.kind), Some(EndKind::Drop { .. }));
     let last_hook = hooks.iter().max_by_key(|h| h.1).map(|h| h.0);
-    for (hook, _, seen) in &mut hooks {
-        let reported_until = seen
-            .iter()
-            .flatten()
-            .filter_map(|&i| p.nf.get(i).map(|n| n.ts_ns))
-            .max()
-            .unwrap_or(0);
-        let last = Some(*hook) == last_hook;
-        if let Some(until) = passed_until(p, *hook, last, reported_until, netfilter_drop) {
-            fill(seen, until);
-        }
-    }
+    fill_passed(p, &mut hooks, linked, netfilter_drop);
     let mut out = Vec::new();
     for (hook, _, seen) in &hooks {
         let (hook, seen) = (*hook, seen);

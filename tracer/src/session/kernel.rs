@@ -30,6 +30,8 @@ pub(super) struct Kernel {
     /// The LRU tables, to tell what the kernel evicted.
     pub tables: Tables,
     _nf: Option<NetfilterObservers>,
+    /// Which netfilter slots observe at each hook (bit per slot).
+    pub nf_slots: [u8; 5],
     /// What was attached by tc, per point and direction.
     pub attached: Vec<tc::Attached>,
 }
@@ -109,11 +111,11 @@ pub(super) fn attach(
     release_freed();
     // Before any map is taken out of `ebpf`: the netfilter loader relocates against all of them.
     // --counters: no per-packet events, so nothing for the netfilter and drop layers to add.
-    let nf = if args.counters {
+    let (nf, nf_slots) = if args.counters {
         notes.say(
             "counters only: no per-packet events, netfilter and drop layers not attached".into(),
         );
-        None
+        (None, [0xff; 5])
     } else {
         let nf = attach_netfilter_and_drops(
             &mut ebpf,
@@ -167,6 +169,7 @@ pub(super) fn attach(
         counters,
         tables,
         _nf: nf,
+        nf_slots,
         attached,
     })
 }

@@ -222,6 +222,7 @@ async fn start(args: TraceArgs) -> Result<(Live, Topology, Option<Docker>)> {
         .flatten();
     let clock = WallClock::measure();
     let mut explainer = explainer(&topo, reasons, ruleset, read_ns);
+    explainer.linked = kernel.nf_slots;
     let (nftrace, hold_ns) = match nftrace {
         Some((n, decisions)) => {
             explainer.decisions = Some(decisions);

@@ -203,9 +203,11 @@ pub(super) fn attach_netfilter_and_drops(
     ruleset: Option<&Ruleset>,
     mode: NfAttach,
     notes: &mut Startup,
-) -> Option<netfilter::NetfilterObservers> {
+) -> (Option<netfilter::NetfilterObservers>, [u8; 5]) {
+    // Which slots observe at each hook; every one where nothing does (nothing is reported).
+    let mut linked = [0xff; 5];
     if !have_offsets {
-        return None;
+        return (None, linked);
     }
     let btf = aya::Btf::from_sys_fs().ok();
     notes.say(capabilities::describe(&capabilities::probe(
@@ -229,7 +231,7 @@ pub(super) fn attach_netfilter_and_drops(
                     "attached netfilter observers via BPF netfilter links ({} links around {around})",
                     nf.links,
                 ));
-                return Some(nf);
+                return (Some(nf), plan);
             }
             Err(e) => why.push(format!("BPF netfilter links: {e}")),
         }
@@ -246,7 +248,9 @@ pub(super) fn attach_netfilter_and_drops(
                         format!("; {}", why.join("; "))
                     }
                 ));
-                return None;
+                // A hook's entry (slot 0) and its exit once every table accepted.
+                linked = [1 | 1 << tracer_common::netfilter::LAST_SLOT; 5];
+                return (None, linked);
             }
             Err(e) => why.push(e),
         }
@@ -255,7 +259,7 @@ pub(super) fn attach_netfilter_and_drops(
         "not attached: netfilter observers ({}); hooks and tables will not be shown",
         why.join("; ")
     ));
-    None
+    (None, linked)
 }
 
 /// Whether nf_conntrack is loaded in this namespace (it runs at PREROUTING and OUTPUT).

@@ -317,7 +317,7 @@ fn nftrace_s_drop_is_joined_before_the_accept_of_the_table_the_steps_blamed() {
     let mut ex = Explainer::empty();
     ex.set_ruleset(Ruleset::parse(TWO, "iptables-save"));
     ex.decisions = Some(crate::correlate::decisions::Decisions::new(rx));
-    let d = ex.explain(packet, &points()).drop.expect("dropped");
+    let d = ex.explain(packet.clone(), &points()).drop.expect("dropped");
     assert_eq!(
         (
             d.table.as_deref(),
@@ -326,4 +326,16 @@ fn nftrace_s_drop_is_joined_before_the_accept_of_the_table_the_steps_blamed() {
         ),
         (Some("filter"), Some(rule), Some("nftrace"))
     );
+    // Only mangle's accept traced (filter's walk not marked): the drop is not given it, and
+    // the counters name filter's rule.
+    let (tx, rx) = std::sync::mpsc::channel();
+    tx.send(decision("mangle", "accept", None)).expect("sent");
+    let mut ex = with_counters_moving(TWO);
+    ex.decisions = Some(crate::correlate::decisions::Decisions::new(rx));
+    let d = ex.explain(packet, &points()).drop.expect("dropped");
+    assert_eq!(
+        (d.table.as_deref(), d.rule.as_deref()),
+        (Some("filter"), Some(rule))
+    );
+    assert_ne!(d.rule_source.as_deref(), Some("nftrace"), "{d:?}");
 }

@@ -7,6 +7,11 @@ use crate::{
     },
 };
 
+/// Every slot has an observer (as without a readable ruleset).
+const ALL: [u8; 5] = [0xff; 5];
+/// Hook-level observers: a hook's entry and its exit.
+const HOOK_LEVEL: [u8; 5] = [0x81; 5];
+
 fn nf(ts: u64, hook: u8, slot: u8, f: &[u8]) -> NfObservation {
     NfObservation {
         ts_ns: ts,
@@ -61,7 +66,12 @@ fn forwarded_and_masqueraded() {
         let f = if slot == 7 { &outer } else { &inner };
         obs.push(nf(200 + i as u64, 4, slot, f));
     }
-    let s = steps(&packet(obs, Some(EndKind::Consume)), &docker_tables, true);
+    let s = steps(
+        &packet(obs, Some(EndKind::Consume)),
+        &docker_tables,
+        &ALL,
+        false,
+    );
     let names: Vec<(u8, &str, Verdict)> = s
         .iter()
         .map(|x| (x.hook, x.table.as_str(), x.verdict))
@@ -91,6 +101,7 @@ fn dropped_in_filter_forward() {
     let s = steps(
         &packet(obs.clone(), Some(EndKind::Drop { reason: 12 })),
         &docker_tables,
+        &ALL,
         true,
     );
     let last = s.last().expect("steps");
@@ -100,7 +111,7 @@ fn dropped_in_filter_forward() {
     );
     assert_eq!(last.ts_ns, 999);
     // Without a drop from the kernel, no verdict is invented.
-    let s = steps(&packet(obs, None), &docker_tables, true);
+    let s = steps(&packet(obs, None), &docker_tables, &ALL, true);
     assert!(s.iter().all(|x| x.verdict == Verdict::Accept));
 }
 
@@ -111,7 +122,7 @@ fn without_a_ruleset_changes_are_named_by_slot_position() {
     let obs: Vec<NfObservation> = (0..8)
         .map(|s| nf(u64::from(s), 4, s, if s == 7 { &outer } else { &inner }))
         .collect();
-    let s = steps(&packet(obs, None), &|_| Vec::new(), true);
+    let s = steps(&packet(obs, None), &|_| Vec::new(), &ALL, true);
     assert_eq!(s.len(), 1);
     assert_eq!((s[0].table.as_str(), s[0].nat.len()), ("nat", 1));
 }
@@ -136,6 +147,7 @@ fn only_the_slots_around_the_tables_are_enough() {
     let s = steps(
         &packet(obs.clone(), Some(EndKind::Consume)),
         &docker_tables,
+        &ALL,
         true,
     );
     let names: Vec<(u8, &str, Verdict, usize)> = s
@@ -155,6 +167,7 @@ fn only_the_slots_around_the_tables_are_enough() {
     let s = steps(
         &packet(dropped, Some(EndKind::Drop { reason: 12 })),
         &docker_tables,
+        &ALL,
         true,
     );
     let last = s.last().expect("steps");
@@ -180,7 +193,7 @@ fn hook_level_observers_give_every_table_its_verdict_and_the_nat_table_its_rewri
         4 => vec![("mangle".to_owned(), -150), ("nat".to_owned(), 100)],
         _ => vec![],
     };
-    let s = steps(&packet(obs, Some(EndKind::Consume)), &tables, true);
+    let s = steps(&packet(obs, Some(EndKind::Consume)), &tables, &ALL, true);
     let got: Vec<(u8, &str, Verdict, usize)> = s
         .iter()
         .map(|x| (x.hook, x.table.as_str(), x.verdict, x.nat.len()))
@@ -231,7 +244,7 @@ fn slots_that_saw_no_change_take_the_last_reports_view() {
         nf(7, 4, 7, &outer),
     ];
     let p = noted(obs, Some((EndKind::Consume, None)));
-    let s = steps(&p, &docker_tables, false);
+    let s = steps(&p, &docker_tables, &ALL, false);
     assert_eq!(
         verdicts(&s),
         vec![
@@ -254,6 +267,7 @@ fn a_drop_the_cpu_noted_is_in_the_table_after_the_last_slot_passed() {
     let s = steps(
         &noted(obs.clone(), Some((drop, Some((2, 0))))),
         &docker_tables,
+        &ALL,
         true,
     );
     assert_eq!(
@@ -267,6 +281,7 @@ fn a_drop_the_cpu_noted_is_in_the_table_after_the_last_slot_passed() {
     let s = steps(
         &noted(obs.clone(), Some((drop, Some((2, 5))))),
         &docker_tables,
+        &ALL,
         false,
     );
     assert!(s.iter().all(|x| x.verdict == Verdict::Accept), "{s:?}");
@@ -275,6 +290,7 @@ fn a_drop_the_cpu_noted_is_in_the_table_after_the_last_slot_passed() {
     let s = steps(
         &noted(obs, Some((drop, Some((0, 4))))),
         &docker_tables,
+        &ALL,
         true,
     );
     assert_eq!(s.last().map(|x| x.verdict), Some(Verdict::Drop));
@@ -286,11 +302,11 @@ fn an_unnoted_drop_blames_a_table_only_when_netfilter_dropped_it() {
     let obs = vec![nf(1, 0, 0, &f), nf(4, 2, 0, &f)];
     let drop = Some((EndKind::Drop { reason: 3 }, None));
     // Freed elsewhere (another CPU, another reason): it left FORWARD.
-    let s = steps(&noted(obs.clone(), drop), &docker_tables, false);
+    let s = steps(&noted(obs.clone(), drop), &docker_tables, &ALL, false);
     assert!(s.iter().all(|x| x.verdict == Verdict::Accept), "{s:?}");
     assert_eq!(s.len(), 2);
     // NETFILTER_DROP with the note pushed out: the reports alone say where.
-    let s = steps(&noted(obs, drop), &docker_tables, true);
+    let s = steps(&noted(obs, drop), &docker_tables, &ALL, true);
     assert_eq!(
         s.last().map(|x| (x.hook, x.verdict)),
         Some((2, Verdict::Drop))
@@ -298,27 +314,12 @@ fn an_unnoted_drop_blames_a_table_only_when_netfilter_dropped_it() {
 }
 
 #[test]
-fn a_packet_still_on_its_way_is_filled_only_up_to_what_came_after() {
+fn a_packet_with_no_end_seen_passed_its_last_hook() {
+    // Freed where neither tracepoint fires (a fast path's free), or its free's record lost:
+    // it went on past FORWARD.
     let f = frame([172, 18, 0, 2], 41234);
     let obs = vec![nf(1, 0, 0, &f), nf(4, 2, 0, &f)];
-    let hop = |ts_ns, direction| crate::correlate::packet::Hop {
-        ts_ns,
-        ifindex: 30,
-        direction,
-        len: 60,
-        headers: None,
-        bytes: Vec::new(),
-        nat: Vec::new(),
-    };
-    // Nothing after FORWARD's entry yet (the bridge's ingress came before it): no verdict
-    // for filter.
-    let mut p = noted(obs, None);
-    p.hops.push(hop(2, tracer_common::Direction::Ingress));
-    let s = steps(&p, &docker_tables, false);
-    assert_eq!(verdicts(&s), vec![(0, "nat", Verdict::Accept, 0)]);
-    // A tc hop after it: it left FORWARD.
-    p.hops.push(hop(5, tracer_common::Direction::Egress));
-    let s = steps(&p, &docker_tables, false);
+    let s = steps(&noted(obs, None), &docker_tables, &ALL, false);
     assert_eq!(
         verdicts(&s),
         vec![
@@ -326,4 +327,31 @@ fn a_packet_still_on_its_way_is_filled_only_up_to_what_came_after() {
             (2, "filter", Verdict::Accept, 0)
         ]
     );
+}
+
+#[test]
+fn hook_level_observers_fill_only_their_exit_and_keep_a_dnat_at_pre() {
+    // nf_hook_slow: PREROUTING's entry saw the published address, its exit the container's
+    // (nat's DNAT at -100, whose next slot, 4, has no observer at hook level).
+    let outer = frame([198, 51, 100, 9], 41234);
+    let mut inner = outer.clone();
+    inner[30..34].copy_from_slice(&[172, 18, 0, 2]);
+    let obs = vec![nf(1, 0, 0, &outer), nf(2, 0, 7, &inner)];
+    let tables = |hook: u8| match hook {
+        0 => vec![("mangle".to_owned(), -150), ("nat".to_owned(), -100)],
+        _ => vec![],
+    };
+    let p = noted(obs, Some((EndKind::Consume, None)));
+    let s = steps(&p, &tables, &HOOK_LEVEL, false);
+    assert_eq!(
+        verdicts(&s),
+        vec![
+            (0, "mangle", Verdict::Accept, 0),
+            (0, "nat", Verdict::Accept, 1)
+        ],
+        "one window for the hook; the DNAT goes to nat"
+    );
+    // Were every slot filled from the entry, each table would see no change at all.
+    let s = steps(&p, &tables, &ALL, false);
+    assert!(s.iter().all(|x| x.nat.is_empty()), "{s:?}");
 }
