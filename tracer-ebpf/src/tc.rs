@@ -198,9 +198,16 @@ pub fn observe_miss(ctx: &TcContext) -> i32 {
 fn report(ctx: &TcContext, direction: u8, counter: Option<*mut tracer_common::HopCounter>) -> i32 {
     let skb: *mut __sk_buff = ctx.skb.skb;
     // SAFETY: `skb` is the program's context; these loads are rewritten by the verifier.
-    let (ifindex, len, mark, protocol) =
-        unsafe { ((*skb).ifindex, (*skb).len, (*skb).mark, (*skb).protocol) };
-    if !emit(skb, ifindex, len, mark, protocol, direction) {
+    let seen = unsafe {
+        Seen {
+            ifindex: (*skb).ifindex,
+            len: (*skb).len,
+            mark: (*skb).mark,
+            protocol: (*skb).protocol,
+            direction,
+        }
+    };
+    if !emit(skb, &seen) {
         crate::maps::count_lost(tracer_common::LostKind::Tc);
         if let Some(c) = counter {
             // SAFETY: a per-CPU value, no concurrent writer on this CPU.
@@ -210,22 +217,24 @@ fn report(ctx: &TcContext, direction: u8, counter: Option<*mut tracer_common::Ho
     TC_ACT_UNSPEC
 }
 
-/// Sends the observation: its head and the first `min(len, snaplen)` bytes. False if the ring
-/// buffer had no room (an event lost).
-#[inline(always)]
-fn emit(
-    skb: *mut __sk_buff,
+/// What the head of a tc observation says of the packet.
+struct Seen {
     ifindex: u32,
     len: u32,
     mark: u32,
     protocol: u32,
     direction: u8,
-) -> bool {
+}
+
+/// Sends the observation: its head and the first `min(len, snaplen)` bytes. False if the ring
+/// buffer had no room (an event lost).
+#[inline(always)]
+fn emit(skb: *mut __sk_buff, seen: &Seen) -> bool {
     let want = snaplen();
     let sent = if want <= SNAP_LEN as u32 {
-        emit_small(skb, ifindex, len, mark, protocol, direction, want)
+        emit_small(skb, seen, want)
     } else {
-        emit_large(skb, ifindex, len, mark, protocol, direction, want)
+        emit_large(skb, seen, want)
     };
     // The dashboard's gauge: one record in 64 (by its time's low bits) is plenty for a
     // figure read once a second, and spares the others a helper call and a map write.
@@ -240,12 +249,7 @@ fn emit(
 
 /// Fills the observation's head; its time.
 #[inline(always)]
-fn fill_head(
-    h: &mut TcHead,
-    skb: *mut __sk_buff,
-    (ifindex, len, mark, protocol): (u32, u32, u32, u32),
-    direction: u8,
-) -> u64 {
+fn fill_head(h: &mut TcHead, skb: *mut __sk_buff, seen: &Seen) -> u64 {
     h.header.kind = EventKind::Tc as u8;
     h.header._pad = [0; 3];
     // SAFETY: plain helpers.
@@ -255,11 +259,11 @@ fn fill_head(
     }
     // The context pointer's value is the kernel sk_buff address: the packet's identity.
     h.header.skb = skb as u64;
-    h.ifindex = ifindex;
-    h.len = len;
-    h.mark = mark;
-    h.protocol = protocol as u16;
-    h.direction = direction;
+    h.ifindex = seen.ifindex;
+    h.len = seen.len;
+    h.mark = seen.mark;
+    h.protocol = seen.protocol as u16;
+    h.direction = seen.direction;
     h._pad = [0; 5];
     h.header.ts_ns
 }
@@ -267,27 +271,14 @@ fn fill_head(
 /// A snaplen of at most `SNAP_LEN` (the default): the record is reserved at its full size and
 /// the bytes are loaded straight into it. Its time if it was sent.
 #[inline(always)]
-fn emit_small(
-    skb: *mut __sk_buff,
-    ifindex: u32,
-    len: u32,
-    mark: u32,
-    protocol: u32,
-    direction: u8,
-    want: u32,
-) -> Option<u64> {
+fn emit_small(skb: *mut __sk_buff, seen: &Seen, want: u32) -> Option<u64> {
     let mut entry = EVENTS.reserve::<TcSmall>(0)?;
     let ev = entry.as_mut_ptr();
-    let cap = if len < want { len } else { want };
+    let cap = if seen.len < want { seen.len } else { want };
     // SAFETY: `ev` points at a reserved, exclusively owned ring-buffer record, whose `data`
     // has room for SNAP_LEN bytes (`load_head` copies at most mask + 1).
     let ts = unsafe {
-        let ts = fill_head(
-            &mut (*ev).head,
-            skb,
-            (ifindex, len, mark, protocol),
-            direction,
-        );
+        let ts = fill_head(&mut (*ev).head, skb, seen);
         let copied = load_head(skb, (*ev).data.as_mut_ptr(), cap, SNAP_LEN as u64 - 1);
         (*ev).head.cap_len = if copied { cap } else { 0 };
         ts
@@ -299,22 +290,14 @@ fn emit_small(
 /// A larger snaplen: assembled in the per-CPU scratch buffer, and its head and captured bytes
 /// copied into a record of their size.
 #[inline(always)]
-fn emit_large(
-    skb: *mut __sk_buff,
-    ifindex: u32,
-    len: u32,
-    mark: u32,
-    protocol: u32,
-    direction: u8,
-    want: u32,
-) -> Option<u64> {
+fn emit_large(skb: *mut __sk_buff, seen: &Seen, want: u32) -> Option<u64> {
     let ev = TC_SCRATCH.get_ptr_mut(0)?;
     // Masked so that the verifier can bound both the copy and the record.
-    let cap = (if len < want { len } else { want }) & (MAX_SNAP as u32 - 1);
+    let cap = (if seen.len < want { seen.len } else { want }) & (MAX_SNAP as u32 - 1);
     // SAFETY: `ev` is this CPU's scratch entry; nothing else runs on this CPU meanwhile.
     unsafe {
         let h = &mut (*ev).head;
-        let ts = fill_head(h, skb, (ifindex, len, mark, protocol), direction);
+        let ts = fill_head(h, skb, seen);
         let copied = load_head(skb, (*ev).data.as_mut_ptr(), cap, MAX_SNAP as u64 - 1);
         let cap = if copied { cap } else { 0 };
         h.cap_len = cap;

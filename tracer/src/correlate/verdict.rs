@@ -261,4 +261,4 @@ pub fn steps<T: AsRef<[(String, i32)]>>(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -1,11 +1,11 @@
 use super::*;
-use crate::correlate::decisions::Decision;
 use crate::{
-    correlate::packet::tests::{frame, points},
-    events::{
-        decode::{EndObservation, NfObservation},
-        packet::parse_ethernet,
+    correlate::{
+        decisions::Decision,
+        packet::tests::{frame, points},
+        verdict::tests::nf,
     },
+    events::decode::EndObservation,
 };
 
 const RULE: &str = "-A DOCKER-USER -d 198.51.100.2/32 -p tcp -m tcp --dport 8080 -j DROP";
@@ -16,19 +16,7 @@ fn dropped_in_forward(slots: &[u8], location: u64) -> Packet {
     let f = frame([172, 18, 0, 2], 41234);
     let nf = slots
         .iter()
-        .map(|&slot| NfObservation {
-            ts_ns: 10 + u64::from(slot),
-            skb: 1,
-            hook: 2,
-            pf: 2,
-            slot,
-            in_ifindex: 0,
-            out_ifindex: 0,
-            len: 60,
-            mark: 0,
-            headers: parse_ethernet(&f),
-            bytes: f[14..].to_vec(),
-        })
+        .map(|&slot| nf(10 + u64::from(slot), 2, slot, &f))
         .collect();
     Packet {
         skb: 1,

@@ -12,7 +12,8 @@ const ALL: [u8; 5] = [0xff; 5];
 /// Hook-level observers: a hook's entry and its exit.
 const HOOK_LEVEL: [u8; 5] = [0x81; 5];
 
-fn nf(ts: u64, hook: u8, slot: u8, f: &[u8]) -> NfObservation {
+/// A netfilter observation of frame `f` (its IP packet) at `hook`'s `slot`.
+pub fn nf(ts: u64, hook: u8, slot: u8, f: &[u8]) -> NfObservation {
     NfObservation {
         ts_ns: ts,
         skb: 1,
@@ -26,6 +27,14 @@ fn nf(ts: u64, hook: u8, slot: u8, f: &[u8]) -> NfObservation {
         headers: parse_ethernet(f),
         bytes: f.get(14..).unwrap_or(&[]).to_vec(),
     }
+}
+
+/// A SYN from the container, and the same SYN after MASQUERADE.
+fn masqueraded() -> (Vec<u8>, Vec<u8>) {
+    (
+        frame([172, 18, 0, 2], 41234),
+        frame([198, 51, 100, 1], 41234),
+    )
 }
 
 fn docker_tables(hook: u8) -> Vec<(String, i32)> {
@@ -57,8 +66,7 @@ fn packet(nf: Vec<NfObservation>, end: Option<EndKind>) -> Packet {
 
 #[test]
 fn forwarded_and_masqueraded() {
-    let inner = frame([172, 18, 0, 2], 41234);
-    let outer = frame([198, 51, 100, 1], 41234);
+    let (inner, outer) = masqueraded();
     let mut obs = Vec::new();
     for (i, slot) in (0..8).enumerate() {
         obs.push(nf(10 + i as u64, 0, slot, &inner));
@@ -117,8 +125,7 @@ fn dropped_in_filter_forward() {
 
 #[test]
 fn without_a_ruleset_changes_are_named_by_slot_position() {
-    let inner = frame([172, 18, 0, 2], 41234);
-    let outer = frame([198, 51, 100, 1], 41234);
+    let (inner, outer) = masqueraded();
     let obs: Vec<NfObservation> = (0..8)
         .map(|s| nf(u64::from(s), 4, s, if s == 7 { &outer } else { &inner }))
         .collect();
@@ -130,8 +137,7 @@ fn without_a_ruleset_changes_are_named_by_slot_position() {
 #[test]
 fn only_the_slots_around_the_tables_are_enough() {
     // What `slots_for` links on a Docker host: PREROUTING 0,2,4; FORWARD 0,5; POSTROUTING 0,7.
-    let inner = frame([172, 18, 0, 2], 41234);
-    let outer = frame([198, 51, 100, 1], 41234);
+    let (inner, outer) = masqueraded();
     let mut obs = Vec::new();
     for (ts, hook, slot) in [
         (1, 0, 0),
@@ -150,10 +156,7 @@ fn only_the_slots_around_the_tables_are_enough() {
         &ALL,
         true,
     );
-    let names: Vec<(u8, &str, Verdict, usize)> = s
-        .iter()
-        .map(|x| (x.hook, x.table.as_str(), x.verdict, x.nat.len()))
-        .collect();
+    let names = verdicts(&s);
     assert_eq!(
         names,
         vec![
@@ -180,8 +183,7 @@ fn only_the_slots_around_the_tables_are_enough() {
 #[test]
 fn hook_level_observers_give_every_table_its_verdict_and_the_nat_table_its_rewrite() {
     // nf_hook_slow: slot 0 at a hook's entry, slot 7 once every table accepted.
-    let inner = frame([172, 18, 0, 2], 41234);
-    let outer = frame([198, 51, 100, 1], 41234);
+    let (inner, outer) = masqueraded();
     let obs = vec![
         nf(1, 2, 0, &inner),
         nf(2, 2, 7, &inner),
@@ -193,11 +195,13 @@ fn hook_level_observers_give_every_table_its_verdict_and_the_nat_table_its_rewri
         4 => vec![("mangle".to_owned(), -150), ("nat".to_owned(), 100)],
         _ => vec![],
     };
-    let s = steps(&packet(obs, Some(EndKind::Consume)), &tables, &ALL, true);
-    let got: Vec<(u8, &str, Verdict, usize)> = s
-        .iter()
-        .map(|x| (x.hook, x.table.as_str(), x.verdict, x.nat.len()))
-        .collect();
+    let s = steps(
+        &packet(obs, Some(EndKind::Consume)),
+        &tables,
+        &HOOK_LEVEL,
+        false,
+    );
+    let got = verdicts(&s);
     assert_eq!(
         got,
         vec![
@@ -235,8 +239,7 @@ fn verdicts(s: &[NfStep]) -> Vec<(u8, &str, Verdict, usize)> {
 fn slots_that_saw_no_change_take_the_last_reports_view() {
     // PREROUTING, FORWARD and POSTROUTING each report their entry; only POSTROUTING's slot
     // after nat reports again, where MASQUERADE changed the source.
-    let inner = frame([172, 18, 0, 2], 41234);
-    let outer = frame([198, 51, 100, 1], 41234);
+    let (inner, outer) = masqueraded();
     let obs = vec![
         nf(1, 0, 0, &inner),
         nf(4, 2, 0, &inner),
