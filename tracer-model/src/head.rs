@@ -24,18 +24,18 @@ impl Hop {
 mod tests {
     use serde::Serialize;
 
-    use crate::{json::tests::odd_packets, Drop, Packet, Text};
+    use crate::{json::tests::odd_packets, Drop, Packet, Shared, Text};
 
     /// What the head was written from before: serde's bytes for a packet without its hops.
     #[derive(Serialize)]
     struct PacketHead<'a> {
         v: u32,
         time: &'a str,
-        container: &'a Option<String>,
+        container: &'a Option<Shared>,
         way: &'a Option<Text>,
         proto: &'a Option<Text>,
-        src: &'a Option<String>,
-        dst: &'a Option<String>,
+        src: &'a Option<Shared>,
+        dst: &'a Option<Shared>,
         len: u32,
         tcp_flags: &'a Option<String>,
         summary: &'a Option<String>,

@@ -20,6 +20,10 @@ pub mod word;
 /// borrowed then, so that building a packet's hops does not allocate each of them.
 pub type Text = Cow<'static, str>;
 
+/// A text many lines repeat (an endpoint, an interface's name): shared, so that each hop that
+/// shows it costs a reference count instead of an allocation and a copy.
+pub type Shared = std::sync::Arc<str>;
+
 /// The contract's version, in every line's `v`.
 pub const VERSION: u32 = 1;
 
@@ -46,9 +50,9 @@ pub enum Line {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Nat {
     /// `snat`, `dnat`, `masquerade`…
-    pub kind: String,
-    pub from: String,
-    pub to: String,
+    pub kind: Text,
+    pub from: Shared,
+    pub to: Shared,
 }
 
 impl Nat {
@@ -89,12 +93,12 @@ impl Hop {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct TcHop {
     pub at_ns: u64,
-    pub iface: String,
+    pub iface: Shared,
     pub role: Option<Text>,
     /// `ingress` or `egress`.
     pub dir: Text,
-    pub src: Option<String>,
-    pub dst: Option<String>,
+    pub src: Option<Shared>,
+    pub dst: Option<Shared>,
     pub len: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat: Option<Nat>,
@@ -107,8 +111,8 @@ pub struct NfHop {
     pub table: Text,
     /// `accept`, `drop`, `stolen`, `queue`…
     pub verdict: Text,
-    pub src: Option<String>,
-    pub dst: Option<String>,
+    pub src: Option<Shared>,
+    pub dst: Option<Shared>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat: Option<Nat>,
     /// The rule that gave the table's verdict (`iptables -S` text for iptables rules, nft
@@ -171,12 +175,12 @@ pub struct Packet {
     #[serde(default = "version")]
     pub v: u32,
     pub time: String,
-    pub container: Option<String>,
+    pub container: Option<Shared>,
     /// `out` (from the container) or `in` (to it).
     pub way: Option<Text>,
     pub proto: Option<Text>,
-    pub src: Option<String>,
-    pub dst: Option<String>,
+    pub src: Option<Shared>,
+    pub dst: Option<Shared>,
     pub len: u32,
     pub tcp_flags: Option<String>,
     pub summary: Option<String>,
@@ -206,7 +210,7 @@ impl Packet {
 
     /// The first tc hop at `iface` in `dir` (`ingress`/`egress`).
     pub fn tc_hop(&self, iface: &str, dir: &str) -> Option<&TcHop> {
-        self.tc_hops().find(|h| h.iface == iface && h.dir == dir)
+        self.tc_hops().find(|h| &*h.iface == iface && h.dir == dir)
     }
 
     /// The first netfilter hop of `table` at `hook` (`PREROUTING`…).

@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use crate::{Drop, Hop, Nat, Packet, Text};
+use crate::{Drop, Hop, Nat, Packet, Shared, Text};
 
 /// A text field a visitor may replace (`Packet::visit_strings`): the visitor returns the
 /// replacement, so a field it leaves alone is not copied (a borrowed `Text` stays borrowed).
@@ -23,6 +23,14 @@ impl Field for Text {
     fn visit(&mut self, f: &mut dyn FnMut(&str) -> Option<String>) {
         if let Some(n) = f(self) {
             *self = Cow::Owned(n);
+        }
+    }
+}
+
+impl Field for Shared {
+    fn visit(&mut self, f: &mut dyn FnMut(&str) -> Option<String>) {
+        if let Some(n) = f(self) {
+            *self = n.into();
         }
     }
 }
@@ -103,15 +111,11 @@ impl Packet {
         let f: &mut dyn FnMut(&str) -> Option<String> = f;
         self.time.visit(f);
         self.skb.visit(f);
-        for o in [
-            &mut self.container,
-            &mut self.src,
-            &mut self.dst,
-            &mut self.tcp_flags,
-            &mut self.summary,
-        ] {
+        for o in [&mut self.container, &mut self.src, &mut self.dst] {
             o.visit(f);
         }
+        self.tcp_flags.visit(f);
+        self.summary.visit(f);
         self.way.visit(f);
         self.proto.visit(f);
         self.hops.visit(f);

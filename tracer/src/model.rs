@@ -2,7 +2,7 @@
 //! read the same ones); this module re-exports them and builds them from the core's state.
 //! Presenters consume these, never the core's own types.
 
-use tracer_common::netfilter::{hook_name, TABLES};
+use tracer_common::netfilter::hook_name;
 pub use tracer_model::*;
 
 use crate::{
@@ -11,40 +11,44 @@ use crate::{
         flow::{FlowKey, FlowStats},
         nat::NatRewrite,
         packet::{Points, Way},
+        NetMap,
     },
     events::{
         clock::WallClock,
+        digits::Ascii,
         packet::{tcp_flags_str, Endpoint, Headers, Proto},
     },
     output::{merged, Discarded, Step, Summary},
     probe::counters::HopTotals,
 };
 
-/// A rewrite as the model shows it.
-pub(crate) fn nat(n: &NatRewrite) -> Nat {
-    Nat {
-        kind: n.kind.as_str().to_owned(),
-        from: n.from.text(),
-        to: n.to.text(),
-    }
+/// The texts the model repeats from packet to packet (each endpoint, the container's name),
+/// written once and shared (`Shared`) by every hop and packet that shows them: a forwarded
+/// packet's hops repeat two or three endpoints, and a flow's packets the same ones again.
+/// Bounded: emptied when it holds `Texts::MAX` endpoints (a scan's addresses), so it never
+/// holds more than that.
+#[derive(Default)]
+pub(crate) struct Texts {
+    endpoints: NetMap<Endpoint, Shared>,
+    container: Option<Shared>,
 }
 
-/// The endpoints' texts of one packet: its hops repeat the same two or three endpoints, so
-/// each is written once and copied after.
-#[derive(Default)]
-struct Endpoints(Vec<(Endpoint, String)>);
+impl Texts {
+    const MAX: usize = 4096;
 
-impl Endpoints {
-    fn text(&mut self, e: Endpoint) -> String {
-        if let Some((_, t)) = self.0.iter().find(|(k, _)| *k == e) {
+    fn text(&mut self, e: Endpoint) -> Shared {
+        if let Some(t) = self.endpoints.get(&e) {
             return t.clone();
         }
-        let t = e.text();
-        self.0.push((e, t.clone()));
+        if self.endpoints.len() >= Self::MAX {
+            self.endpoints.clear();
+        }
+        let t: Shared = e.text().into();
+        self.endpoints.insert(e, t.clone());
         t
     }
 
-    fn of(&mut self, h: Option<Headers>) -> (Option<String>, Option<String>) {
+    fn of(&mut self, h: Option<Headers>) -> (Option<Shared>, Option<Shared>) {
         match h {
             Some(h) => (
                 Some(self.text(h.source())),
@@ -53,51 +57,63 @@ impl Endpoints {
             None => (None, None),
         }
     }
-}
 
-/// A netfilter table's name: iptables' own borrowed, any other (an nftables table's) copied.
-fn table_name(t: &str) -> Text {
-    match TABLES.iter().find(|k| **k == t) {
-        Some(k) => Text::Borrowed(k),
-        None => Text::Owned(t.to_owned()),
+    fn container(&mut self, c: &str) -> Shared {
+        match &self.container {
+            Some(k) if **k == *c => k.clone(),
+            _ => self.container.insert(c.into()).clone(),
+        }
+    }
+
+    /// A rewrite as the model shows it.
+    pub(crate) fn nat(&mut self, n: &NatRewrite) -> Nat {
+        Nat {
+            kind: n.kind.as_str().into(),
+            from: self.text(n.from),
+            to: self.text(n.to),
+        }
     }
 }
 
 /// A traced packet, explained.
-pub(crate) fn packet(e: &Explained, points: &Points, clock: &WallClock) -> Packet {
+pub(crate) fn packet(
+    e: &Explained,
+    points: &Points,
+    clock: &WallClock,
+    texts: &mut Texts,
+) -> Packet {
     let p = &e.packet;
     let view = p.view(points);
     let t0 = p.first_ts();
-    let mut ends = Endpoints::default();
-    let (src, dst) = ends.of(view);
+    let (src, dst) = texts.of(view);
     let hops = merged(e)
         .into_iter()
         .map(|step| match step {
             Step::Tc(h, rw) => {
-                let (src, dst) = ends.of(h.headers);
+                let (src, dst) = texts.of(h.headers);
                 Hop::Tc(TcHop {
                     at_ns: h.ts_ns - t0,
                     iface: points
                         .get(&h.ifindex)
-                        .map_or_else(|| format!("if{}", h.ifindex), |p| p.name.clone()),
+                        .map_or_else(|| format!("if{}", h.ifindex).into(), |p| p.name.clone()),
                     role: points.get(&h.ifindex).map(|p| p.role.as_str().into()),
                     dir: h.direction.as_str().into(),
                     src,
                     dst,
                     len: h.len,
-                    nat: rw.first().map(nat),
+                    nat: rw.first().map(|n| texts.nat(n)),
                 })
             }
             Step::Nf(n) => {
-                let (src, dst) = ends.of(n.headers);
+                let (src, dst) = texts.of(n.headers);
                 Hop::Nf(NfHop {
                     at_ns: n.ts_ns.saturating_sub(t0),
                     hook: hook_name(n.hook).into(),
-                    table: table_name(&n.table),
+                    table: n.table.clone(),
                     verdict: n.verdict.as_str().into(),
                     src,
                     dst,
-                    nat: n.nat.first().map(nat),
+                    nat: n.nat.first().map(|n| texts.nat(n)),
                     rule: n
                         .decided
                         .as_ref()
@@ -128,7 +144,7 @@ pub(crate) fn packet(e: &Explained, points: &Points, clock: &WallClock) -> Packe
     Packet {
         v: VERSION,
         time: clock.rfc3339(t0),
-        container: p.container(points).map(str::to_owned),
+        container: p.container(points).map(|c| texts.container(c)),
         way: p.way(points).map(|w| {
             match w {
                 Way::FromContainer => "out",
@@ -137,12 +153,18 @@ pub(crate) fn packet(e: &Explained, points: &Points, clock: &WallClock) -> Packe
             .into()
         }),
         proto: view.map(|h| h.proto.name()),
-        src,
-        dst,
         len: p.frame_len(),
         tcp_flags: view.and_then(|h| h.tcp_flags()).map(tcp_flags_str),
-        summary: view.map(|h| h.summary()),
-        skb: format!("{:#x}", p.skb),
+        summary: view
+            .zip(src.as_ref().zip(dst.as_ref()))
+            .map(|(h, (s, d))| h.summary_of(s, d)),
+        skb: {
+            let mut skb = Ascii::<18>::new();
+            skb.hex(p.skb);
+            skb.as_str().to_owned()
+        },
+        src,
+        dst,
         hops,
         drop,
     }

@@ -33,6 +33,8 @@ pub struct Pipeline {
     filter: PacketFilter,
     format: Format,
     clock: WallClock,
+    /// The endpoints' and containers' texts, shared by the packets that show them.
+    texts: model::Texts,
     /// `--flows`: print flows instead of packets.
     flow_mode: bool,
     /// Where shown packets, flows and losses go (stdout, the recording, the dashboard).
@@ -99,6 +101,7 @@ impl Pipeline {
             filter,
             format,
             clock,
+            texts: model::Texts::default(),
             flow_mode,
             sinks: vec![Box::new(Stdout::new(format, flow_mode))],
             limit: None,
@@ -122,7 +125,7 @@ impl Pipeline {
         netns: Option<u32>,
     ) {
         if let (Some(inode), Some(name)) = (netns, info.container.clone()) {
-            self.explainer.netns_names.insert(inode, name);
+            self.explainer.netns_names.insert(inode, name.to_string());
         }
         self.correlator.add_point(ifindex, info);
     }
@@ -328,7 +331,7 @@ impl Pipeline {
             if !self.sinks.iter().any(|s| s.wants_packets()) {
                 continue; // e.g. `--flows`: only flows are printed
             }
-            let model = model::packet(&e, points, &self.clock);
+            let model = model::packet(&e, points, &self.clock, &mut self.texts);
             for s in &mut self.sinks {
                 s.packet(&e, &model, out)?;
             }

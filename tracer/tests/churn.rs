@@ -32,7 +32,7 @@ impl Drop for Running<'_> {
 /// Whether a line shows `addr` as a source (`"src"`) anywhere: the packet, one of its hops,
 /// or a raw observation.
 fn has_src(l: &Line, addr: &str) -> bool {
-    let is = |s: &Option<String>| s.as_deref() == Some(addr);
+    let is = |s: &Option<tracer_model::Shared>| s.as_deref() == Some(addr);
     match l {
         Line::Packet(p) => {
             is(&p.src)

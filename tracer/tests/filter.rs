@@ -63,7 +63,7 @@ fn tcp_port_8080_keeps_the_tcp_flow_across_nat_and_drops_icmp_and_udp() {
         nf_hop(syn, "POSTROUTING", "nat")
             .nat
             .as_ref()
-            .map(|n| n.kind.as_str()),
+            .map(|n| &*n.kind),
         Some("snat")
     );
     // The reply arrives for the host's address and is de-NATed: every hop is there.
@@ -154,7 +154,7 @@ fn a_filter_on_the_container_address_follows_masquerade_and_the_reply_before_de_
         nf_hop(reply, "PREROUTING", "nat")
             .nat
             .as_ref()
-            .map(|n| n.kind.as_str()),
+            .map(|n| &*n.kind),
         Some("dnat"),
         "{}",
         show(reply)

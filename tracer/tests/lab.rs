@@ -299,8 +299,8 @@ fn masquerade_is_a_nat_hop_at_postrouting_and_the_reply_is_de_natted_at_prerouti
     // An SNAT at POSTROUTING/nat, hops in time order.
     check(path.masqueraded_out(syn));
     let masq = nf_hop(syn, "POSTROUTING", "nat").nat.as_ref();
-    assert_eq!(masq.map(|n| n.from.as_str()), Some(local.as_str()));
-    assert_eq!(masq.map(|n| n.to.as_str()), Some(outside.as_str()));
+    assert_eq!(masq.map(|n| &*n.from), Some(local.as_str()));
+    assert_eq!(masq.map(|n| &*n.to), Some(outside.as_str()));
     // The rewrite is shown where it happened, not again on the uplink.
     assert!(
         tc_hop(syn, &path.uplink, "egress").nat.is_none(),
@@ -315,8 +315,8 @@ fn masquerade_is_a_nat_hop_at_postrouting_and_the_reply_is_de_natted_at_prerouti
     check(path.denatted_reply(synack, &local));
     // ...from the outside address back to the container's.
     let denat = nf_hop(synack, "PREROUTING", "nat").nat.as_ref();
-    assert_eq!(denat.map(|n| n.from.as_str()), Some(outside.as_str()));
-    assert_eq!(denat.map(|n| n.to.as_str()), Some(local.as_str()));
+    assert_eq!(denat.map(|n| &*n.from), Some(outside.as_str()));
+    assert_eq!(denat.map(|n| &*n.to), Some(local.as_str()));
     assert!(synack.drop.is_none());
 }
 

@@ -72,7 +72,7 @@ fn has_port(p: &Packet, port: &str) -> bool {
         };
         addrs.extend([src.as_deref(), dst.as_deref()]);
         if let Some(n) = h.nat() {
-            addrs.extend([Some(n.from.as_str()), Some(n.to.as_str())]);
+            addrs.extend([Some(&*n.from), Some(&*n.to)]);
         }
     }
     addrs.into_iter().flatten().any(|a| a.ends_with(&suffix))

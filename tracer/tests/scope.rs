@@ -111,19 +111,14 @@ fn a_published_port_closed_in_docker_user_shows_the_inbound_dnat_and_the_drop() 
         show(syn)
     );
     let dnat = nf_hop(syn, "PREROUTING", "nat").nat.as_ref();
-    assert_eq!(dnat.map(|n| n.kind.as_str()), Some("dnat"), "{}", show(syn));
+    assert_eq!(dnat.map(|n| &*n.kind), Some("dnat"), "{}", show(syn));
     assert_eq!(
-        dnat.map(|n| n.from.as_str()),
+        dnat.map(|n| &*n.from),
         Some(public.as_str()),
         "{}",
         show(syn)
     );
-    assert_eq!(
-        dnat.map(|n| n.to.as_str()),
-        Some(inside.as_str()),
-        "{}",
-        show(syn)
-    );
+    assert_eq!(dnat.map(|n| &*n.to), Some(inside.as_str()), "{}", show(syn));
     assert_eq!(
         nf_hop(syn, "FORWARD", "filter").verdict,
         "drop",

@@ -18,7 +18,7 @@ pub struct HostPath {
 /// `(iface, dir)` of each tc hop, in order.
 pub fn hops(p: &Packet) -> Vec<(String, String)> {
     p.tc_hops()
-        .map(|h| (h.iface.clone(), h.dir.to_string()))
+        .map(|h| (h.iface.to_string(), h.dir.to_string()))
         .collect()
 }
 
@@ -139,7 +139,7 @@ impl HostPath {
     /// PREROUTING/nat, accepted at FORWARD/filter, out by the bridge and the veth.
     pub fn published_in(&self, p: &Packet, from: &str, to: &str) -> Result<(), String> {
         match p.nf_hop("PREROUTING", "nat").and_then(|h| h.nat.as_ref()) {
-            Some(n) if n.kind == "dnat" && n.from == from && n.to == to => {}
+            Some(n) if n.kind == "dnat" && *n.from == *from && *n.to == *to => {}
             _ => {
                 return Err(format!(
                     "no DNAT {from} → {to} at PREROUTING/nat: {}",

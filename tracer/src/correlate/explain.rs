@@ -149,7 +149,7 @@ impl Explainer {
                         // Observers that cannot tell the hook's tables apart (nf_hook_slow)
                         // blame its first table; the counters name the one that dropped.
                         if let Some(t) = a.table.clone() {
-                            s.table = t;
+                            s.table = verdict::table_text(&t);
                         }
                         a
                     }
@@ -159,7 +159,7 @@ impl Explainer {
                 let last_hop = packet.hops.last().map(|h| {
                     let name = points
                         .get(&h.ifindex)
-                        .map_or_else(|| format!("if{}", h.ifindex), |p| p.name.clone());
+                        .map_or_else(|| format!("if{}", h.ifindex), |p| p.name.to_string());
                     format!("{name} tc {}", h.direction.as_str())
                 });
                 let place = (end.netns != 0 && end.netns != self.host_netns).then(|| {
@@ -173,7 +173,7 @@ impl Explainer {
                     reason,
                     location,
                     hook: nf_drop.map(|s| hook_name(s.hook)),
-                    table: nf_drop.map(|s| s.table.clone()),
+                    table: nf_drop.map(|s| s.table.to_string()),
                     rule: found.rule,
                     rule_source: found.source,
                     candidates: found.candidates,
@@ -359,7 +359,7 @@ fn join_decisions(ds: &mut Decisions, p: &Packet, steps: &mut [NfStep]) {
         };
         if let Some(d) = d {
             if s.verdict == Verdict::Drop && d.verdict == "drop" {
-                s.table = d.table.clone();
+                s.table = verdict::table_text(&d.table);
             }
             s.decided = Some(Decided {
                 rule: d.rule,
@@ -441,7 +441,7 @@ impl DropInfo {
 fn seen_at(p: &Packet, s: &NfStep, points: &Points) -> Seen {
     let h = s.headers;
     let ifs = p.nf.iter().find(|n| n.hook == s.hook);
-    let name = |i: u32| points.get(&i).map(|x| x.name.clone());
+    let name = |i: u32| points.get(&i).map(|x| x.name.to_string());
     Seen {
         src: h.map(|h| h.src),
         dst: h.map(|h| h.dst),

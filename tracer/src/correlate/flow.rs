@@ -256,7 +256,7 @@ impl FlowTable {
         let path = self.names.path(
             p.hops
                 .iter()
-                .filter_map(|h| points.get(&h.ifindex).map(|pt| pt.name.as_str())),
+                .filter_map(|h| points.get(&h.ifindex).map(|pt| &*pt.name)),
         );
         Some(self.add(Sample {
             key: FlowKey::new(container, &view, way),
@@ -421,7 +421,7 @@ impl Sample {
             Way::FromContainer => (src, dst),
             Way::ToContainer => (dst, src),
         };
-        let path: Path = p.tc_hops().map(|h| Arc::from(h.iface.as_str())).collect();
+        let path: Path = p.tc_hops().map(|h| h.iface.clone()).collect();
         let translated = match way {
             Way::FromContainer => p
                 .tc_hops()

@@ -63,7 +63,7 @@ mod tests {
         let b = parse_ethernet(&f).expect("parsed");
         let r = rewrites(&a, &b);
         assert_eq!(r.len(), 2);
-        let text = |n: &NatRewrite| crate::model::nat(n).text();
+        let text = |n: &NatRewrite| crate::model::Texts::default().nat(n).text();
         assert_eq!(text(&r[0]), "SNAT 172.18.0.2:41234 → 198.51.100.1:41234");
         assert_eq!(text(&r[1]), "DNAT 198.51.100.2:8080 → 198.51.100.2:80");
         assert_eq!(r[0].kind.as_str(), "snat");

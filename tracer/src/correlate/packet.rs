@@ -19,16 +19,18 @@ use crate::{
         decode::{EndObservation, NfObservation, Observation, TcObservation},
         packet::Headers,
     },
+    model::Shared,
     target::topology::Role,
 };
 
 /// What the correlator knows about an attached interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PointInfo {
-    pub name: String,
+    /// Shared with every hop the model shows at it.
+    pub name: Shared,
     pub role: Role,
     /// For a container's host veth: the container's name.
-    pub container: Option<String>,
+    pub container: Option<Shared>,
     /// A veth: its egress hands the packet to another namespace on this host.
     pub veth: bool,
 }

@@ -5,13 +5,16 @@
 
 use std::borrow::Cow;
 
-use tracer_common::netfilter::{table_after, LAST_SLOT, SLOT_PRIORITIES};
+use tracer_common::netfilter::{table_after, LAST_SLOT, SLOT_PRIORITIES, TABLES};
 
 use super::{
     nat::{self, NatRewrite},
     packet::Packet,
 };
-use crate::events::{decode::EndKind, packet::Headers};
+use crate::{
+    events::{decode::EndKind, packet::Headers},
+    model::Text,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -28,12 +31,22 @@ impl Verdict {
     }
 }
 
+/// A netfilter table's name: iptables' own borrowed, any other (an nftables table's) copied.
+/// A packet has a step for each table it passed, and a copy of each name was an allocation.
+pub fn table_text(t: &str) -> Text {
+    match TABLES.iter().find(|k| **k == t) {
+        Some(k) => Text::Borrowed(k),
+        None => Text::Owned(t.to_owned()),
+    }
+}
+
 /// One table's work on a packet at one hook.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NfStep {
     pub ts_ns: u64,
     pub hook: u8,
-    pub table: String,
+    /// iptables' own names borrowed (`table_text`), any other copied.
+    pub table: Text,
     pub verdict: Verdict,
     pub nat: Vec<NatRewrite>,
     /// The packet's headers after this table (as the next slot saw them).
@@ -220,7 +233,7 @@ pub fn steps<T: AsRef<[(String, i32)]>>(
                         out.push(NfStep {
                             ts_ns: ts,
                             hook,
-                            table: table.clone(),
+                            table: table_text(table),
                             verdict: Verdict::Accept,
                             nat: if k == nat_at {
                                 rewrites.clone()
@@ -243,7 +256,7 @@ pub fn steps<T: AsRef<[(String, i32)]>>(
                         out.push(NfStep {
                             ts_ns: p.end.as_ref().map_or(ts, |e| e.ts_ns.max(ts)),
                             hook,
-                            table: tables[i].0.clone(),
+                            table: table_text(&tables[i].0),
                             verdict: Verdict::Drop,
                             nat: Vec::new(),
                             headers: h,

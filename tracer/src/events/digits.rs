@@ -41,6 +41,22 @@ impl<const N: usize> Ascii<N> {
         self.len += count;
     }
 
+    /// `n` as `format!("{n:#x}")` writes it (`0x` and lower-case digits, no padding): a
+    /// packet's skb address; nothing if it does not fit.
+    pub fn hex(&mut self, n: u64) {
+        let digits = (n.checked_ilog2().unwrap_or(0) / 4 + 1) as usize;
+        let Some(field) = self.buf.get_mut(self.len..self.len + 2 + digits) else {
+            return;
+        };
+        field[..2].copy_from_slice(b"0x");
+        let mut n = n;
+        for d in field[2..].iter_mut().rev() {
+            *d = b"0123456789abcdef"[(n & 0xf) as usize];
+            n >>= 4;
+        }
+        self.len += 2 + digits;
+    }
+
     pub fn as_str(&self) -> &str {
         // Only ASCII bytes are ever stored.
         std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
@@ -67,6 +83,21 @@ mod tests {
         assert_eq!(a.as_str(), "172.");
         a.number(18, 1);
         assert_eq!(a.as_str(), "172.18");
+    }
+
+    #[test]
+    fn hex_as_format_writes_it() {
+        let mut all = vec![0u64, 1, 0xf, 0x10, 0xffff_8880_1234_5678, u64::MAX];
+        all.extend((0..64).map(|b| 1u64 << b));
+        all.extend((1..64).map(|b| (1u64 << b) - 1));
+        for n in all {
+            let mut s = Ascii::<18>::new();
+            s.hex(n);
+            assert_eq!(s.as_str(), format!("{n:#x}"));
+        }
+        let mut short = Ascii::<4>::new();
+        short.hex(0x1234);
+        assert_eq!(short.as_str(), "", "does not fit: left out whole");
     }
 
     #[test]

@@ -178,46 +178,49 @@ impl Headers {
     /// A tcpdump-like one-line description: `TCP 172.18.0.2:41234 → 198.51.100.2:8080 [S]`,
     /// `ARP who-has 172.18.0.1 tell 172.18.0.2`, `ICMP 172.18.0.2 → 198.51.100.2 echo request id 7 seq 1`.
     pub fn summary(&self) -> String {
+        self.summary_of(&self.source().text(), &self.destination().text())
+    }
+
+    /// The summary, from the texts of `source()` and `destination()` (which the model has
+    /// already written for the packet's `src` and `dst`): pushed piece by piece, as this is
+    /// written for every shown packet.
+    pub fn summary_of(&self, src: &str, dst: &str) -> String {
+        let mut s = String::with_capacity(24 + src.len() + dst.len());
+        let push = |s: &mut String, parts: &[&str]| parts.iter().for_each(|p| s.push_str(p));
         match self.l4 {
-            L4::Arp { op: 1 } => format!("ARP who-has {} tell {}", self.dst, self.src),
-            L4::Arp { op: 2 } => format!("ARP reply {} is-at (to {})", self.src, self.dst),
-            L4::Arp { op } => format!("ARP op {op} {} → {}", self.src, self.dst),
-            L4::Tcp { flags, .. } => format!(
-                "TCP {} → {} [{}]",
-                self.source().text(),
-                self.destination().text(),
-                tcp_flags_str(flags)
-            ),
-            L4::Icmp {
-                kind,
-                code,
-                id,
-                seq,
-            } => {
-                let what = match (self.proto, kind) {
-                    (Proto::Icmp, 8) | (Proto::Icmpv6, 128) => {
-                        format!("echo request id {id} seq {seq}")
-                    }
-                    (Proto::Icmp, 0) | (Proto::Icmpv6, 129) => {
-                        format!("echo reply id {id} seq {seq}")
-                    }
-                    (Proto::Icmp, 3) => format!("unreachable code {code}"),
-                    (Proto::Icmp, 11) => "time exceeded".to_owned(),
-                    _ => format!("type {kind} code {code}"),
-                };
-                format!(
-                    "{} {} → {} {what}",
-                    self.proto.name().to_uppercase(),
-                    self.src,
-                    self.dst
-                )
+            L4::Arp { op: 1 } => push(&mut s, &["ARP who-has ", dst, " tell ", src]),
+            L4::Arp { op: 2 } => push(&mut s, &["ARP reply ", src, " is-at (to ", dst, ")"]),
+            L4::Arp { op } => push(&mut s, &["ARP op ", &op.to_string(), " ", src, " → ", dst]),
+            _ => {
+                s.extend(self.proto.name().chars().map(|c| c.to_ascii_uppercase()));
+                push(&mut s, &[" ", src, " → ", dst]);
+                match self.l4 {
+                    L4::Tcp { flags, .. } => push(&mut s, &[" [", &tcp_flags_str(flags), "]"]),
+                    L4::Icmp { .. } => push(&mut s, &[" ", &self.icmp_what()]),
+                    _ => {}
+                }
             }
-            _ => format!(
-                "{} {} → {}",
-                self.proto.name().to_uppercase(),
-                self.source().text(),
-                self.destination().text()
-            ),
+        }
+        s
+    }
+
+    /// What an ICMP message is, for the summary.
+    fn icmp_what(&self) -> String {
+        let L4::Icmp {
+            kind,
+            code,
+            id,
+            seq,
+        } = self.l4
+        else {
+            return String::new();
+        };
+        match (self.proto, kind) {
+            (Proto::Icmp, 8) | (Proto::Icmpv6, 128) => format!("echo request id {id} seq {seq}"),
+            (Proto::Icmp, 0) | (Proto::Icmpv6, 129) => format!("echo reply id {id} seq {seq}"),
+            (Proto::Icmp, 3) => format!("unreachable code {code}"),
+            (Proto::Icmp, 11) => "time exceeded".to_owned(),
+            _ => format!("type {kind} code {code}"),
         }
     }
 

@@ -111,7 +111,7 @@ impl Tally {
             self.flows.add(sample);
         }
         for h in p.tc_hops() {
-            let key = (h.iface.clone(), h.dir.to_string());
+            let key = (h.iface.to_string(), h.dir.to_string());
             if let Some(role) = &h.role {
                 self.roles.insert(key.0.clone(), role.to_string());
             }
@@ -445,7 +445,12 @@ mod tests {
         };
         let mut r = Recorder::create(opts, "test".into()).expect("create");
         let e = Explainer::empty().explain(masqueraded_syn(), &points());
-        let v = crate::model::packet(&e, &points(), &WallClock::with_offset(0));
+        let v = crate::model::packet(
+            &e,
+            &points(),
+            &WallClock::with_offset(0),
+            &mut Default::default(),
+        );
         r.record(&e, &v).expect("record");
         r.lost(50_000, 7).expect("lost");
         r.flush().expect("flush");

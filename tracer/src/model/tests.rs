@@ -6,7 +6,12 @@ use crate::correlate::{
 
 fn syn() -> Packet {
     let e = Explainer::empty().explain(masqueraded_syn(), &points());
-    packet(&e, &points(), &WallClock::with_offset(0))
+    packet(
+        &e,
+        &points(),
+        &WallClock::with_offset(0),
+        &mut Texts::default(),
+    )
 }
 
 #[test]

@@ -162,7 +162,7 @@ impl Recorder {
             let (linktype, ts, data, orig, dir) = match (step, hop) {
                 (Step::Tc(h, _), _) => {
                     name.push_str(match hop {
-                        Hop::Tc(t) => t.iface.as_str(),
+                        Hop::Tc(t) => &t.iface,
                         Hop::Nf(_) => "?",
                     });
                     name.push_str(" tc-");

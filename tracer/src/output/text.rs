@@ -286,7 +286,7 @@ mod tests {
         let mut p = crate::tui::fixtures::dropped();
         p.hops.iter_mut().for_each(|h| {
             if let Hop::Tc(t) = h {
-                t.iface.push_str("-longer-than-17");
+                t.iface = format!("{}-longer-than-17", t.iface).into();
             }
         });
         let text = packet(&p);
@@ -306,6 +306,7 @@ mod tests {
             &e,
             &points(),
             &WallClock::with_offset(0),
+            &mut Default::default(),
         ));
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4, "{text}");

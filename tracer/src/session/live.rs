@@ -189,9 +189,9 @@ impl Live {
             self.names.push((p.ifindex, p.name.clone()));
             self.roles.insert(p.ifindex, p.role.to_string());
             let info = PointInfo {
-                name: p.name.clone(),
+                name: p.name.as_str().into(),
                 role: p.role,
-                container: p.container.clone(),
+                container: p.container.as_deref().map(Into::into),
                 veth: p.veth,
             };
             self.pipeline

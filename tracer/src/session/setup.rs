@@ -170,9 +170,9 @@ pub(super) fn points_of(attach: &[AttachPoint]) -> Points {
             (
                 p.ifindex,
                 PointInfo {
-                    name: p.name.clone(),
+                    name: p.name.as_str().into(),
                     role: p.role,
-                    container: p.container.clone(),
+                    container: p.container.as_deref().map(Into::into),
                     veth: p.veth,
                 },
             )

@@ -49,9 +49,9 @@ pub fn hook_rank(hook: &str) -> u8 {
 
 /// The flow's NAT as the flows table shows it.
 fn nat_view(n: &Nat, local: &str) -> String {
-    if n.from == local {
+    if *n.from == *local {
         format!("as {}", n.to)
-    } else if n.to == local {
+    } else if *n.to == *local {
         format!("as {}", n.from)
     } else {
         format!("{} → {}", n.from, n.to)
@@ -182,7 +182,7 @@ impl Data {
                     let name = match role {
                         "veth" => "veth".to_owned(),
                         "bridge" => "bridge".to_owned(),
-                        _ => t.iface.clone(),
+                        _ => t.iface.to_string(),
                     };
                     (name, format!("{} tc {}", t.iface, t.dir))
                 }

@@ -262,7 +262,7 @@ fn resize_and_long_names_do_not_spill() {
         d.rule = Some(format!("-A {long} -j DROP"));
         d.reason = format!("REASON{long}");
     }
-    p.container = Some(format!("c{long}"));
+    p.container = Some(format!("c{long}").into());
     app.apply(Feed::Packet(Box::new(p)), Instant::now());
     app.apply(
         Feed::Counters(vec![hc(&format!("veth{long}"), "veth", "ingress", 1, 1)]),
@@ -326,7 +326,7 @@ fn memory_is_bounded() {
     let t = Instant::now();
     for i in 0..(super::model::MAX_FLOWS + 50) {
         let mut p = dropped();
-        p.src = Some(local(i));
+        p.src = Some(local(i).into());
         if let Some(d) = p.drop.as_mut() {
             d.rule = Some(format!("rule {}", i % 300));
         }

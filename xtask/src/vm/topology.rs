@@ -119,7 +119,9 @@ pub fn check_docker_host(o: &Outcome) -> Result<()> {
             .find(|p| pred(p))
             .with_context(|| format!("no {what} among {} packets", o.packets.len()))
     };
-    let is = |v: &Option<String>, want: &str| v.as_deref() == Some(want);
+    fn is<S: std::ops::Deref<Target = str>>(v: &Option<S>, want: &str) -> bool {
+        v.as_deref() == Some(want)
+    }
     let h = host();
     // Container → internet, MASQUERADE'd, and the reply de-NATed.
     let syn = find("SYN from 172.18.0.2 to :9000", &|p| {

@@ -145,7 +145,8 @@ fn the_models_packets_count_as_the_live_ones() {
     for p in &packets {
         live.record(p, &points, false);
         let e = crate::correlate::explain::Explainer::empty().explain(p.clone(), &points);
-        let m = crate::model::packet(&e, &points, &crate::events::clock::WallClock::wall());
+        let clock = crate::events::clock::WallClock::wall();
+        let m = crate::model::packet(&e, &points, &clock, &mut Default::default());
         let mut sample = Sample::of(&m).expect("a sample");
         sample.ts_ns = p.first_ts();
         read.add(sample);

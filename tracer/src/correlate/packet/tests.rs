@@ -86,7 +86,7 @@ fn joins_veth_bridge_uplink_with_snat() {
     assert_eq!(p.way(c.points()), Some(Way::FromContainer));
     assert_eq!(p.hops[2].nat.len(), 1);
     assert_eq!(
-        crate::model::nat(&p.hops[2].nat[0]).text(),
+        crate::model::Texts::default().nat(&p.hops[2].nat[0]).text(),
         "SNAT 172.18.0.2:41234 → 198.51.100.1:41234"
     );
     assert_eq!(
@@ -157,7 +157,7 @@ fn reply_path_is_to_container() {
     assert_eq!(p.hops.len(), 3);
     assert_eq!(p.way(c.points()), Some(Way::ToContainer));
     assert_eq!(
-        crate::model::nat(&p.hops[1].nat[0]).text(),
+        crate::model::Texts::default().nat(&p.hops[1].nat[0]).text(),
         "DNAT 198.51.100.1:41234 → 172.18.0.2:41234"
     );
     let (_, name) = p.container_hop(c.points()).expect("traced");

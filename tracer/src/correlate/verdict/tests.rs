@@ -80,10 +80,8 @@ fn forwarded_and_masqueraded() {
         &ALL,
         false,
     );
-    let names: Vec<(u8, &str, Verdict)> = s
-        .iter()
-        .map(|x| (x.hook, x.table.as_str(), x.verdict))
-        .collect();
+    let names: Vec<(u8, &str, Verdict)> =
+        s.iter().map(|x| (x.hook, &*x.table, x.verdict)).collect();
     assert_eq!(
         names,
         vec![
@@ -94,7 +92,7 @@ fn forwarded_and_masqueraded() {
     );
     assert!(s[0].nat.is_empty() && s[1].nat.is_empty());
     assert_eq!(
-        crate::model::nat(&s[2].nat[0]).text(),
+        crate::model::Texts::default().nat(&s[2].nat[0]).text(),
         "SNAT 172.18.0.2:41234 → 198.51.100.1:41234"
     );
     assert_eq!(s[2].ts_ns, 207, "at the slot after the nat table");
@@ -114,7 +112,7 @@ fn dropped_in_filter_forward() {
     );
     let last = s.last().expect("steps");
     assert_eq!(
-        (last.hook, last.table.as_str(), last.verdict),
+        (last.hook, &*last.table, last.verdict),
         (2, "filter", Verdict::Drop)
     );
     assert_eq!(last.ts_ns, 999);
@@ -131,7 +129,7 @@ fn without_a_ruleset_changes_are_named_by_slot_position() {
         .collect();
     let s = steps(&packet(obs, None), &|_| Vec::new(), &ALL, true);
     assert_eq!(s.len(), 1);
-    assert_eq!((s[0].table.as_str(), s[0].nat.len()), ("nat", 1));
+    assert_eq!((&*s[0].table, s[0].nat.len()), ("nat", 1));
 }
 
 #[test]
@@ -175,7 +173,7 @@ fn only_the_slots_around_the_tables_are_enough() {
     );
     let last = s.last().expect("steps");
     assert_eq!(
-        (last.hook, last.table.as_str(), last.verdict),
+        (last.hook, &*last.table, last.verdict),
         (2, "filter", Verdict::Drop)
     );
 }
@@ -231,7 +229,7 @@ fn noted(nf: Vec<NfObservation>, end: Option<(EndKind, Option<(u8, u8)>)>) -> Pa
 
 fn verdicts(s: &[NfStep]) -> Vec<(u8, &str, Verdict, usize)> {
     s.iter()
-        .map(|x| (x.hook, x.table.as_str(), x.verdict, x.nat.len()))
+        .map(|x| (x.hook, &*x.table, x.verdict, x.nat.len()))
         .collect()
 }
 
