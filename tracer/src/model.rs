@@ -2,6 +2,8 @@
 //! read the same ones); this module re-exports them and builds them from the core's state.
 //! Presenters consume these, never the core's own types.
 
+use std::net::IpAddr;
+
 use tracer_common::netfilter::hook_name;
 pub use tracer_model::*;
 
@@ -29,22 +31,35 @@ use crate::{
 /// holds more than that.
 #[derive(Default)]
 pub(crate) struct Texts {
-    endpoints: NetMap<Endpoint, Shared>,
+    endpoints: NetMap<(u128, u32), Shared>,
     container: Option<Shared>,
 }
 
 impl Texts {
     const MAX: usize = 4096;
 
+    /// An endpoint as two integers, which hash in two steps (the derived hash of the
+    /// address's enum and the port's option took six): the address as IPv6 (an IPv4 one
+    /// mapped), and the port with a bit each for "has a port" and "IPv4".
+    fn key(e: Endpoint) -> (u128, u32) {
+        let (ip, v4) = match e.ip {
+            IpAddr::V4(a) => (a.to_ipv6_mapped(), 1 << 17),
+            IpAddr::V6(a) => (a, 0),
+        };
+        let port = e.port.map_or(0, |p| u32::from(p) | 1 << 16);
+        (u128::from(ip), port | v4)
+    }
+
     fn text(&mut self, e: Endpoint) -> Shared {
-        if let Some(t) = self.endpoints.get(&e) {
+        let key = Self::key(e);
+        if let Some(t) = self.endpoints.get(&key) {
             return t.clone();
         }
         if self.endpoints.len() >= Self::MAX {
             self.endpoints.clear();
         }
         let t: Shared = e.text().into();
-        self.endpoints.insert(e, t.clone());
+        self.endpoints.insert(key, t.clone());
         t
     }
 

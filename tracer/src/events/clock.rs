@@ -17,6 +17,9 @@ fn now_ns(clock: libc::clockid_t) -> i128 {
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
 }
 
+/// A time's text up to its second, then its fraction.
+type Second = super::digits::Ascii<32>;
+
 /// Maps monotonic nanoseconds to UTC, using the offset measured once at start-up.
 #[derive(Clone, Copy, Debug)]
 pub struct WallClock {
@@ -54,11 +57,37 @@ impl WallClock {
 
     /// `2026-11-24T15:07:34.120511Z`
     /// Written field by field: chrono's `format` parses its pattern on every call, and every
-    /// shown packet has a time.
+    /// shown packet has a time. The date and time of day are worked out once a second (the
+    /// packets of one second, thousands under load, only write their fraction).
     pub fn rfc3339(&self, mono_ns: u64) -> String {
+        thread_local! {
+            /// The last second written (`2026-11-24T15:07:34`), by its wall-clock second.
+            static LAST: std::cell::Cell<(i64, Second)> = const {
+                std::cell::Cell::new((i64::MIN, Second::EMPTY))
+            };
+        }
+        let ns = i128::from(mono_ns) + self.offset_ns;
+        let secs = ns.div_euclid(1_000_000_000) as i64;
+        let mut s = LAST.with(|last| match last.get() {
+            (at, second) if at == secs => second,
+            _ => {
+                let second = self.second(mono_ns);
+                last.set((secs, second));
+                second
+            }
+        });
+        s.byte(b'.');
+        // from_timestamp gives no leap second: the fraction is the nanoseconds' own.
+        s.number(ns.rem_euclid(1_000_000_000) as u32 / 1000, 6);
+        s.byte(b'Z');
+        s.as_str().to_owned()
+    }
+
+    /// `2026-11-24T15:07:34`: the date and time of day of the second `mono_ns` falls in.
+    fn second(&self, mono_ns: u64) -> Second {
         use chrono::{Datelike, Timelike};
         let t = self.utc(mono_ns);
-        let mut s = super::digits::Ascii::<32>::new();
+        let mut s = Second::EMPTY;
         s.number(t.year().max(0) as u32, 4);
         for (sep, n) in [(b'-', t.month()), (b'-', t.day()), (b'T', t.hour())] {
             s.byte(sep);
@@ -68,11 +97,7 @@ impl WallClock {
             s.byte(b':');
             s.number(n, 2);
         }
-        s.byte(b'.');
-        // A leap second's nanoseconds run past 10^9; chrono prints those digits the same way.
-        s.number(t.nanosecond() / 1000 % 1_000_000, 6);
-        s.byte(b'Z');
-        s.as_str().to_owned()
+        s
     }
 
     /// `15:07:34.120511`, local time, like tcpdump.
@@ -128,6 +153,33 @@ mod tests {
         // 2026-11-24T15:07:34Z = 1795532854 s.
         let clock = WallClock::with_offset(1_795_532_854_000_000_000 - 5_000_000_000);
         assert_eq!(clock.rfc3339(5_120_511_000), "2026-11-24T15:07:34.120511Z");
+    }
+
+    /// The packets of one second reuse its text; the next second, and an earlier one (another
+    /// clock's, or a packet that arrives late), do not.
+    #[test]
+    fn rfc3339_within_and_across_seconds_is_chronos_format() {
+        let clock = WallClock::with_offset(1_795_532_854_000_000_000);
+        let other = WallClock::with_offset(-86_400_000_000_000);
+        let base = 1_795_532_854_000_000_000u64;
+        for mono in [
+            0,
+            1_000,
+            999_999_999,
+            1_000_000_000,
+            1_000_000_001,
+            5_000,
+            86_400_000_000_000 + 7,
+            3,
+        ] {
+            for (c, start) in [(clock, 0), (other, base), (clock, 0)] {
+                let want = c
+                    .utc(start + mono)
+                    .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+                    .to_string();
+                assert_eq!(c.rfc3339(start + mono), want);
+            }
+        }
     }
 
     #[test]

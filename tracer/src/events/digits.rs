@@ -4,17 +4,20 @@
 /// Short ASCII text built on the stack, then copied into its String in one piece: a shown
 /// packet has a dozen addresses and a time, and a push per digit (or a copy per number) was
 /// most of what writing them cost (perf).
+#[derive(Clone, Copy)]
 pub struct Ascii<const N: usize> {
     buf: [u8; N],
     len: usize,
 }
 
 impl<const N: usize> Ascii<N> {
+    pub const EMPTY: Self = Self {
+        buf: [0; N],
+        len: 0,
+    };
+
     pub fn new() -> Self {
-        Self {
-            buf: [0; N],
-            len: 0,
-        }
+        Self::EMPTY
     }
 
     /// An ASCII byte (anything else is left out, so the text stays valid UTF-8); past `N`
