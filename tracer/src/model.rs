@@ -32,6 +32,9 @@ use crate::{
 #[derive(Default)]
 pub(crate) struct Texts {
     endpoints: NetMap<(u128, u32), Shared>,
+    /// The last two ends asked for: most of a packet's hops show the ends of the hop before
+    /// them, and comparing is cheaper than hashing.
+    last: Option<(Endpoint, Endpoint, Shared, Shared)>,
     container: Option<Shared>,
 }
 
@@ -64,13 +67,18 @@ impl Texts {
     }
 
     fn of(&mut self, h: Option<Headers>) -> (Option<Shared>, Option<Shared>) {
-        match h {
-            Some(h) => (
-                Some(self.text(h.source())),
-                Some(self.text(h.destination())),
-            ),
-            None => (None, None),
+        let Some(h) = h else {
+            return (None, None);
+        };
+        let (s, d) = (h.source(), h.destination());
+        if let Some((ls, ld, st, dt)) = &self.last {
+            if (*ls, *ld) == (s, d) {
+                return (Some(st.clone()), Some(dt.clone()));
+            }
         }
+        let (st, dt) = (self.text(s), self.text(d));
+        self.last = Some((s, d, st.clone(), dt.clone()));
+        (Some(st), Some(dt))
     }
 
     fn container(&mut self, c: &str) -> Shared {

@@ -421,7 +421,7 @@ impl Sample {
             Way::FromContainer => (src, dst),
             Way::ToContainer => (dst, src),
         };
-        let path: Path = p.tc_hops().map(|h| h.iface.clone()).collect();
+        let path: Path = p.tc_hops().map(|h| Arc::from(&*h.iface)).collect();
         let translated = match way {
             Way::FromContainer => p
                 .tc_hops()

@@ -196,7 +196,8 @@ pub fn steps<T: AsRef<[(String, i32)]>>(
     let dropped = matches!(p.end.as_ref().map(|e| e.kind), Some(EndKind::Drop { .. }));
     let last_hook = hooks.iter().max_by_key(|h| h.1).map(|h| h.0);
     fill_passed(p, &mut hooks, linked, netfilter_drop);
-    let mut out = Vec::new();
+    // A forwarded packet passes some eight tables.
+    let mut out = Vec::with_capacity(8);
     for (hook, _, seen) in &hooks {
         let (hook, seen) = (*hook, seen);
         let given = tables_at(hook);
@@ -224,7 +225,7 @@ pub fn steps<T: AsRef<[(String, i32)]>>(
                         .count()
                         .max(1);
                     let window = &tables[i..i + width];
-                    let rewrites = match (before.and_then(|i| p.nf.get(i)?.headers), after) {
+                    let mut rewrites = match (before.and_then(|i| p.nf.get(i)?.headers), after) {
                         (Some(x), Some(y)) => nat::rewrites(&x, &y),
                         _ => Vec::new(),
                     };
@@ -236,7 +237,7 @@ pub fn steps<T: AsRef<[(String, i32)]>>(
                             table: table_text(table),
                             verdict: Verdict::Accept,
                             nat: if k == nat_at {
-                                rewrites.clone()
+                                std::mem::take(&mut rewrites)
                             } else {
                                 Vec::new()
                             },
