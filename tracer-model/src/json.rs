@@ -310,7 +310,7 @@ pub(crate) mod tests {
                     len: u32::MAX,
                     tcp_flags: full.then(|| "S".into()),
                     summary: Some(format!("UDP {o}")),
-                    skb: format!("0xffff{i}"),
+                    skb: format!("0xffff{i}").into(),
                     hops: if full {
                         vec![
                             tc_hop(true, o),

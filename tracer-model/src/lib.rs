@@ -186,7 +186,8 @@ pub struct Packet {
     pub len: u32,
     pub tcp_flags: Option<String>,
     pub summary: Option<String>,
-    pub skb: String,
+    /// `0xffff…`: inline (`Shared`), as it always fits.
+    pub skb: Shared,
     /// A recording keeps each hop in its own block, and the packet without them.
     #[serde(default)]
     pub hops: Vec<Hop>,

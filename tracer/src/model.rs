@@ -184,7 +184,7 @@ pub(crate) fn packet(
         skb: {
             let mut skb = Ascii::<18>::new();
             skb.hex(p.skb);
-            skb.as_str().to_owned()
+            skb.as_str().into()
         },
         src,
         dst,

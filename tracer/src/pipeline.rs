@@ -425,7 +425,7 @@ mod tests {
         p.flush_ready(&mut out).expect("w");
         assert!(out.is_empty(), "packet 2 must wait for packet 1");
         p.finish(&mut out).expect("w");
-        let ts: Vec<String> = String::from_utf8(out)
+        let ts: Vec<model::Shared> = String::from_utf8(out)
             .expect("utf8")
             .lines()
             .map(|l| match model::Line::parse(l) {
