@@ -158,3 +158,57 @@ fn the_readme_documents_every_field() {
         );
     }
 }
+
+/// The shared texts are each endpoint's own: IPv4 and IPv6, with and without a port (0 is a
+/// port), an IPv4 address and its IPv6-mapped form, past the cache's size (emptied) and
+/// asked again; and a hop's two ends, the same as the last ones asked for or not.
+#[test]
+fn shared_texts_are_each_endpoints_own() {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use crate::events::packet::{Proto, L4};
+    let v4 = Ipv4Addr::new(172, 18, 0, 2);
+    let mut all = Vec::new();
+    for ip in [
+        IpAddr::V4(v4),
+        IpAddr::V6(v4.to_ipv6_mapped()),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+        IpAddr::V4(Ipv4Addr::new(0, 0, 0, 1)),
+    ] {
+        for port in [None, Some(0), Some(1), Some(65535)] {
+            all.push(Endpoint { ip, port });
+        }
+    }
+    let many = (0..Texts::MAX as u32 + 10).map(|i| Endpoint {
+        ip: IpAddr::V4(Ipv4Addr::from(i)),
+        port: Some(i as u16),
+    });
+    all.extend(many);
+    let mut texts = Texts::default();
+    for _ in 0..2 {
+        for e in &all {
+            assert_eq!(*texts.text(*e), e.text(), "{e:?}");
+        }
+        assert!(texts.endpoints.len() <= Texts::MAX);
+    }
+    let udp = |s: Endpoint, d: Endpoint| Headers {
+        src: s.ip,
+        dst: d.ip,
+        proto: Proto::Udp,
+        ttl: 64,
+        ip_id: 0,
+        l4: L4::Udp {
+            sport: s.port.unwrap_or(0),
+            dport: d.port.unwrap_or(0),
+        },
+    };
+    let (a, b, c) = (all[1 + 16], all[2 + 16], all[3 + 16]);
+    for (s, d) in [(a, b), (a, b), (b, a), (a, c), (a, c), (a, b)] {
+        let (st, dt) = texts.of(Some(udp(s, d)));
+        assert_eq!(
+            (st.as_deref(), dt.as_deref()),
+            (Some(s.text().as_str()), Some(d.text().as_str()))
+        );
+    }
+    assert_eq!(texts.of(None), (None, None));
+}
