@@ -21,6 +21,7 @@ use setup::{discover, explainer, points_of, section_comment, title, Startup};
 use crate::{
     allocator::release_freed,
     cli::TraceArgs,
+    correlate::explain::Explainer,
     error::{Error, Result},
     events::clock::WallClock,
     output::{
@@ -216,20 +217,9 @@ async fn start(args: TraceArgs) -> Result<(Live, Topology, Option<Docker>)> {
         scope,
         &mut notes,
     )?;
-    // nftrace: each table's deciding rule, marked for the traced packets only.
-    let nftrace = (!(args.no_nftrace || args.counters || args.raw))
-        .then(|| nftrace::start(kernel.scope_maps.current(), args.nftrace_rate, &mut notes))
-        .flatten();
     let clock = WallClock::measure();
-    let mut explainer = explainer(&topo, reasons, ruleset, read_ns);
-    explainer.linked = kernel.nf_slots;
-    let (nftrace, hold_ns) = match nftrace {
-        Some((n, decisions)) => {
-            explainer.decisions = Some(decisions);
-            (Some(n), nftrace::HOLD_NS)
-        }
-        None => (None, 0),
-    };
+    let explainer = explainer(&topo, reasons, ruleset, read_ns);
+    let (explainer, nftrace, hold_ns) = with_nftrace(&args, &kernel, explainer, &mut notes);
     let mut pipeline = pipeline(&args, &attach_points, explainer, compiled, clock);
     pipeline.set_scope(kernel.scope_maps.current().clone());
     pipeline.hold_ns = hold_ns;
@@ -280,6 +270,28 @@ async fn start(args: TraceArgs) -> Result<(Live, Topology, Option<Docker>)> {
     Ok((live, topo, docker))
 }
 
+/// The explainer, told which netfilter slots observe, and given nftrace's decisions (each
+/// table's deciding rule, marked for the traced packets only) when nftrace runs; with how long
+/// a packet waits for them.
+fn with_nftrace(
+    args: &TraceArgs,
+    kernel: &kernel::Kernel,
+    mut explainer: Explainer,
+    notes: &mut Startup,
+) -> (Explainer, Option<nftrace::Nftrace>, u64) {
+    explainer.linked = kernel.nf_slots;
+    let started = (!(args.no_nftrace || args.counters || args.raw))
+        .then(|| nftrace::start(kernel.scope_maps.current(), args.nftrace_rate, notes))
+        .flatten();
+    match started {
+        Some((n, decisions)) => {
+            explainer.decisions = Some(decisions);
+            (explainer, Some(n), nftrace::HOLD_NS)
+        }
+        None => (explainer, None, 0),
+    }
+}
+
 /// Whether the dashboard takes the terminal, and whether the run is headless (progress on
 /// stderr).
 fn display_mode(args: &TraceArgs) -> (bool, bool) {
@@ -293,7 +305,7 @@ fn display_mode(args: &TraceArgs) -> (bool, bool) {
 fn pipeline(
     args: &TraceArgs,
     attach_points: &[AttachPoint],
-    explainer: crate::correlate::explain::Explainer,
+    explainer: Explainer,
     compiled: Option<CompiledFilter>,
     clock: WallClock,
 ) -> Pipeline {
