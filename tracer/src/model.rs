@@ -2,8 +2,6 @@
 //! read the same ones); this module re-exports them and builds them from the core's state.
 //! Presenters consume these, never the core's own types.
 
-use std::net::IpAddr;
-
 use tracer_common::netfilter::hook_name;
 pub use tracer_model::*;
 
@@ -24,45 +22,30 @@ use crate::{
     probe::counters::HopTotals,
 };
 
-/// The texts the model repeats from packet to packet (each endpoint, the container's name),
-/// written once and shared (`Shared`) by every hop and packet that shows them: a forwarded
+/// The texts the model repeats from packet to packet (each endpoint), written once and shared (`Shared`) by every hop and packet that shows them: a forwarded
 /// packet's hops repeat two or three endpoints, and a flow's packets the same ones again.
 /// Bounded: emptied when it holds `Texts::MAX` endpoints (a scan's addresses), so it never
 /// holds more than that.
 #[derive(Default)]
 pub(crate) struct Texts {
-    endpoints: NetMap<(u128, u32), Shared>,
+    endpoints: NetMap<Endpoint, Shared>,
     /// The last two ends asked for: most of a packet's hops show the ends of the hop before
     /// them, and comparing is cheaper than hashing.
     last: Option<(Endpoint, Endpoint, Shared, Shared)>,
-    container: Option<Shared>,
 }
 
 impl Texts {
     const MAX: usize = 4096;
 
-    /// An endpoint as two integers, which hash in two steps (the derived hash of the
-    /// address's enum and the port's option took six): the address as IPv6 (an IPv4 one
-    /// mapped), and the port with a bit each for "has a port" and "IPv4".
-    fn key(e: Endpoint) -> (u128, u32) {
-        let (ip, v4) = match e.ip {
-            IpAddr::V4(a) => (a.to_ipv6_mapped(), 1 << 17),
-            IpAddr::V6(a) => (a, 0),
-        };
-        let port = e.port.map_or(0, |p| u32::from(p) | 1 << 16);
-        (u128::from(ip), port | v4)
-    }
-
     fn text(&mut self, e: Endpoint) -> Shared {
-        let key = Self::key(e);
-        if let Some(t) = self.endpoints.get(&key) {
+        if let Some(t) = self.endpoints.get(&e) {
             return t.clone();
         }
         if self.endpoints.len() >= Self::MAX {
             self.endpoints.clear();
         }
         let t: Shared = e.text().into();
-        self.endpoints.insert(key, t.clone());
+        self.endpoints.insert(e, t.clone());
         t
     }
 
@@ -79,13 +62,6 @@ impl Texts {
         let (st, dt) = (self.text(s), self.text(d));
         self.last = Some((s, d, st.clone(), dt.clone()));
         (Some(st), Some(dt))
-    }
-
-    fn container(&mut self, c: &str) -> Shared {
-        match &self.container {
-            Some(k) if **k == *c => k.clone(),
-            _ => self.container.insert(c.into()).clone(),
-        }
     }
 
     /// A rewrite as the model shows it.
@@ -167,7 +143,7 @@ pub(crate) fn packet(
     Packet {
         v: VERSION,
         time: clock.rfc3339(t0),
-        container: p.container(points).map(|c| texts.container(c)),
+        container: p.container(points).map(Shared::from),
         way: p.way(points).map(|w| {
             match w {
                 Way::FromContainer => "out",

@@ -164,7 +164,7 @@ fn the_readme_documents_every_field() {
 /// asked again; and a hop's two ends, the same as the last ones asked for or not.
 #[test]
 fn shared_texts_are_each_endpoints_own() {
-    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
     use crate::events::packet::{Proto, L4};
     let v4 = Ipv4Addr::new(172, 18, 0, 2);
