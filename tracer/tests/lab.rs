@@ -5,8 +5,8 @@
 mod common;
 
 use common::{
-    hops, leftovers, line, nf_hop, nf_hops, packets, ping, show, tc_hop, tcp, the_summary, udp,
-    udp_ttl, Flowtrace, From, Lab, Line, Packet,
+    hops, is_on_the_uplink, leftovers, line, masqueraded_to, nf_hop, nf_hops, packets, ping, show,
+    tc_hop, tcp, the_summary, udp, udp_ttl, Flowtrace, From, Lab, Line, Packet,
 };
 use tracer_model::ObservedAt;
 
@@ -82,11 +82,11 @@ fn tcp_to_the_internet_shows_veth_bridge_uplink_and_masquerade_both_ways() {
     let sport = tcp(&lab, &cron(), lab.inet_ip(), 8080).expect("tcp echo");
     let lines = ft.stop();
     let local = format!("{}:{sport}", lab.container_ip());
-    let outside = format!("{}:{sport}", lab.uplink_ip());
 
     let syn = find(&lines, "out", |p| {
         p.src.as_deref() == Some(local.as_str()) && p.tcp_flags.as_deref() == Some("S")
     });
+    let outside = masqueraded_to(&lab, syn, &local);
     assert_eq!(syn.container.as_deref(), Some("ens_monitor_cron"));
     assert_eq!(
         syn.dst.as_deref(),
@@ -94,7 +94,7 @@ fn tcp_to_the_internet_shows_veth_bridge_uplink_and_masquerade_both_ways() {
     );
     // veth, bridge, uplink in time order, MASQUERADE'd at POSTROUTING/nat...
     check(path.masqueraded_out(syn));
-    // ...to the uplink address and the same port.
+    // ...to the uplink address (and the same port, unless conntrack held that one).
     assert_eq!(
         tc_hop(syn, &uplink, "egress").src.as_deref(),
         Some(outside.as_str()),
@@ -107,7 +107,7 @@ fn tcp_to_the_internet_shows_veth_bridge_uplink_and_masquerade_both_ways() {
     });
     // uplink, bridge, veth, de-NATed at PREROUTING/nat, before the bridge...
     check(path.denatted_reply(synack, &local));
-    // ...arriving for the host address and the same port.
+    // ...arriving for the host address and the port MASQUERADE chose.
     assert_eq!(
         tc_hop(synack, &uplink, "ingress").dst.as_deref(),
         Some(outside.as_str()),
@@ -139,7 +139,7 @@ fn udp_and_icmp_echo_are_traced_out_and_back() {
     check(path.masqueraded_out(out));
     assert_eq!(
         tc_hop(out, &uplink, "egress").src.as_deref(),
-        Some(format!("{}:{sport}", lab.uplink_ip()).as_str())
+        Some(masqueraded_to(&lab, out, &local).as_str())
     );
     let back = find(&lines, "in", |p| {
         p.proto.as_deref() == Some("udp") && p.dst.as_deref() == Some(local.as_str())
@@ -278,10 +278,16 @@ fn masquerade_is_a_nat_hop_at_postrouting_and_the_reply_is_de_natted_at_prerouti
     let sport = tcp(&lab, &cron(), lab.inet_ip(), 8080).expect("tcp echo");
     let lines = ft.stop();
     let local = format!("{}:{sport}", lab.container_ip());
-    let outside = format!("{}:{sport}", lab.uplink_ip());
     let syn = find(&lines, "out", |p| {
         p.src.as_deref() == Some(local.as_str()) && p.tcp_flags.as_deref() == Some("S")
     });
+    // The packet as it left: MASQUERADE's port is the container's unless conntrack held it.
+    let outside = tc_hop(syn, &path.uplink, "egress")
+        .src
+        .as_deref()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(is_on_the_uplink(&lab, &outside), "{}", show(syn));
     let hooks: Vec<String> = nf_hops(syn)
         .into_iter()
         .map(|(h, t, v)| format!("{h}/{t}/{v}"))
@@ -313,6 +319,10 @@ fn masquerade_is_a_nat_hop_at_postrouting_and_the_reply_is_de_natted_at_prerouti
     });
     // A DNAT at PREROUTING/nat...
     check(path.denatted_reply(synack, &local));
+    assert_eq!(
+        tc_hop(synack, &path.uplink, "ingress").dst.as_deref(),
+        Some(outside.as_str())
+    );
     // ...from the outside address back to the container's.
     let denat = nf_hop(synack, "PREROUTING", "nat").nat.as_ref();
     assert_eq!(denat.map(|n| &*n.from), Some(outside.as_str()));
@@ -497,9 +507,13 @@ fn network_flows_count_duration_and_filters_work_on_the_real_binary() {
         .find(|f| f.local == format!("{cip}:{sport}"))
         .unwrap_or_else(|| panic!("no flow line: {lines:?}"));
     assert_eq!(flow.remote, format!("{}:8080", lab.inet_ip()));
-    assert_eq!(
-        flow.translated.as_deref(),
-        Some(format!("{}:{sport}", lab.uplink_ip()).as_str())
+    // MASQUERADE's port is the container's unless conntrack already held that one.
+    assert!(
+        flow.translated
+            .as_deref()
+            .is_some_and(|t| is_on_the_uplink(&lab, t)),
+        "{}",
+        flow.to_json()
     );
     assert!(
         flow.out.packets >= 3 && flow.inbound.packets >= 2,

@@ -16,6 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use nat::{de_natted_from, is_on_the_uplink, masqueraded_to};
 use serde_json::Value;
 pub use tracer_model::{Hop, Line, NfHop, Packet, SummaryLine, TcHop};
 pub use xtask::expect::{hop_packets, hops, nf_hops, packets, summary, HostPath};
@@ -23,6 +24,8 @@ use xtask::lab::{
     guard::{safety_check, Origin},
     state::{State, STATE_FILE},
 };
+
+mod nat;
 
 /// The lab as `cargo xtask lab up` described it: xtask's own state type.
 pub struct Lab {
@@ -269,9 +272,14 @@ pub fn tcp_sized(
 
 /// One UDP datagram and its echo. Returns the local port.
 pub fn udp(lab: &Lab, from: &From, dst: IpAddr, port: u16) -> Result<u16, String> {
+    udp_from(lab, from, 0, dst, port)
+}
+
+/// Like [`udp`], from local port `sport` (0: any).
+pub fn udp_from(lab: &Lab, from: &From, sport: u16, dst: IpAddr, port: u16) -> Result<u16, String> {
     lab.assert_safe(from, dst);
     in_netns(&from.netns(lab), || {
-        let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        let s = UdpSocket::bind(("0.0.0.0", sport)).map_err(|e| e.to_string())?;
         s.set_read_timeout(Some(Duration::from_secs(2)))
             .map_err(|e| e.to_string())?;
         s.send_to(b"flowtrace\n", SocketAddr::new(dst, port))
@@ -477,7 +485,6 @@ impl Drop for Flowtrace {
     }
 }
 
-/// One line of the contract; panics with the line if it is not one.
 /// Whether a packet from `local` (`addr:port`) is among the lines.
 pub fn has_packet_from(lines: &[Line], local: &str) -> bool {
     packets(lines)
@@ -485,6 +492,7 @@ pub fn has_packet_from(lines: &[Line], local: &str) -> bool {
         .any(|p| p.src.as_deref() == Some(local))
 }
 
+/// One line of the contract; panics with the line if it is not one.
 pub fn line(l: &str) -> Line {
     Line::parse(l).unwrap_or_else(|e| panic!("not a line of the contract ({e}): {l}"))
 }
