@@ -20,6 +20,11 @@ use crate::{
 
 /// Idle time after which a packet is considered complete (it crosses the host in µs).
 pub const PACKET_IDLE_NS: u64 = 100_000_000;
+/// How long after a packet's last observation its nftables trace events may still be on
+/// their way into the trace socket: the kernel queues them while the tables run, before the
+/// next observer or the packet's free, so microseconds; the margin covers a table walk
+/// interrupted on its CPU.
+const TRACE_MARGIN_NS: u64 = 2_000_000;
 /// Idle time after which a flow is reported with `--flows`.
 pub const FLOW_IDLE_NS: u64 = 10_000_000_000;
 /// Flows kept in memory at most: 7/8 of 65,536, the most a hash table of 65,536 slots holds
@@ -54,8 +59,9 @@ pub struct Pipeline {
     ready: BinaryHeap<Reverse<Completed>>,
     /// Arrival order, to keep packets with the same first timestamp in the order they came.
     seq: u64,
-    /// With nftrace: how long a packet that met netfilter waits after its last observation
-    /// for the trace of its tables to arrive (0: no wait).
+    /// With nftrace: how long a packet that met netfilter waits at most after its last
+    /// observation for the trace of its tables to arrive (0: no wait); less once the trace
+    /// reader has read past it (`Explainer::traced_until`).
     pub hold_ns: u64,
     /// The monotonic time of the last tick.
     now_ns: u64,
@@ -216,8 +222,14 @@ impl Pipeline {
     /// Completes everything pending and returns the summary counts.
     pub fn finish(&mut self, out: &mut impl Write) -> std::io::Result<Summary> {
         if self.hold_ns > 0 {
-            // The last packets' traces may still be on their way.
-            std::thread::sleep(std::time::Duration::from_nanos(self.hold_ns));
+            // The last packets' traces may still be on their way: until the trace reader has
+            // read past now, or for the hold at most.
+            let start = crate::events::clock::monotonic_ns();
+            while self.explainer.traced_until() < start + TRACE_MARGIN_NS
+                && crate::events::clock::monotonic_ns() < start + self.hold_ns
+            {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
         }
         self.hold_ns = 0;
         self.correlator.drain(&mut self.done);
@@ -287,6 +299,7 @@ impl Pipeline {
             }));
         }
         let (hold, now) = (self.hold_ns, self.now_ns);
+        let traced = self.explainer.traced_until();
         // With containers to trace, only their packets; with bare interfaces (`--iface`
         // alone), every packet seen there. The kernel decided the scope already: what
         // arrives here untraced is counted.
@@ -297,7 +310,10 @@ impl Pipeline {
             .any(|x| x.container.is_some());
         while self.ready.peek().is_some_and(|Reverse(c)| {
             c.key.0 < watermark
-                && (hold == 0 || c.packet.nf.is_empty() || c.packet.seen_until() + hold <= now)
+                && (hold == 0 || c.packet.nf.is_empty() || {
+                    let seen = c.packet.seen_until();
+                    seen + hold <= now || seen + TRACE_MARGIN_NS <= traced
+                })
         }) {
             let Some(Reverse(Completed { packet: mut p, key })) = self.ready.pop() else {
                 break;
@@ -434,6 +450,45 @@ mod tests {
             })
             .collect();
         assert_eq!(ts, vec!["0x1", "0x2", "0x2"]);
+    }
+
+    #[test]
+    fn a_packet_that_met_netfilter_waits_until_the_trace_reader_read_past_it() {
+        use crate::correlate::{decisions::Decisions, verdict::tests::nf};
+        use crate::events::decode::Observation;
+        use std::sync::{atomic::Ordering, Arc};
+        let mut p = json_pipeline(PacketFilter::default(), false);
+        let (_tx, rx) = std::sync::mpsc::channel();
+        let until = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        p.explainer.decisions = Some(Decisions::new(rx, Arc::clone(&until)));
+        p.hold_ns = 250_000_000;
+        let f = frame([172, 18, 0, 2], 41234);
+        let met_netfilter = |p: &mut Pipeline, ts: u64| {
+            p.observe(obs(ts, ts, VETH, Direction::Ingress, &f));
+            p.observe(Observation::Nf(crate::events::decode::NfObservation {
+                skb: ts,
+                ..nf(ts + 10_000, 0, 0, &f)
+            }));
+        };
+        met_netfilter(&mut p, 1_000_000);
+        let mut out = Vec::new();
+        let lines = |out: &[u8]| out.iter().filter(|b| **b == b'\n').count();
+        // Complete (idle), but the reader has not said how far it read.
+        p.tick(200_000_000, &mut out).expect("w");
+        assert_eq!(lines(&out), 0, "waits for its trace");
+        // The reader read up to within the margin of the packet's last observation.
+        until.store(1_010_000 + TRACE_MARGIN_NS - 1, Ordering::Release);
+        p.tick(201_000_000, &mut out).expect("w");
+        assert_eq!(lines(&out), 0, "the trace may still be on its way");
+        until.store(1_010_000 + TRACE_MARGIN_NS, Ordering::Release);
+        p.tick(202_000_000, &mut out).expect("w");
+        assert_eq!(lines(&out), 1, "shown once the reader read past it");
+        // Without word from the reader, a packet is shown after the hold.
+        met_netfilter(&mut p, 300_000_000);
+        p.tick(500_000_000, &mut out).expect("w");
+        assert_eq!(lines(&out), 1);
+        p.tick(550_010_000, &mut out).expect("w");
+        assert_eq!(lines(&out), 2, "shown after the hold");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use std::{
     collections::VecDeque,
     sync::{
+        atomic::{AtomicU64, Ordering},
         mpsc::{Receiver, Sender},
         Arc,
     },
@@ -17,7 +18,7 @@ use tracer_common::flow::FlowKey;
 
 use super::traversal::{verdict_name, Assembler, Traversal};
 use super::NetMap;
-use crate::{nftrace::TraceEvent, target::rule_text::RuleTexts};
+use crate::{nftrace::Batch, target::rule_text::RuleTexts};
 
 /// One table's work on one packet at one hook, as nftables traced it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,11 +39,29 @@ pub struct Decision {
 /// The least time between two reads of the ruleset for unknown chains or rules.
 const REREAD_EVERY: Duration = Duration::from_secs(1);
 
+/// Where `resolve` sends its decisions, and says how far they go.
+pub struct Resolved {
+    pub tx: Sender<Decision>,
+    /// The latest `Batch::drained_at` whose events' decisions were all sent (see
+    /// `Decisions::resolved_until`).
+    pub until: Arc<AtomicU64>,
+}
+
+impl Resolved {
+    /// A sender and its `Decisions`.
+    pub fn channel() -> (Resolved, Decisions) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let until = Arc::new(AtomicU64::new(0));
+        let ds = Decisions::new(rx, Arc::clone(&until));
+        (Resolved { tx, until }, ds)
+    }
+}
+
 /// Turns trace events into decisions until either channel closes. `own_table` is
 /// flowtrace's marking table, whose walks are not the host's.
 pub fn resolve(
-    events: Receiver<Vec<TraceEvent>>,
-    decisions: Sender<Decision>,
+    events: Receiver<Batch>,
+    out: Resolved,
     own_table: String,
     mut texts: RuleTexts,
     read: impl Fn() -> RuleTexts,
@@ -52,7 +71,7 @@ pub fn resolve(
     for batch in events {
         // The rulesets are read from here: with this thread's lowered capabilities.
         crate::probe::privilege::apply_pending();
-        for e in batch {
+        for e in batch.events {
             if e.table == own_table {
                 continue;
             }
@@ -66,10 +85,14 @@ pub fn resolve(
                 d = decide(&t, &texts);
             }
             if let Some(d) = d {
-                if decisions.send(d).is_err() {
+                if out.tx.send(d).is_err() {
                     return;
                 }
             }
+        }
+        if let Some(t) = batch.drained_at {
+            // After the sends: whoever reads this time finds their decisions in the channel.
+            out.until.store(t, Ordering::Release);
         }
     }
 }
@@ -117,6 +140,7 @@ pub fn decide(t: &Traversal, texts: &RuleTexts) -> Option<Decision> {
 /// host has thousands waiting, and every netfilter hop of every shown packet looks one up.
 pub struct Decisions {
     rx: Receiver<Decision>,
+    until: Arc<AtomicU64>,
     by_key: NetMap<(u8, u64), Vec<(Instant, Decision)>>,
     /// Arrival order, to forget what waited too long.
     order: VecDeque<(Instant, (u8, u64))>,
@@ -130,13 +154,21 @@ const KEPT_FOR: Duration = Duration::from_secs(5);
 const MAX_HELD: usize = 65_536;
 
 impl Decisions {
-    pub fn new(rx: Receiver<Decision>) -> Self {
+    pub fn new(rx: Receiver<Decision>, until: Arc<AtomicU64>) -> Self {
         Self {
             rx,
+            until,
             by_key: NetMap::default(),
             order: VecDeque::new(),
             drops: NetMap::default(),
         }
+    }
+
+    /// The CLOCK_MONOTONIC time (ns) up to which every trace event the kernel queued has
+    /// become a decision sent here (0: none yet). A packet that left netfilter before it
+    /// needs to wait no longer: its decisions arrived, or there were none (not marked).
+    pub fn resolved_until(&self) -> u64 {
+        self.until.load(Ordering::Acquire)
     }
 
     /// Takes in what arrived, forgets what waited too long.
@@ -238,7 +270,7 @@ impl Decisions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nftrace::TraceKind;
+    use crate::nftrace::{TraceEvent, TraceKind};
 
     const NFT: &str = "table ip filter { # handle 2
 \tchain DOCKER-USER { # handle 7
@@ -267,18 +299,16 @@ mod tests {
 
     /// The decisions `resolve` makes of these batches, with the rules' texts from `texts`
     /// (flowtrace's own table: `flowtrace_1`).
-    fn resolved(
-        batches: Vec<Vec<TraceEvent>>,
-        texts: impl Fn() -> RuleTexts,
-    ) -> Receiver<Decision> {
+    fn resolved(batches: Vec<Vec<TraceEvent>>, texts: impl Fn() -> RuleTexts) -> Decisions {
         let (etx, erx) = std::sync::mpsc::channel();
-        let (dtx, drx) = std::sync::mpsc::channel();
-        for b in batches {
-            etx.send(b).expect("send");
+        let (out, ds) = Resolved::channel();
+        for (i, events) in batches.into_iter().enumerate() {
+            let drained_at = Some(1000 * (i as u64 + 1));
+            etx.send(Batch { events, drained_at }).expect("send");
         }
         drop(etx);
-        resolve(erx, dtx, "flowtrace_1".into(), texts(), texts);
-        drx
+        resolve(erx, out, "flowtrace_1".into(), texts(), texts);
+        ds
     }
 
     fn walk() -> Vec<TraceEvent> {
@@ -293,7 +323,12 @@ mod tests {
 
     #[test]
     fn a_walk_becomes_a_decision_with_the_rule_text_and_is_taken_once() {
-        let mut ds = Decisions::new(resolved(vec![walk()], || RuleTexts::build(NFT, &[])));
+        let mut ds = resolved(vec![walk()], || RuleTexts::build(NFT, &[]));
+        assert_eq!(
+            ds.resolved_until(),
+            1000,
+            "the batch's time, after its decisions"
+        );
         let (_, fp) = super::super::traversal::headers_key(
             walk()[0].network_header.as_deref().expect("ip"),
             walk()[0].transport_header.as_deref(),
@@ -317,7 +352,8 @@ mod tests {
             e.table = "flowtrace_1".into();
         }
         // A ruleset that lacks the base chain: the walk has no hook, so no decision.
-        let drx = resolved(vec![own, walk()], RuleTexts::default);
-        assert!(drx.try_recv().is_err());
+        let ds = resolved(vec![own, walk()], RuleTexts::default);
+        assert!(ds.rx.try_recv().is_err());
+        assert_eq!(ds.resolved_until(), 2000);
     }
 }

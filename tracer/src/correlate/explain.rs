@@ -215,6 +215,12 @@ impl Explainer {
         }
     }
 
+    /// The CLOCK_MONOTONIC time up to which nftrace's decisions have all arrived (0: none,
+    /// or no nftrace).
+    pub fn traced_until(&self) -> u64 {
+        self.decisions.as_ref().map_or(0, |d| d.resolved_until())
+    }
+
     /// Whether `p` can be explained now: a netfilter drop that nftrace did not trace waits
     /// for a reading of the counters that started after it (asked for here, made off the
     /// event loop), or for [`READING_WAIT`] at most.

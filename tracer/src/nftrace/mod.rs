@@ -15,7 +15,7 @@ mod trace;
 mod wire;
 
 pub use marker::Marker;
-pub use monitor::Monitor;
+pub use monitor::{Batch, Monitor};
 /// The trace-event parser, for a fuzz target (lib.rs `parsers`); Monitor uses it internally.
 pub use trace::parse;
 pub use trace::{TraceEvent, TraceKind};

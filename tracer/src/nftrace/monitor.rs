@@ -4,6 +4,7 @@
 use super::trace::{parse, TraceEvent};
 use super::wire::{set_recv_timeout, set_sock_int, NFNLGRP_NFTRACE};
 use super::NftraceError;
+use crate::events::clock::monotonic_ns;
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -15,14 +16,27 @@ use std::time::Duration;
 
 /// Receive buffer asked for: trace events come in bursts (several per packet and hook).
 const RCVBUF: libc::c_int = 8 * 1024 * 1024;
-/// How often an idle reader checks whether its receiver is still there.
-const IDLE_CHECK: Duration = Duration::from_millis(200);
+/// How long a blocking read waits before the reader says the socket is empty (so the
+/// packets waiting for their traces learn that none is coming) and checks whether its
+/// receiver is still there.
+const IDLE: Duration = Duration::from_millis(10);
 /// One datagram holds one event of at most a page or so; this is ample.
 const RECV_BUF: usize = 64 * 1024;
 /// How long the events after a first one are left to gather before they are read.
 const GATHER: Duration = Duration::from_millis(4);
 /// Datagrams read into one batch at most (the rest wait for the next).
 const MAX_DATAGRAMS_PER_BATCH: usize = 4096;
+
+/// Trace events read together, and how far the socket was read.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub events: Vec<TraceEvent>,
+    /// The CLOCK_MONOTONIC time (ns) at which the socket was found empty after these events:
+    /// the kernel queues a packet's trace events while its tables run, so every packet that
+    /// left netfilter before then has its events in this batch or an earlier one. None when
+    /// the batch ended before the socket was empty.
+    pub drained_at: Option<u64>,
+}
 
 /// A netlink socket subscribed to the nftables trace events of this network namespace.
 pub struct Monitor {
@@ -40,7 +54,7 @@ impl Monitor {
         if set_sock_int(fd, libc::SO_RCVBUFFORCE, RCVBUF).is_err() {
             set_sock_int(fd, libc::SO_RCVBUF, RCVBUF).map_err(NftraceError::Socket)?;
         }
-        set_recv_timeout(fd, IDLE_CHECK).map_err(NftraceError::Socket)?;
+        set_recv_timeout(fd, IDLE).map_err(NftraceError::Socket)?;
         sock.add_membership(NFNLGRP_NFTRACE)
             .map_err(NftraceError::Socket)?;
         Ok(Monitor {
@@ -57,10 +71,10 @@ impl Monitor {
 
     /// Reads events on a thread named "nftrace" and sends the events of each burst of
     /// datagrams to `tx`, in one batch.
-    /// When idle for 200 ms the thread sends an empty batch, to learn whether the receiver
-    /// is still there: it ends once the receiver is dropped (or on an unexpected socket
-    /// error). Receivers should ignore empty batches.
-    pub fn spawn(self, tx: Sender<Vec<TraceEvent>>) -> Result<JoinHandle<()>, NftraceError> {
+    /// When idle for 10 ms the thread sends an empty batch that says how far the socket was
+    /// read (and learns whether the receiver is still there): it ends once the receiver is
+    /// dropped (or on an unexpected socket error).
+    pub fn spawn(self, tx: Sender<Batch>) -> Result<JoinHandle<()>, NftraceError> {
         std::thread::Builder::new()
             .name("nftrace".into())
             .spawn(move || self.run(tx))
@@ -68,46 +82,52 @@ impl Monitor {
     }
 
     /// The datagrams already waiting, into the same batch: one hand-over (one wake-up of the
-    /// receiving thread) for a burst, not one per datagram.
-    fn more(&self, buf: &mut Vec<u8>, batch: &mut Vec<TraceEvent>) {
-        // A packet's events come over a few microseconds, a burst's over longer: let them
-        // gather (the socket's buffer holds seconds of them; packets wait 250 ms for theirs).
-        std::thread::sleep(GATHER);
+    /// receiving thread) for a burst, not one per datagram. Returns when the socket was
+    /// found empty (see `Batch::drained_at`).
+    fn more(&self, buf: &mut Vec<u8>, events: &mut Vec<TraceEvent>) -> Option<u64> {
         for _ in 0..MAX_DATAGRAMS_PER_BATCH {
+            // Taken before the read: what the kernel queued before this time, this read or
+            // an earlier one takes.
+            let before = monotonic_ns();
             buf.clear();
             match self.sock.recv(buf, libc::MSG_DONTWAIT) {
-                Ok(_) => batch.extend(parse(buf)),
+                Ok(_) => events.extend(parse(buf)),
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                     self.overruns.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(_) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(before),
+                Err(_) => return None,
             }
         }
+        None
     }
 
-    fn run(self, tx: Sender<Vec<TraceEvent>>) {
+    fn run(self, tx: Sender<Batch>) {
         let mut buf: Vec<u8> = Vec::with_capacity(RECV_BUF);
         loop {
             crate::probe::privilege::apply_pending();
             buf.clear();
-            let batch = match self.sock.recv(&mut buf, 0) {
+            let mut events = match self.sock.recv(&mut buf, 0) {
                 Ok(_) => {
-                    let mut batch = parse(&buf);
-                    self.more(&mut buf, &mut batch);
-                    batch
+                    // A packet's events come over a few microseconds, a burst's over longer:
+                    // let them gather.
+                    std::thread::sleep(GATHER);
+                    parse(&buf)
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                     self.overruns.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // Idle: what came since the wait ended, and the time the socket was empty.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Vec::new(),
                 Err(e) => {
                     log::warn!("stopped reading nftables trace events: {e}");
                     return;
                 }
             };
-            if tx.send(batch).is_err() {
+            let drained_at = self.more(&mut buf, &mut events);
+            if tx.send(Batch { events, drained_at }).is_err() {
                 return;
             }
         }

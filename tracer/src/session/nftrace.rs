@@ -10,7 +10,7 @@ use std::{
 
 use super::setup::Startup;
 use crate::{
-    correlate::decisions::{self, Decisions},
+    correlate::decisions::{self, Decisions, Resolved},
     nftrace::{Marker, Monitor},
     target::{rule_text::RuleTexts, scope::Scope},
 };
@@ -26,7 +26,9 @@ pub(super) struct Nftrace {
 /// How often the table's presence is checked.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// How long a packet that met netfilter waits for its trace (see `Pipeline::hold_ns`).
+/// How long a packet that met netfilter waits for its trace at most (see
+/// `Pipeline::hold_ns`): it waits less once the trace reader says it read every event queued
+/// after the packet left netfilter, which on an idle or a busy host is within tens of ms.
 pub(super) const HOLD_NS: u64 = 250_000_000;
 
 /// The scope's addresses and published ports, as the marking table's sets take them.
@@ -78,7 +80,7 @@ pub(super) fn start(scope: &Scope, rate: u32, notes: &mut Startup) -> Option<(Nf
     }
     let overruns = monitor.overruns();
     let (etx, erx) = std::sync::mpsc::channel();
-    let (dtx, drx) = std::sync::mpsc::channel();
+    let (resolved, decisions) = Resolved::channel();
     if let Err(e) = monitor.spawn(etx) {
         notes.say(format!("nftrace: not used ({e})"));
         return None;
@@ -89,7 +91,7 @@ pub(super) fn start(scope: &Scope, rate: u32, notes: &mut Startup) -> Option<(Nf
     let texts = RuleTexts::read();
     let resolver = std::thread::Builder::new()
         .name("nftrace-rules".into())
-        .spawn(move || decisions::resolve(erx, dtx, own, texts, RuleTexts::read));
+        .spawn(move || decisions::resolve(erx, resolved, own, texts, RuleTexts::read));
     if let Err(e) = resolver {
         notes.say(format!("nftrace: not used (no thread: {e})"));
         return None;
@@ -110,7 +112,7 @@ pub(super) fn start(scope: &Scope, rate: u32, notes: &mut Startup) -> Option<(Nf
             overruns,
             overruns_said: 0,
         },
-        Decisions::new(drx),
+        decisions,
     ))
 }
 

@@ -304,7 +304,10 @@ fn nftrace_s_drop_is_joined_before_the_accept_of_the_table_the_steps_blamed() {
         .expect("sent");
     let mut ex = Explainer::empty();
     ex.set_ruleset(Ruleset::parse(TWO, "iptables-save"));
-    ex.decisions = Some(crate::correlate::decisions::Decisions::new(rx));
+    ex.decisions = Some(crate::correlate::decisions::Decisions::new(
+        rx,
+        Default::default(),
+    ));
     let d = ex.explain(packet.clone(), &points()).drop.expect("dropped");
     assert_eq!(
         (
@@ -319,7 +322,10 @@ fn nftrace_s_drop_is_joined_before_the_accept_of_the_table_the_steps_blamed() {
     let (tx, rx) = std::sync::mpsc::channel();
     tx.send(decision("mangle", "accept", None)).expect("sent");
     let mut ex = with_counters_moving(TWO);
-    ex.decisions = Some(crate::correlate::decisions::Decisions::new(rx));
+    ex.decisions = Some(crate::correlate::decisions::Decisions::new(
+        rx,
+        Default::default(),
+    ));
     let d = ex.explain(packet, &points()).drop.expect("dropped");
     assert_eq!(
         (d.table.as_deref(), d.rule.as_deref()),
