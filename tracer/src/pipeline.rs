@@ -65,6 +65,10 @@ pub struct Pipeline {
     pub hold_ns: u64,
     /// The monotonic time of the last tick.
     now_ns: u64,
+    /// Live: the time up to which the ring buffer has been read (`EventStream::read_at`).
+    /// Packets complete by it, not by the clock alone. u64::MAX where records are not read
+    /// from a ring.
+    pub read_until: u64,
 }
 
 /// A completed packet, ordered by when it started (then by arrival).
@@ -120,6 +124,7 @@ impl Pipeline {
             seq: 0,
             hold_ns: 0,
             now_ns: 0,
+            read_until: u64::MAX,
         }
     }
 
@@ -206,7 +211,8 @@ impl Pipeline {
     /// Called periodically with the current CLOCK_MONOTONIC time.
     pub fn tick(&mut self, now_ns: u64, out: &mut impl Write) -> std::io::Result<()> {
         self.now_ns = now_ns;
-        self.correlator.expire(now_ns, &mut self.done);
+        self.correlator
+            .expire(now_ns.min(self.read_until), &mut self.done);
         self.emit(out)?;
         if self.flow_mode {
             let finished = self.flows.take_finished(now_ns, FLOW_IDLE_NS);
@@ -489,6 +495,21 @@ mod tests {
         assert_eq!(lines(&out), 1);
         p.tick(550_010_000, &mut out).expect("w");
         assert_eq!(lines(&out), 2, "shown after the hold");
+    }
+
+    #[test]
+    fn packets_complete_by_how_far_the_ring_was_read_not_by_the_clock_alone() {
+        let mut p = json_pipeline(PacketFilter::default(), false);
+        let f = frame([172, 18, 0, 2], 41234);
+        p.observe(obs(1, 1_000_000, VETH, Direction::Ingress, &f));
+        let mut out = Vec::new();
+        // The reader is behind: the ring read up to 2 ms, the clock at 1 s.
+        p.read_until = 2_000_000;
+        p.tick(1_000_000_000, &mut out).expect("w");
+        assert!(out.is_empty(), "its next hop may still be in the ring");
+        p.read_until = 1_000_000 + PACKET_IDLE_NS + 1;
+        p.tick(1_000_000_000, &mut out).expect("w");
+        assert_eq!(String::from_utf8(out).expect("utf8").lines().count(), 1);
     }
 
     #[test]

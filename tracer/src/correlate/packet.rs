@@ -254,6 +254,10 @@ pub struct Correlator {
     pub forced: u64,
 }
 
+/// A packet last seen on its way out of the host's view is complete after this long
+/// without a new observation (`Correlator::idle_for`); others after the correlator's idle.
+pub const EXIT_IDLE_NS: u64 = 10_000_000;
+
 /// In-flight packets kept at most, as many as the kernel tracks (a packet crosses the host in
 /// microseconds; this only bites under a flood, where completing the oldest early costs at
 /// most a split path).
@@ -398,13 +402,13 @@ impl Correlator {
         }
     }
 
-    /// Completes packets idle since before `now_ns - idle`.
+    /// Completes packets idle since before `now_ns - idle` (`EXIT_IDLE_NS` for a packet
+    /// last seen on its way out).
     pub fn expire(&mut self, now_ns: u64, done: &mut Vec<Packet>) {
-        let idle = self.idle_ns;
         let expired: Vec<u64> = self
             .pending
             .iter()
-            .filter(|(_, p)| now_ns.saturating_sub(p.last_ts()) > idle)
+            .filter(|(_, p)| now_ns.saturating_sub(p.last_ts()) > self.idle_for(p))
             .map(|(k, _)| *k)
             .collect();
         let mut out: Vec<Packet> = expired
@@ -414,6 +418,26 @@ impl Correlator {
             .collect();
         out.sort_by_key(Packet::first_ts);
         done.extend(out);
+    }
+
+    /// How long `p` may wait for its next observation: what can follow its way out of the
+    /// host's view (egress at a container's veth, a bridge port or the uplink) is a drop in
+    /// the namespace it entered or its free, within microseconds of the egress.
+    fn idle_for(&self, p: &Packet) -> u64 {
+        let Some(h) = p.hops.last() else {
+            return self.idle_ns;
+        };
+        let out = h.direction == Direction::Egress
+            && p.nf.last().is_none_or(|n| n.ts_ns <= h.ts_ns)
+            && matches!(
+                self.points.get(&h.ifindex).map(|x| x.role),
+                Some(Role::Veth | Role::Port | Role::Uplink)
+            );
+        if out {
+            self.idle_ns.min(EXIT_IDLE_NS)
+        } else {
+            self.idle_ns
+        }
     }
 
     /// Completes everything (at exit).

@@ -113,6 +113,7 @@ impl Live {
                 self.pipeline.observe(obs);
             }
         }
+        self.pipeline.read_until = self.kernel.stream.read_at;
         self.pipeline.flush_ready(&mut self.out).map_err(werr)?;
         self.out.flush().map_err(werr)?;
         let raw_done = args.raw && args.count.is_some_and(|n| self.raw_shown >= n);
@@ -236,7 +237,11 @@ impl Live {
 
     /// Completes pending packets, reports losses, feeds the dashboard its counters, prints
     /// `--counters` and the headless progress line.
-    pub fn tick(&mut self) -> Result<()> {
+    pub fn tick(&mut self, batch: &mut Vec<Observation>) -> Result<()> {
+        // What the ring holds now first: packets complete by what has been read, not by the
+        // clock alone (a reader behind under a flood would complete them early).
+        self.kernel.stream.read_now(batch);
+        self.drain(batch)?;
         self.pipeline
             .tick(monotonic_ns(), &mut self.out)
             .map_err(werr)?;

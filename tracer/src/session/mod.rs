@@ -102,7 +102,7 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
                 }
             } => live.container_event(ev, docker.as_ref())?,
             Some((name, r)) = live.resolving.1.recv() => live.resolved(name, r)?,
-            _ = tick.tick() => live.tick()?,
+            _ = tick.tick() => live.tick(&mut batch)?,
             _ = async { if let Some((_, t)) = live.dashboard.as_mut() { let _ = t.await; } },
                 if live.dashboard.is_some() => {
                 // The user quit the dashboard.

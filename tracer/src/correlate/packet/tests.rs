@@ -189,3 +189,42 @@ fn packets_that_never_touch_a_traced_veth_have_no_container() {
     c.drain(&mut done);
     assert!(done[0].container_hop(c.points()).is_none());
 }
+
+#[test]
+fn a_packet_on_its_way_out_completes_sooner_than_one_still_in_the_host() {
+    let mut c = Correlator::new(points(), 100_000_000);
+    let mut done = Vec::new();
+    let inner = frame(CONTAINER, 41234);
+    let outer = frame(UPLINK_IP, 41234);
+    // Out by the uplink at t=1 ms; another packet last seen at the bridge at t=1 ms; a third
+    // out by the uplink and then met at a netfilter hook (not on its way out).
+    c.push(
+        obs(0xa, 500_000, VETH, Direction::Ingress, &inner),
+        &mut done,
+    );
+    c.push(
+        obs(0xa, 1_000_000, UPLINK, Direction::Egress, &outer),
+        &mut done,
+    );
+    c.push(
+        obs(0xb, 1_000_000, BRIDGE, Direction::Ingress, &inner),
+        &mut done,
+    );
+    c.push(
+        obs(0xc, 500_000, UPLINK, Direction::Egress, &outer),
+        &mut done,
+    );
+    let mut nf = crate::correlate::verdict::tests::nf(1_000_000, 3, 0, &outer);
+    nf.skb = 0xc;
+    c.push(Observation::Nf(nf), &mut done);
+    c.expire(1_000_000 + EXIT_IDLE_NS, &mut done);
+    assert!(
+        done.is_empty(),
+        "not idle for longer than the exit's idle yet"
+    );
+    c.expire(1_000_001 + EXIT_IDLE_NS, &mut done);
+    let skbs: Vec<u64> = done.iter().map(|p| p.skb).collect();
+    assert_eq!(skbs, vec![0xa], "only the packet on its way out");
+    c.expire(100_000_001 + 1_000_000, &mut done);
+    assert_eq!(done.len(), 3, "the others after the correlator's idle");
+}
