@@ -24,7 +24,8 @@ pub struct EventStream {
 /// a waiting reader for each record that finds the ring empty: without this pause, a few
 /// thousand packets a second cost tens of thousands of wake-ups (each a context switch and
 /// an interrupt in the packet's path). Packets are shown 10 ms (on their way out) to 100 ms
-/// after their last hop anyway, and the ring holds far more than a pause's worth at any rate flowtrace keeps up with.
+/// after their last hop anyway, and the ring holds far more than a pause's worth at any rate
+/// flowtrace keeps up with.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(4);
 /// A batch this large means the reader is behind: read again at once.
 const BEHIND: usize = 512;
