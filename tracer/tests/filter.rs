@@ -8,7 +8,7 @@ use std::process::Command;
 
 use common::{
     counted, de_natted_from, hops, leftovers, masqueraded_to, packets, ping, show, tc_hop, tcp,
-    the_summary, udp, Flowtrace, From, Lab, Packet,
+    the_packet, the_summary, udp, Flowtrace, From, Lab, Packet,
 };
 
 fn cron() -> From {
@@ -40,10 +40,9 @@ fn tcp_port_8080_keeps_the_tcp_flow_across_nat_and_drops_icmp_and_udp() {
     let others: Vec<&&Packet> = shown.iter().filter(|p| proto_of(p) != "tcp").collect();
     assert!(others.is_empty(), "only TCP is shown: {others:?}");
     let local = format!("{}:{sport}", lab.container_ip());
-    let syn = shown
-        .iter()
-        .find(|p| p.src.as_deref() == Some(local.as_str()) && p.tcp_flags.as_deref() == Some("S"))
-        .unwrap_or_else(|| panic!("no SYN from {local}: {shown:?}"));
+    let syn = the_packet(&lines, "SYN from the container", |p| {
+        p.src.as_deref() == Some(local.as_str()) && p.tcp_flags.as_deref() == Some("S")
+    });
     let outside = masqueraded_to(&lab, syn, &local);
     assert_eq!(
         hops(syn),
@@ -60,10 +59,9 @@ fn tcp_port_8080_keeps_the_tcp_flow_across_nat_and_drops_icmp_and_udp() {
         Some(outside.as_str())
     );
     // The reply arrives for the host's address and is de-NATed: every hop is there.
-    let synack = shown
-        .iter()
-        .find(|p| p.dst.as_deref() == Some(local.as_str()) && p.tcp_flags.as_deref() == Some("S."))
-        .unwrap_or_else(|| panic!("no SYN-ACK to {local}: {shown:?}"));
+    let synack = the_packet(&lines, "SYN-ACK to the container", |p| {
+        p.dst.as_deref() == Some(local.as_str()) && p.tcp_flags.as_deref() == Some("S.")
+    });
     assert_eq!(
         tc_hop(synack, &uplink, "ingress").dst.as_deref(),
         Some(outside.as_str())
@@ -105,10 +103,9 @@ fn a_filter_on_the_container_address_follows_masquerade_and_the_reply_before_de_
     let lines = ft.stop();
     let local = format!("{}:{sport}", lab.container_ip());
     let shown = packets(&lines);
-    let out = shown
-        .iter()
-        .find(|p| p.src.as_deref() == Some(local.as_str()))
-        .unwrap_or_else(|| panic!("no datagram from {local}: {shown:?}"));
+    let out = the_packet(&lines, "datagram from the container", |p| {
+        p.src.as_deref() == Some(local.as_str())
+    });
     let outside = masqueraded_to(&lab, out, &local);
     // After MASQUERADE the source is the uplink's: it no longer matches, and is still shown.
     assert_eq!(
@@ -132,10 +129,9 @@ fn a_filter_on_the_container_address_follows_masquerade_and_the_reply_before_de_
     let sport = udp(&lab, &cron(), lab.inet_ip(), 9999).expect("udp echo");
     let lines = ft.stop();
     let local = format!("{}:{sport}", lab.container_ip());
-    let reply = packets(&lines)
-        .into_iter()
-        .find(|p| p.dst.as_deref() == Some(local.as_str()))
-        .unwrap_or_else(|| panic!("no reply to {local}: {lines:?}"));
+    let reply = the_packet(&lines, "reply to the container", |p| {
+        p.dst.as_deref() == Some(local.as_str())
+    });
     let outside = de_natted_from(&lab, reply, &local);
     assert_eq!(
         tc_hop(reply, &uplink, "ingress").dst.as_deref(),

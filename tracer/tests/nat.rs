@@ -5,7 +5,7 @@
 mod common;
 
 use common::{
-    de_natted_from, masqueraded_to, packets, show, tc_hop, udp_from, Flowtrace, From, Lab,
+    de_natted_from, masqueraded_to, show, tc_hop, the_packet, udp_from, Flowtrace, From, Lab,
 };
 
 #[test]
@@ -28,11 +28,9 @@ fn masquerade_that_picks_another_port_is_shown_with_the_port_it_chose() {
     let text = ft.stop_text().join("\n");
 
     let local = format!("{}:{port}", lab.container_ip());
-    let shown = packets(&lines);
-    let out = shown
-        .iter()
-        .find(|p| p.src.as_deref() == Some(local.as_str()))
-        .unwrap_or_else(|| panic!("no datagram from {local}: {shown:?}"));
+    let out = the_packet(&lines, "datagram from the container", |p| {
+        p.src.as_deref() == Some(local.as_str())
+    });
     let outside = masqueraded_to(&lab, out, &local);
     assert_ne!(
         outside,
@@ -47,10 +45,9 @@ fn masquerade_that_picks_another_port_is_shown_with_the_port_it_chose() {
         show(out)
     );
 
-    let reply = shown
-        .iter()
-        .find(|p| p.dst.as_deref() == Some(local.as_str()))
-        .unwrap_or_else(|| panic!("no reply to {local}: {shown:?}"));
+    let reply = the_packet(&lines, "reply to the container", |p| {
+        p.dst.as_deref() == Some(local.as_str())
+    });
     assert_eq!(de_natted_from(&lab, reply, &local), outside);
     assert_eq!(
         tc_hop(reply, &uplink, "ingress").dst.as_deref(),

@@ -28,7 +28,7 @@ const GATHER: Duration = Duration::from_millis(4);
 const MAX_DATAGRAMS_PER_BATCH: usize = 4096;
 
 /// Trace events read together, and how far the socket was read.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Batch {
     pub events: Vec<TraceEvent>,
     /// The CLOCK_MONOTONIC time (ns) at which the socket was found empty after these events:

@@ -492,6 +492,15 @@ pub fn has_packet_from(lines: &[Line], local: &str) -> bool {
         .any(|p| p.src.as_deref() == Some(local))
 }
 
+/// The first packet `pred` accepts; panics with `what` and every packet if none does.
+pub fn the_packet<'a>(lines: &'a [Line], what: &str, pred: impl Fn(&Packet) -> bool) -> &'a Packet {
+    let shown = packets(lines);
+    match shown.iter().find(|p| pred(p)) {
+        Some(p) => p,
+        None => panic!("no {what}: {shown:?}"),
+    }
+}
+
 /// One line of the contract; panics with the line if it is not one.
 pub fn line(l: &str) -> Line {
     Line::parse(l).unwrap_or_else(|e| panic!("not a line of the contract ({e}): {l}"))

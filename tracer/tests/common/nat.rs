@@ -6,15 +6,13 @@
 //! port failed in CI for that reason alone, so the tests take the outside address from the
 //! rewrite and check that it is on the uplink's address.
 
+use tracer_model::Nat;
+
 use super::{nf_hop, show, Lab, Packet};
 
 /// The source the SNAT at POSTROUTING/nat wrote on `p`, a packet from `local`.
 pub fn masqueraded_to(lab: &Lab, p: &Packet, local: &str) -> String {
-    let nat = nf_hop(p, "POSTROUTING", "nat")
-        .nat
-        .as_ref()
-        .unwrap_or_else(|| panic!("no SNAT at POSTROUTING/nat: {}", show(p)));
-    assert_eq!(&*nat.kind, "snat", "{}", show(p));
+    let nat = nat_at(p, "POSTROUTING", "snat");
     assert_eq!(&*nat.from, local, "the SNAT's source before: {}", show(p));
     on_the_uplink(lab, &nat.to, p);
     nat.to.to_string()
@@ -22,11 +20,7 @@ pub fn masqueraded_to(lab: &Lab, p: &Packet, local: &str) -> String {
 
 /// The destination the de-NAT at PREROUTING/nat took off `p`, a reply to `local`.
 pub fn de_natted_from(lab: &Lab, p: &Packet, local: &str) -> String {
-    let nat = nf_hop(p, "PREROUTING", "nat")
-        .nat
-        .as_ref()
-        .unwrap_or_else(|| panic!("no de-NAT at PREROUTING/nat: {}", show(p)));
-    assert_eq!(&*nat.kind, "dnat", "{}", show(p));
+    let nat = nat_at(p, "PREROUTING", "dnat");
     assert_eq!(
         &*nat.to,
         local,
@@ -41,6 +35,16 @@ pub fn de_natted_from(lab: &Lab, p: &Packet, local: &str) -> String {
 pub fn is_on_the_uplink(lab: &Lab, addr: &str) -> bool {
     addr.strip_prefix(&format!("{}:", lab.uplink_ip()))
         .is_some_and(|port| port.parse::<u16>().is_ok_and(|p| p != 0))
+}
+
+/// The rewrite of `kind` at `hook`/nat on `p`; panics with the packet if there is none.
+fn nat_at<'a>(p: &'a Packet, hook: &str, kind: &str) -> &'a Nat {
+    let nat = nf_hop(p, hook, "nat")
+        .nat
+        .as_ref()
+        .unwrap_or_else(|| panic!("no {kind} at {hook}/nat: {}", show(p)));
+    assert_eq!(&*nat.kind, kind, "{}", show(p));
+    nat
 }
 
 fn on_the_uplink(lab: &Lab, addr: &str, p: &Packet) {
