@@ -33,18 +33,13 @@ impl Step<'_> {
 /// Interface hops and netfilter steps in time order. A rewrite that a netfilter step made is
 /// shown there, not again on the next interface hop.
 pub fn merged(e: &Explained) -> Vec<Step<'_>> {
-    let by_nf: Vec<&NatRewrite> = e.steps.iter().flat_map(|s| s.nat.iter()).collect();
+    let by_nf = |n: &NatRewrite| e.steps.iter().any(|s| s.nat.contains(n));
     let mut out: Vec<Step<'_>> = e
         .packet
         .hops
         .iter()
         .map(|h| {
-            let own = h
-                .nat
-                .iter()
-                .filter(|n| !by_nf.contains(n))
-                .copied()
-                .collect();
+            let own = h.nat.iter().filter(|n| !by_nf(n)).copied().collect();
             Step::Tc(h, own)
         })
         .chain(e.steps.iter().map(Step::Nf))
