@@ -107,20 +107,40 @@ pub struct TcEvent {
     pub data: [u8; MAX_SNAP],
 }
 
-/// A tc observation of at most [`SNAP_LEN`] bytes (the default snaplen), reserved in the ring
-/// buffer at its full size and filled there: no scratch buffer, no second copy. `cap_len`
-/// says how much of `data` is the packet's.
+/// A tc observation of at most `N` bytes, reserved in the ring buffer at its full size and
+/// filled there: no scratch buffer, no second copy. `cap_len` says how much of `data` is the
+/// packet's.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct TcSmall {
+pub struct TcFixed<const N: usize> {
     pub head: TcHead,
-    pub data: [u8; SNAP_LEN],
+    pub data: [u8; N],
 }
 
-/// A packet seen by a netfilter observer at one (hook, priority slot).
+/// At most [`SNAP_LEN`] bytes (the default snaplen).
+pub type TcSmall = TcFixed<SNAP_LEN>;
+
+/// The headers alone, when nothing records the packet's bytes (no `--write`, no filter
+/// expression): an IPv4 frame whose header has no options (`0x45`) has every byte user space
+/// reads (its addresses, ports, TCP flags and sequence, ICMP's id) in its first 14 + 20 + 14.
+/// Any other frame is sent as a [`TcSmall`].
+pub const TC_HEADERS: usize = 64;
+pub type TcHeaders = TcFixed<TC_HEADERS>;
+
+/// The same for a netfilter observation, from the IP header: 20 + 14 and the 40 bytes a
+/// hook's later slots compare (`PRINT_WORDS` in the kernel side).
+pub const NF_HEADERS: usize = 48;
+
+// Whole words, at least the print a hook's later slots compare; every header user space reads
+// of an IPv4 packet without options; no more than the records they replace.
+const _: () = assert!(NF_HEADERS.is_multiple_of(8) && NF_HEADERS >= 40 && NF_HEADERS <= SNAP_LEN);
+const _: () = assert!(TC_HEADERS >= 14 + 20 + 14 && TC_HEADERS <= SNAP_LEN);
+const _: () = assert!(TC_HEADERS.is_power_of_two());
+
+/// A packet seen by a netfilter observer at one (hook, priority slot), with up to `N` bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NfEvent {
+pub struct NfRecord<const N: usize> {
     pub header: EventHeader,
     /// `nf_hook_state.hook`: 0 PREROUTING … 4 POSTROUTING.
     pub hook: u8,
@@ -137,12 +157,19 @@ pub struct NfEvent {
     pub cap_len: u32,
     pub mark: u32,
     /// The first `cap_len` bytes from the network (IP) header.
-    pub data: [u8; SNAP_LEN],
+    pub data: [u8; N],
 }
 
-impl NfEvent {
+/// Up to [`SNAP_LEN`] bytes: what user space reads every netfilter record as (a shorter one
+/// is read into a zeroed one of these).
+pub type NfEvent = NfRecord<SNAP_LEN>;
+
+/// The headers alone (see [`TC_HEADERS`]).
+pub type NfHeaders = NfRecord<NF_HEADERS>;
+
+impl<const N: usize> NfRecord<N> {
     pub fn captured(&self) -> &[u8] {
-        let n = (self.cap_len as usize).min(SNAP_LEN);
+        let n = (self.cap_len as usize).min(N);
         &self.data[..n]
     }
 }
@@ -206,6 +233,10 @@ mod tests {
         // 8-aligned: the kernel side copies its first words into its note word by word.
         assert_eq!(offset_of!(NfEvent, data), 48);
         assert_eq!(size_of::<NfEvent>(), 48 + SNAP_LEN);
+        // The headers-only records: the same head, fewer bytes.
+        assert_eq!(offset_of!(NfHeaders, data), 48);
+        assert_eq!(size_of::<NfHeaders>(), 48 + NF_HEADERS);
+        assert_eq!(size_of::<TcHeaders>(), TC_HEAD_LEN + TC_HEADERS);
         assert_eq!(size_of::<SkbEndEvent>(), 48);
         assert_eq!(
             (

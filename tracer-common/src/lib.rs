@@ -18,7 +18,8 @@ pub use counters::{
     HopCounter, LostKind, PointKey, TableOp, LOST_KINDS, MAX_HOP_COUNTERS, TABLE_OPS,
 };
 pub use event::{
-    Direction, EventHeader, EventKind, NfEvent, SkbEndEvent, TcEvent, TcHead, TcSmall,
-    DEFAULT_SNAP, MAX_SNAP, SNAP_LEN, TC_HEAD_LEN,
+    Direction, EventHeader, EventKind, NfEvent, NfHeaders, NfRecord, SkbEndEvent, TcEvent, TcFixed,
+    TcHead, TcHeaders, TcSmall, DEFAULT_SNAP, MAX_SNAP, NF_HEADERS, SNAP_LEN, TC_HEADERS,
+    TC_HEAD_LEN,
 };
 pub use offsets::Offsets;

@@ -301,6 +301,18 @@ pub fn snaplen() -> u32 {
     unsafe { core::ptr::read_volatile(&SNAPLEN) }
 }
 
+/// 1: nothing records the packets' bytes (no `--write`, no filter expression): IPv4 packets
+/// without IP options are sent with their headers alone (`TcHeaders`, `NfHeaders`). Patched
+/// by the loader.
+#[unsafe(no_mangle)]
+static HEADERS_ONLY: u32 = 0;
+
+#[inline(always)]
+pub fn headers_only() -> bool {
+    // SAFETY: a plain read of a global; the loader patches the value before loading.
+    unsafe { core::ptr::read_volatile(&HEADERS_ONLY) != 0 }
+}
+
 /// 0: count only (`--counters`): no per-packet events, nothing tracked. Patched by the loader.
 #[unsafe(no_mangle)]
 static EMIT: u32 = 1;

@@ -6,11 +6,15 @@
 use aya_ebpf::helpers::{
     bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
 };
-use tracer_common::{netfilter::LAST_SLOT, EventKind, NfEvent, Offsets, SNAP_LEN};
+use tracer_common::{
+    netfilter::{LAST_SLOT, NFPROTO_IPV4},
+    offsets::STATE_WINDOW,
+    EventKind, NfEvent, NfHeaders, NfRecord, Offsets,
+};
 
 use crate::{
-    kread::{field, ifindex, skb_fields, state_fields, StateFields},
-    maps::{offsets, tracked, EVENTS, NF_NOTE, PRINT_WORDS, UNFILTERED},
+    kread::{field, ifindex, skb_fields, state_fields, SkbFields, StateFields},
+    maps::{headers_only, offsets, tracked, EVENTS, NF_NOTE, PRINT_WORDS, UNFILTERED},
     scope,
 };
 
@@ -83,71 +87,113 @@ fn observe_at(state: u64, skb: u64, slot: u8) {
 }
 
 /// Reports the packet at this slot, and notes what it carried for the hook's later slots.
+/// When nothing records the bytes (`headers_only`), an IPv4 packet without IP options is sent
+/// with its headers alone (`NfHeaders`); any other, or with a recording, with `SNAP_LEN` bytes.
 #[inline(always)]
 fn record(state: u64, skb: u64, slot: u8, off: &Offsets) {
-    let Some(mut entry) = EVENTS.reserve::<NfEvent>(0) else {
-        crate::maps::count_lost(tracer_common::LostKind::Netfilter);
-        // The note's print is no longer what was last reported (it may be another hook's):
-        // the next slots compare with nothing and report.
-        if let Some(c) = NF_NOTE.get_ptr_mut(0) {
-            // SAFETY: this CPU's entry.
-            unsafe {
-                if (*c).skb == skb {
-                    (*c).printed = 0;
-                }
-            }
-        }
+    let Some(c) = NF_NOTE.get_ptr_mut(0) else {
         return;
     };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: `ev` points at a reserved, exclusively owned ring-buffer record; its `data` is
-    // the scratch the struct windows are read into before the packet's bytes overwrite it.
-    unsafe {
-        let scratch = (*ev).data.as_mut_ptr();
-        let st = state_fields(state, off, scratch as *mut _);
-        let sk = skb_fields(skb, off, scratch as *mut _);
-        let (in_ifindex, out_ifindex) = devices(skb, &st, off.dev_ifindex);
-        let linear = sk.len.saturating_sub(sk.data_len);
-        let cap = if linear < SNAP_LEN as u32 {
-            linear
-        } else {
-            SNAP_LEN as u32
+    // SAFETY: this CPU's note, whose window is scratch outside `unchanged` (nothing else runs
+    // on this CPU meanwhile); STATE_WINDOW ≤ SKB_WINDOW.
+    let (st, sk) = unsafe {
+        let w = &mut (*c).window;
+        let st = state_fields(
+            state,
+            off,
+            w.as_mut_ptr() as *mut [u8; STATE_WINDOW as usize],
+        );
+        (st, skb_fields(skb, off, w))
+    };
+    if headers_only() && st.pf == NFPROTO_IPV4 {
+        let Some(mut entry) = EVENTS.reserve::<NfHeaders>(0) else {
+            lost(skb);
+            return;
         };
-        (*ev).header.kind = EventKind::Nf as u8;
-        (*ev).header._pad = [0; 3];
-        (*ev).header.cpu = bpf_get_smp_processor_id();
-        (*ev).header.ts_ns = bpf_ktime_get_ns();
-        (*ev).header.skb = skb;
-        (*ev).hook = st.hook;
-        (*ev).pf = st.pf;
-        (*ev).slot = slot;
-        (*ev)._pad = 0;
-        (*ev).in_ifindex = in_ifindex;
-        (*ev).out_ifindex = out_ifindex;
-        (*ev).len = sk.len;
-        (*ev).mark = sk.mark;
-        let copied = sk.data != 0
-            && bpf_probe_read_kernel_buf(sk.data as *const u8, &mut (*ev).data).is_ok();
-        (*ev).cap_len = if copied { cap } else { 0 };
-        if let Some(c) = NF_NOTE.get_ptr_mut(0) {
+        let ev = entry.as_mut_ptr();
+        // SAFETY: a reserved, exclusively owned ring-buffer record.
+        if unsafe { fill(ev, skb, slot, &st, &sk, off.dev_ifindex) && (*ev).data[0] == 0x45 } {
+            entry.submit(0);
+            return;
+        }
+        entry.discard(0);
+    }
+    let Some(mut entry) = EVENTS.reserve::<NfEvent>(0) else {
+        lost(skb);
+        return;
+    };
+    // SAFETY: as above.
+    unsafe { fill(entry.as_mut_ptr(), skb, slot, &st, &sk, off.dev_ifindex) };
+    entry.submit(0);
+}
+
+/// A record that did not fit: counted, and the note's print is no longer what was last
+/// reported (it may be another hook's), so the next slots compare with nothing and report.
+#[inline(always)]
+fn lost(skb: u64) {
+    crate::maps::count_lost(tracer_common::LostKind::Netfilter);
+    if let Some(c) = NF_NOTE.get_ptr_mut(0) {
+        // SAFETY: this CPU's entry.
+        unsafe {
             if (*c).skb == skb {
-                (*c).hook = st.hook;
-                (*c).slot = slot;
-                (*c).len = sk.len;
-                (*c).mark = sk.mark;
-                (*c).printed = u8::from(copied);
-                // Word by word: a copy of the array would be a byte-by-byte `memcpy`
-                // subprogram. `data` is 8-aligned in the record (a unit test pins it).
-                let words = (*ev).data.as_ptr() as *const u64;
-                let mut i = 0;
-                while i < PRINT_WORDS {
-                    (*c).print[i] = *words.add(i);
-                    i += 1;
-                }
+                (*c).printed = 0;
             }
         }
     }
-    entry.submit(0);
+}
+
+/// Fills a record with the packet's first N bytes from its IP header, and notes it; false if
+/// the bytes could not be read.
+///
+/// # Safety
+/// `ev` must point at a reserved, exclusively owned ring-buffer record.
+#[inline(always)]
+unsafe fn fill<const N: usize>(
+    ev: *mut NfRecord<N>,
+    skb: u64,
+    slot: u8,
+    st: &StateFields,
+    sk: &SkbFields,
+    off_ifindex: u32,
+) -> bool {
+    let (in_ifindex, out_ifindex) = devices(skb, st, off_ifindex);
+    let linear = sk.len.saturating_sub(sk.data_len);
+    let cap = if linear < N as u32 { linear } else { N as u32 };
+    (*ev).header.kind = EventKind::Nf as u8;
+    (*ev).header._pad = [0; 3];
+    (*ev).header.cpu = bpf_get_smp_processor_id();
+    (*ev).header.ts_ns = bpf_ktime_get_ns();
+    (*ev).header.skb = skb;
+    (*ev).hook = st.hook;
+    (*ev).pf = st.pf;
+    (*ev).slot = slot;
+    (*ev)._pad = 0;
+    (*ev).in_ifindex = in_ifindex;
+    (*ev).out_ifindex = out_ifindex;
+    (*ev).len = sk.len;
+    (*ev).mark = sk.mark;
+    let copied =
+        sk.data != 0 && bpf_probe_read_kernel_buf(sk.data as *const u8, &mut (*ev).data).is_ok();
+    (*ev).cap_len = if copied { cap } else { 0 };
+    if let Some(c) = NF_NOTE.get_ptr_mut(0) {
+        if (*c).skb == skb {
+            (*c).hook = st.hook;
+            (*c).slot = slot;
+            (*c).len = sk.len;
+            (*c).mark = sk.mark;
+            (*c).printed = u8::from(copied);
+            // Word by word: a copy of the array would be a byte-by-byte `memcpy` subprogram.
+            // `data` is 8-aligned in the record (a unit test pins it), and holds at least
+            // PRINT_WORDS words (NF_HEADERS ≥ 40).
+            let words = (*ev).data.as_ptr() as *const u64;
+            let mut i = 0;
+            while i < PRINT_WORDS {
+                (*c).print[i] = *words.add(i);
+                i += 1;
+            }
+        }
+    }
+    copied
 }
 
 /// Does a later slot of the hook see the packet as its last record there left it: the same

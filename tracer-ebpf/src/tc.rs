@@ -11,13 +11,14 @@ use tracer_common::{
         FlowKey, Frame, Tracked, FILTER_SLOT_EGRESS, FILTER_SLOT_INGRESS, VIEW_FILTER_SLOT,
         VIEW_LEN,
     },
-    Direction, EventKind, TableOp, TcHead, TcSmall, MAX_SNAP, SNAP_LEN, TC_HEAD_LEN,
+    Direction, EventKind, TableOp, TcFixed, TcHead, TcHeaders, MAX_SNAP, SNAP_LEN, TC_HEADERS,
+    TC_HEAD_LEN,
 };
 
 use crate::{
     maps::{
-        count_op, emit_events, filtering, hop_counter, snaplen, track_skb, tracked_entry,
-        untrack_skb, EVENTS, FILTER_PROGS, FLOWS, RING_FILL, TC_SCRATCH, VIEW,
+        count_op, emit_events, filtering, headers_only, hop_counter, snaplen, track_skb,
+        tracked_entry, untrack_skb, EVENTS, FILTER_PROGS, FLOWS, RING_FILL, TC_SCRATCH, VIEW,
     },
     scope,
 };
@@ -232,7 +233,15 @@ struct Seen {
 fn emit(skb: *mut __sk_buff, seen: &Seen) -> bool {
     let want = snaplen();
     let sent = if want <= SNAP_LEN as u32 {
-        emit_small(skb, seen, want)
+        let headers = if headers_only() && want >= TC_HEADERS as u32 {
+            emit_headers(skb, seen)
+        } else {
+            None
+        };
+        match headers {
+            Some(sent) => sent,
+            None => emit_fixed::<SNAP_LEN>(skb, seen, want),
+        }
     } else {
         emit_large(skb, seen, want)
     };
@@ -268,23 +277,56 @@ fn fill_head(h: &mut TcHead, skb: *mut __sk_buff, seen: &Seen) -> u64 {
     h.header.ts_ns
 }
 
-/// A snaplen of at most `SNAP_LEN` (the default): the record is reserved at its full size and
-/// the bytes are loaded straight into it. Its time if it was sent.
+/// A snaplen of at most `N` (`SNAP_LEN`, the default): the record is reserved at its full size
+/// and the bytes are loaded straight into it. Its time if it was sent.
 #[inline(always)]
-fn emit_small(skb: *mut __sk_buff, seen: &Seen, want: u32) -> Option<u64> {
-    let mut entry = EVENTS.reserve::<TcSmall>(0)?;
+fn emit_fixed<const N: usize>(skb: *mut __sk_buff, seen: &Seen, want: u32) -> Option<u64> {
+    let mut entry = EVENTS.reserve::<TcFixed<N>>(0)?;
     let ev = entry.as_mut_ptr();
     let cap = if seen.len < want { seen.len } else { want };
     // SAFETY: `ev` points at a reserved, exclusively owned ring-buffer record, whose `data`
-    // has room for SNAP_LEN bytes (`load_head` copies at most mask + 1).
+    // has room for N bytes (`load_head` copies at most mask + 1).
     let ts = unsafe {
         let ts = fill_head(&mut (*ev).head, skb, seen);
-        let copied = load_head(skb, (*ev).data.as_mut_ptr(), cap, SNAP_LEN as u64 - 1);
+        let copied = load_head(skb, (*ev).data.as_mut_ptr(), cap, N as u64 - 1);
         (*ev).head.cap_len = if copied { cap } else { 0 };
         ts
     };
     entry.submit(0);
     Some(ts)
+}
+
+/// Nothing records the bytes (`headers_only`): an IPv4 frame whose header has no options is
+/// sent with its first `TC_HEADERS` bytes, which hold every header user space reads. `None`
+/// for any other frame (it is sent as before); `Some(None)` if the ring had no room.
+#[inline(always)]
+fn emit_headers(skb: *mut __sk_buff, seen: &Seen) -> Option<Option<u64>> {
+    if u16::from_be(seen.protocol as u16) != 0x0800 || seen.len < 14 + 20 {
+        return None;
+    }
+    let Some(mut entry) = EVENTS.reserve::<TcHeaders>(0) else {
+        return Some(None);
+    };
+    let ev = entry.as_mut_ptr();
+    let cap = if seen.len < TC_HEADERS as u32 {
+        seen.len
+    } else {
+        TC_HEADERS as u32
+    };
+    // SAFETY: as in `emit_fixed`, for TC_HEADERS bytes.
+    unsafe {
+        let ts = fill_head(&mut (*ev).head, skb, seen);
+        let copied = load_head(skb, (*ev).data.as_mut_ptr(), cap, TC_HEADERS as u64 - 1);
+        let d = &(*ev).data;
+        // An Ethernet header for IPv4 (not a VLAN tag), and an IPv4 header without options.
+        if !copied || d[12] != 0x08 || d[13] != 0 || d[14] != 0x45 {
+            entry.discard(0);
+            return None;
+        }
+        (*ev).head.cap_len = cap;
+        entry.submit(0);
+        Some(Some(ts))
+    }
 }
 
 /// A larger snaplen: assembled in the per-CPU scratch buffer, and its head and captured bytes

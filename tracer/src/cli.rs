@@ -150,7 +150,8 @@ pub struct TraceArgs {
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<std::path::PathBuf>,
 
-    /// Bytes captured of each packet at each tc hop (0: the whole packet, up to 16 KiB).
+    /// Bytes captured of each packet at each tc hop (0: the whole packet, up to 16 KiB), for
+    /// --write and filter expressions; without either, an IPv4 packet's headers are enough.
     #[arg(long, default_value_t = tracer_common::DEFAULT_SNAP, value_name = "BYTES")]
     pub snaplen: u32,
 

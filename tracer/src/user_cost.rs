@@ -13,7 +13,8 @@ use std::io::{BufWriter, Write};
 
 use tracer_common::{
     netfilter::{slots_for, table_priority, SLOT_PRIORITIES},
-    Direction, EventKind, NfEvent, SkbEndEvent, SNAP_LEN, TC_HEAD_LEN,
+    Direction, EventKind, NfEvent, NfRecord, SkbEndEvent, TcHead, NF_HEADERS, SNAP_LEN, TC_HEADERS,
+    TC_HEAD_LEN,
 };
 
 use crate::{
@@ -114,9 +115,9 @@ COMMIT
 /// MASQUERADE'd at the uplink) and measures this thread's CPU time doing it.
 pub fn measure(packets: u64, output: Output) -> std::io::Result<Cost> {
     let mut pipeline = pipeline(&output);
-    if let Output::Pcapng(path) = output {
+    if let Output::Pcapng(path) = &output {
         let opts = RecordOptions {
-            path,
+            path: path.clone(),
             rotate: None,
             max_files: None,
             snaplen: 0,
@@ -125,7 +126,8 @@ pub fn measure(packets: u64, output: Output) -> std::io::Result<Cost> {
         let section = "flowtrace user-space cost: synthetic records".to_owned();
         pipeline.add_sink(Box::new(Recorder::create(opts, section)?));
     }
-    let mut records = Records::new();
+    // Without a recording the kernel sends IPv4 packets' headers alone, as `trace` loads it.
+    let mut records = Records::new(!matches!(output, Output::Pcapng(_)));
     let mut out = Counted(0);
     let mut buf = BufWriter::with_capacity(64 * 1024, &mut out);
     let mut batch = Vec::with_capacity(BATCH);
@@ -223,13 +225,24 @@ struct Records {
 }
 
 impl Records {
-    fn new() -> Self {
+    /// `headers_only`: the records the kernel sends when nothing records the bytes
+    /// (`TcHeaders`, `NfHeaders`).
+    fn new(headers_only: bool) -> Self {
         let inner = udp_frame(CONTAINER);
         let outer = udp_frame(UPLINK_IP);
+        let tc = |frame: &[u8], ifindex, dir| {
+            if !headers_only {
+                return tc_record(frame, 0, ifindex, dir);
+            }
+            let mut r = tc_record(&frame[..TC_HEADERS], 0, ifindex, dir);
+            let len = std::mem::offset_of!(TcHead, len);
+            r[len..len + 4].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+            r
+        };
         let tc = [
-            tc_record(&inner, 0, VETH, Direction::Ingress),
-            tc_record(&inner, 0, BRIDGE, Direction::Ingress),
-            tc_record(&outer, 0, UPLINK, Direction::Egress),
+            tc(&inner, VETH, Direction::Ingress),
+            tc(&inner, BRIDGE, Direction::Ingress),
+            tc(&outer, UPLINK, Direction::Egress),
         ];
         let mut nf = Vec::new();
         for (hook, tables) in [
@@ -252,7 +265,11 @@ impl Records {
                 let frame = if after_snat { &outer } else { &inner };
                 // A hook's later slots report only a changed packet.
                 if reported != Some(&frame[..]) {
-                    nf.push(nf_record(&frame[14..], hook, slot));
+                    nf.push(if headers_only {
+                        nf_record::<NF_HEADERS>(&frame[14..], hook, slot)
+                    } else {
+                        nf_record::<SNAP_LEN>(&frame[14..], hook, slot)
+                    });
                     reported = Some(frame);
                 }
             }
@@ -323,11 +340,11 @@ fn bytes_of<T: Copy>(value: &T) -> Vec<u8> {
     unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
 }
 
-fn nf_record(ip: &[u8], hook: u8, slot: u8) -> Vec<u8> {
-    let mut data = [0u8; SNAP_LEN];
-    let n = ip.len().min(SNAP_LEN);
+fn nf_record<const N: usize>(ip: &[u8], hook: u8, slot: u8) -> Vec<u8> {
+    let mut data = [0u8; N];
+    let n = ip.len().min(N);
     data[..n].copy_from_slice(&ip[..n]);
-    bytes_of(&NfEvent {
+    bytes_of(&NfRecord::<N> {
         header: record_header(EventKind::Nf, 1, 0, 0),
         hook,
         pf: 2,
@@ -367,14 +384,19 @@ mod tests {
         assert_eq!(cost.shown, 1000);
         // Three tc, four netfilter (each hook's entry, the slot after MASQUERADE), the free.
         assert_eq!(cost.records, 1000 * 8);
-        let mut p = pipeline(&Output::Json);
-        let mut records = Records::new();
-        let mut out = Vec::new();
-        for r in records.packet(7) {
-            p.observe(decode(r).expect("decoded"));
-        }
-        p.finish(&mut out).expect("written");
-        let text = String::from_utf8(out).expect("utf8");
+        let shown = |headers_only: bool| {
+            let mut p = pipeline(&Output::Json);
+            let mut records = Records::new(headers_only);
+            let mut out = Vec::new();
+            for r in records.packet(7) {
+                p.observe(decode(r).expect("decoded"));
+            }
+            p.finish(&mut out).expect("written");
+            String::from_utf8(out).expect("utf8")
+        };
+        let text = shown(true);
+        // The headers alone show what the whole records show.
+        assert_eq!(text, shown(false));
         let line = text.lines().next().expect("a line");
         let Ok(crate::model::Line::Packet(packet)) = crate::model::Line::parse(line) else {
             panic!("not a packet: {text}")

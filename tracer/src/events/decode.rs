@@ -99,6 +99,24 @@ fn read<T: Copy>(bytes: &[u8], kind: u8) -> Result<T, DecodeError> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
+/// A netfilter record: `NfEvent`, or a shorter one with the same head (`NfHeaders`, the
+/// headers alone) whose bytes all fit in the record, read into a zeroed `NfEvent`.
+fn read_nf(bytes: &[u8], kind: u8) -> Result<NfEvent, DecodeError> {
+    let head = std::mem::offset_of!(NfEvent, data);
+    let want = size_of::<NfEvent>();
+    if bytes.len() >= want {
+        return read(bytes, kind);
+    }
+    let short = |got| DecodeError::Length { kind, got, want };
+    let mut full = [0u8; size_of::<NfEvent>()];
+    full[..bytes.len()].copy_from_slice(bytes);
+    let ev: NfEvent = read(&full, kind)?;
+    if bytes.len() < head || ev.cap_len as usize > bytes.len() - head {
+        return Err(short(bytes.len()));
+    }
+    Ok(ev)
+}
+
 pub fn decode(bytes: &[u8]) -> Result<Observation, DecodeError> {
     if bytes.len() < size_of::<EventHeader>() {
         return Err(DecodeError::Short(bytes.len()));
@@ -130,7 +148,7 @@ pub fn decode(bytes: &[u8]) -> Result<Observation, DecodeError> {
             }))
         }
         Some(EventKind::Nf) => {
-            let ev: NfEvent = read(bytes, kind)?;
+            let ev = read_nf(bytes, kind)?;
             let ethertype = match ev.pf {
                 2 => packet::ETH_P_IP,
                 10 => packet::ETH_P_IPV6,
@@ -206,7 +224,7 @@ pub fn tc_record(frame: &[u8], skb: u64, ifindex: u32, direction: Direction) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tracer_common::SNAP_LEN;
+    use tracer_common::{NfHeaders, NF_HEADERS, SNAP_LEN};
 
     #[test]
     fn decodes_a_tc_record() {
@@ -255,6 +273,45 @@ mod tests {
         );
         let h = o.headers.expect("IP parsed from the network header");
         assert_eq!(h.source().to_string(), "172.18.0.2:41234");
+
+        // The headers alone (`NfHeaders`): the same observation from a shorter record.
+        let mut small = NfHeaders {
+            header: nf.header,
+            hook: nf.hook,
+            pf: nf.pf,
+            slot: nf.slot,
+            _pad: 0,
+            in_ifindex: nf.in_ifindex,
+            out_ifindex: nf.out_ifindex,
+            len: nf.len,
+            cap_len: nf.cap_len,
+            mark: nf.mark,
+            data: [0; NF_HEADERS],
+        };
+        small.data.copy_from_slice(&data[..NF_HEADERS]);
+        // SAFETY: NfHeaders is repr(C) plain-old-data.
+        let short = unsafe {
+            std::slice::from_raw_parts(
+                (&small as *const NfHeaders).cast::<u8>(),
+                size_of::<NfHeaders>(),
+            )
+        };
+        assert_eq!(decode(short), Ok(Observation::Nf(o.clone())));
+        // A short record whose head promises more bytes than it has is refused, as is one cut
+        // inside its head.
+        small.cap_len = NF_HEADERS as u32 + 1;
+        // SAFETY: as above.
+        let lying = unsafe {
+            std::slice::from_raw_parts(
+                (&small as *const NfHeaders).cast::<u8>(),
+                size_of::<NfHeaders>(),
+            )
+        };
+        assert!(matches!(decode(lying), Err(DecodeError::Length { .. })));
+        assert!(matches!(
+            decode(&short[..40]),
+            Err(DecodeError::Length { .. })
+        ));
 
         let end = SkbEndEvent {
             header: record_header(EventKind::Drop, 0, 6, 9),

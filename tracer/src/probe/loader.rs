@@ -30,12 +30,15 @@ pub fn object() -> &'static [u8] {
 /// per-packet events at all (`--counters` does not), and whether a filter expression decides
 /// which packets they are for (`pcapfilter::kernel::install` loads it).
 /// `ring_bytes` sizes the `EVENTS` ring buffer (a power of two, at least a page).
+/// `headers_only`: nothing records the packets' bytes, so the kernel may send an IPv4
+/// packet's headers alone (`tracer_common::TC_HEADERS`).
 pub fn load(
     offsets: &Offsets,
     snaplen: u32,
     events: bool,
     ring_bytes: u32,
     filtering: bool,
+    headers_only: bool,
 ) -> Result<Ebpf> {
     if !super::privilege::can_start() {
         return Err(Error::NotRoot);
@@ -46,12 +49,14 @@ pub fn load(
         ));
     }
     let (emit, filtering) = (u32::from(events), u32::from(filtering));
+    let headers_only = u32::from(headers_only);
     let mut loader = EbpfLoader::new();
     loader
         .override_global("OFFSETS", offsets, true)
         .override_global("SNAPLEN", &snaplen, true)
         .override_global("EMIT", &emit, true)
-        .override_global("FILTERING", &filtering, true);
+        .override_global("FILTERING", &filtering, true)
+        .override_global("HEADERS_ONLY", &headers_only, true);
     // SAFETY: sysconf takes no pointers.
     let page = u32::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
     // Without events nothing is ever written to the ring buffer: one page (the kernel's

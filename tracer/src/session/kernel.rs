@@ -101,12 +101,16 @@ pub(super) fn attach(
         n => n.min(MAX_SNAP as u32 - 1),
     };
     let ring_bytes = args.ring_bytes();
+    // Only a recording keeps the bytes past the headers, and only a filter expression (checked
+    // again in user space) reads them: otherwise an IPv4 packet's headers are all it sends.
+    let headers_only = args.write.is_none() && compiled.is_none();
     let mut ebpf = loader::load(
         offsets,
         snaplen,
         !args.counters,
         ring_bytes,
         compiled.is_some(),
+        headers_only,
     )?;
     release_freed();
     // Before any map is taken out of `ebpf`: the netfilter loader relocates against all of them.
