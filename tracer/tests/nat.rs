@@ -5,7 +5,7 @@
 mod common;
 
 use common::{
-    de_natted_from, masqueraded_to, show, tc_hop, the_packet, udp_from, Flowtrace, From, Lab,
+    de_natted_from, leaves_masqueraded, show, tc_hop, the_packet, udp_from, Flowtrace, From, Lab,
 };
 
 #[test]
@@ -31,17 +31,11 @@ fn masquerade_that_picks_another_port_is_shown_with_the_port_it_chose() {
     let out = the_packet(&lines, "datagram from the container", |p| {
         p.src.as_deref() == Some(local.as_str())
     });
-    let outside = masqueraded_to(&lab, out, &local);
+    let outside = leaves_masqueraded(&lab, out, &local);
     assert_ne!(
         outside,
         format!("{}:{port}", lab.uplink_ip()),
         "the peer holds that port: MASQUERADE must have picked another: {}",
-        show(out)
-    );
-    assert_eq!(
-        tc_hop(out, &uplink, "egress").src.as_deref(),
-        Some(outside.as_str()),
-        "the datagram leaves with the port the SNAT step names: {}",
         show(out)
     );
 

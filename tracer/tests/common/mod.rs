@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use nat::{de_natted_from, is_on_the_uplink, masqueraded_to};
+pub use nat::{de_natted_from, is_on_the_uplink, leaves_masqueraded, masqueraded_to};
 use serde_json::Value;
 pub use tracer_model::{Hop, Line, NfHop, Packet, SummaryLine, TcHop};
 pub use xtask::expect::{hop_packets, hops, nf_hops, packets, summary, HostPath};

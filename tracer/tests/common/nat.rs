@@ -8,7 +8,19 @@
 
 use tracer_model::Nat;
 
-use super::{nf_hop, show, Lab, Packet};
+use super::{nf_hop, show, tc_hop, Lab, Packet};
+
+/// [`masqueraded_to`], checked against the source `p` has as it leaves by the uplink.
+pub fn leaves_masqueraded(lab: &Lab, p: &Packet, local: &str) -> String {
+    let outside = masqueraded_to(lab, p, local);
+    assert_eq!(
+        tc_hop(p, &lab.uplink(), "egress").src.as_deref(),
+        Some(outside.as_str()),
+        "it leaves by the uplink with the source the SNAT step names: {}",
+        show(p)
+    );
+    outside
+}
 
 /// The source the SNAT at POSTROUTING/nat wrote on `p`, a packet from `local`.
 pub fn masqueraded_to(lab: &Lab, p: &Packet, local: &str) -> String {
