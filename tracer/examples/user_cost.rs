@@ -5,7 +5,7 @@ use tracer::user_cost::{measure, Output};
 
 /// The allocator flowtrace itself uses (main.rs).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tracer::allocator::Mimalloc = tracer::allocator::Mimalloc;
 
 /// Set up as flowtrace's (main.rs).
 #[used]

@@ -8,9 +8,10 @@ use clap::Parser;
 use tracer::{Cli, Command};
 
 /// Every traced packet becomes a few small allocations (its JSON model, strings): mimalloc
-/// handles that churn at about half glibc malloc's cost (measured with perf in `cargo xtask bench`'s load).
+/// handles that churn at about half glibc malloc's cost (measured with perf in `cargo xtask bench`'s load),
+/// asked the short way (`tracer::allocator::Mimalloc`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tracer::allocator::Mimalloc = tracer::allocator::Mimalloc;
 
 /// Before the allocator's first allocation (the runtime allocates before `main`): see
 /// `tracer::allocator::configure`. Priority 101, the first one not reserved for the C library.
