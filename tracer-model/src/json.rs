@@ -72,7 +72,7 @@ fn src_dst<W: Write>(w: &mut W, src: &Option<Shared>, dst: &Option<Shared>) -> i
 }
 
 /// `,"nat":{…}` where a rewrite showed, nothing otherwise.
-fn nat<W: Write>(w: &mut W, nat: &Option<Nat>) -> io::Result<()> {
+fn nat<W: Write>(w: &mut W, nat: Option<&Nat>) -> io::Result<()> {
     match nat {
         Some(nat) => {
             w.write_all(b",\"nat\":{\"kind\":")?;
@@ -178,7 +178,7 @@ fn tc<W: Write>(w: &mut W, t: &TcHop) -> io::Result<()> {
     src_dst(w, &t.src, &t.dst)?;
     w.write_all(b",\"len\":")?;
     num(w, t.len)?;
-    nat(w, &t.nat)?;
+    nat(w, t.nat.as_deref())?;
     w.write_all(b"}")
 }
 
@@ -192,7 +192,7 @@ fn nf<W: Write>(w: &mut W, n: &NfHop) -> io::Result<()> {
     w.write_all(b",\"verdict\":")?;
     text(w, &n.verdict)?;
     src_dst(w, &n.src, &n.dst)?;
-    nat(w, &n.nat)?;
+    nat(w, n.nat.as_deref())?;
     w.write_all(b",\"rule\":")?;
     opt(w, &n.rule)?;
     if let Some(policy) = &n.policy {
@@ -253,10 +253,12 @@ pub(crate) mod tests {
             src: Some("172.18.0.2:40000".into()),
             dst: (!nat).then(|| format!("198.51.100.2:{odd}").into()),
             len: 60,
-            nat: nat.then(|| Nat {
-                kind: "snat".into(),
-                from: "172.18.0.2:1".into(),
-                to: format!("10.0.0.1:{odd}").into(),
+            nat: nat.then(|| {
+                Box::new(Nat {
+                    kind: "snat".into(),
+                    from: "172.18.0.2:1".into(),
+                    to: format!("10.0.0.1:{odd}").into(),
+                })
             }),
         })
     }
@@ -269,10 +271,12 @@ pub(crate) mod tests {
             verdict: "accept".into(),
             src: None,
             dst: Some(odd.into()),
-            nat: full.then(|| Nat {
-                kind: "dnat".into(),
-                from: odd.into(),
-                to: "b".into(),
+            nat: full.then(|| {
+                Box::new(Nat {
+                    kind: "dnat".into(),
+                    from: odd.into(),
+                    to: "b".into(),
+                })
             }),
             rule: full.then(|| format!("-A DOCKER-USER -m comment --comment \"{odd}\" -j DROP")),
             policy: full.then(|| "drop".into()),

@@ -84,8 +84,8 @@ impl Hop {
 
     pub fn nat(&self) -> Option<&Nat> {
         match self {
-            Hop::Tc(h) => h.nat.as_ref(),
-            Hop::Nf(h) => h.nat.as_ref(),
+            Hop::Tc(h) => h.nat.as_deref(),
+            Hop::Nf(h) => h.nat.as_deref(),
         }
     }
 }
@@ -103,7 +103,7 @@ pub struct TcHop {
     pub dst: Option<Shared>,
     pub len: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nat: Option<Nat>,
+    pub nat: Option<Box<Nat>>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -116,7 +116,7 @@ pub struct NfHop {
     pub src: Option<Shared>,
     pub dst: Option<Shared>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nat: Option<Nat>,
+    pub nat: Option<Box<Nat>>,
     /// The rule that gave the table's verdict (`iptables -S` text for iptables rules, nft
     /// syntax for native ones); null when the chain's policy decided (`policy` then says
     /// which) or when nothing could tell (no nftrace, or conntrack decided: only a

@@ -49,6 +49,12 @@ impl<T: Field> Field for Vec<T> {
     }
 }
 
+impl<T: Field> Field for Box<T> {
+    fn visit(&mut self, f: &mut dyn FnMut(&str) -> Option<String>) {
+        (**self).visit(f);
+    }
+}
+
 impl Field for Nat {
     fn visit(&mut self, f: &mut dyn FnMut(&str) -> Option<String>) {
         self.kind.visit(f);

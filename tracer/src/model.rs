@@ -100,7 +100,7 @@ pub(crate) fn packet(
                     src,
                     dst,
                     len: h.len,
-                    nat: rw.first().map(|n| texts.nat(n)),
+                    nat: rw.map(|n| Box::new(texts.nat(n))),
                 })
             }
             Step::Nf(n) => {
@@ -112,7 +112,7 @@ pub(crate) fn packet(
                     verdict: n.verdict.as_str().into(),
                     src,
                     dst,
-                    nat: n.nat.first().map(|n| texts.nat(n)),
+                    nat: n.nat.first().map(|n| Box::new(texts.nat(n))),
                     rule: n
                         .decided
                         .as_ref()

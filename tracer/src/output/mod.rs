@@ -14,10 +14,10 @@ use crate::{
     probe::counters::HopTotals,
 };
 
-/// One line of a packet's path: an interface hop (with the rewrites first visible there that
-/// no netfilter step accounts for) or a netfilter step.
+/// One line of a packet's path: an interface hop (with the first rewrite visible there that
+/// no netfilter step accounts for: a hop shows one) or a netfilter step.
 pub enum Step<'a> {
-    Tc(&'a Hop, Vec<NatRewrite>),
+    Tc(&'a Hop, Option<&'a NatRewrite>),
     Nf(&'a NfStep),
 }
 
@@ -39,7 +39,7 @@ pub fn merged(e: &Explained) -> Vec<Step<'_>> {
         .hops
         .iter()
         .map(|h| {
-            let own = h.nat.iter().filter(|n| !by_nf(n)).copied().collect();
+            let own = h.nat.iter().find(|n| !by_nf(n));
             Step::Tc(h, own)
         })
         .chain(e.steps.iter().map(Step::Nf))
