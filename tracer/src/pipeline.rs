@@ -231,6 +231,7 @@ impl Pipeline {
             // The last packets' traces may still be on their way: until the trace reader has
             // read past now, or for the hold at most.
             let start = crate::events::clock::monotonic_ns();
+            self.explainer.want_traced(start + TRACE_MARGIN_NS);
             while self.explainer.traced_until() < start + TRACE_MARGIN_NS
                 && crate::events::clock::monotonic_ns() < start + self.hold_ns
             {
@@ -358,6 +359,14 @@ impl Pipeline {
                 s.packet(&e, &model, out)?;
             }
         }
+        // The next packet may wait for the trace reader, which reads on its own only when
+        // asked (`nftrace::Wants`): ask, or it would wait out the hold.
+        if let Some(Reverse(c)) = self.ready.peek() {
+            if hold > 0 && !c.packet.nf.is_empty() {
+                let seen = c.packet.seen_until();
+                self.explainer.want_traced(seen + TRACE_MARGIN_NS);
+            }
+        }
         Ok(())
     }
 }
@@ -466,7 +475,10 @@ mod tests {
         let mut p = json_pipeline(PacketFilter::default(), false);
         let (_tx, rx) = std::sync::mpsc::channel();
         let until = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        p.explainer.decisions = Some(Decisions::new(rx, Arc::clone(&until)));
+        let mut ds = Decisions::new(rx, Arc::clone(&until));
+        let wants = Arc::new(crate::nftrace::Wants::new().expect("eventfd"));
+        ds.wake_through(Arc::clone(&wants));
+        p.explainer.decisions = Some(ds);
         p.hold_ns = 250_000_000;
         let f = frame([172, 18, 0, 2], 41234);
         let met_netfilter = |p: &mut Pipeline, ts: u64| {
@@ -482,6 +494,9 @@ mod tests {
         // Complete (idle), but the reader has not said how far it read.
         p.tick(200_000_000, &mut out).expect("w");
         assert_eq!(lines(&out), 0, "waits for its trace");
+        // ... and has asked the reader (which reads only when asked) to read past it.
+        let past = 1_010_000 + TRACE_MARGIN_NS;
+        assert!(wants.waiting(past - 1) && !wants.waiting(past), "{wants:?}");
         // The reader read up to within the margin of the packet's last observation.
         until.store(1_010_000 + TRACE_MARGIN_NS - 1, Ordering::Release);
         p.tick(201_000_000, &mut out).expect("w");

@@ -18,7 +18,10 @@ use tracer_common::flow::FlowKey;
 
 use super::traversal::{verdict_name, Assembler, Traversal};
 use super::NetMap;
-use crate::{nftrace::Batch, target::rule_text::RuleTexts};
+use crate::{
+    nftrace::{Batch, Wants},
+    target::rule_text::RuleTexts,
+};
 
 /// One table's work on one packet at one hook, as nftables traced it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,6 +149,8 @@ pub struct Decisions {
     order: VecDeque<(Instant, (u8, u64))>,
     /// Fingerprints of the drops waiting, with how many.
     drops: NetMap<u64, u32>,
+    /// Where to say that a packet waits for the trace reader (None: no reader to wake).
+    wants: Option<Arc<Wants>>,
 }
 
 /// How long a decision waits for its packet (a packet is explained well within this).
@@ -161,6 +166,20 @@ impl Decisions {
             by_key: NetMap::default(),
             order: VecDeque::new(),
             drops: NetMap::default(),
+            wants: None,
+        }
+    }
+
+    /// The trace reader to wake when a packet waits for it.
+    pub fn wake_through(&mut self, wants: Arc<Wants>) {
+        self.wants = Some(wants);
+    }
+
+    /// A packet waits until `resolved_until` reaches `t`: the reader is told (it reads on its
+    /// own only while told so, see `nftrace::Wants`).
+    pub fn want(&self, t: u64) {
+        if let Some(w) = &self.wants {
+            w.want(t);
         }
     }
 

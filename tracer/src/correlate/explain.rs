@@ -221,6 +221,14 @@ impl Explainer {
         self.decisions.as_ref().map_or(0, |d| d.resolved_until())
     }
 
+    /// A packet waits until [`Self::traced_until`] reaches `t`: the trace reader is asked to
+    /// read that far.
+    pub fn want_traced(&self, t: u64) {
+        if let Some(d) = &self.decisions {
+            d.want(t);
+        }
+    }
+
     /// Whether `p` can be explained now: a netfilter drop that nftrace did not trace waits
     /// for a reading of the counters that started after it (asked for here, made off the
     /// event loop), or for [`READING_WAIT`] at most.

@@ -12,6 +12,7 @@ mod monitor;
 mod rules;
 mod ruleset;
 mod trace;
+mod wants;
 mod wire;
 
 pub use marker::Marker;
@@ -19,6 +20,7 @@ pub use monitor::{Batch, Monitor};
 /// The trace-event parser, for a fuzz target (lib.rs `parsers`); Monitor uses it internally.
 pub use trace::parse;
 pub use trace::{TraceEvent, TraceKind};
+pub use wants::Wants;
 
 use std::io;
 

@@ -2,12 +2,13 @@
 //! std thread.
 
 use super::trace::{parse, TraceEvent};
-use super::wire::{set_recv_timeout, set_sock_int, NFNLGRP_NFTRACE};
+use super::wants::{self, Wants};
+use super::wire::{set_sock_int, NFNLGRP_NFTRACE};
 use super::NftraceError;
 use crate::events::clock::monotonic_ns;
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
@@ -16,10 +17,11 @@ use std::time::Duration;
 
 /// Receive buffer asked for: trace events come in bursts (several per packet and hook).
 const RCVBUF: libc::c_int = 8 * 1024 * 1024;
-/// How long a blocking read waits before the reader says the socket is empty (so the
-/// packets waiting for their traces learn that none is coming) and checks whether its
-/// receiver is still there.
-const IDLE: Duration = Duration::from_millis(10);
+/// While a packet waits for the reader ([`Wants`]): how long it waits for a datagram before it
+/// says the socket is empty (so the packet learns that none is coming).
+const IDLE_MS: i32 = 10;
+/// While nothing waits: how long it waits before it checks that its receiver is still there.
+const ALIVE_MS: i32 = 1000;
 /// One datagram holds one event of at most a page or so; this is ample.
 const RECV_BUF: usize = 64 * 1024;
 /// How long the events after a first one are left to gather before they are read.
@@ -42,6 +44,7 @@ pub struct Batch {
 pub struct Monitor {
     sock: Socket,
     overruns: Arc<AtomicU64>,
+    wants: Arc<Wants>,
 }
 
 impl Monitor {
@@ -54,13 +57,18 @@ impl Monitor {
         if set_sock_int(fd, libc::SO_RCVBUFFORCE, RCVBUF).is_err() {
             set_sock_int(fd, libc::SO_RCVBUF, RCVBUF).map_err(NftraceError::Socket)?;
         }
-        set_recv_timeout(fd, IDLE).map_err(NftraceError::Socket)?;
         sock.add_membership(NFNLGRP_NFTRACE)
             .map_err(NftraceError::Socket)?;
         Ok(Monitor {
             sock,
             overruns: Arc::new(AtomicU64::new(0)),
+            wants: Arc::new(Wants::new().map_err(NftraceError::Socket)?),
         })
+    }
+
+    /// Where the pipeline says how far it wants the socket read (see [`Wants`]).
+    pub fn wants(&self) -> Arc<Wants> {
+        Arc::clone(&self.wants)
     }
 
     /// The count of receive-buffer overruns (ENOBUFS: events the kernel had to drop).
@@ -71,9 +79,10 @@ impl Monitor {
 
     /// Reads events on a thread named "nftrace" and sends the events of each burst of
     /// datagrams to `tx`, in one batch.
-    /// When idle for 10 ms the thread sends an empty batch that says how far the socket was
-    /// read (and learns whether the receiver is still there): it ends once the receiver is
-    /// dropped (or on an unexpected socket error).
+    /// While a packet waits for it ([`Wants`]) and no datagram came for 10 ms, the thread
+    /// sends an empty batch that says how far the socket was read; while nothing waits, it
+    /// sends one a second (and so learns whether the receiver is still there). It ends once
+    /// the receiver is dropped (or on an unexpected socket error).
     pub fn spawn(self, tx: Sender<Batch>) -> Result<JoinHandle<()>, NftraceError> {
         std::thread::Builder::new()
             .name("nftrace".into())
@@ -104,10 +113,30 @@ impl Monitor {
 
     fn run(self, tx: Sender<Batch>) {
         let mut buf: Vec<u8> = Vec::with_capacity(RECV_BUF);
+        let mut drained = 0;
         loop {
             crate::probe::privilege::apply_pending();
+            let timeout = if self.wants.waiting(drained) {
+                IDLE_MS
+            } else {
+                ALIVE_MS
+            };
+            let ready = match wants::poll(self.sock.as_fd(), &self.wants, timeout) {
+                Ok(r) => r,
+                Err(e) => {
+                    log::warn!("stopped reading nftables trace events: {e}");
+                    return;
+                }
+            };
+            if ready.woken {
+                self.wants.clear();
+            }
             buf.clear();
-            let mut events = match self.sock.recv(&mut buf, 0) {
+            let read = match ready.socket {
+                true => self.sock.recv(&mut buf, libc::MSG_DONTWAIT),
+                false => Err(io::ErrorKind::WouldBlock.into()),
+            };
+            let mut events = match read {
                 Ok(_) => {
                     // A packet's events come over a few microseconds, a burst's over longer:
                     // let them gather.
@@ -127,6 +156,10 @@ impl Monitor {
                 }
             };
             let drained_at = self.more(&mut buf, &mut events);
+            if let Some(t) = drained_at {
+                drained = t;
+                self.wants.drained(t);
+            }
             if tx.send(Batch { events, drained_at }).is_err() {
                 return;
             }

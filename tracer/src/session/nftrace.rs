@@ -80,7 +80,8 @@ pub(super) fn start(scope: &Scope, rate: u32, notes: &mut Startup) -> Option<(Nf
     }
     let overruns = monitor.overruns();
     let (etx, erx) = std::sync::mpsc::channel();
-    let (resolved, decisions) = Resolved::channel();
+    let (resolved, mut decisions) = Resolved::channel();
+    decisions.wake_through(monitor.wants());
     if let Err(e) = monitor.spawn(etx) {
         notes.say(format!("nftrace: not used ({e})"));
         return None;
