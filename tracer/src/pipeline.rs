@@ -208,6 +208,11 @@ impl Pipeline {
         self.emit(out)
     }
 
+    /// Nothing in flight, completed or waiting to be shown: a tick would find nothing to do.
+    pub fn idle(&self) -> bool {
+        self.done.is_empty() && self.ready.is_empty() && self.correlator.oldest_pending().is_none()
+    }
+
     /// Called periodically with the current CLOCK_MONOTONIC time.
     pub fn tick(&mut self, now_ns: u64, out: &mut impl Write) -> std::io::Result<()> {
         self.now_ns = now_ns;
@@ -494,6 +499,7 @@ mod tests {
         // Complete (idle), but the reader has not said how far it read.
         p.tick(200_000_000, &mut out).expect("w");
         assert_eq!(lines(&out), 0, "waits for its trace");
+        assert!(!p.idle(), "a packet waits to be shown");
         // ... and has asked the reader (which reads only when asked) to read past it.
         let past = 1_010_000 + TRACE_MARGIN_NS;
         assert!(wants.waiting(past - 1) && !wants.waiting(past), "{wants:?}");
@@ -510,6 +516,7 @@ mod tests {
         assert_eq!(lines(&out), 1);
         p.tick(550_010_000, &mut out).expect("w");
         assert_eq!(lines(&out), 2, "shown after the hold");
+        assert!(p.idle(), "nothing is left");
     }
 
     #[test]

@@ -39,8 +39,6 @@ use crate::{
     tui::Feed,
 };
 
-/// How often pending packets are completed and loss counters read.
-const TICK: Duration = Duration::from_millis(50);
 /// Bytes of stdout written at once at most. `Live::out` is flushed after every batch read
 /// from the ring (so a reader of the pipe waits no longer than that); within a batch, this
 /// makes one write(2) per 64 KiB rather than per 8 KiB (three or so JSON packets).
@@ -75,7 +73,11 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     let forever = Duration::from_secs(u64::MAX / 4);
     let deadline = tokio::time::sleep(live.args.duration.unwrap_or(forever));
     tokio::pin!(deadline);
-    let mut tick = tokio::time::interval(TICK);
+    // Completes pending packets and reads the loss counters: every `TICK` while anything is
+    // in flight, less often while idle (`Live::tick_every`), and brought back to `TICK` as
+    // soon as records arrive.
+    let tick = tokio::time::sleep(live::TICK);
+    tokio::pin!(tick);
     let mut batch = Vec::new();
     // Restarts and stops of the traced containers.
     let watched: Vec<String> = topo
@@ -94,7 +96,13 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     });
     loop {
         tokio::select! {
-            r = live.kernel.stream.next_batch(&mut batch) => r?,
+            r = live.kernel.stream.next_batch(&mut batch) => {
+                r?;
+                let soon = tokio::time::Instant::now() + live::TICK;
+                if tick.deadline() > soon {
+                    tick.as_mut().reset(soon);
+                }
+            }
             Some(ev) = async {
                 match lifecycle.as_mut() {
                     Some(s) => futures_util::StreamExt::next(s).await,
@@ -102,7 +110,10 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
                 }
             } => live.container_event(ev, docker.as_ref())?,
             Some((name, r)) = live.resolving.1.recv() => live.resolved(name, r)?,
-            _ = tick.tick() => live.tick(&mut batch)?,
+            () = &mut tick => {
+                live.tick(&mut batch)?;
+                tick.as_mut().reset(tokio::time::Instant::now() + live.tick_every());
+            }
             _ = async { if let Some((_, t)) = live.dashboard.as_mut() { let _ = t.await; } },
                 if live.dashboard.is_some() => {
                 // The user quit the dashboard.
