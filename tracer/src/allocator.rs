@@ -23,31 +23,40 @@ pub struct Mimalloc;
 /// The alignment every mimalloc block has (a word).
 const WORD: usize = size_of::<usize>();
 
+/// `short(size)` where the layout asks for a word's alignment or less, else
+/// `aligned(size, align)`: the choice `alloc` and `alloc_zeroed` share.
+///
+/// # Safety
+/// `short` and `aligned` are mimalloc's allocation functions of one kind.
+#[inline(always)]
+unsafe fn either(
+    layout: Layout,
+    short: unsafe extern "C" fn(usize) -> *mut c_void,
+    aligned: unsafe extern "C" fn(usize, usize) -> *mut c_void,
+) -> *mut u8 {
+    // SAFETY: mimalloc allocates any size, and its blocks are all word-aligned.
+    unsafe {
+        if layout.align() <= WORD {
+            short(layout.size()).cast()
+        } else {
+            aligned(layout.size(), layout.align()).cast()
+        }
+    }
+}
+
 // SAFETY: every path hands the layout to mimalloc, whose blocks meet it: the short paths only
 // for alignments a word or less, which every block has.
 unsafe impl GlobalAlloc for Mimalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: mimalloc allocates any size; see the impl's comment for the alignment.
-        unsafe {
-            if layout.align() <= WORD {
-                mi_malloc(layout.size()).cast()
-            } else {
-                mi_malloc_aligned(layout.size(), layout.align()).cast()
-            }
-        }
+        // SAFETY: mimalloc's plain and aligned allocation.
+        unsafe { either(layout, mi_malloc, mi_malloc_aligned) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as `alloc`.
-        unsafe {
-            if layout.align() <= WORD {
-                mi_zalloc(layout.size()).cast()
-            } else {
-                mi_zalloc_aligned(layout.size(), layout.align()).cast()
-            }
-        }
+        // SAFETY: mimalloc's plain and aligned zeroed allocation.
+        unsafe { either(layout, mi_zalloc, mi_zalloc_aligned) }
     }
 
     #[inline]

@@ -258,15 +258,20 @@ impl Live {
     /// while idle (see [`tick_after`]).
     pub fn tick_every(&self) -> Duration {
         let busy = self.dashboard.is_some() || !self.pipeline.idle();
-        let counters = (self.args.counters && self.dashboard.is_none()).then(|| {
-            let every = if self.args.json {
-                COUNTERS_JSON
-            } else {
-                PROGRESS
-            };
-            every.saturating_sub(self.last_counters.elapsed())
-        });
+        let counters = self
+            .counters_every()
+            .map(|every| every.saturating_sub(self.last_counters.elapsed()));
         tick_after(busy, counters)
+    }
+
+    /// How often a counters line is printed (None: none is, e.g. under the dashboard).
+    fn counters_every(&self) -> Option<Duration> {
+        let every = if self.args.json {
+            COUNTERS_JSON
+        } else {
+            PROGRESS
+        };
+        (self.args.counters && self.dashboard.is_none()).then_some(every)
     }
 
     pub fn tick(&mut self, batch: &mut Vec<Observation>) -> Result<()> {
@@ -323,12 +328,7 @@ impl Live {
                 let _ = tx.try_send(Feed::Recording { path, bytes });
             }
         }
-        if self.args.counters && self.dashboard.is_none() {
-            let every = if self.args.json {
-                COUNTERS_JSON
-            } else {
-                PROGRESS
-            };
+        if let Some(every) = self.counters_every() {
             if self.last_counters.elapsed() >= every {
                 self.last_counters = Instant::now();
                 let hops = counters.totals(&self.names);
