@@ -115,6 +115,15 @@ pub fn observe(ctx: &TcContext, direction: u8) -> i32 {
     if scope::judged_out_at(skb as u64, len, ifindex) {
         return TC_ACT_UNSPEC;
     }
+    // At an ingress the packet comes from a wire or another namespace, before netfilter could
+    // rewrite it: the scope's rules judge it there, tracked or not (a neighbour's packet, on
+    // the way in at its own veth, costs no TRACKED lookup), and only what they take in is
+    // looked up. An egress sees packets after NAT, where only TRACKED knows them.
+    let ingress = direction == Direction::Ingress as u8;
+    if ingress && !in_scope(skb, ifindex, direction) {
+        scope::mark_out(skb as u64, len);
+        return TC_ACT_UNSPEC;
+    }
     if let Some(t) = tracked_entry(skb as u64) {
         if still_ours(skb, t) {
             // Tracked already (the lookup refreshed its LRU position): nothing to insert.
@@ -123,16 +132,13 @@ pub fn observe(ctx: &TcContext, direction: u8) -> i32 {
         // Another packet at a freed packet's address: it is judged on its own.
         let _ = untrack_skb(skb as u64);
     }
-    // Not one of the traced containers' packets: counted, nothing more.
-    if !in_scope(skb, ifindex, direction) {
-        // Only ingress judges with every rule (egress looks at the addresses alone).
-        if direction == Direction::Ingress as u8 {
-            scope::mark_out(skb as u64, len);
-        }
+    // Not one of the traced containers' packets: counted, nothing more (egress looks at the
+    // addresses alone, and judges nothing out for later hops).
+    if !ingress && !in_scope(skb, ifindex, direction) {
         return TC_ACT_UNSPEC;
     }
     if filtering() {
-        let slot = if direction == Direction::Ingress as u8 {
+        let slot = if ingress {
             FILTER_SLOT_INGRESS
         } else {
             FILTER_SLOT_EGRESS
