@@ -77,7 +77,9 @@ pub const HOOK_NAMES: [&str; 5] = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "
 /// Their short names, in the same order.
 pub const HOOK_SHORT_NAMES: [&str; 5] = ["PRE", "IN", "FWD", "OUT", "POST"];
 pub const HOOK_PREROUTING: u8 = 0;
+pub const HOOK_FORWARD: u8 = 2;
 pub const HOOK_OUTPUT: u8 = 3;
+pub const HOOK_POSTROUTING: u8 = 4;
 
 /// The hook a built-in chain of that name runs at.
 pub fn hook_of_name(name: &str) -> Option<u8> {
@@ -123,6 +125,32 @@ pub fn slots_for(table_priorities: &[i32], conntrack: bool) -> u8 {
         }
     }
     mask
+}
+
+/// Which slots to link at `hook`: [`slots_for`]'s, less the slot after the last table at a
+/// hook whose exit POSTROUTING's entry slot sees ([`exit_seen_at_postrouting`]). A forwarded
+/// packet then runs six observers, not seven; a table there that drops it is still told by
+/// the note of the last slot it passed, and one that lets it through by POSTROUTING's entry.
+pub fn slots_at(hook: u8, table_priorities: &[i32], conntrack: bool) -> u8 {
+    let mask = slots_for(table_priorities, conntrack);
+    if !exit_seen_at_postrouting(hook) {
+        return mask;
+    }
+    let after = |prio: i32| SLOT_PRIORITIES.partition_point(|p| *p < prio);
+    let ct_slot = conntrack.then(|| after(CONNTRACK_PRIORITY));
+    match table_priorities.iter().max().map(|p| after(*p)) {
+        Some(last) if last > 0 && last < SLOT_PRIORITIES.len() && Some(last) != ct_slot => {
+            mask & !(1 << last)
+        }
+        _ => mask,
+    }
+}
+
+/// FORWARD and OUTPUT hand a packet their last table let through straight to POSTROUTING
+/// (`ip_forward_finish` and `ip_local_out` → `dst_output` → `ip_output`), which nothing
+/// between changes: POSTROUTING's entry slot sees it as they left it.
+pub fn exit_seen_at_postrouting(hook: u8) -> bool {
+    hook == HOOK_FORWARD || hook == HOOK_OUTPUT
 }
 
 #[cfg(test)]
@@ -191,5 +219,27 @@ mod tests {
         assert_eq!(slots_for(&[-300, -150, -100, 0, 50, 100], true), 0xff);
         // Tables before the first slot or after the last: nothing more to link.
         assert_eq!(slots_for(&[-400, 500], false), 1);
+    }
+
+    #[test]
+    fn postrouting_s_entry_is_the_exit_of_forward_and_output() {
+        // FORWARD's filter: its exit is POSTROUTING's entry; the entry slot alone.
+        assert_eq!(slots_at(HOOK_FORWARD, &[0], false), 1);
+        // With mangle before it, the slot after mangle stays.
+        assert_eq!(slots_at(HOOK_FORWARD, &[-150, 0], false), 0b0000_1001);
+        // OUTPUT: conntrack, nat, filter; the slot after filter goes.
+        assert_eq!(slots_at(HOOK_OUTPUT, &[-100, 0], true), 0b0001_0101);
+        // Only conntrack's slot after the entry: it stays (it is no table's).
+        assert_eq!(slots_at(HOOK_OUTPUT, &[], true), 0b0000_0101);
+        assert_eq!(slots_at(HOOK_OUTPUT, &[-200], true), 0b0000_0101);
+        // A table past the last slot has none to take away.
+        assert_eq!(slots_at(HOOK_FORWARD, &[0, 500], false), 0b0010_0001);
+        // The other hooks keep slots_for's.
+        for hook in [HOOK_PREROUTING, 1, HOOK_POSTROUTING] {
+            assert_eq!(
+                slots_at(hook, &[-100, 0, 100], true),
+                slots_for(&[-100, 0, 100], true)
+            );
+        }
     }
 }

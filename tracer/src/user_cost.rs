@@ -12,7 +12,9 @@
 use std::io::{BufWriter, Write};
 
 use tracer_common::{
-    netfilter::{slots_for, table_priority, SLOT_PRIORITIES},
+    netfilter::{
+        slots_at, table_priority, HOOK_FORWARD, HOOK_POSTROUTING, HOOK_PREROUTING, SLOT_PRIORITIES,
+    },
     Direction, EventKind, NfEvent, NfRecord, SkbEndEvent, TcHead, NF_HEADERS, SNAP_LEN, TC_HEADERS,
     TC_HEAD_LEN,
 };
@@ -73,9 +75,6 @@ const SERVER: [u8; 4] = [198, 51, 100, 2];
 const FLOWS: u16 = 64;
 /// Records handed over at once, as the ring buffer's reader does under load.
 const BATCH: usize = 512;
-const HOOK_PREROUTING: u8 = 0;
-const HOOK_FORWARD: u8 = 2;
-const HOOK_POSTROUTING: u8 = 4;
 
 /// Docker's rules for one bridge network with a MASQUERADE'd subnet (Debian's Docker 20.10).
 const DOCKER_RULESET: &str = "*nat
@@ -254,7 +253,7 @@ impl Records {
                 .iter()
                 .filter_map(|t| table_priority(t, hook))
                 .collect();
-            let mask = slots_for(&prios, hook == HOOK_PREROUTING);
+            let mask = slots_at(hook, &prios, hook == HOOK_PREROUTING);
             let mut reported: Option<&[u8]> = None;
             for slot in 0..SLOT_PRIORITIES.len() as u8 {
                 if mask & (1 << slot) == 0 {

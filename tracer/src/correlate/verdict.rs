@@ -5,7 +5,9 @@
 
 use std::borrow::Cow;
 
-use tracer_common::netfilter::{table_after, LAST_SLOT, SLOT_PRIORITIES, TABLES};
+use tracer_common::netfilter::{
+    exit_seen_at_postrouting, table_after, HOOK_POSTROUTING, LAST_SLOT, SLOT_PRIORITIES, TABLES,
+};
 
 use super::{
     nat::{self, NatRewrite},
@@ -140,6 +142,29 @@ fn fill_passed(p: &Packet, hooks: &mut [(u8, u64, Slots)], linked: &[u8; 5], nf_
     }
 }
 
+/// FORWARD's and OUTPUT's exit where no observer of theirs sees it (`slots_at` links none
+/// after their last table): POSTROUTING's entry, which sees the packet as they let it through,
+/// taken as their last slot's sighting. Without a later sighting there, a packet that did not
+/// end by a netfilter drop passed them as their last slot to see it left it (a lost record).
+fn exits_at_postrouting(hooks: &mut [(u8, u64, Slots)], linked: &[u8; 5], nf_drop: bool) {
+    let last = usize::from(LAST_SLOT);
+    let post = hooks
+        .iter()
+        .find(|h| h.0 == HOOK_POSTROUTING)
+        .and_then(|h| Some((h.1, h.2[0]?)));
+    for (hook, ts, seen) in hooks.iter_mut() {
+        let mask = linked.get(usize::from(*hook)).copied().unwrap_or(0xff);
+        if !exit_seen_at_postrouting(*hook) || mask & (1 << last) != 0 || seen[last].is_some() {
+            continue;
+        }
+        seen[last] = match post {
+            Some((at, entry)) if at >= *ts => Some(entry),
+            _ if !nf_drop => seen.iter().rev().find_map(|x| *x),
+            _ => None,
+        };
+    }
+}
+
 /// Where no ruleset says which tables a hook has: the tables between the slots where the
 /// headers changed or the packet stopped.
 fn tables_from_slots(p: &Packet, seen: &Slots) -> Vec<(String, i32)> {
@@ -196,6 +221,7 @@ pub fn steps<T: AsRef<[(String, i32)]>>(
     let dropped = matches!(p.end.as_ref().map(|e| e.kind), Some(EndKind::Drop { .. }));
     let last_hook = hooks.iter().max_by_key(|h| h.1).map(|h| h.0);
     fill_passed(p, &mut hooks, linked, netfilter_drop);
+    exits_at_postrouting(&mut hooks, linked, netfilter_drop);
     // A forwarded packet passes some eight tables.
     let mut out = Vec::with_capacity(8);
     for (hook, _, seen) in &hooks {

@@ -270,7 +270,7 @@ fn conntrack_loaded() -> bool {
 /// Which netfilter slots to link at each IPv4 hook: around the tables the ruleset has there
 /// (every slot everywhere when the ruleset cannot be read), and a description of it.
 pub(super) fn netfilter_plan(ruleset: Option<&Ruleset>, conntrack: bool) -> ([u8; 5], String) {
-    use tracer_common::netfilter::{slots_for, HOOK_NAMES};
+    use tracer_common::netfilter::{slots_at, HOOK_NAMES};
     let Some(rs) = ruleset else {
         return (
             [0xff; 5],
@@ -283,7 +283,7 @@ pub(super) fn netfilter_plan(ruleset: Option<&Ruleset>, conntrack: bool) -> ([u8
         let tables = rs.tables_at(hook as u8);
         let ct = conntrack && (hook == 0 || hook == 3);
         let prios: Vec<i32> = tables.iter().map(|(_, p)| *p).collect();
-        plan[hook] = slots_for(&prios, ct);
+        plan[hook] = slots_at(hook as u8, &prios, ct);
         let mut names: Vec<&str> = ct.then_some("conntrack").into_iter().collect();
         names.extend(tables.iter().map(|(n, _)| n.as_str()));
         parts.push(match names.is_empty() {
@@ -346,10 +346,10 @@ mod tests {
         assert_eq!(plan[0], 0b0001_0101);
         // INPUT: entry, after filter, after nat (+100).
         assert_eq!(plan[1], 0b1010_0001);
-        // FORWARD: entry, after filter.
-        assert_eq!(plan[2], 0b0010_0001);
-        // OUTPUT: entry, after conntrack, nat (-100) and filter.
-        assert_eq!(plan[3], 0b0011_0101);
+        // FORWARD: entry (POSTROUTING's entry is its exit).
+        assert_eq!(plan[2], 0b0000_0001);
+        // OUTPUT: entry, after conntrack and nat (-100) (POSTROUTING's entry is its exit).
+        assert_eq!(plan[3], 0b0001_0101);
         // POSTROUTING: entry, after nat (+100).
         assert_eq!(plan[4], 0b1000_0001);
         assert_eq!(
@@ -358,7 +358,7 @@ mod tests {
              OUTPUT conntrack,nat,filter; POSTROUTING nat"
         );
         let links: u32 = plan.iter().map(|m| m.count_ones()).sum();
-        assert_eq!(links, 14, "instead of 40");
+        assert_eq!(links, 12, "instead of 40");
         // No ruleset: every slot at every hook.
         assert_eq!(netfilter_plan(None, true).0, [0xff; 5]);
         // Without conntrack, PREROUTING needs no slot after -200.

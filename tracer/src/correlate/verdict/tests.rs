@@ -134,7 +134,7 @@ fn without_a_ruleset_changes_are_named_by_slot_position() {
 
 #[test]
 fn only_the_slots_around_the_tables_are_enough() {
-    // What `slots_for` links on a Docker host: PREROUTING 0,2,4; FORWARD 0,5; POSTROUTING 0,7.
+    // What `slots_for` links at these hooks: PREROUTING 0,2,4; FORWARD 0,5; POSTROUTING 0,7.
     let (inner, outer) = masqueraded();
     let mut obs = Vec::new();
     for (ts, hook, slot) in [
@@ -355,4 +355,71 @@ fn hook_level_observers_fill_only_their_exit_and_keep_a_dnat_at_pre() {
     // Were every slot filled from the entry, each table would see no change at all.
     let s = steps(&p, &tables, &ALL, false);
     assert!(s.iter().all(|x| x.nat.is_empty()), "{s:?}");
+}
+
+/// What `slots_at` links on a Docker host: PREROUTING 0,2,4; INPUT 0,5,7; FORWARD 0;
+/// OUTPUT 0,2,4; POSTROUTING 0,7.
+const DOCKER_PLAN: [u8; 5] = [
+    0b0001_0101,
+    0b1010_0001,
+    0b0000_0001,
+    0b0001_0101,
+    0b1000_0001,
+];
+
+#[test]
+fn postrouting_s_entry_is_forward_s_exit() {
+    let (inner, outer) = masqueraded();
+    let mut obs: Vec<NfObservation> = [(1, 0, 0), (2, 0, 2), (3, 0, 4), (4, 2, 0), (6, 4, 0)]
+        .into_iter()
+        .map(|(ts, hook, slot)| nf(ts, hook, slot, &inner))
+        .collect();
+    obs.push(nf(7, 4, 7, &outer));
+    let s = steps(
+        &packet(obs.clone(), Some(EndKind::Consume)),
+        &docker_tables,
+        &DOCKER_PLAN,
+        false,
+    );
+    assert_eq!(
+        verdicts(&s),
+        vec![
+            (0, "nat", Verdict::Accept, 0),
+            (2, "filter", Verdict::Accept, 0),
+            (4, "nat", Verdict::Accept, 1)
+        ]
+    );
+    assert_eq!(
+        (s[1].ts_ns, s[1].nf),
+        (6, 4),
+        "FORWARD's filter let through what POSTROUTING's entry saw"
+    );
+    // Dropped by FORWARD's filter: seen at its entry, then a netfilter drop.
+    let at_forward: Vec<NfObservation> = obs.into_iter().filter(|n| n.ts_ns <= 4).collect();
+    let s = steps(
+        &packet(at_forward.clone(), Some(EndKind::Drop { reason: 12 })),
+        &docker_tables,
+        &DOCKER_PLAN,
+        true,
+    );
+    let last = s.last().expect("steps");
+    assert_eq!(
+        (last.hook, &*last.table, last.verdict),
+        (2, "filter", Verdict::Drop)
+    );
+    // POSTROUTING's records lost, the packet freed normally: FORWARD let it through as it
+    // came in; nothing is made a drop.
+    let s = steps(
+        &packet(at_forward, Some(EndKind::Consume)),
+        &docker_tables,
+        &DOCKER_PLAN,
+        false,
+    );
+    assert_eq!(
+        verdicts(&s),
+        vec![
+            (0, "nat", Verdict::Accept, 0),
+            (2, "filter", Verdict::Accept, 0)
+        ]
+    );
 }
