@@ -106,20 +106,16 @@ pub fn table_after(slot: u8) -> Option<&'static str> {
     BETWEEN.get(usize::from(slot)).map(|(name, _)| *name)
 }
 
-/// Where nf_conntrack runs its first function (`NF_IP_PRI_CONNTRACK`) at PREROUTING and OUTPUT.
-pub const CONNTRACK_PRIORITY: i32 = PRI_CONNTRACK;
-
 /// Which slots to link at one hook, as a bit mask over [`SLOT_PRIORITIES`]: the first one (the
-/// packet entered the hook), the one right after conntrack where it runs, and the one right
-/// after each table that runs there. A table past the last slot has no slot after it.
-/// Linking only these keeps every table bracketed while a forwarded packet runs about 7
-/// observers instead of 24.
-pub fn slots_for(table_priorities: &[i32], conntrack: bool) -> u8 {
-    let after = |prio: i32| SLOT_PRIORITIES.partition_point(|p| *p < prio);
+/// packet entered the hook) and the one right after each table that runs there. A table past
+/// the last slot has no slot after it. nf_conntrack (at -200 at PREROUTING and OUTPUT) gets
+/// none: it changes no header, and a drop of its own would be put on the table after it all
+/// the same. Linking only these keeps every table bracketed while a forwarded packet runs
+/// about 6 observers instead of 24 ([`slots_at`] takes one more away).
+pub fn slots_for(table_priorities: &[i32]) -> u8 {
     let mut mask = 1u8;
-    let conntrack = conntrack.then_some(CONNTRACK_PRIORITY);
-    for prio in table_priorities.iter().copied().chain(conntrack) {
-        let slot = after(prio);
+    for prio in table_priorities {
+        let slot = slot_after(*prio);
         if slot < SLOT_PRIORITIES.len() {
             mask |= 1 << slot;
         }
@@ -127,21 +123,22 @@ pub fn slots_for(table_priorities: &[i32], conntrack: bool) -> u8 {
     mask
 }
 
+/// The first slot after a table at `priority`.
+fn slot_after(priority: i32) -> usize {
+    SLOT_PRIORITIES.partition_point(|p| *p < priority)
+}
+
 /// Which slots to link at `hook`: [`slots_for`]'s, less the slot after the last table at a
 /// hook whose exit POSTROUTING's entry slot sees ([`exit_seen_at_postrouting`]). A forwarded
 /// packet then runs six observers, not seven; a table there that drops it is still told by
 /// the note of the last slot it passed, and one that lets it through by POSTROUTING's entry.
-pub fn slots_at(hook: u8, table_priorities: &[i32], conntrack: bool) -> u8 {
-    let mask = slots_for(table_priorities, conntrack);
+pub fn slots_at(hook: u8, table_priorities: &[i32]) -> u8 {
+    let mask = slots_for(table_priorities);
     if !exit_seen_at_postrouting(hook) {
         return mask;
     }
-    let after = |prio: i32| SLOT_PRIORITIES.partition_point(|p| *p < prio);
-    let ct_slot = conntrack.then(|| after(CONNTRACK_PRIORITY));
-    match table_priorities.iter().max().map(|p| after(*p)) {
-        Some(last) if last > 0 && last < SLOT_PRIORITIES.len() && Some(last) != ct_slot => {
-            mask & !(1 << last)
-        }
+    match table_priorities.iter().max().map(|p| slot_after(*p)) {
+        Some(last) if last > 0 && last < SLOT_PRIORITIES.len() => mask & !(1 << last),
         _ => mask,
     }
 }
@@ -207,39 +204,36 @@ mod tests {
 
     #[test]
     fn slots_for_a_docker_host() {
-        // PREROUTING: conntrack, then nat at -100.
-        assert_eq!(slots_for(&[-100], true), 0b0001_0101);
+        // PREROUTING: nat at -100 (conntrack, at -200, gets no slot).
+        assert_eq!(slots_for(&[-100]), 0b0001_0001);
         // FORWARD: filter only.
-        assert_eq!(slots_for(&[0], false), 0b0010_0001);
+        assert_eq!(slots_for(&[0]), 0b0010_0001);
         // POSTROUTING: nat at +100.
-        assert_eq!(slots_for(&[100], false), 0b1000_0001);
+        assert_eq!(slots_for(&[100]), 0b1000_0001);
         // Nothing there: only the entry slot.
-        assert_eq!(slots_for(&[], false), 1);
-        // Every iptables table: every slot.
-        assert_eq!(slots_for(&[-300, -150, -100, 0, 50, 100], true), 0xff);
+        assert_eq!(slots_for(&[]), 1);
+        // Every iptables table: every slot but conntrack's.
+        assert_eq!(slots_for(&[-300, -150, -100, 0, 50, 100]), 0b1111_1011);
         // Tables before the first slot or after the last: nothing more to link.
-        assert_eq!(slots_for(&[-400, 500], false), 1);
+        assert_eq!(slots_for(&[-400, 500]), 1);
     }
 
     #[test]
     fn postrouting_s_entry_is_the_exit_of_forward_and_output() {
         // FORWARD's filter: its exit is POSTROUTING's entry; the entry slot alone.
-        assert_eq!(slots_at(HOOK_FORWARD, &[0], false), 1);
+        assert_eq!(slots_at(HOOK_FORWARD, &[0]), 1);
         // With mangle before it, the slot after mangle stays.
-        assert_eq!(slots_at(HOOK_FORWARD, &[-150, 0], false), 0b0000_1001);
-        // OUTPUT: conntrack, nat, filter; the slot after filter goes.
-        assert_eq!(slots_at(HOOK_OUTPUT, &[-100, 0], true), 0b0001_0101);
-        // Only conntrack's slot after the entry: it stays (it is no table's).
-        assert_eq!(slots_at(HOOK_OUTPUT, &[], true), 0b0000_0101);
-        assert_eq!(slots_at(HOOK_OUTPUT, &[-200], true), 0b0000_0101);
+        assert_eq!(slots_at(HOOK_FORWARD, &[-150, 0]), 0b0000_1001);
+        // OUTPUT: nat, filter; the slot after filter goes.
+        assert_eq!(slots_at(HOOK_OUTPUT, &[-100, 0]), 0b0001_0001);
+        // Nothing there, or nothing with a slot after it: the entry slot stays.
+        assert_eq!(slots_at(HOOK_OUTPUT, &[]), 1);
+        assert_eq!(slots_at(HOOK_OUTPUT, &[-400]), 1);
         // A table past the last slot has none to take away.
-        assert_eq!(slots_at(HOOK_FORWARD, &[0, 500], false), 0b0010_0001);
+        assert_eq!(slots_at(HOOK_FORWARD, &[0, 500]), 0b0010_0001);
         // The other hooks keep slots_for's.
         for hook in [HOOK_PREROUTING, 1, HOOK_POSTROUTING] {
-            assert_eq!(
-                slots_at(hook, &[-100, 0, 100], true),
-                slots_for(&[-100, 0, 100], true)
-            );
+            assert_eq!(slots_at(hook, &[-100, 0, 100]), slots_for(&[-100, 0, 100]));
         }
     }
 }

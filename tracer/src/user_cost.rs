@@ -253,7 +253,7 @@ impl Records {
                 .iter()
                 .filter_map(|t| table_priority(t, hook))
                 .collect();
-            let mask = slots_at(hook, &prios, hook == HOOK_PREROUTING);
+            let mask = slots_at(hook, &prios);
             let mut reported: Option<&[u8]> = None;
             for slot in 0..SLOT_PRIORITIES.len() as u8 {
                 if mask & (1 << slot) == 0 {

@@ -224,7 +224,7 @@ pub(super) fn attach_netfilter_and_drops(
     }
     let mut why = Vec::new();
     if matches!(mode, NfAttach::Auto | NfAttach::Links) {
-        let (plan, around) = netfilter_plan(ruleset, conntrack_loaded());
+        let (plan, around) = netfilter_plan(ruleset);
         match netfilter::attach(ebpf, loader::object(), &plan) {
             Ok(nf) => {
                 notes.say(format!(
@@ -262,14 +262,9 @@ pub(super) fn attach_netfilter_and_drops(
     (None, linked)
 }
 
-/// Whether nf_conntrack is loaded in this namespace (it runs at PREROUTING and OUTPUT).
-fn conntrack_loaded() -> bool {
-    std::path::Path::new("/proc/sys/net/netfilter/nf_conntrack_max").exists()
-}
-
 /// Which netfilter slots to link at each IPv4 hook: around the tables the ruleset has there
 /// (every slot everywhere when the ruleset cannot be read), and a description of it.
-pub(super) fn netfilter_plan(ruleset: Option<&Ruleset>, conntrack: bool) -> ([u8; 5], String) {
+pub(super) fn netfilter_plan(ruleset: Option<&Ruleset>) -> ([u8; 5], String) {
     use tracer_common::netfilter::{slots_at, HOOK_NAMES};
     let Some(rs) = ruleset else {
         return (
@@ -281,11 +276,9 @@ pub(super) fn netfilter_plan(ruleset: Option<&Ruleset>, conntrack: bool) -> ([u8
     let mut parts = Vec::new();
     for (hook, name) in HOOK_NAMES.iter().enumerate() {
         let tables = rs.tables_at(hook as u8);
-        let ct = conntrack && (hook == 0 || hook == 3);
         let prios: Vec<i32> = tables.iter().map(|(_, p)| *p).collect();
-        plan[hook] = slots_at(hook as u8, &prios, ct);
-        let mut names: Vec<&str> = ct.then_some("conntrack").into_iter().collect();
-        names.extend(tables.iter().map(|(n, _)| n.as_str()));
+        plan[hook] = slots_at(hook as u8, &prios);
+        let names: Vec<&str> = tables.iter().map(|(n, _)| n.as_str()).collect();
         parts.push(match names.is_empty() {
             true => format!("{name} (entry only)"),
             false => format!("{name} {}", names.join(",")),
@@ -341,27 +334,24 @@ mod tests {
     #[test]
     fn netfilter_observers_go_around_the_tables_the_ruleset_has() {
         let rs = Ruleset::parse(DOCKER, "iptables-save");
-        let (plan, around) = netfilter_plan(Some(&rs), true);
-        // PREROUTING: entry, after conntrack, after nat (-100).
-        assert_eq!(plan[0], 0b0001_0101);
+        let (plan, around) = netfilter_plan(Some(&rs));
+        // PREROUTING: entry, after nat (-100).
+        assert_eq!(plan[0], 0b0001_0001);
         // INPUT: entry, after filter, after nat (+100).
         assert_eq!(plan[1], 0b1010_0001);
         // FORWARD: entry (POSTROUTING's entry is its exit).
         assert_eq!(plan[2], 0b0000_0001);
-        // OUTPUT: entry, after conntrack and nat (-100) (POSTROUTING's entry is its exit).
-        assert_eq!(plan[3], 0b0001_0101);
+        // OUTPUT: entry, after nat (-100) (POSTROUTING's entry is its exit).
+        assert_eq!(plan[3], 0b0001_0001);
         // POSTROUTING: entry, after nat (+100).
         assert_eq!(plan[4], 0b1000_0001);
         assert_eq!(
             around,
-            "PREROUTING conntrack,nat; INPUT filter,nat; FORWARD filter; \
-             OUTPUT conntrack,nat,filter; POSTROUTING nat"
+            "PREROUTING nat; INPUT filter,nat; FORWARD filter; OUTPUT nat,filter; POSTROUTING nat"
         );
         let links: u32 = plan.iter().map(|m| m.count_ones()).sum();
-        assert_eq!(links, 12, "instead of 40");
+        assert_eq!(links, 10, "instead of 40");
         // No ruleset: every slot at every hook.
-        assert_eq!(netfilter_plan(None, true).0, [0xff; 5]);
-        // Without conntrack, PREROUTING needs no slot after -200.
-        assert_eq!(netfilter_plan(Some(&rs), false).0[0], 0b0001_0001);
+        assert_eq!(netfilter_plan(None).0, [0xff; 5]);
     }
 }
