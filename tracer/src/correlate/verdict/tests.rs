@@ -171,11 +171,7 @@ fn only_the_slots_around_the_tables_are_enough() {
         &ALL,
         true,
     );
-    let last = s.last().expect("steps");
-    assert_eq!(
-        (last.hook, &*last.table, last.verdict),
-        (2, "filter", Verdict::Drop)
-    );
+    assert_eq!(last_step(&s), (2, "filter", Verdict::Drop));
 }
 
 #[test]
@@ -227,6 +223,20 @@ fn noted(nf: Vec<NfObservation>, end: Option<(EndKind, Option<(u8, u8)>)>) -> Pa
     p
 }
 
+/// A forwarded, masqueraded packet's steps: PREROUTING's nat, FORWARD's filter, and
+/// POSTROUTING's nat with its SNAT.
+const FORWARDED: [(u8, &str, Verdict, usize); 3] = [
+    (0, "nat", Verdict::Accept, 0),
+    (2, "filter", Verdict::Accept, 0),
+    (4, "nat", Verdict::Accept, 1),
+];
+
+/// The last step's hook, table and verdict.
+fn last_step(s: &[NfStep]) -> (u8, &str, Verdict) {
+    let last = s.last().expect("steps");
+    (last.hook, &*last.table, last.verdict)
+}
+
 fn verdicts(s: &[NfStep]) -> Vec<(u8, &str, Verdict, usize)> {
     s.iter()
         .map(|x| (x.hook, &*x.table, x.verdict, x.nat.len()))
@@ -246,14 +256,7 @@ fn slots_that_saw_no_change_take_the_last_reports_view() {
     ];
     let p = noted(obs, Some((EndKind::Consume, None)));
     let s = steps(&p, &docker_tables, &ALL, false);
-    assert_eq!(
-        verdicts(&s),
-        vec![
-            (0, "nat", Verdict::Accept, 0),
-            (2, "filter", Verdict::Accept, 0),
-            (4, "nat", Verdict::Accept, 1)
-        ]
-    );
+    assert_eq!(verdicts(&s), FORWARDED);
     assert_eq!(s[1].ts_ns, 4, "an unreported slot's time is its view's");
     assert_eq!(s[1].bytes(&p), &inner[14..], "and so are its bytes");
     assert_eq!(s[2].bytes(&p), &outer[14..], "and a reported one's its own");
@@ -357,13 +360,13 @@ fn hook_level_observers_fill_only_their_exit_and_keep_a_dnat_at_pre() {
     assert!(s.iter().all(|x| x.nat.is_empty()), "{s:?}");
 }
 
-/// What `slots_at` links on a Docker host: PREROUTING 0,2,4; INPUT 0,5,7; FORWARD 0;
-/// OUTPUT 0,2,4; POSTROUTING 0,7.
+/// What `slots_at` links on a Docker host: PREROUTING 0,4; INPUT 0,5,7; FORWARD 0;
+/// OUTPUT 0,4; POSTROUTING 0,7.
 const DOCKER_PLAN: [u8; 5] = [
-    0b0001_0101,
+    0b0001_0001,
     0b1010_0001,
     0b0000_0001,
-    0b0001_0101,
+    0b0001_0001,
     0b1000_0001,
 ];
 
@@ -375,20 +378,17 @@ fn postrouting_s_entry_is_forward_s_exit() {
         .map(|(ts, hook, slot)| nf(ts, hook, slot, &inner))
         .collect();
     obs.push(nf(7, 4, 7, &outer));
-    let s = steps(
-        &packet(obs.clone(), Some(EndKind::Consume)),
-        &docker_tables,
-        &DOCKER_PLAN,
-        false,
-    );
-    assert_eq!(
-        verdicts(&s),
-        vec![
-            (0, "nat", Verdict::Accept, 0),
-            (2, "filter", Verdict::Accept, 0),
-            (4, "nat", Verdict::Accept, 1)
-        ]
-    );
+    let docker = |obs: Vec<NfObservation>, end: EndKind| {
+        let nf_drop = matches!(end, EndKind::Drop { .. });
+        steps(
+            &packet(obs, Some(end)),
+            &docker_tables,
+            &DOCKER_PLAN,
+            nf_drop,
+        )
+    };
+    let s = docker(obs.clone(), EndKind::Consume);
+    assert_eq!(verdicts(&s), FORWARDED);
     assert_eq!(
         (s[1].ts_ns, s[1].nf),
         (6, 3),
@@ -396,25 +396,11 @@ fn postrouting_s_entry_is_forward_s_exit() {
     );
     // Dropped by FORWARD's filter: seen at its entry, then a netfilter drop.
     let at_forward: Vec<NfObservation> = obs.into_iter().filter(|n| n.ts_ns <= 4).collect();
-    let s = steps(
-        &packet(at_forward.clone(), Some(EndKind::Drop { reason: 12 })),
-        &docker_tables,
-        &DOCKER_PLAN,
-        true,
-    );
-    let last = s.last().expect("steps");
-    assert_eq!(
-        (last.hook, &*last.table, last.verdict),
-        (2, "filter", Verdict::Drop)
-    );
+    let s = docker(at_forward.clone(), EndKind::Drop { reason: 12 });
+    assert_eq!(last_step(&s), (2, "filter", Verdict::Drop));
     // POSTROUTING's records lost, the packet freed normally: FORWARD let it through as it
     // came in; nothing is made a drop.
-    let s = steps(
-        &packet(at_forward, Some(EndKind::Consume)),
-        &docker_tables,
-        &DOCKER_PLAN,
-        false,
-    );
+    let s = docker(at_forward, EndKind::Consume);
     assert_eq!(
         verdicts(&s),
         vec![
