@@ -130,8 +130,9 @@ fn slot_after(priority: i32) -> usize {
 
 /// Which slots to link at `hook`: [`slots_for`]'s, less the slot after the last table at a
 /// hook whose exit POSTROUTING's entry slot sees ([`exit_seen_at_postrouting`]). A forwarded
-/// packet then runs six observers, not seven; a table there that drops it is still told by
-/// the note of the last slot it passed, and one that lets it through by POSTROUTING's entry.
+/// packet then runs one observer fewer (5 on a Docker host); a table there that drops it is
+/// still told by the note of the last slot it passed, and one that lets it through by
+/// POSTROUTING's entry.
 pub fn slots_at(hook: u8, table_priorities: &[i32]) -> u8 {
     let mask = slots_for(table_priorities);
     if !exit_seen_at_postrouting(hook) {
