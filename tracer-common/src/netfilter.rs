@@ -123,8 +123,8 @@ pub fn slots_for(table_priorities: &[i32]) -> u8 {
     mask
 }
 
-/// The first slot after a table at `priority`.
-fn slot_after(priority: i32) -> usize {
+/// The first slot after a table at `priority` (`SLOT_PRIORITIES.len()` past the last).
+pub fn slot_after(priority: i32) -> usize {
     SLOT_PRIORITIES.partition_point(|p| *p < priority)
 }
 

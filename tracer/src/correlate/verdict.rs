@@ -6,7 +6,8 @@
 use std::borrow::Cow;
 
 use tracer_common::netfilter::{
-    exit_seen_at_postrouting, table_after, HOOK_POSTROUTING, LAST_SLOT, SLOT_PRIORITIES, TABLES,
+    exit_seen_at_postrouting, slot_after, table_after, HOOK_POSTROUTING, LAST_SLOT,
+    SLOT_PRIORITIES, TABLES,
 };
 
 use super::{
@@ -76,10 +77,6 @@ impl NfStep {
     }
 }
 
-fn slot_after(priority: i32) -> usize {
-    SLOT_PRIORITIES.partition_point(|p| *p < priority)
-}
-
 /// What the observers at one hook saw: the first sighting at each slot, as the index of the
 /// packet's observation. An array of indexes, not a map or copies: a packet has a few
 /// sightings a hook, and this runs for every packet.
@@ -130,13 +127,18 @@ fn fill(seen: &mut Slots, until: usize, linked: u8) {
     }
 }
 
+/// The slots linked at `hook` (a bit per slot; all of them for a hook beyond the five).
+fn linked_at(linked: &[u8; 5], hook: u8) -> u8 {
+    linked.get(usize::from(hook)).copied().unwrap_or(0xff)
+}
+
 /// Fills each hook's unreported slots up to where the packet got (`passed_until`).
 fn fill_passed(p: &Packet, hooks: &mut [(u8, u64, Slots)], linked: &[u8; 5], nf_drop: bool) {
     let last_hook = hooks.iter().max_by_key(|h| h.1).map(|h| h.0);
     for (hook, _, seen) in hooks.iter_mut() {
         let last = Some(*hook) == last_hook;
         if let Some(until) = passed_until(p, *hook, last, nf_drop) {
-            let mask = linked.get(usize::from(*hook)).copied().unwrap_or(0xff);
+            let mask = linked_at(linked, *hook);
             fill(seen, until, mask);
         }
     }
@@ -153,7 +155,7 @@ fn exits_at_postrouting(hooks: &mut [(u8, u64, Slots)], linked: &[u8; 5], nf_dro
         .find(|h| h.0 == HOOK_POSTROUTING)
         .and_then(|h| Some((h.1, h.2[0]?)));
     for (hook, ts, seen) in hooks.iter_mut() {
-        let mask = linked.get(usize::from(*hook)).copied().unwrap_or(0xff);
+        let mask = linked_at(linked, *hook);
         if !exit_seen_at_postrouting(*hook) || mask & (1 << last) != 0 || seen[last].is_some() {
             continue;
         }

@@ -6,8 +6,9 @@
 //! packet waits: under a neighbour's UDP flood (nothing traced) those wake-ups alone cost the
 //! neighbour 5% of its rate on these 2-vCPU machines (204 kpkt/s with the reader's idle
 //! wait at 200 ms against 194 kpkt/s at 10 ms, four runs each, side by side). So the reader
-//! now waits without a timeout while nothing waits for it, and the pipeline says when a
-//! packet does ([`Wants::want`]): through an eventfd the reader polls beside its socket.
+//! now waits a second at a time while nothing waits for it (only to learn whether its
+//! receiver is gone), and the pipeline says when a packet does ([`Wants::want`]): through an
+//! eventfd the reader polls beside its socket.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};

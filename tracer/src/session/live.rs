@@ -252,8 +252,6 @@ impl Live {
         Ok(note)
     }
 
-    /// Completes pending packets, reports losses, feeds the dashboard its counters, prints
-    /// `--counters` and the headless progress line.
     /// How long until the next tick: `TICK` while anything is in flight or on screen, longer
     /// while idle (see [`tick_after`]).
     pub fn tick_every(&self) -> Duration {
@@ -274,6 +272,8 @@ impl Live {
         (self.args.counters && self.dashboard.is_none()).then_some(every)
     }
 
+    /// Completes pending packets, reports losses, feeds the dashboard its counters, prints
+    /// `--counters` and the headless progress line.
     pub fn tick(&mut self, batch: &mut Vec<Observation>) -> Result<()> {
         // What the ring holds now first: packets complete by what has been read, not by the
         // clock alone (a reader behind under a flood would complete them early).
