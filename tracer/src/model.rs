@@ -29,15 +29,27 @@ use crate::{
 #[derive(Default)]
 pub(crate) struct Texts {
     endpoints: NetMap<Endpoint, Shared>,
-    /// The last two ends asked for: most of a packet's hops show the ends of the hop before
-    /// them, and comparing is cheaper than hashing.
-    last: Option<(Endpoint, Endpoint, Shared, Shared)>,
+    /// The last two pairs of ends asked for, the latest first: a NAT'd packet's hops show two
+    /// pairs (before the rewrite and after it), the next packet of its flow the same two
+    /// again, and its rewrite the ends of both; comparing is cheaper than hashing.
+    recent: [Option<Ends>; 2],
 }
+
+/// A pair of ends and their texts.
+type Ends = (Endpoint, Endpoint, Shared, Shared);
 
 impl Texts {
     const MAX: usize = 4096;
 
     fn text(&mut self, e: Endpoint) -> Shared {
+        for (s, d, st, dt) in self.recent.iter().flatten() {
+            if *s == e {
+                return st.clone();
+            }
+            if *d == e {
+                return dt.clone();
+            }
+        }
         if let Some(t) = self.endpoints.get(&e) {
             return t.clone();
         }
@@ -54,14 +66,20 @@ impl Texts {
             return (None, None);
         };
         let (s, d) = (h.source(), h.destination());
-        if let Some((ls, ld, st, dt)) = &self.last {
-            if (*ls, *ld) == (s, d) {
-                return (Some(st.clone()), Some(dt.clone()));
+        let hit = |r: &Option<Ends>| r.as_ref().is_some_and(|(ls, ld, ..)| (*ls, *ld) == (s, d));
+        if !hit(&self.recent[0]) {
+            if hit(&self.recent[1]) {
+                self.recent.swap(0, 1);
+            } else {
+                let (st, dt) = (self.text(s), self.text(d));
+                self.recent[1] = self.recent[0].take();
+                self.recent[0] = Some((s, d, st, dt));
             }
         }
-        let (st, dt) = (self.text(s), self.text(d));
-        self.last = Some((s, d, st.clone(), dt.clone()));
-        (Some(st), Some(dt))
+        match &self.recent[0] {
+            Some((_, _, st, dt)) => (Some(st.clone()), Some(dt.clone())),
+            None => (None, None),
+        }
     }
 
     /// A rewrite as the model shows it.

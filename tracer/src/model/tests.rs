@@ -161,7 +161,8 @@ fn the_readme_documents_every_field() {
 
 /// The shared texts are each endpoint's own: IPv4 and IPv6, with and without a port (0 is a
 /// port), an IPv4 address and its IPv6-mapped form, past the cache's size (emptied) and
-/// asked again; and a hop's two ends, the same as the last ones asked for or not.
+/// asked again; and a hop's two ends, the same as the last pair asked for, the pair before it,
+/// or neither.
 #[test]
 fn shared_texts_are_each_endpoints_own() {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -203,7 +204,20 @@ fn shared_texts_are_each_endpoints_own() {
         },
     };
     let (a, b, c) = (all[1 + 16], all[2 + 16], all[3 + 16]);
-    for (s, d) in [(a, b), (a, b), (b, a), (a, c), (a, c), (a, b)] {
+    // The same pair again, a new one, and the one before the last (the two pairs of a NAT'd
+    // packet, in turn).
+    for (s, d) in [
+        (a, b),
+        (a, b),
+        (b, a),
+        (a, c),
+        (a, c),
+        (a, b),
+        (a, c),
+        (a, b),
+        (c, b),
+        (a, b),
+    ] {
         let (st, dt) = texts.of(Some(udp(s, d)));
         assert_eq!(
             (st.as_deref(), dt.as_deref()),
