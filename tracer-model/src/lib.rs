@@ -353,8 +353,8 @@ impl Packet {
     }
 
     /// Writes the packet's JSON line (without its newline) straight to `w`.
-    pub fn write_json(&self, mut w: impl std::io::Write) -> std::io::Result<()> {
-        json::packet(&mut w, self)
+    pub fn write_json(&self, w: &mut Vec<u8>) -> std::io::Result<()> {
+        json::packet(w, self)
     }
 }
 
