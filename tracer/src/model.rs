@@ -61,7 +61,7 @@ impl Texts {
         t
     }
 
-    fn of(&mut self, h: Option<Headers>) -> (Option<Shared>, Option<Shared>) {
+    fn of(&mut self, h: Option<&Headers>) -> (Option<Shared>, Option<Shared>) {
         let Some(h) = h else {
             return (None, None);
         };
@@ -102,12 +102,12 @@ pub(crate) fn packet(
     let p = &e.packet;
     let view = p.view(points);
     let t0 = p.first_ts();
-    let (src, dst) = texts.of(view);
+    let (src, dst) = texts.of(view.as_ref());
     let hops = merged(e)
         .into_iter()
         .map(|step| match step {
             Step::Tc(h, rw) => {
-                let (src, dst) = texts.of(h.headers);
+                let (src, dst) = texts.of(h.headers.as_ref());
                 Hop::Tc(TcHop {
                     at_ns: h.ts_ns - t0,
                     iface: points
@@ -122,7 +122,7 @@ pub(crate) fn packet(
                 })
             }
             Step::Nf(n) => {
-                let (src, dst) = texts.of(n.headers);
+                let (src, dst) = texts.of(n.headers.as_ref());
                 Hop::Nf(NfHop {
                     at_ns: n.ts_ns.saturating_sub(t0),
                     hook: hook_name(n.hook).into(),

@@ -218,7 +218,7 @@ fn shared_texts_are_each_endpoints_own() {
         (c, b),
         (a, b),
     ] {
-        let (st, dt) = texts.of(Some(udp(s, d)));
+        let (st, dt) = texts.of(Some(&udp(s, d)));
         assert_eq!(
             (st.as_deref(), dt.as_deref()),
             (Some(s.text().as_str()), Some(d.text().as_str()))
