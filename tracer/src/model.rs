@@ -76,10 +76,10 @@ impl Texts {
                 self.recent[0] = Some((s, d, st, dt));
             }
         }
-        match &self.recent[0] {
-            Some((_, _, st, dt)) => (Some(st.clone()), Some(dt.clone())),
-            None => (None, None),
-        }
+        self.recent[0]
+            .as_ref()
+            .map(|(_, _, st, dt)| (st.clone(), dt.clone()))
+            .unzip()
     }
 
     /// A rewrite as the model shows it.
