@@ -141,9 +141,15 @@ pub struct TraceArgs {
     #[arg(value_name = "EXPRESSION", conflicts_with = "counters")]
     pub expression: Vec<String>,
 
-    /// Record every hop of every traced packet to this pcapng file (mode 0600).
+    /// Record every hop of every traced packet to this pcapng file (mode 0600). As with
+    /// `tcpdump -w`, packets are then not printed (the dashboard, --json and --flows still
+    /// show them); --print prints them too.
     #[arg(short = 'w', long, value_name = "FILE.pcapng")]
     pub write: Option<std::path::PathBuf>,
+
+    /// With --write: print each packet as well, as tcpdump's --print does.
+    #[arg(long, requires = "write")]
+    pub print: bool,
 
     /// Also write warnings and notes, with their time, to this file (mode 0600); useful with
     /// the dashboard, which shows only the latest on its status line.
@@ -201,6 +207,13 @@ impl TraceArgs {
     /// The filter expression, from `-f` or the trailing words; None when there is none.
     pub fn filter_expression(&self) -> Option<String> {
         expression_of(&self.filter, &self.expression)
+    }
+
+    /// Whether shown packets are printed on stdout: always, but for a recording (`--write`)
+    /// that asked for no output of its own, which prints only its progress and summary (on
+    /// stderr), as `tcpdump -w` does. The dashboard, where it opens, shows them either way.
+    pub fn prints_packets(&self) -> bool {
+        self.write.is_none() || self.print || self.json || self.flows || self.raw
     }
 }
 
@@ -343,6 +356,17 @@ mod tests {
         for bad in ["0", "3", "1048577", "lots"] {
             assert!(bytes(&["-B", bad]).is_err(), "-B {bad}");
         }
+    }
+
+    #[test]
+    fn a_recording_prints_packets_only_when_asked() {
+        let run = |args: &[&str]| Cli::parse_from(args).trace.prints_packets();
+        assert!(run(&["flowtrace", "-c", "x"]));
+        assert!(!run(&["flowtrace", "-c", "x", "-w", "t.pcapng"]));
+        assert!(run(&["flowtrace", "-c", "x", "-w", "t.pcapng", "--print"]));
+        assert!(run(&["flowtrace", "-c", "x", "-w", "t.pcapng", "--json"]));
+        assert!(run(&["flowtrace", "-c", "x", "-w", "t.pcapng", "--flows"]));
+        assert!(Cli::try_parse_from(["flowtrace", "-c", "x", "--print"]).is_err());
     }
 
     #[test]

@@ -166,6 +166,12 @@ impl Pipeline {
         self.sinks.push(sink);
     }
 
+    /// A recording that prints nothing (`TraceArgs::prints_packets`): only the recording
+    /// stays a sink, and the packets cost no printing.
+    pub fn record_only(&mut self) {
+        self.sinks.retain(|s| s.recording().is_some());
+    }
+
     /// The dashboard takes the terminal: it replaces stdout as a sink.
     pub fn show_on_dashboard(&mut self, dashboard: Box<dyn Sink>) {
         self.sinks.retain(|s| s.recording().is_some());

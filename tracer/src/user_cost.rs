@@ -124,6 +124,8 @@ pub fn measure(packets: u64, output: Output) -> std::io::Result<Cost> {
         };
         let section = "flowtrace user-space cost: synthetic records".to_owned();
         pipeline.add_sink(Box::new(Recorder::create(opts, section)?));
+        // As `--write FILE --no-tui` runs: recorded, not printed.
+        pipeline.record_only();
     }
     // Without a recording the kernel sends IPv4 packets' headers alone, as `trace` loads it.
     let mut records = Records::new(!matches!(output, Output::Pcapng(_)));

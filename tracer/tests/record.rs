@@ -199,6 +199,41 @@ fn a_recorder_killed_with_sigkill_leaves_a_readable_file_and_no_attachments() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// As `tcpdump -w`: a recording prints no packets unless asked (`--print`), and records the
+/// same packets either way.
+#[test]
+#[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
+fn a_recording_prints_packets_only_with_print() {
+    let lab = Lab::get();
+    let dir = tmpdir("print");
+    let cron = From::Container("ens_monitor_cron".into());
+    for print in [false, true] {
+        let file = dir.join(format!("print-{print}.pcapng"));
+        let mut args = vec![
+            "-c",
+            "ens_monitor_cron",
+            "--write",
+            file.to_str().expect("utf8"),
+        ];
+        if print {
+            args.push("--print");
+        }
+        let ft = Flowtrace::start(&args);
+        tcp(&lab, &cron, lab.inet_ip(), 8080).expect("tcp echo");
+        let out = ft.stop_text();
+        let recorded = read_packets(&file, &[]);
+        assert!(recorded.len() >= 4, "print {print}: {recorded:?}");
+        // A packet's text names the hooks it passed.
+        let shown = out.iter().filter(|l| l.contains("FORWARD")).count();
+        if print {
+            assert!(shown >= 4, "--print prints the packets: {out:?}");
+        } else {
+            assert_eq!(shown, 0, "--write alone prints no packets: {out:?}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 #[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
 fn rotation_keeps_the_newest_files_each_readable() {

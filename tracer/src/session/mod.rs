@@ -246,6 +246,9 @@ async fn start(args: TraceArgs) -> Result<(Live, Topology, Option<Docker>)> {
             &clock,
             &mut notes,
         )?));
+        if !args.prints_packets() {
+            pipeline.record_only();
+        }
     }
     let (tui_mode, headless) = display_mode(&args);
     let dashboard = tui_mode.then(|| dashboard(&mut pipeline, &notes, &topo));
