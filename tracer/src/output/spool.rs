@@ -16,10 +16,13 @@ use std::{
     time::Duration,
 };
 
-/// Bytes gathered before a chunk is handed over.
-const CHUNK: usize = 256 * 1024;
+/// Bytes gathered before a chunk is handed over. Each hand-over wakes the writing thread (a
+/// futex call, several microseconds on these VMs): 1 MiB chunks instead of 256 KiB took
+/// bench-user's recording from 3.08 to 2.91 µs a packet (median of five, alternating). The
+/// ticks hand over what is gathered anyway, so a chunk's size adds no delay.
+const CHUNK: usize = 1024 * 1024;
 /// Chunks in flight at most (8 MiB): a disk slower than that pushes back on the sender.
-const QUEUE: usize = 32;
+const QUEUE: usize = 8;
 
 enum Job {
     Bytes(Vec<u8>),
