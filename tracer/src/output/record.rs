@@ -42,6 +42,10 @@ pub struct Recorder {
     writer: Writer<Spool>,
     /// Interface ids by name: tc points (Ethernet) and netfilter points (raw IP).
     ifaces: [NetMap<String, u32>; 2],
+    /// The interface (name, link type, id) of each hop of the last packet, by hop number: the
+    /// packets of a flood follow one path, and a comparison with the name there spares the
+    /// hashing of every hop's name (perf: a tenth of recording's time a packet).
+    last_path: Vec<(String, u16, u32)>,
     files: VecDeque<PathBuf>,
     /// Number of the current file (0: the path as given).
     file_no: u64,
@@ -81,6 +85,7 @@ impl Recorder {
             section,
             writer,
             ifaces: [NetMap::default(), NetMap::default()],
+            last_path: Vec::new(),
             files,
             file_no: 0,
             next_pkt: 0,
@@ -105,6 +110,27 @@ impl Recorder {
     /// Returns once everything recorded so far is in the file.
     pub fn flush(&mut self) -> io::Result<()> {
         self.writer.get_mut().sync()
+    }
+
+    /// The interface of hop `i`: the last packet's at that hop if it is the same.
+    fn interface_at(&mut self, i: usize, name: &str, linktype: u16) -> io::Result<u32> {
+        if let Some((n, l, id)) = self.last_path.get(i) {
+            if *l == linktype && n == name {
+                return Ok(*id);
+            }
+        }
+        let id = self.interface(name, linktype)?;
+        let known = self.last_path.len();
+        match self.last_path.get_mut(i) {
+            Some(k) => {
+                k.0.clear();
+                k.0.push_str(name);
+                (k.1, k.2) = (linktype, id);
+            }
+            None if i == known => self.last_path.push((name.to_owned(), linktype, id)),
+            None => {}
+        }
+        Ok(id)
     }
 
     fn interface(&mut self, name: &str, linktype: u16) -> io::Result<u32> {
@@ -134,6 +160,7 @@ impl Recorder {
         let next = numbered(&self.opts.path, self.file_no);
         self.writer = open(&next, &self.section)?;
         self.ifaces.iter_mut().for_each(NetMap::clear);
+        self.last_path.clear();
         self.files.push_back(next);
         if let Some(max) = self.opts.max_files {
             while self.files.len() > max.max(1) {
@@ -191,7 +218,7 @@ impl Recorder {
                     (LINKTYPE_RAW, s.ts_ns, data, data.len() as u32, None)
                 }
             };
-            let iface = self.interface(&name, linktype)?;
+            let iface = self.interface_at(i, &name, linktype)?;
             let keep = match self.opts.snaplen {
                 0 => data.len(),
                 n => data.len().min(n as usize),
@@ -380,6 +407,35 @@ mod tests {
         assert_eq!(mode, 0o600);
         assert_eq!(std::fs::read(&other_name).expect("read"), b"old");
         assert!(std::fs::read(&path).expect("read").is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A hop's interface is the last packet's at that hop only if its name and link type are
+    /// the same; any other gets its own, and one seen before gets its id again.
+    #[test]
+    fn each_hop_gets_the_interface_of_its_name() {
+        let dir = scratch("ifaces");
+        let opts = RecordOptions {
+            path: dir.join("i.pcapng"),
+            rotate: None,
+            max_files: None,
+            snaplen: 0,
+            wall_offset_ns: 0,
+        };
+        let mut r = Recorder::create(opts, String::new()).expect("recorder");
+        let mut at = |i, name, link| r.interface_at(i, name, link).expect("interface");
+        let a = at(0, "a tc-ingress", LINKTYPE_ETHERNET);
+        let fwd = at(1, "FORWARD/filter", LINKTYPE_RAW);
+        assert_eq!(at(0, "a tc-ingress", LINKTYPE_ETHERNET), a);
+        let b = at(0, "b tc-ingress", LINKTYPE_ETHERNET);
+        assert_ne!(a, b);
+        assert_eq!(at(1, "FORWARD/filter", LINKTYPE_RAW), fwd);
+        // The same name as raw IP is another interface; a hop past the last path too.
+        let raw_a = at(0, "a tc-ingress", LINKTYPE_RAW);
+        assert!(![a, b, fwd].contains(&raw_a));
+        assert_eq!(at(0, "a tc-ingress", LINKTYPE_ETHERNET), a);
+        assert_eq!(at(7, "b tc-ingress", LINKTYPE_ETHERNET), b);
+        assert_eq!(at(1, "a tc-ingress", LINKTYPE_ETHERNET), a);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
