@@ -139,6 +139,7 @@ pub(super) fn targets(rows: &[Row], all_runs: &[Run]) -> Vec<Value> {
                 "met": t.probes_shown_full_path == Some(t.probes_sent) && t.probes_sent > 0 && t.lost == 0}));
         }
     }
+    out.extend(per_packet_targets(rows));
     let worst_tc = rows
         .iter()
         .filter_map(|r| r.tc_ns_per_run)
@@ -148,6 +149,51 @@ pub(super) fn targets(rows: &[Row], all_runs: &[Run]) -> Vec<Value> {
             json!({"target": "≤ 150 ns kernel cost per packet per tc program (worst row)",
             "value": v, "met": v <= 150.0}),
         );
+    }
+    out
+}
+
+/// Issue 19's: every packet shown (`--json`) or recorded (`--write`) at close to tcpdump's
+/// cost, side by side in this run; the kernel's time a forwarded UDP packet; the counting
+/// mode's memory.
+fn per_packet_targets(rows: &[Row]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for load in [Load::Udp, Load::Tcp] {
+        let Some(td) = find(rows, Config::Tcpdump, load) else {
+            continue;
+        };
+        for (c, near, cpu_times, floor) in [
+            (Config::Events, 0.03, 2.0, Some(0.90)),
+            (Config::Pcapng, 0.05, 3.0, None),
+        ] {
+            let Some(r) = find(rows, c, load) else {
+                continue;
+            };
+            let (ratio, td_ratio) = (r.ratio.unwrap_or(0.0), td.ratio.unwrap_or(0.0));
+            let rate_met = ratio >= td_ratio - near && floor.is_none_or(|f| ratio >= f);
+            let floor_text = floor.map_or(String::new(), |f| format!("≥ {f:.2} of baseline, "));
+            out.push(json!({
+                "target": format!("{} ({}): {floor_text}within {near:.2} of tcpdump's ratio, 0 lost", c.name(), load.name()),
+                "value": r.ratio, "tcpdump": td.ratio, "lost_records": r.lost,
+                "met": rate_met && r.lost == Some(0.0)}));
+            if let (Some(ft), Some(t)) = (r.cpu_s, td.cpu_s) {
+                out.push(json!({
+                    "target": format!("{} ({}): CPU ≤ {cpu_times:.0}× tcpdump's", c.name(), load.name()),
+                    "value": ft, "tcpdump": t, "met": ft <= t * cpu_times}));
+            }
+        }
+    }
+    if let Some(v) = find(rows, Config::Events, Load::Udp).and_then(|r| r.bpf_ns_per_pkt) {
+        out.push(json!({
+            "target": "kernel time of a forwarded UDP packet, all BPF, ≤ 1500 ns (bpf_stats' own clock reads included)",
+            "value": v, "met": v <= 1500.0}));
+    }
+    let peak = [Load::Tcp, Load::Udp]
+        .into_iter()
+        .filter_map(|l| find(rows, Config::Counters, l).and_then(|r| r.peak_rss_mib))
+        .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+    if let Some(v) = peak {
+        out.push(json!({"target": "counters: peak RSS ≤ 32 MiB", "value": v, "met": v <= 32.0}));
     }
     out
 }
@@ -335,7 +381,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             runs.len()
         );
     }
-    crate::out!("targets (from issue 8; reported, not asserted):");
+    crate::out!("targets (issues 8, 15 and 19; reported, not asserted):");
     for t in &targets {
         let met = match t["met"].as_bool() {
             Some(true) => "met",
@@ -348,6 +394,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             .unwrap_or_else(|| "–".into());
         let extra = match (t.get("tcpdump"), t.get("lost")) {
             (_, Some(l)) if t.get("sent").is_some() => format!(" of {} (lost {l})", t["sent"]),
+            (Some(td), _) if t.get("lost_records").is_some() => format!(
+                " (tcpdump {:.3}, lost {})",
+                td.as_f64().unwrap_or(0.0),
+                t["lost_records"]
+                    .as_f64()
+                    .map_or("–".into(), |v| format!("{v:.0}"))
+            ),
             (Some(td), _) => format!(" (tcpdump {:.3})", td.as_f64().unwrap_or(0.0)),
             (_, Some(l)) => format!(" (lost {})", l),
             _ => String::new(),
@@ -376,4 +429,58 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .with_context(|| format!("writing {}", out_path.display()))?;
     crate::out!("\nraw figures: {}", out_path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(config: Config, load: Load, ratio: f64, lost: f64, cpu_s: f64) -> Row {
+        Row {
+            config,
+            load,
+            throughput: None,
+            ratio: Some(ratio),
+            events_per_s: None,
+            lost: Some(lost),
+            cpu_s: Some(cpu_s),
+            rss_mib: None,
+            peak_rss_mib: None,
+            tc_ns_per_run: None,
+            nf_ns_per_run: None,
+            tc_runs_per_pkt: None,
+            nf_runs_per_pkt: None,
+            bpf_ns_per_pkt: None,
+        }
+    }
+
+    fn met(targets: &[Value], prefix: &str) -> Vec<bool> {
+        targets
+            .iter()
+            .filter(|t| t["target"].as_str().is_some_and(|s| s.starts_with(prefix)))
+            .map(|t| t["met"].as_bool().expect("judged"))
+            .collect()
+    }
+
+    /// Issue 19's rate, loss and CPU targets, judged against tcpdump in the same run.
+    #[test]
+    fn per_packet_targets_compare_with_tcpdump() {
+        let mut rows = vec![
+            row(Config::Tcpdump, Load::Udp, 0.88, 0.0, 1.0),
+            row(Config::Events, Load::Udp, 0.91, 0.0, 1.9),
+            row(Config::Pcapng, Load::Udp, 0.84, 0.0, 3.1),
+        ];
+        let t = per_packet_targets(&rows);
+        assert_eq!(met(&t, "events (udp)"), vec![true, true]);
+        // Within 0.05 of tcpdump's ratio, but more than three times its CPU.
+        assert_eq!(met(&t, "pcapng (udp)"), vec![true, false]);
+        // Below 0.90 of the baseline, or one record lost, misses even beside tcpdump.
+        rows[1] = row(Config::Events, Load::Udp, 0.89, 0.0, 1.0);
+        rows[2] = row(Config::Pcapng, Load::Udp, 0.86, 1.0, 1.0);
+        let t = per_packet_targets(&rows);
+        assert_eq!(met(&t, "events (udp)"), vec![false, true]);
+        assert_eq!(met(&t, "pcapng (udp)"), vec![false, true]);
+        // Without tcpdump's row, nothing is judged.
+        assert!(per_packet_targets(&rows[1..]).is_empty());
+    }
 }
