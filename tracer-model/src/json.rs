@@ -42,12 +42,18 @@ fn put(w: &mut Vec<u8>, b: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// `"s"` for a string known to need no escaping.
+#[inline(always)]
+fn quoted(w: &mut Vec<u8>, s: &str) -> io::Result<()> {
+    put(w, b"\"")?;
+    put(w, s.as_bytes())?;
+    put(w, b"\"")
+}
+
 /// `"s"`, escaped as serde_json escapes (only `"`, `\` and C0 controls need it).
 fn string(w: &mut Vec<u8>, s: &str) -> io::Result<()> {
     if plain(s.as_bytes()) {
-        put(w, b"\"")?;
-        put(w, s.as_bytes())?;
-        put(w, b"\"")
+        quoted(w, s)
     } else {
         serde_json::to_writer(&mut *w, s).map_err(io::Error::from)
     }
@@ -72,9 +78,7 @@ fn text(w: &mut Vec<u8>, t: &Text) -> io::Result<()> {
     match t {
         Cow::Borrowed(s) => {
             debug_assert!(plain(s.as_bytes()), "{s:?} needs escaping");
-            put(w, b"\"")?;
-            put(w, s.as_bytes())?;
-            put(w, b"\"")
+            quoted(w, s)
         }
         Cow::Owned(s) => string(w, s),
     }
