@@ -69,6 +69,21 @@ pub struct EventHeader {
     pub skb: u64,
 }
 
+impl EventHeader {
+    /// Fills the header in place, its kind and padding written as one word. (Three zero
+    /// bytes written as an array compile, in the kernel side's code, to a call of a `memset`
+    /// subprogram that loops byte by byte: once per record, on every packet's every hop.)
+    #[inline(always)]
+    pub fn fill(&mut self, kind: EventKind, cpu: u32, ts_ns: u64, skb: u64) {
+        // SAFETY: `kind` and `_pad` are the first four bytes of this repr(C) struct, whose
+        // alignment (8) covers a u32's.
+        unsafe { (self as *mut Self as *mut u32).write(u32::from_ne_bytes([kind as u8, 0, 0, 0])) };
+        self.cpu = cpu;
+        self.ts_ns = ts_ns;
+        self.skb = skb;
+    }
+}
+
 /// The fixed part of a tc observation. In the ring buffer the captured bytes follow it
 /// directly: a record is `TC_HEAD_LEN + cap_len` bytes long.
 #[repr(C)]
@@ -88,6 +103,19 @@ pub struct TcHead {
     /// A [`Direction`] value.
     pub direction: u8,
     pub _pad: [u8; 5],
+}
+
+impl TcHead {
+    /// Writes `protocol`, `direction` and the padding after them as one word (see
+    /// [`EventHeader::fill`]).
+    #[inline(always)]
+    pub fn set_protocol_direction(&mut self, protocol: u16, direction: u8) {
+        let p = protocol.to_ne_bytes();
+        let word = u64::from_ne_bytes([p[0], p[1], direction, 0, 0, 0, 0, 0]);
+        // SAFETY: `protocol`, `direction` and `_pad` are this repr(C) struct's last eight
+        // bytes, at an offset that is a multiple of 8 (a unit test pins it).
+        unsafe { (core::ptr::addr_of_mut!(self.protocol) as *mut u64).write(word) };
+    }
 }
 
 pub const TC_HEAD_LEN: usize = core::mem::size_of::<TcHead>();
@@ -224,6 +252,28 @@ mod tests {
         assert!(MAX_SNAP.is_power_of_two());
         // The ring buffer hands out 8-byte aligned records.
         assert!(align_of::<TcEvent>() <= 8);
+    }
+
+    /// The word-wide writes set what field-by-field writes set, and zero the padding, over
+    /// a record that held other bytes.
+    #[test]
+    fn word_writes_are_the_fields() {
+        // SAFETY: plain-old-data; every byte pattern is a valid value.
+        let mut h: TcHead = unsafe { core::mem::transmute([0xa5u8; TC_HEAD_LEN]) };
+        h.header.fill(EventKind::Tc, 7, 8, 9);
+        h.set_protocol_direction(0x0008, 1);
+        assert_eq!(
+            h.header,
+            EventHeader {
+                kind: EventKind::Tc as u8,
+                _pad: [0; 3],
+                cpu: 7,
+                ts_ns: 8,
+                skb: 9,
+            }
+        );
+        assert_eq!((h.protocol, h.direction, h._pad), (0x0008, 1, [0; 5]));
+        assert_eq!(h.ifindex, 0xa5a5_a5a5, "the fields between are left alone");
     }
 
     #[test]

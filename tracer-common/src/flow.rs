@@ -47,8 +47,10 @@ pub struct View {
 pub struct Tracked {
     /// 1: the packet matched a filter, and `origin` and `fingerprint` are its tuple and
     /// fingerprint at that hop.
-    pub has_origin: u8,
-    pub _pad: [u8; 7],
+    /// (A word, not a byte and seven of padding: their zeroing compiled to a `memset` call
+    /// in the kernel side's code, for every packet taken in.)
+    pub has_origin: u32,
+    pub _pad: u32,
     pub fingerprint: u64,
     pub origin: FlowKey,
 }
@@ -57,7 +59,7 @@ impl Tracked {
     /// An sk_buff reported without a filter.
     pub const UNFILTERED: Self = Self {
         has_origin: 0,
-        _pad: [0; 7],
+        _pad: 0,
         fingerprint: 0,
         origin: FlowKey::zeroed(),
     };
@@ -67,7 +69,7 @@ impl Tracked {
         match p {
             Some(p) => Self {
                 has_origin: 1,
-                _pad: [0; 7],
+                _pad: 0,
                 fingerprint: p.fingerprint,
                 origin: p.key,
             },
@@ -86,6 +88,15 @@ impl Tracked {
 impl Parsed {
     /// `ports_at` when the packet has no ports (or they are past the frame).
     pub const NO_PORTS: u32 = u32::MAX;
+
+    /// What `FlowKey::parse_frame` fills: no key, no ports, IPv4.
+    const START: Self = Self {
+        key: FlowKey::zeroed(),
+        l3: PLAIN_V4_L3,
+        ports_at: Self::NO_PORTS,
+        ipv6: false,
+        fingerprint: 0,
+    };
 
     /// The offset of the ports, if the packet has them.
     pub const fn ports(&self) -> Option<u32> {
@@ -127,7 +138,10 @@ pub struct FlowKey {
 }
 
 pub use crate::headers::Frame;
-use crate::headers::{ipv4_transport, ipv6_transport, network, ETH_P_IP, ETH_P_IPV6};
+use crate::headers::{
+    ipv4_transport, ipv6_transport, network, plain_v4, plain_v4_transport, ETH_P_IP, ETH_P_IPV6,
+    PLAIN_V4_L3, PLAIN_V4_L4, PLAIN_V4_LEN,
+};
 
 impl FlowKey {
     /// Writes the key in place, word by word (see `ScopeAddr::set`): the addresses' words,
@@ -165,14 +179,16 @@ impl FlowKey {
     /// The other direction's key.
     #[inline(always)]
     pub fn reversed(&self) -> Self {
-        Self {
-            src: self.dst,
-            dst: self.src,
-            sport: self.dport,
-            dport: self.sport,
-            proto: self.proto,
-            _pad: [0; 3],
-        }
+        // A copy with its ends swapped, not a new key: writing `_pad`'s three zero bytes is a
+        // `memset` call in the kernel side's code, a subprogram that deepens the tc
+        // programs' call chain past what the verifier allows (their padding is zero anyway:
+        // every key is built from `zeroed` or by `set`).
+        let mut r = *self;
+        r.src = self.dst;
+        r.dst = self.src;
+        r.sport = self.dport;
+        r.dport = self.sport;
+        r
     }
 
     /// The key of an Ethernet frame (one VLAN tag allowed) carrying IPv4 or IPv6; None for
@@ -182,14 +198,53 @@ impl FlowKey {
         Self::parse_frame(f).map(|p| p.key)
     }
 
-    /// The key, the header offsets and the fingerprint.
+    /// The key, the header offsets and the fingerprint. A [`plain_v4`] frame is parsed from
+    /// one read of its first bytes; any other is walked header by header (the same result:
+    /// a test holds them equal). Both fill one `Parsed`: in the kernel this runs inside tc
+    /// subprograms whose stack frames together must stay within 512 bytes.
     #[inline(always)]
     pub fn parse_frame<F: Frame + ?Sized>(f: &F) -> Option<Parsed> {
+        let mut p = Parsed::START;
+        match f.plain_head() {
+            Some(h) if plain_v4(h) => Self::fill_plain_v4(h, &mut p),
+            _ => Self::fill_walked(f, &mut p)?,
+        }
+        Some(p)
+    }
+
+    /// Fills `p` (as `parse_frame` starts it) from a [`plain_v4`] frame's first bytes: every
+    /// byte the walk would read is within `h`.
+    #[inline(always)]
+    fn fill_plain_v4(h: &[u8; PLAIN_V4_LEN], p: &mut Parsed) {
+        let k = &mut p.key;
+        // Copied as words into the zeroed key: byte by byte, the kernel side's compiled code
+        // spills each byte to the stack, past what its tc subprograms may use.
+        k.src[..4].copy_from_slice(&h[26..30]);
+        k.dst[..4].copy_from_slice(&h[30..34]);
+        p.fingerprint = u64::from_be_bytes([h[16], h[17], h[18], h[19], h[20], h[21], 0, 0]);
+        let t = plain_v4_transport(h);
+        k.proto = t.proto;
+        if t.at().is_none() {
+            return;
+        }
+        if matches!(k.proto, 6 | 17 | 132 | 136) {
+            k.sport = [h[34], h[35]];
+            k.dport = [h[36], h[37]];
+            p.ports_at = PLAIN_V4_L4;
+        }
+        if k.proto == 6 {
+            p.fingerprint ^= u64::from(u32::from_be_bytes([h[38], h[39], h[40], h[41]]));
+        }
+    }
+
+    /// Fills `p` (as `parse_frame` starts it) from any frame, walked header by header.
+    #[inline(always)]
+    fn fill_walked<F: Frame + ?Sized>(f: &F, p: &mut Parsed) -> Option<()> {
         let n = network(f)?;
         let l3 = n.offset;
-        let mut k = Self::zeroed();
-        let ipv6 = n.ethertype == ETH_P_IPV6;
-        let (l4, mut fingerprint) = match n.ethertype {
+        p.l3 = l3;
+        let k = &mut p.key;
+        let l4 = match n.ethertype {
             ETH_P_IP => {
                 let h = f.bytes::<20>(l3)?;
                 k.src = [
@@ -198,52 +253,41 @@ impl FlowKey {
                 k.dst = [
                     h[16], h[17], h[18], h[19], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                 ];
-                let fingerprint = u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], 0, 0]);
+                p.fingerprint = u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], 0, 0]);
                 let t = ipv4_transport(&h, l3);
                 k.proto = t.proto;
+                // A later fragment: no ports.
                 let Some(l4) = t.at() else {
-                    return Some(Parsed {
-                        key: k,
-                        l3,
-                        ports_at: Parsed::NO_PORTS,
-                        ipv6,
-                        fingerprint,
-                    });
+                    return Some(());
                 };
-                (l4, fingerprint)
+                l4
             }
             ETH_P_IPV6 => {
                 let h = f.bytes::<8>(l3)?;
                 k.src = f.bytes::<16>(l3 + 8)?;
                 k.dst = f.bytes::<16>(l3 + 24)?;
-                let fingerprint = u64::from_be_bytes([h[1] & 0xf, h[2], h[3], h[4], h[5], 0, 0, 0]);
+                p.ipv6 = true;
+                p.fingerprint = u64::from_be_bytes([h[1] & 0xf, h[2], h[3], h[4], h[5], 0, 0, 0]);
                 let t = ipv6_transport(f, h[6], l3);
                 k.proto = t.proto;
-                (t.at().unwrap_or(l3 + 40), fingerprint)
+                t.at().unwrap_or(l3 + 40)
             }
             _ => return None,
         };
         // TCP, UDP, SCTP, UDP-Lite: ports first.
-        let mut ports = Parsed::NO_PORTS;
         if matches!(k.proto, 6 | 17 | 132 | 136) {
-            if let Some(p) = f.bytes::<4>(l4) {
-                k.sport = [p[0], p[1]];
-                k.dport = [p[2], p[3]];
-                ports = l4;
+            if let Some(ports) = f.bytes::<4>(l4) {
+                k.sport = [ports[0], ports[1]];
+                k.dport = [ports[2], ports[3]];
+                p.ports_at = l4;
             }
         }
         if k.proto == 6 {
             if let Some(seq) = f.bytes::<4>(l4 + 4) {
-                fingerprint ^= u64::from(u32::from_be_bytes(seq));
+                p.fingerprint ^= u64::from(u32::from_be_bytes(seq));
             }
         }
-        Some(Parsed {
-            key: k,
-            l3,
-            ports_at: ports,
-            ipv6,
-            fingerprint,
-        })
+        Some(())
     }
 
     /// Rewrites `frame`'s addresses and ports to this key's, at the offsets `p` found: the
@@ -298,6 +342,10 @@ mod tests {
         fn bytes<const N: usize>(&self, offset: u32) -> Option<[u8; N]> {
             let o = offset as usize;
             self.0.get(o..o + N)?.try_into().ok()
+        }
+
+        fn plain_head(&self) -> Option<&[u8; PLAIN_V4_LEN]> {
+            self.0.as_slice().plain_head()
         }
     }
 
@@ -400,5 +448,49 @@ mod tests {
         assert_eq!(u16::from_be_bytes(k.sport), 53);
         let arp = [vec![0u8; 12], vec![0x08, 0x06], vec![0; 28]].concat();
         assert!(FlowKey::parse(&Bytes(arp)).is_none());
+    }
+
+    /// A plain IPv4 frame parsed from one read is what the walk gives: every protocol (with
+    /// and without ports, TCP's sequence), first and later fragments, every length from too
+    /// short to long, over varied bytes. (Frames that are not plain never take it.)
+    #[test]
+    fn one_read_of_a_plain_frame_is_the_walk() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        };
+        let mut plain = 0;
+        for proto in [1u8, 6, 17, 47, 132, 136] {
+            for frag in [[0x40, 0], [0x20, 0], [0x00, 0xb9], [0x3f, 0xff]] {
+                for len in 0..60 {
+                    let mut f: Vec<u8> = (0..len).map(|_| next()).collect();
+                    for (i, b) in [(12, 0x08), (13, 0x00), (14, 0x45), (20, frag[0])] {
+                        if i < len {
+                            f[i] = b;
+                        }
+                    }
+                    if len > 23 {
+                        f[21] = frag[1];
+                        f[23] = proto;
+                    }
+                    let start = Parsed::START;
+                    let mut walked = start;
+                    let walked =
+                        FlowKey::fill_walked(&Bytes(f.clone()), &mut walked).map(|()| walked);
+                    assert_eq!(FlowKey::parse_frame(&Bytes(f.clone())), walked, "{f:?}");
+                    if let Ok(h) = <[u8; PLAIN_V4_LEN]>::try_from(&f[..len.min(PLAIN_V4_LEN)]) {
+                        assert!(plain_v4(&h));
+                        let mut read = start;
+                        FlowKey::fill_plain_v4(&h, &mut read);
+                        assert_eq!(Some(read), walked, "{f:?}");
+                        plain += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(plain, 6 * 4 * (60 - PLAIN_V4_LEN));
     }
 }

@@ -7,6 +7,11 @@
 /// user space).
 pub trait Frame {
     fn bytes<const N: usize>(&self, offset: u32) -> Option<[u8; N]>;
+
+    /// The frame's first [`PLAIN_V4_LEN`] bytes, if it is that long, read at once (for
+    /// [`plain_v4`]). The kernel side reads them into per-CPU memory: its tc programs' stack
+    /// frames together must stay within 512 bytes.
+    fn plain_head(&self) -> Option<&[u8; PLAIN_V4_LEN]>;
 }
 
 impl Frame for [u8] {
@@ -14,6 +19,11 @@ impl Frame for [u8] {
     fn bytes<const N: usize>(&self, offset: u32) -> Option<[u8; N]> {
         let o = offset as usize;
         self.get(o..o.checked_add(N)?)?.try_into().ok()
+    }
+
+    #[inline(always)]
+    fn plain_head(&self) -> Option<&[u8; PLAIN_V4_LEN]> {
+        self.get(..PLAIN_V4_LEN)?.try_into().ok()
     }
 }
 
@@ -54,6 +64,29 @@ impl Transport {
             Some(self.offset)
         }
     }
+}
+
+/// An untagged Ethernet frame's first bytes through the first 8 of an IPv4 header without
+/// options' transport header (ports, and TCP's sequence number). Most frames at a tc hop are
+/// that, and one read of these bytes gives everything the kernel side parses: a read is a
+/// helper call there (`bpf_skb_load_bytes`), and the walk below takes three or four.
+pub const PLAIN_V4_LEN: usize = 14 + 20 + 8;
+/// Where such a frame's IPv4 header and transport header are.
+pub const PLAIN_V4_L3: u32 = 14;
+pub const PLAIN_V4_L4: u32 = 34;
+
+/// Are `h` the first bytes of an untagged IPv4 frame whose header has no options? Then the
+/// walk below finds its network header at [`PLAIN_V4_L3`], and its transport header (if it
+/// is not a later fragment) at [`PLAIN_V4_L4`], within `h`.
+#[inline(always)]
+pub const fn plain_v4(h: &[u8; PLAIN_V4_LEN]) -> bool {
+    h[12] == 0x08 && h[13] == 0x00 && h[14] == 0x45
+}
+
+/// The transport header of a [`plain_v4`] frame.
+#[inline(always)]
+pub const fn plain_v4_transport(h: &[u8; PLAIN_V4_LEN]) -> Transport {
+    ipv4_transport_of(h[14], [h[20], h[21]], h[23], PLAIN_V4_L3)
 }
 
 /// The network header after the Ethernet header and up to [`MAX_VLAN_TAGS`] VLAN tags.

@@ -36,13 +36,13 @@ pub fn end(skb: u64, location: u64, reason: u32, kind: EventKind) -> i32 {
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` points at a reserved, exclusively owned ring-buffer record.
     unsafe {
-        (*ev).header.kind = kind as u8;
-        (*ev).header._pad = [0; 3];
-        (*ev).header.cpu = bpf_get_smp_processor_id();
-        (*ev).header.ts_ns = bpf_ktime_get_ns();
-        (*ev).header.skb = skb;
-        (*ev).location = location;
-        (*ev).reason = reason;
+        (*ev)
+            .header
+            .fill(kind, bpf_get_smp_processor_id(), bpf_ktime_get_ns(), skb);
+        // Volatile: where both are constant zeros (`consume_skb` before 6.3), the compiler
+        // would merge them with the stores below into a `memset` subprogram call.
+        core::ptr::write_volatile(&mut (*ev).location, location);
+        core::ptr::write_volatile(&mut (*ev).reason, reason);
         // Where it was freed tells a drop inside a container from one on the host; a normal
         // free (once per packet shown) needs neither, which spares it three kernel reads.
         let dev: u64 = if off.valid != 0 && kind == EventKind::Drop {

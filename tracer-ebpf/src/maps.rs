@@ -8,6 +8,7 @@ use aya_ebpf::{
 use tracer_common::{
     counters::{counter_index, HOP_COUNTS_LEN, HOP_WAYS},
     flow::{FlowKey, Tracked, View, FILTER_SLOTS, MAX_NAT_FLOWS, MAX_TRACKED},
+    headers::PLAIN_V4_LEN,
     offsets::SKB_WINDOW,
     scope::{
         Judged, ScopeAddr, ScopeScratch, ADDR_BITMAP_WORDS, FLOW_MARK_WORDS, MAX_SCOPE_ADDRS,
@@ -128,6 +129,10 @@ pub static FLOW_MARKS: Array<u64> = Array::with_max_entries(FLOW_MARK_WORDS, 0);
 /// The sk_buff last judged out of scope on this CPU (`tracer_common::scope::Judged`).
 #[map(name = "JUDGED_OUT")]
 pub static JUDGED_OUT: PerCpuArray<Judged> = PerCpuArray::with_max_entries(1, 0);
+
+/// A tc program's read of a frame's first bytes (`Frame::plain_head`), one per CPU.
+#[map(name = "FRAME_HEAD")]
+pub static FRAME_HEAD: PerCpuArray<[u8; PLAIN_V4_LEN]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Where the tc observers build the scope's keys (one per CPU).
 #[map(name = "SCOPE_SCRATCH")]

@@ -159,11 +159,12 @@ unsafe fn fill<const N: usize>(
     let (in_ifindex, out_ifindex) = devices(skb, st, off_ifindex);
     let linear = sk.len.saturating_sub(sk.data_len);
     let cap = if linear < N as u32 { linear } else { N as u32 };
-    (*ev).header.kind = EventKind::Nf as u8;
-    (*ev).header._pad = [0; 3];
-    (*ev).header.cpu = bpf_get_smp_processor_id();
-    (*ev).header.ts_ns = bpf_ktime_get_ns();
-    (*ev).header.skb = skb;
+    (*ev).header.fill(
+        EventKind::Nf,
+        bpf_get_smp_processor_id(),
+        bpf_ktime_get_ns(),
+        skb,
+    );
     (*ev).hook = st.hook;
     (*ev).pf = st.pf;
     (*ev).slot = slot;

@@ -3,10 +3,13 @@
 
 use aya_ebpf::helpers::bpf_probe_read_kernel_buf;
 use tracer_common::{
-    headers::{ipv4_transport, ipv6_transport, network, Frame, ETH_P_IP, ETH_P_IPV6},
+    headers::{
+        ipv4_transport, ipv6_transport, network, plain_v4, plain_v4_transport, Frame, ETH_P_IP,
+        ETH_P_IPV6,
+    },
     scope::{
         addr_bit, dport, flow_mark, has_ports, judged_at_hook, point_bit, port_bit, word_and_mask,
-        ScopeAddr, POINT_ALL, POINT_TRACED,
+        ScopeAddr, ScopeScratch, POINT_ALL, POINT_TRACED,
     },
     Direction, Offsets,
 };
@@ -80,49 +83,19 @@ pub fn at_tc<F: Frame>(frame: &F, ifindex: u32, direction: u8) -> bool {
     let Some(s) = SCOPE_SCRATCH.get_ptr_mut(0) else {
         return false;
     };
-    let Some(n) = network(frame) else {
+    let ingress = direction == Direction::Ingress as u8;
+    // SAFETY: `s` is this CPU's scratch entry; nothing else runs on this CPU meanwhile.
+    let Some((proto, ports)) = (unsafe { addresses(frame, s, ingress) }) else {
         return false;
     };
-    let l3 = n.offset;
-    // SAFETY: `s` is this CPU's scratch entry; nothing else runs on this CPU meanwhile.
-    let t = unsafe {
-        match n.ethertype {
-            ETH_P_IP => {
-                let Some(h) = frame.bytes::<20>(l3) else {
-                    return false;
-                };
-                (*s).src.set_v4([h[12], h[13], h[14], h[15]]);
-                (*s).dst.set_v4([h[16], h[17], h[18], h[19]]);
-                ipv4_transport(&h, l3)
-            }
-            ETH_P_IPV6 => {
-                let (Some(h), Some(a), Some(b)) = (
-                    frame.bytes::<8>(l3),
-                    frame.bytes::<16>(l3 + 8),
-                    frame.bytes::<16>(l3 + 24),
-                ) else {
-                    return false;
-                };
-                (*s).src.set_v6(&a);
-                (*s).dst.set_v6(&b);
-                ipv6_transport(frame, h[6], l3)
-            }
-            _ => return false,
-        }
-    };
-    let (proto, l4) = (t.proto, t.at());
     // SAFETY: as above; lookups with keys in the scratch entry, values not kept.
     unsafe {
         if traced_addr(&(*s).src) || traced_addr(&(*s).dst) {
             return true;
         }
-        if direction != Direction::Ingress as u8 {
+        if !ingress {
             return false;
         }
-        let ports = match l4 {
-            Some(at) if has_ports(proto) => frame.bytes::<4>(at),
-            _ => None,
-        };
         if let Some(p) = ports {
             if published(proto, dport(p)) {
                 return true;
@@ -131,6 +104,50 @@ pub fn at_tc<F: Frame>(frame: &F, ifindex: u32, direction: u8) -> bool {
         (*s).set_key(proto, ports);
         nat_flow(&(*s).key)
     }
+}
+
+/// Writes the frame's addresses to `s`; gives its protocol, and its ports if it has them and
+/// they count (`ingress`). Most frames take one read (`plain_v4`); others are walked.
+///
+/// # Safety
+/// `s` must be this CPU's scratch entry.
+#[inline(always)]
+unsafe fn addresses<F: Frame>(
+    frame: &F,
+    s: *mut ScopeScratch,
+    ingress: bool,
+) -> Option<(u8, Option<[u8; 4]>)> {
+    if let Some(h) = frame.plain_head() {
+        if plain_v4(h) {
+            let t = plain_v4_transport(h);
+            (*s).src.set_v4([h[26], h[27], h[28], h[29]]);
+            (*s).dst.set_v4([h[30], h[31], h[32], h[33]]);
+            let ports = t.at().is_some() && has_ports(t.proto);
+            return Some((t.proto, ports.then_some([h[34], h[35], h[36], h[37]])));
+        }
+    }
+    let n = network(frame)?;
+    let l3 = n.offset;
+    let t = match n.ethertype {
+        ETH_P_IP => {
+            let h = frame.bytes::<20>(l3)?;
+            (*s).src.set_v4([h[12], h[13], h[14], h[15]]);
+            (*s).dst.set_v4([h[16], h[17], h[18], h[19]]);
+            ipv4_transport(&h, l3)
+        }
+        ETH_P_IPV6 => {
+            let h = frame.bytes::<8>(l3)?;
+            (*s).src.set_v6(&frame.bytes::<16>(l3 + 8)?);
+            (*s).dst.set_v6(&frame.bytes::<16>(l3 + 24)?);
+            ipv6_transport(frame, h[6], l3)
+        }
+        _ => return None,
+    };
+    let ports = match t.at() {
+        Some(at) if ingress && has_ports(t.proto) => frame.bytes::<4>(at),
+        _ => None,
+    };
+    Some((t.proto, ports))
 }
 
 /// Judged out of scope on this CPU, on its way through (`JUDGED_OUT`)? For the netfilter
@@ -169,11 +186,12 @@ pub fn mark_filtered(skb: u64, len: u32) {
 #[inline(always)]
 fn judge(skb: u64, len: u32, by_filter: u32) {
     if let Some(j) = JUDGED_OUT.get_ptr_mut(0) {
-        // SAFETY: this CPU's entry.
+        // SAFETY: this CPU's entry. Volatile: the compiler would otherwise turn the zeroing
+        // of `forget` into a call of a `memset` subprogram that loops byte by byte.
         unsafe {
-            (*j).skb = skb;
-            (*j).len = len;
-            (*j).by_filter = by_filter;
+            core::ptr::write_volatile(&mut (*j).skb, skb);
+            core::ptr::write_volatile(&mut (*j).len, len);
+            core::ptr::write_volatile(&mut (*j).by_filter, by_filter);
         }
     }
 }

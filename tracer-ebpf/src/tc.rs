@@ -11,6 +11,7 @@ use tracer_common::{
         FlowKey, Frame, Tracked, FILTER_SLOT_EGRESS, FILTER_SLOT_INGRESS, VIEW_FILTER_SLOT,
         VIEW_LEN,
     },
+    headers::PLAIN_V4_LEN,
     Direction, EventKind, TableOp, TcFixed, TcHead, TcHeaders, MAX_SNAP, SNAP_LEN, TC_HEADERS,
     TC_HEAD_LEN,
 };
@@ -18,7 +19,8 @@ use tracer_common::{
 use crate::{
     maps::{
         count_op, emit_events, filtering, headers_only, hop_counter, snaplen, track_skb,
-        tracked_entry, untrack_skb, EVENTS, FILTER_PROGS, FLOWS, RING_FILL, TC_SCRATCH, VIEW,
+        tracked_entry, untrack_skb, EVENTS, FILTER_PROGS, FLOWS, FRAME_HEAD, RING_FILL, TC_SCRATCH,
+        UNFILTERED, VIEW,
     },
     scope,
 };
@@ -45,6 +47,18 @@ impl Frame for Skb {
         };
         // SAFETY: on success the helper wrote all N bytes.
         (r == 0).then(|| unsafe { out.assume_init() })
+    }
+
+    #[inline(always)]
+    fn plain_head(&self) -> Option<&[u8; PLAIN_V4_LEN]> {
+        let head = FRAME_HEAD.get_ptr_mut(0)?;
+        // SAFETY: as above; `head` is this CPU's entry, of PLAIN_V4_LEN bytes, and nothing
+        // else runs on this CPU until the caller is done with it.
+        let r = unsafe {
+            bpf_skb_load_bytes(self.0 as *const _, 0, head as *mut _, PLAIN_V4_LEN as u32)
+        };
+        // SAFETY: on success the helper wrote all of it.
+        (r == 0).then(|| unsafe { &*head })
     }
 }
 
@@ -82,8 +96,12 @@ fn still_ours(skb: *mut __sk_buff, t: *const Tracked) -> bool {
 /// drop programs, and the next hops, will know it is ours.
 #[inline(never)]
 fn track(skb: *mut __sk_buff) {
-    let t = Tracked::matched(FlowKey::parse_frame(&Skb(skb)));
-    track_skb(skb as u64, &t);
+    // A frame that is not IP takes the static entry: building its zeroed one on the stack
+    // is a `memset` subprogram call, one frame deeper than the verifier allows here.
+    match FlowKey::parse_frame(&Skb(skb)) {
+        Some(p) => track_skb(skb as u64, &Tracked::matched(Some(p))),
+        None => track_skb(skb as u64, &UNFILTERED),
+    }
     scope::forget(skb as u64);
 }
 
@@ -265,22 +283,15 @@ fn emit(skb: *mut __sk_buff, seen: &Seen) -> bool {
 /// Fills the observation's head; its time.
 #[inline(always)]
 fn fill_head(h: &mut TcHead, skb: *mut __sk_buff, seen: &Seen) -> u64 {
-    h.header.kind = EventKind::Tc as u8;
-    h.header._pad = [0; 3];
     // SAFETY: plain helpers.
-    unsafe {
-        h.header.cpu = bpf_get_smp_processor_id();
-        h.header.ts_ns = bpf_ktime_get_ns();
-    }
+    let (cpu, ts) = unsafe { (bpf_get_smp_processor_id(), bpf_ktime_get_ns()) };
     // The context pointer's value is the kernel sk_buff address: the packet's identity.
-    h.header.skb = skb as u64;
+    h.header.fill(EventKind::Tc, cpu, ts, skb as u64);
     h.ifindex = seen.ifindex;
     h.len = seen.len;
     h.mark = seen.mark;
-    h.protocol = seen.protocol as u16;
-    h.direction = seen.direction;
-    h._pad = [0; 5];
-    h.header.ts_ns
+    h.set_protocol_direction(seen.protocol as u16, seen.direction);
+    ts
 }
 
 /// A snaplen of at most `N` (`SNAP_LEN`, the default): the record is reserved at its full size
