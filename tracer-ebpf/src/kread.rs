@@ -19,6 +19,22 @@ pub fn ifindex(dev: u64, off_ifindex: u32) -> u32 {
     field::<i32>(dev, off_ifindex) as u32
 }
 
+/// The same, loaded directly with `DIRECT` (see `load`): `dev` read from a BTF-typed
+/// `nf_hook_state` is a `net_device` pointer the verifier knows.
+///
+/// # Safety
+/// With `DIRECT`, as `load`.
+#[inline(always)]
+pub unsafe fn ifindex_of<const DIRECT: bool>(dev: u64, off_ifindex: u32) -> u32 {
+    if !DIRECT {
+        return ifindex(dev, off_ifindex);
+    }
+    if dev == 0 {
+        return 0;
+    }
+    load::<i32>(dev, off_ifindex) as u32
+}
+
 /// What the netfilter observers read of a packet's `sk_buff`.
 pub struct SkbFields {
     pub len: u32,
@@ -55,17 +71,39 @@ unsafe fn read_window<const N: usize>(base: u64, w: u32, buf: *mut [u8; N]) -> b
         && bpf_probe_read_kernel_buf((base + u64::from(w)) as *const u8, &mut *buf).is_ok()
 }
 
-/// The `sk_buff` fields, in one read of the window user space worked out (`Offsets`), into
-/// `buf` (scratch: the caller overwrites it next), else one read a field.
+/// A `T` at `base + off`, loaded directly. Only where the verifier knows `base` by its BTF
+/// type (a BPF netfilter program's `skb` and `state`) and `off` as a constant (`OFFSETS`, a
+/// frozen read-only global the loader writes from this kernel's BTF): it checks the load
+/// against the struct's layout and makes it a plain move, where a `bpf_probe_read_kernel`
+/// call costs a helper call and a fault-checked copy.
 ///
 /// # Safety
-/// `buf` must be valid for `SKB_WINDOW` bytes.
+/// As above; the verifier refuses any other use.
 #[inline(always)]
-pub unsafe fn skb_fields(
+unsafe fn load<T: Copy>(base: u64, off: u32) -> T {
+    core::ptr::read((base as *const u8).add(off as usize) as *const T)
+}
+
+/// The `sk_buff` fields: loaded directly (`DIRECT`, see `load`), else in one read of the
+/// window user space worked out (`Offsets`) into `buf` (scratch: the caller overwrites it
+/// next), else one read a field.
+///
+/// # Safety
+/// `buf` must be valid for `SKB_WINDOW` bytes; with `DIRECT`, as `load`.
+#[inline(always)]
+pub unsafe fn skb_fields<const DIRECT: bool>(
     skb: u64,
     off: &Offsets,
     buf: *mut [u8; SKB_WINDOW as usize],
 ) -> SkbFields {
+    if DIRECT {
+        return SkbFields {
+            len: load(skb, off.skb_len),
+            data_len: load(skb, off.skb_data_len),
+            mark: load(skb, off.skb_mark),
+            data: load(skb, off.skb_data),
+        };
+    }
     let w = off.skb_window;
     if read_window(skb, w, buf) {
         let b = buf as *const u8;
@@ -87,13 +125,21 @@ pub unsafe fn skb_fields(
 /// The same for `nf_hook_state`.
 ///
 /// # Safety
-/// `buf` must be valid for `STATE_WINDOW` bytes.
+/// `buf` must be valid for `STATE_WINDOW` bytes; with `DIRECT`, as `load`.
 #[inline(always)]
-pub unsafe fn state_fields(
+pub unsafe fn state_fields<const DIRECT: bool>(
     state: u64,
     off: &Offsets,
     buf: *mut [u8; STATE_WINDOW as usize],
 ) -> StateFields {
+    if DIRECT {
+        return StateFields {
+            hook: load(state, off.state_hook),
+            pf: load(state, off.state_pf),
+            in_dev: load(state, off.state_in),
+            out_dev: load(state, off.state_out),
+        };
+    }
     let w = off.state_window;
     if read_window(state, w, buf) {
         let b = buf as *const u8;

@@ -13,7 +13,7 @@ use tracer_common::{
 };
 
 use crate::{
-    kread::{field, ifindex, skb_fields, state_fields, SkbFields, StateFields},
+    kread::{field, ifindex_of, skb_fields, state_fields, SkbFields, StateFields},
     maps::{headers_only, offsets, tracked, EVENTS, NF_NOTE, PRINT_WORDS, UNFILTERED},
     scope,
 };
@@ -28,7 +28,7 @@ pub fn observe(ctx: *mut core::ffi::c_void, slot: u8) -> i32 {
     // SAFETY: the verifier allows 8-byte reads of both context fields. The skb is read as a
     // number (a trusted pointer may not be split into the bytes of a map key).
     let (state, skb) = unsafe { (*ctx, *ctx.add(1)) };
-    observe_at(state, skb, slot);
+    observe_at::<true>(state, skb, slot);
     NF_ACCEPT
 }
 
@@ -38,7 +38,7 @@ pub fn observe(ctx: *mut core::ffi::c_void, slot: u8) -> i32 {
 #[inline(always)]
 pub fn observe_hook(skb: u64, state: u64, entry: bool) {
     let slot = if entry { 0 } else { LAST_SLOT };
-    observe_at(state, scalar(skb), slot);
+    observe_at::<false>(state, scalar(skb), slot);
 }
 
 /// The value of a pointer the verifier knows as a typed kernel pointer (fentry's arguments),
@@ -51,7 +51,7 @@ fn scalar(v: u64) -> u64 {
 }
 
 #[inline(always)]
-fn observe_at(state: u64, skb: u64, slot: u8) {
+fn observe_at<const DIRECT: bool>(state: u64, skb: u64, slot: u8) {
     // Judged out at a hook's entry: the rest of its way costs this comparison alone.
     if scope::judged_out(skb) {
         return;
@@ -72,7 +72,7 @@ fn observe_at(state: u64, skb: u64, slot: u8) {
     if off.valid == 0 {
         return;
     }
-    if noted && unchanged(skb, slot, &off) {
+    if noted && unchanged::<DIRECT>(skb, slot, &off) {
         return;
     }
     if !ours {
@@ -83,14 +83,14 @@ fn observe_at(state: u64, skb: u64, slot: u8) {
         crate::maps::track_skb(skb, &UNFILTERED);
         scope::forget(skb);
     }
-    record(state, skb, slot, &off);
+    record::<DIRECT>(state, skb, slot, &off);
 }
 
 /// Reports the packet at this slot, and notes what it carried for the hook's later slots.
 /// When nothing records the bytes (`headers_only`), an IPv4 packet without IP options is sent
 /// with its headers alone (`NfHeaders`); any other, or with a recording, with `SNAP_LEN` bytes.
 #[inline(always)]
-fn record(state: u64, skb: u64, slot: u8, off: &Offsets) {
+fn record<const DIRECT: bool>(state: u64, skb: u64, slot: u8, off: &Offsets) {
     let Some(c) = NF_NOTE.get_ptr_mut(0) else {
         return;
     };
@@ -98,12 +98,12 @@ fn record(state: u64, skb: u64, slot: u8, off: &Offsets) {
     // on this CPU meanwhile); STATE_WINDOW ≤ SKB_WINDOW.
     let (st, sk) = unsafe {
         let w = &mut (*c).window;
-        let st = state_fields(
+        let st = state_fields::<DIRECT>(
             state,
             off,
             w.as_mut_ptr() as *mut [u8; STATE_WINDOW as usize],
         );
-        (st, skb_fields(skb, off, w))
+        (st, skb_fields::<DIRECT>(skb, off, w))
     };
     if headers_only() && st.pf == NFPROTO_IPV4 {
         let Some(mut entry) = EVENTS.reserve::<NfHeaders>(0) else {
@@ -112,7 +112,9 @@ fn record(state: u64, skb: u64, slot: u8, off: &Offsets) {
         };
         let ev = entry.as_mut_ptr();
         // SAFETY: a reserved, exclusively owned ring-buffer record.
-        if unsafe { fill(ev, skb, slot, &st, &sk, off.dev_ifindex) && (*ev).data[0] == 0x45 } {
+        if unsafe {
+            fill::<_, DIRECT>(ev, skb, slot, &st, &sk, off.dev_ifindex) && (*ev).data[0] == 0x45
+        } {
             entry.submit(0);
             return;
         }
@@ -123,7 +125,7 @@ fn record(state: u64, skb: u64, slot: u8, off: &Offsets) {
         return;
     };
     // SAFETY: as above.
-    unsafe { fill(entry.as_mut_ptr(), skb, slot, &st, &sk, off.dev_ifindex) };
+    unsafe { fill::<_, DIRECT>(entry.as_mut_ptr(), skb, slot, &st, &sk, off.dev_ifindex) };
     entry.submit(0);
 }
 
@@ -148,7 +150,7 @@ fn lost(skb: u64) {
 /// # Safety
 /// `ev` must point at a reserved, exclusively owned ring-buffer record.
 #[inline(always)]
-unsafe fn fill<const N: usize>(
+unsafe fn fill<const N: usize, const DIRECT: bool>(
     ev: *mut NfRecord<N>,
     skb: u64,
     slot: u8,
@@ -156,7 +158,7 @@ unsafe fn fill<const N: usize>(
     sk: &SkbFields,
     off_ifindex: u32,
 ) -> bool {
-    let (in_ifindex, out_ifindex) = devices(skb, st, off_ifindex);
+    let (in_ifindex, out_ifindex) = devices::<DIRECT>(skb, st, off_ifindex);
     let linear = sk.len.saturating_sub(sk.data_len);
     let cap = if linear < N as u32 { linear } else { N as u32 };
     (*ev).header.fill(
@@ -204,7 +206,7 @@ unsafe fn fill<const N: usize>(
 /// is noted as passed, not reported, and user space gives it the last record's view. A
 /// header with options is always reported (its ports lie beyond the print).
 #[inline(always)]
-fn unchanged(skb: u64, slot: u8, off: &Offsets) -> bool {
+fn unchanged<const DIRECT: bool>(skb: u64, slot: u8, off: &Offsets) -> bool {
     let Some(c) = NF_NOTE.get_ptr_mut(0) else {
         return false;
     };
@@ -214,7 +216,7 @@ fn unchanged(skb: u64, slot: u8, off: &Offsets) -> bool {
         if (*c).printed == 0 || (*c).slot >= slot {
             return false;
         }
-        let sk = skb_fields(skb, off, &mut (*c).window);
+        let sk = skb_fields::<DIRECT>(skb, off, &mut (*c).window);
         if sk.data == 0 || sk.len != (*c).len || sk.mark != (*c).mark {
             return false;
         }
@@ -243,11 +245,11 @@ fn unchanged(skb: u64, slot: u8, off: &Offsets) -> bool {
 /// `drops.rs` clears it when the packet is freed on this CPU. Noting another packet keeps the
 /// one before as `prev`.
 #[inline(always)]
-fn devices(skb: u64, st: &StateFields, off_ifindex: u32) -> (u32, u32) {
+fn devices<const DIRECT: bool>(skb: u64, st: &StateFields, off_ifindex: u32) -> (u32, u32) {
     let Some(c) = NF_NOTE.get_ptr_mut(0) else {
         return (
-            ifindex(st.in_dev, off_ifindex),
-            ifindex(st.out_dev, off_ifindex),
+            unsafe { ifindex_of::<DIRECT>(st.in_dev, off_ifindex) },
+            unsafe { ifindex_of::<DIRECT>(st.out_dev, off_ifindex) },
         );
     };
     // SAFETY: this CPU's entry; nothing else runs on this CPU meanwhile.
@@ -265,8 +267,8 @@ fn devices(skb: u64, st: &StateFields, off_ifindex: u32) -> (u32, u32) {
         if other || (*c).in_dev != st.in_dev || (*c).out_dev != st.out_dev {
             (*c).in_dev = st.in_dev;
             (*c).out_dev = st.out_dev;
-            (*c).in_ifindex = ifindex(st.in_dev, off_ifindex);
-            (*c).out_ifindex = ifindex(st.out_dev, off_ifindex);
+            (*c).in_ifindex = ifindex_of::<DIRECT>(st.in_dev, off_ifindex);
+            (*c).out_ifindex = ifindex_of::<DIRECT>(st.out_dev, off_ifindex);
         }
         ((*c).in_ifindex, (*c).out_ifindex)
     }
