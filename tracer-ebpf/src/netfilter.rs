@@ -25,8 +25,9 @@ const NF_ACCEPT: i32 = 1;
 #[inline(always)]
 pub fn observe(ctx: *mut core::ffi::c_void, slot: u8) -> i32 {
     let ctx = ctx as *const u64;
-    // SAFETY: the verifier allows 8-byte reads of both context fields. The skb is read as a
-    // number (a trusted pointer may not be split into the bytes of a map key).
+    // SAFETY: the verifier allows 8-byte reads of both context fields. Rust holds them as
+    // numbers (the skb's is a map key); the verifier still knows both as BTF-typed pointers,
+    // which is what lets `observe_at::<true>` load their fields directly (`kread::load`).
     let (state, skb) = unsafe { (*ctx, *ctx.add(1)) };
     observe_at::<true>(state, skb, slot);
     NF_ACCEPT
@@ -247,10 +248,13 @@ fn unchanged<const DIRECT: bool>(skb: u64, slot: u8, off: &Offsets) -> bool {
 #[inline(always)]
 fn devices<const DIRECT: bool>(skb: u64, st: &StateFields, off_ifindex: u32) -> (u32, u32) {
     let Some(c) = NF_NOTE.get_ptr_mut(0) else {
-        return (
-            unsafe { ifindex_of::<DIRECT>(st.in_dev, off_ifindex) },
-            unsafe { ifindex_of::<DIRECT>(st.out_dev, off_ifindex) },
-        );
+        // SAFETY: with DIRECT, the devices came from a BTF-typed `nf_hook_state` (`load`).
+        return unsafe {
+            (
+                ifindex_of::<DIRECT>(st.in_dev, off_ifindex),
+                ifindex_of::<DIRECT>(st.out_dev, off_ifindex),
+            )
+        };
     };
     // SAFETY: this CPU's entry; nothing else runs on this CPU meanwhile.
     unsafe {
