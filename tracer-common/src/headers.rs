@@ -9,8 +9,9 @@ pub trait Frame {
     fn bytes<const N: usize>(&self, offset: u32) -> Option<[u8; N]>;
 
     /// The frame's first [`PLAIN_V4_LEN`] bytes, if it is that long, read at once (for
-    /// [`plain_v4`]). The kernel side reads them into per-CPU memory: its tc programs' stack
-    /// frames together must stay within 512 bytes.
+    /// [`plain_v4`]). The kernel side reads them in place from the skb's linear data, else
+    /// into per-CPU memory, never onto the stack: its tc programs' stack frames together must
+    /// stay within 512 bytes.
     fn plain_head(&self) -> Option<&[u8; PLAIN_V4_LEN]>;
 }
 

@@ -130,7 +130,8 @@ pub static FLOW_MARKS: Array<u64> = Array::with_max_entries(FLOW_MARK_WORDS, 0);
 #[map(name = "JUDGED_OUT")]
 pub static JUDGED_OUT: PerCpuArray<Judged> = PerCpuArray::with_max_entries(1, 0);
 
-/// A tc program's read of a frame's first bytes (`Frame::plain_head`), one per CPU.
+/// A tc program's copy of a frame's first bytes (`Frame::plain_head`) when they are not all in
+/// the skb's linear data (where they are, they are read in place), one per CPU.
 #[map(name = "FRAME_HEAD")]
 pub static FRAME_HEAD: PerCpuArray<[u8; PLAIN_V4_LEN]> = PerCpuArray::with_max_entries(1, 0);
 
