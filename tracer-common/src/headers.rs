@@ -13,6 +13,13 @@ pub trait Frame {
     /// into per-CPU memory, never onto the stack: its tc programs' stack frames together must
     /// stay within 512 bytes.
     fn plain_head(&self) -> Option<&[u8; PLAIN_V4_LEN]>;
+
+    /// The frame's first [`PLAIN_V6_LEN`] bytes where they can be had without a copy (for
+    /// [`plain_v6`]: the kernel side reads them in place from the skb's linear data). `None`
+    /// sends the caller to the walk.
+    fn plain_v6_head(&self) -> Option<&[u8; PLAIN_V6_LEN]> {
+        None
+    }
 }
 
 impl Frame for [u8] {
@@ -25,6 +32,11 @@ impl Frame for [u8] {
     #[inline(always)]
     fn plain_head(&self) -> Option<&[u8; PLAIN_V4_LEN]> {
         self.get(..PLAIN_V4_LEN)?.try_into().ok()
+    }
+
+    #[inline(always)]
+    fn plain_v6_head(&self) -> Option<&[u8; PLAIN_V6_LEN]> {
+        self.get(..PLAIN_V6_LEN)?.try_into().ok()
     }
 }
 
@@ -88,6 +100,27 @@ pub const fn plain_v4(h: &[u8; PLAIN_V4_LEN]) -> bool {
 #[inline(always)]
 pub const fn plain_v4_transport(h: &[u8; PLAIN_V4_LEN]) -> Transport {
     ipv4_transport_of(h[14], [h[20], h[21]], h[23], PLAIN_V4_L3)
+}
+
+/// An untagged Ethernet frame's first bytes through the first 4 of an IPv6 packet's transport
+/// header (its ports) when the fixed header names that header itself: the IPv6 side of
+/// [`PLAIN_V4_LEN`]. A host's IPv6 traffic is mostly that.
+pub const PLAIN_V6_LEN: usize = 14 + 40 + 4;
+/// Where such a frame's transport header is.
+pub const PLAIN_V6_L4: u32 = 54;
+
+/// Are `h` the first bytes of an untagged IPv6 frame whose next header is none of the
+/// extension headers [`ipv6_transport`] skips? Then [`network`] finds its header at 14, and
+/// [`ipv6_transport`] its transport header, of protocol `h[20]`, at [`PLAIN_V6_L4`].
+#[inline(always)]
+pub const fn plain_v6(h: &[u8; PLAIN_V6_LEN]) -> bool {
+    h[12] == 0x86 && h[13] == 0xdd && !matches!(h[20], 0 | 43 | 60)
+}
+
+/// A [`plain_v6`] frame's source and destination addresses.
+#[inline(always)]
+pub fn plain_v6_addresses(h: &[u8; PLAIN_V6_LEN]) -> Option<(&[u8; 16], &[u8; 16])> {
+    Some((h[22..38].try_into().ok()?, h[38..54].try_into().ok()?))
 }
 
 /// The network header after the Ethernet header and up to [`MAX_VLAN_TAGS`] VLAN tags.

@@ -3,13 +3,10 @@
 
 use aya_ebpf::helpers::bpf_probe_read_kernel_buf;
 use tracer_common::{
-    headers::{
-        ipv4_transport, ipv6_transport, network, plain_v4, plain_v4_transport, Frame, ETH_P_IP,
-        ETH_P_IPV6,
-    },
+    headers::Frame,
     scope::{
-        addr_bit, dport, flow_mark, has_ports, judged_at_hook, point_bit, port_bit, word_and_mask,
-        ScopeAddr, ScopeScratch, POINT_ALL, POINT_TRACED,
+        addr_bit, dport, flow_mark, judged_at_hook, point_bit, port_bit, word_and_mask, ScopeAddr,
+        POINT_ALL, POINT_TRACED,
     },
     Direction, Offsets,
 };
@@ -85,7 +82,7 @@ pub fn at_tc<F: Frame>(frame: &F, ifindex: u32, direction: u8) -> bool {
     };
     let ingress = direction == Direction::Ingress as u8;
     // SAFETY: `s` is this CPU's scratch entry; nothing else runs on this CPU meanwhile.
-    let Some((proto, ports)) = (unsafe { addresses(frame, s, ingress) }) else {
+    let Some((proto, ports)) = (unsafe { (*s).read_frame(frame, ingress) }) else {
         return false;
     };
     // SAFETY: as above; lookups with keys in the scratch entry, values not kept.
@@ -104,50 +101,6 @@ pub fn at_tc<F: Frame>(frame: &F, ifindex: u32, direction: u8) -> bool {
         (*s).set_key(proto, ports);
         nat_flow(&(*s).key)
     }
-}
-
-/// Writes the frame's addresses to `s`; gives its protocol, and its ports if it has them and
-/// they count (`ingress`). Most frames take one read (`plain_v4`); others are walked.
-///
-/// # Safety
-/// `s` must be this CPU's scratch entry.
-#[inline(always)]
-unsafe fn addresses<F: Frame>(
-    frame: &F,
-    s: *mut ScopeScratch,
-    ingress: bool,
-) -> Option<(u8, Option<[u8; 4]>)> {
-    if let Some(h) = frame.plain_head() {
-        if plain_v4(h) {
-            let t = plain_v4_transport(h);
-            (*s).src.set_v4([h[26], h[27], h[28], h[29]]);
-            (*s).dst.set_v4([h[30], h[31], h[32], h[33]]);
-            let ports = t.at().is_some() && has_ports(t.proto);
-            return Some((t.proto, ports.then_some([h[34], h[35], h[36], h[37]])));
-        }
-    }
-    let n = network(frame)?;
-    let l3 = n.offset;
-    let t = match n.ethertype {
-        ETH_P_IP => {
-            let h = frame.bytes::<20>(l3)?;
-            (*s).src.set_v4([h[12], h[13], h[14], h[15]]);
-            (*s).dst.set_v4([h[16], h[17], h[18], h[19]]);
-            ipv4_transport(&h, l3)
-        }
-        ETH_P_IPV6 => {
-            let h = frame.bytes::<8>(l3)?;
-            (*s).src.set_v6(&frame.bytes::<16>(l3 + 8)?);
-            (*s).dst.set_v6(&frame.bytes::<16>(l3 + 24)?);
-            ipv6_transport(frame, h[6], l3)
-        }
-        _ => return None,
-    };
-    let ports = match t.at() {
-        Some(at) if ingress && has_ports(t.proto) => frame.bytes::<4>(at),
-        _ => None,
-    };
-    Some((t.proto, ports))
 }
 
 /// Judged out of scope on this CPU, on its way through (`JUDGED_OUT`)? For the netfilter

@@ -11,7 +11,7 @@ use tracer_common::{
         FlowKey, Frame, Tracked, FILTER_SLOT_EGRESS, FILTER_SLOT_INGRESS, VIEW_FILTER_SLOT,
         VIEW_LEN,
     },
-    headers::PLAIN_V4_LEN,
+    headers::{PLAIN_V4_LEN, PLAIN_V6_LEN},
     Direction, EventKind, TableOp, TcFixed, TcHead, TcHeaders, MAX_SNAP, SNAP_LEN, TC_HEADERS,
     TC_HEAD_LEN,
 };
@@ -69,6 +69,15 @@ impl Frame for Skb {
         };
         // SAFETY: on success the helper wrote all of it.
         (r == 0).then(|| unsafe { &*head })
+    }
+
+    #[inline(always)]
+    fn plain_v6_head(&self) -> Option<&[u8; PLAIN_V6_LEN]> {
+        // In place only: a frame whose head is not in the linear data is walked.
+        // SAFETY: as in `plain_head`.
+        let (data, end) = unsafe { ((*self.0).data as usize, (*self.0).data_end as usize) };
+        // SAFETY: PLAIN_V6_LEN bytes of packet data, checked first.
+        (data + PLAIN_V6_LEN <= end).then(|| unsafe { &*(data as *const [u8; PLAIN_V6_LEN]) })
     }
 }
 
