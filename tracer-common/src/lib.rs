@@ -14,6 +14,17 @@ pub mod netfilter;
 pub mod offsets;
 pub mod scope;
 
+/// Varied bytes for the tests that hold a fast path equal to the walk (xorshift64).
+#[cfg(test)]
+pub(crate) fn test_bytes(mut seed: u64) -> impl FnMut() -> u8 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed as u8
+    }
+}
+
 pub use counters::{
     HopCounter, LostKind, PointKey, TableOp, LOST_KINDS, MAX_HOP_COUNTERS, TABLE_OPS,
 };

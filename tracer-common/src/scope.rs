@@ -468,13 +468,7 @@ mod tests {
 
     #[test]
     fn one_read_of_a_frame_is_the_walk() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed as u8
-        };
+        let mut next = crate::test_bytes(0x9e37_79b9_7f4a_7c15);
         let read = |f: &[u8], ingress: bool| {
             let (mut a, mut b) = (ScopeScratch::ZERO, ScopeScratch::ZERO);
             let got = (a.read_frame(f, ingress), a.src, a.dst);
