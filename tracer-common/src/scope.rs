@@ -148,6 +148,25 @@ pub struct Judged {
     pub by_filter: u32,
 }
 
+/// The Ethernet header a packet judged at a netfilter hook (its length from the IP header)
+/// has in front of it at a later tc egress.
+const ETH_HLEN: u32 = 14;
+
+impl Judged {
+    /// Is a tc observer's packet at this address (already compared) the one judged out, by its
+    /// length? The same length; or at an egress, judged at PREROUTING or OUTPUT from its IP
+    /// header, that and an Ethernet header: the host's own packets and those from an interface
+    /// flowtrace is not attached to (another Docker network's bridge) are judged there, and
+    /// compared by length alone were judged again, with a TRACKED lookup, at the uplink's
+    /// egress. Not at an ingress: one after a netfilter hook has crossed from another
+    /// namespace, whose hooks observers at `nf_hook_slow` see too, and is judged in this one.
+    /// The length guards against another packet at a freed one's address.
+    #[inline(always)]
+    pub const fn same_length(&self, len: u32, egress: bool) -> bool {
+        len == self.len || (egress && len == self.len.wrapping_add(ETH_HLEN))
+    }
+}
+
 /// A published host port's bit in `SCOPE_PORT_BITS` (TCP, UDP, SCTP, UDP-Lite); None for a
 /// protocol without ports.
 #[inline(always)]
@@ -351,6 +370,36 @@ mod tests {
         let (proto, ports) = s.parse_head()?;
         s.set_key(proto, ports);
         Some((s, proto, ports.map(dport)))
+    }
+
+    /// A packet judged out at a netfilter hook (its IP length) is still known at a tc egress
+    /// with an Ethernet header in front, and at any tc hop with its own length; another length
+    /// at the same address is another packet, and so is that one at an ingress (from another
+    /// namespace).
+    #[test]
+    fn judged_lengths() {
+        let j = Judged {
+            skb: 1,
+            len: 84,
+            by_filter: 0,
+        };
+        for egress in [false, true] {
+            assert!(
+                j.same_length(84, egress),
+                "judged at a tc hop, seen at the next"
+            );
+            for other in [0, 83, 85, 97, 99, 84 + 18, 70] {
+                assert!(!j.same_length(other, egress), "{other}");
+            }
+        }
+        assert!(
+            j.same_length(98, true),
+            "judged from the IP header, seen with Ethernet's"
+        );
+        assert!(
+            !j.same_length(98, false),
+            "at an ingress: judged in this namespace"
+        );
     }
 
     #[test]

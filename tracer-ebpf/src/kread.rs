@@ -19,20 +19,30 @@ pub fn ifindex(dev: u64, off_ifindex: u32) -> u32 {
     field::<i32>(dev, off_ifindex) as u32
 }
 
-/// The same, loaded directly with `DIRECT` (see `load`): `dev` read from a BTF-typed
-/// `nf_hook_state` is a `net_device` pointer the verifier knows.
+/// A `T` at `base + off`: loaded directly with `DIRECT` (see `load`), else read as `field`
+/// reads it; zero for a null `base`.
+///
+/// # Safety
+/// With `DIRECT`, as `load`.
+#[inline(always)]
+pub unsafe fn field_of<T: Copy + Default, const DIRECT: bool>(base: u64, off: u32) -> T {
+    if !DIRECT {
+        return field(base, off);
+    }
+    if base == 0 {
+        return T::default();
+    }
+    load::<T>(base, off)
+}
+
+/// The same for `net_device->ifindex`: `dev` read from a BTF-typed `nf_hook_state` is a
+/// `net_device` pointer the verifier knows.
 ///
 /// # Safety
 /// With `DIRECT`, as `load`.
 #[inline(always)]
 pub unsafe fn ifindex_of<const DIRECT: bool>(dev: u64, off_ifindex: u32) -> u32 {
-    if !DIRECT {
-        return ifindex(dev, off_ifindex);
-    }
-    if dev == 0 {
-        return 0;
-    }
-    load::<i32>(dev, off_ifindex) as u32
+    field_of::<i32, DIRECT>(dev, off_ifindex) as u32
 }
 
 /// What the netfilter observers read of a packet's `sk_buff`.

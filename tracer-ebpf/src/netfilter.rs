@@ -77,7 +77,7 @@ fn observe_at<const DIRECT: bool>(state: u64, skb: u64, slot: u8) {
         return;
     }
     if !ours {
-        if !scope::at_netfilter(skb, state, &off) {
+        if !scope::at_netfilter::<DIRECT>(skb, state, &off) {
             scope::mark_out(skb, field(skb, off.skb_len));
             return;
         }

@@ -12,7 +12,7 @@ use tracer_common::{
 };
 
 use crate::{
-    kread::field,
+    kread::field_of,
     maps::{
         FLOWS, FLOW_MARKS, JUDGED_OUT, SCOPE_ADDRS, SCOPE_ADDR_BITS, SCOPE_POINTS,
         SCOPE_POINT_BITS, SCOPE_PORT_BITS, SCOPE_SCRATCH,
@@ -110,12 +110,13 @@ pub fn judged_out(skb: u64) -> bool {
     JUDGED_OUT.get(0).is_some_and(|j| j.skb == skb)
 }
 
-/// For a tc observer: by its address and length, and not at a traced point.
+/// For a tc observer: by its address and length (`Judged::same_length`), and not at a traced
+/// point.
 #[inline(always)]
-pub fn judged_out_at(skb: u64, len: u32, ifindex: u32) -> bool {
+pub fn judged_out_at(skb: u64, len: u32, ifindex: u32, egress: bool) -> bool {
     if !JUDGED_OUT
         .get(0)
-        .is_some_and(|j| j.skb == skb && j.len == len && j.by_filter == 0)
+        .is_some_and(|j| j.skb == skb && j.same_length(len, egress) && j.by_filter == 0)
     {
         return false;
     }
@@ -161,14 +162,24 @@ pub fn forget(skb: u64) {
 /// PREROUTING and OUTPUT (`judged_at_hook`), the first hook every packet passes, so a packet
 /// from an interface flowtrace is not attached to (another Docker network's bridge) or sent
 /// by the host is in scope from there on.
+/// With `DIRECT` (a BPF netfilter link's typed `skb` and `state`, see `kread::load`), its
+/// fields are loaded directly, not with a helper call each: this runs for every packet the host
+/// sends, and every one from an interface flowtrace is not attached to.
 #[inline(never)]
-pub fn at_netfilter(skb: u64, state: u64, off: &Offsets) -> bool {
-    let hook: u8 = field(state, off.state_hook);
-    let pf: u8 = field(state, off.state_pf);
+pub fn at_netfilter<const DIRECT: bool>(skb: u64, state: u64, off: &Offsets) -> bool {
+    // SAFETY: with DIRECT, `skb` and `state` are the context's BTF-typed pointers (a static
+    // subprogram is verified with its caller's argument types) and the offsets the loader's.
+    let (hook, pf): (u8, u8) = unsafe {
+        (
+            field_of::<_, DIRECT>(state, off.state_hook),
+            field_of::<_, DIRECT>(state, off.state_pf),
+        )
+    };
     if !judged_at_hook(u32::from(hook)) || !(pf == 2 || pf == 10) {
         return false;
     }
-    let data: u64 = field(skb, off.skb_data);
+    // SAFETY: as above.
+    let data: u64 = unsafe { field_of::<_, DIRECT>(skb, off.skb_data) };
     if data == 0 {
         return false;
     }

@@ -149,7 +149,8 @@ pub fn observe(ctx: &TcContext, direction: u8) -> i32 {
         return TC_ACT_UNSPEC;
     }
     // Judged out at an earlier hop on this CPU (a neighbour's packet): this comparison only.
-    if scope::judged_out_at(skb as u64, len, ifindex) {
+    let egress = direction == Direction::Egress as u8;
+    if scope::judged_out_at(skb as u64, len, ifindex, egress) {
         return TC_ACT_UNSPEC;
     }
     // At an ingress the packet comes from a wire or another namespace, before netfilter could
