@@ -21,7 +21,7 @@
 
 use crate::headers::{
     ipv4_transport, ipv6_transport, network, plain_v4, plain_v4_transport, plain_v6,
-    plain_v6_addresses, Frame, ETH_P_IP, ETH_P_IPV6,
+    plain_v6_addresses, Frame, ETH_P_IP, ETH_P_IPV6, PLAIN_V4_L4, PLAIN_V6_L4,
 };
 
 /// `SCOPE_POINTS` flags of an interface.
@@ -279,7 +279,7 @@ impl ScopeScratch {
                 self.src.set_v4([h[26], h[27], h[28], h[29]]);
                 self.dst.set_v4([h[30], h[31], h[32], h[33]]);
                 let ports = ingress && t.at().is_some() && has_ports(t.proto);
-                return Some((t.proto, ports.then_some([h[34], h[35], h[36], h[37]])));
+                return Some((t.proto, ports.then(|| four(h, PLAIN_V4_L4))));
             }
         }
         if let Some(h) = frame.plain_v6_head() {
@@ -289,7 +289,7 @@ impl ScopeScratch {
                 self.dst.set_v6(dst);
                 let proto = h[20];
                 let ports = ingress && has_ports(proto);
-                return Some((proto, ports.then_some([h[54], h[55], h[56], h[57]])));
+                return Some((proto, ports.then(|| four(h, PLAIN_V6_L4))));
             }
         }
         let n = network(frame)?;
@@ -323,6 +323,13 @@ impl ScopeScratch {
         let (src, dst) = (self.src.words(), self.dst.words());
         self.key.set(src, dst, ports.unwrap_or([0; 4]), proto);
     }
+}
+
+/// The four bytes at `at` of a frame's head: its ports, where its transport header is there.
+#[inline(always)]
+fn four<const N: usize>(h: &[u8; N], at: u32) -> [u8; 4] {
+    let i = at as usize;
+    [h[i], h[i + 1], h[i + 2], h[i + 3]]
 }
 
 /// The destination port of ports as in a packet.

@@ -53,17 +53,12 @@ impl Frame for Skb {
     fn plain_head(&self) -> Option<&[u8; PLAIN_V4_LEN]> {
         // Where the frame's head is in the skb's linear data (nearly always: a forwarded
         // packet's headers are), it is read in place: no helper call and no copy.
-        // SAFETY: `data` and `data_end` are context fields the verifier turns into packet
-        // pointers; the head is read only after it is known to lie between them.
-        let (data, end) = unsafe { ((*self.0).data as usize, (*self.0).data_end as usize) };
-        if data + PLAIN_V4_LEN <= end {
-            // SAFETY: PLAIN_V4_LEN bytes of packet data, checked just above; the programs
-            // change no packet data while the caller holds it.
-            return Some(unsafe { &*(data as *const [u8; PLAIN_V4_LEN]) });
+        if let Some(h) = self.in_place() {
+            return Some(h);
         }
         let head = FRAME_HEAD.get_ptr_mut(0)?;
-        // SAFETY: as above; `head` is this CPU's entry, of PLAIN_V4_LEN bytes, and nothing
-        // else runs on this CPU until the caller is done with it.
+        // SAFETY: `head` is this CPU's entry, of PLAIN_V4_LEN bytes, and nothing else runs on
+        // this CPU until the caller is done with it.
         let r = unsafe {
             bpf_skb_load_bytes(self.0 as *const _, 0, head as *mut _, PLAIN_V4_LEN as u32)
         };
@@ -74,10 +69,20 @@ impl Frame for Skb {
     #[inline(always)]
     fn plain_v6_head(&self) -> Option<&[u8; PLAIN_V6_LEN]> {
         // In place only: a frame whose head is not in the linear data is walked.
-        // SAFETY: as in `plain_head`.
+        self.in_place()
+    }
+}
+
+impl Skb {
+    /// The frame's first `N` bytes where they lie in the skb's linear data, read in place.
+    #[inline(always)]
+    fn in_place<const N: usize>(&self) -> Option<&[u8; N]> {
+        // SAFETY: `data` and `data_end` are context fields the verifier turns into packet
+        // pointers; the bytes are read only after they are known to lie between them.
         let (data, end) = unsafe { ((*self.0).data as usize, (*self.0).data_end as usize) };
-        // SAFETY: PLAIN_V6_LEN bytes of packet data, checked first.
-        (data + PLAIN_V6_LEN <= end).then(|| unsafe { &*(data as *const [u8; PLAIN_V6_LEN]) })
+        // SAFETY: N bytes of packet data, checked first; the programs change no packet data
+        // while the caller holds them.
+        (data + N <= end).then(|| unsafe { &*(data as *const [u8; N]) })
     }
 }
 
