@@ -13,7 +13,7 @@ use tracer_common::{
 };
 
 use crate::{
-    kread::{field, ifindex_of, skb_fields, state_fields, SkbFields, StateFields},
+    kread::{field_of, ifindex_of, skb_fields, state_fields, SkbFields, StateFields},
     maps::{headers_only, offsets, tracked, EVENTS, NF_NOTE, PRINT_WORDS, UNFILTERED},
     scope,
 };
@@ -78,7 +78,8 @@ fn observe_at<const DIRECT: bool>(state: u64, skb: u64, slot: u8) {
     }
     if !ours {
         if !scope::at_netfilter::<DIRECT>(skb, state, &off) {
-            scope::mark_out(skb, field(skb, off.skb_len));
+            // SAFETY: with DIRECT, `skb` is the context's BTF-typed pointer (`kread::load`).
+            scope::mark_out(skb, unsafe { field_of::<u32, DIRECT>(skb, off.skb_len) });
             return;
         }
         crate::maps::track_skb(skb, &UNFILTERED);
