@@ -108,24 +108,27 @@ pub(super) fn run_load(load: Load, seconds: u32) -> Result<(f64, Value)> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    // The check right before sending: the lab, its guards, and the route by ftlab-up.
+    // The check right before sending: the lab, its guards, and the route by ftlab-up (the
+    // host's route, which the containers' packets and the host's own take alike).
     safety()?;
-    let (container, address) = load.sender();
-    let pid = lab::docker::container_pid(container)?.to_string();
     let secs = seconds.to_string();
-    let mut c = Command::new("nsenter");
-    c.args([
-        "-n",
-        "-t",
-        &pid,
-        "iperf3",
-        "-c",
-        lab::INET_IP,
-        "-p",
-        IPERF_PORT,
-    ]);
-    // Bound to the container's address: outside the container's namespace this fails.
-    c.args(["-B", address, "-t", &secs, "-J"]);
+    let mut c = match load.sender() {
+        Some((container, address)) => {
+            let pid = lab::docker::container_pid(container)?.to_string();
+            let mut c = Command::new("nsenter");
+            c.args(["-n", "-t", &pid, "iperf3"]);
+            // Bound to the container's address: outside its namespace this fails.
+            c.args(["-B", address]);
+            c
+        }
+        None => {
+            // Bound to the host's lab address, which only ftlab-up holds.
+            let mut c = Command::new("iperf3");
+            c.args(["-B", lab::UPLINK_IP]);
+            c
+        }
+    };
+    c.args(["-c", lab::INET_IP, "-p", IPERF_PORT, "-t", &secs, "-J"]);
     if load.udp() {
         c.args(["-u", "-l", &UDP_LEN.to_string(), "-b", "0"]);
     }
@@ -258,9 +261,9 @@ pub(super) fn spawn_tracer(
         Config::Tcpdump => {
             let path = PathBuf::from(format!("/tmp/flowtrace-bench-{}.pcap", ctx.tag));
             file = Some(TmpFile(path.clone()));
-            // Under a neighbour's load, what an operator would run to watch the traced
+            // Under someone else's load, what an operator would run to watch the traced
             // container: tcpdump on its veth. Otherwise every interface (flowtrace's scope).
-            let iface = if load.neighbour() {
+            let iface = if load.idle_container() {
                 ctx.host_veth.as_str()
             } else {
                 "any"
@@ -297,13 +300,13 @@ pub(super) fn spawn_tracer(
     Ok((tracer, file))
 }
 
-/// Per packet of the load: at the traced veth, or for a neighbour's load (which never passes
-/// it) at the bridge.
+/// Per packet of the load: at the traced veth, for a neighbour's load (which never passes
+/// it) at the bridge, for the host's at the uplink.
 pub(super) fn counted_at(ctx: &Ctx, load: Load) -> &str {
-    if load.neighbour() {
-        &ctx.bridge
-    } else {
-        &ctx.host_veth
+    match load {
+        Load::HostUdp => lab::UPLINK,
+        _ if load.neighbour() => &ctx.bridge,
+        _ => &ctx.host_veth,
     }
 }
 
@@ -326,8 +329,10 @@ pub(super) fn measure(ctx: &Ctx, config: Config, load: Load, rep: u32) -> Result
         std::thread::sleep(Duration::from_millis(300));
         cpu0 = cpu_seconds(t.pid())?;
     }
-    // The traced container is idle under a neighbour's load, but for a few probes.
-    let probes = load.neighbour().then(|| std::thread::spawn(send_probes));
+    // The traced container is idle under someone else's load, but for a few probes.
+    let probes = load
+        .idle_container()
+        .then(|| std::thread::spawn(send_probes));
     let (throughput, iperf) = run_load(load, ctx.seconds)?;
     let probes = match probes.map(|h| h.join()) {
         Some(Ok(r)) => Some(r?),

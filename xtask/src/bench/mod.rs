@@ -68,7 +68,8 @@ pub struct BenchArgs {
     /// Use target/release/flowtrace as it is (skip `cargo build --release -p tracer`).
     #[arg(long)]
     pub no_build: bool,
-    /// Only these loads (repeatable; default all): tcp, udp, neighbour-tcp, neighbour-udp.
+    /// Only these loads (repeatable; default all): tcp, udp, neighbour-tcp, neighbour-udp,
+    /// host-udp.
     #[arg(long = "load", value_name = "LOAD")]
     pub loads: Vec<LoadArg>,
 }
@@ -80,6 +81,7 @@ pub enum LoadArg {
     Udp,
     NeighbourTcp,
     NeighbourUdp,
+    HostUdp,
 }
 
 impl LoadArg {
@@ -89,6 +91,7 @@ impl LoadArg {
             LoadArg::Udp => Load::Udp,
             LoadArg::NeighbourTcp => Load::NeighbourTcp,
             LoadArg::NeighbourUdp => Load::NeighbourUdp,
+            LoadArg::HostUdp => Load::HostUdp,
         }
     }
 }
@@ -154,9 +157,19 @@ enum Load {
     /// flowtrace traces the idle `ens_monitor_cron` (which sends a few probes meanwhile).
     NeighbourTcp,
     NeighbourUdp,
+    /// The host's own traffic, as on an internet-facing machine: the host sends the load to
+    /// the lab's internet from its lab address while flowtrace traces the idle container.
+    /// Its packets meet no tc observer before netfilter: they are judged at OUTPUT.
+    HostUdp,
 }
 
-const LOADS: [Load; 4] = [Load::Tcp, Load::Udp, Load::NeighbourTcp, Load::NeighbourUdp];
+const LOADS: [Load; 5] = [
+    Load::Tcp,
+    Load::Udp,
+    Load::NeighbourTcp,
+    Load::NeighbourUdp,
+    Load::HostUdp,
+];
 
 /// Under the neighbour's load: no tracer, the traced container's tracers, and tcpdump on the
 /// traced container's veth (what an operator would run instead).
@@ -178,6 +191,7 @@ impl Load {
             Load::Udp => "udp",
             Load::NeighbourTcp => "neighbour tcp",
             Load::NeighbourUdp => "neighbour udp",
+            Load::HostUdp => "host udp",
         }
     }
     fn unit(self) -> &'static str {
@@ -188,21 +202,27 @@ impl Load {
         }
     }
     fn udp(self) -> bool {
-        matches!(self, Load::Udp | Load::NeighbourUdp)
+        matches!(self, Load::Udp | Load::NeighbourUdp | Load::HostUdp)
     }
     fn neighbour(self) -> bool {
         matches!(self, Load::NeighbourTcp | Load::NeighbourUdp)
     }
-    /// Which container sends the load, from which address.
-    fn sender(self) -> (&'static str, &'static str) {
-        if self.neighbour() {
-            (lab::PEER, lab::PEER_IP)
-        } else {
-            (lab::CONTAINER, lab::CONTAINER_IP)
+    /// Does someone else than the traced container send the load (which it then never
+    /// passes), while the traced container sends its probes?
+    fn idle_container(self) -> bool {
+        self.neighbour() || self == Load::HostUdp
+    }
+    /// Which container sends the load, from which address; `None`: the host, from its lab
+    /// address (`lab::UPLINK_IP`).
+    fn sender(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Load::HostUdp => None,
+            _ if self.neighbour() => Some((lab::PEER, lab::PEER_IP)),
+            _ => Some((lab::CONTAINER, lab::CONTAINER_IP)),
         }
     }
     fn configs(self) -> &'static [Config] {
-        if self.neighbour() {
+        if self.idle_container() {
             &NEIGHBOUR_CONFIGS
         } else {
             &CONFIGS
