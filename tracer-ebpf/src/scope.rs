@@ -162,6 +162,7 @@ pub fn forget(skb: u64) {
 /// PREROUTING and OUTPUT (`judged_at_hook`), the first hook every packet passes, so a packet
 /// from an interface flowtrace is not attached to (another Docker network's bridge) or sent
 /// by the host is in scope from there on.
+///
 /// With `DIRECT` (a BPF netfilter link's typed `skb` and `state`, see `kread::load`), its
 /// fields are loaded directly, not with a helper call each: this runs for every packet the host
 /// sends, and every one from an interface flowtrace is not attached to.
