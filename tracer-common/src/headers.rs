@@ -40,6 +40,9 @@ impl Frame for [u8] {
     }
 }
 
+/// An Ethernet header without VLAN tags.
+pub const ETH_HLEN: u32 = 14;
+
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const ETH_P_ARP: u16 = 0x0806;
@@ -127,7 +130,7 @@ pub fn plain_v6_addresses(h: &[u8; PLAIN_V6_LEN]) -> Option<(&[u8; 16], &[u8; 16
 #[inline(always)]
 pub fn network<F: Frame + ?Sized>(f: &F) -> Option<Network> {
     let mut ethertype = u16::from_be_bytes(f.bytes::<2>(12)?);
-    let mut offset = 14;
+    let mut offset = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;

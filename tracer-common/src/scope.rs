@@ -21,7 +21,7 @@
 
 use crate::headers::{
     ipv4_transport, ipv6_transport, network, plain_v4, plain_v4_transport, plain_v6,
-    plain_v6_addresses, Frame, ETH_P_IP, ETH_P_IPV6, PLAIN_V4_L4, PLAIN_V6_L4,
+    plain_v6_addresses, Frame, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, PLAIN_V4_L4, PLAIN_V6_L4,
 };
 
 /// `SCOPE_POINTS` flags of an interface.
@@ -148,14 +148,10 @@ pub struct Judged {
     pub by_filter: u32,
 }
 
-/// The Ethernet header a packet judged at a netfilter hook (its length from the IP header)
-/// has in front of it at a later tc egress.
-const ETH_HLEN: u32 = 14;
-
 impl Judged {
     /// Is a tc observer's packet at this address (already compared) the one judged out, by its
     /// length? The same length; or at an egress, judged at PREROUTING or OUTPUT from its IP
-    /// header, that and an Ethernet header: the host's own packets and those from an interface
+    /// header, that and an Ethernet header (`ETH_HLEN`): the host's own packets and those from an interface
     /// flowtrace is not attached to (another Docker network's bridge) are judged there, and
     /// compared by length alone were judged again, with a TRACKED lookup, at the uplink's
     /// egress. Not at an ingress: one after a netfilter hook has crossed from another

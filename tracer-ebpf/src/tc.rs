@@ -153,16 +153,15 @@ pub fn observe(ctx: &TcContext, direction: u8) -> i32 {
     if !emit_events() {
         return TC_ACT_UNSPEC;
     }
+    let ingress = direction == Direction::Ingress as u8;
     // Judged out at an earlier hop on this CPU (a neighbour's packet): this comparison only.
-    let egress = direction == Direction::Egress as u8;
-    if scope::judged_out_at(skb as u64, len, ifindex, egress) {
+    if scope::judged_out_at(skb as u64, len, ifindex, !ingress) {
         return TC_ACT_UNSPEC;
     }
     // At an ingress the packet comes from a wire or another namespace, before netfilter could
     // rewrite it: the scope's rules judge it there, tracked or not (a neighbour's packet, on
     // the way in at its own veth, costs no TRACKED lookup), and only what they take in is
     // looked up. An egress sees packets after NAT, where only TRACKED knows them.
-    let ingress = direction == Direction::Ingress as u8;
     if ingress && !in_scope(skb, ifindex, direction) {
         scope::mark_out(skb as u64, len);
         return TC_ACT_UNSPEC;
