@@ -108,12 +108,12 @@ pub(crate) fn packet(
         .map(|step| match step {
             Step::Tc(h, rw) => {
                 let (src, dst) = texts.of(h.headers.as_ref());
+                let point = points.get(&h.ifindex);
                 Hop::Tc(TcHop {
                     at_ns: h.ts_ns - t0,
-                    iface: points
-                        .get(&h.ifindex)
+                    iface: point
                         .map_or_else(|| format!("if{}", h.ifindex).into(), |p| p.name.clone()),
-                    role: points.get(&h.ifindex).map(|p| p.role.as_str().into()),
+                    role: point.map(|p| p.role.as_str().into()),
                     dir: h.direction.as_str().into(),
                     src,
                     dst,
