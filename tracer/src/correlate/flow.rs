@@ -275,20 +275,18 @@ impl FlowTable {
     /// new one and the entry after it were two hashes of the key, its container's name
     /// included, and a copy of it (callgrind, bench-user).
     pub fn add(&mut self, x: Sample) -> FlowKey {
-        if let Some(s) = self.flows.get_mut(&x.key) {
-            Self::account(s, &x);
-            if let Some(changed) = &mut self.changed {
-                changed.insert(x.key.clone());
+        match self.flows.get_mut(&x.key) {
+            Some(s) => Self::account(s, &x),
+            None => {
+                if self.flows.len() >= self.max {
+                    self.evict();
+                }
+                self.seen += 1;
+                let mut s = Box::<FlowStats>::default();
+                Self::account(&mut s, &x);
+                self.flows.insert(x.key.clone(), s);
             }
-            return x.key;
         }
-        if self.flows.len() >= self.max {
-            self.evict();
-        }
-        self.seen += 1;
-        let mut s = Box::<FlowStats>::default();
-        Self::account(&mut s, &x);
-        self.flows.insert(x.key.clone(), s);
         if let Some(changed) = &mut self.changed {
             changed.insert(x.key.clone());
         }
