@@ -10,6 +10,7 @@ pub mod counters;
 pub mod event;
 pub mod flow;
 pub mod headers;
+pub mod judged;
 pub mod netfilter;
 pub mod offsets;
 pub mod scope;

@@ -21,7 +21,7 @@
 
 use crate::headers::{
     ipv4_transport, ipv6_transport, network, plain_v4, plain_v4_transport, plain_v6,
-    plain_v6_addresses, Frame, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, PLAIN_V4_L4, PLAIN_V6_L4,
+    plain_v6_addresses, Frame, ETH_P_IP, ETH_P_IPV6, PLAIN_V4_L4, PLAIN_V6_L4,
 };
 
 /// `SCOPE_POINTS` flags of an interface.
@@ -130,36 +130,6 @@ impl ScopeAddr {
         } else {
             Self::v4([addr[0], addr[1], addr[2], addr[3]])
         }
-    }
-}
-
-/// `JUDGED_OUT`, per CPU: the sk_buff last judged out of scope with the full rules (at a tc
-/// ingress, or at PREROUTING/OUTPUT's entry), and its length then. Its next observers on its
-/// way through this CPU skip it with this comparison, except at a traced point (where
-/// everything is in scope). Cleared when a packet at that address is taken in or freed.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Judged {
-    pub skb: u64,
-    pub len: u32,
-    /// 1: in scope, but the filter expression did not match it at a traced veth's ingress.
-    /// The netfilter observers skip it like the others; the tc observers do not (the filter
-    /// runs again at the later hops, where NAT may have made it match).
-    pub by_filter: u32,
-}
-
-impl Judged {
-    /// Is a tc observer's packet at this address (already compared) the one judged out, by its
-    /// length? The same length; or at an egress, judged at PREROUTING or OUTPUT from its IP
-    /// header, that and an Ethernet header (`ETH_HLEN`): the host's own packets and those from an interface
-    /// flowtrace is not attached to (another Docker network's bridge) are judged there, and
-    /// compared by length alone were judged again, with a TRACKED lookup, at the uplink's
-    /// egress. Not at an ingress: one after a netfilter hook has crossed from another
-    /// namespace, whose hooks observers at `nf_hook_slow` see too, and is judged in this one.
-    /// The length guards against another packet at a freed one's address.
-    #[inline(always)]
-    pub const fn same_length(&self, len: u32, egress: bool) -> bool {
-        len == self.len || (egress && len == self.len.wrapping_add(ETH_HLEN))
     }
 }
 
@@ -373,36 +343,6 @@ mod tests {
         let (proto, ports) = s.parse_head()?;
         s.set_key(proto, ports);
         Some((s, proto, ports.map(dport)))
-    }
-
-    /// A packet judged out at a netfilter hook (its IP length) is still known at a tc egress
-    /// with an Ethernet header in front, and at any tc hop with its own length; another length
-    /// at the same address is another packet, and so is that one at an ingress (from another
-    /// namespace).
-    #[test]
-    fn judged_lengths() {
-        let j = Judged {
-            skb: 1,
-            len: 84,
-            by_filter: 0,
-        };
-        for egress in [false, true] {
-            assert!(
-                j.same_length(84, egress),
-                "judged at a tc hop, seen at the next"
-            );
-            for other in [0, 83, 85, 97, 99, 84 + 18, 70] {
-                assert!(!j.same_length(other, egress), "{other}");
-            }
-        }
-        assert!(
-            j.same_length(98, true),
-            "judged from the IP header, seen with Ethernet's"
-        );
-        assert!(
-            !j.same_length(98, false),
-            "at an ingress: judged in this namespace"
-        );
     }
 
     #[test]

@@ -9,9 +9,10 @@ use tracer_common::{
     counters::{counter_index, HOP_COUNTS_LEN, HOP_WAYS},
     flow::{FlowKey, Tracked, View, FILTER_SLOTS, MAX_NAT_FLOWS, MAX_TRACKED},
     headers::PLAIN_V4_LEN,
+    judged::Judged,
     offsets::SKB_WINDOW,
     scope::{
-        Judged, ScopeAddr, ScopeScratch, ADDR_BITMAP_WORDS, FLOW_MARK_WORDS, MAX_SCOPE_ADDRS,
+        ScopeAddr, ScopeScratch, ADDR_BITMAP_WORDS, FLOW_MARK_WORDS, MAX_SCOPE_ADDRS,
         MAX_SCOPE_POINTS, POINT_BITMAP_WORDS, PORT_BITMAP_WORDS,
     },
     HopCounter, LostKind, Offsets, PointKey, TableOp, TcEvent, DEFAULT_SNAP, LOST_KINDS,
@@ -126,7 +127,8 @@ pub static SCOPE_POINT_BITS: Array<u64> = Array::with_max_entries(POINT_BITMAP_W
 #[map(name = "FLOW_MARKS")]
 pub static FLOW_MARKS: Array<u64> = Array::with_max_entries(FLOW_MARK_WORDS, 0);
 
-/// The sk_buff last judged out of scope on this CPU (`tracer_common::scope::Judged`).
+/// This CPU's notes: the sk_buff last judged out of scope, and the one last taken in by a tc
+/// observer (`tracer_common::judged::Judged`).
 #[map(name = "JUDGED_OUT")]
 pub static JUDGED_OUT: PerCpuArray<Judged> = PerCpuArray::with_max_entries(1, 0);
 

@@ -4,6 +4,7 @@
 use aya_ebpf::helpers::bpf_probe_read_kernel_buf;
 use tracer_common::{
     headers::Frame,
+    judged::{Judged, Noted},
     scope::{
         addr_bit, dport, flow_mark, judged_at_hook, point_bit, port_bit, word_and_mask, ScopeAddr,
         POINT_ALL, POINT_TRACED,
@@ -110,17 +111,29 @@ pub fn judged_out(skb: u64) -> bool {
     JUDGED_OUT.get(0).is_some_and(|j| j.skb == skb)
 }
 
-/// For a tc observer: by its address and length (`Judged::same_length`), and not at a traced
-/// point.
+/// For a tc observer, this CPU's notes of it (`Judged::of`): judged out (by its address and
+/// length, and not at a traced point), or taken in here at an earlier hop and now at an
+/// ingress. One lookup for both.
 #[inline(always)]
-pub fn judged_out_at(skb: u64, len: u32, ifindex: u32, egress: bool) -> bool {
-    if !JUDGED_OUT
-        .get(0)
-        .is_some_and(|j| j.skb == skb && j.same_length(len, egress) && j.by_filter == 0)
-    {
-        return false;
+pub fn noted_at(skb: u64, len: u32, ifindex: u32, egress: bool) -> Noted {
+    match JUDGED_OUT.get(0).map(|j| j.of(skb, len, egress)) {
+        Some(Noted::Out) if traced_point(ifindex) => Noted::Nothing,
+        Some(n) => n,
+        None => Noted::Nothing,
     }
-    !traced_point(ifindex)
+}
+
+/// Taken in by a tc observer: no longer judged out, and noted for its next ingress.
+#[inline(always)]
+pub fn taken_in(skb: u64, len: u32) {
+    if let Some(j) = JUDGED_OUT.get_ptr_mut(0) {
+        // SAFETY: this CPU's entry; volatile as in `judge`.
+        unsafe {
+            clear_out(j, skb);
+            core::ptr::write_volatile(&mut (*j).taken, skb);
+            core::ptr::write_volatile(&mut (*j).taken_len, len);
+        }
+    }
 }
 
 /// Judged out with the full rules: remembered for the next observers on this CPU.
@@ -150,11 +163,31 @@ fn judge(skb: u64, len: u32, by_filter: u32) {
     }
 }
 
-/// A packet at this address is taken in, or freed: no longer judged out.
+/// Clears the judged-out note if it names `skb`.
+///
+/// # Safety
+/// `j` is this CPU's `JUDGED_OUT` entry.
+#[inline(always)]
+unsafe fn clear_out(j: *mut Judged, skb: u64) {
+    if (*j).skb == skb {
+        core::ptr::write_volatile(&mut (*j).skb, 0);
+        core::ptr::write_volatile(&mut (*j).len, 0);
+        core::ptr::write_volatile(&mut (*j).by_filter, 0);
+    }
+}
+
+/// A packet at this address is taken in (by a netfilter observer), or freed: no longer
+/// judged out, nor noted as taken in.
 #[inline(always)]
 pub fn forget(skb: u64) {
-    if judged_out(skb) {
-        mark_out(0, 0);
+    if let Some(j) = JUDGED_OUT.get_ptr_mut(0) {
+        // SAFETY: this CPU's entry; volatile as in `judge`.
+        unsafe {
+            clear_out(j, skb);
+            if (*j).taken == skb {
+                core::ptr::write_volatile(&mut (*j).taken, 0);
+            }
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use tracer_common::{
         VIEW_LEN,
     },
     headers::{PLAIN_V4_LEN, PLAIN_V6_LEN},
+    judged::Noted,
     Direction, EventKind, TableOp, TcFixed, TcHead, TcHeaders, MAX_SNAP, SNAP_LEN, TC_HEADERS,
     TC_HEAD_LEN,
 };
@@ -126,7 +127,8 @@ fn track(skb: *mut __sk_buff) {
         Some(p) => track_skb(skb as u64, &Tracked::matched(Some(p))),
         None => track_skb(skb as u64, &UNFILTERED),
     }
-    scope::forget(skb as u64);
+    // SAFETY: `skb` is the program's context; this load is rewritten by the verifier.
+    scope::taken_in(skb as u64, unsafe { (*skb).len });
 }
 
 /// Is this packet, not tracked yet, one of the traced containers'? (`scope.rs`)
@@ -154,15 +156,19 @@ pub fn observe(ctx: &TcContext, direction: u8) -> i32 {
         return TC_ACT_UNSPEC;
     }
     let ingress = direction == Direction::Ingress as u8;
-    // Judged out at an earlier hop on this CPU (a neighbour's packet): this comparison only.
-    if scope::judged_out_at(skb as u64, len, ifindex, !ingress) {
+    // This CPU's notes (one lookup): judged out at an earlier hop (a neighbour's packet), or
+    // taken in at an earlier hop (a traced container's packet at the bridge, after its veth).
+    let noted = scope::noted_at(skb as u64, len, ifindex, !ingress);
+    if noted == Noted::Out {
         return TC_ACT_UNSPEC;
     }
+    let taken = noted == Noted::Taken;
     // At an ingress the packet comes from a wire or another namespace, before netfilter could
     // rewrite it: the scope's rules judge it there, tracked or not (a neighbour's packet, on
     // the way in at its own veth, costs no TRACKED lookup), and only what they take in is
-    // looked up. An egress sees packets after NAT, where only TRACKED knows them.
-    if ingress && !in_scope(skb, ifindex, direction) {
+    // looked up; one taken in here at an earlier hop is looked up first. An egress sees
+    // packets after NAT, where only TRACKED knows them.
+    if ingress && !taken && !in_scope(skb, ifindex, direction) {
         scope::mark_out(skb as u64, len);
         return TC_ACT_UNSPEC;
     }
@@ -175,8 +181,12 @@ pub fn observe(ctx: &TcContext, direction: u8) -> i32 {
         let _ = untrack_skb(skb as u64);
     }
     // Not one of the traced containers' packets: counted, nothing more (egress looks at the
-    // addresses alone, and judges nothing out for later hops).
-    if !ingress && !in_scope(skb, ifindex, direction) {
+    // addresses alone, and judges nothing out for later hops). A packet noted as taken in
+    // but no longer tracked (the note outlived it) is judged here as at any ingress.
+    if (!ingress || taken) && !in_scope(skb, ifindex, direction) {
+        if ingress {
+            scope::mark_out(skb as u64, len);
+        }
         return TC_ACT_UNSPEC;
     }
     if filtering() {
