@@ -31,10 +31,10 @@ pub struct Judged {
 impl Judged {
     /// Is a tc observer's packet at this address (already compared) the one judged out, by its
     /// length? The same length; or at an egress, judged at PREROUTING or OUTPUT from its IP
-    /// header, that and an Ethernet header (`ETH_HLEN`): the host's own packets and those from an interface
-    /// flowtrace is not attached to (another Docker network's bridge) are judged there, and
-    /// compared by length alone were judged again, with a TRACKED lookup, at the uplink's
-    /// egress. Not at an ingress: one after a netfilter hook has crossed from another
+    /// header, that and an Ethernet header (`ETH_HLEN`): the host's own packets and those from
+    /// an interface flowtrace is not attached to (another Docker network's bridge) are judged
+    /// there, and compared by length alone were judged again, with a TRACKED lookup, at the
+    /// uplink's egress. Not at an ingress: one after a netfilter hook has crossed from another
     /// namespace, whose hooks observers at `nf_hook_slow` see too, and is judged in this one.
     /// The length guards against another packet at a freed one's address.
     #[inline(always)]

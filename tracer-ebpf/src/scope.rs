@@ -127,7 +127,7 @@ pub fn noted_at(skb: u64, len: u32, ifindex: u32, egress: bool) -> Noted {
 #[inline(always)]
 pub fn taken_in(skb: u64, len: u32) {
     if let Some(j) = JUDGED_OUT.get_ptr_mut(0) {
-        // SAFETY: this CPU's entry; volatile as in `judge`.
+        // SAFETY: this CPU's entry; volatile as in `set_out`.
         unsafe {
             clear_out(j, skb);
             core::ptr::write_volatile(&mut (*j).taken, skb);
@@ -153,14 +153,21 @@ pub fn mark_filtered(skb: u64, len: u32) {
 #[inline(always)]
 fn judge(skb: u64, len: u32, by_filter: u32) {
     if let Some(j) = JUDGED_OUT.get_ptr_mut(0) {
-        // SAFETY: this CPU's entry. Volatile: the compiler would otherwise turn the zeroing
-        // of `forget` into a call of a `memset` subprogram that loops byte by byte.
-        unsafe {
-            core::ptr::write_volatile(&mut (*j).skb, skb);
-            core::ptr::write_volatile(&mut (*j).len, len);
-            core::ptr::write_volatile(&mut (*j).by_filter, by_filter);
-        }
+        // SAFETY: this CPU's entry.
+        unsafe { set_out(j, skb, len, by_filter) };
     }
+}
+
+/// Writes the judged-out note. Volatile: the compiler would otherwise turn its zeroing into a
+/// call of a `memset` subprogram that loops byte by byte.
+///
+/// # Safety
+/// `j` is this CPU's `JUDGED_OUT` entry.
+#[inline(always)]
+unsafe fn set_out(j: *mut Judged, skb: u64, len: u32, by_filter: u32) {
+    core::ptr::write_volatile(&mut (*j).skb, skb);
+    core::ptr::write_volatile(&mut (*j).len, len);
+    core::ptr::write_volatile(&mut (*j).by_filter, by_filter);
 }
 
 /// Clears the judged-out note if it names `skb`.
@@ -170,9 +177,7 @@ fn judge(skb: u64, len: u32, by_filter: u32) {
 #[inline(always)]
 unsafe fn clear_out(j: *mut Judged, skb: u64) {
     if (*j).skb == skb {
-        core::ptr::write_volatile(&mut (*j).skb, 0);
-        core::ptr::write_volatile(&mut (*j).len, 0);
-        core::ptr::write_volatile(&mut (*j).by_filter, 0);
+        set_out(j, 0, 0, 0);
     }
 }
 
@@ -181,7 +186,7 @@ unsafe fn clear_out(j: *mut Judged, skb: u64) {
 #[inline(always)]
 pub fn forget(skb: u64) {
     if let Some(j) = JUDGED_OUT.get_ptr_mut(0) {
-        // SAFETY: this CPU's entry; volatile as in `judge`.
+        // SAFETY: this CPU's entry; volatile as in `set_out`.
         unsafe {
             clear_out(j, skb);
             if (*j).taken == skb {
