@@ -1,7 +1,9 @@
 //! Turning ring-buffer records into observations. Records are checked for kind and length
 //! before they are read; anything malformed is an error value, never a panic.
 
-use tracer_common::{Direction, EventHeader, EventKind, NfEvent, SkbEndEvent, TcHead, TC_HEAD_LEN};
+use tracer_common::{
+    Direction, EventHeader, EventKind, NfEvent, SkbEndEvent, TcHead, SNAP_LEN, TC_HEAD_LEN,
+};
 
 use super::packet::{self, Headers};
 
@@ -100,22 +102,28 @@ fn read<T: Copy>(bytes: &[u8], kind: u8) -> Result<T, DecodeError> {
 }
 
 /// A netfilter record: `NfEvent`, or a shorter one with the same head (`NfHeaders`, the
-/// headers alone) whose bytes all fit in the record, read into a zeroed `NfEvent`.
-fn read_nf(bytes: &[u8], kind: u8) -> Result<NfEvent, DecodeError> {
-    let head = std::mem::offset_of!(NfEvent, data);
+/// headers alone) whose bytes all fit in the record. Its head and its captured bytes (at most
+/// `SNAP_LEN`, as `NfEvent::captured` gives them), read in place: not copied into a zeroed
+/// `NfEvent` first (176 bytes zeroed and copied for every record of every packet).
+fn read_nf(bytes: &[u8], kind: u8) -> Result<(NfHead, &[u8]), DecodeError> {
+    let head = size_of::<NfHead>();
     let want = size_of::<NfEvent>();
-    if bytes.len() >= want {
-        return read(bytes, kind);
-    }
     let short = |got| DecodeError::Length { kind, got, want };
-    let mut full = [0u8; size_of::<NfEvent>()];
-    full[..bytes.len()].copy_from_slice(bytes);
-    let ev: NfEvent = read(&full, kind)?;
-    if bytes.len() < head || ev.cap_len as usize > bytes.len() - head {
-        return Err(short(bytes.len()));
-    }
-    Ok(ev)
+    let ev: NfHead = read(bytes, kind).map_err(|_| short(bytes.len()))?;
+    let cap = ev.cap_len as usize;
+    let captured = if bytes.len() >= want {
+        &bytes[head..head + cap.min(SNAP_LEN)]
+    } else {
+        bytes
+            .get(head..head + cap)
+            .ok_or_else(|| short(bytes.len()))?
+    };
+    Ok((ev, captured))
 }
+
+/// A netfilter record's head: every field before its bytes.
+type NfHead = tracer_common::NfRecord<0>;
+const _: () = assert!(size_of::<NfHead>() == std::mem::offset_of!(NfEvent, data));
 
 pub fn decode(bytes: &[u8]) -> Result<Observation, DecodeError> {
     if bytes.len() < size_of::<EventHeader>() {
@@ -148,7 +156,7 @@ pub fn decode(bytes: &[u8]) -> Result<Observation, DecodeError> {
             }))
         }
         Some(EventKind::Nf) => {
-            let ev = read_nf(bytes, kind)?;
+            let (ev, captured) = read_nf(bytes, kind)?;
             let ethertype = match ev.pf {
                 2 => packet::ETH_P_IP,
                 10 => packet::ETH_P_IPV6,
@@ -164,8 +172,8 @@ pub fn decode(bytes: &[u8]) -> Result<Observation, DecodeError> {
                 out_ifindex: ev.out_ifindex,
                 len: ev.len,
                 mark: ev.mark,
-                headers: packet::parse_l3(ethertype, ev.captured()),
-                bytes: ev.captured().to_vec(),
+                headers: packet::parse_l3(ethertype, captured),
+                bytes: captured.to_vec(),
             }))
         }
         Some(k @ (EventKind::Drop | EventKind::Consume)) => {
@@ -273,6 +281,20 @@ mod tests {
         );
         let h = o.headers.expect("IP parsed from the network header");
         assert_eq!(h.source().to_string(), "172.18.0.2:41234");
+        assert_eq!(o.bytes, &frame[14..54]);
+        // A whole record whose head claims more bytes than a record holds gives all it holds.
+        let big = NfEvent {
+            cap_len: SNAP_LEN as u32 + 1,
+            ..nf
+        };
+        // SAFETY: as above.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&big as *const NfEvent).cast::<u8>(), size_of::<NfEvent>())
+        };
+        let Ok(Observation::Nf(b)) = decode(bytes) else {
+            panic!("not a netfilter observation")
+        };
+        assert_eq!(b.bytes, data);
 
         // The headers alone (`NfHeaders`): the same observation from a shorter record.
         let mut small = NfHeaders {

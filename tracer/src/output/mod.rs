@@ -30,21 +30,27 @@ impl Step<'_> {
     }
 }
 
-/// Interface hops and netfilter steps in time order. A rewrite that a netfilter step made is
-/// shown there, not again on the next interface hop.
+/// Interface hops and netfilter steps in time order (at one time, hops first). A rewrite that
+/// a netfilter step made is shown there, not again on the next interface hop. Both come in
+/// time order (`correlate::packet::finish`, `verdict::steps`): merged, not sorted again.
 pub fn merged(e: &Explained) -> Vec<Step<'_>> {
     let by_nf = |n: &NatRewrite| e.steps.iter().any(|s| s.nat.contains(n));
-    let mut out: Vec<Step<'_>> = e
-        .packet
-        .hops
-        .iter()
-        .map(|h| {
-            let own = h.nat.iter().find(|n| !by_nf(n));
-            Step::Tc(h, own)
-        })
-        .chain(e.steps.iter().map(Step::Nf))
-        .collect();
-    out.sort_by_key(Step::ts);
+    let hop = |h| Step::Tc(h, h.nat.iter().find(|n| !by_nf(n)));
+    let (hops, steps) = (&e.packet.hops, &e.steps);
+    let mut out: Vec<Step<'_>> = Vec::with_capacity(hops.len() + steps.len());
+    if !hops.is_sorted_by_key(|h| h.ts_ns) || !steps.is_sorted_by_key(|s| s.ts_ns) {
+        out.extend(hops.iter().map(hop).chain(steps.iter().map(Step::Nf)));
+        out.sort_by_key(Step::ts);
+        return out;
+    }
+    let mut steps = steps.iter().peekable();
+    for h in hops {
+        while let Some(s) = steps.next_if(|s| s.ts_ns < h.ts_ns) {
+            out.push(Step::Nf(s));
+        }
+        out.push(hop(h));
+    }
+    out.extend(steps.map(Step::Nf));
     out
 }
 
@@ -139,6 +145,90 @@ impl Format {
         match self {
             Self::Text => text::summary(s),
             Self::Json => crate::model::summary(s).to_json(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::Direction;
+
+    use super::*;
+    use crate::correlate::{
+        packet::{Hop, Packet},
+        verdict::{NfStep, Verdict},
+    };
+
+    fn explained(hops: &[u64], steps: &[u64]) -> Explained {
+        let hop = |(i, ts): (usize, &u64)| Hop {
+            ts_ns: *ts,
+            ifindex: i as u32,
+            direction: Direction::Ingress,
+            len: 0,
+            headers: None,
+            bytes: Vec::new(),
+            nat: Vec::new(),
+        };
+        let step = |(i, ts): (usize, &u64)| NfStep {
+            ts_ns: *ts,
+            hook: i as u8,
+            table: "filter".into(),
+            verdict: Verdict::Accept,
+            nat: Vec::new(),
+            headers: None,
+            nf: 0,
+            decided: None,
+        };
+        Explained {
+            packet: Packet {
+                skb: 1,
+                hops: hops.iter().enumerate().map(hop).collect(),
+                nf: Vec::new(),
+                end: None,
+                owner: None,
+            },
+            steps: steps.iter().enumerate().map(step).collect(),
+            drop: None,
+        }
+    }
+
+    /// Which hop or step each place holds: the tc hop's ifindex, or 100 + the step's hook.
+    fn order(e: &Explained) -> Vec<u32> {
+        merged(e)
+            .iter()
+            .map(|s| match s {
+                Step::Tc(h, _) => h.ifindex,
+                Step::Nf(n) => 100 + u32::from(n.hook),
+            })
+            .collect()
+    }
+
+    /// Merging the two ordered lists gives what a stable sort of both gives: time order, and at
+    /// one time the hops before the steps, each in its own order; lists out of order are
+    /// sorted.
+    #[test]
+    fn hops_and_steps_merge_in_time_order() {
+        let cases: [(&[u64], &[u64]); 8] = [
+            (&[1, 5, 5, 9], &[0, 5, 7, 12]),
+            (&[], &[3, 4]),
+            (&[3, 4], &[]),
+            (&[10, 20], &[1, 2]),
+            (&[5, 5], &[5, 5]),
+            (&[9, 1, 5], &[7, 0]),
+            (&[9, 1, 5], &[0, 7]),
+            (&[0, 7], &[9, 1, 5]),
+        ];
+        for (hops, steps) in cases {
+            let e = explained(hops, steps);
+            let mut want: Vec<(u64, u32)> = hops
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (*t, i as u32))
+                .chain(steps.iter().enumerate().map(|(i, t)| (*t, 100 + i as u32)))
+                .collect();
+            want.sort_by_key(|(t, _)| *t);
+            let want: Vec<u32> = want.into_iter().map(|(_, x)| x).collect();
+            assert_eq!(order(&e), want, "{hops:?} {steps:?}");
         }
     }
 }
