@@ -115,7 +115,7 @@ fn read_nf(bytes: &[u8], kind: u8) -> Result<(NfHead, &[u8]), DecodeError> {
         &bytes[head..head + cap.min(SNAP_LEN)]
     } else {
         bytes
-            .get(head..head + cap)
+            .get(head..head.saturating_add(cap))
             .ok_or_else(|| short(bytes.len()))?
     };
     Ok((ev, captured))
