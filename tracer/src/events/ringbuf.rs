@@ -14,21 +14,12 @@ use crate::error::{Error, Result};
 
 pub struct EventStream {
     fd: AsyncFd<RingBuf<MapData>>,
-    /// The ring's positions (None if they could not be mapped: then every read empties it).
-    positions: Option<Positions>,
-    /// Records that could not be decoded (a version skew between the two sides).
-    pub malformed: u64,
+    reader: Reader<Positions>,
     /// The last batch was small: wait a little before the next, so that records gather.
     trickle: bool,
     /// The last read stopped before the ring was empty: read on without waiting (the kernel
     /// wakes a reader only for a record committed to an empty ring).
     behind: bool,
-    /// A pass over what the ring held: when it began, and the producer's position then.
-    pass: Option<(u64, u64)>,
-    /// The CLOCK_MONOTONIC time before which every committed record has been read (0: none
-    /// yet): the start of the last read that emptied the ring, or of the last pass that read
-    /// up to where the producer was when it began.
-    pub read_at: u64,
 }
 
 /// While records trickle in, how long to let them gather between two reads. The kernel wakes
@@ -67,13 +58,26 @@ impl EventStream {
             })?;
         Ok(Self {
             fd,
-            positions,
-            malformed: 0,
+            reader: Reader {
+                positions,
+                pass: None,
+                read_at: 0,
+                malformed: 0,
+            },
             trickle: false,
             behind: false,
-            pass: None,
-            read_at: 0,
         })
+    }
+
+    /// The CLOCK_MONOTONIC time before which every committed record has been read (see
+    /// [`Reader::read_at`]).
+    pub fn read_at(&self) -> u64 {
+        self.reader.read_at
+    }
+
+    /// Records that could not be decoded.
+    pub fn malformed(&self) -> u64 {
+        self.reader.malformed
     }
 
     /// Waits for records (not when the last read left some), then appends up to a batch of
@@ -91,13 +95,7 @@ impl EventStream {
                 .readable_mut()
                 .await
                 .map_err(|e| Error::io("waiting on the ring buffer", e))?;
-            let mut reader = Reader {
-                positions: self.positions.as_ref().map(|p| p as &dyn Bookmarks),
-                pass: &mut self.pass,
-                read_at: &mut self.read_at,
-                malformed: &mut self.malformed,
-            };
-            self.behind = reader.read(guard.get_inner_mut(), out);
+            self.behind = self.reader.read(guard.get_inner_mut(), out);
             if !self.behind {
                 guard.clear_ready();
             }
@@ -109,13 +107,7 @@ impl EventStream {
     /// Appends up to a batch of the records the ring holds now to `out`, without waiting (see
     /// `read_at`).
     pub fn read_now(&mut self, out: &mut Vec<Observation>) {
-        let mut reader = Reader {
-            positions: self.positions.as_ref().map(|p| p as &dyn Bookmarks),
-            pass: &mut self.pass,
-            read_at: &mut self.read_at,
-            malformed: &mut self.malformed,
-        };
-        self.behind = reader.read(self.fd.get_mut(), out);
+        self.behind = self.reader.read(self.fd.get_mut(), out);
     }
 }
 
@@ -147,15 +139,30 @@ trait Bookmarks {
     fn producer(&self) -> u64;
 }
 
-/// What one read needs of the stream, its ring apart (borrowed from the readiness guard).
-struct Reader<'a> {
-    positions: Option<&'a dyn Bookmarks>,
-    pass: &'a mut Option<(u64, u64)>,
-    read_at: &'a mut u64,
-    malformed: &'a mut u64,
+impl<T: Bookmarks> Bookmarks for &T {
+    fn consumer(&self) -> u64 {
+        (**self).consumer()
+    }
+    fn producer(&self) -> u64 {
+        (**self).producer()
+    }
 }
 
-impl Reader<'_> {
+/// What reads keep between them, the ring apart (the readiness guard lends it).
+struct Reader<P> {
+    /// The ring's positions (None if they could not be mapped: then every read empties it).
+    positions: Option<P>,
+    /// A pass over what the ring held: when it began, and the producer's position then.
+    pass: Option<(u64, u64)>,
+    /// The CLOCK_MONOTONIC time before which every committed record has been read (0: none
+    /// yet): the start of the last read that emptied the ring, or of the last pass that read
+    /// up to where the producer was when it began.
+    read_at: u64,
+    /// Records that could not be decoded (a version skew between the two sides).
+    malformed: u64,
+}
+
+impl<P: Bookmarks> Reader<P> {
     /// Reads and decodes up to `BATCH` records (all of them without `positions`); true if it
     /// stopped before the ring was empty. `read_at` moves on when the ring is found empty, or
     /// when the consumer has passed where the producer was at the start of the pass (so that
@@ -176,20 +183,22 @@ impl Reader<'_> {
         } else {
             usize::MAX
         };
-        let (began, target) = *self.pass.get_or_insert_with(|| {
-            let producer = self.positions.map_or(u64::MAX, |p| p.producer());
-            (now, producer)
-        });
+        let producer = || self.positions.as_ref().map_or(u64::MAX, |p| p.producer());
+        let (began, target) = *self.pass.get_or_insert_with(|| (now, producer()));
         for _ in 0..limit {
-            if !ring.next_into(out, self.malformed) {
-                *self.read_at = now;
-                *self.pass = None;
+            if !ring.next_into(out, &mut self.malformed) {
+                self.read_at = now;
+                self.pass = None;
                 return false;
             }
         }
-        if self.positions.is_some_and(|p| passed(p.consumer(), target)) {
-            *self.read_at = began;
-            *self.pass = None;
+        if self
+            .positions
+            .as_ref()
+            .is_some_and(|p| passed(p.consumer(), target))
+        {
+            self.read_at = began;
+            self.pass = None;
         }
         true
     }
@@ -319,17 +328,16 @@ mod tests {
             left: 3 * BATCH + 10,
             pos: &pos,
         };
-        let (mut pass, mut read_at, mut malformed) = (None, 0, 0);
+        let mut r = Reader {
+            positions: Some(&pos),
+            pass: None,
+            read_at: 0,
+            malformed: 0,
+        };
         let mut out = Vec::new();
         let mut read = |now: u64, out: &mut Vec<Observation>| {
-            let mut r = Reader {
-                positions: Some(&pos),
-                pass: &mut pass,
-                read_at: &mut read_at,
-                malformed: &mut malformed,
-            };
             let behind = r.read_as_of(now, &mut ring, out);
-            (behind, *r.read_at)
+            (behind, r.read_at)
         };
         assert_eq!(read(1_000, &mut out), (true, 0));
         assert_eq!(out.len(), BATCH);
@@ -343,7 +351,7 @@ mod tests {
         // The rest empties the ring: read_at is this read's start, not its pass's.
         assert_eq!(read(4_000, &mut out), (false, 4_000));
         assert_eq!(out.len(), 3 * BATCH + 10);
-        assert_eq!(malformed, 0);
+        assert_eq!(r.malformed, 0);
     }
 
     /// Without the ring's positions a read takes everything, as before there were batches.
@@ -354,16 +362,15 @@ mod tests {
             left: 3 * BATCH,
             pos: &pos,
         };
-        let (mut pass, mut read_at, mut malformed) = (None, 0, 0);
         let mut out = Vec::new();
-        let mut r = Reader {
+        let mut r: Reader<&Pos> = Reader {
             positions: None,
-            pass: &mut pass,
-            read_at: &mut read_at,
-            malformed: &mut malformed,
+            pass: None,
+            read_at: 0,
+            malformed: 0,
         };
         assert!(!r.read_as_of(7, &mut ring, &mut out));
-        assert_eq!((out.len(), read_at), (3 * BATCH, 7));
+        assert_eq!((out.len(), r.read_at), (3 * BATCH, 7));
     }
 
     #[test]

@@ -130,7 +130,7 @@ impl Live {
                 self.pipeline.observe(obs);
             }
         }
-        self.pipeline.read_until = self.kernel.stream.read_at;
+        self.pipeline.read_until = self.kernel.stream.read_at();
         self.pipeline.flush_ready(&mut self.out).map_err(werr)?;
         self.out.flush().map_err(werr)?;
         let raw_done = args.raw && args.count.is_some_and(|n| self.raw_shown >= n);
@@ -314,7 +314,7 @@ impl Live {
             let _ = tx.try_send(Feed::Counters(hops));
             let _ = tx.try_send(Feed::Lost(lost));
             let d = self.pipeline.discarded();
-            let malformed = self.kernel.stream.malformed;
+            let malformed = self.kernel.stream.malformed();
             let not_shown = d.untraced + d.filtered + malformed + d.forced + d.evicted;
             let _ = tx.try_send(Feed::NotShown(not_shown));
             // Reading the tables' keys costs a syscall per entry: not at every tick.
@@ -361,7 +361,7 @@ impl Live {
             summary.packets = self.raw_shown;
         }
         summary.hops = self.kernel.counters.totals(&self.names);
-        summary.discarded.malformed = self.kernel.stream.malformed;
+        summary.discarded.malformed = self.kernel.stream.malformed();
         summary.lost_by = self.kernel.counters.lost_by_kind();
         summary.kernel_evicted = self.kernel.tables.evicted();
         summary.lost = self.kernel.counters.lost_total();
