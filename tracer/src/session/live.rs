@@ -137,6 +137,23 @@ impl Live {
         Ok(raw_done || self.pipeline.reached_limit())
     }
 
+    /// Reads and shows what the kernel committed before the stop: a signal or the deadline
+    /// found records in the ring that the loop had not read yet (a reader behind under a
+    /// flood, or the last packets' later hops), which were left there unshown and uncounted.
+    /// Bounded: a pass ends where the producer was when it began, so a flood that goes on
+    /// cannot keep the stop waiting; at most two passes over the ring (up to ~80,000
+    /// records). Stops early once `--count` is reached.
+    pub fn catch_up(&mut self, batch: &mut Vec<Observation>) -> Result<()> {
+        let stop = monotonic_ns();
+        while self.kernel.stream.read_at() < stop {
+            self.kernel.stream.read_now(batch);
+            if self.drain(batch)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// A traced container stopped, started again or changed networks. Finding where it is
     /// now (Docker, netlink, up to a second of retries) runs on a task of its own so that the
     /// loop keeps draining; its answer comes back as [`Live::resolved`].

@@ -79,6 +79,8 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     let tick = tokio::time::sleep(live::TICK);
     tokio::pin!(tick);
     let mut batch = Vec::new();
+    // `--count` reached: what the ring still holds is not wanted.
+    let mut reached = false;
     // Restarts and stops of the traced containers.
     let watched: Vec<String> = topo
         .containers
@@ -127,8 +129,12 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
             _ = &mut deadline => break,
         }
         if live.drain(&mut batch)? {
+            reached = true;
             break;
         }
+    }
+    if !reached {
+        live.catch_up(&mut batch)?;
     }
     live.finish().await
 }
