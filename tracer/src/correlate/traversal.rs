@@ -183,14 +183,32 @@ pub fn ip_key(ip: &[u8]) -> Option<(FlowKey, u64)> {
         6 => [0x86, 0xdd],
         _ => return None,
     };
-    // The header walk wants a frame: a blank Ethernet header, then the packet.
-    let mut frame = Vec::with_capacity(14 + ip.len());
-    frame.extend_from_slice(&[0; 12]);
-    frame.extend_from_slice(&ethertype);
-    frame.extend_from_slice(ip);
-    let p = FlowKey::parse_frame(&frame[..])?;
+    // The header walk wants a frame: a blank Ethernet header, then the packet. On the stack
+    // for what a netfilter record or a trace event holds (this runs for each netfilter step
+    // of every packet nftrace decided: an allocation and a free each, in the live profile);
+    // a longer packet, which none of them is, on the heap.
+    let mut stack = [0u8; FRAME_ROOM];
+    let mut heap = Vec::new();
+    let frame = match stack.get_mut(12..14 + ip.len()) {
+        Some(room) => {
+            room[..2].copy_from_slice(&ethertype);
+            room[2..].copy_from_slice(ip);
+            &stack[..14 + ip.len()]
+        }
+        None => {
+            heap.extend_from_slice(&[0; 12]);
+            heap.extend_from_slice(&ethertype);
+            heap.extend_from_slice(ip);
+            &heap[..]
+        }
+    };
+    let p = FlowKey::parse_frame(frame)?;
     Some((p.key, p.fingerprint))
 }
+
+/// Room for a blank Ethernet header and the bytes a netfilter record holds (`SNAP_LEN`), or a
+/// trace event's headers (at most 60 bytes of IPv4 or 40 of IPv6, and a transport header).
+const FRAME_ROOM: usize = 14 + tracer_common::event::SNAP_LEN;
 
 /// The verdict's name as the model writes it.
 pub fn verdict_name(v: i32) -> &'static str {
@@ -329,6 +347,29 @@ mod tests {
             .push(event(5, "INPUT", TraceKind::Rule, Some(NF_ACCEPT)))
             .expect("accept");
         assert_eq!(t.chain_path, ["INPUT"]);
+    }
+
+    /// Any length, on the stack or past its room: the key and fingerprint of the packet in a
+    /// frame of its own, and nothing for a truncated or non-IP packet.
+    #[test]
+    fn ip_keys_are_those_of_the_packet_in_a_frame() {
+        let (ip, udp) = ipv4_udp(0x2345, [172, 18, 0, 2], [198, 51, 100, 2]);
+        let mut v6 = vec![0x60, 0x01, 0x23, 0x45, 0, 8, 17, 64];
+        v6.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8].repeat(8));
+        for (ethertype, head) in [
+            ([0x08, 0x00], [ip, udp.clone()].concat()),
+            ([0x86, 0xdd], [v6, udp].concat()),
+        ] {
+            for len in 0..FRAME_ROOM + 40 {
+                let mut packet = head.clone();
+                packet.resize(len, 0x5a);
+                let frame = [&[0u8; 12][..], &ethertype, &packet].concat();
+                let want = FlowKey::parse_frame(&frame[..]).map(|p| (p.key, p.fingerprint));
+                assert_eq!(ip_key(&packet), want, "{len} bytes");
+                assert_eq!(want.is_some(), len >= head.len() - 8, "{len} bytes");
+            }
+        }
+        assert_eq!(ip_key(&[0x30; 40]), None);
     }
 
     #[test]
