@@ -85,28 +85,25 @@ fn write_two_packets(path: &std::path::Path) {
         41234,
         8080,
     ));
-    let c1 = vec!["leaves the container → bridge".to_string()];
+    let c1 = ["leaves the container → bridge"];
     w.packet(&PacketRecord {
         interface: veth,
         ts_ns: TS_TC,
         data: &frame,
         orig_len: frame.len() as u32,
         direction: Some(Direction::Inbound),
-        comments: &c1,
+        comments: &[c1[0].as_bytes()],
     })
     .unwrap();
     let raw = ipv4_tcp_syn([172, 18, 0, 2], [198, 51, 100, 2], 52011, 8081);
-    let c2 = vec![
-        "DROP ✗ NETFILTER_DROP".to_string(),
-        "rule: -A DOCKER-USER -j DROP".to_string(),
-    ];
+    let c2 = ["DROP ✗ NETFILTER_DROP", "rule: -A DOCKER-USER -j DROP"];
     w.packet(&PacketRecord {
         interface: fwd,
         ts_ns: TS_NF,
         data: &raw,
         orig_len: raw.len() as u32,
         direction: Some(Direction::Outbound),
-        comments: &c2,
+        comments: &[c2[0].as_bytes(), c2[1].as_bytes()],
     })
     .unwrap();
     w.flush().unwrap();

@@ -81,7 +81,10 @@ fn sample() -> Sample {
             data: &data,
             orig_len,
             direction: dirs[k % 3],
-            comments: &comments[k % 3],
+            comments: &comments[k % 3]
+                .iter()
+                .map(|c| c.as_bytes())
+                .collect::<Vec<_>>(),
         };
         w.packet(&p).unwrap();
         ends.push(w.bytes_written() as usize);

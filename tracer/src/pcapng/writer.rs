@@ -26,9 +26,10 @@ pub struct PacketRecord<'a> {
     /// The packet's length on the wire. A value below `data.len()` is written as `data.len()`.
     pub orig_len: u32,
     pub direction: Option<Direction>,
-    /// One `opt_comment` each; each is cut (at a character boundary) to the 65535 bytes an
-    /// option can hold.
-    pub comments: &'a [String],
+    /// One `opt_comment` each, UTF-8 text as bytes (a comment built as JSON bytes is not
+    /// checked again); each is cut (at a character boundary) to the 65535 bytes an option can
+    /// hold.
+    pub comments: &'a [&'a [u8]],
 }
 
 /// Writes a pcapng section to `W`. Each block goes out with one `write_all`.
@@ -111,7 +112,7 @@ impl<W: Write> Writer<W> {
         b.u32(p.orig_len.max(caplen));
         b.padded(p.data);
         for c in p.comments {
-            b.str_option(OPT_COMMENT, c);
+            b.text_option(OPT_COMMENT, c);
         }
         if let Some(d) = p.direction {
             let flags: u32 = match d {
@@ -205,8 +206,13 @@ impl BlockBuf {
 
     /// A UTF-8 option, cut at a character boundary to fit; left out when empty.
     fn str_option(&mut self, code: u16, s: &str) {
+        self.text_option(code, s.as_bytes());
+    }
+
+    /// `str_option` for UTF-8 text held as bytes.
+    fn text_option(&mut self, code: u16, s: &[u8]) {
         if !s.is_empty() {
-            self.option(code, clamp_utf8(s, usize::from(u16::MAX)).as_bytes());
+            self.option(code, clamp_utf8(s, usize::from(u16::MAX)));
         }
     }
 
@@ -226,13 +232,14 @@ impl BlockBuf {
     }
 }
 
-/// The longest prefix of `s` of at most `max` bytes that ends at a character boundary.
-fn clamp_utf8(s: &str, max: usize) -> &str {
+/// The longest prefix of UTF-8 text `s` of at most `max` bytes that ends at a character
+/// boundary: before a byte that does not continue a character (`0b10xx_xxxx`).
+fn clamp_utf8(s: &[u8], max: usize) -> &[u8] {
     if s.len() <= max {
         return s;
     }
     let mut end = max;
-    while !s.is_char_boundary(end) {
+    while end > 0 && s[end] & 0xc0 == 0x80 {
         end -= 1;
     }
     &s[..end]
@@ -244,9 +251,23 @@ mod unit {
 
     #[test]
     fn clamp_keeps_whole_characters() {
-        assert_eq!(clamp_utf8("a→b", 2), "a");
-        assert_eq!(clamp_utf8("a→b", 4), "a→");
-        assert_eq!(clamp_utf8("ab", 9), "ab");
+        let clamp = |s: &str, max| String::from_utf8(clamp_utf8(s.as_bytes(), max).to_vec());
+        assert_eq!(clamp("a→b", 2).as_deref(), Ok("a"));
+        assert_eq!(clamp("a→b", 3).as_deref(), Ok("a"));
+        assert_eq!(clamp("a→b", 4).as_deref(), Ok("a→"));
+        assert_eq!(clamp("ab", 9).as_deref(), Ok("ab"));
+        assert_eq!(clamp("→", 2).as_deref(), Ok(""));
+        // Every cut of mixed text is whole characters, the longest that fits.
+        let text = "x→é😀y".repeat(3);
+        for max in 0..=text.len() {
+            let cut = clamp(&text, max).expect("whole characters");
+            assert!(cut.len() <= max && text.starts_with(&cut), "{max}");
+            let next = text[cut.len()..].chars().next().map_or(0, char::len_utf8);
+            assert!(
+                cut.len() == text.len() || cut.len() + next > max,
+                "the longest: {max}"
+            );
+        }
     }
 
     #[test]
