@@ -141,8 +141,8 @@ impl Live {
     /// found records in the ring that the loop had not read yet (a reader behind under a
     /// flood, or the last packets' later hops), which were left there unshown and uncounted.
     /// Bounded: a pass ends where the producer was when it began, so a flood that goes on
-    /// cannot keep the stop waiting; at most two passes over the ring (up to ~80,000
-    /// records). Stops early once `--count` is reached.
+    /// cannot keep the stop waiting: at most two passes over the ring (each up to ~80,000
+    /// records at the default size). Stops early once `--count` is reached.
     pub fn catch_up(&mut self, batch: &mut Vec<Observation>) -> Result<()> {
         let stop = monotonic_ns();
         while self.kernel.stream.read_at() < stop {
