@@ -36,6 +36,7 @@ fn what_the_ring_holds_at_a_stop_is_shown() {
     // The stop is waiting when it resumes: it finds every record in the ring at once.
     signal(pid, libc::SIGINT);
     signal(pid, libc::SIGCONT);
+    // Signal 0 sends nothing: this only waits for the exit.
     let (ok, out, err) = ft.signal_and_wait(0);
     assert!(ok, "{err}");
     let lines: Vec<_> = out.iter().map(|l| common::line(l)).collect();

@@ -133,8 +133,13 @@ impl Live {
         self.pipeline.read_until = self.kernel.stream.read_at();
         self.pipeline.flush_ready(&mut self.out).map_err(werr)?;
         self.out.flush().map_err(werr)?;
-        let raw_done = args.raw && args.count.is_some_and(|n| self.raw_shown >= n);
-        Ok(raw_done || self.pipeline.reached_limit())
+        Ok(self.counted_out())
+    }
+
+    /// Has `--count` been reached (raw lines, or shown packets)?
+    fn counted_out(&self) -> bool {
+        let raw_done = self.args.raw && self.args.count.is_some_and(|n| self.raw_shown >= n);
+        raw_done || self.pipeline.reached_limit()
     }
 
     /// Reads and shows what the kernel committed before the stop: a signal or the deadline
@@ -142,8 +147,11 @@ impl Live {
     /// flood, or the last packets' later hops), which were left there unshown and uncounted.
     /// Bounded: a pass ends where the producer was when it began, so a flood that goes on
     /// cannot keep the stop waiting: at most two passes over the ring (each up to ~80,000
-    /// records at the default size). Stops early once `--count` is reached.
+    /// records at the default size). Nothing once `--count` is reached.
     pub fn catch_up(&mut self, batch: &mut Vec<Observation>) -> Result<()> {
+        if self.counted_out() {
+            return Ok(());
+        }
         let stop = monotonic_ns();
         while self.kernel.stream.read_at() < stop {
             self.kernel.stream.read_now(batch);

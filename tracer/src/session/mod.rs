@@ -79,8 +79,6 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
     let tick = tokio::time::sleep(live::TICK);
     tokio::pin!(tick);
     let mut batch = Vec::new();
-    // `--count` reached: what the ring still holds is not wanted.
-    let mut reached = false;
     // Restarts and stops of the traced containers.
     let watched: Vec<String> = topo
         .containers
@@ -129,13 +127,11 @@ pub async fn trace(args: TraceArgs) -> Result<()> {
             _ = &mut deadline => break,
         }
         if live.drain(&mut batch)? {
-            reached = true;
             break;
         }
     }
-    if !reached {
-        live.catch_up(&mut batch)?;
-    }
+    // What the ring still holds from before the stop (not wanted once `--count` is reached).
+    live.catch_up(&mut batch)?;
     live.finish().await
 }
 
