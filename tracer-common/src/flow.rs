@@ -13,6 +13,13 @@
 //! The tail calls: tc program → filter (on the packet) → on a match, the reporting program; on
 //! no match at ingress, the miss program → filter (on the view) → on a match, the reporting
 //! program.
+//!
+//! What `TRACKED` holds of a packet, and how a packet is told from the next one at its
+//! address, is in `tracked.rs`.
+
+pub use crate::tracked::{
+    fingerprint_at_ip, Tracked, ORIGIN_NONE, ORIGIN_PRINT, ORIGIN_TUPLE, PRINT_SOURCE,
+};
 
 /// Program-array slots.
 /// `TRACKED`'s size: sk_buffs tracked at once at most, the packets in flight.
@@ -39,50 +46,6 @@ pub const VIEW_LEN: usize = 128;
 pub struct View {
     pub len: u32,
     pub data: [u8; VIEW_LEN],
-}
-
-/// `TRACKED`'s value: how the tc programs saw an sk_buff.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Tracked {
-    /// 1: the packet matched a filter, and `origin` and `fingerprint` are its tuple and
-    /// fingerprint at that hop.
-    /// (A word, not a byte and seven of padding: their zeroing compiled to a `memset` call
-    /// in the kernel side's code, for every packet taken in.)
-    pub has_origin: u32,
-    pub _pad: u32,
-    pub fingerprint: u64,
-    pub origin: FlowKey,
-}
-
-impl Tracked {
-    /// An sk_buff reported without a filter.
-    pub const UNFILTERED: Self = Self {
-        has_origin: 0,
-        _pad: 0,
-        fingerprint: 0,
-        origin: FlowKey::zeroed(),
-    };
-
-    /// A packet that matched the filter, as parsed where it did.
-    pub const fn matched(p: Option<Parsed>) -> Self {
-        match p {
-            Some(p) => Self {
-                has_origin: 1,
-                _pad: 0,
-                fingerprint: p.fingerprint,
-                origin: p.key,
-            },
-            None => Self::UNFILTERED,
-        }
-    }
-
-    /// Is the packet now at this hop (parsed as `now`) still the one that matched? An
-    /// sk_buff's address is reused once it is freed, and some frees (TCP's deferred free)
-    /// pass no tracepoint, so an entry can outlive its packet.
-    pub fn same_packet(&self, now: &Parsed) -> bool {
-        self.has_origin == 0 || self.fingerprint == now.fingerprint
-    }
 }
 
 impl Parsed {
@@ -420,6 +383,53 @@ mod tests {
         let n = FlowKey::parse_frame(&Bytes(next)).expect("ipv4");
         assert!(!t.same_packet(&n), "another packet at the same address");
         assert!(Tracked::UNFILTERED.same_packet(&n));
+    }
+
+    #[test]
+    fn the_fingerprint_from_the_ip_header_is_the_frames() {
+        let ipv6 = |next: u8| {
+            let mut f = [vec![0u8; 12], vec![0x86, 0xdd]].concat();
+            f.extend_from_slice(&[0x60, 0x0a, 0xbc, 0xde, 0, 20, next, 64]);
+            f.extend((0..32).map(|i| i as u8));
+            f.extend_from_slice(&[0x9c, 0x40, 0x1f, 0x90, 0xde, 0xad, 0xbe, 0xef]);
+            f
+        };
+        let mut frames = vec![];
+        for ihl in [5, 6, 7] {
+            for frag in [[0x40, 0], [0x20, 0], [0, 0xb9]] {
+                for proto in [6, 17, 1] {
+                    let mut f = ipv4_tcp(ihl, frag);
+                    f[14 + 9] = proto;
+                    f[14 + 2..14 + 8].copy_from_slice(&[0x01, 0x02, 0x12, 0x34, frag[0], frag[1]]);
+                    f.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef, 7, 7, 7, 7]);
+                    frames.push(f);
+                }
+            }
+        }
+        frames.extend([ipv6(6), ipv6(17), ipv6(0)]);
+        let mut checked = 0;
+        for f in &frames {
+            let want = FlowKey::parse_frame(&Bytes(f.clone()))
+                .expect("ip")
+                .fingerprint;
+            let mut at_ip = [0u8; PRINT_SOURCE];
+            let ip = &f[14..];
+            let n = ip.len().min(PRINT_SOURCE);
+            at_ip[..n].copy_from_slice(&ip[..n]);
+            match fingerprint_at_ip(&at_ip) {
+                (got, true) => {
+                    assert_eq!(got, want, "{f:02x?}");
+                    checked += 1;
+                }
+                // Only where TCP's sequence may lie past the bytes read: IPv6 extensions.
+                (_, false) => assert!(f[12..14] == [0x86, 0xdd] && f[20] == 0, "{f:02x?}"),
+            }
+        }
+        assert_eq!(checked, frames.len() - 1);
+        assert_eq!(fingerprint_at_ip(&[0; PRINT_SOURCE]), (0, false), "not IP");
+        let t = Tracked::fingerprinted(7);
+        assert!(t.same_print(7) && !t.same_print(8));
+        assert!(Tracked::UNFILTERED.same_print(8));
     }
 
     #[test]

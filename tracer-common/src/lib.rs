@@ -14,6 +14,7 @@ pub mod judged;
 pub mod netfilter;
 pub mod offsets;
 pub mod scope;
+pub mod tracked;
 
 /// Varied bytes for the tests that hold a fast path equal to the walk (xorshift64).
 #[cfg(test)]

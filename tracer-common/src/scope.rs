@@ -172,9 +172,10 @@ pub const fn word_and_mask(bit: u32) -> (u32, u64) {
     (bit >> 6, 1u64 << (bit & 63))
 }
 
-/// Bytes of the network header a netfilter observer reads to decide scope: an IPv6 header and
-/// the ports after it, or an IPv4 header without options and its ports.
-pub const NF_SCOPE_BYTES: usize = 44;
+/// Bytes of the network header a netfilter observer reads to decide scope (an IPv6 header and
+/// the ports after it, or an IPv4 header without options and its ports) and to tell a packet
+/// from another at its address (its fingerprint, TCP's sequence included).
+pub const NF_SCOPE_BYTES: usize = crate::flow::PRINT_SOURCE;
 
 /// Where the observers build the keys they look up, one per CPU (`SCOPE_SCRATCH`): the
 /// stack is too small for them beside everything else a tc or netfilter program holds.

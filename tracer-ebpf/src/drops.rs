@@ -16,16 +16,15 @@ pub fn end(skb: u64, location: u64, reason: u32, kind: EventKind) -> i32 {
     // Its address may be another packet's next.
     crate::scope::forget(skb);
     // Every skb the host frees passes here, nearly all of them never ours: a lookup (lock-free)
-    // first, and the removal (which takes the bucket's lock) only for a tracked one.
-    // Untracking clears this CPU's note of it too; a stale note (a packet evicted, or freed on
-    // another CPU) is harmless: a hook's first slot always looks the packet up
+    // first. Ending it clears this CPU's note of it too; a stale note (a packet evicted, or
+    // freed on another CPU) is harmless: a hook's first slot always looks the packet up
     // (`netfilter.rs`).
     if crate::maps::tracked_entry(skb).is_none() {
         return 0;
     }
-    // Where in netfilter it was, read before untracking clears this CPU's note of it.
+    // Where in netfilter it was, read before ending it clears this CPU's note of it.
     let passed = crate::maps::passed(skb);
-    if !crate::maps::untrack_skb(skb) {
+    if !crate::maps::end_tracked(skb) {
         return 0;
     }
     let off = offsets();

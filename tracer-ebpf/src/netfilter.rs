@@ -7,6 +7,7 @@ use aya_ebpf::helpers::{
     bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
 };
 use tracer_common::{
+    flow::{Tracked, ORIGIN_NONE},
     netfilter::{LAST_SLOT, NFPROTO_IPV4},
     offsets::STATE_WINDOW,
     EventKind, NfEvent, NfHeaders, NfRecord, Offsets,
@@ -14,7 +15,7 @@ use tracer_common::{
 
 use crate::{
     kread::{field_of, ifindex_of, skb_fields, state_fields, SkbFields, StateFields},
-    maps::{headers_only, offsets, tracked, EVENTS, NF_NOTE, PRINT_WORDS, UNFILTERED},
+    maps::{headers_only, offsets, EVENTS, NF_NOTE, PRINT_WORDS, UNFILTERED},
     scope,
 };
 
@@ -65,7 +66,12 @@ fn observe_at<const DIRECT: bool>(state: u64, skb: u64, slot: u8) {
     // CPU's note may name an address freed on another CPU, or evicted, and taken since by
     // a packet that is not ours (judged here, `judged_out` then keeps the later slots away).
     let noted = slot != 0 && crate::maps::devices_cached(skb);
-    let ours = noted || tracked(skb);
+    let entry = if noted {
+        None
+    } else {
+        crate::maps::tracked_entry(skb)
+    };
+    let mut ours = noted || entry.is_some();
     if !ours && slot != 0 {
         return;
     }
@@ -76,13 +82,30 @@ fn observe_at<const DIRECT: bool>(state: u64, skb: u64, slot: u8) {
     if noted && unchanged::<DIRECT>(skb, slot, &off) {
         return;
     }
+    if let Some(t) = entry {
+        // SAFETY: the map's entry, read once (LRU entries stay valid during the program).
+        let (known, print) = unsafe { ((*t).has_origin, (*t).fingerprint) };
+        if known != ORIGIN_NONE && !scope::same_life::<DIRECT>(skb, state, print, &off) {
+            // Another packet at a freed one's address: the entry is ended, and the packet
+            // judged on its own.
+            let _ = crate::maps::untrack_skb(skb);
+            if slot != 0 {
+                return;
+            }
+            ours = false;
+        }
+    }
     if !ours {
         if !scope::at_netfilter::<DIRECT>(skb, state, &off) {
             // SAFETY: with DIRECT, `skb` is the context's BTF-typed pointer (`kread::load`).
             scope::mark_out(skb, unsafe { field_of::<u32, DIRECT>(skb, off.skb_len) });
             return;
         }
-        crate::maps::track_skb(skb, &UNFILTERED);
+        let taken = match scope::judged_print() {
+            (print, true) => Tracked::fingerprinted(print),
+            _ => UNFILTERED,
+        };
+        crate::maps::track_skb(skb, &taken);
         scope::forget(skb);
     }
     record::<DIRECT>(state, skb, slot, &off);

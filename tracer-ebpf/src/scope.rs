@@ -3,6 +3,7 @@
 
 use aya_ebpf::helpers::bpf_probe_read_kernel_buf;
 use tracer_common::{
+    flow::fingerprint_at_ip,
     headers::Frame,
     judged::{Judged, Noted},
     scope::{
@@ -193,6 +194,45 @@ pub fn forget(skb: u64) {
                 core::ptr::write_volatile(&mut (*j).taken, 0);
             }
         }
+    }
+}
+
+/// At the entry of PREROUTING or OUTPUT, where a packet's way through netfilter starts: is
+/// the tracked packet at this address the one whose fingerprint its entry holds (`print`)?
+/// Some frees pass no tracepoint (TCP's deferred free; UDP's on 6.18), so an entry can
+/// outlive its packet, and the slab gives the address to the host's next one. Where the
+/// fingerprint cannot be read, the entry is believed. At the other hooks a packet has passed
+/// one of these two, where a stale entry was found out and ended.
+#[inline(never)]
+pub fn same_life<const DIRECT: bool>(skb: u64, state: u64, print: u64, off: &Offsets) -> bool {
+    // SAFETY: as in `at_netfilter`.
+    let hook: u8 = unsafe { field_of::<_, DIRECT>(state, off.state_hook) };
+    if !judged_at_hook(u32::from(hook)) {
+        return true;
+    }
+    // SAFETY: as above.
+    let data: u64 = unsafe { field_of::<_, DIRECT>(skb, off.skb_data) };
+    let Some(s) = SCOPE_SCRATCH.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: this CPU's scratch entry; bpf_probe_read_kernel_buf fails cleanly.
+    unsafe {
+        if data == 0 || bpf_probe_read_kernel_buf(data as *const u8, &mut (*s).head).is_err() {
+            return true;
+        }
+        let (now, known) = fingerprint_at_ip(&(*s).head);
+        !known || now == print
+    }
+}
+
+/// The fingerprint of the packet [`at_netfilter`] just judged in on this CPU, and whether its
+/// bytes held it (see `fingerprint_at_ip`).
+#[inline(always)]
+pub fn judged_print() -> (u64, bool) {
+    match SCOPE_SCRATCH.get_ptr(0) {
+        // SAFETY: this CPU's scratch entry, as `at_netfilter` left it.
+        Some(s) => unsafe { fingerprint_at_ip(&(*s).head) },
+        None => (0, false),
     }
 }
 

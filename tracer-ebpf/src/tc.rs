@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use tracer_common::{
     flow::{
-        FlowKey, Frame, Tracked, FILTER_SLOT_EGRESS, FILTER_SLOT_INGRESS, VIEW_FILTER_SLOT,
-        VIEW_LEN,
+        FlowKey, Frame, Tracked, FILTER_SLOT_EGRESS, FILTER_SLOT_INGRESS, ORIGIN_TUPLE,
+        VIEW_FILTER_SLOT, VIEW_LEN,
     },
     headers::{PLAIN_V4_LEN, PLAIN_V6_LEN},
     judged::Noted,
@@ -104,7 +104,8 @@ fn still_ours(skb: *mut __sk_buff, t: *const Tracked) -> bool {
     if !t.same_packet(&now) {
         return false;
     }
-    if now.key != t.origin {
+    // A netfilter observer's entry has no tuple to learn a NAT mapping from.
+    if t.has_origin == ORIGIN_TUPLE && now.key != t.origin {
         let back = now.key.reversed();
         // SAFETY: a lookup with a stack key; the value is not kept.
         if unsafe { FLOWS.get(back).is_none() } {

@@ -259,6 +259,50 @@ fn a_neighbours_traffic_is_counted_on_the_bridge_and_uplink_and_never_sent_up() 
     assert!(s.packets < 50, "{s:?}");
 }
 
+/// The kernel leaves a freed packet's `TRACKED` entry for its LRU to reuse, marked ended (a
+/// removal took two locks on every packet). The slab soon gives the address to another
+/// packet: the host's own, or a neighbour's, must not be taken for the traced container's.
+#[test]
+#[ignore = "privileged: needs root, dockerd and the lab (cargo xtask test)"]
+fn a_packet_at_a_freed_traced_packets_address_is_not_followed() {
+    let lab = Lab::get();
+    let peer = lab.peer_container();
+    let dst = lab.inet_ip();
+    lab.assert_safe(&From::Host, dst);
+    // A fixed port below the ephemeral range: none of the traced container's flows can be
+    // masqueraded to it, so whatever shows it is the host's.
+    const HOST_PORT: u16 = 9990;
+    let host = std::net::UdpSocket::bind((lab.uplink_ip(), HOST_PORT)).expect("bind on the host");
+    let ft = Flowtrace::start(&["-c", "ens_monitor_cron", "--json"]);
+    // Rounds of the traced container's datagrams (freed once the lab's internet reads them),
+    // each followed at once by others' packets, which take the addresses they leave.
+    for _ in 0..8 {
+        udp_burst(&lab, &lab.container(), dst, 9999, 200, b"traced");
+        for _ in 0..1000 {
+            while host.send_to(b"host", (dst, 9999)).is_err() {}
+        }
+        udp_burst(&lab, &peer, dst, 9999, 500, b"neighbour");
+    }
+    let lines = ft.stop();
+    let host_end = format!("\"{}:{HOST_PORT}\"", lab.uplink_ip());
+    let peer_end = format!("\"{}:", lab.peer_ip());
+    let mut own = 0;
+    for p in packets(&lines) {
+        let json = show(p);
+        assert!(!json.contains(&host_end), "the host's packet shown: {json}");
+        assert!(
+            !json.contains(&peer_end),
+            "a neighbour's packet shown: {json}"
+        );
+        own += 1;
+    }
+    assert!(own >= 1600, "the traced container's datagrams: {own} shown");
+    let s = the_summary(&lines);
+    // None of theirs was even sent up to be thrown away.
+    assert_eq!(s.discarded.untraced, 0, "{s:?}");
+    assert_eq!(s.lost, 0, "{s:?}");
+}
+
 /// Disconnects the peer from the isolated network when the test ends, even on failure.
 struct Connected(String, String);
 

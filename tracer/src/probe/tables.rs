@@ -41,10 +41,16 @@ impl Tables {
             .map_or(0, |values| values.iter().sum())
     }
 
-    /// Reads every table's keys: a syscall per entry, so call it at the end and now and then,
-    /// never per event.
+    /// Reads every table's entries: syscalls per entry, so call it at the end and now and
+    /// then, never per event. A `TRACKED` entry whose packet ended stays until the LRU reuses
+    /// it (`end_tracked` in the kernel side); it was counted out, so only live ones count as
+    /// still there.
     pub fn evicted(&self) -> Evicted {
-        let live_tracked = self.tracked.keys().filter(|k| k.is_ok()).count() as u64;
+        let live_tracked = self
+            .tracked
+            .iter()
+            .filter(|e| e.as_ref().is_ok_and(|(_, t)| t.live()))
+            .count() as u64;
         let live_flows = self.flows.keys().filter(|k| k.is_ok()).count() as u64;
         evicted(
             [

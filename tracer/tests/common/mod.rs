@@ -193,6 +193,8 @@ impl Lab {
         let origin = match from {
             From::Container(name) => Origin::Container(name),
             From::Internet => Origin::Inet,
+            // A container's check is of the host's route: `dst` must leave by the lab's uplink.
+            From::Host => Origin::Container(self.state.container.as_str()),
         };
         if let Err(e) = safety_check(&self.state, origin, v4) {
             panic!("{e:#}");
@@ -220,6 +222,8 @@ pub fn in_netns<T: Send>(path: &str, f: impl FnOnce() -> T + Send) -> T {
 pub enum From {
     Container(String),
     Internet,
+    /// The host itself (the tests' own namespace), by the lab's uplink.
+    Host,
 }
 
 impl From {
@@ -227,6 +231,7 @@ impl From {
         match self {
             Self::Container(name) => format!("/proc/{}/ns/net", lab.container_pid(name)),
             Self::Internet => format!("/run/netns/{}", lab.inet_netns()),
+            Self::Host => "/proc/self/ns/net".to_owned(),
         }
     }
 }
