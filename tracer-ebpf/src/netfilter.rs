@@ -86,7 +86,7 @@ fn observe_at<const DIRECT: bool>(state: u64, skb: u64, slot: u8) {
         // SAFETY: the map's entry, read once (LRU entries stay valid during the program).
         let (known, print) = unsafe { ((*t).has_origin, (*t).fingerprint) };
         if known != ORIGIN_NONE && !scope::same_life::<DIRECT>(skb, state, print, &off) {
-            // Another packet at a freed one's address: the entry is ended, and the packet
+            // Another packet at a freed one's address: the entry is removed, and the packet
             // judged on its own.
             let _ = crate::maps::untrack_skb(skb);
             if slot != 0 {
