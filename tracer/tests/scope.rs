@@ -287,7 +287,7 @@ fn a_packet_at_a_freed_traced_packets_address_is_not_followed() {
     let lines = ft.stop();
     let host_end = format!("\"{}:{HOST_PORT}\"", lab.uplink_ip());
     let peer_end = format!("\"{}:", lab.peer_ip());
-    let mut own = 0;
+    let (mut own, mut at_prerouting) = (0, 0);
     for p in packets(&lines) {
         let json = show(p);
         assert!(!json.contains(&host_end), "the host's packet shown: {json}");
@@ -296,8 +296,15 @@ fn a_packet_at_a_freed_traced_packets_address_is_not_followed() {
             "a neighbour's packet shown: {json}"
         );
         own += 1;
+        let prerouting = |h: &Hop| matches!(h, Hop::Nf(n) if n.hook == "PREROUTING");
+        at_prerouting += usize::from(p.hops.iter().any(prerouting));
     }
     assert!(own >= 1600, "the traced container's datagrams: {own} shown");
+    // The check runs in the netfilter observers: they were attached, and saw them.
+    assert!(
+        at_prerouting >= 1600,
+        "{at_prerouting} of {own} with a PREROUTING step"
+    );
     let s = the_summary(&lines);
     // None of theirs was even sent up to be thrown away.
     assert_eq!(s.discarded.untraced, 0, "{s:?}");
